@@ -1,0 +1,169 @@
+"""Building and validating scan manifests.
+
+One inspection routine, :func:`inspect_pair`, opens an image/label pair, checks it and measures what
+the manifest records. ``build`` runs it over a layout's candidates; ``validate`` runs it again over a
+manifest's entries and compares. A bad scan never stops the others: it becomes a rejection (build) or
+a problem row (validate) naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import storage
+from .layouts import Candidate, Discovery, discover
+from .nifti import ScanError, Volume, read_volume
+from .schema import (LabelMap, Rejection, ScanEntry, default_roots, parse_manifest, rejected_path,
+                     write_jsonl)
+
+AFFINE_ATOL_MM = 1e-3      # image and label grids must agree to a micrometre
+AFFINE_RTOL = 1e-4         # relative slack for float32 headers with origins hundreds of mm out
+
+
+def _check_image(uri: str, vol: Volume) -> None:
+    data = vol.data
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise ScanError(uri, f"image holds {bad} NaN/inf voxel(s); expected finite HU values")
+    lo, hi = data.min(), data.max()
+    if lo == hi:
+        raise ScanError(uri, f"image is constant ({float(lo)} everywhere); expected a CT scan")
+
+
+def _label_values(uri: str, vol: Volume) -> np.ndarray:
+    data = vol.data
+    if data.dtype.kind == "f":
+        if not np.isfinite(data).all() or not np.array_equal(data, np.round(data)):
+            raise ScanError(uri, "label holds non-integer values; expected integer class labels")
+        data = data.astype(np.int64)
+    if data.min() < 0:
+        raise ScanError(uri, f"label holds negative value {int(data.min())}")
+    return data
+
+
+def inspect_pair(c: Candidate) -> ScanEntry:
+    """Open, check and measure one image/label pair. Raises ScanError naming the bad file."""
+    image = read_volume(c.image)
+    _check_image(c.image, image)
+    label = read_volume(c.label)
+    if label.info.shape != image.info.shape:
+        raise ScanError(c.label, f"label shape {label.info.shape} does not match image shape "
+                                 f"{image.info.shape} of {c.image}")
+    if not np.allclose(label.info.affine, image.info.affine, atol=AFFINE_ATOL_MM, rtol=AFFINE_RTOL):
+        raise ScanError(c.label, "label affine does not match the image affine of "
+                                 f"{c.image}:\nimage\n{image.info.affine}\nlabel\n{label.info.affine}")
+    values = _label_values(c.label, label)
+    counts = np.bincount(values.ravel())
+    present = tuple(int(v) for v in np.flatnonzero(counts))
+    label_map = c.label_map
+    if c.source == "chaos" and set(present) <= {0, 255}:
+        label_map = LabelMap(liver=(255,))      # CHAOS PNG masks use 255 for liver
+    elif c.allowed_values is not None and not set(present) <= set(c.allowed_values):
+        unexpected = sorted(set(present) - set(c.allowed_values))
+        raise ScanError(c.label, f"unexpected label value(s) {unexpected}; {c.source} defines "
+                                 f"{list(c.allowed_values)}")
+
+    def voxels(vals):
+        return int(sum(counts[v] for v in vals if v < len(counts)))
+
+    liver_voxels = voxels(label_map.organ_values())
+    if liver_voxels == 0:
+        raise ScanError(c.label, f"label has no liver voxel (liver values {list(label_map.liver)}, "
+                                 f"values present {list(present)})")
+    tumor_voxels = voxels(label_map.tumor)
+    voxel_ml = float(np.prod(image.info.spacing_mm)) / 1000.0
+    return ScanEntry(
+        scan_id=c.scan_id, image=c.image, label=c.label, label_map=label_map,
+        role="tumor" if tumor_voxels else "healthy", source=c.source,
+        sha256={"image": image.sha256, "label": label.sha256},
+        shape=image.info.shape, spacing_mm=tuple(round(s, 6) for s in image.info.spacing_mm),
+        orientation=image.info.orientation,
+        liver_volume_ml=round(liver_voxels * voxel_ml, 3),
+        tumor_volume_ml=round(tumor_voxels * voxel_ml, 3),
+    )
+
+
+def _inspect_all(candidates, workers: int):
+    def one(c):
+        try:
+            return inspect_pair(c)
+        except ScanError as exc:
+            return exc
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(one, candidates))
+
+
+@dataclass
+class BuildResult:
+    manifest: str
+    rejected: str
+    entries: list[ScanEntry]
+    rejections: list[Rejection]
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def build_manifest(layout: str, root: str, out: str, *, workers: int | None = None,
+                   allowed_roots=(), **generic) -> BuildResult:
+    """Find, check and record every scan of ``layout`` below ``root``.
+
+    Good scans go to ``out`` (JSON Lines, sorted by scan_id); the others go to
+    ``<out>.rejected.jsonl`` with the reason. Paths are written as absolute URIs. Every path must
+    lie inside ``root`` or ``allowed_roots`` (a symlink out of the dataset is rejected).
+    """
+    discovery: Discovery = discover(layout, root, **generic)
+    roots = storage.AllowedRoots.of([root, *allowed_roots])
+    rejections = [Rejection(sid, f, "", p) for sid, f, p in discovery.problems]
+    candidates = []
+    for c in discovery.candidates:
+        try:
+            roots.check(c.image, "image")
+            roots.check(c.label, "label")
+        except storage.PathEscapeError as exc:
+            rejections.append(Rejection(c.scan_id, c.image, c.label, str(exc)))
+            continue
+        candidates.append(c)
+    entries = []
+    for c, result in zip(candidates, _inspect_all(candidates, workers or default_workers())):
+        if isinstance(result, ScanEntry):
+            entries.append(result)
+        else:
+            rejections.append(Rejection(c.scan_id, c.image, c.label, str(result)))
+    write_jsonl(out, entries)
+    write_jsonl(rejected_path(out), sorted(rejections, key=lambda r: (r.scan_id, r.image)))
+    return BuildResult(out, rejected_path(out), entries, rejections)
+
+
+def validate_manifest(uri: str, *, allowed_roots=(), workers: int | None = None):
+    """Re-check every entry against its files. Returns (entries checked, problem rows).
+
+    A problem row is (scan_id, file, problem). Checks: the contract itself, duplicate IDs, paths
+    inside the allowed roots, files present and readable, sha256, image/label grids, liver present,
+    and that shape, spacing, orientation, role and volumes still match what the manifest recorded.
+    """
+    parsed = parse_manifest(uri, default_roots(uri, allowed_roots))
+    problems = list(parsed.problems)
+    candidates = [Candidate(e.scan_id, e.image, e.label, e.label_map, e.source)
+                  for e in parsed.entries]
+    for entry, result in zip(parsed.entries, _inspect_all(candidates, workers or default_workers())):
+        if isinstance(result, ScanError):
+            problems.append((entry.scan_id, result.uri, result.problem))
+            continue
+        for kind in ("image", "label"):
+            if result.sha256[kind] != entry.sha256[kind]:
+                problems.append((entry.scan_id, getattr(entry, kind),
+                                 f"sha256 mismatch: manifest has {entry.sha256[kind][:12]}..., "
+                                 f"file has {result.sha256[kind][:12]}..."))
+        for name in ("shape", "spacing_mm", "orientation", "role", "liver_volume_ml",
+                     "tumor_volume_ml"):
+            recorded, found = getattr(entry, name), getattr(result, name)
+            if recorded != found:
+                problems.append((entry.scan_id, entry.image,
+                                 f"{name}: manifest has {recorded}, file gives {found}"))
+    return parsed.entries, problems

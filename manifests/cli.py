@@ -1,0 +1,158 @@
+"""``tumorforge manifest ...`` and ``tumorforge phantoms``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def format_table(headers: list[str], rows: list[tuple], max_width: int = 100) -> str:
+    """A plain-text table; long cells are wrapped at ``max_width`` characters."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [min(max_width, max([len(h)] + [len(r[i]) for r in cells])) for i, h in enumerate(headers)]
+    line = "  ".join("-" * w for w in widths)
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), line]
+    for row in cells:
+        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    return "\n".join(out)
+
+
+def _cmd_build(args) -> int:
+    from .build import build_manifest
+    from .schema import LabelMap
+    generic = {}
+    if args.layout == "generic":
+        if not (args.image_pattern and args.label_pattern and args.label_map):
+            sys.exit("manifest build --layout generic needs --image-pattern, --label-pattern "
+                     "and --label-map")
+        generic = dict(image_pattern=args.image_pattern, label_pattern=args.label_pattern,
+                       label_map=LabelMap.parse(args.label_map), source=args.source)
+    try:
+        result = build_manifest(args.layout, args.root, args.output, workers=args.workers,
+                                allowed_roots=args.allow_root, **generic)
+    except (FileNotFoundError, ValueError) as exc:
+        sys.exit(f"manifest build: {exc}")
+    healthy = sum(e.role == "healthy" for e in result.entries)
+    print(f"{result.manifest}: {len(result.entries)} scan(s) ({healthy} healthy, "
+          f"{len(result.entries) - healthy} with tumor)")
+    if result.rejections:
+        print(f"{result.rejected}: {len(result.rejections)} rejected")
+        print(format_table(["scan", "file", "problem"],
+                           [(r.scan_id, r.image, r.problem) for r in result.rejections]))
+    return 0 if result.entries else 1
+
+
+def _cmd_validate(args) -> int:
+    from .build import validate_manifest
+    entries, problems = validate_manifest(args.manifest, allowed_roots=args.allow_root,
+                                          workers=args.workers)
+    if problems:
+        print(format_table(["scan", "file", "problem"], problems))
+        print(f"{args.manifest}: {len(problems)} problem(s) in {len(entries)} scan(s)")
+        return 1
+    print(f"{args.manifest}: {len(entries)} scan(s), all files present, hashed and consistent")
+    return 0
+
+
+def _cmd_split(args) -> int:
+    from .schema import ManifestError, default_roots, read_manifest, write_jsonl
+    from .split import assign_folds
+    try:
+        entries = read_manifest(args.manifest, default_roots(args.manifest, args.allow_root))
+        assigned = assign_folds(entries, args.folds, args.seed)
+    except (ManifestError, ValueError) as exc:
+        sys.exit(f"manifest split: {exc}")
+    out = args.output or args.manifest
+    write_jsonl(out, assigned)
+    sizes = [sum(e.fold == k for e in assigned) for k in range(args.folds)]
+    print(f"{out}: {len(assigned)} scan(s) in {args.folds} folds of sizes {sizes} (seed {args.seed})")
+    return 0
+
+
+def _cmd_phantoms(args) -> int:
+    from .phantoms import LAYOUTS, save_preview, write_layout
+    layouts = [s.strip() for s in args.layout.split(",") if s.strip()]
+    unknown = sorted(set(layouts) - set(LAYOUTS))
+    if unknown:
+        sys.exit(f"phantoms: unknown layout(s) {unknown}; expected some of {list(LAYOUTS)}")
+    for layout in layouts:
+        folder = os.path.join(args.out, layout)
+        cases = write_layout(layout, folder, args.cases, seed=args.seed, scale=args.scale)
+        tumors = sum(c["has_tumor"] for c in cases)
+        print(f"{folder}: {len(cases)} {layout} case(s), {tumors} with tumors")
+        if args.preview and cases:
+            shown = next((c for c in cases if c["has_tumor"]), cases[0])
+            png = os.path.join(args.out, "previews", f"{layout}-{shown['case']}.png")
+            os.makedirs(os.path.dirname(png), exist_ok=True)
+            save_preview(shown["image"], shown["label"], png, **PREVIEW_LABELS[layout])
+            print(f"  preview: {png}")
+    return 0
+
+
+PREVIEW_LABELS = {
+    "lits": dict(liver_values=(1, 2), tumor_values=(2,)),
+    "msd": dict(liver_values=(1, 2), tumor_values=(2,)),
+    "btcv": dict(liver_values=(6,), tumor_values=()),
+    "chaos": dict(liver_values=(1,), tumor_values=()),
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .layouts import LAYOUTS
+
+    allow = dict(action="append", default=[], metavar="DIR_OR_URI",
+                 help="a folder or s3:// prefix that manifest paths may point into (repeatable); "
+                      "the manifest's own folder and $TUMORFORGE_ALLOWED_ROOTS are always allowed")
+    workers = dict(type=int, default=None, help="parallel readers (default: min(4, CPUs))")
+
+    m = sub.add_parser("manifest", help="build, validate and split scan manifests",
+                       description="Scan manifests: JSON Lines, one scan per line.")
+    msub = m.add_subparsers(dest="manifest_cmd", required=True, metavar="{build,validate,split}")
+
+    b = msub.add_parser("build", help="find image/label pairs of a dataset layout and record them",
+                        description="Find every image/label pair of LAYOUT below ROOT (a folder or "
+                                    "s3:// prefix), check and hash it, and write the manifest. "
+                                    "Rejected scans go to <output>.rejected.jsonl with the reason.")
+    b.add_argument("--layout", required=True, choices=LAYOUTS)
+    b.add_argument("root", help="dataset root: local folder or s3://bucket/prefix")
+    b.add_argument("-o", "--output", required=True, help="manifest to write (.jsonl)")
+    b.add_argument("--image-pattern", help="generic layout: image path below ROOT with one {id}")
+    b.add_argument("--label-pattern", help="generic layout: label path below ROOT with one {id}")
+    b.add_argument("--label-map", help="generic layout: label values, e.g. 'liver=1,tumor=2'")
+    b.add_argument("--source", default="generic", help="generic layout: dataset name for scan IDs")
+    b.add_argument("--allow-root", **allow)
+    b.add_argument("--workers", **workers)
+    b.set_defaults(func=_cmd_build)
+
+    v = msub.add_parser("validate", help="re-check every entry of a manifest against its files",
+                        description="Re-open every scan of the manifest and print a table of "
+                                    "problems; exits 1 if there are any.")
+    v.add_argument("manifest")
+    v.add_argument("--allow-root", **allow)
+    v.add_argument("--workers", **workers)
+    v.set_defaults(func=_cmd_validate)
+
+    s = msub.add_parser("split", help="deterministic k-fold assignment (stratified by role)",
+                        description="Assign each scan a fold 0..K-1; the same scans and seed give "
+                                    "the same folds whatever the line order.")
+    s.add_argument("manifest")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--output", help="write here instead of rewriting the manifest in place")
+    s.add_argument("--allow-root", **allow)
+    s.set_defaults(func=_cmd_split)
+
+    p = sub.add_parser("phantoms", help="write realistic abdominal CT phantoms in real dataset layouts",
+                       description="Synthetic abdominal CT (phantoms, not patient data) written in "
+                                   "the LiTS, MSD Task03_Liver, BTCV and CHAOS layouts, for demos "
+                                   "and tests. Deterministic by seed.")
+    p.add_argument("--out", required=True, help="output folder; each layout goes to OUT/<layout>/")
+    p.add_argument("--layout", default="lits,msd,btcv,chaos",
+                   help="comma-separated layouts (default: all four)")
+    p.add_argument("--cases", type=int, default=4, help="cases per layout (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="in-plane matrix 512*scale; 0.2-0.3 makes small fast volumes (default 1)")
+    p.add_argument("--preview", action="store_true", help="also write a PNG of one case per layout")
+    p.set_defaults(func=_cmd_phantoms)

@@ -1,0 +1,216 @@
+"""Finding image/label pairs in the real datasets' folder layouts.
+
+Each finder walks a root (local folder or ``s3://`` prefix) and returns :class:`Candidate` pairs; it
+opens no scan (``build`` does that). Pairs that cannot be formed (an image without its label) come back
+as problems so the build can report them with the good scans.
+
+Layouts, as the datasets ship them:
+- ``lits``: ``volume-N.nii`` + ``segmentation-N.nii`` anywhere below the root (the two training
+  batches sit in separate folders); labels 0 background, 1 liver, 2 tumor.
+- ``msd``: Medical Segmentation Decathlon Task03_Liver: ``dataset.json`` lists ``imagesTr``/``labelsTr``
+  pairs; label roles come from its ``labels`` names (liver, cancer/tumor/lesion, vessel).
+- ``btcv``: ``img/imgNNNN.nii.gz`` + ``label/labelNNNN.nii.gz``; 13 organs, liver = 6.
+- ``chaos``: CHAOS CT converted to NIfTI, one folder per case: ``<id>/image.nii.gz`` +
+  ``<id>/liver_mask.nii.gz`` (0/1 or 0/255 liver mask). CHAOS itself ships DICOM series and PNG
+  masks; convert each case (for example with dcm2niix and a PNG stacker) into this layout.
+- ``generic``: two patterns relative to the root with one ``{id}`` placeholder each, e.g.
+  ``--image-pattern 'ct/{id}.nii.gz' --label-pattern 'seg/{id}_liver.nii.gz'`` and a label map.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from . import storage
+from .schema import LabelMap
+
+LAYOUTS = ("lits", "msd", "btcv", "chaos", "generic")
+NIFTI = r"\.nii(?:\.gz)?"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    scan_id: str
+    image: str
+    label: str
+    label_map: LabelMap
+    source: str
+    allowed_values: tuple[int, ...] | None = None   # label values the dataset defines, if known
+
+
+@dataclass
+class Discovery:
+    candidates: list[Candidate]
+    problems: list[tuple[str, str, str]]   # (scan_id, file, problem)
+
+
+def _natural_key(text: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def _dedupe(candidates: list[Candidate], problems: list) -> list[Candidate]:
+    """Keep the first of each scan_id (in path order) and report the others as duplicates."""
+    kept: dict[str, Candidate] = {}
+    for c in sorted(candidates, key=lambda c: _natural_key(c.image)):
+        if c.scan_id in kept:
+            problems.append((c.scan_id, c.image, f"duplicate scan_id {c.scan_id}: already "
+                             f"taken by {kept[c.scan_id].image}"))
+        else:
+            kept[c.scan_id] = c
+    return sorted(kept.values(), key=lambda c: _natural_key(c.scan_id))
+
+
+def _pair_by_pattern(files, image_re, label_re, make_id):
+    images, labels = {}, {}
+    for uri in files:
+        if m := image_re.search(uri):
+            images.setdefault(make_id(m), []).append(uri)
+        elif m := label_re.search(uri):
+            labels.setdefault(make_id(m), []).append(uri)
+    return images, labels
+
+
+def find_lits(root: str, files: list[str]) -> Discovery:
+    problems: list = []
+    image_re = re.compile(rf"(?:^|/)volume-(\d+){NIFTI}$")
+    label_re = re.compile(rf"(?:^|/)segmentation-(\d+){NIFTI}$")
+    images, labels = _pair_by_pattern(files, image_re, label_re, lambda m: int(m.group(1)))
+    lits_map = LabelMap(liver=(1,), tumor=(2,))
+    out = []
+    for n, uris in images.items():
+        for uri in uris:
+            if n not in labels:
+                problems.append((f"lits-{n}", uri, f"no segmentation-{n}.nii(.gz) found below {root}"))
+                continue
+            out.append(Candidate(f"lits-{n}", uri, labels[n][0], lits_map, "lits", (0, 1, 2)))
+    for n, uris in labels.items():
+        if n not in images:
+            problems.append((f"lits-{n}", uris[0], f"segmentation without volume-{n}.nii(.gz)"))
+    return Discovery(_dedupe(out, problems), problems)
+
+
+def _msd_label_map(labels: dict, where: str) -> tuple[LabelMap, tuple[int, ...]]:
+    roles = {"liver": [], "tumor": [], "vessel": []}
+    for value, name in labels.items():
+        lowered = str(name).lower()
+        if "liver" in lowered:
+            roles["liver"].append(int(value))
+        elif any(w in lowered for w in ("cancer", "tumor", "tumour", "lesion")):
+            roles["tumor"].append(int(value))
+        elif "vessel" in lowered:
+            roles["vessel"].append(int(value))
+    if not roles["liver"]:
+        raise ValueError(f"{where}: its 'labels' {labels} name no liver class")
+    return LabelMap(**{k: tuple(v) for k, v in roles.items()}), tuple(int(v) for v in labels)
+
+
+def find_msd(root: str, files: list[str]) -> Discovery:
+    problems: list = []
+    descriptors = [f for f in files if f.rsplit("/", 1)[-1] == "dataset.json"]
+    if not descriptors:
+        raise FileNotFoundError(f"{root}: no dataset.json found; an MSD task folder (for example "
+                                "Task03_Liver) holds one beside imagesTr/ and labelsTr/")
+    out = []
+    for desc in descriptors:
+        folder = storage.parent(desc)
+        try:
+            with storage.open_binary(desc) as f:
+                meta = json.loads(f.read())
+            label_map, allowed = _msd_label_map(meta["labels"], desc)
+            training = meta["training"]
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(("?", desc, f"unreadable MSD dataset.json: {exc}"))
+            continue
+        task = folder.rstrip("/").rsplit("/", 1)[-1]
+        for item in training:
+            try:
+                image = storage.join(folder, str(item["image"]).removeprefix("./"))
+                label = storage.join(folder, str(item["label"]).removeprefix("./"))
+            except (KeyError, TypeError):
+                problems.append(("?", desc, f"training entry {item!r} lacks image/label"))
+                continue
+            stem = re.sub(NIFTI + "$", "", image.rsplit("/", 1)[-1])
+            out.append(Candidate(f"msd-{task}-{stem}".replace("/", "_"), image, label, label_map,
+                                 "msd", allowed))
+    return Discovery(_dedupe(out, problems), problems)
+
+
+def find_btcv(root: str, files: list[str]) -> Discovery:
+    problems: list = []
+    image_re = re.compile(rf"(?:^|/)img/img(\d+){NIFTI}$")
+    label_re = re.compile(rf"(?:^|/)label/label(\d+){NIFTI}$")
+    images, labels = _pair_by_pattern(files, image_re, label_re, lambda m: m.group(1))
+    btcv_map = LabelMap(liver=(6,))
+    out = []
+    for n, uris in images.items():
+        for uri in uris:
+            if n not in labels:
+                problems.append((f"btcv-{n}", uri, f"no label/label{n}.nii.gz found below {root}"))
+                continue
+            out.append(Candidate(f"btcv-{n}", uri, labels[n][0], btcv_map, "btcv",
+                                 tuple(range(14))))
+    return Discovery(_dedupe(out, problems), problems)
+
+
+def find_chaos(root: str, files: list[str]) -> Discovery:
+    problems: list = []
+    image_re = re.compile(rf"(?:^|/)([^/]+)/image{NIFTI}$")
+    label_re = re.compile(rf"(?:^|/)([^/]+)/liver_mask{NIFTI}$")
+    images, labels = _pair_by_pattern(files, image_re, label_re, lambda m: m.group(1))
+    out = []
+    for case, uris in images.items():
+        for uri in uris:
+            if case not in labels:
+                problems.append((f"chaos-{case}", uri, f"no liver_mask.nii(.gz) beside it"))
+                continue
+            # The liver value (1 or 255) is read from the mask itself by the builder.
+            out.append(Candidate(f"chaos-{case}", uri, labels[case][0], LabelMap(liver=(1,)),
+                                 "chaos", (0, 1)))
+    return Discovery(_dedupe(out, problems), problems)
+
+
+def _placeholder_regex(pattern: str) -> re.Pattern:
+    if pattern.count("{id}") != 1:
+        raise ValueError(f"pattern {pattern!r} must contain exactly one '{{id}}' placeholder")
+    before, after = pattern.strip("/").split("{id}")
+    return re.compile("^" + re.escape(before) + r"([^/]+?)" + re.escape(after) + "$")
+
+
+def find_generic(root: str, files: list[str], image_pattern: str, label_pattern: str,
+                 label_map: LabelMap, source: str = "generic") -> Discovery:
+    """Pair files by the ``{id}`` part of two patterns matched against paths relative to ``root``.
+
+    A file matching both patterns (``{id}.nii.gz`` vs ``{id}_seg.nii.gz``) is taken as a label.
+    """
+    problems: list = []
+    image_re, label_re = _placeholder_regex(image_pattern), _placeholder_regex(label_pattern)
+    images: dict[str, list[str]] = {}
+    labels: dict[str, list[str]] = {}
+    for uri in files:
+        rel = storage.relative_to(root, uri)
+        if m := label_re.match(rel):
+            labels.setdefault(m.group(1), []).append(uri)
+        elif m := image_re.match(rel):
+            images.setdefault(m.group(1), []).append(uri)
+    out = []
+    for key, uris in images.items():
+        for uri in uris:
+            if key not in labels:
+                problems.append((f"{source}-{key}", uri, f"no label matching {label_pattern!r}"))
+                continue
+            out.append(Candidate(f"{source}-{key}", uri, labels[key][0], label_map, source))
+    return Discovery(_dedupe(out, problems), problems)
+
+
+def discover(layout: str, root: str, **generic) -> Discovery:
+    """All candidate pairs of ``layout`` below ``root``."""
+    root = storage.normalize(root)
+    files = storage.list_files(root)
+    if layout == "generic":
+        return find_generic(root, files, **generic)
+    finders = {"lits": find_lits, "msd": find_msd, "btcv": find_btcv, "chaos": find_chaos}
+    if layout not in finders:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    return finders[layout](root, files)

@@ -1,0 +1,269 @@
+"""The scan manifest contract: one JSON object per line, one scan per object.
+
+This module is the only definition of a manifest entry; builders, validators, the cluster planner and
+evaluation all import it. A reader refuses what it does not understand: an unknown schema version, an
+unknown or missing field, or a value of the wrong type.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Iterable
+
+from . import storage
+
+SCHEMA_VERSION = 1
+ROLES = ("healthy", "tumor")
+SOURCES = ("lits", "msd", "btcv", "chaos", "generic")
+
+
+class ManifestError(ValueError):
+    """A manifest file or one of its lines does not follow the contract."""
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Which integer label values mean liver, tumor and hepatic vessels in a scan's label file.
+
+    The liver organ, for synthesis, is the union of all three lists (tumor and vessel voxels sit
+    inside the liver). Lists may be empty except ``liver``.
+    """
+
+    liver: tuple[int, ...]
+    tumor: tuple[int, ...] = ()
+    vessel: tuple[int, ...] = ()
+
+    def organ_values(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.liver) | set(self.tumor) | set(self.vessel)))
+
+    def to_json(self) -> dict:
+        return {"liver": list(self.liver), "tumor": list(self.tumor), "vessel": list(self.vessel)}
+
+    @classmethod
+    def from_json(cls, obj, where: str) -> "LabelMap":
+        if not isinstance(obj, dict) or set(obj) - {"liver", "tumor", "vessel"} or "liver" not in obj:
+            raise ManifestError(f"{where}: label_map must be an object with 'liver' and optional "
+                                f"'tumor', 'vessel' lists; found {obj!r}")
+        values = {}
+        for key, val in obj.items():
+            if not isinstance(val, list) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                    and 0 <= v < 65536 for v in val):
+                raise ManifestError(f"{where}: label_map.{key} must be a list of label values "
+                                    f"0..65535; found {val!r}")
+            values[key] = tuple(val)
+        if not values["liver"]:
+            raise ManifestError(f"{where}: label_map.liver is empty; a scan needs a liver label")
+        return cls(**values)
+
+    @classmethod
+    def parse(cls, text: str) -> "LabelMap":
+        """From the command-line form ``liver=1,tumor=2`` (a role may repeat: ``liver=1,liver=5``)."""
+        values: dict[str, list[int]] = {"liver": [], "tumor": [], "vessel": []}
+        for item in filter(None, (t.strip() for t in text.split(","))):
+            role, _, value = item.partition("=")
+            if role not in values or not value.strip().isdigit():
+                raise ValueError(f"label map item {item!r}: expected ROLE=VALUE with ROLE one of "
+                                 "liver, tumor, vessel and VALUE a non-negative integer")
+            values[role].append(int(value))
+        if not values["liver"]:
+            raise ValueError(f"label map {text!r} names no liver value")
+        return cls(**{k: tuple(v) for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class ScanEntry:
+    """One scan: image and label files plus what was measured when the manifest was built.
+
+    ``shape`` and ``spacing_mm`` are in the file's own voxel axis order; ``orientation`` gives that
+    order as nibabel axis codes (``"LPS"``: first axis runs toward the patient's left, ...).
+    """
+
+    scan_id: str
+    image: str
+    label: str
+    label_map: LabelMap
+    role: str
+    source: str
+    sha256: dict[str, str]
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    orientation: str
+    liver_volume_ml: float
+    tumor_volume_ml: float
+    fold: int | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["label_map"] = self.label_map.to_json()
+        out["shape"] = list(self.shape)
+        out["spacing_mm"] = list(self.spacing_mm)
+        return out
+
+    def with_fold(self, fold: int | None) -> "ScanEntry":
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["fold"] = fold
+        return ScanEntry(**data)
+
+    @classmethod
+    def from_json(cls, obj, where: str) -> "ScanEntry":
+        if not isinstance(obj, dict):
+            raise ManifestError(f"{where}: expected a JSON object, found {type(obj).__name__}")
+        version = obj.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ManifestError(f"{where}: schema_version {version!r} is not supported "
+                                f"(this tumorforge reads version {SCHEMA_VERSION})")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(obj) - known)
+        if unknown:
+            raise ManifestError(f"{where}: unknown field(s) {unknown}; expected only {sorted(known)}")
+        missing = sorted(f.name for f in fields(cls)
+                         if f.name not in obj and f.name not in ("fold", "schema_version"))
+        if missing:
+            raise ManifestError(f"{where}: missing field(s) {missing}")
+
+        def need(name, ok, expected):
+            if not ok(obj[name]):
+                raise ManifestError(f"{where}: {name} must be {expected}; found {obj[name]!r}")
+            return obj[name]
+
+        def is_number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        scan_id = need("scan_id", lambda v: isinstance(v, str) and v and "/" not in v
+                       and not v.startswith("."), "a non-empty string without '/'")
+        where = f"{where} (scan {scan_id})"
+        return cls(
+            scan_id=scan_id,
+            image=need("image", lambda v: isinstance(v, str) and v, "a path or URI"),
+            label=need("label", lambda v: isinstance(v, str) and v, "a path or URI"),
+            label_map=LabelMap.from_json(obj["label_map"], where),
+            role=need("role", lambda v: v in ROLES, f"one of {ROLES}"),
+            source=need("source", lambda v: isinstance(v, str) and v, "a dataset name"),
+            sha256=need("sha256", lambda v: isinstance(v, dict) and set(v) == {"image", "label"}
+                        and all(isinstance(h, str) and len(h) == 64 for h in v.values()),
+                        "{'image': hex64, 'label': hex64}"),
+            shape=tuple(need("shape", lambda v: isinstance(v, list) and len(v) == 3 and all(
+                isinstance(n, int) and n > 0 for n in v), "three positive integers")),
+            spacing_mm=tuple(float(s) for s in need("spacing_mm", lambda v: isinstance(v, list)
+                             and len(v) == 3 and all(is_number(s) and s > 0 for s in v),
+                             "three positive numbers (mm)")),
+            orientation=need("orientation", lambda v: isinstance(v, str) and len(v) == 3,
+                             "three axis codes such as 'LPS'"),
+            liver_volume_ml=float(need("liver_volume_ml", lambda v: is_number(v) and v >= 0,
+                                       "a non-negative number")),
+            tumor_volume_ml=float(need("tumor_volume_ml", lambda v: is_number(v) and v >= 0,
+                                       "a non-negative number")),
+            fold=obj.get("fold") if obj.get("fold") is None else need(
+                "fold", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                "a non-negative integer or null"),
+        )
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A scan the builder left out, and why. Written beside the manifest as JSON Lines."""
+
+    scan_id: str
+    image: str
+    label: str
+    problem: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ParsedManifest:
+    entries: list[ScanEntry] = field(default_factory=list)
+    problems: list[tuple[str, str, str]] = field(default_factory=list)  # (scan_id, file, problem)
+
+
+def resolve(entry_path: str, manifest_uri: str) -> str:
+    """Paths in a manifest may be relative; they are relative to the manifest's folder."""
+    if storage.is_remote(entry_path) or os.path.isabs(entry_path) or entry_path.startswith("file://"):
+        return entry_path
+    return storage.join(storage.parent(manifest_uri), entry_path)
+
+
+def parse_manifest(uri: str, allowed: storage.AllowedRoots | None = None) -> ParsedManifest:
+    """Read every line, collecting problems instead of stopping at the first.
+
+    With ``allowed`` given, image and label paths are resolved (relative to the manifest) and must
+    lie inside an allowed root; entries that escape are reported, not returned.
+    """
+    out = ParsedManifest()
+    seen: dict[str, int] = {}
+    with storage.open_binary(uri) as f:
+        lines = f.read().decode("utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{uri}:{number}"
+        try:
+            entry = ScanEntry.from_json(json.loads(line), where)
+        except json.JSONDecodeError as exc:
+            out.problems.append(("?", uri, f"line {number}: not valid JSON ({exc.msg})"))
+            continue
+        except ManifestError as exc:
+            out.problems.append(("?", uri, str(exc)))
+            continue
+        if entry.scan_id in seen:
+            out.problems.append((entry.scan_id, uri, f"line {number}: duplicate scan_id, first "
+                                 f"used on line {seen[entry.scan_id]}"))
+            continue
+        seen[entry.scan_id] = number
+        if allowed is not None:
+            try:
+                entry = _with_paths(entry, allowed.check(resolve(entry.image, uri), "image"),
+                                    allowed.check(resolve(entry.label, uri), "label"))
+            except storage.PathEscapeError as exc:
+                out.problems.append((entry.scan_id, uri, f"line {number}: {exc}"))
+                continue
+        out.entries.append(entry)
+    return out
+
+
+def _with_paths(entry: ScanEntry, image: str, label: str) -> ScanEntry:
+    data = {f.name: getattr(entry, f.name) for f in fields(entry)}
+    data.update(image=image, label=label)
+    return ScanEntry(**data)
+
+
+def default_roots(manifest_uri: str, extra: Iterable[str] = ()) -> storage.AllowedRoots:
+    """The manifest's own folder, ``TUMORFORGE_ALLOWED_ROOTS`` (os.pathsep-separated) and ``extra``."""
+    env = [r for r in os.environ.get("TUMORFORGE_ALLOWED_ROOTS", "").split(os.pathsep) if r]
+    return storage.AllowedRoots.of([storage.parent(manifest_uri), *env, *extra])
+
+
+def read_manifest(uri: str, allowed: storage.AllowedRoots | None = None) -> list[ScanEntry]:
+    """Read a manifest strictly: any problem raises :class:`ManifestError` listing all of them."""
+    parsed = parse_manifest(uri, allowed if allowed is not None else default_roots(uri))
+    if parsed.problems:
+        listing = "\n".join(f"  {sid}: {problem}" for sid, _, problem in parsed.problems)
+        raise ManifestError(f"{uri}: {len(parsed.problems)} problem(s):\n{listing}")
+    if not parsed.entries:
+        raise ManifestError(f"{uri}: the manifest holds no scans")
+    return parsed.entries
+
+
+def write_jsonl(uri: str, records: Iterable) -> None:
+    """Write records (anything with ``to_json``) as JSON Lines, atomically on local disk."""
+    text = "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in records).encode()
+    if storage.is_remote(uri):
+        fs, path = storage.filesystem(uri)
+        with fs.open(path, "wb") as f:
+            f.write(text)
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+    tmp = f"{uri}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(text)
+    os.replace(tmp, uri)
+
+
+def rejected_path(manifest_uri: str) -> str:
+    base = manifest_uri[:-len(".jsonl")] if manifest_uri.endswith(".jsonl") else manifest_uri
+    return base + ".rejected.jsonl"

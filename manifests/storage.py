@@ -1,0 +1,137 @@
+"""Where scan files live: local paths, ``file://`` and ``s3://`` URIs through fsspec.
+
+Every path that comes out of a manifest passes through :class:`AllowedRoots` before it is opened, so
+a manifest cannot make tumorforge read outside the folders or buckets the user allowed.
+
+S3 endpoint and credentials come from the usual AWS environment (``AWS_ACCESS_KEY_ID``,
+``AWS_PROFILE``, ...). A custom endpoint (MinIO, a moto test server) is taken from
+``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``. Credentials are never logged or put in messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import fsspec
+
+REMOTE_SCHEMES = ("s3://",)
+
+
+class PathEscapeError(ValueError):
+    """A path named by a manifest or a layout lies outside every allowed root."""
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(REMOTE_SCHEMES)
+
+
+def normalize(uri: str) -> str:
+    """Canonical form of a URI: absolute real local path, or ``s3://bucket/key`` without ``.``/``..``."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if is_remote(uri):
+        scheme, rest = uri.split("://", 1)
+        parts = [p for p in rest.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise PathEscapeError(f"{uri}: '..' is not allowed in an object-storage key")
+        return f"{scheme}://" + "/".join(parts)
+    return os.path.realpath(os.path.expanduser(uri))
+
+
+def join(root: str, *parts: str) -> str:
+    if is_remote(root):
+        return root.rstrip("/") + "/" + "/".join(p.strip("/") for p in parts)
+    return os.path.join(root, *parts)
+
+
+def parent(uri: str) -> str:
+    if is_remote(uri):
+        return uri.rstrip("/").rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(uri))
+
+
+def storage_options(uri: str) -> dict:
+    """fsspec options for ``uri``: the S3 endpoint override, if the environment sets one."""
+    if not is_remote(uri):
+        return {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem serving ``uri`` and the path within it."""
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri))
+    return fs, path
+
+
+def open_binary(uri: str) -> BinaryIO:
+    fs, path = filesystem(uri)
+    return fs.open(path, "rb")
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def list_files(root: str) -> list[str]:
+    """Every file below ``root`` as a URI of the same kind as ``root``, sorted."""
+    fs, path = filesystem(root)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{root}: no such folder or bucket prefix")
+    found = fs.find(path)
+    if is_remote(root):
+        scheme = root.split("://", 1)[0]
+        return sorted(f"{scheme}://{p}" for p in found)
+    return sorted(found)
+
+
+def sha256_of(uri: str, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open_binary(uri) as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class AllowedRoots:
+    """The folders and bucket prefixes a manifest may point into.
+
+    Local roots are compared after resolving symlinks and ``..``, so a symlink inside an allowed
+    root that points outside it is refused too.
+    """
+
+    roots: tuple[str, ...]
+
+    @classmethod
+    def of(cls, roots) -> "AllowedRoots":
+        return cls(tuple(normalize(r) for r in roots))
+
+    def check(self, uri: str, what: str = "path") -> str:
+        """Return the normalized ``uri`` if it lies inside an allowed root, else raise."""
+        target = normalize(uri)
+        for root in self.roots:
+            if is_remote(root) != is_remote(target):
+                continue
+            if is_remote(root):
+                if target == root or target.startswith(root.rstrip("/") + "/"):
+                    return target
+            elif os.path.commonpath([root, target]) == root:
+                return target
+        listed = ", ".join(self.roots) or "(none)"
+        raise PathEscapeError(
+            f"{what} {uri} resolves to {target}, which is outside the allowed roots [{listed}]; "
+            "pass --allow-root with its folder to allow it"
+        )
+
+
+def relative_to(root: str, uri: str) -> str:
+    """``uri`` relative to ``root`` (both of the same kind), with '/' separators."""
+    if is_remote(root):
+        return uri[len(root.rstrip("/")) + 1:]
+    return posixpath.join(*os.path.relpath(uri, root).split(os.sep))

@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny hand-made scans, phantom datasets and a local S3 endpoint.
+
+Everything here is simulated: phantoms are synthetic CT, and the S3 endpoint is moto's server on
+127.0.0.1, which speaks the real S3 protocol to s3fs and boto3.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def write_nifti(path, data, affine=None, gz=None):
+    """Write ``data`` as NIfTI-1 (gzip if the name ends in .gz); returns the path as str."""
+    affine = np.diag([0.8, 0.8, 2.5, 1.0]) if affine is None else affine
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+    return str(path)
+
+
+def tiny_scan(shape=(24, 20, 10), tumor=True, seed=0):
+    """A small CT-like volume (HU) and a 0/1/2 label: an ellipsoid liver with an optional lesion."""
+    rng = np.random.default_rng(seed)
+    i, j, k = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    liver = (i / 0.7) ** 2 + (j / 0.6) ** 2 + (k / 0.9) ** 2 < 1
+    image = np.where(liver, 100, -80).astype(np.float32) + rng.normal(0, 10, shape)
+    label = liver.astype(np.uint8)
+    if tumor:
+        lesion = (i - 0.2) ** 2 + j ** 2 + k ** 2 < 0.1
+        label[lesion & liver] = 2
+        image[lesion & liver] -= 40
+    return image.astype(np.int16), label
+
+
+@pytest.fixture
+def tiny_lits(tmp_path):
+    """A LiTS-layout folder with three tiny cases (case 2 tumor-free)."""
+    root = tmp_path / "lits"
+    for n in range(3):
+        image, label = tiny_scan(tumor=n != 2, seed=n)
+        write_nifti(root / f"volume-{n}.nii", image)
+        write_nifti(root / f"segmentation-{n}.nii", label)
+    return root
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory):
+    """Phantom datasets in all four layouts, small (scale 0.15) so the suite stays fast."""
+    from manifests.phantoms import write_layout
+    root = tmp_path_factory.mktemp("phantoms")
+    cases = {"lits": 4, "msd": 2, "btcv": 2, "chaos": 2}
+    written = {layout: write_layout(layout, root / layout, n, seed=7, scale=0.15)
+               for layout, n in cases.items()}
+    return root, written
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on loopback (simulated object storage) with test credentials in the env."""
+    from moto.server import ThreadedMotoServer
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port())
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
+                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    yield endpoint
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -1,0 +1,1 @@
+"""tumorforge: trainer stage."""
