@@ -1,0 +1,146 @@
+"""The manifest contract: strict reading, validation of drift, deterministic folds, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cluster.cli import build_parser, main
+from manifests.build import build_manifest, validate_manifest
+from manifests.schema import LabelMap, ManifestError, read_manifest
+from manifests.split import assign_folds
+
+
+@pytest.fixture
+def manifest(tmp_path, tiny_lits):
+    out = tiny_lits / "manifest.jsonl"
+    build_manifest("lits", str(tiny_lits), str(out))
+    return out
+
+
+def _rewrite_first(path, **changes):
+    lines = path.read_text().splitlines()
+    entry = json.loads(lines[0])
+    entry.update(changes)
+    for k, v in list(entry.items()):
+        if v is KeyError:
+            del entry[k]
+    lines[0] = json.dumps(entry)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_roundtrip_reads_what_build_wrote(manifest):
+    entries = read_manifest(str(manifest))
+    assert [e.scan_id for e in entries] == ["lits-0", "lits-1", "lits-2"]
+    assert [e.role for e in entries] == ["tumor", "tumor", "healthy"]
+    assert entries[0].label_map == LabelMap(liver=(1,), tumor=(2,))
+    assert entries[0].shape == (24, 20, 10) and entries[0].spacing_mm == (0.8, 0.8, 2.5)
+    assert entries[0].orientation == "RAS"
+    assert entries[2].tumor_volume_ml == 0 and entries[0].tumor_volume_ml > 0
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(schema_version=2), "schema_version 2 is not supported"),
+    (dict(colour="red"), "unknown field(s) ['colour']"),
+    (dict(role="sick"), "role must be one of"),
+    (dict(shape=[24, 20]), "shape must be three positive integers"),
+    (dict(sha256={"image": "abc"}), "sha256 must be"),
+    (dict(label_map={"liver": []}), "label_map.liver is empty"),
+    (dict(spacing_mm=KeyError), "missing field(s) ['spacing_mm']"),
+])
+def test_reader_rejects_what_it_does_not_understand(manifest, change, message):
+    _rewrite_first(manifest, **change)
+    with pytest.raises(ManifestError) as info:
+        read_manifest(str(manifest))
+    assert message in str(info.value) and f"{manifest}:1" in str(info.value)
+
+
+def test_validate_detects_changed_file(manifest, tiny_lits):
+    assert validate_manifest(str(manifest))[1] == []
+    path = tiny_lits / "volume-1.nii"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    _, problems = validate_manifest(str(manifest))
+    assert len(problems) == 1 and problems[0][0] == "lits-1"
+    assert problems[0][2].startswith("sha256 mismatch")
+
+
+def test_validate_detects_recorded_role_drift(manifest):
+    _rewrite_first(manifest, role="healthy")
+    _, problems = validate_manifest(str(manifest))
+    assert problems == [("lits-0", problems[0][1], "role: manifest has healthy, file gives tumor")]
+
+
+def _entries(n_tumor, n_healthy, tmp_path):
+    from manifests.schema import ScanEntry
+    return [ScanEntry(scan_id=f"s{i:02d}", image="a", label="b", label_map=LabelMap(liver=(1,)),
+                      role="tumor" if i < n_tumor else "healthy", source="lits",
+                      sha256={"image": "0" * 64, "label": "0" * 64}, shape=(1, 1, 1),
+                      spacing_mm=(1.0, 1.0, 1.0), orientation="RAS", liver_volume_ml=1.0,
+                      tumor_volume_ml=0.0) for i in range(n_tumor + n_healthy)]
+
+
+def test_split_is_deterministic_order_free_and_stratified(tmp_path):
+    entries = _entries(13, 7, tmp_path)
+    a = {e.scan_id: e.fold for e in assign_folds(entries, 5, seed=3)}
+    b = {e.scan_id: e.fold for e in assign_folds(list(reversed(entries)), 5, seed=3)}
+    c = {e.scan_id: e.fold for e in assign_folds(entries, 5, seed=4)}
+    assert a == b
+    assert a != c
+    sizes = [list(a.values()).count(k) for k in range(5)]
+    assert sizes == [4, 4, 4, 4, 4]
+    for role, n in (("tumor", 13), ("healthy", 7)):
+        per_fold = [sum(1 for e in entries if e.role == role and a[e.scan_id] == k) for k in range(5)]
+        assert max(per_fold) - min(per_fold) <= 1 and sum(per_fold) == n
+
+
+def test_split_command_writes_folds(manifest, capsys):
+    assert main(["manifest", "split", str(manifest), "--folds", "3", "--seed", "1"]) == 0
+    folds = sorted(e.fold for e in read_manifest(str(manifest)))
+    assert folds == [0, 1, 2]
+    with pytest.raises(SystemExit, match="more than the 3 scans"):
+        main(["manifest", "split", str(manifest), "--folds", "4"])
+
+
+def test_validate_command_prints_problem_table_and_fails(manifest, tiny_lits, capsys):
+    assert main(["manifest", "validate", str(manifest)]) == 0
+    (tiny_lits / "segmentation-2.nii").unlink()
+    assert main(["manifest", "validate", str(manifest)]) == 1
+    out = capsys.readouterr().out
+    assert "lits-2" in out and "segmentation-2.nii" in out and "file not found" in out
+
+
+def test_help_lists_subcommands_and_each_has_help(capsys):
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for name in ("demo", "manifest", "phantoms"):
+        assert name in text
+    for argv in (["manifest", "build", "--help"], ["manifest", "validate", "--help"],
+                 ["manifest", "split", "--help"], ["phantoms", "--help"], ["demo", "--help"]):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args(argv)
+        assert info.value.code == 0
+        assert "usage: tumorforge" in capsys.readouterr().out
+
+
+def test_generic_layout_pairs_by_placeholder(tmp_path):
+    from conftest import tiny_scan, write_nifti
+    root = tmp_path / "any"
+    for name in ("caseA", "caseB"):
+        image, label = tiny_scan(seed=len(name))
+        write_nifti(root / "ct" / f"{name}.nii.gz", image)
+        write_nifti(root / "seg" / f"{name}_liver.nii.gz", (label > 0).astype("uint8") * 5)
+    write_nifti(root / "ct" / "orphan.nii.gz", tiny_scan()[0])
+    out = tmp_path / "g.jsonl"
+    assert main(["manifest", "build", "--layout", "generic", str(root), "-o", str(out),
+                 "--image-pattern", "ct/{id}.nii.gz", "--label-pattern", "seg/{id}_liver.nii.gz",
+                 "--label-map", "liver=5", "--source", "mine"]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["scan_id"] for x in lines] == ["mine-caseA", "mine-caseB"]
+    assert lines[0]["label_map"]["liver"] == [5] and lines[0]["role"] == "healthy"
+    rejected = (tmp_path / "g.rejected.jsonl").read_text()
+    assert "mine-orphan" in rejected and "no label matching" in rejected
