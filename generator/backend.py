@@ -1,0 +1,78 @@
+"""Array backends: NumPy/SciPy on the CPU, CuPy/cupyx on an NVIDIA GPU, one code path for both.
+
+CuPy is optional (``pip install tumorforge[gpu]``) and imported only when a GPU backend is asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+BACKENDS = ("auto", "numpy", "cupy")
+
+
+class BackendError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    xp: ModuleType       # numpy or cupy
+    ndi: ModuleType      # scipy.ndimage or cupyx.scipy.ndimage
+
+    def asarray(self, a):
+        return self.xp.asarray(a)
+
+    def asnumpy(self, a) -> np.ndarray:
+        return a.get() if hasattr(a, "get") else np.asarray(a)
+
+    def versions(self) -> dict:
+        import scipy
+        out = {"numpy": np.__version__, "scipy": scipy.__version__}
+        if self.name == "cupy":
+            out["cupy"] = self.xp.__version__
+            out["cuda_runtime"] = int(self.xp.cuda.runtime.runtimeGetVersion())
+            out["gpu"] = self.xp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        return out
+
+
+def _numpy() -> Backend:
+    import scipy.ndimage
+    return Backend("numpy", np, scipy.ndimage)
+
+
+def _cupy() -> Backend:
+    try:
+        import cupy
+        import cupyx.scipy.ndimage
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise BackendError("CuPy found no CUDA device")
+        cupy.zeros(1).sum().item()       # fails here, not mid-job, if the driver is unusable
+    except BackendError:
+        raise
+    except Exception as exc:
+        raise BackendError(f"the cupy backend needs a working CUDA GPU and CuPy "
+                           f"(pip install 'tumorforge[gpu]'): {type(exc).__name__}: {exc}") from exc
+    return Backend("cupy", cupy, cupyx.scipy.ndimage)
+
+
+def get_backend(name: str = "auto") -> Backend:
+    """``auto`` picks CuPy when a GPU works, else NumPy, and logs which it picked and why."""
+    if name not in BACKENDS:
+        raise BackendError(f"backend {name!r}: expected one of {BACKENDS}")
+    if name == "numpy":
+        return _numpy()
+    if name == "cupy":
+        return _cupy()
+    try:
+        backend = _cupy()
+        log.info("backend auto -> cupy (%s)", backend.versions().get("gpu"))
+        return backend
+    except BackendError as exc:
+        log.info("backend auto -> numpy (%s)", exc)
+        return _numpy()

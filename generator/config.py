@@ -1,0 +1,148 @@
+"""Generator configuration: every probability and range of the method, with the paper's defaults.
+
+Two profiles:
+- ``paper``: the full method of Hu et al., CVPR 2023, Section 3.1 and Table 1 (vessel-avoiding
+  location, Gaussian texture, deformed ellipsoid, placement by eq. 4, mass effect by eq. 5, capsule by
+  eqs. 6-8), sizes from Table 6 and the LI-RADS-style scenarios of Section 3.2.
+- ``released``: the reduced recipe the authors trained with in their released code (slice-based
+  location, a texture of blurred salt noise, darkening by delta HU, no vessels, no mass effect, no
+  capsule).
+
+All lengths are in voxels of the prepared scan, which is resampled to ``target_spacing_mm`` (1 mm
+isotropic by default, so voxels and mm coincide), unless a name says ``_mm``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+PROFILES = ("paper", "released")
+SIZE_TYPES = ("tiny", "small", "medium", "large", "mix")
+SCENARIOS = ("single", "multifocal", "satellite")
+
+
+@dataclass(frozen=True)
+class SizePreset:
+    """One tumor size class of Table 6: nominal radius r (mm), elastic deformation sigma_e range
+    (voxels of control-point displacement), and the discrete uniform count range [lo, hi]."""
+
+    radius_mm: float
+    sigma_e: tuple[float, float]
+    count: tuple[int, int]
+
+
+PAPER_SIZES = {
+    "tiny": SizePreset(4.0, (0.5, 1.0), (3, 10)),
+    "small": SizePreset(8.0, (1.0, 2.0), (3, 10)),
+    "medium": SizePreset(16.0, (3.0, 6.0), (2, 5)),
+    "large": SizePreset(32.0, (5.0, 10.0), (1, 3)),
+}
+
+
+@dataclass(frozen=True)
+class PaperParams:
+    """Table 1 of the paper. ``mu_t`` is drawn from U(mu_t_low, mu_p - mu_t_below_parenchyma)."""
+
+    vessel_b_hu: float = 15.0                 # b of eq. 2: threshold T = mean liver HU + b
+    sigma_a_base: float = 0.5                 # sigma_a = base + slope * sigma_p (eq. 1 smoothing)
+    sigma_a_slope: float = 0.025
+    mu_t_low_hu: float = 30.0
+    mu_t_below_parenchyma_hu: float = 10.0
+    eta: tuple[float, float] = (1.1, 1.5)     # texture upscaling factor
+    sigma_b: float = 0.6                      # texture blur
+    sigma_c: tuple[float, float] = (0.6, 1.2) # shape (mask) blur
+    axis_scale: tuple[float, float] = (0.75, 1.25)   # half-axes ~ U(0.75 r, 1.25 r)
+    gamma_max_factor: float = 1.3             # mass effect radius = 1.3 r (eq. 5)
+    mass_effect_intensity: float = 30.0       # I of eq. 5
+    capsule_band: tuple[float, float] = (0.4, 0.7)   # (lb, ub) of eq. 6
+    sigma_d: float = 0.8                      # capsule edge blur (eq. 7)
+    capsule_hu: float = 120.0                 # d of eq. 8
+    max_location_tries: int = 50              # vessel-collision redraws before the fallback
+
+
+@dataclass(frozen=True)
+class ReleasedParams:
+    """The authors' released training recipe (no vessels, no mass effect, no capsule)."""
+
+    counts: dict = field(default_factory=lambda: {"tiny": (3, 10), "small": (3, 10),
+                                                  "medium": (2, 5), "large": (1, 3)})
+    small_count_in_mix: tuple[int, int] = (5, 10)
+    slice_range: tuple[float, float] = (0.3, 0.7)   # axial slice at 30-70 % of the liver's height
+    erosion: int = 5                                # 5x5 in-plane erosion of that slice
+    texture_sigmas: tuple[float, ...] = (3.0, 6.0, 9.0, 12.0, 15.0)
+    texture_prob: tuple[float, float] = (0.05, 0.26)  # salt-noise probability range
+    texture_blur: tuple[float, ...] = (4.0, 7.0)
+    texture_mean: tuple[float, float] = (0.5, 0.55)
+    mask_blur: tuple[float, float] = (1.0, 2.0)
+    delta_hu: tuple[float, float] = (65.0, 145.0)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """What a generation job asks of the generator. Serializable to JSON (``to_json``)."""
+
+    profile: str = "paper"
+    crop_size: tuple[int, int, int] = (96, 96, 96)
+    target_spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    size_mix: dict = field(default_factory=lambda: {t: 0.2 for t in SIZE_TYPES})
+    scenario_mix: dict = field(default_factory=dict)   # e.g. {"satellite": 0.1}: Section 3.2
+    negative_fraction: float = 0.1        # liver-only crops without any tumor
+    crop_jitter: int = 16                 # voxels a positive crop's center may move off its tumor
+    post_min_radius_mm: float = 20.0      # mass effect and capsule for tumors this large (paper)
+    mass_effect_prob: float = 1.0
+    capsule_prob: float = 1.0
+    multifocal_counts: dict = field(default_factory=lambda: {"tiny": (2, 5), "small": (3, 6)})
+    satellite_count: tuple[int, int] = (3, 8)        # small lesions around one large lesion
+    satellite_shell: tuple[float, float] = (1.2, 2.5)  # their distance, in large-lesion radii
+    paper: PaperParams = field(default_factory=PaperParams)
+    released: ReleasedParams = field(default_factory=ReleasedParams)
+    sizes: dict = field(default_factory=lambda: dict(PAPER_SIZES))
+
+    def __post_init__(self):
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile {self.profile!r}: expected one of {PROFILES}")
+        weights = {**self.size_mix, **self.scenario_mix}
+        unknown = set(weights) - set(SIZE_TYPES) - set(SCENARIOS)
+        if unknown:
+            raise ValueError(f"size mix names {sorted(unknown)}; expected {SIZE_TYPES + SCENARIOS}")
+        if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise ValueError(f"size/scenario weights must be >= 0 with a positive sum: {weights}")
+        if not 0 <= self.negative_fraction <= 1:
+            raise ValueError(f"negative_fraction {self.negative_fraction} is not in [0, 1]")
+        if any(c < 16 for c in self.crop_size):
+            raise ValueError(f"crop_size {self.crop_size}: each side must be at least 16 voxels")
+
+    def to_json(self) -> dict:
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "GeneratorConfig":
+        obj = dict(obj)
+        if "paper" in obj:
+            obj["paper"] = PaperParams(**_tuples(obj["paper"]))
+        if "released" in obj:
+            obj["released"] = ReleasedParams(**_tuples(obj["released"]))
+        if "sizes" in obj:
+            obj["sizes"] = {k: SizePreset(v["radius_mm"], tuple(v["sigma_e"]), tuple(v["count"]))
+                            for k, v in obj["sizes"].items()}
+        if "multifocal_counts" in obj:
+            obj["multifocal_counts"] = {k: tuple(v) for k, v in obj["multifocal_counts"].items()}
+        for key in ("crop_size", "target_spacing_mm", "satellite_count", "satellite_shell"):
+            if key in obj:
+                obj[key] = tuple(obj[key])
+        return cls(**obj)
+
+
+def _tuples(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else
+            ({kk: tuple(vv) for kk, vv in v.items()} if isinstance(v, dict) else v)
+            for k, v in d.items()}
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x

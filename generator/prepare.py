@@ -1,0 +1,142 @@
+"""Scan preparation, once per scan: RAS, target spacing, liver, parenchyma statistics, vessels.
+
+The result, :class:`PreparedScan`, is what every synthesis call reads. It keeps only the liver's
+bounding box plus a margin of half a crop, so a scan cache holds tens of MB per scan, not hundreds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import nibabel as nib
+import numpy as np
+import scipy.ndimage as ndi
+
+from .config import GeneratorConfig
+
+PAD_HU = -1024          # what lies outside the scan (air)
+
+
+class PrepareError(ValueError):
+    pass
+
+
+@dataclass
+class PreparedScan:
+    """A scan ready for synthesis. Arrays are indexed (i, j, k) along R, A, S at ``spacing_mm``.
+
+    ``origin_vox`` is where index (0, 0, 0) of these arrays sits in the full resampled scan, so crop
+    origins recorded in provenance refer to the whole resampled scan, not to this sub-volume.
+    """
+
+    scan_id: str
+    image: np.ndarray            # int16 HU
+    liver: np.ndarray            # bool: liver organ (liver, tumor and vessel label values)
+    vessel: np.ndarray           # bool: eq. 1 vessel mask inside the liver (plus vessel labels)
+    spacing_mm: tuple[float, float, float]
+    affine: np.ndarray           # voxel (i, j, k) of these arrays -> RAS+ world mm
+    origin_vox: tuple[int, int, int]
+    liver_mean_hu: float         # mean HU over the whole liver (eq. 2)
+    vessel_threshold_hu: float   # T of eq. 2
+    sigma_a: float               # smoothing of eq. 1
+    parenchyma_mean_hu: float    # mu_p: liver without vessels
+    parenchyma_sd_hu: float      # sigma_p
+    liver_voxels: np.ndarray     # flat indices of liver voxels (location sampling)
+    _device: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.image.shape)
+
+    def stats(self) -> dict:
+        return {"liver_mean_hu": round(self.liver_mean_hu, 3),
+                "vessel_threshold_hu": round(self.vessel_threshold_hu, 3),
+                "sigma_a": round(self.sigma_a, 4),
+                "parenchyma_mean_hu": round(self.parenchyma_mean_hu, 3),
+                "parenchyma_sd_hu": round(self.parenchyma_sd_hu, 3),
+                "vessel_fraction": round(float(self.vessel.sum()) / max(1, len(self.liver_voxels)), 4),
+                "shape": list(self.shape), "origin_vox": list(self.origin_vox)}
+
+    def on(self, backend):
+        """(image, liver) on the backend's device; copied once and cached."""
+        if backend.name not in self._device:
+            self._device[backend.name] = (backend.asarray(self.image), backend.asarray(self.liver))
+        return self._device[backend.name]
+
+
+def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder/flip voxel axes so they run R, A, S; the affine is updated to match."""
+    current = nib.orientations.io_orientation(affine)
+    transform = nib.orientations.ornt_transform(current, nib.orientations.axcodes2ornt("RAS"))
+    out = nib.orientations.apply_orientation(data, transform)
+    new_affine = affine @ nib.orientations.inv_ornt_aff(transform, data.shape)
+    return np.ascontiguousarray(out), new_affine
+
+
+def prepare_scan(scan_id: str, image: np.ndarray, label: np.ndarray, affine: np.ndarray,
+                 organ_values, vessel_values=(), config: GeneratorConfig | None = None
+                 ) -> PreparedScan:
+    """Prepare one healthy scan.
+
+    ``image`` is HU and ``label`` integer classes, both in the file's voxel order with ``affine``
+    (voxel -> RAS+ mm). ``organ_values`` are the label values of the liver organ (liver, and tumor and
+    vessel if the dataset labels them); ``vessel_values`` are added to the thresholded vessel mask.
+
+    Steps: reorient to RAS; resample to ``config.target_spacing_mm`` (image linear, label nearest);
+    crop to the liver box plus half a crop; mean liver HU and threshold T = mean + b (eq. 2);
+    sigma_p estimated on liver voxels at or below T; vessels = liver voxels whose CT smoothed with
+    sigma_a = 0.5 + 0.025 sigma_p exceeds T (eq. 1); parenchyma mu_p, sigma_p = liver minus vessels.
+    """
+    config = config or GeneratorConfig()
+    p = config.paper
+    if image.shape != label.shape:
+        raise PrepareError(f"scan {scan_id}: image shape {image.shape} != label shape {label.shape}")
+    image, ras_affine = to_ras(np.asarray(image, np.float32), affine)
+    label, _ = to_ras(np.asarray(label), affine)
+    spacing = np.sqrt((ras_affine[:3, :3] ** 2).sum(0))
+    target = np.asarray(config.target_spacing_mm, float)
+    factors = target / spacing
+    full_shape = tuple(int(n) for n in np.maximum(1, np.floor((np.array(image.shape) - 1) / factors) + 1))
+
+    organ = np.isin(label, np.asarray(organ_values))
+    if not organ.any():
+        raise PrepareError(f"scan {scan_id}: no liver voxel (liver values {list(organ_values)})")
+    # Crop (in output voxels) to the liver box plus half a crop, before resampling the image.
+    idx = np.argwhere(organ)
+    lo_in, hi_in = idx.min(0), idx.max(0)
+    margin = np.asarray(config.crop_size) // 2 + 8
+    lo = np.maximum(0, np.floor(lo_in / factors).astype(int) - margin)
+    hi = np.minimum(full_shape, np.ceil(hi_in / factors).astype(int) + margin + 1)
+    shape = tuple(int(n) for n in hi - lo)
+
+    def resample(data, order, cval):
+        # Output voxel o (in the crop) is full-grid voxel lo + o -> input coordinate (lo + o) * factor.
+        matrix = np.diag(factors)
+        return ndi.affine_transform(data, matrix, offset=lo * factors, output_shape=shape,
+                                    order=order, mode="constant", cval=cval, prefilter=False)
+
+    img = resample(image, 1, PAD_HU)
+    organ_r = resample(organ.astype(np.uint8), 0, 0).astype(bool)
+    labelled_vessel = (resample(np.isin(label, np.asarray(vessel_values)).astype(np.uint8), 0, 0)
+                       .astype(bool) if len(vessel_values) else np.zeros(shape, bool))
+    out_affine = ras_affine @ np.diag([*factors, 1.0])
+    out_affine[:3, 3] = ras_affine[:3, :3] @ (lo * factors) + ras_affine[:3, 3]
+
+    liver_hu = img[organ_r]
+    liver_mean = float(liver_hu.mean())
+    threshold = liver_mean + p.vessel_b_hu
+    sigma_p0 = float(liver_hu[liver_hu <= threshold].std())
+    sigma_a = p.sigma_a_base + p.sigma_a_slope * sigma_p0
+    smoothed = ndi.gaussian_filter(img, sigma_a, mode="nearest")
+    vessel = (organ_r & (smoothed > threshold)) | (labelled_vessel & organ_r)
+    parenchyma = img[organ_r & ~vessel]
+    if parenchyma.size < 100:
+        raise PrepareError(f"scan {scan_id}: only {parenchyma.size} liver voxels without vessels "
+                           f"at {tuple(target)} mm; expected a liver")
+    return PreparedScan(
+        scan_id=scan_id, image=np.clip(np.rint(img), -32768, 32767).astype(np.int16),
+        liver=organ_r, vessel=vessel, spacing_mm=tuple(float(t) for t in target),
+        affine=out_affine, origin_vox=tuple(int(v) for v in lo), liver_mean_hu=liver_mean,
+        vessel_threshold_hu=threshold, sigma_a=sigma_a,
+        parenchyma_mean_hu=float(parenchyma.mean()), parenchyma_sd_hu=float(parenchyma.std()),
+        liver_voxels=np.flatnonzero(organ_r))
