@@ -14,7 +14,7 @@ from generator import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     from manifests import cli as manifests_cli
-    from . import demo
+    from . import bench, demo, preview
 
     parser = argparse.ArgumentParser(
         prog="tumorforge",
@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo.register(sub)
     manifests_cli.register(sub)
+    preview.register(sub)
+    bench.register(sub)
     return parser
 
 

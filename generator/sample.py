@@ -95,11 +95,11 @@ def _liver_voxel(rng, scan) -> np.ndarray:
     return np.array(np.unravel_index(flat, scan.shape))
 
 
-def _vessels_near(scan, c, r) -> int:
+def _cube(scan, c, r):
     r = int(math.ceil(r))
     lo = np.maximum(c - r, 0)
     hi = c + r + 1
-    return int(np.count_nonzero(scan.vessel[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]))
+    return (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
 
 
 def _satellite_spot(rng, scan, config, near, r):
@@ -113,18 +113,26 @@ def _satellite_spot(rng, scan, config, near, r):
 
 
 def _paper_location(rng, scan, config, r, near):
-    """Eq. 1 collision rule: redraw while any vessel lies in the cube [c - r, c + r]."""
+    """Eq. 1 collision rule: redraw while any vessel lies in the cube [c - r, c + r].
+
+    After ``max_location_tries`` the draw with the lowest vessel density (vessel voxels per liver
+    voxel in the cube) is used and recorded as a fallback. Density rather than count, because the
+    fewest vessels are always found where the cube leaves the liver, which would push every large
+    tumor to the liver's edge.
+    """
     best = None
     tries = config.paper.max_location_tries
     for attempt in range(1, tries + 1):
         c = _satellite_spot(rng, scan, config, near, r) if near is not None else None
         if c is None:
             c = _liver_voxel(rng, scan)
-        n = _vessels_near(scan, c, r)
+        cube = _cube(scan, c, r)
+        n = int(np.count_nonzero(scan.vessel[cube]))
         if n == 0:
             return c, attempt, False, 0
-        if best is None or n < best[1]:
-            best = (c, n)
+        density = n / max(1, int(np.count_nonzero(scan.liver[cube])))
+        if best is None or density < best[2]:
+            best = (c, n, density)
     return best[0], tries, True, best[1]
 
 

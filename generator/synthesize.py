@@ -62,13 +62,20 @@ class Crop:
     label: np.ndarray   # (Z, Y, X) uint8
 
 
-def _half_size(t) -> int:
-    """Half-width of the box in which a tumor is computed (voxels)."""
+def _shape_half(t) -> int:
+    """Half-width of the box in which a tumor's shape is computed (voxels). The shape depends on
+    this box only (its control grid spans it), never on the canvas or on post-processing."""
     blur = t.sigma_c if isinstance(t, PaperTumor) else t.mask_blur
-    h = max(t.half_axes) + 3.0 * t.sigma_e + 3.0 * blur + 2.0
+    return int(math.ceil(max(t.half_axes) + 3.0 * t.sigma_e + 3.0 * blur + 2.0))
+
+
+def _half_size(t) -> int:
+    """Half-width of everything a tumor touches: its shape box, and for the paper's
+    post-processing the mass-effect sphere and the blurred capsule band."""
+    h = _shape_half(t)
     if isinstance(t, PaperTumor) and (t.mass_effect or t.capsule):
-        h = max(h, t.gamma_max + 2.0) + (3.0 * t.sigma_d + 1 if t.capsule else 0)
-    return int(math.ceil(h))
+        h = max(h, int(math.ceil(t.gamma_max + 2.0 + (3.0 * t.sigma_d + 1.0 if t.capsule else 0))))
+    return h
 
 
 def _box(t, origin) -> tuple[np.ndarray, np.ndarray]:
@@ -187,34 +194,55 @@ def _warp_coords(backend, shape, center, gamma_max, intensity):
     return xp.stack([xp.float32(c) + vi * scale for vi, c in zip(v, center)])
 
 
+def _support(backend, mask):
+    """Slices of the smallest box holding every non-zero voxel of ``mask``; None if it is empty.
+
+    Texture is computed on this box only: its noise grid is anchored at the box corner, so the
+    box is part of the sample's definition (identical on every run and backend)."""
+    xp = backend.xp
+    bounds = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = backend.asnumpy(xp.flatnonzero((mask > 0).any(axis=other)))
+        if hit.size == 0:
+            return None
+        bounds.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(bounds)
+
+
 def _apply_tumor(backend, t, image, label, timer):
-    """Paint one tumor into the canvas (image float32 HU, label uint8) in place, within its box."""
+    """Paint one tumor into the canvas (image float32 HU, label uint8) in place, within its box.
+    The canvas always contains the whole box (``synthesize`` builds it so)."""
     xp, ndi = backend.xp, backend.ndi
-    h = _half_size(t)
+    h, hs = _half_size(t), _shape_half(t)
     c = np.asarray(t.center)
-    lo = np.maximum(c - h, 0)
-    hi = np.minimum(c + h + 1, image.shape)
-    if np.any(hi <= lo):
-        return
-    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    box_shape = tuple(int(v) for v in hi - lo)
-    center = c - lo
+    sl = tuple(slice(int(v - h), int(v + h + 1)) for v in c)
     img, lab = image[sl], label[sl]
-    liver = (lab >= LIVER_LABEL).astype(xp.float32)
+    center = np.full(3, h)
+    shape_sl = tuple(slice(h - hs, h + hs + 1) for _ in range(3))
+    shape_box = (2 * hs + 1,) * 3
+    liver = (lab[shape_sl] >= LIVER_LABEL).astype(xp.float32)
+    mask = xp.zeros(img.shape, xp.float32)
     if isinstance(t, PaperTumor):
-        mask = ndi.gaussian_filter(_paper_shape(backend, t, box_shape, center), t.sigma_c,
-                                   mode="constant") * liver
+        mask[shape_sl] = ndi.gaussian_filter(_paper_shape(backend, t, shape_box, (hs, hs, hs)),
+                                             t.sigma_c, mode="constant") * liver
         timer.mark("shape")
-        texture = _paper_texture(backend, t, box_shape)
-        timer.mark("texture")
-        img[...] = (1.0 - mask) * img + mask * texture                      # eq. 4
-        lab[...] = xp.where(mask >= 0.5, xp.uint8(TUMOR_LABEL), lab)
-        timer.mark("place")
+        sub = _support(backend, mask)
+        if sub is not None:
+            m = mask[sub]
+            texture = _paper_texture(backend, t, m.shape)
+            timer.mark("texture")
+            img[sub] = (1.0 - m) * img[sub] + m * texture                    # eq. 4
+            lab[sub] = xp.where(m >= 0.5, xp.uint8(TUMOR_LABEL), lab[sub])
+            timer.mark("place")
         if t.mass_effect:
-            coords = _warp_coords(backend, box_shape, center, t.gamma_max, t.intensity)
-            img[...] = ndi.map_coordinates(img, coords, order=1, mode="nearest")
-            lab[...] = ndi.map_coordinates(lab, coords, order=0, mode="nearest")
-            mask = ndi.map_coordinates(mask, coords, order=1, mode="nearest")
+            # Only the sphere of radius gamma_max moves, and it samples only from inside itself.
+            g = int(math.ceil(t.gamma_max))
+            w = tuple(slice(h - g, h + g + 1) for _ in range(3))
+            coords = _warp_coords(backend, (2 * g + 1,) * 3, (g, g, g), t.gamma_max, t.intensity)
+            img[w] = ndi.map_coordinates(img[w], coords, order=1, mode="nearest")
+            lab[w] = ndi.map_coordinates(lab[w], coords, order=0, mode="nearest")
+            mask[w] = ndi.map_coordinates(mask[w], coords, order=1, mode="nearest")
             timer.mark("mass_effect")
         if t.capsule:
             lb, ub = t.capsule_band
@@ -223,14 +251,17 @@ def _apply_tumor(backend, t, image, label, timer):
                                                                  mode="constant")  # eqs. 7-8
             timer.mark("capsule")
     else:
-        mask = ndi.gaussian_filter(_released_shape(backend, t, box_shape, center), t.mask_blur,
-                                   mode="constant") * liver
+        mask[shape_sl] = ndi.gaussian_filter(_released_shape(backend, t, shape_box, (hs, hs, hs)),
+                                             t.mask_blur, mode="constant") * liver
         timer.mark("shape")
-        texture = _released_texture(backend, t, box_shape)
-        timer.mark("texture")
-        img -= texture * mask * xp.float32(t.delta_hu)
-        lab[...] = xp.where(mask >= 0.5, xp.uint8(TUMOR_LABEL), lab)
-        timer.mark("place")
+        sub = _support(backend, mask)
+        if sub is not None:
+            m = mask[sub]
+            texture = _released_texture(backend, t, m.shape)
+            timer.mark("texture")
+            img[sub] -= texture * m * xp.float32(t.delta_hu)
+            lab[sub] = xp.where(m >= 0.5, xp.uint8(TUMOR_LABEL), lab[sub])
+            timer.mark("place")
 
 
 def synthesize(scan: PreparedScan, params: SampleParams, backend: Backend,

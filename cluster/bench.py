@@ -1,0 +1,108 @@
+"""``tumorforge bench ...``: the project's benchmark commands. Figures in the README come from here.
+
+``bench generator`` times synthesis alone: one scan prepared once (reported apart), then crops drawn
+and synthesized one after another, with a per-step breakdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+
+def _machine() -> dict:
+    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def _bench_scan(args, config):
+    """The scan to benchmark on: a manifest scan, or a built-in phantom (synthetic CT)."""
+    import numpy as np
+    from generator.prepare import prepare_scan
+    if args.manifest:
+        from manifests.schema import default_roots, read_manifest
+        from .scans import load_prepared
+        entries = read_manifest(args.manifest, default_roots(args.manifest, args.allow_root))
+        healthy = [e for e in entries if e.role == "healthy"] or entries
+        entry = next((e for e in healthy if e.scan_id == args.scan), healthy[0])
+        return load_prepared(entry, config), entry.scan_id
+    from manifests.phantoms import make_phantom
+    ph = make_phantom(np.random.default_rng(args.phantom_seed), scale=args.phantom_scale)
+    scan_id = f"phantom-{args.phantom_seed}"
+    return prepare_scan(scan_id, ph.image, ph.organs, ph.affine, organ_values=(6,),
+                        config=config), scan_id + f" (built-in phantom, scale {args.phantom_scale})"
+
+
+def bench_generator(args) -> int:
+    import numpy as np
+    from generator.backend import BackendError, get_backend
+    from generator.sample import sample_params, sample_seed
+    from generator.synthesize import StepTimer, synthesize
+    from .options import config_from_args
+
+    config = config_from_args(args)
+    try:
+        backend = get_backend(args.backend)
+    except BackendError as exc:
+        sys.exit(f"bench generator: {exc}")
+    t0 = time.perf_counter()
+    scan, described = _bench_scan(args, config)
+    prepare_s = time.perf_counter() - t0
+    rng_of = lambda i: np.random.default_rng(sample_seed(args.seed, i))
+    for i in range(args.warmup):
+        synthesize(scan, sample_params(rng_of(i), scan, config), backend)
+    timer = StepTimer(backend)
+    t_sample = 0.0
+    start = time.perf_counter()
+    kinds: dict[str, int] = {}
+    for i in range(args.warmup, args.warmup + args.samples):
+        ts = time.perf_counter()
+        params = sample_params(rng_of(i), scan, config)
+        t_sample += time.perf_counter() - ts
+        kinds[params.kind] = kinds.get(params.kind, 0) + 1
+        synthesize(scan, params, backend, timer)
+    wall = time.perf_counter() - start
+    steps = {"sample_params": t_sample, **timer.seconds}
+    report = {"benchmark": "generator", "backend": backend.name, "versions": backend.versions(),
+              "profile": config.profile, "size_mix": {**config.size_mix, **config.scenario_mix},
+              "crop_size": list(config.crop_size), "scan": described,
+              "prepare_seconds": round(prepare_s, 3), "samples": args.samples,
+              "kinds": kinds, "seconds": round(wall, 3),
+              "crops_per_second": round(args.samples / wall, 3),
+              "ms_per_crop": {k: round(1000 * v / args.samples, 3) for k, v in steps.items()},
+              "machine": _machine(), "date": time.strftime("%Y-%m-%d")}
+    print(f"generator benchmark: {backend.name}, profile {config.profile}, {args.samples} crops of "
+          f"{'x'.join(map(str, config.crop_size))} from {described}")
+    print(f"  prepare (once per scan): {prepare_s:.2f} s")
+    print(f"  {report['crops_per_second']:.2f} crops/s ({wall:.2f} s)  kinds {kinds}")
+    for k, v in report["ms_per_crop"].items():
+        print(f"  {k:14s} {v:10.3f} ms/crop")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .options import add_generator_options
+    b = sub.add_parser("bench", help="benchmarks (figures for the README's performance section)")
+    bsub = b.add_subparsers(dest="bench_cmd", required=True, metavar="{generator}")
+    g = bsub.add_parser("generator", help="synthesis throughput with a per-step breakdown",
+                        description="Crops per second of tumor synthesis alone on one prepared "
+                                    "scan, with milliseconds per crop for each step.")
+    g.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="numpy")
+    g.add_argument("--samples", type=int, default=50)
+    g.add_argument("--warmup", type=int, default=3)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--manifest", help="take the scan from this manifest (default: a phantom)")
+    g.add_argument("--scan", help="scan_id in --manifest (default: the first healthy scan)")
+    g.add_argument("--allow-root", action="append", default=[], metavar="DIR_OR_URI")
+    g.add_argument("--phantom-scale", type=float, default=0.5)
+    g.add_argument("--phantom-seed", type=int, default=0)
+    g.add_argument("--json", help="also write the report as JSON here")
+    add_generator_options(g)
+    g.set_defaults(func=bench_generator)

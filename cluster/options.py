@@ -1,0 +1,50 @@
+"""Command-line options that describe a generator configuration, shared by every subcommand that
+synthesizes (preview, bench, generate)."""
+
+from __future__ import annotations
+
+import argparse
+
+from generator.config import PROFILES, SCENARIOS, SIZE_TYPES, GeneratorConfig
+
+
+def parse_mix(text: str) -> tuple[dict, dict]:
+    """``mix`` -> only mix; ``tiny=0.5,large=0.5,satellite=0.1`` -> weights. Returns (sizes, scenarios)."""
+    names = SIZE_TYPES + SCENARIOS
+    if "=" not in text:
+        items = {text.strip(): 1.0}
+    else:
+        items = {}
+        for item in text.split(","):
+            name, _, weight = item.partition("=")
+            try:
+                items[name.strip()] = float(weight)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"size mix item {item!r}: expected NAME=WEIGHT")
+    unknown = sorted(set(items) - set(names))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"size mix names {unknown}; expected some of {list(names)}")
+    return ({k: v for k, v in items.items() if k in SIZE_TYPES},
+            {k: v for k, v in items.items() if k in SCENARIOS})
+
+
+def add_generator_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generator")
+    g.add_argument("--profile", choices=PROFILES, default="paper",
+                   help="paper: the full method (default); released: the authors' reduced recipe")
+    g.add_argument("--size-mix", default=None, metavar="MIX",
+                   help="size type or weights, e.g. 'mix' or 'tiny=0.2,small=0.2,medium=0.2,"
+                        "large=0.2,mix=0.2' (the default) or with scenarios 'single=1,satellite=1'")
+    g.add_argument("--crop-size", type=int, default=96, help="crop side in voxels (default 96)")
+    g.add_argument("--spacing", type=float, default=1.0, help="target isotropic spacing in mm (1)")
+    g.add_argument("--negative-fraction", type=float, default=0.1,
+                   help="fraction of liver-only crops without tumor (default 0.1)")
+
+
+def config_from_args(args) -> GeneratorConfig:
+    kwargs = dict(profile=args.profile, crop_size=(args.crop_size,) * 3,
+                  target_spacing_mm=(args.spacing,) * 3, negative_fraction=args.negative_fraction)
+    if args.size_mix:
+        sizes, scenarios = parse_mix(args.size_mix)
+        kwargs.update(size_mix=sizes, scenario_mix=scenarios)
+    return GeneratorConfig(**kwargs)

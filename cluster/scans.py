@@ -1,0 +1,26 @@
+"""Loading manifest scans for synthesis: read, verify against the manifest, prepare."""
+
+from __future__ import annotations
+
+from generator.config import GeneratorConfig
+from generator.prepare import PreparedScan, prepare_scan
+from manifests.nifti import ScanError, read_volume
+from manifests.schema import ScanEntry
+
+
+def load_prepared(entry: ScanEntry, config: GeneratorConfig) -> PreparedScan:
+    """Read a scan's image and label, check them against the manifest's sha256, and prepare them.
+
+    Raises :class:`ScanError` naming the file when it is unreadable or differs from the manifest.
+    """
+    image = read_volume(entry.image)
+    if image.sha256 != entry.sha256["image"]:
+        raise ScanError(entry.image, f"sha256 {image.sha256[:12]}... differs from the manifest's "
+                                     f"{entry.sha256['image'][:12]}... (file changed since build)")
+    label = read_volume(entry.label)
+    if label.sha256 != entry.sha256["label"]:
+        raise ScanError(entry.label, f"sha256 {label.sha256[:12]}... differs from the manifest's "
+                                     f"{entry.sha256['label'][:12]}... (file changed since build)")
+    return prepare_scan(entry.scan_id, image.data, label.data, image.info.affine,
+                        organ_values=entry.label_map.organ_values(),
+                        vessel_values=entry.label_map.vessel, config=config)

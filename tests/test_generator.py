@@ -1,0 +1,172 @@
+"""Tumor synthesis: draw-then-apply records, determinism, the paper's rules, crop-local output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from generator.backend import get_backend
+from generator.config import GeneratorConfig
+from generator.params import SampleParams
+from generator.prepare import prepare_scan
+from generator.sample import sample_params, sample_seed
+from generator.synthesize import synthesize
+
+NUMPY = get_backend("numpy")
+
+
+def liver_volume(shape=(150, 130, 60), spacing=(1.0, 1.0, 2.0), seed=0):
+    """An ellipsoid 'liver' (~100 HU, sd 12) in fat, with one bright vessel tube along its long
+    axis; anisotropic spacing. Returns image (HU), label (0/1) and affine (LPS storage)."""
+    rng = np.random.default_rng(seed)
+    ax = [(np.arange(n) - n / 2) * s for n, s in zip(shape, spacing)]
+    x, y, z = np.meshgrid(*ax, indexing="ij")
+    liver = (x / 65) ** 2 + (y / 55) ** 2 + (z / 50) ** 2 < 1
+    vessel = ((y - 10) ** 2 + (z - 5) ** 2 < 16) & liver
+    image = np.where(liver, 100.0, -90.0) + rng.normal(0, 12, shape)
+    image[vessel] += 80
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    return image.astype(np.int16), liver.astype(np.uint8), affine
+
+
+@pytest.fixture(scope="module")
+def scan():
+    image, label, affine = liver_volume()
+    return prepare_scan("toy", image, label, affine, organ_values=(1,))
+
+
+def _params(scan, config, index, seed=0):
+    return sample_params(np.random.default_rng(sample_seed(seed, index)), scan, config)
+
+
+def test_prepare_reorients_resamples_and_finds_the_vessel(scan):
+    assert scan.spacing_mm == (1.0, 1.0, 1.0)
+    assert scan.affine[0, 0] > 0 and scan.affine[1, 1] > 0 and scan.affine[2, 2] > 0   # RAS
+    assert 95 <= scan.parenchyma_mean_hu <= 105 and 8 <= scan.parenchyma_sd_hu <= 20
+    assert scan.vessel_threshold_hu == pytest.approx(scan.liver_mean_hu + 15)
+    # The tube (radius 4 mm at y=+10 mm, z=+5 mm) is found; LPS storage means +y is index-down.
+    frac = scan.vessel.sum() / scan.liver.sum()
+    assert 0.004 < frac < 0.05
+    image, label, affine = liver_volume()
+    flipped = prepare_scan("toy", image[::-1, :, ::-1].copy(), label[::-1, :, ::-1].copy(),
+                           affine @ np.array([[-1, 0, 0, 149], [0, 1, 0, 0], [0, 0, -1, 59],
+                                              [0, 0, 0, 1.0]]), organ_values=(1,))
+    assert np.array_equal(flipped.image, scan.image) and np.array_equal(flipped.vessel, scan.vessel)
+
+
+def test_params_are_deterministic_and_round_trip_json(scan):
+    config = GeneratorConfig()
+    a, b, c = _params(scan, config, 5), _params(scan, config, 5), _params(scan, config, 6)
+    assert a == b and a != c
+    text = json.dumps(a.to_json())
+    assert SampleParams.from_json(json.loads(text)) == a
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "medium", "large"])
+def test_paper_draws_follow_table_1_and_table_6(scan, size):
+    config = GeneratorConfig(size_mix={size: 1.0}, negative_fraction=0.0)
+    preset = config.sizes[size]
+    for i in range(6):
+        p = _params(scan, config, i)
+        assert p.kind == size and preset.count[0] <= len(p.tumors) <= preset.count[1]
+        for t in p.tumors:
+            assert all(0.75 * t.radius <= a <= 1.25 * t.radius for a in t.half_axes)
+            assert preset.sigma_e[0] <= t.sigma_e <= preset.sigma_e[1]
+            assert 0.6 <= t.sigma_c <= 1.2 and 1.1 <= t.eta <= 1.5 and t.sigma_b == 0.6
+            assert 30 <= t.mu_t <= scan.parenchyma_mean_hu - 10
+            assert t.gamma_max == pytest.approx(1.3 * t.radius) and t.intensity == 30
+            assert t.mass_effect == t.capsule == (preset.radius_mm >= 20)
+            assert scan.liver[tuple(np.asarray(t.center) - scan.origin_vox)]
+
+
+def test_small_tumors_avoid_vessels(scan):
+    config = GeneratorConfig(size_mix={"tiny": 1.0}, negative_fraction=0.0)
+    for i in range(5):
+        for t in _params(scan, config, i).tumors:
+            assert not t.location_fallback and t.vessel_voxels_near == 0
+            c = np.asarray(t.center) - scan.origin_vox
+            r = int(np.ceil(t.radius))
+            assert not scan.vessel[tuple(slice(max(v - r, 0), v + r + 1) for v in c)].any()
+
+
+def test_synthesis_is_bit_exact_and_labels_make_sense(scan):
+    config = GeneratorConfig(size_mix={"medium": 1.0}, negative_fraction=0.0)
+    p = _params(scan, config, 2)
+    a, b = synthesize(scan, p, NUMPY), synthesize(scan, p, NUMPY)
+    assert a.image.tobytes() == b.image.tobytes() and a.label.tobytes() == b.label.tobytes()
+    assert a.image.shape == a.label.shape == (96, 96, 96)
+    assert a.image.dtype == np.int16 and a.label.dtype == np.uint8
+    assert set(np.unique(a.label)) == {0, 1, 2}
+    tumor = a.label == 2
+    assert tumor[40:56, 24:72, 24:72].any()             # positive crops are centred on a tumor
+    assert a.image[tumor].mean() < a.image[a.label == 1].mean() - 10   # hypodense, as mu_t says
+
+
+def test_negative_crops_are_the_scan_itself(scan):
+    config = GeneratorConfig(negative_fraction=1.0)
+    p = _params(scan, config, 0)
+    crop = synthesize(scan, p, NUMPY)
+    assert p.kind == "negative" and p.tumors == () and not (crop.label == 2).any()
+    lo = np.asarray(p.crop_origin) - scan.origin_vox
+    expected = np.full((96, 96, 96), -1024, np.int16)
+    src = tuple(slice(max(a, 0), min(a + 96, n)) for a, n in zip(lo, scan.shape))
+    dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, lo))
+    expected[dst] = scan.image[src]
+    assert np.array_equal(crop.image, expected.transpose(2, 1, 0))
+
+
+def test_tumors_outside_the_crop_do_not_matter(scan):
+    config = GeneratorConfig(size_mix={"mix": 1.0}, negative_fraction=0.0)
+    p = _params(scan, config, 1)
+    far = {"center": (10_000, 10_000, 10_000)}
+    moved = SampleParams(**{**p.__dict__, "tumors": p.tumors + (type(p.tumors[0])(
+        **{**p.tumors[0].__dict__, **far}),)})
+    assert synthesize(scan, moved, NUMPY).image.tobytes() == synthesize(scan, p, NUMPY).image.tobytes()
+
+
+def test_mass_effect_and_capsule_change_only_what_they_should(scan):
+    config = GeneratorConfig(size_mix={"large": 1.0}, negative_fraction=0.0)
+    p = _params(scan, config, 3)
+    plain = SampleParams(**{**p.__dict__, "tumors": tuple(type(t)(**{**t.__dict__, "mass_effect":
+                                                                   False, "capsule": False})
+                                                         for t in p.tumors)})
+    full, base = synthesize(scan, p, NUMPY), synthesize(scan, plain, NUMPY)
+    assert (full.label == 2).sum() > (base.label == 2).sum()      # the warp expands the tumor
+    only_capsule = SampleParams(**{**p.__dict__, "tumors": tuple(type(t)(**{**t.__dict__,
+                                                                 "mass_effect": False})
+                                                                 for t in p.tumors)})
+    cap = synthesize(scan, only_capsule, NUMPY)
+    diff = cap.image.astype(int) - base.image.astype(int)
+    assert diff.min() >= 0 and diff.max() > 30                  # a brighter rim, nothing darker
+    assert np.array_equal(cap.label, base.label)
+
+
+def test_released_profile(scan):
+    config = GeneratorConfig(profile="released", size_mix={"small": 1.0}, negative_fraction=0.0)
+    p = _params(scan, config, 0)
+    ks = np.flatnonzero(scan.liver.any(axis=(0, 1))) + scan.origin_vox[2]
+    lo, hi = ks[0] + 0.3 * (ks[-1] - ks[0]) - 1, ks[0] + 0.7 * (ks[-1] - ks[0]) + 1
+    for t in p.tumors:
+        assert lo <= t.center[2] <= hi
+        assert all(float(a).is_integer() for a in t.half_axes) and 65 <= t.delta_hu <= 145
+    crop = synthesize(scan, p, NUMPY)
+    assert crop.image[crop.label == 2].mean() < crop.image[crop.label == 1].mean() - 10
+
+
+def test_gpu_matches_cpu_within_tolerance(scan):
+    cupy = pytest.importorskip("cupy")
+    try:
+        gpu = get_backend("cupy")
+    except Exception as exc:
+        pytest.skip(f"no usable GPU: {exc}")
+    config = GeneratorConfig(size_mix={"mix": 1.0}, negative_fraction=0.0)
+    for i in range(4):
+        p = _params(scan, config, i)
+        a, b = synthesize(scan, p, NUMPY), synthesize(scan, p, gpu)
+        ta, tb = a.label == 2, b.label == 2
+        dice = 2 * (ta & tb).sum() / max(1, ta.sum() + tb.sum())
+        assert dice >= 0.99
+        assert np.abs(a.image.astype(float) - b.image).mean() <= 0.5
+        assert synthesize(scan, p, gpu).image.tobytes() == b.image.tobytes()
