@@ -75,6 +75,7 @@ def bench_generator(args) -> int:
               "crops_per_second": round(args.samples / wall, 3),
               "ms_per_crop": {k: round(1000 * v / args.samples, 3) for k, v in steps.items()},
               "machine": _machine(), "date": time.strftime("%Y-%m-%d")}
+    print(f"backend: {backend.name} ({backend.why})")
     print(f"generator benchmark: {backend.name}, profile {config.profile}, {args.samples} crops of "
           f"{'x'.join(map(str, config.crop_size))} from {described}")
     print(f"  prepare (once per scan): {prepare_s:.2f} s")

@@ -30,6 +30,9 @@ def parse_mix(text: str) -> tuple[dict, dict]:
 
 def add_generator_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generator")
+    g.add_argument("--generator-config", metavar="FILE",
+                   help="YAML or JSON with any GeneratorConfig fields (every probability and range "
+                        "of the method); the options below override it")
     g.add_argument("--profile", choices=PROFILES, default="paper",
                    help="paper: the full method (default); released: the authors' reduced recipe")
     g.add_argument("--size-mix", default=None, metavar="MIX",
@@ -42,9 +45,19 @@ def add_generator_options(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> GeneratorConfig:
-    kwargs = dict(profile=args.profile, crop_size=(args.crop_size,) * 3,
-                  target_spacing_mm=(args.spacing,) * 3, negative_fraction=args.negative_fraction)
+    import yaml
+    base = {}
+    if args.generator_config:
+        with open(args.generator_config) as f:
+            base = yaml.safe_load(f) or {}
+        if not isinstance(base, dict):
+            raise SystemExit(f"{args.generator_config}: expected a mapping of GeneratorConfig fields")
+    base.update(profile=args.profile, crop_size=[args.crop_size] * 3,
+                target_spacing_mm=[args.spacing] * 3, negative_fraction=args.negative_fraction)
     if args.size_mix:
         sizes, scenarios = parse_mix(args.size_mix)
-        kwargs.update(size_mix=sizes, scenario_mix=scenarios)
-    return GeneratorConfig(**kwargs)
+        base.update(size_mix=sizes, scenario_mix=scenarios)
+    try:
+        return GeneratorConfig.from_json(base)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"generator configuration: {exc}")

@@ -36,6 +36,7 @@ def run(args) -> int:
     except ScanError as exc:
         sys.exit(f"preview: {exc}")
     backend = get_backend(args.backend)
+    print(f"backend: {backend.name} ({backend.why})")
     params = sample_params(np.random.default_rng(sample_seed(args.seed, args.index)), scan, config)
     crop = synthesize(scan, params, backend)
     os.makedirs(args.out, exist_ok=True)

@@ -24,6 +24,7 @@ class Backend:
     name: str
     xp: ModuleType       # numpy or cupy
     ndi: ModuleType      # scipy.ndimage or cupyx.scipy.ndimage
+    why: str = "asked for"   # how it was chosen, for the user: "auto: no GPU (...)"
 
     def asarray(self, a):
         return self.xp.asarray(a)
@@ -71,8 +72,10 @@ def get_backend(name: str = "auto") -> Backend:
         return _cupy()
     try:
         backend = _cupy()
-        log.info("backend auto -> cupy (%s)", backend.versions().get("gpu"))
-        return backend
+        why = f"auto: GPU {backend.versions().get('gpu')}"
+        backend = Backend(backend.name, backend.xp, backend.ndi, why)
     except BackendError as exc:
-        log.info("backend auto -> numpy (%s)", exc)
-        return _numpy()
+        numpy_backend = _numpy()
+        backend = Backend(numpy_backend.name, np, numpy_backend.ndi, f"auto: no usable GPU ({exc})")
+    log.info("backend %s (%s)", backend.name, backend.why)
+    return backend

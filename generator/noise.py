@@ -17,15 +17,19 @@ _MASK32 = 0xFFFFFFFF
 def philox4x32(xp, n: int, seed: int, stream: int = 0):
     """Four uint32 arrays of length ``n`` for counters 0..n-1 under key ``seed`` (64-bit)."""
     idx = xp.arange(n, dtype=xp.uint64)
-    c0 = idx & _MASK32
-    c1 = idx >> 32
+    c0 = idx & xp.uint64(_MASK32)
+    c1 = idx >> xp.uint64(32)
     c2 = xp.full(n, stream & _MASK32, dtype=xp.uint64)
     c3 = xp.zeros(n, dtype=xp.uint64)
+    u64 = xp.uint64
+    # Explicit uint64 scalars: array modules differ in how they promote bare Python ints.
+    m0, m1, mask, shift = u64(_M0), u64(_M1), u64(_MASK32), u64(32)
     k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
     for _ in range(10):
-        p0 = c0 * _M0
-        p1 = c2 * _M1
-        c0, c1, c2, c3 = ((p1 >> 32) ^ c1 ^ k0, p1 & _MASK32, (p0 >> 32) ^ c3 ^ k1, p0 & _MASK32)
+        p0 = c0 * m0
+        p1 = c2 * m1
+        c0, c1, c2, c3 = ((p1 >> shift) ^ c1 ^ u64(k0), p1 & mask,
+                          (p0 >> shift) ^ c3 ^ u64(k1), p0 & mask)
         k0, k1 = (k0 + _W0) & _MASK32, (k1 + _W1) & _MASK32
     return c0, c1, c2, c3
 
@@ -34,15 +38,15 @@ def uniform(xp, shape, seed: int, stream: int = 0):
     """U[0, 1) float32 of ``shape``; identical bits on every backend."""
     n = _size(shape)
     words = philox4x32(xp, n, seed, stream)[0]
-    return ((words >> 8).astype(xp.float32) * xp.float32(2.0 ** -24)).reshape(shape)
+    return ((words >> xp.uint64(8)).astype(xp.float32) * xp.float32(2.0 ** -24)).reshape(shape)
 
 
 def normal(xp, shape, seed: int, stream: int = 0):
     """Standard normal float32 of ``shape`` by Box-Muller (float64 inside)."""
     n = _size(shape)
     w0, w1, _, _ = philox4x32(xp, n, seed, stream)
-    u1 = ((w0 >> 11) + 1).astype(xp.float64) * 2.0 ** -21      # (0, 1]
-    u2 = (w1 >> 8).astype(xp.float64) * 2.0 ** -24              # [0, 1)
+    u1 = ((w0 >> xp.uint64(11)) + xp.uint64(1)).astype(xp.float64) * 2.0 ** -21   # (0, 1]
+    u2 = (w1 >> xp.uint64(8)).astype(xp.float64) * 2.0 ** -24                     # [0, 1)
     z = xp.sqrt(-2.0 * xp.log(u1)) * xp.cos(2.0 * xp.pi * u2)
     return z.astype(xp.float32).reshape(shape)
 
