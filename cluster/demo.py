@@ -15,8 +15,7 @@ DEMO_CASES = {"lits": 10, "msd": 4, "btcv": 4, "chaos": 4}
 
 def run(out: str, scale: float, seed: int) -> int:
     from manifests.build import build_manifest, validate_manifest
-    from manifests.phantoms import save_preview, write_layout
-    from manifests.cli import PREVIEW_LABELS
+    from manifests.phantoms import LABEL_VALUES, save_preview, write_layout
     from manifests.schema import read_manifest, write_jsonl
     from manifests.split import assign_folds
 
@@ -29,7 +28,7 @@ def run(out: str, scale: float, seed: int) -> int:
         shown = next((c for c in cases if c["has_tumor"]), cases[0])
         png = os.path.join(out, "previews", f"{layout}-{shown['case']}.png")
         os.makedirs(os.path.dirname(png), exist_ok=True)
-        save_preview(shown["image"], shown["label"], png, **PREVIEW_LABELS[layout])
+        save_preview(shown["image"], shown["label"], png, *LABEL_VALUES[layout])
         print(f"      {layout:6s} {n} cases, {sum(c['has_tumor'] for c in cases)} with tumors; "
               f"preview {png}")
 

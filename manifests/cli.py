@@ -71,7 +71,7 @@ def _cmd_split(args) -> int:
 
 
 def _cmd_phantoms(args) -> int:
-    from .phantoms import LAYOUTS, save_preview, write_layout
+    from .phantoms import LABEL_VALUES, LAYOUTS, save_preview, write_layout
     layouts = [s.strip() for s in args.layout.split(",") if s.strip()]
     unknown = sorted(set(layouts) - set(LAYOUTS))
     if unknown:
@@ -85,17 +85,9 @@ def _cmd_phantoms(args) -> int:
             shown = next((c for c in cases if c["has_tumor"]), cases[0])
             png = os.path.join(args.out, "previews", f"{layout}-{shown['case']}.png")
             os.makedirs(os.path.dirname(png), exist_ok=True)
-            save_preview(shown["image"], shown["label"], png, **PREVIEW_LABELS[layout])
+            save_preview(shown["image"], shown["label"], png, *LABEL_VALUES[layout])
             print(f"  preview: {png}")
     return 0
-
-
-PREVIEW_LABELS = {
-    "lits": dict(liver_values=(1, 2), tumor_values=(2,)),
-    "msd": dict(liver_values=(1, 2), tumor_values=(2,)),
-    "btcv": dict(liver_values=(6,), tumor_values=()),
-    "chaos": dict(liver_values=(1,), tumor_values=()),
-}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
