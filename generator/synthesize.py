@@ -134,24 +134,30 @@ def _paper_shape(backend, t: PaperTumor, box_shape, center):
     return (q <= 1.0).astype(xp.float32)
 
 
+def _quadratic(u, g0, g1, g2):
+    """The quadratic through (-1, g0), (0, g1), (1, g2), evaluated at u (Horner form)."""
+    return g1 + u * ((g2 - g0) * 0.5 + u * ((g0 + g2) * 0.5 - g1))
+
+
 def _released_shape(backend, t: ReleasedTumor, box_shape, center):
     """Ellipsoid deformed by three 2-D passes over axis pairs (0,1), (1,2), (0,2), each with a 3x3
     grid of control displacements spanning the box; composed as backward maps."""
     xp = backend.xp
     pairs = ((0, 1), (1, 2), (0, 2))
     grids = _control_points(t.deform_seed, (3, 2, 3, 3), t.sigma_e)
-    n = [xp.float32(max(s - 1, 1)) for s in box_shape]
-    pos = [xp.arange(s, dtype=xp.float32).reshape([-1 if b == a else 1 for b in range(3)])
-           * xp.ones(box_shape, xp.float32) for a, s in enumerate(box_shape)]
+    half = [max(s - 1, 1) / 2.0 for s in box_shape]
+    pos = [xp.broadcast_to(xp.arange(s, dtype=xp.float32).reshape(
+        [-1 if b == a else 1 for b in range(3)]), box_shape) for a, s in enumerate(box_shape)]
     for p in reversed(range(3)):
         a, b = pairs[p]
-        wa = _lagrange3(xp, pos[a] / n[a] * 2.0 - 1.0)
-        wb = _lagrange3(xp, pos[b] / n[b] * 2.0 - 1.0)
-        ga = xp.asarray(grids[p, 0], dtype=xp.float32)
-        gb = xp.asarray(grids[p, 1], dtype=xp.float32)
-        da = xp.einsum("...i,...j,ij->...", wa, wb, ga)
-        db = xp.einsum("...i,...j,ij->...", wa, wb, gb)
-        pos[a], pos[b] = pos[a] + da, pos[b] + db
+        u = xp.clip(pos[a] / xp.float32(half[a]) - 1.0, -1.0, 1.0)
+        v = xp.clip(pos[b] / xp.float32(half[b]) - 1.0, -1.0, 1.0)
+        moved = []
+        for comp in range(2):
+            g = grids[p, comp]
+            rows = [_quadratic(u, *(xp.float32(x) for x in g[:, j])) for j in range(3)]
+            moved.append(_quadratic(v, *rows))
+        pos[a], pos[b] = pos[a] + moved[0], pos[b] + moved[1]
     q = sum(((pos[a] - xp.float32(center[a])) / xp.float32(t.half_axes[a])) ** 2 for a in range(3))
     return (q <= 1.0).astype(xp.float32)
 
