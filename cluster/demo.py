@@ -1,7 +1,8 @@
 """``tumorforge demo``: the main job on built-in data, end to end.
 
-Today it makes the phantom datasets (synthetic CT, not patient data) in all four layouts, builds and
-validates a manifest for each, and assigns 5 folds to the LiTS-style test set. Later stages extend it.
+It makes phantom datasets (synthetic CT, not patient data) in all four layouts, builds and validates a
+manifest for each, assigns 5 folds to the LiTS-style set, pools the healthy scans as the paper does
+(CHAOS + BTCV + tumor-free LiTS), and synthesizes tumors into them. Later stages extend it.
 """
 
 from __future__ import annotations
@@ -11,18 +12,22 @@ import os
 import time
 
 DEMO_CASES = {"lits": 10, "msd": 4, "btcv": 4, "chaos": 4}
+PREVIEW_SIZES = ("tiny", "small", "medium", "large")
 
 
 def run(out: str, scale: float, seed: int) -> int:
+    from generator.backend import get_backend
+    from generator.config import GeneratorConfig
     from manifests.build import build_manifest, validate_manifest
     from manifests.phantoms import LABEL_VALUES, save_preview, write_layout
     from manifests.schema import read_manifest, write_jsonl
     from manifests.split import assign_folds
+    from .preview import write_preview
+    from .scans import load_prepared
 
     t0 = time.perf_counter()
-    data, manifests = os.path.join(out, "data"), os.path.join(out, "manifests")
-    os.makedirs(manifests, exist_ok=True)
-    print(f"[1/3] phantom CT datasets (synthetic, scale {scale}) -> {data}")
+    data = os.path.join(out, "data")
+    print(f"[1/4] phantom CT datasets (synthetic, scale {scale}) -> {data}")
     for layout, n in DEMO_CASES.items():
         cases = write_layout(layout, os.path.join(data, layout), n, seed=seed, scale=scale)
         shown = next((c for c in cases if c["has_tumor"]), cases[0])
@@ -32,35 +37,47 @@ def run(out: str, scale: float, seed: int) -> int:
         print(f"      {layout:6s} {n} cases, {sum(c['has_tumor'] for c in cases)} with tumors; "
               f"preview {png}")
 
-    print(f"[2/3] scan manifests -> {manifests}")
+    # Manifests sit in the data folder, so the paths they name are inside their allowed root.
+    print(f"[2/4] scan manifests -> {data}/<layout>.jsonl")
     failed = 0
     for layout in DEMO_CASES:
-        path = os.path.join(manifests, f"{layout}.jsonl")
+        path = os.path.join(data, f"{layout}.jsonl")
         result = build_manifest(layout, os.path.join(data, layout), path)
-        entries, problems = validate_manifest(path, allowed_roots=[data])
+        entries, problems = validate_manifest(path)
         failed += len(result.rejections) + len(problems)
         healthy = sum(e.role == "healthy" for e in entries)
         print(f"      {path}: {len(entries)} scans ({healthy} healthy), "
               f"{len(result.rejections)} rejected, validation problems: {len(problems)}")
 
-    print("[3/3] 5-fold split of the LiTS-style set")
-    lits = os.path.join(manifests, "lits.jsonl")
-    entries = assign_folds(read_manifest(lits, _roots(lits, data)), 5, seed)
-    write_jsonl(lits, entries)
-    print(f"      {lits}: folds {[e.fold for e in entries]}")
+    print("[3/4] 5-fold split of the LiTS-style test set; healthy pool for synthesis")
+    lits = os.path.join(data, "lits.jsonl")
+    folds = assign_folds(read_manifest(lits), 5, seed)
+    write_jsonl(lits, folds)
+    print(f"      {lits}: folds {[e.fold for e in folds]}")
+    pool = [e for layout in ("chaos", "btcv", "lits")
+            for e in read_manifest(os.path.join(data, f"{layout}.jsonl")) if e.role == "healthy"]
+    healthy_path = os.path.join(data, "healthy.jsonl")
+    write_jsonl(healthy_path, pool)
+    print(f"      {healthy_path}: {len(pool)} healthy scans (CHAOS + BTCV + tumor-free LiTS)")
+
+    synthetic = os.path.join(out, "synthetic")
+    print(f"[4/4] synthetic tumors (paper profile) -> {synthetic}")
+    backend = get_backend("auto")
+    print(f"      backend: {backend.name} ({backend.why})")
+    for i, size in enumerate(PREVIEW_SIZES):
+        config = GeneratorConfig(size_mix={size: 1.0}, negative_fraction=0.0)
+        scan = load_prepared(pool[i % len(pool)], config)
+        paths = write_preview(scan, config, seed, i, synthetic, backend)
+        print(f"      {size:6s} {paths[0]}")
     print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs under {os.path.abspath(out)}")
     return 1 if failed else 0
-
-
-def _roots(manifest: str, data: str):
-    from manifests.schema import default_roots
-    return default_roots(manifest, [data])
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the main job on built-in phantom data",
                        description="Make phantom datasets, build and validate their manifests, "
-                                   "split folds, and print where everything is.")
+                                   "split folds, pool healthy scans, synthesize tumors into them, "
+                                   "and print where everything is.")
     p.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
     p.add_argument("--scale", type=float, default=0.35, help="phantom size (default 0.35)")
     p.add_argument("--seed", type=int, default=0)

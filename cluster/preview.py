@@ -8,12 +8,29 @@ import os
 import sys
 
 
-def run(args) -> int:
+def write_preview(scan, config, seed: int, index: int, out_dir: str, backend) -> list[str]:
+    """Synthesize sample ``index`` of root ``seed`` into ``scan``; write PNG, NIfTI pair, params."""
     import numpy as np
-    from generator.backend import get_backend
     from generator.preview import crop_affine, save_montage, save_nifti
     from generator.sample import sample_params, sample_seed
     from generator.synthesize import synthesize
+
+    params = sample_params(np.random.default_rng(sample_seed(seed, index)), scan, config)
+    crop = synthesize(scan, params, backend)
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"{scan.scan_id}-seed{seed}-{index}")
+    title = (f"{scan.scan_id}  seed {seed} index {index}  {config.profile}/{params.kind}  "
+             f"{len(params.tumors)} tumor(s) drawn  backend {backend.name}")
+    png = save_montage(crop.image, crop.label, stem + ".png", title)
+    image_path, label_path = save_nifti(crop.image, crop.label, crop_affine(scan, params), stem)
+    with open(stem + ".params.json", "w") as f:
+        json.dump({"config": config.to_json(), "params": params.to_json(), "scan": scan.stats()},
+                  f, indent=1)
+    return [png, image_path, label_path, stem + ".params.json"]
+
+
+def run(args) -> int:
+    from generator.backend import BackendError, get_backend
     from manifests.nifti import ScanError
     from manifests.schema import ManifestError, default_roots, read_manifest
     from .options import config_from_args
@@ -22,10 +39,10 @@ def run(args) -> int:
     config = config_from_args(args)
     try:
         entries = read_manifest(args.manifest, default_roots(args.manifest, args.allow_root))
-    except ManifestError as exc:
+        backend = get_backend(args.backend)
+    except (ManifestError, BackendError) as exc:
         sys.exit(f"preview: {exc}")
-    healthy = [e for e in entries if e.role == "healthy"]
-    pool = {e.scan_id: e for e in (entries if args.scan else healthy)}
+    pool = {e.scan_id: e for e in entries if args.scan or e.role == "healthy"}
     if not pool:
         sys.exit(f"preview: {args.manifest} has no healthy scan to put tumors in")
     scan_id = args.scan or sorted(pool)[0]
@@ -35,20 +52,8 @@ def run(args) -> int:
         scan = load_prepared(pool[scan_id], config)
     except ScanError as exc:
         sys.exit(f"preview: {exc}")
-    backend = get_backend(args.backend)
     print(f"backend: {backend.name} ({backend.why})")
-    params = sample_params(np.random.default_rng(sample_seed(args.seed, args.index)), scan, config)
-    crop = synthesize(scan, params, backend)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"{scan_id}-seed{args.seed}-{args.index}")
-    title = (f"{scan_id}  seed {args.seed} index {args.index}  {config.profile}/{params.kind}  "
-             f"{len(params.tumors)} tumor(s) drawn  backend {backend.name}")
-    png = save_montage(crop.image, crop.label, stem + ".png", title)
-    image_path, label_path = save_nifti(crop.image, crop.label, crop_affine(scan, params), stem)
-    with open(stem + ".params.json", "w") as f:
-        json.dump({"config": config.to_json(), "params": params.to_json(),
-                   "scan": scan.stats()}, f, indent=1)
-    print(f"{png}\n{image_path}\n{label_path}\n{stem}.params.json")
+    print("\n".join(write_preview(scan, config, args.seed, args.index, args.out, backend)))
     return 0
 
 

@@ -70,6 +70,28 @@ def _cmd_split(args) -> int:
     return 0
 
 
+def _cmd_merge(args) -> int:
+    from .schema import ManifestError, default_roots, read_manifest, write_jsonl
+    merged, seen = [], {}
+    try:
+        for path in args.manifests:
+            for e in read_manifest(path, default_roots(path, args.allow_root)):
+                if args.role and e.role != args.role:
+                    continue
+                if e.scan_id in seen:
+                    raise ManifestError(f"scan_id {e.scan_id} is in both {seen[e.scan_id]} and {path}")
+                seen[e.scan_id] = path
+                merged.append(e)
+    except ManifestError as exc:
+        sys.exit(f"manifest merge: {exc}")
+    if not merged:
+        sys.exit(f"manifest merge: no scans{' with role ' + args.role if args.role else ''} in "
+                 f"{', '.join(args.manifests)}")
+    write_jsonl(args.output, merged)
+    print(f"{args.output}: {len(merged)} scan(s) from {len(args.manifests)} manifest(s)")
+    return 0
+
+
 def _cmd_phantoms(args) -> int:
     from .phantoms import LABEL_VALUES, LAYOUTS, save_preview, write_layout
     layouts = [s.strip() for s in args.layout.split(",") if s.strip()]
@@ -100,7 +122,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     m = sub.add_parser("manifest", help="build, validate and split scan manifests",
                        description="Scan manifests: JSON Lines, one scan per line.")
-    msub = m.add_subparsers(dest="manifest_cmd", required=True, metavar="{build,validate,split}")
+    msub = m.add_subparsers(dest="manifest_cmd", required=True,
+                            metavar="{build,validate,split,merge}")
 
     b = msub.add_parser("build", help="find image/label pairs of a dataset layout and record them",
                         description="Find every image/label pair of LAYOUT below ROOT (a folder or "
@@ -134,6 +157,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("-o", "--output", help="write here instead of rewriting the manifest in place")
     s.add_argument("--allow-root", **allow)
     s.set_defaults(func=_cmd_split)
+
+    g = msub.add_parser("merge", help="concatenate manifests, optionally keeping one role",
+                        description="Join manifests into one (for example the paper's pool of "
+                                    "healthy scans from several datasets); scan IDs must be unique.")
+    g.add_argument("manifests", nargs="+")
+    g.add_argument("-o", "--output", required=True)
+    g.add_argument("--role", choices=("healthy", "tumor"), help="keep only scans of this role")
+    g.add_argument("--allow-root", **allow)
+    g.set_defaults(func=_cmd_merge)
 
     p = sub.add_parser("phantoms", help="write realistic abdominal CT phantoms in real dataset layouts",
                        description="Synthetic abdominal CT (phantoms, not patient data) written in "

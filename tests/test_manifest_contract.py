@@ -144,3 +144,11 @@ def test_generic_layout_pairs_by_placeholder(tmp_path):
     assert lines[0]["label_map"]["liver"] == [5] and lines[0]["role"] == "healthy"
     rejected = (tmp_path / "g.rejected.jsonl").read_text()
     assert "mine-orphan" in rejected and "no label matching" in rejected
+
+
+def test_merge_keeps_one_role_and_refuses_duplicate_ids(manifest, tmp_path):
+    out = manifest.parent / "healthy.jsonl"
+    assert main(["manifest", "merge", str(manifest), "-o", str(out), "--role", "healthy"]) == 0
+    assert [e.scan_id for e in read_manifest(str(out))] == ["lits-2"]
+    with pytest.raises(SystemExit, match="lits-0 is in both"):
+        main(["manifest", "merge", str(manifest), str(manifest), "-o", str(out)])
