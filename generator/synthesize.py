@@ -224,50 +224,41 @@ def _apply_tumor(backend, t, image, label, timer):
     c = np.asarray(t.center)
     sl = tuple(slice(int(v - h), int(v + h + 1)) for v in c)
     img, lab = image[sl], label[sl]
-    center = np.full(3, h)
     shape_sl = tuple(slice(h - hs, h + hs + 1) for _ in range(3))
-    shape_box = (2 * hs + 1,) * 3
+    paper = isinstance(t, PaperTumor)
+    make_shape, blur, make_texture = ((_paper_shape, t.sigma_c, _paper_texture) if paper else
+                                      (_released_shape, t.mask_blur, _released_texture))
     liver = (lab[shape_sl] >= LIVER_LABEL).astype(xp.float32)
     mask = xp.zeros(img.shape, xp.float32)
-    if isinstance(t, PaperTumor):
-        mask[shape_sl] = ndi.gaussian_filter(_paper_shape(backend, t, shape_box, (hs, hs, hs)),
-                                             t.sigma_c, mode="constant") * liver
-        timer.mark("shape")
-        sub = _support(backend, mask)
-        if sub is not None:
-            m = mask[sub]
-            texture = _paper_texture(backend, t, m.shape)
-            timer.mark("texture")
+    mask[shape_sl] = ndi.gaussian_filter(make_shape(backend, t, (2 * hs + 1,) * 3, (hs, hs, hs)),
+                                         blur, mode="constant") * liver
+    timer.mark("shape")
+    sub = _support(backend, mask)
+    if sub is not None:
+        m = mask[sub]
+        texture = make_texture(backend, t, m.shape)
+        timer.mark("texture")
+        if paper:
             img[sub] = (1.0 - m) * img[sub] + m * texture                    # eq. 4
-            lab[sub] = xp.where(m >= 0.5, xp.uint8(TUMOR_LABEL), lab[sub])
-            timer.mark("place")
-        if t.mass_effect:
-            # Only the sphere of radius gamma_max moves, and it samples only from inside itself.
-            g = int(math.ceil(t.gamma_max))
-            w = tuple(slice(h - g, h + g + 1) for _ in range(3))
-            coords = _warp_coords(backend, (2 * g + 1,) * 3, (g, g, g), t.gamma_max, t.intensity)
-            img[w] = ndi.map_coordinates(img[w], coords, order=1, mode="nearest")
-            lab[w] = ndi.map_coordinates(lab[w], coords, order=0, mode="nearest")
-            mask[w] = ndi.map_coordinates(mask[w], coords, order=1, mode="nearest")
-            timer.mark("mass_effect")
-        if t.capsule:
-            lb, ub = t.capsule_band
-            edge = ((mask >= lb) & (mask <= ub)).astype(xp.float32)          # eq. 6
-            img += xp.float32(t.capsule_hu) * ndi.gaussian_filter(edge, t.sigma_d,
-                                                                 mode="constant")  # eqs. 7-8
-            timer.mark("capsule")
-    else:
-        mask[shape_sl] = ndi.gaussian_filter(_released_shape(backend, t, shape_box, (hs, hs, hs)),
-                                             t.mask_blur, mode="constant") * liver
-        timer.mark("shape")
-        sub = _support(backend, mask)
-        if sub is not None:
-            m = mask[sub]
-            texture = _released_texture(backend, t, m.shape)
-            timer.mark("texture")
-            img[sub] -= texture * m * xp.float32(t.delta_hu)
-            lab[sub] = xp.where(m >= 0.5, xp.uint8(TUMOR_LABEL), lab[sub])
-            timer.mark("place")
+        else:
+            img[sub] -= texture * m * xp.float32(t.delta_hu)                 # darkening by delta
+        lab[sub] = xp.where(m >= 0.5, xp.uint8(TUMOR_LABEL), lab[sub])
+        timer.mark("place")
+    if paper and t.mass_effect:
+        # Only the sphere of radius gamma_max moves, and it samples only from inside itself.
+        g = int(math.ceil(t.gamma_max))
+        w = tuple(slice(h - g, h + g + 1) for _ in range(3))
+        coords = _warp_coords(backend, (2 * g + 1,) * 3, (g, g, g), t.gamma_max, t.intensity)
+        img[w] = ndi.map_coordinates(img[w], coords, order=1, mode="nearest")
+        lab[w] = ndi.map_coordinates(lab[w], coords, order=0, mode="nearest")
+        mask[w] = ndi.map_coordinates(mask[w], coords, order=1, mode="nearest")
+        timer.mark("mass_effect")
+    if paper and t.capsule:
+        lb, ub = t.capsule_band
+        edge = ((mask >= lb) & (mask <= ub)).astype(xp.float32)              # eq. 6
+        img += xp.float32(t.capsule_hu) * ndi.gaussian_filter(edge, t.sigma_d,
+                                                             mode="constant")  # eqs. 7-8
+        timer.mark("capsule")
 
 
 def synthesize(scan: PreparedScan, params: SampleParams, backend: Backend,

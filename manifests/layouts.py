@@ -62,33 +62,39 @@ def _dedupe(candidates: list[Candidate], problems: list) -> list[Candidate]:
     return sorted(kept.values(), key=lambda c: _natural_key(c.scan_id))
 
 
-def _pair_by_pattern(files, image_re, label_re, make_id):
-    images, labels = {}, {}
-    for uri in files:
-        if m := image_re.search(uri):
-            images.setdefault(make_id(m), []).append(uri)
-        elif m := label_re.search(uri):
-            labels.setdefault(make_id(m), []).append(uri)
-    return images, labels
+def _find_pairs(named, image_re, label_re, source, label_map, allowed, missing, key=str
+                ) -> Discovery:
+    """Pair images and labels whose patterns capture the same case key.
+
+    ``named`` holds (text to match, uri) pairs; a file matching the label pattern is a label even if
+    the image pattern matches it too (``{id}.nii.gz`` vs ``{id}_seg.nii.gz``). ``missing`` is the
+    problem text for an image without a label, formatted with ``{id}``.
+    """
+    images: dict = {}
+    labels: dict = {}
+    for text, uri in named:
+        if m := label_re.search(text):
+            labels.setdefault(key(m.group(1)), []).append(uri)
+        elif m := image_re.search(text):
+            images.setdefault(key(m.group(1)), []).append(uri)
+    out, problems = [], []
+    for k, uris in images.items():
+        for uri in uris:
+            if k not in labels:
+                problems.append((f"{source}-{k}", uri, missing.format(id=k)))
+                continue
+            out.append(Candidate(f"{source}-{k}", uri, labels[k][0], label_map, source, allowed))
+    for k, uris in labels.items():
+        if k not in images:
+            problems.append((f"{source}-{k}", uris[0], "label without a matching image"))
+    return Discovery(_dedupe(out, problems), problems)
 
 
 def find_lits(root: str, files: list[str]) -> Discovery:
-    problems: list = []
-    image_re = re.compile(rf"(?:^|/)volume-(\d+){NIFTI}$")
-    label_re = re.compile(rf"(?:^|/)segmentation-(\d+){NIFTI}$")
-    images, labels = _pair_by_pattern(files, image_re, label_re, lambda m: int(m.group(1)))
-    lits_map = LabelMap(liver=(1,), tumor=(2,))
-    out = []
-    for n, uris in images.items():
-        for uri in uris:
-            if n not in labels:
-                problems.append((f"lits-{n}", uri, f"no segmentation-{n}.nii(.gz) found below {root}"))
-                continue
-            out.append(Candidate(f"lits-{n}", uri, labels[n][0], lits_map, "lits", (0, 1, 2)))
-    for n, uris in labels.items():
-        if n not in images:
-            problems.append((f"lits-{n}", uris[0], f"segmentation without volume-{n}.nii(.gz)"))
-    return Discovery(_dedupe(out, problems), problems)
+    return _find_pairs([(f, f) for f in files], re.compile(rf"(?:^|/)volume-(\d+){NIFTI}$"),
+                       re.compile(rf"(?:^|/)segmentation-(\d+){NIFTI}$"), "lits",
+                       LabelMap(liver=(1,), tumor=(2,)), (0, 1, 2),
+                       f"no segmentation-{{id}}.nii(.gz) found below {root}", key=int)
 
 
 def _msd_label_map(labels: dict, where: str) -> tuple[LabelMap, tuple[int, ...]]:
@@ -138,37 +144,17 @@ def find_msd(root: str, files: list[str]) -> Discovery:
 
 
 def find_btcv(root: str, files: list[str]) -> Discovery:
-    problems: list = []
-    image_re = re.compile(rf"(?:^|/)img/img(\d+){NIFTI}$")
-    label_re = re.compile(rf"(?:^|/)label/label(\d+){NIFTI}$")
-    images, labels = _pair_by_pattern(files, image_re, label_re, lambda m: m.group(1))
-    btcv_map = LabelMap(liver=(6,))
-    out = []
-    for n, uris in images.items():
-        for uri in uris:
-            if n not in labels:
-                problems.append((f"btcv-{n}", uri, f"no label/label{n}.nii.gz found below {root}"))
-                continue
-            out.append(Candidate(f"btcv-{n}", uri, labels[n][0], btcv_map, "btcv",
-                                 tuple(range(14))))
-    return Discovery(_dedupe(out, problems), problems)
+    return _find_pairs([(f, f) for f in files], re.compile(rf"(?:^|/)img/img(\d+){NIFTI}$"),
+                       re.compile(rf"(?:^|/)label/label(\d+){NIFTI}$"), "btcv",
+                       LabelMap(liver=(6,)), tuple(range(14)),
+                       f"no label/label{{id}}.nii.gz found below {root}")
 
 
 def find_chaos(root: str, files: list[str]) -> Discovery:
-    problems: list = []
-    image_re = re.compile(rf"(?:^|/)([^/]+)/image{NIFTI}$")
-    label_re = re.compile(rf"(?:^|/)([^/]+)/liver_mask{NIFTI}$")
-    images, labels = _pair_by_pattern(files, image_re, label_re, lambda m: m.group(1))
-    out = []
-    for case, uris in images.items():
-        for uri in uris:
-            if case not in labels:
-                problems.append((f"chaos-{case}", uri, f"no liver_mask.nii(.gz) beside it"))
-                continue
-            # The liver value (1 or 255) is read from the mask itself by the builder.
-            out.append(Candidate(f"chaos-{case}", uri, labels[case][0], LabelMap(liver=(1,)),
-                                 "chaos", (0, 1)))
-    return Discovery(_dedupe(out, problems), problems)
+    # The liver value (1, or 255 in masks stacked straight from the PNGs) is read by the builder.
+    return _find_pairs([(f, f) for f in files], re.compile(rf"(?:^|/)([^/]+)/image{NIFTI}$"),
+                       re.compile(rf"(?:^|/)([^/]+)/liver_mask{NIFTI}$"), "chaos",
+                       LabelMap(liver=(1,)), (0, 1), "no liver_mask.nii(.gz) beside it")
 
 
 def _placeholder_regex(pattern: str) -> re.Pattern:
@@ -180,28 +166,10 @@ def _placeholder_regex(pattern: str) -> re.Pattern:
 
 def find_generic(root: str, files: list[str], image_pattern: str, label_pattern: str,
                  label_map: LabelMap, source: str = "generic") -> Discovery:
-    """Pair files by the ``{id}`` part of two patterns matched against paths relative to ``root``.
-
-    A file matching both patterns (``{id}.nii.gz`` vs ``{id}_seg.nii.gz``) is taken as a label.
-    """
-    problems: list = []
-    image_re, label_re = _placeholder_regex(image_pattern), _placeholder_regex(label_pattern)
-    images: dict[str, list[str]] = {}
-    labels: dict[str, list[str]] = {}
-    for uri in files:
-        rel = storage.relative_to(root, uri)
-        if m := label_re.match(rel):
-            labels.setdefault(m.group(1), []).append(uri)
-        elif m := image_re.match(rel):
-            images.setdefault(m.group(1), []).append(uri)
-    out = []
-    for key, uris in images.items():
-        for uri in uris:
-            if key not in labels:
-                problems.append((f"{source}-{key}", uri, f"no label matching {label_pattern!r}"))
-                continue
-            out.append(Candidate(f"{source}-{key}", uri, labels[key][0], label_map, source))
-    return Discovery(_dedupe(out, problems), problems)
+    """Pair files by the ``{id}`` part of two patterns matched against paths relative to ``root``."""
+    return _find_pairs([(storage.relative_to(root, f), f) for f in files],
+                       _placeholder_regex(image_pattern), _placeholder_regex(label_pattern),
+                       source, label_map, None, f"no label matching {label_pattern!r}")
 
 
 def discover(layout: str, root: str, **generic) -> Discovery:
