@@ -14,7 +14,7 @@ from generator import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     from manifests import cli as manifests_cli
-    from . import bench, demo, preview
+    from . import audit, bench, demo, generate, preview
 
     parser = argparse.ArgumentParser(
         prog="tumorforge",
@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub)
     manifests_cli.register(sub)
     preview.register(sub)
+    generate.register(sub)
+    audit.register(sub)
     bench.register(sub)
     return parser
 

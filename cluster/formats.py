@@ -1,0 +1,140 @@
+"""The two shard formats, encoded to bytes in memory so that each object is written in one go.
+
+Zarr v3 (``dataset.zarr``): arrays ``image (N, Z, Y, X) int16`` HU and ``label (N, Z, Y, X) uint8``,
+one sample per chunk and S samples per shard (sharding codec; Blosc zstd level 3 with bitshuffle,
+then crc32c), and per-sample side arrays ``key`` (string), ``sample_index`` (int64) and
+``provenance`` (JSON string), chunked to S. A zarr shard's bytes do not depend on where the shard
+sits in the array, so a writer encodes its shard in a private in-memory store and copies the bytes
+to ``<array>/c/<k>/0/0/0``.
+
+WebDataset (``wds/shard-000123.tar``): members ``<key>.image.npy``, ``<key>.label.npy`` and
+``<key>.json`` in sample order; USTAR headers with mtime 0, uid/gid 0 and no user names, so a
+rewrite is byte-identical; ``.npy`` written without pickle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import tarfile
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec, Crc32cCodec, ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.storage import MemoryStore
+
+ZARR_ROOT = "dataset.zarr"
+WDS_DIR = "wds"
+SIDE_ARRAYS = ("key", "sample_index", "provenance")
+
+
+def _volume_codecs(dtype) -> dict:
+    return dict(serializer=BytesCodec(),
+                compressors=[BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.bitshuffle,
+                                        typesize=np.dtype(dtype).itemsize), Crc32cCodec()])
+
+
+def _define(store, n: int, per_shard: int, crop: tuple[int, int, int], attrs: dict | None = None):
+    """Create the group and its arrays for ``n`` samples in ``store``."""
+    group = zarr.create_group(store, overwrite=True, attributes=attrs or {})
+    for name, dtype in (("image", "int16"), ("label", "uint8")):
+        group.create_array(name, shape=(n, *crop), chunks=(1, *crop),
+                           shards=(per_shard, *crop), dtype=dtype, fill_value=0,
+                           dimension_names=("sample", "z", "y", "x"), **_volume_codecs(dtype))
+    group.create_array("key", shape=(n,), chunks=(per_shard,), dtype=str,
+                       compressors=[ZstdCodec(level=3)])
+    group.create_array("sample_index", shape=(n,), chunks=(per_shard,), dtype="int64",
+                       fill_value=-1, compressors=[ZstdCodec(level=3)])
+    group.create_array("provenance", shape=(n,), chunks=(per_shard,), dtype=str,
+                       compressors=[ZstdCodec(level=3)])
+    return group
+
+
+def _store_items(store: MemoryStore) -> dict[str, bytes]:
+    async def collect():
+        out = {}
+        async for key in store.list():
+            buf = await store.get(key, prototype=default_buffer_prototype())
+            out[key] = buf.to_bytes()
+        return out
+    return asyncio.run(collect())
+
+
+def zarr_metadata(n: int, per_shard: int, crop, attrs: dict) -> dict[str, bytes]:
+    """The ``zarr.json`` objects of the whole dataset (keys relative to the output root)."""
+    store = MemoryStore()
+    _define(store, n, per_shard, tuple(crop), attrs)
+    return {f"{ZARR_ROOT}/{k}": v for k, v in _store_items(store).items() if k.endswith("zarr.json")}
+
+
+def zarr_shard_objects(shard: int, images, labels, keys, indices, provenance, per_shard: int
+                       ) -> dict[str, bytes]:
+    """Encoded objects of zarr shard ``shard`` (keys relative to the output root)."""
+    store = MemoryStore()
+    group = _define(store, len(images), per_shard, tuple(images.shape[1:]))
+    group["image"][:] = images
+    group["label"][:] = labels
+    group["key"][:] = np.asarray(keys, dtype=object)
+    group["sample_index"][:] = np.asarray(indices, dtype=np.int64)
+    group["provenance"][:] = np.asarray(provenance, dtype=object)
+    out = {}
+    for key, data in _store_items(store).items():
+        if key.endswith("zarr.json"):
+            continue
+        name, _, chunk = key.partition("/c/")
+        coords = chunk.split("/")
+        coords[0] = str(shard)                 # the shard's position along the sample axis
+        out[f"{ZARR_ROOT}/{name}/c/{'/'.join(coords)}"] = data
+    return out
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(array), version=(1, 0), allow_pickle=False)
+    return buf.getvalue()
+
+
+def tar_shard(keys, images, labels, provenance) -> bytes:
+    """One WebDataset tar; identical bytes for identical samples."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, image, label, prov in zip(keys, images, labels, provenance):
+            for suffix, data in (("image.npy", npy_bytes(image)), ("label.npy", npy_bytes(label)),
+                                 ("json", prov.encode())):
+                info = tarfile.TarInfo(f"{key}.{suffix}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def tar_name(shard: int) -> str:
+    return f"{WDS_DIR}/shard-{shard:06d}.tar"
+
+
+def read_tar(data: bytes) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
+    """Samples of a WebDataset shard as (key, image, label, provenance); never unpickles."""
+    members: dict[str, dict] = {}
+    order: list[str] = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, _, suffix = info.name.partition(".")
+            if key not in members:
+                members[key] = {}
+                order.append(key)
+            members[key][suffix] = tar.extractfile(info).read()
+    out = []
+    for key in order:
+        m = members[key]
+        missing = {"image.npy", "label.npy", "json"} - set(m)
+        if missing:
+            raise ValueError(f"sample {key}: tar lacks member(s) {sorted(missing)}")
+        image = np.load(io.BytesIO(m["image.npy"]), allow_pickle=False)
+        label = np.load(io.BytesIO(m["label.npy"]), allow_pickle=False)
+        out.append((key, image, label, json.loads(m["json"])))
+    return out

@@ -1,0 +1,263 @@
+"""The generation job driver: plan, check the output, dispatch shards to Ray actors, commit, index.
+
+Order of writes in the output: ``plan.json`` (identity; refuses a different dataset), zarr metadata,
+then per shard its data objects and ``_commits/shard-NNNNNN.json``, and ``index.json`` last, only when
+every shard is committed. A rerun skips committed shards (resume); a different spec or manifest gives
+a different ``dataset_id`` and is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+
+from generator import __version__ as GENERATOR_VERSION
+from manifests.schema import ManifestError, default_roots, read_manifest
+
+from . import formats
+from .objects import Objects
+from .plan import Plan, make_plan
+from .spec import JobSpec
+from .worker import ScanLoadFailed, ShardWorker, commit_key
+
+INDEX = "index.json"
+PLAN = "plan.json"
+REPORT = "job_report.json"
+INDEX_FORMAT = "tumorforge.dataset/1"
+DETERMINISTIC_COMMIT_FIELDS = ("dataset_id", "shard", "start", "count", "scans", "files", "samples")
+
+
+class JobError(RuntimeError):
+    pass
+
+
+@dataclass
+class JobResult:
+    dataset_id: str
+    output: str
+    shards: int
+    committed_before: int
+    written: int
+    failed: dict = field(default_factory=dict)     # shard -> reason
+    samples: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    actor_restarts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _versions() -> dict:
+    import numcodecs
+    import numpy
+    import ray
+    import scipy
+    import zarr
+    return {"tumorforge": GENERATOR_VERSION, "numpy": numpy.__version__, "scipy": scipy.__version__,
+            "zarr": zarr.__version__, "numcodecs": numcodecs.__version__, "ray": ray.__version__}
+
+
+def _init_ray(address: str | None):
+    import ray
+    if ray.is_initialized():
+        return ray
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # An embedded single-machine cluster; Ray's token auth is for shared clusters.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+def resolve_backend(spec: JobSpec, ray) -> JobSpec:
+    """Turn ``auto`` into numpy or cupy from what the cluster has; fail fast on missing GPUs."""
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    backend = spec.backend
+    if backend == "auto":
+        backend = "cupy" if gpus > 0 else "numpy"
+    resources = spec.resources
+    if backend == "cupy" and resources.gpus_per_actor == 0:
+        resources = replace(resources, gpus_per_actor=1.0)
+    if resources.gpus_per_actor > 0 and gpus < resources.gpus_per_actor:
+        raise JobError(f"the job asks for {resources.gpus_per_actor} GPU(s) per actor (backend "
+                       f"{backend}) but the Ray cluster has {gpus:g} GPU(s); use --backend numpy "
+                       "or connect to a cluster with GPU nodes (--address)")
+    return replace(spec, backend=backend, resources=resources)
+
+
+def load_plan(spec: JobSpec) -> Plan:
+    try:
+        entries = read_manifest(spec.manifest, default_roots(spec.manifest, spec.allow_roots))
+    except (ManifestError, OSError) as exc:
+        raise JobError(f"manifest: {exc}") from exc
+    return make_plan(spec, entries)
+
+
+def prepare_output(plan: Plan, out: Objects) -> set[int]:
+    """Check the output belongs to this dataset, write plan and metadata, return committed shards."""
+    if out.exists(PLAN):
+        found = json.loads(out.get(PLAN)).get("dataset_id")
+        if found != plan.dataset_id:
+            raise JobError(f"{out.url(PLAN)} holds dataset {found}, but this job plans "
+                           f"{plan.dataset_id} (different spec, manifest scans or generator "
+                           "version); write to a new output or remove the old dataset first")
+    stale = out.remove_stale_temporaries()
+    if stale:
+        print(f"removed {stale} temporary file(s) left by an interrupted writer")
+    out.put(PLAN, json.dumps(plan.to_json(), sort_keys=True, indent=1).encode())
+    if "zarr" in plan.spec.formats:
+        attrs = {"dataset_id": plan.dataset_id, "root_seed": plan.spec.root_seed,
+                 "samples_per_shard": plan.spec.samples_per_shard, "index": INDEX}
+        for key, data in formats.zarr_metadata(plan.spec.samples, plan.spec.samples_per_shard,
+                                               plan.spec.generator.crop_size, attrs).items():
+            out.put(key, data)
+    committed = set()
+    for key in out.list("_commits"):
+        try:
+            record = json.loads(out.get(key))
+        except ValueError:
+            continue                                 # unreadable commit: redo the shard
+        if record.get("dataset_id") == plan.dataset_id and _files_present(out, record):
+            committed.add(int(record["shard"]))
+    return committed
+
+
+def _files_present(out: Objects, record: dict) -> bool:
+    return all(out.exists(k) for k in record.get("files", {}))
+
+
+def _write_index(plan: Plan, out: Objects, versions: dict) -> dict:
+    shards = []
+    for shard in plan.shards:
+        record = json.loads(out.get(commit_key(shard.index)))
+        shards.append({k: record[k] for k in DETERMINISTIC_COMMIT_FIELDS})
+    index = {"format": INDEX_FORMAT, "dataset_id": plan.dataset_id, "spec": plan.spec.to_json(),
+             "samples": plan.spec.samples, "samples_per_shard": plan.spec.samples_per_shard,
+             "formats": list(plan.spec.formats), "versions": versions, "plan": PLAN,
+             "shards": shards}
+    out.put(INDEX, json.dumps(index, sort_keys=True, indent=1).encode())
+    return index
+
+
+class _Dispatcher:
+    """Hands pending shards to free actors, preferring shards whose scans an actor already holds."""
+
+    def __init__(self, plan: Plan, pending: list[int]):
+        self.plan = plan
+        self.pending = list(pending)
+        self.held: dict[int, list[str]] = {}
+
+    def next_for(self, actor_id: int) -> int | None:
+        if not self.pending:
+            return None
+        held = set(self.held.get(actor_id, []))
+        best = max(self.pending, key=lambda k: (len(held & set(self.plan.shards[k].scans)), -k))
+        self.pending.remove(best)
+        self.held[actor_id] = (self.held.get(actor_id, []) + list(self.plan.shards[best].scans))[-8:]
+        return best
+
+
+def run_job(spec: JobSpec, address: str | None = None, progress: bool = True,
+            log=print) -> JobResult:
+    """Run (or resume) a generation job. Returns a result; ``result.failed`` names failed shards."""
+    ray = _init_ray(address)
+    from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+
+    t0 = time.perf_counter()
+    spec = resolve_backend(spec, ray)
+    plan = load_plan(spec)
+    out = Objects(spec.output)
+    committed = prepare_output(plan, out)
+    pending = [s.index for s in plan.shards if s.index not in committed]
+    result = JobResult(plan.dataset_id, spec.output, len(plan.shards), len(committed), 0)
+    log(f"dataset {plan.dataset_id}: {spec.samples} samples in {len(plan.shards)} shard(s) of "
+        f"{spec.samples_per_shard}; {len(committed)} already committed, {len(pending)} to write; "
+        f"backend {spec.backend}, {spec.resources.actors} actor(s), formats {list(spec.formats)}")
+
+    res = spec.resources
+    actor_cls = ray.remote(ShardWorker).options(num_cpus=res.cpus_per_actor,
+                                                num_gpus=res.gpus_per_actor, max_restarts=0)
+    actors = {i: actor_cls.remote(plan) for i in range(min(res.actors, max(1, len(pending))))}
+    next_id = len(actors)
+    dispatch = _Dispatcher(plan, pending)
+    attempts: dict[int, int] = {}
+    running: dict = {}                               # ObjectRef -> (actor id, shard)
+
+    def submit(actor_id):
+        shard = dispatch.next_for(actor_id)
+        if shard is not None:
+            running[actors[actor_id].write_shard.remote(shard)] = (actor_id, shard)
+
+    for actor_id in list(actors):
+        submit(actor_id)
+    total = sum(plan.shards[k].count for k in pending)
+    bar = _progress(total, progress)
+    run_log = []
+    while running:
+        done, _ = ray.wait(list(running), num_returns=1)
+        ref = done[0]
+        actor_id, shard = running.pop(ref)
+        try:
+            record = ray.get(ref)
+        except (RayActorError, WorkerCrashedError) as exc:
+            attempts[shard] = attempts.get(shard, 0) + 1
+            result.actor_restarts += 1
+            reason = str(exc).splitlines()[0][:200]
+            log(f"shard {shard}: actor died ({reason}); "
+                f"{'retrying on a new actor' if attempts[shard] <= res.shard_retries else 'giving up'}")
+            if attempts[shard] <= res.shard_retries:
+                dispatch.pending.insert(0, shard)
+            else:
+                result.failed[shard] = f"actor died {attempts[shard]} time(s): {reason}"
+            ray.kill(actors.pop(actor_id), no_restart=True)
+            actors[next_id] = actor_cls.remote(plan)
+            actor_id, next_id = next_id, next_id + 1
+            submit(actor_id)
+            continue
+        except RayTaskError as exc:
+            cause = exc.cause if isinstance(exc.cause, Exception) else exc
+            result.failed[shard] = str(cause)
+            if isinstance(cause, ScanLoadFailed):
+                # Every pending shard that needs this scan fails the same way: do not retry them.
+                for k in [k for k in dispatch.pending if cause.scan_id in plan.shards[k].scans]:
+                    dispatch.pending.remove(k)
+                    result.failed[k] = str(cause)
+            log(f"shard {shard} failed: {cause}")
+            submit(actor_id)
+            continue
+        result.written += 1
+        result.samples += record["count"]
+        result.bytes += sum(f["bytes"] for f in record["files"].values())
+        run_log.append({"shard": shard, **{k: record[k] for k in ("seconds", "worker")}})
+        bar.update(record["count"])
+        submit(actor_id)
+    bar.close()
+    for actor in actors.values():
+        ray.kill(actor, no_restart=True)
+    result.seconds = time.perf_counter() - t0
+    versions = _versions()
+    if result.ok:
+        _write_index(plan, out, versions)
+    report = {"dataset_id": plan.dataset_id, "output": spec.output, "ok": result.ok,
+              "shards": len(plan.shards), "committed_before": len(committed),
+              "written": result.written, "samples_written": result.samples,
+              "bytes_written": result.bytes, "seconds": round(result.seconds, 3),
+              "samples_per_second": round(result.samples / max(result.seconds, 1e-9), 3),
+              "actor_restarts": result.actor_restarts,
+              "failed": {str(k): v for k, v in sorted(result.failed.items())},
+              "versions": versions, "backend": spec.backend, "shard_log": run_log,
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out.put(REPORT, json.dumps(report, indent=1).encode())
+    return result
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, unit="sample", disable=not enabled or total == 0, file=sys.stderr,
+                smoothing=0.1, dynamic_ncols=True)

@@ -1,0 +1,95 @@
+"""The plan: which samples each shard holds and which scans they use, as a pure function of the
+spec, the manifest's scan hashes and the generator version. Its hash is the ``dataset_id``.
+
+Shard k holds samples [k*S, min((k+1)*S, N)). Sample i draws every random choice from
+``SeedSequence(root_seed, spawn_key=(i,))``. The healthy scans are dealt to shards in a fixed
+shuffled order, ``scans_per_shard`` per shard, and sample j of a shard uses the shard's scan
+``j % scans_per_shard``: every scan is used about equally, and an actor loads a few scans per
+shard and keeps them for the next shard that needs them. Nothing here depends on which worker runs
+what, or when.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from generator import __version__ as GENERATOR_VERSION
+from manifests.schema import ScanEntry
+
+from .spec import JobSpec
+
+PLAN_VERSION = 1
+
+
+class PlanError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    index: int
+    start: int
+    count: int
+    scans: tuple[str, ...]      # scan_ids, in the order samples cycle through them
+
+    def scan_of(self, sample_index: int) -> str:
+        return self.scans[(sample_index - self.start) % len(self.scans)]
+
+    def name(self) -> str:
+        return f"shard-{self.index:06d}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    dataset_id: str
+    spec: JobSpec
+    scans: dict[str, ScanEntry]      # healthy scans by id
+    shards: tuple[ShardPlan, ...]
+
+    def to_json(self) -> dict:
+        return {"plan_version": PLAN_VERSION, "dataset_id": self.dataset_id,
+                "generator_version": GENERATOR_VERSION, "identity": self.spec.identity(),
+                "scans": {sid: e.sha256 for sid, e in sorted(self.scans.items())},
+                "shards": [{"index": s.index, "start": s.start, "count": s.count,
+                            "scans": list(s.scans)} for s in self.shards]}
+
+    def key(self, sample_index: int) -> str:
+        """A sample's key: unique across datasets, no dots (WebDataset splits names on dots)."""
+        return f"tf{self.dataset_id[:12]}_{sample_index:010d}"
+
+    def shard_of(self, sample_index: int) -> ShardPlan:
+        return self.shards[sample_index // self.spec.samples_per_shard]
+
+
+def _canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def make_plan(spec: JobSpec, entries: list[ScanEntry]) -> Plan:
+    """Plan ``spec`` over the healthy scans of ``entries``. ``spec.backend`` must be resolved."""
+    if spec.backend == "auto":
+        raise PlanError("resolve backend 'auto' to numpy or cupy before planning")
+    healthy = {e.scan_id: e for e in entries if e.role == "healthy"}
+    if not healthy:
+        raise PlanError(f"{spec.manifest}: no healthy scan to synthesize tumors into "
+                        f"({len(entries)} scan(s), all with tumors)")
+    ids = sorted(healthy)
+    # A two-word spawn key never equals a sample's one-word key (index,).
+    deal = np.random.default_rng(np.random.SeedSequence(spec.root_seed, spawn_key=(0x5CA, 0x25)))
+    order = [ids[i] for i in deal.permutation(len(ids))]
+    per = min(spec.scans_per_shard, len(ids))
+    shards = []
+    for k in range(spec.shards):
+        start = k * spec.samples_per_shard
+        count = min(spec.samples_per_shard, spec.samples - start)
+        group = tuple(order[(k * per + t) % len(order)] for t in range(per))
+        shards.append(ShardPlan(k, start, count, group))
+    identity = {"plan_version": PLAN_VERSION, "generator_version": GENERATOR_VERSION,
+                "identity": spec.identity(),
+                "scans": {sid: healthy[sid].sha256 for sid in ids}}
+    dataset_id = hashlib.sha256(_canonical(identity)).hexdigest()[:24]
+    return Plan(dataset_id, spec, healthy, tuple(shards))

@@ -1,0 +1,130 @@
+"""The generation job spec (YAML) and its validation.
+
+Every field has a command-line flag of the same name (``--samples-per-shard`` for
+``samples_per_shard``); flags override the file. Fields under ``generator`` are the generator's
+configuration (see ``generator/config.py``); ``resources`` only say how to run, not what to make, so
+they never change the dataset's identity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import yaml
+
+from generator.config import GeneratorConfig
+
+FORMATS = ("zarr", "wds")
+
+
+class SpecError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Resources:
+    actors: int = 2                  # writer actors
+    gpus_per_actor: float = 0.0      # fractional allowed; > 0 needs the cupy backend
+    cpus_per_actor: float = 1.0
+    scan_cache_mb: int = 2048        # prepared scans an actor keeps (LRU by memory)
+    scan_retries: int = 2            # re-tries of a scan that fails to load, before giving up
+    shard_retries: int = 3           # re-runs of a shard whose actor died
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    manifest: str
+    output: str
+    samples: int
+    samples_per_shard: int = 64
+    root_seed: int = 0
+    backend: str = "numpy"           # numpy | cupy | auto (resolved before planning)
+    formats: tuple[str, ...] = FORMATS
+    scans_per_shard: int = 2         # distinct scans one shard draws from
+    allow_roots: tuple[str, ...] = ()
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    resources: Resources = field(default_factory=Resources)
+
+    def __post_init__(self):
+        if self.samples < 1:
+            raise SpecError(f"samples must be >= 1, got {self.samples}")
+        if not 1 <= self.samples_per_shard <= 100_000:
+            raise SpecError(f"samples_per_shard must be 1..100000, got {self.samples_per_shard}")
+        if not self.formats or set(self.formats) - set(FORMATS):
+            raise SpecError(f"formats {list(self.formats)}: expected one or both of {FORMATS}")
+        if self.backend not in ("numpy", "cupy", "auto"):
+            raise SpecError(f"backend {self.backend!r}: expected numpy, cupy or auto")
+        if self.scans_per_shard < 1:
+            raise SpecError(f"scans_per_shard must be >= 1, got {self.scans_per_shard}")
+        r = self.resources
+        if r.actors < 1 or r.gpus_per_actor < 0 or r.cpus_per_actor <= 0:
+            raise SpecError(f"resources {r}: need actors >= 1, gpus_per_actor >= 0, "
+                            "cpus_per_actor > 0")
+        if r.gpus_per_actor > 0 and self.backend == "numpy":
+            raise SpecError("gpus_per_actor > 0 needs backend cupy (or auto on a GPU node)")
+
+    @property
+    def shards(self) -> int:
+        return -(-self.samples // self.samples_per_shard)
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["generator"] = self.generator.to_json()
+        out["formats"] = list(self.formats)
+        out["allow_roots"] = list(self.allow_roots)
+        return out
+
+    def identity(self) -> dict:
+        """What determines the dataset's bytes: everything but where it goes and how it runs."""
+        out = self.to_json()
+        for key in ("output", "resources", "allow_roots", "manifest"):
+            out.pop(key)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict, where: str = "job spec") -> "JobSpec":
+        if not isinstance(obj, dict):
+            raise SpecError(f"{where}: expected a mapping, found {type(obj).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(obj) - known)
+        if unknown:
+            raise SpecError(f"{where}: unknown field(s) {unknown}; expected {sorted(known)}")
+        missing = sorted({"manifest", "output", "samples"} - set(obj))
+        if missing:
+            raise SpecError(f"{where}: missing field(s) {missing}")
+        data = dict(obj)
+        try:
+            data["generator"] = GeneratorConfig.from_json(obj.get("generator") or {})
+            res = obj.get("resources") or {}
+            unknown = sorted(set(res) - {f.name for f in dataclasses.fields(Resources)})
+            if unknown:
+                raise SpecError(f"{where}: unknown resources field(s) {unknown}")
+            data["resources"] = Resources(**res)
+            for key in ("formats", "allow_roots"):
+                if key in data:
+                    data[key] = tuple(data[key])
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"{where}: {exc}") from exc
+
+
+def load_spec(path: str | None, overrides: dict) -> JobSpec:
+    """The spec from a YAML file (if any) with ``overrides`` (flags) applied on top."""
+    obj: dict = {}
+    if path:
+        try:
+            with open(path) as f:
+                obj = yaml.safe_load(f) or {}
+        except OSError as exc:
+            raise SpecError(f"{path}: cannot read the job spec ({exc})") from exc
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{path}: not valid YAML ({exc})") from exc
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in ("generator", "resources"):
+            obj[key] = {**(obj.get(key) or {}), **value}
+        else:
+            obj[key] = value
+    return JobSpec.from_json(obj, path or "job spec")

@@ -1,0 +1,157 @@
+"""The shard writer: one call writes one whole shard in every requested format, then its commit.
+
+``ShardWorker`` is plain Python (tests drive it directly); ``cluster.job`` runs it as a Ray actor.
+An actor keeps prepared scans in an LRU cache bounded by memory, so consecutive shards that share
+scans load each scan once. A call either commits the whole shard or leaves no commit record:
+readers trust only shards with a commit (``_commits/``) that ``index.json`` lists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from generator import __version__ as GENERATOR_VERSION
+from generator.backend import get_backend
+from generator.prepare import PrepareError, PreparedScan
+from generator.sample import sample_params, sample_seed
+from generator.synthesize import synthesize
+from manifests.nifti import ScanError
+
+from . import formats
+from .objects import Objects
+from .plan import Plan
+from .provenance import Provenance, image_sha256, label_sha256
+from .scans import load_prepared
+
+COMMITS = "_commits"
+FAULT_ENV = "TUMORFORGE_FAULT"   # tests only: "die_before_commit:<shard>:<marker file>"
+
+
+class ScanLoadFailed(RuntimeError):
+    """A scan could not be loaded after its retries; the shards that need it cannot be made."""
+
+    def __init__(self, scan_id: str, uri: str, reason: str, attempts: int):
+        super().__init__(f"scan {scan_id} ({uri}) failed to load {attempts} time(s): {reason}")
+        self.scan_id, self.uri, self.reason, self.attempts = scan_id, uri, reason, attempts
+
+    def __reduce__(self):   # Ray ships the exception back to the driver
+        return (ScanLoadFailed, (self.scan_id, self.uri, self.reason, self.attempts))
+
+
+def commit_key(shard: int) -> str:
+    return f"{COMMITS}/shard-{shard:06d}.json"
+
+
+def _scan_bytes(scan: PreparedScan) -> int:
+    return scan.image.nbytes + scan.liver.nbytes + scan.vessel.nbytes + scan.liver_voxels.nbytes
+
+
+class ScanCache:
+    """Prepared scans, least recently used evicted first once over ``budget_bytes``."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget = budget_bytes
+        self.items: OrderedDict[str, PreparedScan] = OrderedDict()
+        self.loads = 0
+
+    def get(self, scan_id: str, load) -> PreparedScan:
+        if scan_id in self.items:
+            self.items.move_to_end(scan_id)
+            return self.items[scan_id]
+        scan = load()
+        self.loads += 1
+        self.items[scan_id] = scan
+        while len(self.items) > 1 and sum(map(_scan_bytes, self.items.values())) > self.budget:
+            self.items.popitem(last=False)
+        return scan
+
+
+class ShardWorker:
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.spec = plan.spec
+        self.backend = get_backend(self.spec.backend)
+        self.out = Objects(self.spec.output)
+        self.cache = ScanCache(self.spec.resources.scan_cache_mb << 20)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _load(self, scan_id: str) -> PreparedScan:
+        entry = self.plan.scans[scan_id]
+        retries = self.spec.resources.scan_retries
+        reason = ""
+        for attempt in range(1, retries + 2):
+            try:
+                return load_prepared(entry, self.spec.generator)
+            except (ScanError, PrepareError, OSError) as exc:
+                reason = str(exc)
+                if attempt <= retries:
+                    time.sleep(min(2.0, 0.2 * attempt))
+        raise ScanLoadFailed(scan_id, entry.image, reason, retries + 1)
+
+    def write_shard(self, k: int) -> dict:
+        """Synthesize shard ``k``, write its objects, then its commit record; return the record."""
+        t0 = time.perf_counter()
+        shard = self.plan.shards[k]
+        scans = {sid: self.cache.get(sid, lambda sid=sid: self._load(sid)) for sid in shard.scans}
+        t_load = time.perf_counter() - t0
+        config = self.spec.generator
+        images, labels, keys, provenance = [], [], [], []
+        versions = self.backend.versions()
+        for i in range(shard.start, shard.start + shard.count):
+            scan = scans[shard.scan_of(i)]
+            params = sample_params(np.random.default_rng(sample_seed(self.spec.root_seed, i)),
+                                   scan, config)
+            crop = synthesize(scan, params, self.backend)
+            key = self.plan.key(i)
+            entry = self.plan.scans[scan.scan_id]
+            provenance.append(Provenance(
+                key=key, index=i, shard=k, dataset_id=self.plan.dataset_id,
+                root_seed=self.spec.root_seed, spawn_key=(i,), scan_id=scan.scan_id,
+                scan_sha256=dict(entry.sha256), generator_version=GENERATOR_VERSION,
+                profile=config.profile, backend=self.backend.name, versions=versions,
+                generator_config=config.to_json(), params=params.to_json(),
+                image_sha256=image_sha256(crop.image), label_sha256=label_sha256(crop.label),
+                shape=tuple(crop.image.shape)).to_json_text())
+            images.append(crop.image)
+            labels.append(crop.label)
+            keys.append(key)
+        t_synth = time.perf_counter() - t0 - t_load
+        images, labels = np.stack(images), np.stack(labels)
+        objects: dict[str, bytes] = {}
+        if "zarr" in self.spec.formats:
+            objects.update(formats.zarr_shard_objects(
+                k, images, labels, keys, range(shard.start, shard.start + shard.count),
+                provenance, self.spec.samples_per_shard))
+        if "wds" in self.spec.formats:
+            objects[formats.tar_name(k)] = formats.tar_shard(keys, images, labels, provenance)
+        files = {key: self.out.put(key, data) for key, data in sorted(objects.items())}
+        self._maybe_fault(k)
+        record = {"dataset_id": self.plan.dataset_id, "shard": k, "start": shard.start,
+                  "count": shard.count, "scans": list(shard.scans), "files": files,
+                  "samples": [{"key": key, "image_sha256": json.loads(p)["image_sha256"],
+                               "label_sha256": json.loads(p)["label_sha256"]}
+                              for key, p in zip(keys, provenance)],
+                  "seconds": {"load": round(t_load, 3), "synthesize": round(t_synth, 3),
+                              "encode_write": round(time.perf_counter() - t0 - t_load - t_synth, 3)},
+                  "worker": {"pid": os.getpid(), "backend": self.backend.name,
+                             "scan_loads": self.cache.loads}}
+        self.out.put(commit_key(k), json.dumps(record, sort_keys=True, indent=1).encode())
+        return record
+
+    @staticmethod
+    def _maybe_fault(k: int) -> None:
+        """Test hook: die (like a killed process) after the data objects, before the commit."""
+        spec = os.environ.get(FAULT_ENV, "")
+        if not spec.startswith("die_before_commit:"):
+            return
+        _, shard, marker = spec.split(":", 2)
+        if int(shard) == k and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(17)
