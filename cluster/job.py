@@ -8,6 +8,7 @@ a different ``dataset_id`` and is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ INDEX = "index.json"
 PLAN = "plan.json"
 REPORT = "job_report.json"
 INDEX_FORMAT = "tumorforge.dataset/1"
+ACTOR_START_TIMEOUT_S = 300
 DETERMINISTIC_COMMIT_FIELDS = ("dataset_id", "shard", "start", "count", "scans", "files", "samples")
 
 
@@ -137,7 +139,9 @@ def _write_index(plan: Plan, out: Objects, versions: dict) -> dict:
     for shard in plan.shards:
         record = json.loads(out.get(commit_key(shard.index)))
         shards.append({k: record[k] for k in DETERMINISTIC_COMMIT_FIELDS})
-    index = {"format": INDEX_FORMAT, "dataset_id": plan.dataset_id, "spec": plan.spec.to_json(),
+    # Where it was written and how it ran are not part of the dataset (it may be copied or moved).
+    spec = {k: v for k, v in plan.spec.to_json().items() if k not in ("output", "resources")}
+    index = {"format": INDEX_FORMAT, "dataset_id": plan.dataset_id, "spec": spec,
              "samples": plan.spec.samples, "samples_per_shard": plan.spec.samples_per_shard,
              "formats": list(plan.spec.formats), "versions": versions, "plan": PLAN,
              "shards": shards}
@@ -164,8 +168,11 @@ class _Dispatcher:
 
 
 def run_job(spec: JobSpec, address: str | None = None, progress: bool = True,
-            log=print) -> JobResult:
-    """Run (or resume) a generation job. Returns a result; ``result.failed`` names failed shards."""
+            log=print, actor_env: dict | None = None) -> JobResult:
+    """Run (or resume) a generation job. Returns a result; ``result.failed`` names failed shards.
+
+    ``actor_env`` adds environment variables to the writer actors (Ray runtime_env).
+    """
     ray = _init_ray(address)
     from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
@@ -181,27 +188,57 @@ def run_job(spec: JobSpec, address: str | None = None, progress: bool = True,
         f"backend {spec.backend}, {spec.resources.actors} actor(s), formats {list(spec.formats)}")
 
     res = spec.resources
-    actor_cls = ray.remote(ShardWorker).options(num_cpus=res.cpus_per_actor,
-                                                num_gpus=res.gpus_per_actor, max_restarts=0)
-    actors = {i: actor_cls.remote(plan) for i in range(min(res.actors, max(1, len(pending))))}
-    next_id = len(actors)
+    options = dict(num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor, max_restarts=0)
+    if actor_env:
+        options["runtime_env"] = {"env_vars": dict(actor_env)}
+    actor_cls = ray.remote(ShardWorker).options(**options)
     dispatch = _Dispatcher(plan, pending)
+    live: dict[int, object] = {}          # actor id -> handle, ready for work
+    starting: dict = {}                   # readiness ref -> (actor id, handle)
+    running: dict = {}                    # shard task ref -> (actor id, shard)
     attempts: dict[int, int] = {}
-    running: dict = {}                               # ObjectRef -> (actor id, shard)
+    counter = iter(range(1 << 30))
 
-    def submit(actor_id):
-        shard = dispatch.next_for(actor_id)
-        if shard is not None:
-            running[actors[actor_id].write_shard.remote(shard)] = (actor_id, shard)
+    def start_actor():
+        handle = actor_cls.remote(plan)
+        starting[handle.pid.remote()] = (next(counter), handle)
 
-    for actor_id in list(actors):
-        submit(actor_id)
-    total = sum(plan.shards[k].count for k in pending)
-    bar = _progress(total, progress)
+    def feed_idle():
+        busy = {a for a, _ in running.values()}
+        for actor_id in [a for a in live if a not in busy]:
+            shard = dispatch.next_for(actor_id)
+            if shard is None:
+                return
+            running[live[actor_id].write_shard.remote(shard)] = (actor_id, shard)
+
+    for _ in range(min(res.actors, max(1, len(pending)))):
+        start_actor()
+    bar = _progress(sum(plan.shards[k].count for k in pending), progress)
     run_log = []
-    while running:
-        done, _ = ray.wait(list(running), num_returns=1)
+    while running or (dispatch.pending and (live or starting)):
+        # With nothing running, wait for an actor to start, but not forever (no capacity left).
+        timeout = None if running else ACTOR_START_TIMEOUT_S
+        done, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=timeout)
+        if not done:
+            for k in dispatch.pending:
+                result.failed[k] = (f"no writer actor could start within {ACTOR_START_TIMEOUT_S} s "
+                                    f"(cluster lacks {res.cpus_per_actor} CPU / "
+                                    f"{res.gpus_per_actor} GPU free)")
+            dispatch.pending.clear()
+            break
         ref = done[0]
+        if ref in starting:
+            actor_id, handle = starting.pop(ref)
+            try:
+                ray.get(ref)
+                live[actor_id] = handle
+            except (RayActorError, WorkerCrashedError) as exc:
+                log(f"a writer actor failed to start: {str(exc).splitlines()[0][:200]}")
+                result.actor_restarts += 1
+                if result.actor_restarts <= res.shard_retries * max(1, len(plan.shards)):
+                    start_actor()
+            feed_idle()
+            continue
         actor_id, shard = running.pop(ref)
         try:
             record = ray.get(ref)
@@ -209,16 +246,16 @@ def run_job(spec: JobSpec, address: str | None = None, progress: bool = True,
             attempts[shard] = attempts.get(shard, 0) + 1
             result.actor_restarts += 1
             reason = str(exc).splitlines()[0][:200]
+            retry = attempts[shard] <= res.shard_retries
             log(f"shard {shard}: actor died ({reason}); "
-                f"{'retrying on a new actor' if attempts[shard] <= res.shard_retries else 'giving up'}")
-            if attempts[shard] <= res.shard_retries:
+                f"{'retrying on another actor' if retry else 'giving up'}")
+            if retry:
                 dispatch.pending.insert(0, shard)
             else:
                 result.failed[shard] = f"actor died {attempts[shard]} time(s): {reason}"
-            ray.kill(actors.pop(actor_id), no_restart=True)
-            actors[next_id] = actor_cls.remote(plan)
-            actor_id, next_id = next_id, next_id + 1
-            submit(actor_id)
+            ray.kill(live.pop(actor_id), no_restart=True)
+            start_actor()
+            feed_idle()
             continue
         except RayTaskError as exc:
             cause = exc.cause if isinstance(exc.cause, Exception) else exc
@@ -229,17 +266,17 @@ def run_job(spec: JobSpec, address: str | None = None, progress: bool = True,
                     dispatch.pending.remove(k)
                     result.failed[k] = str(cause)
             log(f"shard {shard} failed: {cause}")
-            submit(actor_id)
+            feed_idle()
             continue
         result.written += 1
         result.samples += record["count"]
         result.bytes += sum(f["bytes"] for f in record["files"].values())
         run_log.append({"shard": shard, **{k: record[k] for k in ("seconds", "worker")}})
         bar.update(record["count"])
-        submit(actor_id)
+        feed_idle()
     bar.close()
-    for actor in actors.values():
-        ray.kill(actor, no_restart=True)
+    for handle in [*live.values(), *(h for _, h in starting.values())]:
+        ray.kill(handle, no_restart=True)
     result.seconds = time.perf_counter() - t0
     versions = _versions()
     if result.ok:
@@ -251,7 +288,8 @@ def run_job(spec: JobSpec, address: str | None = None, progress: bool = True,
               "samples_per_second": round(result.samples / max(result.seconds, 1e-9), 3),
               "actor_restarts": result.actor_restarts,
               "failed": {str(k): v for k, v in sorted(result.failed.items())},
-              "versions": versions, "backend": spec.backend, "shard_log": run_log,
+              "versions": versions, "backend": spec.backend,
+              "resources": dataclasses.asdict(spec.resources), "shard_log": run_log,
               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out.put(REPORT, json.dumps(report, indent=1).encode())
     return result

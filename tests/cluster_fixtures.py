@@ -1,0 +1,47 @@
+"""Small healthy scans and a manifest for generation-job tests (synthetic volumes, not patient data)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conftest import write_nifti
+from manifests.build import build_manifest
+from manifests.schema import LabelMap
+
+
+def liver_scan(seed: int, shape=(90, 80, 40), spacing=(1.0, 1.0, 2.0)):
+    """An ellipsoid liver (~100 HU) in fat with a bright vessel; 0/1 label; LPS storage."""
+    rng = np.random.default_rng(seed)
+    ax = [(np.arange(n) - n / 2) * s for n, s in zip(shape, spacing)]
+    x, y, z = np.meshgrid(*ax, indexing="ij")
+    liver = (x / 38) ** 2 + (y / 33) ** 2 + (z / 34) ** 2 < 1
+    image = np.where(liver, 100.0 + seed, -90.0) + rng.normal(0, 10, shape)
+    image[((y - 6) ** 2 + z ** 2 < 9) & liver] += 70
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    return image.astype(np.int16), liver.astype(np.uint8), affine
+
+
+def healthy_manifest(root, n_scans: int = 3):
+    """A generic-layout folder of n healthy scans and its manifest; returns the manifest path."""
+    for s in range(n_scans):
+        image, label, affine = liver_scan(s)
+        write_nifti(root / "ct" / f"case{s}.nii.gz", image, affine)
+        write_nifti(root / "seg" / f"case{s}.nii.gz", label, affine)
+    manifest = root / "healthy.jsonl"
+    build_manifest("generic", str(root), str(manifest), image_pattern="ct/{id}.nii.gz",
+                   label_pattern="seg/{id}.nii.gz",
+                   label_map=LabelMap(liver=(1,)),
+                   source="toy")
+    return manifest
+
+
+def small_spec(manifest, output, **kw):
+    """A fast job: 32^3 crops of tiny and small tumors."""
+    from cluster.spec import JobSpec, Resources
+    from generator.config import GeneratorConfig
+    gen = GeneratorConfig(crop_size=(32, 32, 32), size_mix={"tiny": 1.0, "small": 1.0},
+                          negative_fraction=0.2)
+    defaults = dict(manifest=str(manifest), output=str(output), samples=14, samples_per_shard=4,
+                    root_seed=3, generator=gen, resources=Resources(actors=2, scan_retries=1))
+    defaults.update(kw)
+    return JobSpec(**defaults)
