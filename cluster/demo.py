@@ -2,7 +2,8 @@
 
 It makes phantom datasets (synthetic CT, not patient data) in all four layouts, builds and validates a
 manifest for each, assigns 5 folds to the LiTS-style set, pools the healthy scans as the paper does
-(CHAOS + BTCV + tumor-free LiTS), and synthesizes tumors into them. Later stages extend it.
+(CHAOS + BTCV + tumor-free LiTS), previews synthetic tumors in them, runs a generation job on an
+embedded Ray cluster, verifies the dataset and audits one sample. Later stages extend it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 
 DEMO_CASES = {"lits": 10, "msd": 4, "btcv": 4, "chaos": 4}
 PREVIEW_SIZES = ("tiny", "small", "medium", "large")
+DEMO_SAMPLES = 48
 
 
 def run(out: str, scale: float, seed: int) -> int:
@@ -27,7 +29,7 @@ def run(out: str, scale: float, seed: int) -> int:
 
     t0 = time.perf_counter()
     data = os.path.join(out, "data")
-    print(f"[1/4] phantom CT datasets (synthetic, scale {scale}) -> {data}")
+    print(f"[1/6] phantom CT datasets (synthetic, scale {scale}) -> {data}")
     for layout, n in DEMO_CASES.items():
         cases = write_layout(layout, os.path.join(data, layout), n, seed=seed, scale=scale)
         shown = next((c for c in cases if c["has_tumor"]), cases[0])
@@ -38,7 +40,7 @@ def run(out: str, scale: float, seed: int) -> int:
               f"preview {png}")
 
     # Manifests sit in the data folder, so the paths they name are inside their allowed root.
-    print(f"[2/4] scan manifests -> {data}/<layout>.jsonl")
+    print(f"[2/6] scan manifests -> {data}/<layout>.jsonl")
     failed = 0
     for layout in DEMO_CASES:
         path = os.path.join(data, f"{layout}.jsonl")
@@ -49,7 +51,7 @@ def run(out: str, scale: float, seed: int) -> int:
         print(f"      {path}: {len(entries)} scans ({healthy} healthy), "
               f"{len(result.rejections)} rejected, validation problems: {len(problems)}")
 
-    print("[3/4] 5-fold split of the LiTS-style test set; healthy pool for synthesis")
+    print("[3/6] 5-fold split of the LiTS-style test set; healthy pool for synthesis")
     lits = os.path.join(data, "lits.jsonl")
     folds = assign_folds(read_manifest(lits), 5, seed)
     write_jsonl(lits, folds)
@@ -61,7 +63,7 @@ def run(out: str, scale: float, seed: int) -> int:
     print(f"      {healthy_path}: {len(pool)} healthy scans (CHAOS + BTCV + tumor-free LiTS)")
 
     synthetic = os.path.join(out, "synthetic")
-    print(f"[4/4] synthetic tumors (paper profile) -> {synthetic}")
+    print(f"[4/6] synthetic tumors (paper profile) -> {synthetic}")
     backend = get_backend("auto")
     print(f"      backend: {backend.name} ({backend.why})")
     for i, size in enumerate(PREVIEW_SIZES):
@@ -69,8 +71,40 @@ def run(out: str, scale: float, seed: int) -> int:
         scan = load_prepared(pool[i % len(pool)], config)
         paths = write_preview(scan, config, seed, i, synthetic, backend)
         print(f"      {size:6s} {paths[0]}")
+    failed += _generate(out, healthy_path, seed)
     print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs under {os.path.abspath(out)}")
     return 1 if failed else 0
+
+
+def _generate(out: str, manifest: str, seed: int) -> int:
+    """Steps 5-6: a generation job with two actors, then verify and audit."""
+    from generator.config import GeneratorConfig
+    from .audit import describe, regenerate, verify
+    from .dataset import Dataset
+    from .job import run_job
+    from .spec import JobSpec, Resources
+
+    dataset = os.path.join(out, "dataset")
+    print(f"[5/6] generation job: {DEMO_SAMPLES} samples, paper profile, 2 Ray actors -> {dataset}")
+    spec = JobSpec(manifest=manifest, output=dataset, samples=DEMO_SAMPLES, samples_per_shard=16,
+                   root_seed=seed, generator=GeneratorConfig(), resources=Resources(actors=2))
+    result = run_job(spec, log=lambda msg: print(f"      {msg}"))
+    print(f"      {result.samples} samples written in {result.seconds:.1f} s, "
+          f"{result.bytes / 1e6:.1f} MB, {len(result.failed)} failed shard(s)")
+    if not result.ok:
+        return 1
+    print(f"[6/6] verify and audit {dataset}")
+    ds = Dataset(dataset)
+    problems = verify(ds)
+    print(f"      verify: {len(problems)} problem(s) in {len(ds.shards)} shards, {len(ds)} samples")
+    _, _, prov = ds.sample(7)
+    print("\n".join("      " + line for line in describe(prov).splitlines()[:8]))
+    check = regenerate(ds, prov, None, None, [])
+    ok = check["params_match"] and check["image_match"] and check["label_match"]
+    print(f"      audit of sample 7: regenerated from its seed, "
+          f"{'bit-exact' if ok else 'MISMATCH'}")
+    print(f"      next: tumorforge audit {dataset} --index 7 ; tumorforge verify {dataset}")
+    return int(bool(problems) or not ok)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

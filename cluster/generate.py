@@ -52,9 +52,9 @@ def _cmd_submit(args) -> int:
     job = os.path.abspath(args.job)
     if not os.path.isfile(job):
         sys.exit(f"submit: {args.job}: no such job file")
-    entrypoint = f"tumorforge generate {os.path.basename(job)} --address auto --no-progress"
-    if args.extra:
-        entrypoint += " " + " ".join(args.extra)
+    # The cluster runs the job with its own Python, which must have tumorforge installed
+    # (the image of a KubeRay cluster, or --pip).
+    entrypoint = f"python -m cluster.cli generate {os.path.basename(job)} --address auto --no-progress"
     runtime_env = {"working_dir": os.path.dirname(job)}
     if args.pip:
         runtime_env["pip"] = args.pip
@@ -100,5 +100,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("job")
     s.add_argument("--address", required=True, help="dashboard URL, e.g. http://head:8265")
     s.add_argument("--pip", nargs="*", help="packages to install on the cluster (runtime_env)")
-    s.add_argument("extra", nargs=argparse.REMAINDER, help="extra flags for `generate`")
     s.set_defaults(func=_cmd_submit)

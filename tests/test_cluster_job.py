@@ -25,6 +25,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def ray_local():
     import ray
+    if ray.is_initialized():
+        ray.shutdown()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
@@ -190,3 +192,17 @@ def test_s3_output_through_a_local_endpoint(ray_local, scans, s3_server, referen
     assert ds.index["shards"] == local["shards"]
     image, label, prov = ds.sample(5)
     assert prov.index == 5 and image.shape == (32, 32, 32)
+
+
+def test_example_job_file_and_flags(tmp_path):
+    from cluster.spec import SpecError, load_spec
+    spec = load_spec("cluster/examples/job.yaml", {"samples": 10, "resources": {"actors": 3}})
+    assert spec.samples == 10 and spec.resources.actors == 3 and spec.samples_per_shard == 32
+    assert spec.generator.size_mix["mix"] == 0.2 and spec.formats == ("zarr", "wds")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("manifest: m.jsonl\noutput: o\nsamples: 5\nsampels_per_shard: 3\n")
+    with pytest.raises(SpecError, match=r"unknown field\(s\) \['sampels_per_shard'\]"):
+        load_spec(str(bad), {})
+    with pytest.raises(SpecError, match="needs backend cupy"):
+        load_spec(None, {"manifest": "m", "output": "o", "samples": 1, "backend": "numpy",
+                         "resources": {"gpus_per_actor": 1}})

@@ -8,8 +8,12 @@ from cluster.cli import main
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
+    import ray
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--scale", "0.15"]) == 0
+    try:
+        assert main(["demo", "--out", str(out), "--scale", "0.15"]) == 0
+    finally:
+        ray.shutdown()
     text = capsys.readouterr().out
     assert "validation problems: 0" in text and "demo finished" in text
     for layout in ("lits", "msd", "btcv", "chaos"):
@@ -21,3 +25,5 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     pngs = sorted((out / "synthetic").glob("*.png"))
     labels = sorted((out / "synthetic").glob("*.label.nii.gz"))
     assert len(pngs) == 4 and len(labels) == 4
+    assert "verify: 0 problem(s)" in text and "bit-exact" in text
+    assert (out / "dataset" / "index.json").exists()

@@ -1,0 +1,61 @@
+"""`tumorforge submit` through the Ray Jobs API of a local single-node cluster with a dashboard."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+import yaml
+
+from cluster.audit import verify
+from cluster.cli import main
+from cluster.dataset import Dataset
+from cluster_fixtures import healthy_manifest
+
+pytestmark = pytest.mark.slow
+
+
+def test_submit_runs_the_job_on_the_cluster(tmp_path, capsys):
+    import ray
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    if ray.is_initialized():
+        ray.shutdown()
+    # The job's driver runs `python -m cluster.cli` on the cluster: it must find this environment.
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ctx = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                   log_to_driver=False)
+    try:
+        address = f"http://{ctx.dashboard_url}"
+        manifest = healthy_manifest(tmp_path / "scans", n_scans=2)
+        job_dir = tmp_path / "job"
+        job_dir.mkdir()
+        out = tmp_path / "ds"
+        (job_dir / "job.yaml").write_text(yaml.safe_dump({
+            "manifest": str(manifest), "output": str(out), "samples": 4, "samples_per_shard": 2,
+            "generator": {"crop_size": [32, 32, 32], "size_mix": {"tiny": 1.0}},
+            "resources": {"actors": 1}}))
+        deadline = time.time() + 60
+        while True:          # the dashboard's job service can take a moment to come up
+            try:
+                assert main(["submit", str(job_dir / "job.yaml"), "--address", address]) == 0
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+        job_id = capsys.readouterr().out.split()[1]
+        client = JobSubmissionClient(address)
+        deadline = time.time() + 240
+        while client.get_job_status(job_id) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                    JobStatus.STOPPED):
+            assert time.time() < deadline, client.get_job_logs(job_id)[-2000:]
+            time.sleep(1)
+        logs = client.get_job_logs(job_id)
+        assert client.get_job_status(job_id) == JobStatus.SUCCEEDED, logs[-2000:]
+        assert verify(Dataset(str(out))) == [] and "index:" in logs
+    finally:
+        ray.shutdown()
