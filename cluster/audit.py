@@ -10,10 +10,10 @@ import sys
 import numpy as np
 
 from .dataset import Dataset, DatasetError
-from .formats import ZARR_ROOT, tar_name
+from .formats import COMMITS, INDEX, ZARR_ROOT, commit_key, tar_name
 from .provenance import Provenance, image_sha256, label_sha256
 
-KNOWN_TOP = ("index.json", "plan.json", "job_report.json")
+KNOWN_TOP = (INDEX, "plan.json", "job_report.json")
 
 
 def describe(p: Provenance) -> str:
@@ -121,10 +121,10 @@ def verify(ds: Dataset) -> list[tuple[str, str]]:
             if size != want["bytes"] or digest != want["sha256"]:
                 problems.append((key, f"corrupt: {size} bytes sha256 {digest[:12]}..., index says "
                                       f"{want['bytes']} bytes {want['sha256'][:12]}..."))
-        if ds.objects.exists(f"_commits/shard-{shard['shard']:06d}.json") is False:
-            problems.append((f"_commits/shard-{shard['shard']:06d}.json", "missing commit record"))
+        if not ds.objects.exists(commit_key(shard["shard"])):
+            problems.append((commit_key(shard["shard"]), "missing commit record"))
     for key in ds.objects.list(""):
-        if key in listed or key in KNOWN_TOP or key.startswith("_commits/") \
+        if key in listed or key in KNOWN_TOP or key.startswith(COMMITS + "/") \
                 or key.endswith("zarr.json"):
             continue
         problems.append((key, "extra: not listed in index.json"))

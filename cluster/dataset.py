@@ -14,10 +14,10 @@ from functools import cached_property
 import numpy as np
 
 from . import formats
+from .formats import INDEX, INDEX_FORMAT
 from .objects import Objects
 from .provenance import Provenance
 
-INDEX_FORMAT = "tumorforge.dataset/1"
 
 
 class DatasetError(ValueError):
@@ -29,7 +29,7 @@ class Dataset:
         self.url = url.rstrip("/")
         self.objects = Objects(self.url)
         try:
-            raw = self.objects.get("index.json")
+            raw = self.objects.get(INDEX)
         except FileNotFoundError as exc:
             raise DatasetError(f"{self.url}: no index.json (not a tumorforge dataset, or its job "
                                "has not finished: rerun `tumorforge generate` to complete it)") from exc

@@ -27,6 +27,9 @@ from zarr.storage import MemoryStore
 
 ZARR_ROOT = "dataset.zarr"
 WDS_DIR = "wds"
+COMMITS = "_commits"
+INDEX = "index.json"
+INDEX_FORMAT = "tumorforge.dataset/1"
 SIDE_ARRAYS = ("key", "sample_index", "provenance")
 
 
@@ -109,6 +112,10 @@ def tar_shard(keys, images, labels, provenance) -> bytes:
                 info.uname = info.gname = ""
                 tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def commit_key(shard: int) -> str:
+    return f"{COMMITS}/shard-{shard:06d}.json"
 
 
 def tar_name(shard: int) -> str:

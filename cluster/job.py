@@ -22,12 +22,11 @@ from . import formats
 from .objects import Objects
 from .plan import Plan, make_plan
 from .spec import JobSpec
-from .worker import ScanLoadFailed, ShardWorker, commit_key
+from .formats import COMMITS, INDEX, INDEX_FORMAT, commit_key
+from .worker import ScanLoadFailed, ShardWorker
 
-INDEX = "index.json"
 PLAN = "plan.json"
 REPORT = "job_report.json"
-INDEX_FORMAT = "tumorforge.dataset/1"
 ACTOR_START_TIMEOUT_S = 300
 DETERMINISTIC_COMMIT_FIELDS = ("dataset_id", "shard", "start", "count", "scans", "files", "samples")
 
@@ -120,7 +119,7 @@ def prepare_output(plan: Plan, out: Objects) -> set[int]:
                                                plan.spec.generator.crop_size, attrs).items():
             out.put(key, data)
     committed = set()
-    for key in out.list("_commits"):
+    for key in out.list(COMMITS):
         try:
             record = json.loads(out.get(key))
         except ValueError:

@@ -28,7 +28,6 @@ from .plan import Plan
 from .provenance import Provenance, image_sha256, label_sha256
 from .scans import load_prepared
 
-COMMITS = "_commits"
 FAULT_ENV = "TUMORFORGE_FAULT"   # tests only: "die_before_commit:<shard>:<marker file>"
 
 
@@ -41,10 +40,6 @@ class ScanLoadFailed(RuntimeError):
 
     def __reduce__(self):   # Ray ships the exception back to the driver
         return (ScanLoadFailed, (self.scan_id, self.uri, self.reason, self.attempts))
-
-
-def commit_key(shard: int) -> str:
-    return f"{COMMITS}/shard-{shard:06d}.json"
 
 
 def _scan_bytes(scan: PreparedScan) -> int:
@@ -142,7 +137,7 @@ class ShardWorker:
                               "encode_write": round(time.perf_counter() - t0 - t_load - t_synth, 3)},
                   "worker": {"pid": os.getpid(), "backend": self.backend.name,
                              "scan_loads": self.cache.loads}}
-        self.out.put(commit_key(k), json.dumps(record, sort_keys=True, indent=1).encode())
+        self.out.put(formats.commit_key(k), json.dumps(record, sort_keys=True, indent=1).encode())
         return record
 
     @staticmethod
