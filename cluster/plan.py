@@ -47,7 +47,7 @@ class ShardPlan:
 class Plan:
     dataset_id: str
     spec: JobSpec
-    scans: dict[str, ScanEntry]      # healthy scans by id
+    scans: dict[str, ScanEntry]      # the scans samples are made from, by id
     shards: tuple[ShardPlan, ...]
 
     def to_json(self) -> dict:
@@ -70,14 +70,17 @@ def _canonical(obj) -> bytes:
 
 
 def make_plan(spec: JobSpec, entries: list[ScanEntry]) -> Plan:
-    """Plan ``spec`` over the healthy scans of ``entries``. ``spec.backend`` must be resolved."""
+    """Plan ``spec`` over the scans of ``entries`` it can use (healthy ones; annotated ones for the
+    real profile). ``spec.backend`` must be resolved."""
     if spec.backend == "auto":
         raise PlanError("resolve backend 'auto' to numpy or cupy before planning")
-    healthy = {e.scan_id: e for e in entries if e.role == "healthy"}
-    if not healthy:
-        raise PlanError(f"{spec.manifest}: no healthy scan to synthesize tumors into "
-                        f"({len(entries)} scan(s), all with tumors)")
-    ids = sorted(healthy)
+    # Synthetic tumors go into healthy livers; the real profile crops scans with real tumors.
+    role = "tumor" if spec.generator.profile == "real" else "healthy"
+    pool = {e.scan_id: e for e in entries if e.role == role}
+    if not pool:
+        raise PlanError(f"{spec.manifest}: no scan with role {role!r} among its {len(entries)} "
+                        f"(profile {spec.generator.profile})")
+    ids = sorted(pool)
     # A two-word spawn key never equals a sample's one-word key (index,).
     deal = np.random.default_rng(np.random.SeedSequence(spec.root_seed, spawn_key=(0x5CA, 0x25)))
     order = [ids[i] for i in deal.permutation(len(ids))]
@@ -90,6 +93,6 @@ def make_plan(spec: JobSpec, entries: list[ScanEntry]) -> Plan:
         shards.append(ShardPlan(k, start, count, group))
     identity = {"plan_version": PLAN_VERSION, "generator_version": GENERATOR_VERSION,
                 "identity": spec.identity(),
-                "scans": {sid: healthy[sid].sha256 for sid in ids}}
+                "scans": {sid: pool[sid].sha256 for sid in ids}}
     dataset_id = hashlib.sha256(_canonical(identity)).hexdigest()[:24]
-    return Plan(dataset_id, spec, healthy, tuple(shards))
+    return Plan(dataset_id, spec, pool, tuple(shards))

@@ -23,4 +23,5 @@ def load_prepared(entry: ScanEntry, config: GeneratorConfig) -> PreparedScan:
                                      f"{entry.sha256['label'][:12]}... (file changed since build)")
     return prepare_scan(entry.scan_id, image.data, label.data, image.info.affine,
                         organ_values=entry.label_map.organ_values(),
-                        vessel_values=entry.label_map.vessel, config=config)
+                        vessel_values=entry.label_map.vessel, tumor_values=entry.label_map.tumor,
+                        config=config)

@@ -43,7 +43,8 @@ class ScanLoadFailed(RuntimeError):
 
 
 def _scan_bytes(scan: PreparedScan) -> int:
-    return scan.image.nbytes + scan.liver.nbytes + scan.vessel.nbytes + scan.liver_voxels.nbytes
+    return sum(a.nbytes for a in (scan.image, scan.liver, scan.vessel, scan.tumor,
+                                  scan.liver_voxels))
 
 
 class ScanCache:

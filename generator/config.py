@@ -7,6 +7,8 @@ Two profiles:
 - ``released``: the reduced recipe the authors trained with in their released code (slice-based
   location, a texture of blurred salt noise, darkening by delta HU, no vessels, no mass effect, no
   capsule).
+- ``real``: no synthesis at all: crops of scans with annotated (real) tumors, centered on a tumor
+  voxel, for training on real tumors or mixing real and synthetic data.
 
 All lengths are in voxels of the prepared scan, which is resampled to ``target_spacing_mm`` (1 mm
 isotropic by default, so voxels and mm coincide), unless a name says ``_mm``.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-PROFILES = ("paper", "released")
+PROFILES = ("paper", "released", "real")
 SIZE_TYPES = ("tiny", "small", "medium", "large", "mix")
 SCENARIOS = ("single", "multifocal", "satellite")
 

@@ -78,7 +78,7 @@ class SampleParams:
 
     @classmethod
     def from_json(cls, obj: dict) -> "SampleParams":
-        tumor_cls = {"paper": PaperTumor, "released": ReleasedTumor}[obj["profile"]]
+        tumor_cls = {"paper": PaperTumor, "released": ReleasedTumor, "real": PaperTumor}[obj["profile"]]
         tumors = tuple(tumor_cls(**_tuples(t, tumor_cls)) for t in obj["tumors"])
         data = _tuples({k: v for k, v in obj.items() if k != "tumors"}, cls)
         return cls(tumors=tumors, **data)

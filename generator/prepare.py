@@ -33,6 +33,7 @@ class PreparedScan:
     image: np.ndarray            # int16 HU
     liver: np.ndarray            # bool: liver organ (liver, tumor and vessel label values)
     vessel: np.ndarray           # bool: eq. 1 vessel mask inside the liver (plus vessel labels)
+    tumor: np.ndarray            # bool: tumor voxels the scan's own label marks (real tumors)
     spacing_mm: tuple[float, float, float]
     affine: np.ndarray           # voxel (i, j, k) of these arrays -> RAS+ world mm
     origin_vox: tuple[int, int, int]
@@ -58,9 +59,10 @@ class PreparedScan:
                 "shape": list(self.shape), "origin_vox": list(self.origin_vox)}
 
     def on(self, backend):
-        """(image, liver) on the backend's device; copied once and cached."""
+        """(image, label 0/1/2) on the backend's device; copied once and cached."""
         if backend.name not in self._device:
-            self._device[backend.name] = (backend.asarray(self.image), backend.asarray(self.liver))
+            label = self.liver.astype(np.uint8) + self.tumor.astype(np.uint8)
+            self._device[backend.name] = (backend.asarray(self.image), backend.asarray(label))
         return self._device[backend.name]
 
 
@@ -74,13 +76,14 @@ def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def prepare_scan(scan_id: str, image: np.ndarray, label: np.ndarray, affine: np.ndarray,
-                 organ_values, vessel_values=(), config: GeneratorConfig | None = None
-                 ) -> PreparedScan:
+                 organ_values, vessel_values=(), config: GeneratorConfig | None = None,
+                 tumor_values=()) -> PreparedScan:
     """Prepare one healthy scan.
 
     ``image`` is HU and ``label`` integer classes, both in the file's voxel order with ``affine``
     (voxel -> RAS+ mm). ``organ_values`` are the label values of the liver organ (liver, and tumor and
-    vessel if the dataset labels them); ``vessel_values`` are added to the thresholded vessel mask.
+    vessel if the dataset labels them); ``vessel_values`` are added to the thresholded vessel mask;
+    ``tumor_values`` mark the scan's own tumors, kept as label 2 in its crops (``real`` profile).
 
     Steps: reorient to RAS; resample to ``config.target_spacing_mm`` (image linear, label nearest);
     crop to the liver box plus half a crop; mean liver HU and threshold T = mean + b (eq. 2);
@@ -117,8 +120,13 @@ def prepare_scan(scan_id: str, image: np.ndarray, label: np.ndarray, affine: np.
 
     img = resample(image, 1, PAD_HU)
     organ_r = resample(organ.astype(np.uint8), 0, 0).astype(bool)
-    labelled_vessel = (resample(np.isin(label, np.asarray(vessel_values)).astype(np.uint8), 0, 0)
-                       .astype(bool) if len(vessel_values) else np.zeros(shape, bool))
+    def resampled_mask(values):
+        if not len(values):
+            return np.zeros(shape, bool)
+        return resample(np.isin(label, np.asarray(values)).astype(np.uint8), 0, 0).astype(bool)
+
+    labelled_vessel = resampled_mask(vessel_values)
+    tumor = resampled_mask(tumor_values) & organ_r
     out_affine = ras_affine @ np.diag([*factors, 1.0])
     out_affine[:3, 3] = ras_affine[:3, :3] @ (lo * factors) + ras_affine[:3, 3]
 
@@ -135,7 +143,7 @@ def prepare_scan(scan_id: str, image: np.ndarray, label: np.ndarray, affine: np.
                            f"at {tuple(target)} mm; expected a liver")
     return PreparedScan(
         scan_id=scan_id, image=np.clip(np.rint(img), -32768, 32767).astype(np.int16),
-        liver=organ_r, vessel=vessel, spacing_mm=tuple(float(t) for t in target),
+        liver=organ_r, vessel=vessel, tumor=tumor, spacing_mm=tuple(float(t) for t in target),
         affine=out_affine, origin_vox=tuple(int(v) for v in lo), liver_mean_hu=liver_mean,
         vessel_threshold_hu=threshold, sigma_a=sigma_a,
         parenchyma_mean_hu=float(parenchyma.mean()), parenchyma_sd_hu=float(parenchyma.std()),

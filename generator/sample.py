@@ -26,6 +26,8 @@ def sample_seed(root_seed: int, index: int) -> np.random.SeedSequence:
 def sample_params(rng: np.random.Generator, scan: PreparedScan, config: GeneratorConfig
                   ) -> SampleParams:
     crop = np.asarray(config.crop_size)
+    if config.profile == "real":
+        return _real_params(rng, scan, config)
     if rng.random() < config.negative_fraction:
         kind, tumors = "negative", ()
         center = _liver_voxel(rng, scan)
@@ -42,6 +44,25 @@ def sample_params(rng: np.random.Generator, scan: PreparedScan, config: Generato
     return SampleParams(scan_id=scan.scan_id, profile=config.profile, kind=kind,
                         crop_origin=tuple(int(v) for v in origin),
                         crop_size=tuple(int(v) for v in crop), tumors=tumors,
+                        parenchyma_mean_hu=round(scan.parenchyma_mean_hu, 4),
+                        parenchyma_sd_hu=round(scan.parenchyma_sd_hu, 4))
+
+
+def _real_params(rng, scan, config) -> SampleParams:
+    """A crop of the scan as it is: centered on one of its own tumor voxels, or on a liver voxel
+    for the negative fraction (and for scans without tumor)."""
+    tumor_voxels = np.flatnonzero(scan.tumor)
+    if rng.random() < config.negative_fraction or tumor_voxels.size == 0:
+        kind, center = "negative", _liver_voxel(rng, scan)
+    else:
+        kind = "real"
+        center = np.array(np.unravel_index(tumor_voxels[int(rng.integers(tumor_voxels.size))],
+                                           scan.shape))
+        center = center + rng.integers(-config.crop_jitter, config.crop_jitter + 1, 3)
+    origin = center - np.asarray(config.crop_size) // 2 + np.asarray(scan.origin_vox)
+    return SampleParams(scan_id=scan.scan_id, profile="real", kind=kind,
+                        crop_origin=tuple(int(v) for v in origin),
+                        crop_size=tuple(int(v) for v in config.crop_size), tumors=(),
                         parenchyma_mean_hu=round(scan.parenchyma_mean_hu, 4),
                         parenchyma_sd_hu=round(scan.parenchyma_sd_hu, 4))
 

@@ -291,9 +291,9 @@ def synthesize(scan: PreparedScan, params: SampleParams, backend: Backend,
     for t in tumors:
         blo, bhi = _box(t, full_origin)
         lo, hi = np.minimum(lo, blo), np.maximum(hi, bhi)
-    image_dev, liver_dev = scan.on(backend)
+    image_dev, label_dev = scan.on(backend)
     image = _extract(backend, image_dev, lo, hi, PAD_HU).astype(xp.float32)
-    label = _extract(backend, liver_dev, lo, hi, False).astype(xp.uint8)
+    label = _extract(backend, label_dev, lo, hi, 0)
     timer.mark("canvas")
     for t in tumors:
         shifted = type(t)(**{**t.__dict__, "center": tuple(int(v) for v in

@@ -167,3 +167,65 @@ def test_gpu_matches_cpu_within_tolerance(scan):
         a, b = synthesize(scan, p, NUMPY), synthesize(scan, p, gpu)
         assert agreement(a, b)["within_tolerance"], agreement(a, b)
         assert synthesize(scan, p, gpu).image.tobytes() == b.image.tobytes()
+
+
+def test_real_profile_crops_real_tumors_untouched():
+    image, label, affine = liver_volume()
+    ax = np.indices(label.shape)
+    lesion = ((ax[0] - 60) ** 2 + (ax[1] - 70) ** 2 + (ax[2] - 30) ** 2 * 4 < 64) & (label == 1)
+    label[lesion] = 2
+    image[lesion] -= 50
+    scan = prepare_scan("real", image, label, affine, organ_values=(1, 2), tumor_values=(2,))
+    config = GeneratorConfig(profile="real", negative_fraction=0.0)
+    p = _params(scan, config, 0)
+    crop = synthesize(scan, p, NUMPY)
+    assert p.kind == "real" and p.tumors == ()
+    assert 1000 < (crop.label == 2).sum() < 3000            # the scan's own ~2 mL lesion
+    assert crop.image[crop.label == 2].mean() < crop.image[crop.label == 1].mean() - 30
+
+
+def test_philox_matches_the_published_known_answer():
+    # Random123 known-answer vector for philox4x32-10: counter 0, key 0.
+    from generator.noise import philox4x32
+    words = [int(w[0]) for w in philox4x32(np, 1, 0, 0)]
+    assert words == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+
+
+def test_satellite_scenario_clusters_small_lesions_around_a_large_one(scan):
+    config = GeneratorConfig(size_mix={}, scenario_mix={"satellite": 1.0}, negative_fraction=0.0)
+    p = _params(scan, config, 4)
+    large, satellites = p.tumors[0], p.tumors[1:]
+    assert p.kind == "satellite" and large.kind == "large" and large.mass_effect and large.capsule
+    assert 3 <= len(satellites) <= 8 and all(t.kind == "satellite" for t in satellites)
+    near = [np.linalg.norm(np.subtract(t.center, large.center)) <= 2.5 * large.radius + 1
+            for t in satellites]
+    assert sum(near) >= len(satellites) // 2
+
+
+def test_preview_command_writes_png_nifti_and_params(tmp_path, tiny_lits):
+    import nibabel as nib
+    from cluster.cli import main
+    from conftest import write_nifti
+    image, label, affine = liver_volume(shape=(120, 110, 50))
+    root = tmp_path / "scans"
+    write_nifti(root / "volume-0.nii", image, affine)
+    write_nifti(root / "segmentation-0.nii", label, affine)
+    main(["manifest", "build", "--layout", "lits", str(root), "-o", str(root / "m.jsonl")])
+    cfg = tmp_path / "gen.yaml"
+    cfg.write_text("paper:\n  capsule_hu: 60\n")
+    out = tmp_path / "preview"
+    assert main(["preview", "--manifest", str(root / "m.jsonl"), "--index", "3", "--out", str(out),
+                 "--size-mix", "medium", "--negative-fraction", "0", "--backend", "numpy",
+                 "--generator-config", str(cfg)]) == 0
+    stem = out / "lits-0-seed0-3"
+    assert (out / "lits-0-seed0-3.png").stat().st_size > 10_000
+    params = json.loads((out / "lits-0-seed0-3.params.json").read_text())
+    assert params["config"]["paper"]["capsule_hu"] == 60 and params["params"]["kind"] == "medium"
+    img = nib.load(f"{stem}.image.nii.gz")
+    lab = np.asarray(nib.load(f"{stem}.label.nii.gz").dataobj)
+    assert img.shape == (96, 96, 96) and nib.aff2axcodes(img.affine) == ("R", "A", "S")
+    assert 2 in lab
+    # The exported crop sits where it was cut from: its world corner maps back into the scan.
+    corner = img.affine @ [0, 0, 0, 1]
+    assert np.allclose(np.linalg.inv(affine) @ corner, np.rint(np.linalg.inv(affine) @ corner),
+                       atol=1e-3)
