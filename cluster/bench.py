@@ -88,10 +88,53 @@ def bench_generator(args) -> int:
     return 0
 
 
+def _report(report: dict, path: str | None) -> int:
+    report.update(machine=_machine(), date=time.strftime("%Y-%m-%d"))
+    for k, v in report.items():
+        print(f"  {k:20s} {v}")
+    if path:
+        with open(path, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+def bench_loader(args) -> int:
+    from trainer.bench import bench_loader as run
+    print(f"loader benchmark: {args.dataset} ({args.format}), {args.workers} worker(s)")
+    return _report(run(args.dataset, args.format, args.workers, args.batch_size, args.batches),
+                   args.json)
+
+
+def bench_train(args) -> int:
+    from trainer.bench import bench_train as run
+    print(f"training benchmark: {args.model}, batch {args.batch_size}, {args.crop}^3 crops")
+    return _report(run(args.model, args.batch_size, args.steps, args.crop, args.device), args.json)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from .options import add_generator_options
     b = sub.add_parser("bench", help="benchmarks (figures for the README's performance section)")
-    bsub = b.add_subparsers(dest="bench_cmd", required=True, metavar="{generator}")
+    bsub = b.add_subparsers(dest="bench_cmd", required=True, metavar="{generator,loader,train}")
+    lo = bsub.add_parser("loader", help="samples/s the training reader delivers",
+                         description="Samples per second delivered by the DataLoader over a "
+                                     "dataset (local or s3://) with N workers.")
+    lo.add_argument("dataset")
+    lo.add_argument("--format", choices=("zarr", "wds"), default="zarr")
+    lo.add_argument("--workers", type=int, default=2)
+    lo.add_argument("--batch-size", type=int, default=2)
+    lo.add_argument("--batches", type=int, default=30)
+    lo.add_argument("--json")
+    lo.set_defaults(func=bench_loader)
+    tr = bsub.add_parser("train", help="training samples/s of a model",
+                         description="Forward, DiceCE, backward and AdamW step on random crops.")
+    tr.add_argument("--model", default="unet",
+                    choices=("unet", "swinunetr-tiny", "swinunetr-small", "swinunetr-base"))
+    tr.add_argument("--batch-size", type=int, default=2)
+    tr.add_argument("--steps", type=int, default=5)
+    tr.add_argument("--crop", type=int, default=96)
+    tr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    tr.add_argument("--json")
+    tr.set_defaults(func=bench_train)
     g = bsub.add_parser("generator", help="synthesis throughput with a per-step breakdown",
                         description="Crops per second of tumor synthesis alone on one prepared "
                                     "scan, with milliseconds per crop for each step.")

@@ -14,6 +14,7 @@ from generator import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     from manifests import cli as manifests_cli
+    from trainer import cli as trainer_cli
     from . import audit, bench, demo, generate, preview
 
     parser = argparse.ArgumentParser(
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.register(sub)
     generate.register(sub)
     audit.register(sub)
+    trainer_cli.register(sub)
     bench.register(sub)
     return parser
 

@@ -1,0 +1,101 @@
+"""Training configuration (YAML; every field also a flag of ``tumorforge train``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import yaml
+
+from .data import Source
+from .models import MODELS
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    sources: tuple[Source, ...]           # the training mix: real, synthetic, or both
+    out: str = "runs/train"               # checkpoints, metrics.jsonl, TensorBoard events
+    model: str = "unet"
+    steps: int = 1000                     # optimizer steps
+    batch_size: int = 2                   # samples per micro-batch (per rank)
+    accumulate: int = 1                   # micro-batches per optimizer step
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    warmup_steps: int = 50                # linear warmup, then cosine decay to 0 at ``steps``
+    workers: int = 2                      # DataLoader workers per rank
+    seed: int = 0
+    checkpoint_every: int = 100
+    keep: int = 3                         # checkpoints kept
+    log_every: int = 10
+    val: Source | None = None             # held-out crops for a periodic validation Dice
+    val_samples: int = 8
+    val_every: int = 100
+    device: str = "auto"                  # auto | cpu | cuda
+    bf16: bool = True                     # autocast to bfloat16 on CUDA
+    resample: bool = True                 # wds sources: infinite resampled stream
+
+    def __post_init__(self):
+        if not self.sources:
+            raise ConfigError("no training sources: give at least one dataset (--source URL)")
+        if self.model not in MODELS:
+            raise ConfigError(f"model {self.model!r}: expected one of {MODELS}")
+        for name in ("steps", "batch_size", "accumulate", "checkpoint_every", "log_every",
+                     "val_every", "val_samples", "keep"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def parse_source(text: str) -> dict:
+    """``URL[,weight=W][,format=zarr|wds]`` from the command line."""
+    url, *opts = text.split(",")
+    out: dict = {"url": url}
+    for opt in opts:
+        key, _, value = opt.partition("=")
+        if key == "weight":
+            out["weight"] = float(value)
+        elif key == "format":
+            out["format"] = value
+        else:
+            raise ConfigError(f"source option {opt!r}: expected weight=W or format=zarr|wds")
+    return out
+
+
+def _source(obj, where) -> Source:
+    if isinstance(obj, str):
+        obj = {"url": obj}
+    unknown = set(obj) - {f.name for f in dataclasses.fields(Source)}
+    if unknown:
+        raise ConfigError(f"{where}: unknown source field(s) {sorted(unknown)}")
+    return Source(**obj)
+
+
+def load_config(path: str | None, overrides: dict) -> TrainConfig:
+    obj: dict = {}
+    if path:
+        try:
+            with open(path) as f:
+                obj = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read the training config ({exc})") from exc
+    obj.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(obj) - known)
+    if unknown:
+        raise ConfigError(f"{path or 'config'}: unknown field(s) {unknown}")
+    where = path or "config"
+    obj["sources"] = tuple(_source(s, where) for s in obj.get("sources") or ())
+    if obj.get("val"):
+        obj["val"] = _source(obj["val"], where)
+    try:
+        return TrainConfig(**obj)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc

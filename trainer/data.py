@@ -1,0 +1,211 @@
+"""Streaming training samples from generated datasets (local or ``s3://``), never unpickling.
+
+Two readers over the dataset format of ``cluster/dataset.py``:
+- **zarr**: random access with an exact-epoch order: epoch e is a permutation of all samples seeded by
+  (seed, e); rank r takes every world-th sample of it and DataLoader worker w every n-th of that, so
+  each sample is read once per epoch and a stream can be resumed at any sample without reading what
+  it skips.
+- **wds**: WebDataset tars; an infinite stream of resampled shards (``ResampledShards`` with a fixed
+  seed and ``deterministic=True``, seeded per rank and worker) or, with ``resample=False``, one pass
+  in which ranks and then workers split the shards; then a seeded shuffle buffer.
+
+Several sources mix by weight: per sample, a seeded draw picks the source. Every sample is checked
+against the index (shape, dtype, sha256 of image and label); a bad one is passed on marked corrupt
+with its key, so the trainer can skip and count it without the stream losing its place.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from cluster.dataset import Dataset, DatasetError
+from cluster.formats import read_tar, tar_name
+from cluster.provenance import image_sha256, label_sha256
+
+FORMATS = ("zarr", "wds")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One dataset in the training mix."""
+
+    url: str
+    weight: float = 1.0
+    format: str = "zarr"
+    dataset_id: str | None = None     # if given, the dataset must have this id
+
+
+def open_source(src: Source) -> Dataset:
+    """Open and check a source at start: it must exist, be complete and be the expected dataset."""
+    if src.format not in FORMATS:
+        raise DatasetError(f"{src.url}: format {src.format!r}, expected one of {FORMATS}")
+    ds = Dataset(src.url)
+    if src.dataset_id and ds.dataset_id != src.dataset_id:
+        raise DatasetError(f"{src.url} holds dataset {ds.dataset_id}, the configuration expects "
+                           f"{src.dataset_id}")
+    if src.format not in ds.formats:
+        raise DatasetError(f"{src.url} was written without {src.format} (it has {ds.formats})")
+    return ds
+
+
+class _Checker:
+    """Per-sample integrity against the index."""
+
+    def __init__(self, ds: Dataset):
+        self.expected = {s["key"]: s for shard in ds.shards for s in shard["samples"]}
+        self.shape = tuple(ds.index["spec"]["generator"]["crop_size"])[::-1]
+
+    def sample(self, key, image, label) -> dict:
+        want = self.expected.get(key)
+        ok = (want is not None and image.shape == self.shape and label.shape == self.shape
+              and image.dtype == np.int16 and label.dtype == np.uint8
+              and image_sha256(image) == want["image_sha256"]
+              and label_sha256(label) == want["label_sha256"])
+        if not ok:
+            image = np.zeros(self.shape, np.int16)
+            label = np.zeros(self.shape, np.uint8)
+        return {"image": image, "label": label, "key": str(key), "corrupt": not ok}
+
+
+def _split() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info else (0, 1)
+
+
+class ZarrStream:
+    """Exact-epoch order over a zarr dataset for one (rank, worker) split."""
+
+    def __init__(self, ds: Dataset, seed: int, rank: int, world: int):
+        self.ds, self.seed, self.rank, self.world = ds, seed, rank, world
+        self.check = _Checker(ds)
+
+    def order(self, worker: int, workers: int, start: int = 0):
+        """Sample indices this split reads, from its ``start``-th on (an infinite generator)."""
+        n = len(self.ds)
+        epoch, pos = 0, start
+        while True:
+            perm = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(epoch,)))\
+                .permutation(n)
+            mine = perm[self.rank::self.world][worker::workers]
+            if len(mine) == 0:
+                raise DatasetError(f"{self.ds.url}: {n} samples are too few for {self.world} "
+                                   f"rank(s) x {workers} worker(s)")
+            if pos >= len(mine):
+                pos -= len(mine)
+            else:
+                yield from (int(i) for i in mine[pos:])
+                pos = 0
+            epoch += 1
+
+    def load(self, i: int) -> dict:
+        g = self.ds._zarr
+        try:
+            key = str(g["key"][i:i + 1][0])
+            return self.check.sample(key, g["image"][i], g["label"][i])
+        except Exception:            # undecodable chunk: corrupt, not fatal
+            return self.check.sample(f"index-{i}", np.zeros(0), np.zeros(0))
+
+
+class WdsStream:
+    """WebDataset tars of a dataset for one rank; splits by DataLoader worker inside."""
+
+    def __init__(self, ds: Dataset, seed: int, rank: int, world: int, resample: bool = True,
+                 shuffle_buffer: int = 32):
+        self.ds, self.seed, self.rank, self.world = ds, seed, rank, world
+        self.resample, self.shuffle_buffer = resample, shuffle_buffer
+        self.check = _Checker(ds)
+        self.urls = [tar_name(s["shard"]) for s in ds.shards]
+
+    def pipeline(self, start_epoch: int = 0):
+        import webdataset as wds
+        rank, world = self.rank, self.world
+        if self.resample:
+            shards = wds.ResampledShards(self.urls, seed=self.seed + start_epoch,
+                                         worker_seed=lambda: rank * 1000 + _split()[0],
+                                         deterministic=True)
+            stages = [shards]
+        else:
+            def by_rank(src):
+                return (s for i, s in enumerate(src) if i % world == rank)
+            stages = [wds.SimpleShardList(self.urls), by_rank, wds.split_by_worker]
+        worker = _split()[0]
+        rng = random.Random(f"{self.seed}/{start_epoch}/{rank}/{worker}")
+        return wds.DataPipeline(*stages, self._samples, wds.shuffle(self.shuffle_buffer,
+                                                                    initial=self.shuffle_buffer,
+                                                                    rng=rng))
+
+    def _samples(self, shards):
+        for item in shards:
+            url = item["url"]
+            try:
+                members = read_tar(self.ds.objects.get(url))
+            except Exception:        # unreadable tar: every sample of it counts as corrupt
+                shard = int(url.rsplit("-", 1)[1].split(".")[0])
+                for s in self.ds.shards[shard]["samples"]:
+                    yield self.check.sample(s["key"], np.zeros(0), np.zeros(0))
+                continue
+            for key, image, label, _ in members:
+                yield self.check.sample(key, image, label)
+
+
+class MixedStream(IterableDataset):
+    """Samples from several sources by weight, deterministic per (seed, rank, worker).
+
+    ``start`` skips, per worker, the samples it delivered before a checkpoint (exact for zarr
+    sources; a wds source restarts its seeded stream from the next epoch instead).
+    """
+
+    def __init__(self, sources: list[Source], seed: int, rank: int = 0, world: int = 1,
+                 batch_size: int = 1, start_batches: int = 0, resample: bool = True):
+        self.sources = sources
+        self.seed, self.rank, self.world = seed, rank, world
+        self.batch_size, self.start_batches, self.resample = batch_size, start_batches, resample
+        self.datasets = [open_source(s) for s in sources]
+        weights = np.array([s.weight for s in sources], float)
+        if weights.min() < 0 or weights.sum() <= 0:
+            raise ValueError(f"source weights {list(weights)} must be >= 0 with a positive sum")
+        self.p = weights / weights.sum()
+
+    def __iter__(self):
+        worker, workers = _split()
+        # Batches go round-robin over workers: worker w delivered ceil((B - w) / n) of B batches.
+        skip = max(0, -(-(self.start_batches - worker) // workers)) * self.batch_size
+        pick = np.random.default_rng(np.random.SeedSequence(
+            self.seed, spawn_key=(self.rank, worker, 1)))
+        streams = []
+        for src, ds in zip(self.sources, self.datasets):
+            if src.format == "zarr":
+                z = ZarrStream(ds, self.seed, self.rank, self.world)
+                streams.append(("zarr", z, z.order(worker, workers)))
+            else:
+                w = WdsStream(ds, self.seed, self.rank, self.world, resample=self.resample)
+                streams.append(("wds", w, None))
+        choices = (int(pick.choice(len(streams), p=self.p)) for _ in iter(int, 1))
+        skipped = [0] * len(streams)
+        for _ in range(skip):
+            c = next(choices)
+            skipped[c] += 1
+            if streams[c][0] == "zarr":
+                next(streams[c][2])
+        for c, (kind, w, _) in enumerate(streams):
+            if kind == "wds":
+                streams[c] = (kind, w, iter(w.pipeline(start_epoch=1 if skipped[c] else 0)))
+        for c in choices:
+            kind, reader, it = streams[c]
+            try:
+                yield reader.load(next(it)) if kind == "zarr" else next(it)
+            except StopIteration:
+                return
+
+
+def collate(samples: list[dict]) -> dict:
+    """A batch: image (B, 1, Z, Y, X) int16, label (B, 1, Z, Y, X) uint8, keys, corrupt flags."""
+    return {"image": torch.from_numpy(np.stack([s["image"] for s in samples])[:, None]),
+            "label": torch.from_numpy(np.stack([s["label"] for s in samples])[:, None]),
+            "key": [s["key"] for s in samples],
+            "corrupt": torch.tensor([s["corrupt"] for s in samples])}

@@ -1,0 +1,193 @@
+"""The training loop: streaming data, DiceCE, AdamW with warmup + cosine, bf16 on GPU, gradient
+accumulation, DDP under torchrun, atomic checkpoints and exact resume, JSON-lines and TensorBoard logs.
+
+Exact resume: a checkpoint holds the model, optimizer, scheduler, step, RNG states and how many
+batches the loader had delivered; a resumed run skips exactly those samples (zarr sources) and
+augments step s with the generator seeded by (seed, s), so on the CPU its loss trajectory equals
+an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from functools import partial
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .augment import augment, window
+from .config import TrainConfig
+from .data import MixedStream, Source, ZarrStream, collate, open_source
+from .models import build_model
+
+METRICS = "metrics.jsonl"
+
+
+class TrainError(RuntimeError):
+    pass
+
+
+def _warmup_cosine(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _distributed(device: str) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TrainError("device cuda asked for, but torch sees no CUDA device")
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+    rank = int(os.environ.get("RANK", "0"))
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def dice(pred: torch.Tensor, truth: torch.Tensor) -> float | None:
+    """Dice of two boolean masks; None when both are empty (nothing to score)."""
+    total = int(pred.sum() + truth.sum())
+    return None if total == 0 else 2.0 * int((pred & truth).sum()) / total
+
+
+@torch.no_grad()
+def validate(model, val: Source, n: int, device) -> dict:
+    """Mean liver and tumor Dice over the first ``n`` crops of the held-out dataset."""
+    stream = ZarrStream(open_source(val), seed=0, rank=0, world=1)
+    model.eval()
+    scores: dict[str, list[float]] = {"liver": [], "tumor": []}
+    for i in range(min(n, len(stream.ds))):
+        s = stream.load(i)
+        if s["corrupt"]:
+            continue
+        image = window(torch.from_numpy(s["image"])[None, None].to(device))
+        pred = model(image).argmax(1)[0].cpu()
+        truth = torch.from_numpy(s["label"]).long()
+        for name, cls in (("liver", 1), ("tumor", 2)):
+            d = dice(pred >= cls, truth >= cls) if name == "liver" else dice(pred == cls, truth == cls)
+            if d is not None:
+                scores[name].append(d)
+    model.train()
+    return {f"val_dice_{k}": (round(float(np.mean(v)), 5) if v else None) for k, v in scores.items()}
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | None = None) -> dict:
+    """Train to ``cfg.steps`` (or stop after ``stop_after`` steps, as if interrupted)."""
+    from monai.losses import DiceCELoss
+    from torch.utils.data import DataLoader
+
+    rank, world, device = _distributed(cfg.device)
+    ckpt_dir = os.path.join(cfg.out, "checkpoints")
+    if not resume and checkpoint.list_steps(ckpt_dir):
+        raise TrainError(f"{ckpt_dir} already holds checkpoints: pass --resume to continue that "
+                         "run, or choose another --out")
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    model = build_model(cfg.model).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, partial(_warmup_cosine, warmup=cfg.warmup_steps, total=cfg.steps))
+    step, batches, corrupt = 0, 0, 0
+    state = checkpoint.load_latest(ckpt_dir) if resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, batches, corrupt = state["step"], state["batches"], state["corrupt"]
+        if state["loader"] != _loader_signature(cfg, world):
+            raise TrainError(f"checkpoint step {step} was made with loader {state['loader']}; "
+                             f"this run has {_loader_signature(cfg, world)}: exact resume needs "
+                             "the same sources, batch size, workers and world size")
+        log(f"resumed from step {step} ({batches} batches consumed)")
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    stream = MixedStream(list(cfg.sources), cfg.seed, rank, world, cfg.batch_size,
+                         start_batches=batches, resample=cfg.resample)
+    loader = DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers,
+                        collate_fn=collate, persistent_workers=cfg.workers > 0)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    bf16 = device.type == "cuda" and cfg.bf16
+    os.makedirs(cfg.out, exist_ok=True)
+    metrics = open(os.path.join(cfg.out, METRICS), "a") if rank == 0 else None
+    tb = _tensorboard(cfg.out) if rank == 0 else None
+    it = iter(loader)
+    t_run = time.perf_counter()
+    samples_run = 0
+    while step < cfg.steps and (stop_after is None or step < stop_after):
+        t0 = time.perf_counter()
+        wait, seen, loss_sum = 0.0, 0, 0.0
+        opt.zero_grad(set_to_none=True)
+        for micro in range(cfg.accumulate):
+            tw = time.perf_counter()
+            batch = next(it)
+            wait += time.perf_counter() - tw
+            batches += 1
+            bad = batch["corrupt"]
+            for key in (k for k, b in zip(batch["key"], bad.tolist()) if b):
+                corrupt += 1
+                log(f"step {step + 1}: skipped corrupt sample {key} ({corrupt} so far)")
+                if metrics:
+                    metrics.write(json.dumps({"event": "corrupt_sample", "key": key,
+                                              "step": step + 1}) + "\n")
+            keep = ~bad
+            if not keep.any():
+                continue
+            image = window(batch["image"][keep].to(device, non_blocking=True))
+            label = batch["label"][keep].to(device, non_blocking=True).long()
+            image, label = augment(image, label, cfg.seed, step * cfg.accumulate + micro)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = net(image)
+            loss = loss_fn(logits.float(), label) / cfg.accumulate
+            loss.backward()
+            loss_sum += loss.item()
+            seen += int(keep.sum())
+        opt.step()
+        sched.step()
+        step += 1
+        samples_run += seen
+        dt = time.perf_counter() - t0
+        record = {"step": step, "loss": loss_sum, "lr": sched.get_last_lr()[0],
+                  "samples_per_s": round(seen * world / dt, 4), "data_wait_s": round(wait, 5),
+                  "step_s": round(dt, 5), "corrupt_total": corrupt}
+        if cfg.val is not None and step % cfg.val_every == 0:
+            record.update(validate(model, cfg.val, cfg.val_samples, device))
+        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps or "val_dice_liver" in record):
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            for k, v in record.items():
+                if k != "step" and v is not None:
+                    tb.add_scalar(k, v, step)
+            log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in record.items()))
+        if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            checkpoint.save(ckpt_dir, step, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "batches": batches, "corrupt": corrupt,
+                "loader": _loader_signature(cfg, world), "config": json.dumps(cfg.to_json())},
+                cfg.keep)
+    if metrics:
+        metrics.close()
+        tb.close()
+    elapsed = time.perf_counter() - t_run
+    return {"step": step, "batches": batches, "corrupt": corrupt, "seconds": round(elapsed, 3),
+            "samples_per_s": round(samples_run * world / max(elapsed, 1e-9), 4)}
+
+
+def _loader_signature(cfg: TrainConfig, world: int) -> str:
+    sources = [(s.url, s.weight, s.format) for s in cfg.sources]
+    return json.dumps({"sources": sources, "batch_size": cfg.batch_size, "workers": cfg.workers,
+                       "world": world, "seed": cfg.seed, "resample": cfg.resample})
+
+
+def _tensorboard(out: str):
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(os.path.join(out, "tensorboard"))
