@@ -3,7 +3,8 @@
 It makes phantom datasets (synthetic CT, not patient data) in all four layouts, builds and validates a
 manifest for each, assigns 5 folds to the LiTS-style set, pools the healthy scans as the paper does
 (CHAOS + BTCV + tumor-free LiTS), previews synthetic tumors in them, runs a generation job on an
-embedded Ray cluster, verifies the dataset and audits one sample. Later stages extend it.
+embedded Ray cluster, verifies the dataset, audits one sample, and trains the small CPU U-Net on it
+(``trainer/configs/cpu-small.yaml``). Later stages extend it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ PREVIEW_SIZES = ("tiny", "small", "medium", "large")
 DEMO_SAMPLES = 48
 
 
-def run(out: str, scale: float, seed: int) -> int:
+def run(out: str, scale: float, seed: int, train_steps: int | None = None) -> int:
     from generator.backend import get_backend
     from generator.config import GeneratorConfig
     from manifests.build import build_manifest, validate_manifest
@@ -29,7 +30,7 @@ def run(out: str, scale: float, seed: int) -> int:
 
     t0 = time.perf_counter()
     data = os.path.join(out, "data")
-    print(f"[1/6] phantom CT datasets (synthetic, scale {scale}) -> {data}")
+    print(f"[1/7] phantom CT datasets (synthetic, scale {scale}) -> {data}")
     for layout, n in DEMO_CASES.items():
         cases = write_layout(layout, os.path.join(data, layout), n, seed=seed, scale=scale)
         shown = next((c for c in cases if c["has_tumor"]), cases[0])
@@ -40,7 +41,7 @@ def run(out: str, scale: float, seed: int) -> int:
               f"preview {png}")
 
     # Manifests sit in the data folder, so the paths they name are inside their allowed root.
-    print(f"[2/6] scan manifests -> {data}/<layout>.jsonl")
+    print(f"[2/7] scan manifests -> {data}/<layout>.jsonl")
     failed = 0
     for layout in DEMO_CASES:
         path = os.path.join(data, f"{layout}.jsonl")
@@ -51,7 +52,7 @@ def run(out: str, scale: float, seed: int) -> int:
         print(f"      {path}: {len(entries)} scans ({healthy} healthy), "
               f"{len(result.rejections)} rejected, validation problems: {len(problems)}")
 
-    print("[3/6] 5-fold split of the LiTS-style test set; healthy pool for synthesis")
+    print("[3/7] 5-fold split of the LiTS-style test set; healthy pool for synthesis")
     lits = os.path.join(data, "lits.jsonl")
     folds = assign_folds(read_manifest(lits), 5, seed)
     write_jsonl(lits, folds)
@@ -63,7 +64,7 @@ def run(out: str, scale: float, seed: int) -> int:
     print(f"      {healthy_path}: {len(pool)} healthy scans (CHAOS + BTCV + tumor-free LiTS)")
 
     synthetic = os.path.join(out, "synthetic")
-    print(f"[4/6] synthetic tumors (paper profile) -> {synthetic}")
+    print(f"[4/7] synthetic tumors (paper profile) -> {synthetic}")
     backend = get_backend("auto")
     print(f"      backend: {backend.name} ({backend.why})")
     for i, size in enumerate(PREVIEW_SIZES):
@@ -72,6 +73,8 @@ def run(out: str, scale: float, seed: int) -> int:
         paths = write_preview(scan, config, seed, i, synthetic, backend)
         print(f"      {size:6s} {paths[0]}")
     failed += _generate(out, healthy_path, seed)
+    if not failed:
+        failed += _train(out, train_steps)
     print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs under {os.path.abspath(out)}")
     return 1 if failed else 0
 
@@ -85,7 +88,7 @@ def _generate(out: str, manifest: str, seed: int) -> int:
     from .spec import JobSpec, Resources
 
     dataset = os.path.join(out, "dataset")
-    print(f"[5/6] generation job: {DEMO_SAMPLES} samples, paper profile, 2 Ray actors -> {dataset}")
+    print(f"[5/7] generation job: {DEMO_SAMPLES} samples, paper profile, 2 Ray actors -> {dataset}")
     spec = JobSpec(manifest=manifest, output=dataset, samples=DEMO_SAMPLES, samples_per_shard=16,
                    root_seed=seed, generator=GeneratorConfig(), resources=Resources(actors=2))
     result = run_job(spec, log=lambda msg: print(f"      {msg}"))
@@ -93,18 +96,36 @@ def _generate(out: str, manifest: str, seed: int) -> int:
           f"{result.bytes / 1e6:.1f} MB, {len(result.failed)} failed shard(s)")
     if not result.ok:
         return 1
-    print(f"[6/6] verify and audit {dataset}")
+    print(f"[6/7] verify and audit {dataset}")
     ds = Dataset(dataset)
     problems = verify(ds)
     print(f"      verify: {len(problems)} problem(s) in {len(ds.shards)} shards, {len(ds)} samples")
     _, _, prov = ds.sample(7)
-    print("\n".join("      " + line for line in describe(prov).splitlines()[:8]))
+    print("\n".join("      " + line for line in describe(prov).splitlines()[:7]))
     check = regenerate(ds, prov, None, None, [])
     ok = check["params_match"] and check["image_match"] and check["label_match"]
     print(f"      audit of sample 7: regenerated from its seed, "
           f"{'bit-exact' if ok else 'MISMATCH'}")
     print(f"      next: tumorforge audit {dataset} --index 7 ; tumorforge verify {dataset}")
     return int(bool(problems) or not ok)
+
+
+def _train(out: str, steps: int | None) -> int:
+    """Step 7: the small CPU training configuration on the demo dataset."""
+    import trainer
+    from trainer.config import load_config
+    from trainer.train import train
+    dataset = os.path.join(out, "dataset")
+    path = os.path.join(os.path.dirname(trainer.__file__), "configs", "cpu-small.yaml")
+    cfg = load_config(path, {"sources": [{"url": dataset}], "val": {"url": dataset},
+                             "out": os.path.join(out, "train"), "steps": steps})
+    print(f"[7/7] training {cfg.model} for {cfg.steps} steps on the CPU ({path}) -> {cfg.out}")
+    summary = train(cfg, resume=os.path.isdir(os.path.join(cfg.out, "checkpoints")),
+                    log=lambda msg: print(f"      {msg}"))
+    print(f"      trained to step {summary['step']} in {summary['seconds']} s "
+          f"({summary['samples_per_s']} samples/s); metrics {cfg.out}/metrics.jsonl, "
+          f"TensorBoard {cfg.out}/tensorboard")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -115,4 +136,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
     p.add_argument("--scale", type=float, default=0.35, help="phantom size (default 0.35)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=lambda a: run(a.out, a.scale, a.seed))
+    p.add_argument("--train-steps", type=int, help="training steps (default: the config's)")
+    p.set_defaults(func=lambda a: run(a.out, a.scale, a.seed, a.train_steps))

@@ -45,3 +45,22 @@ def small_spec(manifest, output, **kw):
                     root_seed=3, generator=gen, resources=Resources(actors=2, scan_retries=1))
     defaults.update(kw)
     return JobSpec(**defaults)
+
+
+def write_dataset(manifest, output, **spec_kw):
+    """A finished dataset written without Ray (the writer and index code of a job, run inline)."""
+    import dataclasses
+    from cluster.job import _versions, _write_index, prepare_output
+    from cluster.objects import Objects
+    from cluster.plan import make_plan
+    from cluster.worker import ShardWorker
+    from manifests.schema import read_manifest
+    spec = small_spec(manifest, output, **spec_kw)
+    plan = make_plan(dataclasses.replace(spec), read_manifest(str(manifest)))
+    out = Objects(str(output))
+    prepare_output(plan, out)
+    worker = ShardWorker(plan)
+    for shard in plan.shards:
+        worker.write_shard(shard.index)
+    _write_index(plan, out, _versions())
+    return plan.dataset_id
