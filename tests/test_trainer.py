@@ -161,3 +161,20 @@ def test_both_readers_stream_from_s3(datasets, s3_server):
     assert zarr_keys == _keys(MixedStream([Source(str(datasets[0]))], seed=3), 12)
     wds_keys = _keys(MixedStream([Source(url, format="wds")], seed=3, resample=False), 12)
     assert sorted(wds_keys) == sorted(local.keys)
+
+
+def test_torchrun_ddp_on_two_cpu_processes(datasets, tmp_path):
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "ddp"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "cluster.cli",
+                           "train", "--source", str(datasets[0]), "--out", str(out), "--steps", "2",
+                           "--batch-size", "1", "--workers", "0", "--log-every", "1",
+                           "--checkpoint-every", "2", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("finished at step 2") == 1          # rank 0 reports
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert (out / "checkpoints" / "step-000000002.pt").exists()

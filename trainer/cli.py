@@ -22,6 +22,8 @@ def _cmd_train(args) -> int:
         summary = train(cfg, resume=args.resume)
     except (ConfigError, DatasetError, TrainError) as exc:
         sys.exit(f"train: {exc}")
+    if summary["rank"] != 0:
+        return 0
     print(f"finished at step {summary['step']} in {summary['seconds']} s "
           f"({summary['samples_per_s']} samples/s), {summary['corrupt']} corrupt sample(s) "
           f"skipped; checkpoints and metrics in {cfg.out}")

@@ -148,11 +148,16 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
                 logits = net(image)
             loss = loss_fn(logits.float(), label) / cfg.accumulate
             loss.backward()
-            loss_sum += loss.item()
+            loss_sum += loss.detach()
             seen += int(keep.sum())
         opt.step()
         sched.step()
         step += 1
+        if world > 1:            # the logged loss is the mean over ranks
+            loss_sum = torch.as_tensor(loss_sum, device=device, dtype=torch.float32)
+            torch.distributed.all_reduce(loss_sum)
+            loss_sum = loss_sum / world
+        loss_sum = float(loss_sum)
         samples_run += seen
         dt = time.perf_counter() - t0
         record = {"step": step, "loss": loss_sum, "lr": sched.get_last_lr()[0],
@@ -177,8 +182,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
     if metrics:
         metrics.close()
         tb.close()
+    if world > 1:
+        torch.distributed.destroy_process_group()
     elapsed = time.perf_counter() - t_run
-    return {"step": step, "batches": batches, "corrupt": corrupt, "seconds": round(elapsed, 3),
+    return {"rank": rank, "world": world, "step": step, "batches": batches, "corrupt": corrupt, "seconds": round(elapsed, 3),
             "samples_per_s": round(samples_run * world / max(elapsed, 1e-9), 4)}
 
 
