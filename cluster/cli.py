@@ -14,6 +14,8 @@ from generator import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     from manifests import cli as manifests_cli
+    from evaluation import evaluate as evaluation_cli
+    from evaluation import robustness, vtt
     from trainer import cli as trainer_cli
     from . import audit, bench, demo, generate, preview
 
@@ -29,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.register(sub)
     audit.register(sub)
     trainer_cli.register(sub)
+    evaluation_cli.register(sub)
+    robustness.register(sub)
+    vtt.register(sub)
     bench.register(sub)
     return parser
 

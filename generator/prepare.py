@@ -75,6 +75,33 @@ def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.ascontiguousarray(out), new_affine
 
 
+@dataclass(frozen=True)
+class Regrid:
+    """A RAS volume's grid at a target spacing: output voxel o of the window starting at ``lo``
+    samples the input at (lo + o) * factors (the two grids share voxel (0, 0, 0))."""
+
+    factors: np.ndarray          # target spacing / input spacing, per axis
+    full_shape: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, ras_affine: np.ndarray, shape, target_mm) -> "Regrid":
+        spacing = np.sqrt((ras_affine[:3, :3] ** 2).sum(0))
+        factors = np.asarray(target_mm, float) / spacing
+        full = tuple(int(n) for n in np.maximum(1, np.floor((np.array(shape) - 1) / factors) + 1))
+        return cls(factors, full)
+
+    def sample(self, data, lo, shape, order: int, cval) -> np.ndarray:
+        return ndi.affine_transform(data, np.diag(self.factors), offset=np.asarray(lo) * self.factors,
+                                    output_shape=tuple(int(n) for n in shape), order=order,
+                                    mode="constant", cval=cval, prefilter=False)
+
+    def affine(self, ras_affine: np.ndarray, lo) -> np.ndarray:
+        """Voxel -> world of the resampled window starting at ``lo``."""
+        out = ras_affine @ np.diag([*self.factors, 1.0])
+        out[:3, 3] = ras_affine[:3, :3] @ (np.asarray(lo) * self.factors) + ras_affine[:3, 3]
+        return out
+
+
 def prepare_scan(scan_id: str, image: np.ndarray, label: np.ndarray, affine: np.ndarray,
                  organ_values, vessel_values=(), config: GeneratorConfig | None = None,
                  tumor_values=()) -> PreparedScan:
@@ -96,10 +123,9 @@ def prepare_scan(scan_id: str, image: np.ndarray, label: np.ndarray, affine: np.
         raise PrepareError(f"scan {scan_id}: image shape {image.shape} != label shape {label.shape}")
     image, ras_affine = to_ras(np.asarray(image, np.float32), affine)
     label, _ = to_ras(np.asarray(label), affine)
-    spacing = np.sqrt((ras_affine[:3, :3] ** 2).sum(0))
     target = np.asarray(config.target_spacing_mm, float)
-    factors = target / spacing
-    full_shape = tuple(int(n) for n in np.maximum(1, np.floor((np.array(image.shape) - 1) / factors) + 1))
+    grid = Regrid.of(ras_affine, image.shape, target)
+    factors, full_shape = grid.factors, grid.full_shape
 
     organ = np.isin(label, np.asarray(organ_values))
     if not organ.any():
@@ -113,10 +139,7 @@ def prepare_scan(scan_id: str, image: np.ndarray, label: np.ndarray, affine: np.
     shape = tuple(int(n) for n in hi - lo)
 
     def resample(data, order, cval):
-        # Output voxel o (in the crop) is full-grid voxel lo + o -> input coordinate (lo + o) * factor.
-        matrix = np.diag(factors)
-        return ndi.affine_transform(data, matrix, offset=lo * factors, output_shape=shape,
-                                    order=order, mode="constant", cval=cval, prefilter=False)
+        return grid.sample(data, lo, shape, order, cval)
 
     img = resample(image, 1, PAD_HU)
     organ_r = resample(organ.astype(np.uint8), 0, 0).astype(bool)
@@ -127,8 +150,7 @@ def prepare_scan(scan_id: str, image: np.ndarray, label: np.ndarray, affine: np.
 
     labelled_vessel = resampled_mask(vessel_values)
     tumor = resampled_mask(tumor_values) & organ_r
-    out_affine = ras_affine @ np.diag([*factors, 1.0])
-    out_affine[:3, 3] = ras_affine[:3, :3] @ (lo * factors) + ras_affine[:3, 3]
+    out_affine = grid.affine(ras_affine, lo)
 
     liver_hu = img[organ_r]
     liver_mean = float(liver_hu.mean())

@@ -1,0 +1,195 @@
+"""Segmentation and detection metrics in physical spacing.
+
+Rules for empty masks (stated in every report):
+- Dice: both masks empty -> undefined (None), excluded from means; exactly one empty -> 0.
+- NSD: both surfaces empty -> undefined (None); exactly one empty -> 0.
+- A scan without ground-truth tumor scores no tumor Dice/NSD; it counts for specificity instead
+  (any predicted tumor voxel after post-processing makes it a false positive).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.ndimage as ndi
+
+CONNECTIVITY_26 = np.ones((3, 3, 3), bool)
+SIZE_BINS_MM = (("<5", 0.0, 5.0), ("5-10", 5.0, 10.0), (">10", 10.0, float("inf")))
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float | None:
+    p, t = np.asarray(pred, bool), np.asarray(truth, bool)
+    total = int(p.sum()) + int(t.sum())
+    return None if total == 0 else 2.0 * int((p & t).sum()) / total
+
+
+def _surface_points(mask: np.ndarray, spacing) -> np.ndarray:
+    """Boundary area of a voxel mask lumped onto the voxel corners, in mm^2 per corner.
+
+    Every face between a voxel inside and one outside (or the array edge) has the area of the two
+    spacings it spans; a quarter of it goes to each of its four corners. Corner (u, v, w) sits at
+    voxel coordinates (u - 1.5, v - 1.5, w - 1.5) of ``mask`` (the mask is padded by one voxel).
+    """
+    padded = np.pad(mask, 1)
+    area = np.zeros(tuple(n + 1 for n in padded.shape))
+    for a in range(3):
+        b, c = [x for x in range(3) if x != a]
+        idx = np.argwhere(np.diff(padded.astype(np.int8), axis=a) != 0)
+        idx[:, a] += 1                       # the face plane's corner index along a
+        quarter = spacing[b] * spacing[c] / 4.0
+        for db in (0, 1):
+            for dc in (0, 1):
+                corner = idx.copy()
+                corner[:, b] += db
+                corner[:, c] += dc
+                np.add.at(area, tuple(corner.T), quarter)
+    return area
+
+
+def nsd(pred: np.ndarray, truth: np.ndarray, spacing, tolerance_mm: float = 2.0) -> float | None:
+    """Normalized surface Dice at ``tolerance_mm``: the boundary area of each mask lying within the
+    tolerance of the other mask's boundary, over the total boundary area.
+
+    Boundaries are sampled at voxel corners, each carrying the area of the voxel faces around it
+    (areas and distances in mm, so anisotropic grids are handled); distances come from a Euclidean
+    distance transform on the corner grid. Work is restricted to the joint bounding box plus the
+    tolerance.
+    """
+    p, t = np.asarray(pred, bool), np.asarray(truth, bool)
+    if not p.any() and not t.any():
+        return None
+    if not p.any() or not t.any():
+        return 0.0
+    spacing = tuple(float(s) for s in spacing)
+    both = np.argwhere(p | t)
+    margin = np.ceil(tolerance_mm / np.asarray(spacing)).astype(int) + 2
+    lo = np.maximum(both.min(0) - margin, 0)
+    hi = np.minimum(both.max(0) + margin + 1, p.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    ap, at = _surface_points(p[box], spacing), _surface_points(t[box], spacing)
+    dp = ndi.distance_transform_edt(at == 0, sampling=spacing)   # to the truth's boundary
+    dt = ndi.distance_transform_edt(ap == 0, sampling=spacing)   # to the prediction's boundary
+    near = ap[dp <= tolerance_mm].sum() + at[dt <= tolerance_mm].sum()
+    return float(near / (ap.sum() + at.sum()))
+
+
+def lesions(mask: np.ndarray, spacing) -> tuple[np.ndarray, list[dict]]:
+    """26-connected components of ``mask`` with their size: volume (mm^3) and equivalent-sphere
+    radius (mm), r = (3 V / 4 pi)^(1/3)."""
+    labels, n = ndi.label(np.asarray(mask, bool), structure=CONNECTIVITY_26)
+    if n == 0:
+        return labels, []
+    counts = np.bincount(labels.ravel())[1:]
+    voxel = float(np.prod(spacing))
+    out = []
+    for i, c in enumerate(counts, start=1):
+        v = float(c) * voxel
+        out.append({"id": i, "voxels": int(c), "volume_mm3": v,
+                    "radius_mm": (3.0 * v / (4.0 * np.pi)) ** (1.0 / 3.0)})
+    return labels, out
+
+
+def size_bin(radius_mm: float) -> str:
+    return next(name for name, lo, hi in SIZE_BINS_MM if lo <= radius_mm < hi)
+
+
+def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing, tolerance_mm: float = 2.0) -> dict:
+    """Per-case metrics from label volumes (0 background, 1 liver, 2 tumor) on one grid.
+
+    Liver is labels >= 1. A ground-truth lesion is detected when any predicted tumor voxel
+    overlaps it; a predicted lesion touching no ground-truth tumor is a false positive.
+    """
+    spacing = tuple(float(s) for s in spacing)
+    pt, tt = pred == 2, truth == 2
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    gt_labels, gt = lesions(tt, spacing)
+    hit = set(np.unique(gt_labels[pt]).tolist())
+    for les in gt:
+        les["detected"] = les["id"] in hit
+        les["size_bin"] = size_bin(les["radius_mm"])
+    pred_labels, predicted = lesions(pt, spacing)
+    touching = set(np.unique(pred_labels[tt]).tolist()) - {0}
+    fp = len(predicted) - len(touching)
+    return {"tumor_dice": dice(pt, tt), "tumor_nsd": nsd(pt, tt, spacing, tolerance_mm),
+            "liver_dice": dice(pred >= 1, truth >= 1),
+            "tumor_volume_true_ml": round(int(tt.sum()) * voxel_ml, 4),
+            "tumor_volume_pred_ml": round(int(pt.sum()) * voxel_ml, 4),
+            "tumor_volume_error_ml": round((int(pt.sum()) - int(tt.sum())) * voxel_ml, 4),
+            "tumor_overlap_voxels": int((pt & tt).sum()),
+            "tumor_voxels_true": int(tt.sum()), "tumor_voxels_pred": int(pt.sum()),
+            "lesions": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in les.items()}
+                        for les in gt],
+            "false_positive_lesions": fp, "any_predicted_tumor": bool(pt.any())}
+
+
+def bootstrap_ci(values, statistic=np.mean, n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ``statistic`` over cases (resampled with replacement)."""
+    vals = np.asarray([v for v in values if v is not None], float)
+    if len(vals) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    stats = np.array([statistic(vals[rng.integers(0, len(vals), len(vals))]) for _ in range(n_boot)])
+    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def summarize(cases: list[dict], seed: int = 0) -> dict:
+    """Aggregate per-case metrics: means with 95 % bootstrap intervals, global tumor Dice, lesion
+    sensitivity by size, false positives per scan, and specificity on healthy scans."""
+    tumor = [c for c in cases if c["tumor_voxels_true"] > 0]
+    healthy = [c for c in cases if c["tumor_voxels_true"] == 0]
+
+    def mean_ci(key, pool):
+        vals = [c[key] for c in pool if c[key] is not None]
+        ci = bootstrap_ci(vals, seed=seed)
+        return {"mean": float(np.mean(vals)) if vals else None, "n": len(vals),
+                "ci95": list(ci) if ci else None}
+
+    inter = sum(c["tumor_overlap_voxels"] for c in tumor)
+    total = sum(c["tumor_voxels_true"] + c["tumor_voxels_pred"] for c in tumor)
+    all_lesions = [(i, les) for i, c in enumerate(cases) for les in c["lesions"]]
+    detection = {}
+    for name, _, _ in SIZE_BINS_MM + (("all", 0, 0),):
+        pool = [(i, les) for i, les in all_lesions if name == "all" or les["size_bin"] == name]
+        hits = sum(les["detected"] for _, les in pool)
+        ci = _case_bootstrap_sensitivity(pool, len(cases), seed) if pool else None
+        detection[name] = {"lesions": len(pool), "detected": hits,
+                           "sensitivity": hits / len(pool) if pool else None,
+                           "ci95": list(ci) if ci else None}
+    fp_free = [not c["any_predicted_tumor"] for c in healthy]
+    return {
+        "cases": len(cases), "tumor_cases": len(tumor), "healthy_cases": len(healthy),
+        "tumor_dice": mean_ci("tumor_dice", tumor), "tumor_nsd": mean_ci("tumor_nsd", tumor),
+        "liver_dice": mean_ci("liver_dice", cases),
+        "tumor_volume_error_ml": mean_ci("tumor_volume_error_ml", tumor),
+        "global_tumor_dice": (2.0 * inter / total) if total else None,
+        "detection": detection,
+        "false_positive_lesions_per_scan": (float(np.mean([c["false_positive_lesions"]
+                                                          for c in cases])) if cases else None),
+        "specificity": {"healthy_scans": len(healthy), "true_negatives": int(sum(fp_free)),
+                        "value": (sum(fp_free) / len(healthy)) if healthy else None},
+        "empty_mask_rule": EMPTY_RULE,
+    }
+
+
+def _case_bootstrap_sensitivity(pool, n_cases: int, seed: int, n_boot: int = 2000):
+    """Lesion sensitivity interval resampling cases (lesions of one case stay together)."""
+    by_case = np.zeros((n_cases, 2))
+    for i, les in pool:
+        by_case[i] += (les["detected"], 1)
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        pick = by_case[rng.integers(0, n_cases, n_cases)].sum(0)
+        if pick[1] > 0:
+            stats.append(pick[0] / pick[1])
+    if not stats:
+        return None
+    lo, hi = np.quantile(stats, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+EMPTY_RULE = ("Dice and NSD: undefined (null, left out of means) when prediction and truth are both "
+              "empty, 0 when only one is empty. Scans without ground-truth tumor get no tumor "
+              "Dice/NSD; they count for specificity (any predicted tumor voxel after "
+              "post-processing is a false-positive scan).")

@@ -1,0 +1,180 @@
+"""The evaluation report: Markdown and HTML with plots a person would rather look at than read."""
+
+from __future__ import annotations
+
+import html
+import os
+
+import numpy as np
+
+from .metrics import SIZE_BINS_MM
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_detection(agg: dict, png: str) -> str:
+    """Detection rate by tumor size (equivalent-sphere radius), as the paper's Figure 5."""
+    plt = _plt()
+    names = [n for n, _, _ in SIZE_BINS_MM] + ["all"]
+    det = agg["detection"]
+    vals = [det[n]["sensitivity"] or 0.0 for n in names]
+    err = [[max(0.0, (det[n]["sensitivity"] or 0) - det[n]["ci95"][0]) if det[n]["ci95"] else 0
+            for n in names],
+           [max(0.0, det[n]["ci95"][1] - (det[n]["sensitivity"] or 0)) if det[n]["ci95"] else 0
+            for n in names]]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar(names, vals, yerr=err, capsize=4, color=["#8ab", "#69a", "#478", "#333"])
+    for i, n in enumerate(names):
+        ax.text(i, 0.02, f"{det[n]['detected']}/{det[n]['lesions']}", ha="center", color="white",
+                fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("tumor radius (mm, equivalent sphere)")
+    ax.set_ylabel("detection rate (sensitivity)")
+    ax.set_title("Lesion detection by size (95% bootstrap CI)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def plot_case_dice(cases: list[dict], png: str) -> str:
+    plt = _plt()
+    rows = [(c["scan_id"], c["tumor_dice"], c["tumor_nsd"]) for c in cases
+            if c["tumor_dice"] is not None]
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(rows) + 1.5), 3.2))
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [r[1] for r in rows], 0.4, label="tumor DSC", color="#469")
+    ax.bar(x + 0.2, [r[2] or 0 for r in rows], 0.4, label="tumor NSD (2 mm)", color="#9bd")
+    ax.set_xticks(x, [r[0] for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    ax.set_title("Per-case tumor DSC and NSD", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def plot_example(scan_id, image, affine, truth, pred, png: str) -> str:
+    """Axial slice through the largest ground-truth tumor: truth green, prediction red."""
+    import nibabel as nib
+    plt = _plt()
+    ornt = nib.orientations.io_orientation(affine)
+    to_ras = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt("RAS"))
+    img, t, p = (nib.orientations.apply_orientation(a, to_ras) for a in (image, truth, pred))
+    k = int(np.argmax((t == 2).sum(axis=(0, 1))))
+    show = lambda a: np.rot90(a[:, :, k])[:, ::-1]       # radiological: patient right on the left
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(show(img), cmap="gray", vmin=-160, vmax=240)
+    if (show(t) == 2).any():
+        ax.contour(show(t) == 2, levels=[0.5], colors="lime", linewidths=0.8)
+    if (show(p) == 2).any():
+        ax.contour(show(p) == 2, levels=[0.5], colors="red", linewidths=0.8)
+    ax.set_title(f"{scan_id}, slice {k}: truth green, prediction red", fontsize=8)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _f(v, pct=False):
+    if v is None:
+        return "n/a"
+    return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+
+
+def write_report(out: str, summary: dict, examples: list) -> dict:
+    """``report.md`` and ``report.html`` with the figures, from a summary and example cases."""
+    agg = summary["aggregate"]
+    figs = {"detection": plot_detection(agg, os.path.join(out, "detection_by_size.png")),
+            "dice": plot_case_dice(summary["cases"], os.path.join(out, "case_dice.png"))}
+    for i, ex in enumerate(examples):
+        figs[f"example{i}"] = plot_example(*ex, os.path.join(out, f"example_{i}.png"))
+
+    def ci(m):
+        return f"{_f(m['mean'])} [{_f(m['ci95'][0])}, {_f(m['ci95'][1])}]" if m["ci95"] else _f(m["mean"])
+    metrics = [["tumor DSC (mean over tumor cases)", ci(agg["tumor_dice"]), agg["tumor_dice"]["n"]],
+               [f"tumor NSD ({summary['nsd_tolerance_mm']} mm)", ci(agg["tumor_nsd"]),
+                agg["tumor_nsd"]["n"]],
+               ["global tumor DSC", _f(agg["global_tumor_dice"]), agg["tumor_cases"]],
+               ["liver DSC", ci(agg["liver_dice"]), agg["liver_dice"]["n"]],
+               ["tumor volume error (mL)", ci(agg["tumor_volume_error_ml"]),
+                agg["tumor_volume_error_ml"]["n"]],
+               ["false-positive lesions per scan", _f(agg["false_positive_lesions_per_scan"]),
+                agg["cases"]],
+               ["specificity (healthy scans)", _f(agg["specificity"]["value"], True),
+                agg["specificity"]["healthy_scans"]]]
+    det = [[n, f"{d['detected']}/{d['lesions']}", _f(d["sensitivity"], True),
+            f"[{_f(d['ci95'][0], True)}, {_f(d['ci95'][1], True)}]" if d["ci95"] else "n/a"]
+           for n, d in agg["detection"].items()]
+    cases = [[c["scan_id"], c["role"], _f(c["tumor_dice"]), _f(c["tumor_nsd"]), _f(c["liver_dice"]),
+              f"{sum(l['detected'] for l in c['lesions'])}/{len(c['lesions'])}",
+              c["false_positive_lesions"]] for c in summary["cases"]]
+    md = [f"# Evaluation of {summary['model']} (step {summary['step']})", "",
+          f"Checkpoint `{summary['checkpoint']}`, scans `{summary['manifest']}`.", "",
+          "Inference: " + ", ".join(f"{k} {v}" for k, v in summary["inference"].items()) + ".", "",
+          "## Metrics (95% bootstrap intervals over cases)", "",
+          _table(metrics, ["metric", "value", "n"]), "",
+          "## Detection by tumor size", "",
+          "A ground-truth lesion (26-connected component) is detected if any predicted tumor "
+          "voxel overlaps it; size is the equivalent-sphere radius.", "",
+          _table(det, ["radius (mm)", "detected", "sensitivity", "95% CI"]), "",
+          "![detection by size](detection_by_size.png)", "",
+          "## Per case", "", "![per-case DSC](case_dice.png)", "",
+          _table(cases, ["scan", "role", "tumor DSC", "tumor NSD", "liver DSC", "lesions",
+                         "FP lesions"]), ""]
+    if examples:
+        md += ["## Examples", ""] + [f"![example {i}](example_{i}.png)" for i in range(len(examples))]
+        md.append("")
+    md += ["## Empty masks", "", summary["empty_mask_rule"], ""]
+    text = "\n".join(md)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(out, "report.html"), "w") as f:
+        f.write(_html(text))
+    return figs
+
+
+def _html(markdown: str) -> str:
+    """A small Markdown-to-HTML rendering (headings, tables, images, paragraphs)."""
+    body, table = [], []
+
+    def flush():
+        if table:
+            rows = [r.strip("|").split("|") for r in table if not set(r) <= set("|-")]
+            head, *rest = rows
+            body.append("<table><tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head)
+                        + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>"
+                                                             for c in r) + "</tr>" for r in rest)
+                        + "</table>")
+            table.clear()
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.startswith("!["):
+            alt, src = line[2:].split("](")
+            body.append(f'<p><img src="{html.escape(src[:-1])}" alt="{html.escape(alt)}"></p>')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line).replace('`', '')}</p>")
+    flush()
+    style = ("body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:"
+             "collapse}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>" \
+           + "\n".join(body) + "</body></html>"

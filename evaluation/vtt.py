@@ -1,0 +1,501 @@
+"""Visual Turing Test (Section 5.1 and Table 2 of the paper): can a radiologist tell real liver
+tumors from synthetic ones?
+
+``make_packet`` builds a blinded packet of whole-liver CT volumes: scans with real (annotated)
+tumors and healthy scans with synthetic tumors, every one resampled to the same 1 mm isotropic RAS
+grid, written under random case IDs with headers that carry nothing but the voxel grid. The truth
+goes to a separate key whose sha256 is published when the packet is made, so the key cannot be
+edited after the readers have answered without it showing.
+
+``score_answers`` scores one reader's answer sheet exactly as Table 2 does: synthetic is the
+positive class, real the negative class, and "unsure" answers are left out of the three rates
+(with the rates that count them as wrong alongside).
+
+Packet layout::
+
+    OUT/cases/<case_id>.nii.gz      int16 HU, (X, Y, Z) = (R, A, S) voxels of 1 mm, origin (0, 0, 0)
+    OUT/answer_sheet.csv            case_id,answer,confidence,comment (answer blank)
+    OUT/README.txt                  instructions for the reader
+    OUT/key_sha256.txt              sha256 of key/answer_key.json
+    OUT/key/answer_key.json         {case_id: {truth, source_scan, seed, index, params}}
+    OUT/key/packet.json             how the packet was made (manifests, seed, generator config)
+    OUT/key/labels/<case_id>.label.nii.gz   uint8 0/1/2 (never in the reader's part of the packet)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import hashlib
+import json
+import math
+import os
+import sys
+
+ANSWERS = ("real", "synthetic", "unsure")
+TRUTHS = ("real", "synthetic")
+SHEET_COLUMNS = ("case_id", "answer", "confidence", "comment")
+Z_95 = 1.959963984540054          # standard normal quantile 0.975: two-sided 95 %
+MAX_DRAWS_PER_CASE = 20           # synthetic draws tried before a healthy scan is given up
+DEFAULT_MARGIN_MM = 40            # CT kept around the liver's box, on every side
+GZIP_LEVEL = 1                    # nibabel's default: ~4x faster than 6 for a few % more bytes
+README = """\
+Visual Turing Test: real or synthetic liver tumors?
+
+Each file in cases/ is one abdominal CT volume (NIfTI, Hounsfield units, 1 mm voxels) around the
+liver. Some contain real liver tumors, the others synthetic tumors painted into healthy livers.
+Open each volume in a 3D viewer (for example ITK-SNAP or 3D Slicer) and scroll through all slices:
+some tell-tale signs (vessels running through a tumor, its edges) show only across slices.
+
+Fill in answer_sheet.csv, one row per case:
+  answer      one of: real, synthetic, unsure
+  confidence  optional, for your own notes (for example 1 = guess ... 5 = certain)
+  comment     optional free text
+
+Do not open or change the key/ folder; it holds the answers. key_sha256.txt records its checksum
+from when the packet was made, so any later change to the key can be detected.
+"""
+
+
+class VTTError(ValueError):
+    """Bad input to the Visual Turing Test: names the file, row or case, expected and found."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Making the packet
+
+
+def _packet_nifti(data_zyx, dtype) -> bytes:
+    """Gzipped NIfTI-1 bytes of a (Z, Y, X) array on a 1 mm RAS grid whose first voxel is at
+    world (0, 0, 0). Nothing else is in the header: no description, names, intent or extensions,
+    and the gzip stream has neither file name nor time stamp."""
+    import nibabel as nib
+    import numpy as np
+
+    # Identity: 1 mm RAS, no translation. The scanner origin and any obliquity of the source
+    # affine would say which dataset (hospital, scanner) a case came from.
+    affine = np.eye(4)
+    data = np.ascontiguousarray(np.asarray(data_zyx).transpose(2, 1, 0).astype(dtype))
+    header = nib.Nifti1Header()
+    header.set_data_dtype(dtype)
+    img = nib.Nifti1Image(data, affine, header=header)
+    hdr = img.header
+    hdr.set_xyzt_units("mm")
+    hdr.set_qform(affine, code=1)
+    hdr.set_sform(affine, code=1)
+    for field in ("descrip", "aux_file", "db_name", "intent_name", "data_type"):
+        hdr[field] = b""
+    hdr["intent_code"] = 0
+    hdr["cal_min"] = hdr["cal_max"] = 0
+    hdr["glmin"] = hdr["glmax"] = 0
+    hdr.extensions.clear()
+    return gzip.compress(img.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0)
+
+
+def _write_bytes(path: str, blob: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(blob)
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _case_ids(rng, n: int) -> list[str]:
+    """``n`` distinct IDs ``case-xxxxxx`` (6 hex digits) from ``rng``; nothing of the scan in them."""
+    ids: list[str] = []
+    while len(ids) < n:
+        cid = f"case-{int(rng.integers(0, 16 ** 6)):06x}"
+        if cid not in ids:
+            ids.append(cid)
+    return ids
+
+
+def _whole_volume(scan, params):
+    """``params`` widened to the whole prepared volume (the liver's box plus the margin), so the
+    synthesized "crop" is that volume with every drawn tumor at its drawn position."""
+    import dataclasses
+    return dataclasses.replace(params, crop_origin=tuple(scan.origin_vox), crop_size=tuple(scan.shape))
+
+
+def make_packet(real_manifest: str, healthy_manifest: str, out_dir: str, n_real: int,
+                n_synthetic: int, seed: int, profile: str = "paper", size_mix: str = "mix",
+                allow_roots=(), margin_mm: int = DEFAULT_MARGIN_MM, reuse_healthy: bool = False,
+                log=print) -> dict:
+    """Write a blinded Visual Turing Test packet to ``out_dir`` (see the module docstring).
+
+    Real cases are scans of ``real_manifest`` with role "tumor", one case per scan, unchanged but
+    for resampling. Synthetic cases are scans of ``healthy_manifest`` with role "healthy" into
+    which the generator (``profile``, ``size_mix``) paints tumors over the whole liver; a draw that
+    leaves no tumor voxel in the volume is replaced by the next draw index. Every case is resampled
+    to 1 mm isotropic RAS (which also hides each dataset's native spacing) and keeps ``margin_mm``
+    of CT around the liver's box. Each healthy scan is used once unless ``reuse_healthy`` (a reader
+    who recognizes the same anatomy twice learns both are synthetic).
+
+    Deterministic: the same inputs and ``seed`` give byte-identical files and the same case IDs.
+    Returns a summary: case count, key path and its sha256.
+    """
+    import numpy as np
+
+    from cluster.options import parse_mix
+    from cluster.scans import load_prepared
+    from generator import __version__
+    from generator.backend import get_backend
+    from generator.config import GeneratorConfig
+    from generator.sample import sample_params, sample_seed
+    from generator.synthesize import TUMOR_LABEL, synthesize
+    from manifests.schema import default_roots, read_manifest
+
+    if n_real < 0 or n_synthetic < 0 or n_real + n_synthetic == 0:
+        raise VTTError(f"need at least one case: n_real={n_real}, n_synthetic={n_synthetic}")
+    if profile not in ("paper", "released"):
+        raise VTTError(f"profile {profile!r}: expected 'paper' or 'released' for synthetic tumors")
+    if margin_mm < 16:
+        raise VTTError(f"margin {margin_mm} mm: expected at least 16 mm of CT around the liver")
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        # Old cases left beside new ones would have no key entry, or the wrong one.
+        raise VTTError(f"{out_dir}: exists and is not empty; expected a new or empty folder")
+    try:
+        sizes, scenarios = parse_mix(size_mix)
+    except argparse.ArgumentTypeError as exc:
+        raise VTTError(f"--size-mix {size_mix!r}: {exc}") from None
+
+    real_pool = [e for e in read_manifest(real_manifest, default_roots(real_manifest, allow_roots))
+                 if e.role == "tumor"]
+    healthy_pool = [e for e in read_manifest(healthy_manifest,
+                                             default_roots(healthy_manifest, allow_roots))
+                    if e.role == "healthy"]
+    if n_real > len(real_pool):
+        raise VTTError(f"{real_manifest}: {n_real} real cases asked for, but only "
+                       f"{len(real_pool)} scan(s) with role 'tumor'")
+    if not reuse_healthy and n_synthetic > len(healthy_pool):
+        raise VTTError(f"{healthy_manifest}: {n_synthetic} synthetic cases asked for, but only "
+                       f"{len(healthy_pool)} scan(s) with role 'healthy' (pass reuse_healthy / "
+                       f"--reuse-healthy to put several cases in one scan)")
+    if n_synthetic and not healthy_pool:
+        raise VTTError(f"{healthy_manifest}: no scan with role 'healthy'")
+
+    # The margin the generator keeps around the liver is half a crop plus 8 voxels (prepare.py).
+    side = 2 * (margin_mm - 8)
+    config = GeneratorConfig(profile=profile, size_mix=sizes, scenario_mix=scenarios,
+                             negative_fraction=0.0, crop_size=(side, side, side))
+    real_config = GeneratorConfig(profile="real", negative_fraction=0.0, crop_size=(side,) * 3)
+    backend = get_backend("numpy")
+
+    # The packet's own stream is the root of the per-draw streams (sample_seed spawns children
+    # of it), so shuffling and IDs never share random numbers with tumor draws.
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
+    truths = list(rng.permutation(["real"] * n_real + ["synthetic"] * n_synthetic))
+    ids = _case_ids(rng, len(truths))
+    real_order = [real_pool[i] for i in rng.permutation(len(real_pool))]
+    healthy_order = [healthy_pool[i] for i in rng.permutation(len(healthy_pool))]
+
+    cases_dir = os.path.join(out_dir, "cases")
+    labels_dir = os.path.join(out_dir, "key", "labels")
+    os.makedirs(cases_dir, exist_ok=True)
+    os.makedirs(labels_dir, exist_ok=True)
+
+    key: dict[str, dict] = {}
+    index = 0                    # draw index: sample_seed(seed, index) feeds sample_params
+    used_healthy = 0
+    # Written in case-ID order, so file times on disk follow the (random) IDs, not the truth.
+    for case_id, truth in sorted(zip(ids, truths)):
+        while True:
+            if truth == "real":
+                if not real_order:
+                    raise VTTError(f"{real_manifest}: ran out of scans with real tumors; the "
+                                   f"remaining ones lost their tumor voxels at 1 mm")
+                entry, case_config, draws = real_order.pop(0), real_config, 1
+            else:
+                entry = healthy_order[used_healthy % len(healthy_order)]
+                used_healthy += 1
+                case_config, draws = config, MAX_DRAWS_PER_CASE
+            scan = load_prepared(entry, case_config)
+            crop = params = None
+            for _ in range(draws):
+                params = _whole_volume(scan, sample_params(
+                    np.random.default_rng(sample_seed(seed, index)), scan, case_config))
+                index += 1
+                crop = synthesize(scan, params, backend)
+                if (crop.label == TUMOR_LABEL).any():
+                    break
+                crop = None
+            if crop is not None:
+                break
+            if truth == "synthetic":
+                raise VTTError(f"scan {entry.scan_id} ({entry.image}): no tumor voxel inside the "
+                               f"liver volume after {draws} draws; expected at least one")
+            log(f"note: real scan {entry.scan_id} has no tumor voxel at 1 mm; taking the next one")
+        _write_bytes(os.path.join(cases_dir, f"{case_id}.nii.gz"),
+                     _packet_nifti(crop.image, np.int16))
+        _write_bytes(os.path.join(labels_dir, f"{case_id}.label.nii.gz"),
+                     _packet_nifti(crop.label, np.uint8))
+        key[case_id] = {"truth": truth, "source_scan": entry.scan_id, "seed": seed,
+                        "index": index - 1, "params": params.to_json()}
+
+    with open(os.path.join(out_dir, "answer_sheet.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(SHEET_COLUMNS)
+        for case_id in sorted(key):
+            writer.writerow([case_id, "", "", ""])
+    with open(os.path.join(out_dir, "README.txt"), "w") as f:
+        f.write(README)
+    with open(os.path.join(out_dir, "key", "packet.json"), "w") as f:
+        json.dump({"seed": seed, "n_real": n_real, "n_synthetic": n_synthetic,
+                   "real_manifest": real_manifest, "healthy_manifest": healthy_manifest,
+                   "margin_mm": margin_mm, "reuse_healthy": reuse_healthy,
+                   "generator_version": __version__, "config": config.to_json()},
+                  f, indent=1, sort_keys=True)
+    key_path = os.path.join(out_dir, "key", "answer_key.json")
+    with open(key_path, "w") as f:
+        json.dump(key, f, indent=1, sort_keys=True)
+        f.write("\n")
+    digest = sha256_file(key_path)
+    with open(os.path.join(out_dir, "key_sha256.txt"), "w") as f:
+        f.write(digest + "\n")
+    return {"cases": len(key), "n_real": n_real, "n_synthetic": n_synthetic, "out": out_dir,
+            "key": key_path, "key_sha256": digest, "case_ids": sorted(key)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+
+def wilson(k: int, n: int, z: float = Z_95) -> tuple[float, float] | None:
+    """Wilson score interval of the proportion k/n (default 95 %); None when n == 0."""
+    if n == 0:
+        return None
+    p = k / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def _rate(k: int, n: int) -> dict:
+    return {"k": k, "n": n, "value": k / n if n else None, "ci95": wilson(k, n)}
+
+
+def load_key(path: str, expect_sha256: str | None = None) -> dict:
+    """Read an answer key; with ``expect_sha256``, refuse a key whose sha256 differs."""
+    if not os.path.isfile(path):
+        raise VTTError(f"{path}: answer key not found")
+    digest = sha256_file(path)
+    if expect_sha256 is not None and digest != expect_sha256.strip().lower():
+        raise VTTError(f"{path}: sha256 {digest} differs from the expected {expect_sha256.strip()}; "
+                       f"the key was changed after the packet was made (or is another packet's)")
+    try:
+        with open(path) as f:
+            key = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise VTTError(f"{path}: not a readable JSON answer key ({exc})") from None
+    if not isinstance(key, dict) or not key:
+        raise VTTError(f"{path}: expected a non-empty object {{case_id: {{truth, ...}}}}")
+    for case_id, rec in key.items():
+        if not isinstance(rec, dict) or rec.get("truth") not in TRUTHS:
+            found = rec.get("truth") if isinstance(rec, dict) else rec
+            raise VTTError(f"{path}: case {case_id}: truth must be one of {TRUTHS}; found {found!r}")
+    return key
+
+
+def read_answers(path: str) -> list[dict]:
+    """Rows of an answer sheet (CSV with at least ``case_id`` and ``answer`` columns)."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise VTTError(f"{path}: cannot read the answer sheet ({exc})") from None
+    missing = [c for c in ("case_id", "answer") if c not in [n.strip() for n in columns]]
+    if missing:
+        raise VTTError(f"{path}: header {columns} lacks column(s) {missing}; expected "
+                       f"{','.join(SHEET_COLUMNS)}")
+    return [{(k or "").strip(): v for k, v in row.items()} for row in rows]
+
+
+def score_answers(answers_rows: list[dict], key: dict, source: str = "answers") -> dict:
+    """Score one reader as Table 2 of the paper.
+
+    Synthetic is the positive class and real the negative class. Over definite answers only
+    (unsure excluded, their count reported): accuracy = correct / definite, sensitivity =
+    synthetic answered synthetic / synthetic answered definitely, specificity = real answered
+    real / real answered definitely. ``*_unsure_wrong`` repeats the three with unsure answers
+    counted as wrong (denominators: all cases of that truth). Each proportion has a Wilson 95 %
+    interval; ``p_value_vs_chance`` is a two-sided exact binomial test of accuracy against 0.5.
+
+    Refuses (naming the row of ``source``: data rows count from 1, the header is line 1) unknown
+    case IDs, duplicate rows, answers other than real / synthetic / unsure (case and surrounding
+    whitespace ignored), and key cases without an answer (all of them listed).
+    """
+    from scipy.stats import binomtest
+
+    answers: dict[str, str] = {}
+    for n, row in enumerate(answers_rows, start=1):
+        where = f"{source} row {n} (line {n + 1})"
+        case_id = (row.get("case_id") or "").strip()
+        answer = (row.get("answer") or "").strip().lower()
+        if not case_id:
+            raise VTTError(f"{where}: empty case_id")
+        if case_id not in key:
+            raise VTTError(f"{where}: case {case_id!r} is not in the answer key")
+        if case_id in answers:
+            raise VTTError(f"{where}: case {case_id} is answered a second time")
+        if not answer:
+            continue          # reported below with every other unanswered case
+        if answer not in ANSWERS:
+            raise VTTError(f"{where}: case {case_id}: answer {row.get('answer')!r}; expected one "
+                           f"of {', '.join(ANSWERS)}")
+        answers[case_id] = answer
+    unanswered = sorted(set(key) - set(answers))
+    if unanswered:
+        raise VTTError(f"{source}: {len(unanswered)} case(s) of the key have no answer: "
+                       f"{', '.join(unanswered)}")
+
+    table = {t: {a: 0 for a in ANSWERS} for t in TRUTHS}
+    for case_id, answer in answers.items():
+        table[key[case_id]["truth"]][answer] += 1
+    rr, rs, ru = (table["real"][a] for a in ANSWERS)
+    sr, ss, su = (table["synthetic"][a] for a in ANSWERS)
+    correct, definite = rr + ss, rr + rs + sr + ss
+    return {
+        "confusion": table,           # truth -> answer -> count
+        "cases": len(key), "definite": definite, "unsure": ru + su,
+        "accuracy": _rate(correct, definite),
+        "sensitivity": _rate(ss, sr + ss),
+        "specificity": _rate(rr, rr + rs),
+        "accuracy_unsure_wrong": _rate(correct, len(key)),
+        "sensitivity_unsure_wrong": _rate(ss, sr + ss + su),
+        "specificity_unsure_wrong": _rate(rr, rr + rs + ru),
+        "p_value_vs_chance": binomtest(correct, definite, 0.5).pvalue if definite else None,
+    }
+
+
+def format_report(result: dict) -> str:
+    """The confusion table laid out like Table 2, then the rates with their 95 % intervals."""
+    t = result["confusion"]
+    lines = ["                      answered",
+             f"truth        {'real':>10} {'synthetic':>10} {'unsure':>10}"]
+    for truth in TRUTHS:
+        lines.append(f"{truth:<12} " + " ".join(f"{t[truth][a]:>10}" for a in ANSWERS))
+    lines.append(f"positive class: synthetic; {result['unsure']} unsure of {result['cases']} "
+                 f"cases excluded from the first three rates")
+
+    def fmt(name, r):
+        if r["value"] is None:
+            return f"{name:<34} n/a (0 cases)"
+        lo, hi = r["ci95"]
+        return (f"{name:<34} {100 * r['value']:5.1f}%  ({r['k']}/{r['n']})  "
+                f"95% CI {100 * lo:.1f}-{100 * hi:.1f}%")
+
+    for name in ("accuracy", "sensitivity", "specificity"):
+        lines.append(fmt(name, result[name]))
+    for name in ("accuracy", "sensitivity", "specificity"):
+        lines.append(fmt(f"{name} (unsure counted wrong)", result[f"{name}_unsure_wrong"]))
+    p = result["p_value_vs_chance"]
+    lines.append("accuracy vs chance (exact binomial, two-sided): "
+                 + ("n/a" if p is None else f"p = {p:.4g}"))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def _run_make(args) -> int:
+    from generator.prepare import PrepareError
+    from manifests.nifti import ScanError
+    from manifests.schema import ManifestError
+    try:
+        summary = make_packet(args.real, args.healthy, args.out, args.n_real, args.n_synthetic,
+                              args.seed, profile=args.profile, size_mix=args.size_mix,
+                              allow_roots=args.allow_root, margin_mm=args.margin,
+                              reuse_healthy=args.reuse_healthy)
+    except (VTTError, ManifestError, ScanError, PrepareError) as exc:
+        sys.exit(f"vtt make: {exc}")
+    print(f"packet: {summary['out']} ({summary['cases']} cases: {summary['n_real']} real, "
+          f"{summary['n_synthetic']} synthetic)")
+    print(f"give readers: {os.path.join(summary['out'], 'cases')}, answer_sheet.csv, README.txt, "
+          f"key_sha256.txt (keep key/ away from them)")
+    print(f"answer key: {summary['key']}")
+    print(f"answer key sha256: {summary['key_sha256']}")
+    return 0
+
+
+def _run_score(args) -> int:
+    try:
+        key = load_key(args.key, args.expect_sha256)
+        result = score_answers(read_answers(args.answers), key, source=args.answers)
+    except VTTError as exc:
+        sys.exit(f"vtt score: {exc}")
+    if args.expect_sha256 is None:
+        print(f"key {args.key}: sha256 {sha256_file(args.key)} (not checked; pass --expect-sha256)")
+    else:
+        print(f"key {args.key}: sha256 matches")
+    print(format_report(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"answers": args.answers, "key": args.key,
+                       "key_sha256": sha256_file(args.key), **result}, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _size_mix(text: str) -> str:
+    """argparse check of --size-mix; the text itself is passed on to make_packet."""
+    from cluster.options import parse_mix
+    parse_mix(text)
+    return text
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``vtt make`` and ``vtt score`` to the ``tumorforge`` subcommands."""
+    p = sub.add_parser("vtt", help="Visual Turing Test: blinded real/synthetic packet and scoring",
+                       description="Visual Turing Test (Section 5.1 of the paper): make a blinded "
+                                   "packet of CT volumes with real or synthetic liver tumors, and "
+                                   "score a reader's answers as Table 2.")
+    vsub = p.add_subparsers(dest="vtt_command", required=True, metavar="SUBCOMMAND")
+
+    m = vsub.add_parser("make", help="write a blinded packet and its answer key",
+                        description="Mix N_REAL scans with real tumors (role 'tumor' of --real) and "
+                                    "N_SYNTHETIC healthy scans (role 'healthy' of --healthy) with "
+                                    "synthetic tumors, all resampled to 1 mm RAS around the liver, "
+                                    "under random case IDs with stripped headers. Writes cases/, "
+                                    "answer_sheet.csv, README.txt, key_sha256.txt and key/ (answers "
+                                    "and labels; keep it from the readers). Prints the key's sha256.")
+    m.add_argument("--real", required=True, metavar="MANIFEST", help="manifest with real tumors")
+    m.add_argument("--healthy", required=True, metavar="MANIFEST", help="manifest of healthy scans")
+    m.add_argument("--out", required=True, metavar="DIR", help="new or empty output folder")
+    m.add_argument("--n-real", type=int, required=True, help="cases with real tumors")
+    m.add_argument("--n-synthetic", type=int, required=True, help="cases with synthetic tumors")
+    m.add_argument("--seed", type=int, default=0, help="root seed (default 0)")
+    m.add_argument("--profile", choices=("paper", "released"), default="paper",
+                   help="synthesis recipe (default paper)")
+    m.add_argument("--size-mix", type=_size_mix, default="mix", metavar="MIX",
+                   help="size type, scenario or weights: 'mix' (default), 'large', 'satellite', "
+                        "'medium=1,satellite=1'")
+    m.add_argument("--margin", type=int, default=DEFAULT_MARGIN_MM, metavar="MM",
+                   help=f"CT kept around the liver's box, mm (default {DEFAULT_MARGIN_MM})")
+    m.add_argument("--reuse-healthy", action="store_true",
+                   help="allow several synthetic cases per healthy scan (a reader may recognize "
+                        "the repeated anatomy)")
+    m.add_argument("--allow-root", action="append", default=[], metavar="DIR_OR_URI")
+    m.set_defaults(func=_run_make)
+
+    s = vsub.add_parser("score", help="score one reader's answer sheet as Table 2",
+                        description="Score ANSWERS.csv (case_id,answer,... with answers real, "
+                                    "synthetic or unsure) against the key: confusion table, "
+                                    "accuracy, sensitivity (synthetic = positive) and specificity "
+                                    "over definite answers and with unsure counted wrong, Wilson "
+                                    "95% intervals, exact binomial test against chance.")
+    s.add_argument("answers", metavar="ANSWERS.csv")
+    s.add_argument("--key", required=True, metavar="ANSWER_KEY.json")
+    s.add_argument("--expect-sha256", metavar="HEX",
+                   help="refuse unless the key has this sha256 (from key_sha256.txt)")
+    s.add_argument("--json", metavar="OUT.json", help="also write the result as JSON")
+    s.set_defaults(func=_run_score)
