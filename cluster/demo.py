@@ -4,7 +4,8 @@ It makes phantom datasets (synthetic CT, not patient data) in all four layouts, 
 manifest for each, assigns 5 folds to the LiTS-style set, pools the healthy scans as the paper does
 (CHAOS + BTCV + tumor-free LiTS), previews synthetic tumors in them, runs a generation job on an
 embedded Ray cluster, verifies the dataset, audits one sample, and trains the small CPU U-Net on it
-(``trainer/configs/cpu-small.yaml``). Later stages extend it.
+(``trainer/configs/cpu-small.yaml``), and evaluates it on phantom LiTS scans the generator never saw,
+with a report.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ PREVIEW_SIZES = ("tiny", "small", "medium", "large")
 DEMO_SAMPLES = 48
 
 
-def run(out: str, scale: float, seed: int, train_steps: int | None = None) -> int:
+def run(out: str, scale: float, seed: int, train_steps: int | None = None,
+        eval_cases: int = 3) -> int:
     from generator.backend import get_backend
     from generator.config import GeneratorConfig
     from manifests.build import build_manifest, validate_manifest
@@ -30,7 +32,7 @@ def run(out: str, scale: float, seed: int, train_steps: int | None = None) -> in
 
     t0 = time.perf_counter()
     data = os.path.join(out, "data")
-    print(f"[1/7] phantom CT datasets (synthetic, scale {scale}) -> {data}")
+    print(f"[1/8] phantom CT datasets (synthetic, scale {scale}) -> {data}")
     for layout, n in DEMO_CASES.items():
         cases = write_layout(layout, os.path.join(data, layout), n, seed=seed, scale=scale)
         shown = next((c for c in cases if c["has_tumor"]), cases[0])
@@ -41,7 +43,7 @@ def run(out: str, scale: float, seed: int, train_steps: int | None = None) -> in
               f"preview {png}")
 
     # Manifests sit in the data folder, so the paths they name are inside their allowed root.
-    print(f"[2/7] scan manifests -> {data}/<layout>.jsonl")
+    print(f"[2/8] scan manifests -> {data}/<layout>.jsonl")
     failed = 0
     for layout in DEMO_CASES:
         path = os.path.join(data, f"{layout}.jsonl")
@@ -52,7 +54,7 @@ def run(out: str, scale: float, seed: int, train_steps: int | None = None) -> in
         print(f"      {path}: {len(entries)} scans ({healthy} healthy), "
               f"{len(result.rejections)} rejected, validation problems: {len(problems)}")
 
-    print("[3/7] 5-fold split of the LiTS-style test set; healthy pool for synthesis")
+    print("[3/8] 5-fold split of the LiTS-style test set; healthy pool for synthesis")
     lits = os.path.join(data, "lits.jsonl")
     folds = assign_folds(read_manifest(lits), 5, seed)
     write_jsonl(lits, folds)
@@ -64,7 +66,7 @@ def run(out: str, scale: float, seed: int, train_steps: int | None = None) -> in
     print(f"      {healthy_path}: {len(pool)} healthy scans (CHAOS + BTCV + tumor-free LiTS)")
 
     synthetic = os.path.join(out, "synthetic")
-    print(f"[4/7] synthetic tumors (paper profile) -> {synthetic}")
+    print(f"[4/8] synthetic tumors (paper profile) -> {synthetic}")
     backend = get_backend("auto")
     print(f"      backend: {backend.name} ({backend.why})")
     for i, size in enumerate(PREVIEW_SIZES):
@@ -75,6 +77,8 @@ def run(out: str, scale: float, seed: int, train_steps: int | None = None) -> in
     failed += _generate(out, healthy_path, seed)
     if not failed:
         failed += _train(out, train_steps)
+    if not failed:
+        failed += _evaluate(out, lits, eval_cases)
     print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs under {os.path.abspath(out)}")
     return 1 if failed else 0
 
@@ -88,7 +92,7 @@ def _generate(out: str, manifest: str, seed: int) -> int:
     from .spec import JobSpec, Resources
 
     dataset = os.path.join(out, "dataset")
-    print(f"[5/7] generation job: {DEMO_SAMPLES} samples, paper profile, 2 Ray actors -> {dataset}")
+    print(f"[5/8] generation job: {DEMO_SAMPLES} samples, paper profile, 2 Ray actors -> {dataset}")
     spec = JobSpec(manifest=manifest, output=dataset, samples=DEMO_SAMPLES, samples_per_shard=16,
                    root_seed=seed, generator=GeneratorConfig(), resources=Resources(actors=2))
     result = run_job(spec, log=lambda msg: print(f"      {msg}"))
@@ -96,7 +100,7 @@ def _generate(out: str, manifest: str, seed: int) -> int:
           f"{result.bytes / 1e6:.1f} MB, {len(result.failed)} failed shard(s)")
     if not result.ok:
         return 1
-    print(f"[6/7] verify and audit {dataset}")
+    print(f"[6/8] verify and audit {dataset}")
     ds = Dataset(dataset)
     problems = verify(ds)
     print(f"      verify: {len(problems)} problem(s) in {len(ds.shards)} shards, {len(ds)} samples")
@@ -119,12 +123,35 @@ def _train(out: str, steps: int | None) -> int:
     path = os.path.join(os.path.dirname(trainer.__file__), "configs", "cpu-small.yaml")
     cfg = load_config(path, {"sources": [{"url": dataset}], "val": {"url": dataset},
                              "out": os.path.join(out, "train"), "steps": steps})
-    print(f"[7/7] training {cfg.model} for {cfg.steps} steps on the CPU ({path}) -> {cfg.out}")
+    print(f"[7/8] training {cfg.model} for {cfg.steps} steps on the CPU ({path}) -> {cfg.out}")
     summary = train(cfg, resume=os.path.isdir(os.path.join(cfg.out, "checkpoints")),
                     log=lambda msg: print(f"      {msg}"))
     print(f"      trained to step {summary['step']} in {summary['seconds']} s "
           f"({summary['samples_per_s']} samples/s); metrics {cfg.out}/metrics.jsonl, "
           f"TensorBoard {cfg.out}/tensorboard")
+    return 0
+
+
+def _evaluate(out: str, lits_manifest: str, n: int) -> int:
+    """Step 8: whole-scan evaluation on LiTS-style phantoms with tumors (and one without)."""
+    from evaluation.evaluate import evaluate
+    from manifests.schema import read_manifest, write_jsonl
+    entries = read_manifest(lits_manifest)
+    tumor = [e for e in entries if e.role == "tumor"]
+    healthy = [e for e in entries if e.role == "healthy"]
+    chosen = tumor[:max(1, n - 1)] + healthy[:1] if n > 1 else tumor[:1]
+    test = os.path.join(os.path.dirname(lits_manifest), "lits-test.jsonl")
+    write_jsonl(test, chosen)
+    folder = os.path.join(out, "evaluation")
+    print(f"[8/8] evaluation on {len(chosen)} phantom LiTS scan(s) (whole scans, sliding window "
+          f"with overlap 0.25 to spare the CPU; the paper uses 0.75) -> {folder}")
+    summary = evaluate(os.path.join(out, "train"), test, folder, overlap=0.25,
+                       log=lambda msg: print(f"      {msg}"))
+    agg = summary["aggregate"]
+    print(f"      tumor DSC {agg['tumor_dice']['mean']}, liver DSC {agg['liver_dice']['mean']}, "
+          f"lesion sensitivity {agg['detection']['all']['sensitivity']}, specificity "
+          f"{agg['specificity']['value']} (a {summary['step']}-step CPU model: expect little)")
+    print(f"      report: {folder}/report.html")
     return 0
 
 
@@ -137,4 +164,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=float, default=0.35, help="phantom size (default 0.35)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-steps", type=int, help="training steps (default: the config's)")
-    p.set_defaults(func=lambda a: run(a.out, a.scale, a.seed, a.train_steps))
+    p.add_argument("--eval-cases", type=int, default=3, help="LiTS phantoms to evaluate (3)")
+    p.set_defaults(func=lambda a: run(a.out, a.scale, a.seed, a.train_steps, a.eval_cases))

@@ -11,7 +11,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     import ray
     out = tmp_path / "demo"
     try:
-        assert main(["demo", "--out", str(out), "--scale", "0.15", "--train-steps", "2"]) == 0
+        assert main(["demo", "--out", str(out), "--scale", "0.15", "--train-steps", "2",
+                     "--eval-cases", "1"]) == 0
     finally:
         ray.shutdown()
     text = capsys.readouterr().out
@@ -28,3 +29,4 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "verify: 0 problem(s)" in text and "bit-exact" in text
     assert (out / "dataset" / "index.json").exists()
     assert "trained to step 2" in text and (out / "train" / "checkpoints").is_dir()
+    assert (out / "evaluation" / "report.html").exists()

@@ -1,0 +1,127 @@
+"""Metrics on constructed cases with known answers, and the paired comparison."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from evaluation.evaluate import compare
+from evaluation.metrics import case_metrics, dice, lesions, nsd, summarize
+
+
+def ball(shape, center, radius_mm, spacing):
+    ax = [(np.arange(n) - c) * s for n, c, s in zip(shape, center, spacing)]
+    x, y, z = np.meshgrid(*ax, indexing="ij")
+    return x ** 2 + y ** 2 + z ** 2 <= radius_mm ** 2
+
+
+def test_dice_known_values_and_empty_rule():
+    a = np.zeros((10, 10, 10), bool)
+    b = a.copy()
+    assert dice(a, b) is None                         # both empty: undefined
+    a[2:4, 2:4, 2:4] = True                           # 8 voxels
+    assert dice(a, b) == 0.0                          # one empty: 0
+    b[3:5, 2:4, 2:4] = True                           # 8 voxels, 4 shared
+    assert dice(a, b) == pytest.approx(2 * 4 / 16)
+
+
+def test_nsd_known_values_with_anisotropic_spacing():
+    spacing = (0.5, 0.5, 3.0)
+    shape = (40, 40, 12)
+    cube = np.zeros(shape, bool)
+    cube[10:30, 10:30, 3:9] = True
+    assert nsd(cube, cube, spacing) == 1.0
+    assert nsd(cube, np.zeros(shape, bool), spacing) == 0.0
+    assert nsd(np.zeros(shape, bool), np.zeros(shape, bool), spacing) is None
+    # One slice thicker (3 mm along z): top face 3 mm away -> beyond a 2 mm tolerance, within 4 mm.
+    taller = cube.copy()
+    taller[10:30, 10:30, 9] = True
+    assert 0.5 < nsd(cube, taller, spacing, 2.0) < 1.0
+    assert nsd(cube, taller, spacing, 3.01) == 1.0
+    # Shifted 1 mm in-plane (2 voxels of 0.5 mm): every surface point within 2 mm.
+    shifted = np.roll(cube, 2, axis=0)
+    assert nsd(cube, shifted, spacing, 2.0) == 1.0
+    assert nsd(cube, shifted, spacing, 0.5) < 0.9
+
+
+@pytest.mark.parametrize("spacing", [(0.8, 0.8, 2.5), (1.5, 1.5, 5.0), (2.5, 0.7, 1.0)])
+def test_nsd_agrees_with_monai_surface_dice(spacing):
+    """An independent implementation: MONAI's compute_surface_dice with use_subvoxels=True."""
+    import torch
+    from monai.metrics import compute_surface_dice
+    rng = np.random.default_rng(int(spacing[0] * 10))
+    shape = (64, 60, 40)
+    c = np.array(shape) / 2
+    for _ in range(3):
+        r = rng.uniform(8, 18)
+        p = ball(shape, c, r, spacing)
+        t = ball(shape, c + rng.uniform(-2, 2, 3), r * rng.uniform(0.85, 1.15), spacing)
+        to = lambda m: torch.from_numpy(np.stack([~m, m])[None].astype(np.float32))
+        ref = float(compute_surface_dice(to(p), to(t), [2.0], include_background=False,
+                                         spacing=list(spacing), use_subvoxels=True)[0, 0])
+        assert abs(nsd(p, t, spacing, 2.0) - ref) <= 0.025, (nsd(p, t, spacing, 2.0), ref)
+
+
+def test_lesions_detection_and_false_positives():
+    spacing = (1.0, 1.0, 2.0)
+    truth = np.zeros((60, 60, 30), np.uint8)
+    truth[5:55, 5:55, 2:28] = 1
+    small = ball(truth.shape, (15, 15, 10), 3.0, spacing)      # r ~3 mm -> "<5"
+    medium = ball(truth.shape, (40, 15, 10), 7.0, spacing)     # "5-10"
+    large = ball(truth.shape, (30, 40, 15), 14.0, spacing)     # ">10"
+    for m in (small, medium, large):
+        truth[m] = 2
+    pred = (truth >= 1).astype(np.uint8)
+    pred[medium | large] = 2                                   # misses the small one
+    pred[ball(truth.shape, (10, 45, 5), 2.0, spacing)] = 2     # a false positive
+    m = case_metrics(pred, truth, spacing)
+    sizes = {les["size_bin"]: les["detected"] for les in m["lesions"]}
+    assert sizes == {"<5": False, "5-10": True, ">10": True}
+    assert m["false_positive_lesions"] == 1 and m["any_predicted_tumor"]
+    radii = sorted(les["radius_mm"] for les in m["lesions"])
+    assert radii[0] == pytest.approx(3.0, abs=0.5) and radii[2] == pytest.approx(14.0, abs=0.5)
+    _, comps = lesions(truth == 2, spacing)
+    assert len(comps) == 3
+
+
+def test_summary_sensitivity_specificity_and_strictness():
+    spacing = (1.0, 1.0, 1.0)
+    truth = np.zeros((30, 30, 30), np.uint8)
+    truth[2:28, 2:28, 2:28] = 1
+    tumor = truth.copy()
+    tumor[10:16, 10:16, 10:16] = 2
+    hit = case_metrics(tumor, tumor, spacing)
+    miss = case_metrics(truth, tumor, spacing)
+    healthy_ok = case_metrics(truth, truth, spacing)
+    healthy_fp = case_metrics(tumor, truth, spacing)
+    s = summarize([hit, miss, healthy_ok, healthy_fp])
+    assert s["detection"]["all"] == {**s["detection"]["all"], "lesions": 2, "detected": 1,
+                                     "sensitivity": 0.5}
+    assert s["specificity"]["value"] == 0.5 and s["specificity"]["healthy_scans"] == 2
+    assert s["tumor_dice"]["mean"] == 0.5 and s["tumor_dice"]["n"] == 2
+    assert s["global_tumor_dice"] == pytest.approx(2 * 216 / (216 * 3))
+    json.loads(json.dumps(s, allow_nan=False))
+    assert "both empty" in s["empty_mask_rule"]
+
+
+def _summary(path, dices, detections):
+    cases = [{"scan_id": f"s{i}", "tumor_dice": d,
+              "lesions": [{"id": j + 1, "detected": x} for j, x in enumerate(det)]}
+             for i, (d, det) in enumerate(zip(dices, detections))]
+    path.write_text(json.dumps({"cases": cases}))
+    return str(path)
+
+
+def test_compare_wilcoxon_and_mcnemar(tmp_path):
+    a = _summary(tmp_path / "a.json", [0.8, 0.7, 0.9, 0.6, 0.75, 0.85],
+                 [[True, True], [True], [True, False], [True], [True], [True]])
+    b = _summary(tmp_path / "b.json", [0.5, 0.4, 0.6, 0.3, 0.45, 0.55],
+                 [[False, False], [False], [False, False], [False], [True], [False]])
+    r = compare(a, b)
+    assert r["shared_cases"] == 6
+    assert r["wilcoxon_tumor_dice"]["p_value"] == pytest.approx(0.03125)   # 6 wins of 6, exact
+    m = r["mcnemar_lesions"]
+    assert (m["a_only"], m["b_only"], m["both"], m["neither"]) == (6, 0, 1, 1)
+    assert m["p_value"] == pytest.approx(2 * 0.5 ** 6)
