@@ -117,10 +117,14 @@ def test_help_lists_subcommands_and_each_has_help(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--help"])
     text = capsys.readouterr().out
-    for name in ("demo", "manifest", "phantoms"):
+    commands = ("demo", "manifest", "phantoms", "preview", "generate", "submit", "audit", "verify",
+                "train", "evaluate", "compare", "robustness", "vtt", "bench")
+    for name in commands:
         assert name in text
-    for argv in (["manifest", "build", "--help"], ["manifest", "validate", "--help"],
-                 ["manifest", "split", "--help"], ["phantoms", "--help"], ["demo", "--help"]):
+    nested = [["manifest", sub] for sub in ("build", "validate", "split", "merge")] + \
+        [["vtt", "make"], ["vtt", "score"]] + [["bench", b] for b in ("generator", "loader", "train")]
+    for argv in [[c] for c in commands if c not in ("manifest", "vtt", "bench")] + nested:
+        argv = argv + ["--help"]
         with pytest.raises(SystemExit) as info:
             parser.parse_args(argv)
         assert info.value.code == 0
