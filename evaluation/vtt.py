@@ -123,6 +123,28 @@ def _whole_volume(scan, params):
     return dataclasses.replace(params, crop_origin=tuple(scan.origin_vox), crop_size=tuple(scan.shape))
 
 
+def _overview_png(rows, png: str) -> None:
+    """For the organizer only (it shows the truth): the axial slice with the most tumor of each
+    case, tumor contour in red, to check the packet before readers see it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cols = min(5, len(rows))
+    nrows = -(-len(rows) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3 * cols, 3 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (case_id, truth, image, label) in zip(axes.ravel(), rows):
+        # (Y, X) with Y anterior, X toward the patient's right: anterior up, right on the left.
+        ax.imshow(image[::-1, ::-1], cmap="gray", vmin=-160, vmax=240)
+        if (label == 2).any():
+            ax.contour((label == 2)[::-1, ::-1], levels=[0.5], colors="red", linewidths=0.7)
+        ax.set_title(f"{case_id}: {truth}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
 def make_packet(real_manifest: str, healthy_manifest: str, out_dir: str, n_real: int,
                 n_synthetic: int, seed: int, profile: str = "paper", size_mix: str = "mix",
                 allow_roots=(), margin_mm: int = DEFAULT_MARGIN_MM, reuse_healthy: bool = False,
@@ -201,6 +223,7 @@ def make_packet(real_manifest: str, healthy_manifest: str, out_dir: str, n_real:
     os.makedirs(labels_dir, exist_ok=True)
 
     key: dict[str, dict] = {}
+    overview: list = []          # (case_id, truth, axial image, axial label) for the organizer
     index = 0                    # draw index: sample_seed(seed, index) feeds sample_params
     used_healthy = 0
     # Written in case-ID order, so file times on disk follow the (random) IDs, not the truth.
@@ -237,6 +260,8 @@ def make_packet(real_manifest: str, healthy_manifest: str, out_dir: str, n_real:
                      _packet_nifti(crop.label, np.uint8))
         key[case_id] = {"truth": truth, "source_scan": entry.scan_id, "seed": seed,
                         "index": index - 1, "params": params.to_json()}
+        z = int(np.argmax((crop.label == TUMOR_LABEL).sum(axis=(1, 2))))
+        overview.append((case_id, truth, crop.image[z], crop.label[z]))
 
     with open(os.path.join(out_dir, "answer_sheet.csv"), "w", newline="") as f:
         writer = csv.writer(f)
@@ -251,6 +276,7 @@ def make_packet(real_manifest: str, healthy_manifest: str, out_dir: str, n_real:
                    "margin_mm": margin_mm, "reuse_healthy": reuse_healthy,
                    "generator_version": __version__, "config": config.to_json()},
                   f, indent=1, sort_keys=True)
+    _overview_png(overview, os.path.join(out_dir, "key", "overview.png"))
     key_path = os.path.join(out_dir, "key", "answer_key.json")
     with open(key_path, "w") as f:
         json.dump(key, f, indent=1, sort_keys=True)
