@@ -111,15 +111,16 @@ def _losses(out):
     return {r["step"]: r["loss"] for r in lines if "loss" in r}
 
 
-def test_resume_continues_exactly(datasets, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_continues_exactly(datasets, tmp_path, workers):
     straight = tmp_path / "straight"
-    train(_cfg(datasets, straight), log=lambda *a: None)
+    train(_cfg(datasets, straight, workers=workers), log=lambda *a: None)
     interrupted = tmp_path / "interrupted"
-    train(_cfg(datasets, interrupted), log=lambda *a: None, stop_after=2)
+    train(_cfg(datasets, interrupted, workers=workers), log=lambda *a: None, stop_after=2)
     assert sorted(p.name for p in (interrupted / "checkpoints").iterdir()) == ["step-000000002.pt"]
     with pytest.raises(Exception, match="pass --resume"):
-        train(_cfg(datasets, interrupted), log=lambda *a: None)
-    train(_cfg(datasets, interrupted), resume=True, log=lambda *a: None)
+        train(_cfg(datasets, interrupted, workers=workers), log=lambda *a: None)
+    train(_cfg(datasets, interrupted, workers=workers), resume=True, log=lambda *a: None)
     a, b = _losses(straight), _losses(interrupted)
     assert set(a) == {1, 2, 3, 4} and a == b          # bit-identical loss trajectory on the CPU
     assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == \
