@@ -94,9 +94,6 @@ class Dataset:
     def read_tar(self, shard: int) -> list:
         return formats.read_tar(self.objects.get(formats.tar_name(shard)))
 
-    def shard_files(self, shard: int) -> dict:
-        return self.shards[shard]["files"]
-
     def file_sha256(self, key: str) -> tuple[int, str]:
         data = self.objects.get(key)
         return len(data), hashlib.sha256(data).hexdigest()

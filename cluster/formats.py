@@ -30,7 +30,6 @@ WDS_DIR = "wds"
 COMMITS = "_commits"
 INDEX = "index.json"
 INDEX_FORMAT = "tumorforge.dataset/1"
-SIDE_ARRAYS = ("key", "sample_index", "provenance")
 
 
 def _volume_codecs(dtype) -> dict:

@@ -61,9 +61,6 @@ class Plan:
         """A sample's key: unique across datasets, no dots (WebDataset splits names on dots)."""
         return f"tf{self.dataset_id[:12]}_{sample_index:010d}"
 
-    def shard_of(self, sample_index: int) -> ShardPlan:
-        return self.shards[sample_index // self.spec.samples_per_shard]
-
 
 def _canonical(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()

@@ -16,7 +16,6 @@ from . import storage
 
 SCHEMA_VERSION = 1
 ROLES = ("healthy", "tumor")
-SOURCES = ("lits", "msd", "btcv", "chaos", "generic")
 
 
 class ManifestError(ValueError):

@@ -10,7 +10,6 @@ S3 endpoint and credentials come from the usual AWS environment (``AWS_ACCESS_KE
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 from dataclasses import dataclass
@@ -88,14 +87,6 @@ def list_files(root: str) -> list[str]:
         scheme = root.split("://", 1)[0]
         return sorted(f"{scheme}://{p}" for p in found)
     return sorted(found)
-
-
-def sha256_of(uri: str, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
-    with open_binary(uri) as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
