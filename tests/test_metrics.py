@@ -125,3 +125,14 @@ def test_compare_wilcoxon_and_mcnemar(tmp_path):
     m = r["mcnemar_lesions"]
     assert (m["a_only"], m["b_only"], m["both"], m["neither"]) == (6, 0, 1, 1)
     assert m["p_value"] == pytest.approx(2 * 0.5 ** 6)
+
+
+def test_compare_command_writes_json(tmp_path, capsys):
+    from cluster.cli import main
+    a = _summary(tmp_path / "a.json", [0.8, 0.6], [[True], [False]])
+    b = _summary(tmp_path / "b.json", [0.7, 0.6], [[False], [False]])
+    out = tmp_path / "cmp.json"
+    assert main(["compare", a, b, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["shared_cases"] == 2 and result["mcnemar_lesions"]["a_only"] == 1
+    assert "Wilcoxon" in capsys.readouterr().out
