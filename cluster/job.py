@@ -92,12 +92,11 @@ def resolve_backend(spec: JobSpec, ray) -> JobSpec:
     return replace(spec, backend=backend, resources=resources)
 
 
-def load_plan(spec: JobSpec) -> Plan:
+def read_entries(spec: JobSpec) -> list:
     try:
-        entries = read_manifest(spec.manifest, default_roots(spec.manifest, spec.allow_roots))
+        return read_manifest(spec.manifest, default_roots(spec.manifest, spec.allow_roots))
     except (ManifestError, OSError) as exc:
         raise JobError(f"manifest: {exc}") from exc
-    return make_plan(spec, entries)
 
 
 def prepare_output(plan: Plan, out: Objects) -> set[int]:
@@ -172,12 +171,13 @@ def run_job(spec: JobSpec, address: str | None = None, progress: bool = True,
 
     ``actor_env`` adds environment variables to the writer actors (Ray runtime_env).
     """
+    t0 = time.perf_counter()
+    entries = read_entries(spec)             # a bad manifest fails before any cluster starts
     ray = _init_ray(address)
     from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
-    t0 = time.perf_counter()
     spec = resolve_backend(spec, ray)
-    plan = load_plan(spec)
+    plan = make_plan(spec, entries)
     out = Objects(spec.output)
     committed = prepare_output(plan, out)
     pending = [s.index for s in plan.shards if s.index not in committed]
