@@ -98,7 +98,7 @@ class ShardWorker:
         scans = {sid: self.cache.get(sid, lambda sid=sid: self._load(sid)) for sid in shard.scans}
         t_load = time.perf_counter() - t0
         config = self.spec.generator
-        images, labels, keys, provenance = [], [], [], []
+        images, labels, keys, provenance, hashes = [], [], [], [], []
         versions = self.backend.versions()
         for i in range(shard.start, shard.start + shard.count):
             scan = scans[shard.scan_of(i)]
@@ -107,13 +107,15 @@ class ShardWorker:
             crop = synthesize(scan, params, self.backend)
             key = self.plan.key(i)
             entry = self.plan.scans[scan.scan_id]
+            hashes.append({"key": key, "image_sha256": image_sha256(crop.image),
+                           "label_sha256": label_sha256(crop.label)})
             provenance.append(Provenance(
                 key=key, index=i, shard=k, dataset_id=self.plan.dataset_id,
                 root_seed=self.spec.root_seed, spawn_key=(i,), scan_id=scan.scan_id,
                 scan_sha256=dict(entry.sha256), generator_version=GENERATOR_VERSION,
                 profile=config.profile, backend=self.backend.name, versions=versions,
                 generator_config=config.to_json(), params=params.to_json(),
-                image_sha256=image_sha256(crop.image), label_sha256=label_sha256(crop.label),
+                image_sha256=hashes[-1]["image_sha256"], label_sha256=hashes[-1]["label_sha256"],
                 shape=tuple(crop.image.shape)).to_json_text())
             images.append(crop.image)
             labels.append(crop.label)
@@ -131,9 +133,7 @@ class ShardWorker:
         self._maybe_fault(k)
         record = {"dataset_id": self.plan.dataset_id, "shard": k, "start": shard.start,
                   "count": shard.count, "scans": list(shard.scans), "files": files,
-                  "samples": [{"key": key, "image_sha256": json.loads(p)["image_sha256"],
-                               "label_sha256": json.loads(p)["label_sha256"]}
-                              for key, p in zip(keys, provenance)],
+                  "samples": hashes,
                   "seconds": {"load": round(t_load, 3), "synthesize": round(t_synth, 3),
                               "encode_write": round(time.perf_counter() - t0 - t_load - t_synth, 3)},
                   "worker": {"pid": os.getpid(), "backend": self.backend.name,
