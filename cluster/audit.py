@@ -182,6 +182,7 @@ def _cmd_verify(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from .options import add_allow_root
     a = sub.add_parser("audit", help="show how a sample was generated and regenerate it from its seed",
                        description="Print a sample's provenance, re-draw its parameters from its "
                                    "seed, re-synthesize it from the manifest scan and compare "
@@ -194,7 +195,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--backend", choices=("numpy", "cupy", "auto"),
                    help="regenerate on this backend (default: the one that made it)")
     a.add_argument("--manifest", help="manifest to take the scan from (default: the job's)")
-    a.add_argument("--allow-root", action="append", default=[], metavar="DIR_OR_URI")
+    add_allow_root(a)
     a.add_argument("--no-regenerate", action="store_true", help="only print the provenance")
     a.add_argument("--json", action="store_true", help="also print the comparison as JSON")
     a.set_defaults(func=_cmd_audit)

@@ -112,7 +112,8 @@ def bench_train(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .options import add_generator_options
+    from trainer.models import MODELS
+    from .options import add_allow_root, add_generator_options
     b = sub.add_parser("bench", help="benchmarks (figures for the README's performance section)")
     bsub = b.add_subparsers(dest="bench_cmd", required=True, metavar="{generator,loader,train}")
     lo = bsub.add_parser("loader", help="samples/s the training reader delivers",
@@ -127,8 +128,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lo.set_defaults(func=bench_loader)
     tr = bsub.add_parser("train", help="training samples/s of a model",
                          description="Forward, DiceCE, backward and AdamW step on random crops.")
-    tr.add_argument("--model", default="unet",
-                    choices=("unet", "swinunetr-tiny", "swinunetr-small", "swinunetr-base"))
+    tr.add_argument("--model", default="unet", choices=MODELS)
     tr.add_argument("--batch-size", type=int, default=2)
     tr.add_argument("--steps", type=int, default=5)
     tr.add_argument("--crop", type=int, default=96)
@@ -144,7 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--manifest", help="take the scan from this manifest (default: a phantom)")
     g.add_argument("--scan", help="scan_id in --manifest (default: the first healthy scan)")
-    g.add_argument("--allow-root", action="append", default=[], metavar="DIR_OR_URI")
+    add_allow_root(g)
     g.add_argument("--phantom-scale", type=float, default=0.5)
     g.add_argument("--phantom-seed", type=int, default=0)
     g.add_argument("--json", help="also write the report as JSON here")

@@ -66,7 +66,7 @@ def _cmd_submit(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .options import add_generator_options
+    from .options import add_allow_root, add_generator_options
     g = sub.add_parser("generate", help="run a generation job (Ray) writing Zarr/WebDataset shards",
                        description="Run or resume the job JOB.yaml (every field is also a flag; "
                                    "flags win). Without --address an embedded local Ray cluster "
@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--backend", choices=("numpy", "cupy", "auto"))
     g.add_argument("--formats", help="zarr, wds or zarr,wds (default both)")
     g.add_argument("--scans-per-shard", type=int)
-    g.add_argument("--allow-root", action="append", default=[], metavar="DIR_OR_URI")
+    add_allow_root(g)
     r = g.add_argument_group("resources")
     r.add_argument("--actors", type=int)
     r.add_argument("--gpus-per-actor", type=float)

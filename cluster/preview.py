@@ -58,7 +58,7 @@ def run(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .options import add_generator_options
+    from .options import add_allow_root, add_generator_options
     p = sub.add_parser("preview", help="generate one sample and write a PNG montage and NIfTI",
                        description="Synthesize sample INDEX of root SEED into a healthy scan of the "
                                    "manifest; write a PNG (axial, coronal, sagittal through each "
@@ -69,6 +69,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", type=int, default=0, help="sample index (default 0)")
     p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
     p.add_argument("--out", default="preview", help="output folder (default preview/)")
-    p.add_argument("--allow-root", action="append", default=[], metavar="DIR_OR_URI")
+    add_allow_root(p)
     add_generator_options(p)
     p.set_defaults(func=run)

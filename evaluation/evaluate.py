@@ -182,6 +182,7 @@ def _cmd_compare(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from cluster.options import add_allow_root
     e = sub.add_parser("evaluate", help="score a checkpoint on annotated scans (DSC, NSD, detection)",
                        description="Whole-scan sliding-window inference (RAS, 1 mm, overlap 0.75, "
                                    "Gaussian), post-processing, predictions saved as NIfTI on each "
@@ -196,7 +197,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--roi", type=int, default=96, help="sliding-window side in voxels (96)")
     e.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm (2)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    e.add_argument("--allow-root", action="append", default=[], metavar="DIR_OR_URI")
+    add_allow_root(e)
     e.set_defaults(func=_cmd_evaluate)
     c = sub.add_parser("compare", help="paired comparison of two evaluations (e.g. synthetic vs real)",
                        description="Wilcoxon signed-rank on per-case tumor DSC and exact McNemar "

@@ -542,7 +542,7 @@ def run(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cluster.options import add_generator_options
+    from cluster.options import add_allow_root, add_generator_options
     p = sub.add_parser(
         "robustness", help="score a model on synthetic tumors shifted one dimension at a time",
         description="Controllable robustness benchmark (Section 5.5, Figure 6 of the paper): paint "
@@ -569,6 +569,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where the model runs (default auto: cuda when available)")
     p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="numpy",
                    help="synthesis backend (default numpy)")
-    p.add_argument("--allow-root", action="append", default=[], metavar="DIR_OR_URI")
+    add_allow_root(p)
     add_generator_options(p)
     p.set_defaults(func=run)

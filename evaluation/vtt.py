@@ -480,6 +480,7 @@ def _size_mix(text: str) -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from cluster.options import add_allow_root
     """Add ``vtt make`` and ``vtt score`` to the ``tumorforge`` subcommands."""
     p = sub.add_parser("vtt", help="Visual Turing Test: blinded real/synthetic packet and scoring",
                        description="Visual Turing Test (Section 5.1 of the paper): make a blinded "
@@ -510,7 +511,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--reuse-healthy", action="store_true",
                    help="allow several synthetic cases per healthy scan (a reader may recognize "
                         "the repeated anatomy)")
-    m.add_argument("--allow-root", action="append", default=[], metavar="DIR_OR_URI")
+    add_allow_root(m)
     m.set_defaults(func=_run_make)
 
     s = vsub.add_parser("score", help="score one reader's answer sheet as Table 2",

@@ -31,6 +31,7 @@ def _cmd_train(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from .models import MODELS
     t = sub.add_parser("train", help="train a segmentation model from generated datasets",
                        description="Stream crops from one or more datasets (local or s3://) and "
                                    "train a MONAI model. CONFIG is YAML (trainer/configs/); flags "
@@ -41,8 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a training dataset (repeatable; replaces the config's sources)")
     t.add_argument("--val", metavar="URL", help="held-out dataset for validation Dice")
     t.add_argument("--out")
-    t.add_argument("--model", choices=("unet", "swinunetr-tiny", "swinunetr-small",
-                                       "swinunetr-base"))
+    t.add_argument("--model", choices=MODELS)
     t.add_argument("--steps", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--accumulate", type=int)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import torch
-
+# torch is imported where a model is built, so command-line parsers can list MODELS cheaply.
 MODELS = ("unet", "swinunetr-tiny", "swinunetr-small", "swinunetr-base")
 SWIN_FEATURES = {"swinunetr-tiny": 12, "swinunetr-small": 24, "swinunetr-base": 48}
 NUM_CLASSES = 3
 
 
-def build_model(name: str) -> torch.nn.Module:
+def build_model(name: str) -> "torch.nn.Module":
     """``unet``: the paper's U-Net (channels 16-256, strides 2, two residual units per level);
     ``swinunetr-*``: Swin UNETR with feature size 12 / 24 / 48. Input: one channel, crops whose
     sides are multiples of 32 for Swin UNETR and of 16 for the U-Net."""
