@@ -9,11 +9,26 @@ import sys
 
 import numpy as np
 
-from .dataset import Dataset, DatasetError
-from .formats import COMMITS, INDEX, ZARR_ROOT, commit_key, tar_name
-from .provenance import Provenance, image_sha256, label_sha256
+from tumorforge.manifests.conventions import TUMOR, dice
+from tumorforge.manifests.dataset.names import COMMITS, TOP_LEVEL, commit_key
+from tumorforge.manifests.dataset.reader import Dataset, DatasetError
+from tumorforge.manifests.dataset.records import Provenance, image_sha256, label_sha256
 
-KNOWN_TOP = (INDEX, "plan.json", "job_report.json")
+# How closely crops from different backends (NumPy vs CuPy) must agree; same backend is bit-exact.
+CROSS_BACKEND_TUMOR_DICE_MIN = 0.99
+CROSS_BACKEND_MEAN_ABS_HU_MAX = 0.5
+
+
+def agreement(a_image: np.ndarray, a_label: np.ndarray, b_image: np.ndarray,
+              b_label: np.ndarray) -> dict:
+    """Tumor-label Dice and mean absolute HU difference between two renderings of one sample
+    (both tumor-free counts as Dice 1), and whether they are within the cross-backend tolerance."""
+    d = dice(a_label == TUMOR, b_label == TUMOR)
+    d = 1.0 if d is None else d
+    mae = float(np.abs(a_image.astype(np.float64) - b_image).mean())
+    return {"tumor_dice": d, "mean_abs_hu": mae,
+            "within_tolerance": d >= CROSS_BACKEND_TUMOR_DICE_MIN
+            and mae <= CROSS_BACKEND_MEAN_ABS_HU_MAX}
 
 
 def describe(p: Provenance) -> str:
@@ -38,17 +53,16 @@ def describe(p: Provenance) -> str:
 def regenerate(ds: Dataset, p: Provenance, backend_name: str | None, manifest: str | None,
                allow_roots) -> dict:
     """Re-draw the sample's parameters from its seed and re-synthesize it from the manifest scan."""
-    from generator.backend import get_backend
-    from generator.config import GeneratorConfig
-    from generator.params import SampleParams
-    from generator.sample import sample_params, sample_seed
-    from generator.synthesize import Crop, agreement, synthesize
-    from manifests.schema import default_roots, read_manifest
+    from tumorforge.generator.backend import get_backend
+    from tumorforge.generator.config import GeneratorConfig
+    from tumorforge.generator.params import SampleParams
+    from tumorforge.generator.sample import sample_params, sample_seed
+    from tumorforge.generator.synthesize import synthesize
+    from tumorforge.manifests.schema import default_roots, read_manifest
     from .scans import load_prepared
 
-    spec = ds.index["spec"]
-    manifest = manifest or spec["manifest"]
-    roots = default_roots(manifest, [*spec.get("allow_roots", []), *allow_roots])
+    manifest = manifest or ds.index.manifest
+    roots = default_roots(manifest, [*ds.index.allow_roots, *allow_roots])
     entries = {e.scan_id: e for e in read_manifest(manifest, roots)}
     if p.scan_id not in entries:
         raise DatasetError(f"scan {p.scan_id} is not in {manifest}")
@@ -69,7 +83,7 @@ def regenerate(ds: Dataset, p: Provenance, backend_name: str | None, manifest: s
            "label_match": label_sha256(crop.label) == p.label_sha256,
            "stored_matches_provenance": image_sha256(image) == p.image_sha256
            and label_sha256(label) == p.label_sha256}
-    out.update(agreement(Crop(image, label), crop))
+    out.update(agreement(image, label, crop.image, crop.label))
     return out
 
 
@@ -111,57 +125,44 @@ def verify(ds: Dataset) -> list[tuple[str, str]]:
     problems = []
     listed = set()
     for shard in ds.shards:
-        for key, want in shard["files"].items():
+        for key, want in shard.files.items():
             listed.add(key)
             try:
                 size, digest = ds.file_sha256(key)
             except FileNotFoundError:
                 problems.append((key, "missing"))
                 continue
-            if size != want["bytes"] or digest != want["sha256"]:
+            if size != want.bytes or digest != want.sha256:
                 problems.append((key, f"corrupt: {size} bytes sha256 {digest[:12]}..., index says "
-                                      f"{want['bytes']} bytes {want['sha256'][:12]}..."))
-        if not ds.objects.exists(commit_key(shard["shard"])):
-            problems.append((commit_key(shard["shard"]), "missing commit record"))
-    for key in ds.objects.list(""):
-        if key in listed or key in KNOWN_TOP or key.startswith(COMMITS + "/") \
+                                      f"{want.bytes} bytes {want.sha256[:12]}..."))
+        if not ds.has_object(commit_key(shard.shard)):
+            problems.append((commit_key(shard.shard), "missing commit record"))
+    for key in ds.list_objects():
+        if key in listed or key in TOP_LEVEL or key.startswith(COMMITS + "/") \
                 or key.endswith("zarr.json"):
             continue
         problems.append((key, "extra: not listed in index.json"))
     bad_files = {k for k, _ in problems}
     for shard in ds.shards:
-        expected = {s["key"]: s for s in shard["samples"]}
+        expected = {s.key: s for s in shard.samples}
         for fmt in ds.formats:
-            files = [k for k in shard["files"] if (k.startswith(ZARR_ROOT) if fmt == "zarr"
-                                                   else k == tar_name(shard["shard"]))]
-            if any(k in bad_files for k in files):
+            if any(k in bad_files for k in ds.shard_files(shard, fmt)):
                 continue
             try:
-                found = _samples(ds, shard, fmt)
+                found = ds.shard_samples(shard, fmt)
             except Exception as exc:      # a decoding error is a finding, not a crash
-                problems.append((f"shard {shard['shard']} ({fmt})", f"unreadable: {exc}"))
+                problems.append((f"shard {shard.shard} ({fmt})", f"unreadable: {exc}"))
                 continue
             for key, image, label in found:
                 want = expected.get(key)
                 if want is None:
                     problems.append((f"{key} ({fmt})", "sample not listed in the index"))
-                elif image_sha256(image) != want["image_sha256"] or \
-                        label_sha256(label) != want["label_sha256"]:
+                elif not want.matches(image, label):
                     problems.append((f"{key} ({fmt})", "sample hash differs from the index"))
             if len(found) != len(expected):
-                problems.append((f"shard {shard['shard']} ({fmt})",
+                problems.append((f"shard {shard.shard} ({fmt})",
                                  f"{len(found)} samples, index lists {len(expected)}"))
     return problems
-
-
-def _samples(ds: Dataset, shard: dict, fmt: str):
-    if fmt == "wds":
-        return [(key, image, label) for key, image, label, _ in ds.read_tar(shard["shard"])]
-    g = ds._zarr
-    lo, hi = shard["start"], shard["start"] + shard["count"]
-    keys = g["key"][lo:hi]
-    images, labels = g["image"][lo:hi], g["label"][lo:hi]
-    return list(zip(keys, images, labels))
 
 
 def _cmd_verify(args) -> int:
@@ -170,9 +171,9 @@ def _cmd_verify(args) -> int:
         problems = verify(ds)
     except DatasetError as exc:
         sys.exit(f"verify: {exc}")
-    n_files = sum(len(s["files"]) for s in ds.shards)
+    n_files = sum(len(s.files) for s in ds.shards)
     if problems:
-        from manifests.cli import format_table
+        from tumorforge.manifests.cli import format_table
         print(format_table(["object", "problem"], problems))
         print(f"{args.dataset}: {len(problems)} problem(s) in {len(ds.shards)} shard(s)")
         return 1

@@ -22,15 +22,15 @@ def _machine() -> dict:
 def _bench_scan(args, config):
     """The scan to benchmark on: a manifest scan, or a built-in phantom (synthetic CT)."""
     import numpy as np
-    from generator.prepare import prepare_scan
+    from tumorforge.generator.prepare import prepare_scan
     if args.manifest:
-        from manifests.schema import default_roots, read_manifest
+        from tumorforge.manifests.schema import default_roots, read_manifest
         from .scans import load_prepared
         entries = read_manifest(args.manifest, default_roots(args.manifest, args.allow_root))
         healthy = [e for e in entries if e.role == "healthy"] or entries
         entry = next((e for e in healthy if e.scan_id == args.scan), healthy[0])
         return load_prepared(entry, config), entry.scan_id
-    from manifests.phantoms import make_phantom
+    from tumorforge.manifests.phantoms import make_phantom
     ph = make_phantom(np.random.default_rng(args.phantom_seed), scale=args.phantom_scale)
     scan_id = f"phantom-{args.phantom_seed}"
     return prepare_scan(scan_id, ph.image, ph.organs, ph.affine, organ_values=(6,),
@@ -39,9 +39,9 @@ def _bench_scan(args, config):
 
 def bench_generator(args) -> int:
     import numpy as np
-    from generator.backend import BackendError, get_backend
-    from generator.sample import sample_params, sample_seed
-    from generator.synthesize import StepTimer, synthesize
+    from tumorforge.generator.backend import BackendError, get_backend
+    from tumorforge.generator.sample import sample_params, sample_seed
+    from tumorforge.generator.synthesize import StepTimer, synthesize
     from .options import config_from_args
 
     config = config_from_args(args)
@@ -99,20 +99,20 @@ def _report(report: dict, path: str | None) -> int:
 
 
 def bench_loader(args) -> int:
-    from trainer.bench import bench_loader as run
+    from tumorforge.trainer.bench import bench_loader as run
     print(f"loader benchmark: {args.dataset} ({args.format}), {args.workers} worker(s)")
     return _report(run(args.dataset, args.format, args.workers, args.batch_size, args.batches),
                    args.json)
 
 
 def bench_train(args) -> int:
-    from trainer.bench import bench_train as run
+    from tumorforge.trainer.bench import bench_train as run
     print(f"training benchmark: {args.model}, batch {args.batch_size}, {args.crop}^3 crops")
     return _report(run(args.model, args.batch_size, args.steps, args.crop, args.device), args.json)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from trainer.models import MODELS
+    from tumorforge.trainer.models import MODELS
     from .options import add_allow_root, add_generator_options
     b = sub.add_parser("bench", help="benchmarks (figures for the README's performance section)")
     bsub = b.add_subparsers(dest="bench_cmd", required=True, metavar="{generator,loader,train}")

@@ -21,12 +21,12 @@ DEMO_SAMPLES = 48
 
 def run(out: str, scale: float, seed: int, train_steps: int | None = None,
         eval_cases: int = 3) -> int:
-    from generator.backend import get_backend
-    from generator.config import GeneratorConfig
-    from manifests.build import build_manifest, validate_manifest
-    from manifests.phantoms import LABEL_VALUES, save_preview, write_layout
-    from manifests.schema import read_manifest, write_jsonl
-    from manifests.split import assign_folds
+    from tumorforge.generator.backend import get_backend
+    from tumorforge.generator.config import GeneratorConfig
+    from tumorforge.manifests.build import build_manifest, validate_manifest
+    from tumorforge.manifests.phantoms import LABEL_VALUES, save_preview, write_layout
+    from tumorforge.manifests.schema import read_manifest, write_jsonl
+    from tumorforge.manifests.split import assign_folds
     from .preview import write_preview
     from .scans import load_prepared
 
@@ -85,9 +85,9 @@ def run(out: str, scale: float, seed: int, train_steps: int | None = None,
 
 def _generate(out: str, manifest: str, seed: int) -> int:
     """Steps 5-6: a generation job with two actors, then verify and audit."""
-    from generator.config import GeneratorConfig
+    from tumorforge.generator.config import GeneratorConfig
     from .audit import describe, regenerate, verify
-    from .dataset import Dataset
+    from tumorforge.manifests.dataset.reader import Dataset
     from .job import run_job
     from .spec import JobSpec, Resources
 
@@ -116,9 +116,9 @@ def _generate(out: str, manifest: str, seed: int) -> int:
 
 def _train(out: str, steps: int | None) -> int:
     """Step 7: the small CPU training configuration on the demo dataset."""
-    import trainer
-    from trainer.config import load_config
-    from trainer.train import train
+    from tumorforge import trainer
+    from tumorforge.trainer.config import load_config
+    from tumorforge.trainer.train import train
     dataset = os.path.join(out, "dataset")
     path = os.path.join(os.path.dirname(trainer.__file__), "configs", "cpu-small.yaml")
     cfg = load_config(path, {"sources": [{"url": dataset}], "val": {"url": dataset},
@@ -134,8 +134,8 @@ def _train(out: str, steps: int | None) -> int:
 
 def _evaluate(out: str, lits_manifest: str, n: int) -> int:
     """Step 8: whole-scan evaluation on LiTS-style phantoms with tumors (and one without)."""
-    from evaluation.evaluate import evaluate
-    from manifests.schema import read_manifest, write_jsonl
+    from tumorforge.evaluation.evaluate import evaluate
+    from tumorforge.manifests.schema import read_manifest, write_jsonl
     entries = read_manifest(lits_manifest)
     tumor = [e for e in entries if e.role == "tumor"]
     healthy = [e for e in entries if e.role == "healthy"]

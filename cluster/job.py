@@ -15,20 +15,20 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 
-from generator import __version__ as GENERATOR_VERSION
-from manifests.schema import ManifestError, default_roots, read_manifest
+from tumorforge.generator import __version__ as GENERATOR_VERSION
+from tumorforge.manifests.schema import ManifestError, default_roots, read_manifest
 
-from . import formats
-from .objects import Objects
+from tumorforge.manifests.dataset import codecs
+from tumorforge.manifests.dataset.names import COMMITS, INDEX, PLAN, REPORT, commit_key
+from tumorforge.manifests.dataset.records import INDEX_FORMAT, DatasetIndex, ShardCommit
+from tumorforge.manifests.dataset.store import Objects
+from tumorforge.manifests.records import RecordError, loads, pretty_json
+
 from .plan import Plan, make_plan
 from .spec import JobSpec
-from .formats import COMMITS, INDEX, INDEX_FORMAT, commit_key
 from .worker import ScanLoadFailed, ShardWorker
 
-PLAN = "plan.json"
-REPORT = "job_report.json"
 ACTOR_START_TIMEOUT_S = 300
-DETERMINISTIC_COMMIT_FIELDS = ("dataset_id", "shard", "start", "count", "scans", "files", "samples")
 
 
 class JobError(RuntimeError):
@@ -102,7 +102,10 @@ def read_entries(spec: JobSpec) -> list:
 def prepare_output(plan: Plan, out: Objects) -> set[int]:
     """Check the output belongs to this dataset, write plan and metadata, return committed shards."""
     if out.exists(PLAN):
-        found = json.loads(out.get(PLAN)).get("dataset_id")
+        try:
+            found = loads(out.get(PLAN), out.url(PLAN)).get("dataset_id")
+        except (RecordError, AttributeError):
+            found = "(unreadable plan.json)"
         if found != plan.dataset_id:
             raise JobError(f"{out.url(PLAN)} holds dataset {found}, but this job plans "
                            f"{plan.dataset_id} (different spec, manifest scans or generator "
@@ -110,40 +113,45 @@ def prepare_output(plan: Plan, out: Objects) -> set[int]:
     stale = out.remove_stale_temporaries()
     if stale:
         print(f"removed {stale} temporary file(s) left by an interrupted writer")
-    out.put(PLAN, json.dumps(plan.to_json(), sort_keys=True, indent=1).encode())
+    out.put(PLAN, pretty_json(plan.to_json()))
     if "zarr" in plan.spec.formats:
         attrs = {"dataset_id": plan.dataset_id, "root_seed": plan.spec.root_seed,
                  "samples_per_shard": plan.spec.samples_per_shard, "index": INDEX}
-        for key, data in formats.zarr_metadata(plan.spec.samples, plan.spec.samples_per_shard,
+        for key, data in codecs.zarr_metadata(plan.spec.samples, plan.spec.samples_per_shard,
                                                plan.spec.generator.crop_size, attrs).items():
             out.put(key, data)
     committed = set()
     for key in out.list(COMMITS):
-        try:
-            record = json.loads(out.get(key))
-        except ValueError:
-            continue                                 # unreadable commit: redo the shard
-        if record.get("dataset_id") == plan.dataset_id and _files_present(out, record):
-            committed.add(int(record["shard"]))
+        record = _read_commit(out, key)
+        if record is not None and record.dataset_id == plan.dataset_id and \
+                all(out.exists(k) for k in record.files):
+            committed.add(record.shard)
     return committed
 
 
-def _files_present(out: Objects, record: dict) -> bool:
-    return all(out.exists(k) for k in record.get("files", {}))
+def _read_commit(out: Objects, key: str) -> ShardCommit | None:
+    """A commit record, or None if it is unreadable (its shard is then redone)."""
+    try:
+        return ShardCommit.from_json(loads(out.get(key), out.url(key)), out.url(key))
+    except (RecordError, FileNotFoundError):
+        return None
 
 
-def _write_index(plan: Plan, out: Objects, versions: dict) -> dict:
+def _write_index(plan: Plan, out: Objects, versions: dict) -> DatasetIndex:
     shards = []
     for shard in plan.shards:
-        record = json.loads(out.get(commit_key(shard.index)))
-        shards.append({k: record[k] for k in DETERMINISTIC_COMMIT_FIELDS})
+        record = _read_commit(out, commit_key(shard.index))
+        if record is None:
+            raise JobError(f"{out.url(commit_key(shard.index))}: commit record missing or "
+                           "unreadable; rerun the job to redo that shard")
+        shards.append(record.entry())
     # Where it was written and how it ran are not part of the dataset (it may be copied or moved).
     spec = {k: v for k, v in plan.spec.to_json().items() if k not in ("output", "resources")}
-    index = {"format": INDEX_FORMAT, "dataset_id": plan.dataset_id, "spec": spec,
-             "samples": plan.spec.samples, "samples_per_shard": plan.spec.samples_per_shard,
-             "formats": list(plan.spec.formats), "versions": versions, "plan": PLAN,
-             "shards": shards}
-    out.put(INDEX, json.dumps(index, sort_keys=True, indent=1).encode())
+    index = DatasetIndex(format=INDEX_FORMAT, dataset_id=plan.dataset_id, spec=spec,
+                         samples=plan.spec.samples, samples_per_shard=plan.spec.samples_per_shard,
+                         formats=tuple(plan.spec.formats), versions=versions, plan=PLAN,
+                         shards=tuple(shards))
+    out.put(INDEX, pretty_json(index.to_json()))
     return index
 
 
@@ -268,10 +276,10 @@ def run_job(spec: JobSpec, address: str | None = None, progress: bool = True,
             feed_idle()
             continue
         result.written += 1
-        result.samples += record["count"]
-        result.bytes += sum(f["bytes"] for f in record["files"].values())
-        run_log.append({"shard": shard, **{k: record[k] for k in ("seconds", "worker")}})
-        bar.update(record["count"])
+        result.samples += record.count
+        result.bytes += sum(f.bytes for f in record.files.values())
+        run_log.append({"shard": shard, "seconds": record.seconds, "worker": record.worker})
+        bar.update(record.count)
         feed_idle()
     bar.close()
     for handle in [*live.values(), *(h for _, h in starting.values())]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from generator.config import PROFILES, SCENARIOS, SIZE_TYPES, GeneratorConfig
+from tumorforge.generator.config import PROFILES, SCENARIOS, SIZE_TYPES, GeneratorConfig
 
 DEFAULTS = {"profile": "paper", "crop_size": 96, "spacing": 1.0, "negative_fraction": 0.1}
 

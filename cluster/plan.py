@@ -12,13 +12,14 @@ what, or when.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
-from generator import __version__ as GENERATOR_VERSION
-from manifests.schema import ScanEntry
+from tumorforge.generator import __version__ as GENERATOR_VERSION
+from tumorforge.manifests.dataset.names import sample_key, shard_name
+from tumorforge.manifests.records import canonical_json
+from tumorforge.manifests.schema import ScanEntry
 
 from .spec import JobSpec
 
@@ -40,7 +41,7 @@ class ShardPlan:
         return self.scans[(sample_index - self.start) % len(self.scans)]
 
     def name(self) -> str:
-        return f"shard-{self.index:06d}"
+        return shard_name(self.index)
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,7 @@ class Plan:
                             "scans": list(s.scans)} for s in self.shards]}
 
     def key(self, sample_index: int) -> str:
-        """A sample's key: unique across datasets, no dots (WebDataset splits names on dots)."""
-        return f"tf{self.dataset_id[:12]}_{sample_index:010d}"
-
-
-def _canonical(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+        return sample_key(self.dataset_id, sample_index)
 
 
 def make_plan(spec: JobSpec, entries: list[ScanEntry]) -> Plan:
@@ -91,5 +87,5 @@ def make_plan(spec: JobSpec, entries: list[ScanEntry]) -> Plan:
     identity = {"plan_version": PLAN_VERSION, "generator_version": GENERATOR_VERSION,
                 "identity": spec.identity(),
                 "scans": {sid: pool[sid].sha256 for sid in ids}}
-    dataset_id = hashlib.sha256(_canonical(identity)).hexdigest()[:24]
+    dataset_id = hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:24]
     return Plan(dataset_id, spec, pool, tuple(shards))

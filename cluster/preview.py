@@ -11,9 +11,9 @@ import sys
 def write_preview(scan, config, seed: int, index: int, out_dir: str, backend) -> list[str]:
     """Synthesize sample ``index`` of root ``seed`` into ``scan``; write PNG, NIfTI pair, params."""
     import numpy as np
-    from generator.preview import crop_affine, save_montage, save_nifti
-    from generator.sample import sample_params, sample_seed
-    from generator.synthesize import synthesize
+    from tumorforge.generator.preview import crop_affine, save_montage, save_nifti
+    from tumorforge.generator.sample import sample_params, sample_seed
+    from tumorforge.generator.synthesize import synthesize
 
     params = sample_params(np.random.default_rng(sample_seed(seed, index)), scan, config)
     crop = synthesize(scan, params, backend)
@@ -30,9 +30,9 @@ def write_preview(scan, config, seed: int, index: int, out_dir: str, backend) ->
 
 
 def run(args) -> int:
-    from generator.backend import BackendError, get_backend
-    from manifests.nifti import ScanError
-    from manifests.schema import ManifestError, default_roots, read_manifest
+    from tumorforge.generator.backend import BackendError, get_backend
+    from tumorforge.manifests.nifti import ScanError
+    from tumorforge.manifests.schema import ManifestError, default_roots, read_manifest
     from .options import config_from_args
     from .scans import load_prepared
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from generator.config import GeneratorConfig
-from generator.prepare import PreparedScan, prepare_scan
-from manifests.nifti import ScanError, read_volume
-from manifests.schema import ScanEntry
+from tumorforge.generator.config import GeneratorConfig
+from tumorforge.generator.prepare import PreparedScan, prepare_scan
+from tumorforge.manifests.nifti import ScanError, read_volume
+from tumorforge.manifests.schema import ScanEntry
 
 
 def load_prepared(entry: ScanEntry, config: GeneratorConfig) -> PreparedScan:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from generator.config import GeneratorConfig
+from tumorforge.generator.config import GeneratorConfig
 
 FORMATS = ("zarr", "wds")
 

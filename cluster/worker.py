@@ -8,24 +8,25 @@ readers trust only shards with a commit (``_commits/``) that ``index.json`` list
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import OrderedDict
 
 import numpy as np
 
-from generator import __version__ as GENERATOR_VERSION
-from generator.backend import get_backend
-from generator.prepare import PrepareError, PreparedScan
-from generator.sample import sample_params, sample_seed
-from generator.synthesize import synthesize
-from manifests.nifti import ScanError
+from tumorforge.generator import __version__ as GENERATOR_VERSION
+from tumorforge.generator.backend import get_backend
+from tumorforge.generator.prepare import PrepareError, PreparedScan
+from tumorforge.generator.sample import sample_params, sample_seed
+from tumorforge.generator.synthesize import synthesize
+from tumorforge.manifests.dataset import codecs, names
+from tumorforge.manifests.dataset.records import (Provenance, SampleHashes, ShardCommit,
+                                                  image_sha256, label_sha256)
+from tumorforge.manifests.dataset.store import Objects
+from tumorforge.manifests.nifti import ScanError
+from tumorforge.manifests.records import pretty_json
 
-from . import formats
-from .objects import Objects
 from .plan import Plan
-from .provenance import Provenance, image_sha256, label_sha256
 from .scans import load_prepared
 
 FAULT_ENV = "TUMORFORGE_FAULT"   # tests only: "die_before_commit:<shard>:<marker file>"
@@ -91,7 +92,7 @@ class ShardWorker:
                     time.sleep(min(2.0, 0.2 * attempt))
         raise ScanLoadFailed(scan_id, entry.image, reason, retries + 1)
 
-    def write_shard(self, k: int) -> dict:
+    def write_shard(self, k: int) -> ShardCommit:
         """Synthesize shard ``k``, write its objects, then its commit record; return the record."""
         t0 = time.perf_counter()
         shard = self.plan.shards[k]
@@ -107,15 +108,14 @@ class ShardWorker:
             crop = synthesize(scan, params, self.backend)
             key = self.plan.key(i)
             entry = self.plan.scans[scan.scan_id]
-            hashes.append({"key": key, "image_sha256": image_sha256(crop.image),
-                           "label_sha256": label_sha256(crop.label)})
+            hashes.append(SampleHashes(key, image_sha256(crop.image), label_sha256(crop.label)))
             provenance.append(Provenance(
                 key=key, index=i, shard=k, dataset_id=self.plan.dataset_id,
                 root_seed=self.spec.root_seed, spawn_key=(i,), scan_id=scan.scan_id,
                 scan_sha256=dict(entry.sha256), generator_version=GENERATOR_VERSION,
                 profile=config.profile, backend=self.backend.name, versions=versions,
                 generator_config=config.to_json(), params=params.to_json(),
-                image_sha256=hashes[-1]["image_sha256"], label_sha256=hashes[-1]["label_sha256"],
+                image_sha256=hashes[-1].image_sha256, label_sha256=hashes[-1].label_sha256,
                 shape=tuple(crop.image.shape)).to_json_text())
             images.append(crop.image)
             labels.append(crop.label)
@@ -124,21 +124,21 @@ class ShardWorker:
         images, labels = np.stack(images), np.stack(labels)
         objects: dict[str, bytes] = {}
         if "zarr" in self.spec.formats:
-            objects.update(formats.zarr_shard_objects(
+            objects.update(codecs.zarr_shard_objects(
                 k, images, labels, keys, range(shard.start, shard.start + shard.count),
                 provenance, self.spec.samples_per_shard))
         if "wds" in self.spec.formats:
-            objects[formats.tar_name(k)] = formats.tar_shard(keys, images, labels, provenance)
+            objects[names.tar_name(k)] = codecs.tar_shard(keys, images, labels, provenance)
         files = {key: self.out.put(key, data) for key, data in sorted(objects.items())}
         self._maybe_fault(k)
-        record = {"dataset_id": self.plan.dataset_id, "shard": k, "start": shard.start,
-                  "count": shard.count, "scans": list(shard.scans), "files": files,
-                  "samples": hashes,
-                  "seconds": {"load": round(t_load, 3), "synthesize": round(t_synth, 3),
-                              "encode_write": round(time.perf_counter() - t0 - t_load - t_synth, 3)},
-                  "worker": {"pid": os.getpid(), "backend": self.backend.name,
-                             "scan_loads": self.cache.loads}}
-        self.out.put(formats.commit_key(k), json.dumps(record, sort_keys=True, indent=1).encode())
+        record = ShardCommit(
+            dataset_id=self.plan.dataset_id, shard=k, start=shard.start, count=shard.count,
+            scans=tuple(shard.scans), files=files, samples=tuple(hashes),
+            seconds={"load": round(t_load, 3), "synthesize": round(t_synth, 3),
+                     "encode_write": round(time.perf_counter() - t0 - t_load - t_synth, 3)},
+            worker={"pid": os.getpid(), "backend": self.backend.name,
+                    "scan_loads": self.cache.loads})
+        self.out.put(names.commit_key(k), pretty_json(record.to_json()))
         return record
 
     @staticmethod

@@ -43,8 +43,8 @@ def strict(obj):
 def evaluate(checkpoint: str, manifest: str, out: str, *, allow_roots=(), fold: int | None = None,
              limit: int | None = None, overlap: float = 0.75, sw_batch: int = 2, roi: int = 96,
              tolerance_mm: float = 2.0, device: str = "auto", seed: int = 0, log=print) -> dict:
-    from manifests.nifti import read_volume
-    from manifests.schema import default_roots, read_manifest
+    from tumorforge.manifests.nifti import read_volume
+    from tumorforge.manifests.schema import default_roots, read_manifest
     from .model import load_model
     from .infer import segment
 
@@ -146,7 +146,7 @@ def compare(a_path: str, b_path: str) -> dict:
 
 
 def _cmd_evaluate(args) -> int:
-    from manifests.schema import ManifestError
+    from tumorforge.manifests.schema import ManifestError
     try:
         summary = evaluate(args.checkpoint, args.manifest, args.out, allow_roots=args.allow_root,
                            fold=args.fold, limit=args.limit, overlap=args.overlap,
@@ -182,7 +182,7 @@ def _cmd_compare(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cluster.options import add_allow_root
+    from tumorforge.cluster.options import add_allow_root
     e = sub.add_parser("evaluate", help="score a checkpoint on annotated scans (DSC, NSD, detection)",
                        description="Whole-scan sliding-window inference (RAS, 1 mm, overlap 0.75, "
                                    "Gaussian), post-processing, predictions saved as NIfTI on each "

@@ -15,8 +15,8 @@ import numpy as np
 import scipy.ndimage as ndi
 import torch
 
-from generator.prepare import Regrid, to_ras
-from trainer.augment import window
+from tumorforge.generator.prepare import Regrid, to_ras
+from tumorforge.trainer.augment import window
 
 from .metrics import CONNECTIVITY_26
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import torch
 
-from trainer.augment import window
-from trainer.models import build_model
+from tumorforge.trainer.augment import window
+from tumorforge.trainer.models import build_model
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -21,7 +21,7 @@ def load_model(checkpoint: str, device: torch.device | str = "auto") -> tuple[to
     """The model of a ``trainer`` checkpoint (``OUT/checkpoints/step-*.pt`` or a run folder, whose
     newest checkpoint is taken), in eval mode on ``device``; and the training config it recorded."""
     import os
-    from trainer import checkpoint as ckpt
+    from tumorforge.trainer import checkpoint as ckpt
     path = checkpoint
     if os.path.isdir(path):
         folder = path if ckpt.list_steps(path) else os.path.join(path, "checkpoints")

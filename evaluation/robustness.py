@@ -61,9 +61,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from generator.config import GeneratorConfig
-from generator.params import PaperTumor, SampleParams
-from generator.prepare import PreparedScan
+from tumorforge.generator.config import GeneratorConfig
+from tumorforge.generator.params import PaperTumor, SampleParams
+from tumorforge.generator.prepare import PreparedScan
 
 DIMENSIONS = ("shape", "size", "texture", "intensity", "location")
 # PaperTumor field each dimension moves, its unit, and the valid range shifted values are clipped to
@@ -183,7 +183,7 @@ def estimate_prior(scan: PreparedScan, config: GeneratorConfig, samples: int = 4
                    depth: LiverDepth | None = None) -> dict[str, Prior]:
     """mu and sigma (population sd) of every dimension over the tumors that ``config`` draws on
     ``scan``: ``samples`` draws of ``sample_params`` with seeds (seed, 0..samples-1)."""
-    from generator.sample import sample_params, sample_seed
+    from tumorforge.generator.sample import sample_params, sample_seed
     _require_paper(config)
     depth = depth or LiverDepth(scan)
     values: dict[str, list[float]] = {d: [] for d in DIMENSIONS}
@@ -210,7 +210,7 @@ def _clip(dimension: str, value: float, depth: LiverDepth) -> float:
 def base_params(scan: PreparedScan, config: GeneratorConfig, seed: int, index: int) -> SampleParams:
     """Sample ``index`` of root ``seed`` from the single-lesion configuration, reduced to its first
     tumor with the crop centered on it: the unshifted case every level starts from."""
-    from generator.sample import sample_params, sample_seed
+    from tumorforge.generator.sample import sample_params, sample_seed
     params = sample_params(np.random.default_rng(sample_seed(seed, index)), scan,
                            single_lesion_config(config))
     return _centered(params, params.tumors[0])
@@ -307,8 +307,8 @@ def run_sweep(scans: Sequence[PreparedScan], predict: Predictor, config: Generat
     """Synthesize every planned case (crops ``(Z, Y, X)``, HU), run ``predict`` on its image and score
     it against its label. ``config`` is the training configuration; ``prior`` is estimated from it
     on ``scans[0]`` when not given. Returns one dict per case: Case fields plus the scores."""
-    from generator.backend import get_backend
-    from generator.synthesize import synthesize
+    from tumorforge.generator.backend import get_backend
+    from tumorforge.generator.synthesize import synthesize
     backend = backend or get_backend("numpy")
     depths = {} if depths is None else depths
     if not scans:
@@ -476,11 +476,11 @@ def _cuda_available() -> bool:
 
 
 def run(args) -> int:
-    from cluster.options import config_from_args
-    from cluster.scans import load_prepared
-    from generator.backend import BackendError, get_backend
-    from manifests.nifti import ScanError
-    from manifests.schema import ManifestError, default_roots, read_manifest
+    from tumorforge.cluster.options import config_from_args
+    from tumorforge.cluster.scans import load_prepared
+    from tumorforge.generator.backend import BackendError, get_backend
+    from tumorforge.manifests.nifti import ScanError
+    from tumorforge.manifests.schema import ManifestError, default_roots, read_manifest
     from .model import load_model, pick_device, predict_crop
 
     try:
@@ -542,7 +542,7 @@ def run(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cluster.options import add_allow_root, add_generator_options
+    from tumorforge.cluster.options import add_allow_root, add_generator_options
     p = sub.add_parser(
         "robustness", help="score a model on synthetic tumors shifted one dimension at a time",
         description="Controllable robustness benchmark (Section 5.5, Figure 6 of the paper): paint "

@@ -164,14 +164,14 @@ def make_packet(real_manifest: str, healthy_manifest: str, out_dir: str, n_real:
     """
     import numpy as np
 
-    from cluster.options import parse_mix
-    from cluster.scans import load_prepared
-    from generator import __version__
-    from generator.backend import get_backend
-    from generator.config import GeneratorConfig
-    from generator.sample import sample_params, sample_seed
-    from generator.synthesize import TUMOR_LABEL, synthesize
-    from manifests.schema import default_roots, read_manifest
+    from tumorforge.cluster.options import parse_mix
+    from tumorforge.cluster.scans import load_prepared
+    from tumorforge.generator import __version__
+    from tumorforge.generator.backend import get_backend
+    from tumorforge.generator.config import GeneratorConfig
+    from tumorforge.generator.sample import sample_params, sample_seed
+    from tumorforge.generator.synthesize import TUMOR_LABEL, synthesize
+    from tumorforge.manifests.schema import default_roots, read_manifest
 
     if n_real < 0 or n_synthetic < 0 or n_real + n_synthetic == 0:
         raise VTTError(f"need at least one case: n_real={n_real}, n_synthetic={n_synthetic}")
@@ -434,9 +434,9 @@ def format_report(result: dict) -> str:
 
 
 def _run_make(args) -> int:
-    from generator.prepare import PrepareError
-    from manifests.nifti import ScanError
-    from manifests.schema import ManifestError
+    from tumorforge.generator.prepare import PrepareError
+    from tumorforge.manifests.nifti import ScanError
+    from tumorforge.manifests.schema import ManifestError
     try:
         summary = make_packet(args.real, args.healthy, args.out, args.n_real, args.n_synthetic,
                               args.seed, profile=args.profile, size_mix=args.size_mix,
@@ -474,13 +474,13 @@ def _run_score(args) -> int:
 
 def _size_mix(text: str) -> str:
     """argparse check of --size-mix; the text itself is passed on to make_packet."""
-    from cluster.options import parse_mix
+    from tumorforge.cluster.options import parse_mix
     parse_mix(text)
     return text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cluster.options import add_allow_root
+    from tumorforge.cluster.options import add_allow_root
     """Add ``vtt make`` and ``vtt score`` to the ``tumorforge`` subcommands."""
     p = sub.add_parser("vtt", help="Visual Turing Test: blinded real/synthetic packet and scoring",
                        description="Visual Turing Test (Section 5.1 of the paper): make a blinded "

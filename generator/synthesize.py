@@ -26,22 +26,6 @@ from .prepare import PAD_HU, PreparedScan
 
 HU_MIN, HU_MAX = -1024, 3071
 TUMOR_LABEL, LIVER_LABEL = 2, 1
-# How closely crops from different backends (NumPy vs CuPy) must agree; same backend is bit-exact.
-CROSS_BACKEND_TUMOR_DICE_MIN = 0.99
-CROSS_BACKEND_MEAN_ABS_HU_MAX = 0.5
-
-
-def agreement(a: "Crop", b: "Crop") -> dict:
-    """Tumor-label Dice and mean absolute HU difference between two crops of the same sample."""
-    ta, tb = a.label == TUMOR_LABEL, b.label == TUMOR_LABEL
-    denom = int(ta.sum() + tb.sum())
-    dice = 1.0 if denom == 0 else 2.0 * float((ta & tb).sum()) / denom
-    mae = float(np.abs(a.image.astype(np.float64) - b.image).mean())
-    return {"tumor_dice": dice, "mean_abs_hu": mae,
-            "within_tolerance": dice >= CROSS_BACKEND_TUMOR_DICE_MIN
-            and mae <= CROSS_BACKEND_MEAN_ABS_HU_MAX}
-
-
 class StepTimer:
     """Wall time per named step; synchronizes the GPU so a step's time is its own."""
 

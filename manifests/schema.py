@@ -249,18 +249,9 @@ def read_manifest(uri: str, allowed: storage.AllowedRoots | None = None) -> list
 
 
 def write_jsonl(uri: str, records: Iterable) -> None:
-    """Write records (anything with ``to_json``) as JSON Lines, atomically on local disk."""
+    """Write records (anything with ``to_json``) as JSON Lines, atomically."""
     text = "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in records).encode()
-    if storage.is_remote(uri):
-        fs, path = storage.filesystem(uri)
-        with fs.open(path, "wb") as f:
-            f.write(text)
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
-    tmp = f"{uri}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(text)
-    os.replace(tmp, uri)
+    storage.write_atomic(uri, text)
 
 
 def rejected_path(manifest_uri: str) -> str:

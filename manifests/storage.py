@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import uuid
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -65,6 +66,35 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem serving ``uri`` and the path within it."""
     fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri))
     return fs, path
+
+
+TMP_MARK = ".tmp-"
+
+
+def write_atomic(uri: str, data: bytes) -> None:
+    """Write ``data`` at ``uri`` in one go, so that a reader never sees half of it.
+
+    Local disk: a temporary name in the same folder (``<name>.tmp-<random>``), fsync, then a rename
+    over the final name (atomic on POSIX). Object storage: one upload (a single PUT, or a multipart
+    upload that S3 makes visible only when complete).
+    """
+    if is_remote(uri):
+        fs, path = filesystem(uri)
+        fs.pipe_file(path, data)
+        return
+    final = os.path.abspath(uri.removeprefix("file://"))
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp = f"{final}{TMP_MARK}{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def open_binary(uri: str) -> BinaryIO:

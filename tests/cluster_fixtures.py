@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import write_nifti
-from manifests.build import build_manifest
-from manifests.schema import LabelMap
+from tumorforge.manifests.build import build_manifest
+from tumorforge.manifests.schema import LabelMap
 
 
 def liver_scan(seed: int, shape=(90, 80, 40), spacing=(1.0, 1.0, 2.0)):
@@ -37,8 +37,8 @@ def healthy_manifest(root, n_scans: int = 3):
 
 def small_spec(manifest, output, **kw):
     """A fast job: 32^3 crops of tiny and small tumors."""
-    from cluster.spec import JobSpec, Resources
-    from generator.config import GeneratorConfig
+    from tumorforge.cluster.spec import JobSpec, Resources
+    from tumorforge.generator.config import GeneratorConfig
     gen = GeneratorConfig(crop_size=(32, 32, 32), size_mix={"tiny": 1.0, "small": 1.0},
                           negative_fraction=0.2)
     defaults = dict(manifest=str(manifest), output=str(output), samples=14, samples_per_shard=4,
@@ -50,11 +50,11 @@ def small_spec(manifest, output, **kw):
 def write_dataset(manifest, output, **spec_kw):
     """A finished dataset written without Ray (the writer and index code of a job, run inline)."""
     import dataclasses
-    from cluster.job import _versions, _write_index, prepare_output
-    from cluster.objects import Objects
-    from cluster.plan import make_plan
-    from cluster.worker import ShardWorker
-    from manifests.schema import read_manifest
+    from tumorforge.cluster.job import _versions, _write_index, prepare_output
+    from tumorforge.manifests.dataset.store import Objects
+    from tumorforge.cluster.plan import make_plan
+    from tumorforge.cluster.worker import ShardWorker
+    from tumorforge.manifests.schema import read_manifest
     spec = small_spec(manifest, output, **spec_kw)
     plan = make_plan(dataclasses.replace(spec), read_manifest(str(manifest)))
     out = Objects(str(output))

@@ -54,7 +54,7 @@ def tiny_lits(tmp_path):
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory):
     """Phantom datasets in all four layouts, small (scale 0.15) so the suite stays fast."""
-    from manifests.phantoms import write_layout
+    from tumorforge.manifests.phantoms import write_layout
     root = tmp_path_factory.mktemp("phantoms")
     cases = {"lits": 4, "msd": 2, "btcv": 2, "chaos": 2}
     written = {layout: write_layout(layout, root / layout, n, seed=7, scale=0.15)

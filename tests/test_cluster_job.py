@@ -10,14 +10,14 @@ import shutil
 import numpy as np
 import pytest
 
-from cluster.audit import verify
-from cluster.cli import main
-from cluster.dataset import Dataset
-from cluster.job import JobError, run_job
-from cluster.plan import make_plan
-from cluster.spec import Resources
+from tumorforge.cluster.audit import verify
+from tumorforge.cluster.front_door import main
+from tumorforge.manifests.dataset.reader import Dataset
+from tumorforge.cluster.job import JobError, run_job
+from tumorforge.cluster.plan import make_plan
+from tumorforge.cluster.spec import Resources
 from cluster_fixtures import healthy_manifest, small_spec
-from manifests.schema import read_manifest
+from tumorforge.manifests.schema import read_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def _shard_hashes(path) -> dict:
 
 def test_dataset_is_complete_and_consistent(reference):
     ds = Dataset(str(reference))
-    assert len(ds) == 14 and [s["count"] for s in ds.shards] == [4, 4, 4, 2]
+    assert len(ds) == 14 and [s.count for s in ds.shards] == [4, 4, 4, 2]
     assert len(set(ds.keys)) == 14 and all("." not in k for k in ds.keys)
     assert verify(ds) == []
     zarr_image, zarr_label, prov = ds.sample(9)
@@ -189,13 +189,13 @@ def test_s3_output_through_a_local_endpoint(ray_local, scans, s3_server, referen
     ds = Dataset(url)
     assert verify(ds) == []
     local = json.loads((reference / "index.json").read_text())
-    assert ds.index["shards"] == local["shards"]
+    assert ds.index.to_json()["shards"] == local["shards"]
     image, label, prov = ds.sample(5)
     assert prov.index == 5 and image.shape == (32, 32, 32)
 
 
 def test_example_job_file_and_flags(tmp_path):
-    from cluster.spec import SpecError, load_spec
+    from tumorforge.cluster.spec import SpecError, load_spec
     spec = load_spec("cluster/examples/job.yaml", {"samples": 10, "resources": {"actors": 3}})
     assert spec.samples == 10 and spec.resources.actors == 3 and spec.samples_per_shard == 32
     assert spec.generator.size_mix["mix"] == 0.2 and spec.formats == ("zarr", "wds")

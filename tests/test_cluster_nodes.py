@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from cluster.audit import verify
-from cluster.dataset import Dataset
-from cluster.job import run_job
-from cluster.spec import Resources
+from tumorforge.cluster.audit import verify
+from tumorforge.manifests.dataset.reader import Dataset
+from tumorforge.cluster.job import run_job
+from tumorforge.cluster.spec import Resources
 from cluster_fixtures import healthy_manifest, small_spec
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,9 @@ import time
 import pytest
 import yaml
 
-from cluster.audit import verify
-from cluster.cli import main
-from cluster.dataset import Dataset
+from tumorforge.cluster.audit import verify
+from tumorforge.cluster.front_door import main
+from tumorforge.manifests.dataset.reader import Dataset
 from cluster_fixtures import healthy_manifest
 
 pytestmark = pytest.mark.slow

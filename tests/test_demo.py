@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cluster.cli import main
+from tumorforge.cluster.front_door import main
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):

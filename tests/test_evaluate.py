@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.cli import main
-from evaluation.infer import postprocess, segment
+from tumorforge.cluster.front_door import main
+from tumorforge.evaluation.infer import postprocess, segment
 
 
 class Threshold(torch.nn.Module):
@@ -52,9 +52,9 @@ def test_postprocess_drops_tumor_far_from_the_liver():
 
 @pytest.mark.slow
 def test_evaluate_command_writes_predictions_metrics_and_report(tmp_path, capsys):
-    from manifests.build import build_manifest
-    from manifests.phantoms import write_layout
-    from trainer.models import build_model
+    from tumorforge.manifests.build import build_manifest
+    from tumorforge.manifests.phantoms import write_layout
+    from tumorforge.trainer.models import build_model
     cases = write_layout("lits", tmp_path / "lits", 4, seed=3, scale=0.12)
     manifest = tmp_path / "lits" / "m.jsonl"
     build_manifest("lits", str(tmp_path / "lits"), str(manifest))

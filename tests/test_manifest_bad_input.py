@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_scan, write_nifti
-from manifests.build import build_manifest, validate_manifest
-from manifests.nifti import ScanError, read_volume
+from tumorforge.manifests.build import build_manifest, validate_manifest
+from tumorforge.manifests.nifti import ScanError, read_volume
 
 
 def _good_case(root, n=0):

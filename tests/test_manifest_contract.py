@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from cluster.cli import build_parser, main
-from manifests.build import build_manifest, validate_manifest
-from manifests.schema import LabelMap, ManifestError, read_manifest
-from manifests.split import assign_folds
+from tumorforge.cluster.front_door import build_parser, main
+from tumorforge.manifests.build import build_manifest, validate_manifest
+from tumorforge.manifests.schema import LabelMap, ManifestError, read_manifest
+from tumorforge.manifests.split import assign_folds
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_validate_detects_recorded_role_drift(manifest):
 
 
 def _entries(n_tumor, n_healthy, tmp_path):
-    from manifests.schema import ScanEntry
+    from tumorforge.manifests.schema import ScanEntry
     return [ScanEntry(scan_id=f"s{i:02d}", image="a", label="b", label_map=LabelMap(liver=(1,)),
                       role="tumor" if i < n_tumor else "healthy", source="lits",
                       sha256={"image": "0" * 64, "label": "0" * 64}, shape=(1, 1, 1),

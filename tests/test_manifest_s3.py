@@ -5,9 +5,9 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from cluster.cli import main
-from manifests.nifti import read_volume
-from manifests.schema import ManifestError, read_manifest, default_roots
+from tumorforge.cluster.front_door import main
+from tumorforge.manifests.nifti import read_volume
+from tumorforge.manifests.schema import ManifestError, read_manifest, default_roots
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_build_validate_and_read_from_s3(bucket, tiny_lits, tmp_path, capsys):
 
 
 def test_s3_prefix_confinement(bucket):
-    from manifests.storage import AllowedRoots, PathEscapeError
+    from tumorforge.manifests.storage import AllowedRoots, PathEscapeError
     roots = AllowedRoots.of([f"s3://{bucket}/lits"])
     assert roots.check(f"s3://{bucket}/lits/volume-0.nii") == f"s3://{bucket}/lits/volume-0.nii"
     for bad in (f"s3://{bucket}/lits-other/x.nii", f"s3://{bucket}/lits/../secret.nii",

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from evaluation.evaluate import compare
-from evaluation.metrics import case_metrics, dice, lesions, nsd, summarize
+from tumorforge.evaluation.evaluate import compare
+from tumorforge.evaluation.metrics import case_metrics, dice, lesions, nsd, summarize
 
 
 def ball(shape, center, radius_mm, spacing):
@@ -128,7 +128,7 @@ def test_compare_wilcoxon_and_mcnemar(tmp_path):
 
 
 def test_compare_command_writes_json(tmp_path, capsys):
-    from cluster.cli import main
+    from tumorforge.cluster.front_door import main
     a = _summary(tmp_path / "a.json", [0.8, 0.6], [[True], [False]])
     b = _summary(tmp_path / "b.json", [0.7, 0.6], [[False], [False]])
     out = tmp_path / "cmp.json"

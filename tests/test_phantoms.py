@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from manifests.build import build_manifest, validate_manifest
-from manifests.phantoms import make_phantom, save_preview, write_layout
-from manifests.schema import default_roots, read_manifest
+from tumorforge.manifests.build import build_manifest, validate_manifest
+from tumorforge.manifests.phantoms import make_phantom, save_preview, write_layout
+from tumorforge.manifests.schema import default_roots, read_manifest
 
 EXPECTED_FILES = {
     "lits": ("volume-0.nii", "segmentation-0.nii"),

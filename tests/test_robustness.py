@@ -11,10 +11,10 @@ import json
 import numpy as np
 import pytest
 
-from evaluation import robustness as rb
-from generator.config import GeneratorConfig
-from generator.synthesize import synthesize
-from generator.backend import get_backend
+from tumorforge.evaluation import robustness as rb
+from tumorforge.generator.config import GeneratorConfig
+from tumorforge.generator.synthesize import synthesize
+from tumorforge.generator.backend import get_backend
 
 CROP = 48
 CONFIG = GeneratorConfig(crop_size=(CROP,) * 3)
@@ -23,10 +23,10 @@ CONFIG = GeneratorConfig(crop_size=(CROP,) * 3)
 @pytest.fixture(scope="module")
 def healthy(tmp_path_factory):
     """Two healthy BTCV phantom scans, their manifest, prepared scans, a prior and depth maps."""
-    from cluster.scans import load_prepared
-    from manifests.build import build_manifest
-    from manifests.phantoms import write_layout
-    from manifests.schema import default_roots, read_manifest
+    from tumorforge.cluster.scans import load_prepared
+    from tumorforge.manifests.build import build_manifest
+    from tumorforge.manifests.phantoms import write_layout
+    from tumorforge.manifests.schema import default_roots, read_manifest
     root = tmp_path_factory.mktemp("robustness")
     write_layout("btcv", root / "btcv", 2, seed=2, scale=0.15)
     manifest = str(root / "healthy.jsonl")
@@ -155,7 +155,7 @@ def test_outputs_are_complete_and_reproducible(healthy, tmp_path):
     lines = open(first["cases.csv"]).read().splitlines()
     assert lines[0].startswith("dimension,k,value") and len(lines) == 1 + 2 * 3 * 2
     # Each case's record regenerates it exactly.
-    from generator.params import SampleParams
+    from tumorforge.generator.params import SampleParams
     record = json.loads(open(first["cases.jsonl"]).readline())
     params = SampleParams.from_json(record["params"])
     case = rb.case_params(healthy["scans"][record["index"] % 2], CONFIG, healthy["prior"],
@@ -172,7 +172,7 @@ def _cli(argv):
 
 def test_cli_end_to_end_with_an_untrained_checkpoint(healthy, tmp_path):
     import torch
-    from trainer.models import build_model
+    from tumorforge.trainer.models import build_model
     checkpoint = tmp_path / "step-000000000.pt"
     torch.manual_seed(0)
     torch.save({"model": build_model("unet").state_dict(), "config": json.dumps({"model": "unet"}),

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from cluster.dataset import Dataset, DatasetError
+from tumorforge.manifests.dataset.reader import Dataset, DatasetError
 from cluster_fixtures import healthy_manifest, write_dataset
-from trainer.config import load_config
-from trainer.data import MixedStream, Source, WdsStream, ZarrStream, collate
-from trainer.train import train
+from tumorforge.trainer.config import load_config
+from tumorforge.trainer.data import MixedStream, Source, WdsStream, ZarrStream, collate
+from tumorforge.trainer.train import train
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def test_torchrun_ddp_on_two_cpu_processes(datasets, tmp_path):
     import sys
     out = tmp_path / "ddp"
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "cluster.cli",
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "tumorforge.cluster",
                            "train", "--source", str(datasets[0]), "--out", str(out), "--steps", "2",
                            "--batch-size", "1", "--workers", "0", "--log-every", "1",
                            "--checkpoint-every", "2", "--device", "cpu"],

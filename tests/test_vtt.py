@@ -16,9 +16,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from evaluation import vtt
-from manifests.build import build_manifest
-from manifests.phantoms import write_layout
+from tumorforge.evaluation import vtt
+from tumorforge.manifests.build import build_manifest
+from tumorforge.manifests.phantoms import write_layout
 
 N_REAL, N_SYNTHETIC, SEED = 2, 2, 3
 

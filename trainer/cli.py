@@ -7,7 +7,7 @@ import sys
 
 
 def _cmd_train(args) -> int:
-    from cluster.dataset import DatasetError
+    from tumorforge.manifests.dataset.reader import DatasetError
     from .config import ConfigError, load_config, parse_source
     from .train import TrainError, train
     overrides = {k: getattr(args, k) for k in ("out", "model", "steps", "batch_size", "accumulate",

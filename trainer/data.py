@@ -1,6 +1,6 @@
 """Streaming training samples from generated datasets (local or ``s3://``), never unpickling.
 
-Two readers over the dataset format of ``cluster/dataset.py``:
+Two readers over the dataset contract of ``manifests/dataset/``:
 - **zarr**: random access with an exact-epoch order: epoch e is a permutation of all samples seeded by
   (seed, e); rank r takes every world-th sample of it and DataLoader worker w every n-th of that, so
   each sample is read once per epoch and a stream can be resumed at any sample without reading what
@@ -23,9 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from cluster.dataset import Dataset, DatasetError
-from cluster.formats import read_tar, tar_name
-from cluster.provenance import image_sha256, label_sha256
+from tumorforge.manifests.dataset.names import parse_shard, tar_name
+from tumorforge.manifests.dataset.reader import Dataset, DatasetError
 
 FORMATS = ("zarr", "wds")
 
@@ -57,15 +56,14 @@ class _Checker:
     """Per-sample integrity against the index."""
 
     def __init__(self, ds: Dataset):
-        self.expected = {s["key"]: s for shard in ds.shards for s in shard["samples"]}
-        self.shape = tuple(ds.index["spec"]["generator"]["crop_size"])[::-1]
+        self.expected = ds.expected
+        self.shape = ds.crop_shape
 
     def sample(self, key, image, label) -> dict:
         want = self.expected.get(key)
         ok = (want is not None and image.shape == self.shape and label.shape == self.shape
               and image.dtype == np.int16 and label.dtype == np.uint8
-              and image_sha256(image) == want["image_sha256"]
-              and label_sha256(label) == want["label_sha256"])
+              and want.matches(image, label))
         if not ok:
             image = np.zeros(self.shape, np.int16)
             label = np.zeros(self.shape, np.uint8)
@@ -103,10 +101,8 @@ class ZarrStream:
             epoch += 1
 
     def load(self, i: int) -> dict:
-        g = self.ds._zarr
         try:
-            key = str(g["key"][i:i + 1][0])
-            return self.check.sample(key, g["image"][i], g["label"][i])
+            return self.check.sample(*self.ds.zarr_sample(i))
         except Exception:            # undecodable chunk: corrupt, not fatal
             return self.check.sample(f"index-{i}", np.zeros(0), np.zeros(0))
 
@@ -119,7 +115,7 @@ class WdsStream:
         self.ds, self.seed, self.rank, self.world = ds, seed, rank, world
         self.resample, self.shuffle_buffer = resample, shuffle_buffer
         self.check = _Checker(ds)
-        self.urls = [tar_name(s["shard"]) for s in ds.shards]
+        self.urls = [tar_name(s.shard) for s in ds.shards]
 
     def pipeline(self, start_epoch: int = 0):
         import webdataset as wds
@@ -143,11 +139,10 @@ class WdsStream:
         for item in shards:
             url = item["url"]
             try:
-                members = read_tar(self.ds.objects.get(url))
+                members = self.ds.read_tar_object(url)
             except Exception:        # unreadable tar: every sample of it counts as corrupt
-                shard = int(url.rsplit("-", 1)[1].split(".")[0])
-                for s in self.ds.shards[shard]["samples"]:
-                    yield self.check.sample(s["key"], np.zeros(0), np.zeros(0))
+                for s in self.ds.shards[parse_shard(url)].samples:
+                    yield self.check.sample(s.key, np.zeros(0), np.zeros(0))
                 continue
             for key, image, label, _ in members:
                 yield self.check.sample(key, image, label)

@@ -25,11 +25,7 @@ from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec, Crc32cCodec, ZstdC
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import MemoryStore
 
-ZARR_ROOT = "dataset.zarr"
-WDS_DIR = "wds"
-COMMITS = "_commits"
-INDEX = "index.json"
-INDEX_FORMAT = "tumorforge.dataset/1"
+from .names import ZARR_ROOT
 
 
 def _volume_codecs(dtype) -> dict:
@@ -111,14 +107,6 @@ def tar_shard(keys, images, labels, provenance) -> bytes:
                 info.uname = info.gname = ""
                 tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
-
-
-def commit_key(shard: int) -> str:
-    return f"{COMMITS}/shard-{shard:06d}.json"
-
-
-def tar_name(shard: int) -> str:
-    return f"{WDS_DIR}/shard-{shard:06d}.tar"
 
 
 def read_tar(data: bytes) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:

@@ -1,19 +1,17 @@
-"""Whole-object writes and reads under a dataset's output URL (local folder, ``file://``, ``s3://``).
+"""Whole-object writes and reads under a dataset's root URL (local folder, ``file://``, ``s3://``).
 
-Every object is written in one go: on local disk to a temporary name in the same folder and then
-renamed over the final name (atomic on POSIX), on S3 as one upload (a single PUT, or a multipart
-upload that S3 makes visible only when complete). A reader never sees half an object.
+Every object is written in one go (:func:`manifests.storage.write_atomic`): a reader never sees
+half an object, and a writer that dies mid-write leaves at most a temporary name, which
+:meth:`Objects.remove_stale_temporaries` clears on the next run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 
-from manifests import storage
-
-TMP_MARK = ".tmp-"
+from .. import storage
+from .records import FileRecord
 
 
 class Objects:
@@ -32,20 +30,10 @@ class Objects:
     def url(self, key: str) -> str:
         return f"{self.root}/{key}"
 
-    def put(self, key: str, data: bytes) -> dict:
+    def put(self, key: str, data: bytes) -> FileRecord:
         """Write ``data`` at ``key`` atomically; returns its size and sha256."""
-        if self.remote:
-            self.fs.pipe_file(self.path(key), data)
-        else:
-            final = self.path(key)
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            tmp = f"{final}{TMP_MARK}{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        storage.write_atomic(self.url(key) if self.remote else self.path(key), data)
+        return FileRecord(len(data), hashlib.sha256(data).hexdigest())
 
     def get(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
@@ -65,7 +53,7 @@ class Objects:
         """Delete temporaries left by a writer that died mid-write (local disk only)."""
         if self.remote:
             return 0
-        stale = [k for k in self.list("") if TMP_MARK in k.rsplit("/", 1)[-1]]
+        stale = [k for k in self.list("") if storage.TMP_MARK in k.rsplit("/", 1)[-1]]
         for key in stale:
             os.remove(self.path(key))
         return len(stale)

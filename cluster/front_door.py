@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from generator import __version__
+from tumorforge.generator import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from manifests import cli as manifests_cli
-    from evaluation import evaluate as evaluation_cli
-    from evaluation import robustness, vtt
-    from trainer import cli as trainer_cli
+    from tumorforge.manifests import cli as manifests_cli
+    from tumorforge.evaluation import evaluate as evaluation_cli
+    from tumorforge.evaluation import robustness, vtt
+    from tumorforge.trainer import cli as trainer_cli
     from . import audit, bench, demo, generate, preview
 
     parser = argparse.ArgumentParser(

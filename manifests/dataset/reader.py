@@ -1,0 +1,160 @@
+"""Reading a generated dataset: the one API the trainer, audit, verify and evaluation use.
+
+``Dataset(url)`` opens ``index.json`` (refusing a format it does not know) and reads samples from
+the Zarr store or the WebDataset tars. Only shards listed in the index are read, never inferred from
+what exists in the store. Nothing read here is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+
+import numpy as np
+
+from .. import storage
+from ..records import RecordError, loads
+from . import codecs, names
+from .records import DatasetIndex, Provenance, SampleHashes, ShardEntry
+from .store import Objects
+
+
+class DatasetError(ValueError):
+    pass
+
+
+class Dataset:
+    """A finished dataset at ``url`` (local folder, ``file://`` or ``s3://``)."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.objects = Objects(self.url)
+        try:
+            raw = self.objects.get(names.INDEX)
+        except FileNotFoundError:
+            raise DatasetError(f"{self.url}: no index.json (not a tumorforge dataset, or its job "
+                               "has not finished: rerun `tumorforge generate` to complete it)") from None
+        try:
+            self.index = DatasetIndex.from_json(loads(raw, f"{self.url}/{names.INDEX}"),
+                                                f"{self.url}/{names.INDEX}")
+        except RecordError as exc:
+            raise DatasetError(str(exc)) from None
+
+    # -- what the dataset is ------------------------------------------------------------------
+    @property
+    def dataset_id(self) -> str:
+        return self.index.dataset_id
+
+    @property
+    def samples_per_shard(self) -> int:
+        return self.index.samples_per_shard
+
+    @property
+    def shards(self) -> tuple[ShardEntry, ...]:
+        return self.index.shards
+
+    @property
+    def formats(self) -> list[str]:
+        return list(self.index.formats)
+
+    @property
+    def crop_shape(self) -> tuple[int, int, int]:
+        """``(Z, Y, X)`` shape of every sample."""
+        return self.index.crop_shape
+
+    def __len__(self) -> int:
+        return self.index.samples
+
+    @cached_property
+    def keys(self) -> list[str]:
+        return [s.key for shard in self.shards for s in shard.samples]
+
+    @cached_property
+    def expected(self) -> dict[str, SampleHashes]:
+        """Each sample's hashes by key, as the index lists them."""
+        return {s.key: s for shard in self.shards for s in shard.samples}
+
+    def index_of(self, key: str) -> int:
+        try:
+            return self.keys.index(key)
+        except ValueError:
+            raise DatasetError(f"{self.url}: no sample with key {key!r}") from None
+
+    def shard_of(self, i: int) -> ShardEntry:
+        return self.shards[i // self.samples_per_shard]
+
+    # -- reading samples ----------------------------------------------------------------------
+    @cached_property
+    def _zarr(self):
+        import zarr
+        if "zarr" not in self.formats:
+            raise DatasetError(f"{self.url}: this dataset has no zarr store")
+        url = f"{self.url}/{names.ZARR_ROOT}"
+        if storage.is_remote(url):
+            from zarr.storage import FsspecStore
+            store = FsspecStore.from_url(url, storage_options=storage.storage_options(url),
+                                         read_only=True)
+        else:
+            store = url.removeprefix("file://")
+        return zarr.open_group(store, mode="r")
+
+    def _check_index(self, i: int) -> None:
+        if not 0 <= i < len(self):
+            raise DatasetError(f"{self.url}: sample index {i} out of range 0..{len(self) - 1}")
+
+    def zarr_sample(self, i: int) -> tuple[str, np.ndarray, np.ndarray]:
+        """(key, image (Z, Y, X) int16 HU, label uint8) of sample ``i`` from the zarr store."""
+        self._check_index(i)
+        g = self._zarr
+        return str(g["key"][i:i + 1][0]), g["image"][i], g["label"][i]
+
+    def zarr_range(self, start: int, stop: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """Samples ``start..stop-1`` from the zarr store, read in one request per array."""
+        g = self._zarr
+        return list(zip((str(k) for k in g["key"][start:stop]), g["image"][start:stop],
+                        g["label"][start:stop]))
+
+    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray, Provenance]:
+        """Sample ``i`` as (image (Z, Y, X) int16 HU, label uint8, provenance)."""
+        self._check_index(i)
+        where = f"{self.url} sample {i}"
+        try:
+            if "zarr" in self.formats:
+                g = self._zarr
+                prov = loads(str(g["provenance"][i:i + 1][0]), where)
+                return g["image"][i], g["label"][i], Provenance.from_json(prov, where)
+            shard = self.shard_of(i)
+            _, image, label, prov = self.read_tar(shard.shard)[i - shard.start]
+            return image, label, Provenance.from_json(prov, where)
+        except RecordError as exc:
+            raise DatasetError(str(exc)) from None
+
+    def read_tar(self, shard: int) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
+        """Every sample of shard ``shard``'s tar as (key, image, label, provenance dict)."""
+        return self.read_tar_object(names.tar_name(shard))
+
+    def read_tar_object(self, name: str) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
+        return codecs.read_tar(self.objects.get(name))
+
+    def shard_samples(self, shard: ShardEntry, fmt: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(key, image, label) of every sample of ``shard`` as stored in format ``fmt``."""
+        if fmt == "wds":
+            return [(key, image, label) for key, image, label, _ in self.read_tar(shard.shard)]
+        return self.zarr_range(shard.start, shard.start + shard.count)
+
+    def shard_files(self, shard: ShardEntry, fmt: str) -> list[str]:
+        """Object names of ``shard`` that hold format ``fmt``."""
+        if fmt == "wds":
+            return [k for k in shard.files if k == names.tar_name(shard.shard)]
+        return [k for k in shard.files if k.startswith(names.ZARR_ROOT + "/")]
+
+    # -- objects ------------------------------------------------------------------------------
+    def file_sha256(self, key: str) -> tuple[int, str]:
+        data = self.objects.get(key)
+        return len(data), hashlib.sha256(data).hexdigest()
+
+    def list_objects(self) -> list[str]:
+        return self.objects.list("")
+
+    def has_object(self, key: str) -> bool:
+        return self.objects.exists(key)
