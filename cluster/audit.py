@@ -59,7 +59,7 @@ def regenerate(ds: Dataset, p: Provenance, backend_name: str | None, manifest: s
     from tumorforge.generator.sample import sample_params, sample_seed
     from tumorforge.generator.synthesize import synthesize
     from tumorforge.manifests.schema import default_roots, read_manifest
-    from .scans import load_prepared
+    from tumorforge.generator.scans import load_prepared
 
     manifest = manifest or ds.index.manifest
     roots = default_roots(manifest, [*ds.index.allow_roots, *allow_roots])
@@ -183,7 +183,7 @@ def _cmd_verify(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .options import add_allow_root
+    from tumorforge.manifests.flags import add_allow_root
     a = sub.add_parser("audit", help="show how a sample was generated and regenerate it from its seed",
                        description="Print a sample's provenance, re-draw its parameters from its "
                                    "seed, re-synthesize it from the manifest scan and compare "

@@ -25,7 +25,7 @@ def _bench_scan(args, config):
     from tumorforge.generator.prepare import prepare_scan
     if args.manifest:
         from tumorforge.manifests.schema import default_roots, read_manifest
-        from .scans import load_prepared
+        from tumorforge.generator.scans import load_prepared
         entries = read_manifest(args.manifest, default_roots(args.manifest, args.allow_root))
         healthy = [e for e in entries if e.role == "healthy"] or entries
         entry = next((e for e in healthy if e.scan_id == args.scan), healthy[0])
@@ -42,7 +42,7 @@ def bench_generator(args) -> int:
     from tumorforge.generator.backend import BackendError, get_backend
     from tumorforge.generator.sample import sample_params, sample_seed
     from tumorforge.generator.synthesize import StepTimer, synthesize
-    from .options import config_from_args
+    from tumorforge.generator.options import config_from_args
 
     config = config_from_args(args)
     try:
@@ -113,7 +113,8 @@ def bench_train(args) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from tumorforge.trainer.models import MODELS
-    from .options import add_allow_root, add_generator_options
+    from tumorforge.generator.options import add_generator_options
+    from tumorforge.manifests.flags import add_allow_root
     b = sub.add_parser("bench", help="benchmarks (figures for the README's performance section)")
     bsub = b.add_subparsers(dest="bench_cmd", required=True, metavar="{generator,loader,train}")
     lo = bsub.add_parser("loader", help="samples/s the training reader delivers",

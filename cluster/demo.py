@@ -28,7 +28,7 @@ def run(out: str, scale: float, seed: int, train_steps: int | None = None,
     from tumorforge.manifests.schema import read_manifest, write_jsonl
     from tumorforge.manifests.split import assign_folds
     from .preview import write_preview
-    from .scans import load_prepared
+    from tumorforge.generator.scans import load_prepared
 
     t0 = time.perf_counter()
     data = os.path.join(out, "data")

@@ -8,7 +8,7 @@ import sys
 
 
 def _overrides(args) -> dict:
-    from .options import generator_overrides
+    from tumorforge.generator.options import generator_overrides
     res = {k: getattr(args, k) for k in ("actors", "gpus_per_actor", "cpus_per_actor",
                                          "scan_cache_mb", "scan_retries", "shard_retries")}
     gen = generator_overrides(args)
@@ -66,7 +66,8 @@ def _cmd_submit(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .options import add_allow_root, add_generator_options
+    from tumorforge.generator.options import add_generator_options
+    from tumorforge.manifests.flags import add_allow_root
     g = sub.add_parser("generate", help="run a generation job (Ray) writing Zarr/WebDataset shards",
                        description="Run or resume the job JOB.yaml (every field is also a flag; "
                                    "flags win). Without --address an embedded local Ray cluster "

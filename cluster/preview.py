@@ -33,8 +33,8 @@ def run(args) -> int:
     from tumorforge.generator.backend import BackendError, get_backend
     from tumorforge.manifests.nifti import ScanError
     from tumorforge.manifests.schema import ManifestError, default_roots, read_manifest
-    from .options import config_from_args
-    from .scans import load_prepared
+    from tumorforge.generator.options import config_from_args
+    from tumorforge.generator.scans import load_prepared
 
     config = config_from_args(args)
     try:
@@ -58,7 +58,8 @@ def run(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .options import add_allow_root, add_generator_options
+    from tumorforge.generator.options import add_generator_options
+    from tumorforge.manifests.flags import add_allow_root
     p = sub.add_parser("preview", help="generate one sample and write a PNG montage and NIfTI",
                        description="Synthesize sample INDEX of root SEED into a healthy scan of the "
                                    "manifest; write a PNG (axial, coronal, sagittal through each "

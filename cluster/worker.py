@@ -27,7 +27,7 @@ from tumorforge.manifests.nifti import ScanError
 from tumorforge.manifests.records import pretty_json
 
 from .plan import Plan
-from .scans import load_prepared
+from tumorforge.generator.scans import load_prepared
 
 FAULT_ENV = "TUMORFORGE_FAULT"   # tests only: "die_before_commit:<shard>:<marker file>"
 

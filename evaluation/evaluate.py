@@ -182,7 +182,7 @@ def _cmd_compare(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from tumorforge.cluster.options import add_allow_root
+    from tumorforge.manifests.flags import add_allow_root
     e = sub.add_parser("evaluate", help="score a checkpoint on annotated scans (DSC, NSD, detection)",
                        description="Whole-scan sliding-window inference (RAS, 1 mm, overlap 0.75, "
                                    "Gaussian), post-processing, predictions saved as NIfTI on each "

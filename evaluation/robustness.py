@@ -476,8 +476,8 @@ def _cuda_available() -> bool:
 
 
 def run(args) -> int:
-    from tumorforge.cluster.options import config_from_args
-    from tumorforge.cluster.scans import load_prepared
+    from tumorforge.generator.options import config_from_args
+    from tumorforge.generator.scans import load_prepared
     from tumorforge.generator.backend import BackendError, get_backend
     from tumorforge.manifests.nifti import ScanError
     from tumorforge.manifests.schema import ManifestError, default_roots, read_manifest
@@ -542,7 +542,8 @@ def run(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from tumorforge.cluster.options import add_allow_root, add_generator_options
+    from tumorforge.generator.options import add_generator_options
+    from tumorforge.manifests.flags import add_allow_root
     p = sub.add_parser(
         "robustness", help="score a model on synthetic tumors shifted one dimension at a time",
         description="Controllable robustness benchmark (Section 5.5, Figure 6 of the paper): paint "

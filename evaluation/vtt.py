@@ -164,8 +164,8 @@ def make_packet(real_manifest: str, healthy_manifest: str, out_dir: str, n_real:
     """
     import numpy as np
 
-    from tumorforge.cluster.options import parse_mix
-    from tumorforge.cluster.scans import load_prepared
+    from tumorforge.generator.options import parse_mix
+    from tumorforge.generator.scans import load_prepared
     from tumorforge.generator import __version__
     from tumorforge.generator.backend import get_backend
     from tumorforge.generator.config import GeneratorConfig
@@ -474,13 +474,13 @@ def _run_score(args) -> int:
 
 def _size_mix(text: str) -> str:
     """argparse check of --size-mix; the text itself is passed on to make_packet."""
-    from tumorforge.cluster.options import parse_mix
+    from tumorforge.generator.options import parse_mix
     parse_mix(text)
     return text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from tumorforge.cluster.options import add_allow_root
+    from tumorforge.manifests.flags import add_allow_root
     """Add ``vtt make`` and ``vtt score`` to the ``tumorforge`` subcommands."""
     p = sub.add_parser("vtt", help="Visual Turing Test: blinded real/synthetic packet and scoring",
                        description="Visual Turing Test (Section 5.1 of the paper): make a blinded "

@@ -113,11 +113,9 @@ def _cmd_phantoms(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from .flags import add_allow_root
     from .layouts import LAYOUTS
 
-    allow = dict(action="append", default=[], metavar="DIR_OR_URI",
-                 help="a folder or s3:// prefix that manifest paths may point into (repeatable); "
-                      "the manifest's own folder and $TUMORFORGE_ALLOWED_ROOTS are always allowed")
     workers = dict(type=int, default=None, help="parallel readers (default: min(4, CPUs))")
 
     m = sub.add_parser("manifest", help="build, validate and split scan manifests",
@@ -136,7 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--label-pattern", help="generic layout: label path below ROOT with one {id}")
     b.add_argument("--label-map", help="generic layout: label values, e.g. 'liver=1,tumor=2'")
     b.add_argument("--source", default="generic", help="generic layout: dataset name for scan IDs")
-    b.add_argument("--allow-root", **allow)
+    add_allow_root(b)
     b.add_argument("--workers", **workers)
     b.set_defaults(func=_cmd_build)
 
@@ -144,7 +142,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="Re-open every scan of the manifest and print a table of "
                                     "problems; exits 1 if there are any.")
     v.add_argument("manifest")
-    v.add_argument("--allow-root", **allow)
+    add_allow_root(v)
     v.add_argument("--workers", **workers)
     v.set_defaults(func=_cmd_validate)
 
@@ -155,7 +153,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--folds", type=int, default=5)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-o", "--output", help="write here instead of rewriting the manifest in place")
-    s.add_argument("--allow-root", **allow)
+    add_allow_root(s)
     s.set_defaults(func=_cmd_split)
 
     g = msub.add_parser("merge", help="concatenate manifests, optionally keeping one role",
@@ -164,7 +162,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("manifests", nargs="+")
     g.add_argument("-o", "--output", required=True)
     g.add_argument("--role", choices=("healthy", "tumor"), help="keep only scans of this role")
-    g.add_argument("--allow-root", **allow)
+    add_allow_root(g)
     g.set_defaults(func=_cmd_merge)
 
     p = sub.add_parser("phantoms", help="write realistic abdominal CT phantoms in real dataset layouts",

@@ -23,7 +23,7 @@ CONFIG = GeneratorConfig(crop_size=(CROP,) * 3)
 @pytest.fixture(scope="module")
 def healthy(tmp_path_factory):
     """Two healthy BTCV phantom scans, their manifest, prepared scans, a prior and depth maps."""
-    from tumorforge.cluster.scans import load_prepared
+    from tumorforge.generator.scans import load_prepared
     from tumorforge.manifests.build import build_manifest
     from tumorforge.manifests.phantoms import write_layout
     from tumorforge.manifests.schema import default_roots, read_manifest

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import torch
 
-WINDOW_HU = (-21.0, 189.0)
+from tumorforge.manifests.conventions import TRAINING_WINDOW_HU
 
 
-def window(image_hu: torch.Tensor) -> torch.Tensor:
-    """HU -> [0, 1] over the paper's window [-21, 189] HU, clipped."""
-    lo, hi = WINDOW_HU
+def window(image_hu: torch.Tensor, window_hu=TRAINING_WINDOW_HU) -> torch.Tensor:
+    """HU -> [0, 1] over ``window_hu`` (the paper's [-21, 189] HU by default), clipped."""
+    lo, hi = window_hu
     return ((image_hu.float() - lo) / (hi - lo)).clamp_(0.0, 1.0)
 
 

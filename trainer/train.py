@@ -19,11 +19,15 @@ from functools import partial
 import numpy as np
 import torch
 
+from tumorforge.manifests.conventions import LIVER, TUMOR, dice
+from tumorforge.manifests.records import RecordError
+
 from . import checkpoint
 from .augment import augment, window
 from .config import TrainConfig
 from .data import MixedStream, Source, ZarrStream, collate, open_source
 from .models import build_model
+from .preprocessing import Preprocessing
 
 METRICS = "metrics.jsonl"
 
@@ -53,12 +57,6 @@ def _distributed(device: str) -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def dice(pred: torch.Tensor, truth: torch.Tensor) -> float | None:
-    """Dice of two boolean masks; None when both are empty (nothing to score)."""
-    total = int(pred.sum() + truth.sum())
-    return None if total == 0 else 2.0 * int((pred & truth).sum()) / total
-
-
 @torch.no_grad()
 def validate(model, val: Source, n: int, device) -> dict:
     """Mean liver and tumor Dice over the first ``n`` crops of the held-out dataset."""
@@ -72,7 +70,7 @@ def validate(model, val: Source, n: int, device) -> dict:
         image = window(torch.from_numpy(s["image"])[None, None].to(device))
         pred = model(image).argmax(1)[0].cpu()
         truth = torch.from_numpy(s["label"]).long()
-        for name, cls in (("liver", 1), ("tumor", 2)):
+        for name, cls in (("liver", LIVER), ("tumor", TUMOR)):
             d = dice(pred >= cls, truth >= cls) if name == "liver" else dice(pred == cls, truth == cls)
             if d is not None:
                 scores[name].append(d)
@@ -112,6 +110,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     stream = MixedStream(list(cfg.sources), cfg.seed, rank, world, cfg.batch_size,
                          start_batches=batches, resample=cfg.resample)
+    try:
+        preprocessing = Preprocessing.of_datasets(stream.datasets)
+    except RecordError as exc:
+        raise TrainError(str(exc)) from None
     loader = DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers,
                         collate_fn=collate, persistent_workers=cfg.workers > 0)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -177,7 +179,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
             checkpoint.save(ckpt_dir, step, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "batches": batches, "corrupt": corrupt,
-                "loader": _loader_signature(cfg, world), "config": json.dumps(cfg.to_json())},
+                "loader": _loader_signature(cfg, world), "config": json.dumps(cfg.to_json()),
+                "preprocessing": json.dumps(preprocessing.to_json())},
                 cfg.keep)
     if metrics:
         metrics.close()

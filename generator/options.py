@@ -10,13 +10,6 @@ from tumorforge.generator.config import PROFILES, SCENARIOS, SIZE_TYPES, Generat
 DEFAULTS = {"profile": "paper", "crop_size": 96, "spacing": 1.0, "negative_fraction": 0.1}
 
 
-def add_allow_root(p: argparse.ArgumentParser) -> None:
-    """``--allow-root``: folders or s3:// prefixes a manifest's paths may point into (repeatable)."""
-    p.add_argument("--allow-root", action="append", default=[], metavar="DIR_OR_URI",
-                   help="a folder or s3:// prefix manifest paths may point into (repeatable); the "
-                        "manifest's folder and $TUMORFORGE_ALLOWED_ROOTS are always allowed")
-
-
 def parse_mix(text: str) -> tuple[dict, dict]:
     """``mix`` -> only mix; ``tiny=0.5,large=0.5,satellite=0.1`` -> weights. Returns (sizes, scenarios)."""
     names = SIZE_TYPES + SCENARIOS

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tumorforge.generator.config import GeneratorConfig
-from tumorforge.generator.prepare import PreparedScan, prepare_scan
+from .config import GeneratorConfig
+from .prepare import PreparedScan, prepare_scan
 from tumorforge.manifests.nifti import ScanError, read_volume
 from tumorforge.manifests.schema import ScanEntry
 
