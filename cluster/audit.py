@@ -1,11 +1,7 @@
-"""``tumorforge audit`` (one sample: how it was made, and regenerate it) and ``tumorforge verify``
-(every shard and sample against the index)."""
+"""Audit (one sample: how it was made, and regenerate it from its seed), verify (every shard and
+sample against the index) and the cross-backend agreement an audit on another backend is held to."""
 
 from __future__ import annotations
-
-import argparse
-import json
-import sys
 
 import numpy as np
 
@@ -87,39 +83,6 @@ def regenerate(ds: Dataset, p: Provenance, backend_name: str | None, manifest: s
     return out
 
 
-def _cmd_audit(args) -> int:
-    try:
-        ds = Dataset(args.dataset)
-        index = ds.index_of(args.key) if args.key else args.index
-        _, _, p = ds.sample(index)
-    except DatasetError as exc:
-        sys.exit(f"audit: {exc}")
-    print(describe(p))
-    if args.no_regenerate:
-        return 0
-    try:
-        r = regenerate(ds, p, args.backend, args.manifest, args.allow_root)
-    except (DatasetError, ValueError, OSError) as exc:
-        sys.exit(f"audit: cannot regenerate: {exc}")
-    print(f"regenerated on {r['backend']}: parameters {'match' if r['params_match'] else 'DIFFER'}; "
-          f"image {'match' if r['image_match'] else 'differs'}, "
-          f"label {'match' if r['label_match'] else 'differs'} (sha256); "
-          f"tumor Dice {r['tumor_dice']:.4f}, mean |dHU| {r['mean_abs_hu']:.3f}")
-    if not r["stored_matches_provenance"]:
-        print("the stored sample does not match its own provenance hashes: the shard is corrupt")
-        return 1
-    if r["same_backend"]:
-        ok = r["params_match"] and r["image_match"] and r["label_match"]
-        print("AUDIT OK: bit-exact" if ok else "AUDIT FAILED: not bit-exact on the same backend")
-    else:
-        ok = r["params_match"] and r["within_tolerance"]
-        print(f"AUDIT {'OK' if ok else 'FAILED'}: other backend ({p.backend} -> {r['backend']}), "
-              "compared within the documented tolerance")
-    if args.json:
-        print(json.dumps(r, sort_keys=True))
-    return 0 if ok else 1
-
-
 def verify(ds: Dataset) -> list[tuple[str, str]]:
     """Problems as (object or sample, what is wrong); empty when everything matches the index."""
     problems = []
@@ -163,45 +126,3 @@ def verify(ds: Dataset) -> list[tuple[str, str]]:
                 problems.append((f"shard {shard.shard} ({fmt})",
                                  f"{len(found)} samples, index lists {len(expected)}"))
     return problems
-
-
-def _cmd_verify(args) -> int:
-    try:
-        ds = Dataset(args.dataset)
-        problems = verify(ds)
-    except DatasetError as exc:
-        sys.exit(f"verify: {exc}")
-    n_files = sum(len(s.files) for s in ds.shards)
-    if problems:
-        from tumorforge.manifests.cli import format_table
-        print(format_table(["object", "problem"], problems))
-        print(f"{args.dataset}: {len(problems)} problem(s) in {len(ds.shards)} shard(s)")
-        return 1
-    print(f"{args.dataset}: dataset {ds.dataset_id} OK: {len(ds.shards)} shard(s), {n_files} "
-          f"object(s) and {len(ds)} sample(s) in {'+'.join(ds.formats)} match the index")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    from tumorforge.manifests.flags import add_allow_root
-    a = sub.add_parser("audit", help="show how a sample was generated and regenerate it from its seed",
-                       description="Print a sample's provenance, re-draw its parameters from its "
-                                   "seed, re-synthesize it from the manifest scan and compare "
-                                   "hashes (bit-exact on the same backend; within the documented "
-                                   "tolerance across backends).")
-    a.add_argument("dataset", help="dataset folder or URL (holds index.json)")
-    which = a.add_mutually_exclusive_group(required=True)
-    which.add_argument("--key")
-    which.add_argument("--index", type=int)
-    a.add_argument("--backend", choices=("numpy", "cupy", "auto"),
-                   help="regenerate on this backend (default: the one that made it)")
-    a.add_argument("--manifest", help="manifest to take the scan from (default: the job's)")
-    add_allow_root(a)
-    a.add_argument("--no-regenerate", action="store_true", help="only print the provenance")
-    a.add_argument("--json", action="store_true", help="also print the comparison as JSON")
-    a.set_defaults(func=_cmd_audit)
-    v = sub.add_parser("verify", help="check every shard and sample against the index",
-                       description="Recompute each object's size and sha256 and each sample's "
-                                   "image/label hashes; report missing, extra or corrupt shards.")
-    v.add_argument("dataset")
-    v.set_defaults(func=_cmd_verify)

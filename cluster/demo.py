@@ -27,7 +27,7 @@ def run(out: str, scale: float, seed: int, train_steps: int | None = None,
     from tumorforge.manifests.phantoms import LABEL_VALUES, save_preview, write_layout
     from tumorforge.manifests.schema import read_manifest, write_jsonl
     from tumorforge.manifests.split import assign_folds
-    from .preview import write_preview
+    from tumorforge.generator.preview import write_preview
     from tumorforge.generator.scans import load_prepared
 
     t0 = time.perf_counter()

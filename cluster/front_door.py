@@ -1,7 +1,9 @@
-"""The ``tumorforge`` command: one front door with a subcommand per stage.
+"""The ``tumorforge`` command (also ``python -m tumorforge.cluster``): one front door composing
+each stage's ``cli.py``.
 
-It lives here because the cluster service is what operators run; it imports each stage's command
-module only to register its subcommands, and the heavy work of a subcommand is imported when it runs.
+It lives in ``cluster/`` because the layout is fixed to the five stage folders and the generation
+service is what operators run; it is the one module (with the demo) allowed to import every stage.
+Each stage's ``cli.py`` imports its heavy modules only when a subcommand runs, so ``--help`` is fast.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from tumorforge.generator import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tumorforge.evaluation import cli as evaluation_cli
+    from tumorforge.generator import cli as generator_cli
     from tumorforge.manifests import cli as manifests_cli
-    from tumorforge.evaluation import evaluate as evaluation_cli
-    from tumorforge.evaluation import robustness, vtt
     from tumorforge.trainer import cli as trainer_cli
-    from . import audit, bench, demo, generate, preview
+    from . import cli as cluster_cli
+    from . import demo
 
     parser = argparse.ArgumentParser(
         prog="tumorforge",
@@ -27,14 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo.register(sub)
     manifests_cli.register(sub)
-    preview.register(sub)
-    generate.register(sub)
-    audit.register(sub)
+    generator_cli.register(sub)
+    cluster_cli.register(sub)
     trainer_cli.register(sub)
     evaluation_cli.register(sub)
-    robustness.register(sub)
-    vtt.register(sub)
-    bench.register(sub)
+    bench = sub.add_parser("bench", help="benchmarks (figures for the README's performance section)")
+    bsub = bench.add_subparsers(dest="bench_cmd", required=True, metavar="{generator,loader,train}")
+    generator_cli.register_bench(bsub)
+    trainer_cli.register_bench(bsub)
     return parser
 
 

@@ -25,6 +25,7 @@ from tumorforge.manifests.dataset.store import Objects
 from tumorforge.manifests.records import RecordError, loads, pretty_json
 
 from .plan import Plan, make_plan
+from .scheduler import Scheduler
 from .spec import JobSpec
 from .worker import ScanLoadFailed, ShardWorker
 
@@ -155,24 +156,6 @@ def _write_index(plan: Plan, out: Objects, versions: dict) -> DatasetIndex:
     return index
 
 
-class _Dispatcher:
-    """Hands pending shards to free actors, preferring shards whose scans an actor already holds."""
-
-    def __init__(self, plan: Plan, pending: list[int]):
-        self.plan = plan
-        self.pending = list(pending)
-        self.held: dict[int, list[str]] = {}
-
-    def next_for(self, actor_id: int) -> int | None:
-        if not self.pending:
-            return None
-        held = set(self.held.get(actor_id, []))
-        best = max(self.pending, key=lambda k: (len(held & set(self.plan.shards[k].scans)), -k))
-        self.pending.remove(best)
-        self.held[actor_id] = (self.held.get(actor_id, []) + list(self.plan.shards[best].scans))[-8:]
-        return best
-
-
 def run_job(spec: JobSpec, address: str | None = None, progress: bool = True,
             log=print, actor_env: dict | None = None) -> JobResult:
     """Run (or resume) a generation job. Returns a result; ``result.failed`` names failed shards.
@@ -199,90 +182,81 @@ def run_job(spec: JobSpec, address: str | None = None, progress: bool = True,
     if actor_env:
         options["runtime_env"] = {"env_vars": dict(actor_env)}
     actor_cls = ray.remote(ShardWorker).options(**options)
-    dispatch = _Dispatcher(plan, pending)
-    live: dict[int, object] = {}          # actor id -> handle, ready for work
-    starting: dict = {}                   # readiness ref -> (actor id, handle)
-    running: dict = {}                    # shard task ref -> (actor id, shard)
-    attempts: dict[int, int] = {}
+    sched = Scheduler({s.index: s.scans for s in plan.shards}, list(pending),
+                      shard_retries=res.shard_retries,
+                      actor_start_budget=res.shard_retries * max(1, len(plan.shards)))
+    handles: dict[int, object] = {}       # actor id -> handle
+    starting: dict = {}                   # readiness ref -> actor id
+    running: dict = {}                    # shard task ref -> actor id
     counter = iter(range(1 << 30))
 
     def start_actor():
-        handle = actor_cls.remote(plan)
-        starting[handle.pid.remote()] = (next(counter), handle)
+        actor_id = next(counter)
+        handles[actor_id] = actor_cls.remote(plan)
+        starting[handles[actor_id].pid.remote()] = actor_id
 
     def feed_idle():
-        busy = {a for a, _ in running.values()}
-        for actor_id in [a for a in live if a not in busy]:
-            shard = dispatch.next_for(actor_id)
-            if shard is None:
-                return
-            running[live[actor_id].write_shard.remote(shard)] = (actor_id, shard)
+        for actor_id, shard in sched.assignments():
+            running[handles[actor_id].write_shard.remote(shard)] = actor_id
 
     for _ in range(min(res.actors, max(1, len(pending)))):
         start_actor()
     bar = _progress(sum(plan.shards[k].count for k in pending), progress)
     run_log = []
-    while running or (dispatch.pending and (live or starting)):
+    while running or (sched.pending and (sched.live or starting)):
         # With nothing running, wait for an actor to start, but not forever (no capacity left).
         timeout = None if running else ACTOR_START_TIMEOUT_S
         done, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=timeout)
         if not done:
-            for k in dispatch.pending:
-                result.failed[k] = (f"no writer actor could start within {ACTOR_START_TIMEOUT_S} s "
-                                    f"(cluster lacks {res.cpus_per_actor} CPU / "
-                                    f"{res.gpus_per_actor} GPU free)")
-            dispatch.pending.clear()
+            sched.give_up(f"no writer actor could start within {ACTOR_START_TIMEOUT_S} s "
+                          f"(cluster lacks {res.cpus_per_actor} CPU / {res.gpus_per_actor} GPU free)")
             break
         ref = done[0]
         if ref in starting:
-            actor_id, handle = starting.pop(ref)
+            actor_id = starting.pop(ref)
             try:
                 ray.get(ref)
-                live[actor_id] = handle
+                sched.actor_started(actor_id)
             except (RayActorError, WorkerCrashedError) as exc:
                 log(f"a writer actor failed to start: {str(exc).splitlines()[0][:200]}")
+                handles.pop(actor_id)
                 result.actor_restarts += 1
-                if result.actor_restarts <= res.shard_retries * max(1, len(plan.shards)):
+                if sched.actor_start_failed():
                     start_actor()
             feed_idle()
             continue
-        actor_id, shard = running.pop(ref)
+        actor_id = running.pop(ref)
         try:
             record = ray.get(ref)
         except (RayActorError, WorkerCrashedError) as exc:
-            attempts[shard] = attempts.get(shard, 0) + 1
             result.actor_restarts += 1
             reason = str(exc).splitlines()[0][:200]
-            retry = attempts[shard] <= res.shard_retries
+            shard, retry = sched.actor_died(actor_id, reason)
             log(f"shard {shard}: actor died ({reason}); "
                 f"{'retrying on another actor' if retry else 'giving up'}")
-            if retry:
-                dispatch.pending.insert(0, shard)
-            else:
-                result.failed[shard] = f"actor died {attempts[shard]} time(s): {reason}"
-            ray.kill(live.pop(actor_id), no_restart=True)
+            ray.kill(handles.pop(actor_id), no_restart=True)
             start_actor()
             feed_idle()
             continue
         except RayTaskError as exc:
             cause = exc.cause if isinstance(exc.cause, Exception) else exc
-            result.failed[shard] = str(cause)
-            if isinstance(cause, ScanLoadFailed):
-                # Every pending shard that needs this scan fails the same way: do not retry them.
-                for k in [k for k in dispatch.pending if cause.scan_id in plan.shards[k].scans]:
-                    dispatch.pending.remove(k)
-                    result.failed[k] = str(cause)
+            shard = sched.busy[actor_id]
+            # A scan that cannot be loaded fails every pending shard that needs it: no retries.
+            sched.shard_failed(actor_id, str(cause),
+                               cause.scan_id if isinstance(cause, ScanLoadFailed) else None)
             log(f"shard {shard} failed: {cause}")
             feed_idle()
             continue
+        shard = sched.shard_written(actor_id)
         result.written += 1
         result.samples += record.count
         result.bytes += sum(f.bytes for f in record.files.values())
         run_log.append({"shard": shard, "seconds": record.seconds, "worker": record.worker})
         bar.update(record.count)
         feed_idle()
+    result.failed.update(sched.failed)
     bar.close()
-    for handle in [*live.values(), *(h for _, h in starting.values())]:
+    for handle in handles.values():
         ray.kill(handle, no_restart=True)
     result.seconds = time.perf_counter() - t0
     versions = _versions()

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from tumorforge.generator.backend import BACKENDS, DEFAULT_BACKEND
 from tumorforge.generator.config import GeneratorConfig
+from tumorforge.manifests.flags import merged
 
 FORMATS = ("zarr", "wds")
 
@@ -39,7 +41,7 @@ class JobSpec:
     samples: int
     samples_per_shard: int = 64
     root_seed: int = 0
-    backend: str = "numpy"           # numpy | cupy | auto (resolved before planning)
+    backend: str = DEFAULT_BACKEND   # numpy | cupy | auto (resolved before planning)
     formats: tuple[str, ...] = FORMATS
     scans_per_shard: int = 2         # distinct scans one shard draws from
     allow_roots: tuple[str, ...] = ()
@@ -53,8 +55,8 @@ class JobSpec:
             raise SpecError(f"samples_per_shard must be 1..100000, got {self.samples_per_shard}")
         if not self.formats or set(self.formats) - set(FORMATS):
             raise SpecError(f"formats {list(self.formats)}: expected one or both of {FORMATS}")
-        if self.backend not in ("numpy", "cupy", "auto"):
-            raise SpecError(f"backend {self.backend!r}: expected numpy, cupy or auto")
+        if self.backend not in BACKENDS:
+            raise SpecError(f"backend {self.backend!r}: expected one of {BACKENDS}")
         if self.scans_per_shard < 1:
             raise SpecError(f"scans_per_shard must be >= 1, got {self.scans_per_shard}")
         r = self.resources
@@ -120,11 +122,8 @@ def load_spec(path: str | None, overrides: dict) -> JobSpec:
             raise SpecError(f"{path}: cannot read the job spec ({exc})") from exc
         except yaml.YAMLError as exc:
             raise SpecError(f"{path}: not valid YAML ({exc})") from exc
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key in ("generator", "resources"):
-            obj[key] = {**(obj.get(key) or {}), **value}
-        else:
-            obj[key] = value
+    if not isinstance(obj, dict):
+        raise SpecError(f"{path}: expected a mapping of job spec fields, found {type(obj).__name__}")
+    obj = merged(obj, {k: v for k, v in overrides.items() if v is not None},
+                 sections=("generator", "resources", "generator.paper", "generator.released"))
     return JobSpec.from_json(obj, path or "job spec")

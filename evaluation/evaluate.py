@@ -1,19 +1,24 @@
-"""``tumorforge evaluate`` (score a checkpoint on annotated scans) and ``tumorforge compare``."""
+"""Score a segmenter on annotated scans (:func:`evaluate`) and compare two evaluations
+(:func:`compare`); the commands are in ``cli.py``."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import math
 import os
-import sys
 import time
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 
+from tumorforge.manifests.conventions import BACKGROUND, LIVER, TUMOR
+from tumorforge.manifests.records import json_safe
+
 from .metrics import EMPTY_RULE, case_metrics, summarize
+
+if TYPE_CHECKING:            # infer imports torch; compare and the commands' parsers need none
+    from .infer import Segmenter
 
 CSV_FIELDS = ("scan_id", "role", "source", "fold", "tumor_dice", "tumor_nsd", "liver_dice",
               "tumor_volume_true_ml", "tumor_volume_pred_ml", "tumor_volume_error_ml",
@@ -24,29 +29,30 @@ CSV_FIELDS = ("scan_id", "role", "source", "fold", "tumor_dice", "tumor_nsd", "l
 def truth_labels(label: np.ndarray, label_map) -> np.ndarray:
     """A scan's label as 0 background, 1 liver, 2 tumor, from its manifest label map."""
     out = np.zeros(label.shape, np.uint8)
-    out[np.isin(label, label_map.organ_values())] = 1
-    out[np.isin(label, label_map.tumor)] = 2
+    out[np.isin(label, label_map.organ_values())] = LIVER
+    out[np.isin(label, label_map.tumor)] = TUMOR
     return out
 
 
-def strict(obj):
-    """JSON-safe: NaN and infinities become null (summary.json is strict JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict(v) for v in obj]
-    return obj
-
-
-def evaluate(checkpoint: str, manifest: str, out: str, *, allow_roots=(), fold: int | None = None,
-             limit: int | None = None, overlap: float = 0.75, sw_batch: int = 2, roi: int = 96,
+def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segmenter | None = None,
+             allow_roots=(), fold: int | None = None, limit: int | None = None,
+             overlap: float = 0.75, sw_batch: int = 2, roi: int | None = None,
              tolerance_mm: float = 2.0, device: str = "auto", seed: int = 0, log=print) -> dict:
+    """Score a segmenter on the annotated scans of ``manifest`` (only ``fold``, the first ``limit``).
+
+    ``segmenter(image, affine) -> labels``: HU in the file's voxel order and its 4x4 voxel-to-mm
+    affine in, labels 0/1/2 (uint8, same shape) out. Default: the model of ``checkpoint`` through
+    :func:`infer.segment`, run with the checkpoint's preprocessing (spacing, HU window, window
+    size; ``roi`` overrides the window with a cube of that many voxels). With a ``segmenter``
+    given, no model is loaded and ``checkpoint`` is only recorded.
+
+    Writes into ``out``: ``predictions/<scan_id>.nii.gz`` (labels on each scan's own grid),
+    ``summary.json`` (strict JSON), ``cases.csv`` and ``report.md`` / ``report.html`` with their
+    figures. Metrics are in the scans' physical spacing (NSD at ``tolerance_mm``). Returns the
+    summary.
+    """
     from tumorforge.manifests.nifti import read_volume
     from tumorforge.manifests.schema import default_roots, read_manifest
-    from .model import load_model
-    from .infer import segment
 
     entries = read_manifest(manifest, default_roots(manifest, allow_roots))
     if fold is not None:
@@ -54,14 +60,18 @@ def evaluate(checkpoint: str, manifest: str, out: str, *, allow_roots=(), fold: 
     entries = entries[:limit] if limit else entries
     if not entries:
         raise ValueError(f"{manifest}: no scans to evaluate (fold {fold})")
-    model, train_cfg = load_model(checkpoint, device)
+    if segmenter is None:
+        segmenter, source, inference = _model_segmenter(checkpoint, device, roi, overlap, sw_batch)
+    else:
+        source = {"checkpoint": checkpoint, "step": None,
+                  "model": getattr(segmenter, "__name__", type(segmenter).__name__)}
+        inference = {"segmenter": "supplied by the caller"}
     os.makedirs(os.path.join(out, "predictions"), exist_ok=True)
     cases, examples = [], []
     for n, e in enumerate(entries, start=1):
         t0 = time.perf_counter()
         image, label = read_volume(e.image), read_volume(e.label)
-        pred = segment(model, image.data, image.info.affine, roi=roi, overlap=overlap,
-                       sw_batch=sw_batch)
+        pred = _checked(segmenter(image.data, image.info.affine), image.data.shape, e)
         truth = truth_labels(np.asarray(label.data), e.label_map)
         img = nib.Nifti1Image(pred, image.info.affine)
         img.header.set_xyzt_units("mm")
@@ -70,26 +80,53 @@ def evaluate(checkpoint: str, manifest: str, out: str, *, allow_roots=(), fold: 
         m.update(scan_id=e.scan_id, role=e.role, source=e.source, fold=e.fold,
                  seconds=round(time.perf_counter() - t0, 2))
         cases.append(m)
-        if truth.max() == 2 and len(examples) < 3:
+        if (truth == TUMOR).any() and len(examples) < 3:
             examples.append((e.scan_id, image.data, image.info.affine, truth, pred))
         log(f"[{n}/{len(entries)}] {e.scan_id}: tumor DSC {_fmt(m['tumor_dice'])}, NSD "
             f"{_fmt(m['tumor_nsd'])}, liver DSC {_fmt(m['liver_dice'])}, lesions "
             f"{sum(l['detected'] for l in m['lesions'])}/{len(m['lesions'])}, FP lesions "
             f"{m['false_positive_lesions']} ({m['seconds']} s)")
-    summary = {"checkpoint": train_cfg["checkpoint"], "model": train_cfg["model"],
-               "step": train_cfg["step"], "manifest": manifest, "fold": fold,
-               "inference": {"spacing_mm": 1.0, "roi": roi, "overlap": overlap, "mode": "gaussian",
-                             "window_hu": [-21, 189], "postprocess": "largest liver component; "
-                             "tumor within the liver dilated by 5 mm"},
-               "nsd_tolerance_mm": tolerance_mm, "aggregate": summarize(cases, seed=seed),
-               "cases": cases, "empty_mask_rule": EMPTY_RULE}
-    summary = strict(summary)
+    summary = json_safe({**source, "manifest": manifest, "fold": fold, "inference": inference,
+                         "nsd_tolerance_mm": tolerance_mm,
+                         "aggregate": summarize(cases, seed=seed), "cases": cases,
+                         "empty_mask_rule": EMPTY_RULE})
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1, allow_nan=False)
     _write_csv(os.path.join(out, "cases.csv"), cases)
     from .report import write_report
     write_report(out, summary, examples)
     return summary
+
+
+def _checked(pred, shape, entry) -> np.ndarray:
+    pred = np.asarray(pred)
+    values = np.unique(pred)
+    if pred.shape != tuple(shape) or not np.isin(values, (BACKGROUND, LIVER, TUMOR)).all():
+        raise ValueError(f"scan {entry.scan_id} ({entry.image}): the segmenter returned shape "
+                         f"{pred.shape} with values {values[:5].tolist()}; expected labels "
+                         f"{BACKGROUND}, {LIVER}, {TUMOR} in the scan's shape {tuple(shape)}")
+    return pred.astype(np.uint8)
+
+
+def _model_segmenter(checkpoint: str, device: str, roi: int | None, overlap: float,
+                     sw_batch: int) -> tuple[Segmenter, dict, dict]:
+    """The checkpoint's model as a segmenter, what to record of the checkpoint, and the inference
+    settings it runs with (from its preprocessing record, ``roi`` overriding the window size)."""
+    import functools
+    from .infer import DILATE_MM, segment
+    from .model import load_model
+    trained = load_model(checkpoint, device)
+    prep = trained.preprocessing
+    window_zyx = (roi,) * 3 if roi else prep.roi
+    segmenter = functools.partial(segment, trained.model, prep=prep, roi=window_zyx,
+                                  overlap=overlap, sw_batch=sw_batch)
+    source = {"checkpoint": trained.checkpoint, "model": trained.name, "step": trained.step}
+    inference = {"spacing_mm": list(prep.spacing_mm), "window_hu": list(prep.window_hu),
+                 "roi_zyx": list(window_zyx), "overlap": overlap, "mode": "gaussian",
+                 "postprocess": f"largest liver component; tumor within the liver dilated by "
+                                f"{DILATE_MM:g} mm",
+                 "dataset_ids": list(prep.dataset_ids)}
+    return segmenter, source, inference
 
 
 def _fmt(v) -> str:
@@ -139,70 +176,7 @@ def compare(a_path: str, b_path: str) -> dict:
     mc = {"a_only": only_a, "b_only": only_b, "both": both, "neither": neither,
           "p_value": float(binomtest(only_a, discordant, 0.5).pvalue) if discordant else None}
     mean = lambda xs: float(np.mean(xs)) if xs else None
-    return strict({"a": a_path, "b": b_path, "shared_cases": len(shared),
+    return json_safe({"a": a_path, "b": b_path, "shared_cases": len(shared),
                    "tumor_dice_mean": {"a": mean([x for x, _ in pairs]),
                                        "b": mean([y for _, y in pairs])},
                    "wilcoxon_tumor_dice": wil, "mcnemar_lesions": mc})
-
-
-def _cmd_evaluate(args) -> int:
-    from tumorforge.manifests.schema import ManifestError
-    try:
-        summary = evaluate(args.checkpoint, args.manifest, args.out, allow_roots=args.allow_root,
-                           fold=args.fold, limit=args.limit, overlap=args.overlap,
-                           sw_batch=args.sw_batch, roi=args.roi, tolerance_mm=args.tolerance,
-                           device=args.device)
-    except (ManifestError, ValueError, FileNotFoundError) as exc:
-        sys.exit(f"evaluate: {exc}")
-    agg = summary["aggregate"]
-    print(f"tumor DSC {_fmt(agg['tumor_dice']['mean'])} (95% CI {agg['tumor_dice']['ci95']}), "
-          f"NSD {_fmt(agg['tumor_nsd']['mean'])}, global DSC {_fmt(agg['global_tumor_dice'])}, "
-          f"liver DSC {_fmt(agg['liver_dice']['mean'])}, lesion sensitivity "
-          f"{_fmt(agg['detection']['all']['sensitivity'])}, specificity "
-          f"{_fmt(agg['specificity']['value'])}")
-    print(f"report: {os.path.join(args.out, 'report.html')} (and report.md, summary.json, cases.csv)")
-    return 0
-
-
-def _cmd_compare(args) -> int:
-    try:
-        result = compare(args.a, args.b)
-    except (ValueError, OSError, KeyError) as exc:
-        sys.exit(f"compare: {exc}")
-    w, m = result["wilcoxon_tumor_dice"], result["mcnemar_lesions"]
-    print(f"{result['shared_cases']} shared case(s); mean tumor DSC A {_fmt(result['tumor_dice_mean']['a'])}"
-          f" vs B {_fmt(result['tumor_dice_mean']['b'])}")
-    print(f"Wilcoxon signed-rank on tumor DSC: n={w['n']}, p={_fmt(w['p_value'])}")
-    print(f"McNemar on lesions: detected only by A {m['a_only']}, only by B {m['b_only']}, "
-          f"both {m['both']}, neither {m['neither']}, exact p={_fmt(m['p_value'])}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1, allow_nan=False)
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    from tumorforge.manifests.flags import add_allow_root
-    e = sub.add_parser("evaluate", help="score a checkpoint on annotated scans (DSC, NSD, detection)",
-                       description="Whole-scan sliding-window inference (RAS, 1 mm, overlap 0.75, "
-                                   "Gaussian), post-processing, predictions saved as NIfTI on each "
-                                   "scan's grid, metrics in physical spacing, and a report.")
-    e.add_argument("--checkpoint", required=True, help="step-*.pt, or a training output folder")
-    e.add_argument("--manifest", required=True, help="annotated scans (tumor and healthy)")
-    e.add_argument("--out", required=True)
-    e.add_argument("--fold", type=int, help="only scans of this fold")
-    e.add_argument("--limit", type=int, help="only the first N scans")
-    e.add_argument("--overlap", type=float, default=0.75)
-    e.add_argument("--sw-batch", type=int, default=2)
-    e.add_argument("--roi", type=int, default=96, help="sliding-window side in voxels (96)")
-    e.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm (2)")
-    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    add_allow_root(e)
-    e.set_defaults(func=_cmd_evaluate)
-    c = sub.add_parser("compare", help="paired comparison of two evaluations (e.g. synthetic vs real)",
-                       description="Wilcoxon signed-rank on per-case tumor DSC and exact McNemar "
-                                   "on lesion detection, over the cases both summaries share.")
-    c.add_argument("a", help="summary.json of model A")
-    c.add_argument("b", help="summary.json of model B")
-    c.add_argument("--json", help="write the result here")
-    c.set_defaults(func=_cmd_compare)

@@ -12,14 +12,11 @@ from __future__ import annotations
 import numpy as np
 import scipy.ndimage as ndi
 
+# ``dice`` is the one Dice of tumorforge (same empty-mask rule everywhere); importable from here too.
+from tumorforge.manifests.conventions import LIVER, TUMOR, dice
+
 CONNECTIVITY_26 = np.ones((3, 3, 3), bool)
 SIZE_BINS_MM = (("<5", 0.0, 5.0), ("5-10", 5.0, 10.0), (">10", 10.0, float("inf")))
-
-
-def dice(pred: np.ndarray, truth: np.ndarray) -> float | None:
-    p, t = np.asarray(pred, bool), np.asarray(truth, bool)
-    total = int(p.sum()) + int(t.sum())
-    return None if total == 0 else 2.0 * int((p & t).sum()) / total
 
 
 def _surface_points(mask: np.ndarray, spacing) -> np.ndarray:
@@ -95,11 +92,11 @@ def size_bin(radius_mm: float) -> str:
 def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing, tolerance_mm: float = 2.0) -> dict:
     """Per-case metrics from label volumes (0 background, 1 liver, 2 tumor) on one grid.
 
-    Liver is labels >= 1. A ground-truth lesion is detected when any predicted tumor voxel
+    Liver is liver or tumor voxels. A ground-truth lesion is detected when any predicted tumor voxel
     overlaps it; a predicted lesion touching no ground-truth tumor is a false positive.
     """
     spacing = tuple(float(s) for s in spacing)
-    pt, tt = pred == 2, truth == 2
+    pt, tt = pred == TUMOR, truth == TUMOR
     voxel_ml = float(np.prod(spacing)) / 1000.0
     gt_labels, gt = lesions(tt, spacing)
     hit = set(np.unique(gt_labels[pt]).tolist())
@@ -110,7 +107,7 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing, tolerance_mm: flo
     touching = set(np.unique(pred_labels[tt]).tolist()) - {0}
     fp = len(predicted) - len(touching)
     return {"tumor_dice": dice(pt, tt), "tumor_nsd": nsd(pt, tt, spacing, tolerance_mm),
-            "liver_dice": dice(pred >= 1, truth >= 1),
+            "liver_dice": dice(pred >= LIVER, truth >= LIVER),
             "tumor_volume_true_ml": round(int(tt.sum()) * voxel_ml, 4),
             "tumor_volume_pred_ml": round(int(pt.sum()) * voxel_ml, 4),
             "tumor_volume_error_ml": round((int(pt.sum()) - int(tt.sum())) * voxel_ml, 4),

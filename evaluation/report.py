@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+from tumorforge.manifests.conventions import DISPLAY_WINDOW_HU, TUMOR, to_ras
+
 from .metrics import SIZE_BINS_MM
 
 
@@ -61,20 +63,17 @@ def plot_case_dice(cases: list[dict], png: str) -> str:
 
 
 def plot_example(scan_id, image, affine, truth, pred, png: str) -> str:
-    """Axial slice through the largest ground-truth tumor: truth green, prediction red."""
-    import nibabel as nib
+    """Axial slice through the largest ground-truth tumor: truth green, prediction red. Arrays
+    are in the file's voxel order, ``affine`` the file's."""
     plt = _plt()
-    ornt = nib.orientations.io_orientation(affine)
-    to_ras = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt("RAS"))
-    img, t, p = (nib.orientations.apply_orientation(a, to_ras) for a in (image, truth, pred))
-    k = int(np.argmax((t == 2).sum(axis=(0, 1))))
+    img, t, p = (to_ras(a, affine)[0] for a in (image, truth, pred))
+    k = int(np.argmax((t == TUMOR).sum(axis=(0, 1))))
     show = lambda a: np.rot90(a[:, :, k])[:, ::-1]       # radiological: patient right on the left
     fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(show(img), cmap="gray", vmin=-160, vmax=240)
-    if (show(t) == 2).any():
-        ax.contour(show(t) == 2, levels=[0.5], colors="lime", linewidths=0.8)
-    if (show(p) == 2).any():
-        ax.contour(show(p) == 2, levels=[0.5], colors="red", linewidths=0.8)
+    ax.imshow(show(img), cmap="gray", vmin=DISPLAY_WINDOW_HU[0], vmax=DISPLAY_WINDOW_HU[1])
+    for mask, color in ((show(t) == TUMOR, "lime"), (show(p) == TUMOR, "red")):
+        if mask.any():
+            ax.contour(mask, levels=[0.5], colors=color, linewidths=0.8)
     ax.set_title(f"{scan_id}, slice {k}: truth green, prediction red", fontsize=8)
     ax.axis("off")
     fig.tight_layout()
@@ -122,7 +121,8 @@ def write_report(out: str, summary: dict, examples: list) -> dict:
     cases = [[c["scan_id"], c["role"], _f(c["tumor_dice"]), _f(c["tumor_nsd"]), _f(c["liver_dice"]),
               f"{sum(l['detected'] for l in c['lesions'])}/{len(c['lesions'])}",
               c["false_positive_lesions"]] for c in summary["cases"]]
-    md = [f"# Evaluation of {summary['model']} (step {summary['step']})", "",
+    step = "" if summary["step"] is None else f" (step {summary['step']})"
+    md = [f"# Evaluation of {summary['model']}{step}", "",
           f"Checkpoint `{summary['checkpoint']}`, scans `{summary['manifest']}`.", "",
           "Inference: " + ", ".join(f"{k} {v}" for k, v in summary["inference"].items()) + ".", "",
           "## Metrics (95% bootstrap intervals over cases)", "",

@@ -42,19 +42,17 @@ Choices (where the paper says only "tuning hyperparameters of the generator"):
 
 The core (:func:`plan_cases`, :func:`run_sweep`, :func:`summarize`, :func:`write_report`) takes any
 ``predict(image_hu_zyx) -> labels_zyx`` callable, so it runs without a trained model;
-``tumorforge robustness`` plugs in a trainer checkpoint.
+:func:`benchmark` (``tumorforge robustness``) plugs in a trainer checkpoint, whose preprocessing
+record gives the crops' spacing and default size and the HU window the model sees.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
 import math
 import os
-import pickle
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -64,6 +62,9 @@ import numpy as np
 from tumorforge.generator.config import GeneratorConfig
 from tumorforge.generator.params import PaperTumor, SampleParams
 from tumorforge.generator.prepare import PreparedScan
+from tumorforge.manifests.conventions import TUMOR, dice
+from tumorforge.manifests.records import json_safe
+from tumorforge.trainer.preprocessing import Preprocessing
 
 DIMENSIONS = ("shape", "size", "texture", "intensity", "location")
 # PaperTumor field each dimension moves, its unit, and the valid range shifted values are clipped to
@@ -75,7 +76,6 @@ UNIT = {"shape": "voxels", "size": "voxels (mm at 1 mm spacing)", "texture": "up
 CLIP = {"shape": (0.0, None), "size": (1.5, None), "texture": (1.0, None),
         "intensity": (-100.0, 300.0)}
 VESSEL_FREE_SLACK_MM = 1.0
-TUMOR_LABEL = 2
 EMPTY_MASK_RULES = ("Dice: truth and prediction both empty -> undefined (null), left out of means. "
                     "Detected: undefined (null) when the crop holds no true tumor voxel, left out of "
                     "detection rates.")
@@ -290,8 +290,7 @@ def plan_cases(scans: Sequence[PreparedScan], config: GeneratorConfig, prior: di
 
 def score(pred_labels: np.ndarray, truth_labels: np.ndarray) -> dict:
     """Tumor scores of one crop: dice, detected, voxel counts (see the module docstring)."""
-    from .metrics import dice
-    pred, truth = pred_labels == TUMOR_LABEL, truth_labels == TUMOR_LABEL
+    pred, truth = pred_labels == TUMOR, truth_labels == TUMOR
     true_voxels = int(truth.sum())
     return {"dice": dice(pred, truth),
             "detected": bool((pred & truth).any()) if true_voxels else None,
@@ -355,19 +354,6 @@ def summarize(cases: Sequence[dict], prior: dict[str, Prior], dimensions: Sequen
     return rows
 
 
-def _strict(x):
-    """JSON-safe copy: NaN and infinities become None, numpy scalars plain numbers."""
-    if isinstance(x, dict):
-        return {str(k): _strict(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_strict(v) for v in x]
-    if isinstance(x, (np.integer, np.bool_)):
-        return x.item()
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
-
-
 CSV_FIELDS = ("dimension", "k", "value", "target", "seed", "index", "scan_id", "dice", "detected",
               "true_voxels", "pred_voxels", "fp_voxels")
 
@@ -423,13 +409,13 @@ def write_report(out_dir: str, cases: Sequence[dict], prior: dict[str, Prior],
             w.writerow(["" if c[k] is None else c[k] for k in CSV_FIELDS])
     with open(paths["cases.jsonl"], "w") as f:
         for c in cases:
-            f.write(json.dumps(_strict(c), allow_nan=False, sort_keys=True) + "\n")
+            f.write(json.dumps(json_safe(c), allow_nan=False, sort_keys=True) + "\n")
     summary = {"dimensions": list(dimensions), "sigmas": sigmas, **(meta or {}),
                "prior": {d: {**prior[d].to_json(), "parameter": PARAMETER[d], "unit": UNIT[d]}
                          for d in dimensions},
                "empty_mask_rules": EMPTY_MASK_RULES, "table": rows}
     with open(paths["summary.json"], "w") as f:
-        f.write(json.dumps(_strict(summary), allow_nan=False, indent=1) + "\n")
+        f.write(json.dumps(json_safe(summary), allow_nan=False, indent=1) + "\n")
     plot_heatmap(rows, dimensions, sigmas, paths["heatmap.png"])
     with open(paths["report.md"], "w") as f:
         f.write(_markdown(rows, prior, dimensions, sigmas, meta or {}))
@@ -470,106 +456,78 @@ def _markdown(rows, prior, dimensions, sigmas, meta) -> str:
     return "\n".join(lines)
 
 
-def _cuda_available() -> bool:
-    import torch
-    return torch.cuda.is_available()
+def _checked_config(fields: dict) -> GeneratorConfig:
+    try:
+        config = GeneratorConfig.from_json(fields)
+    except TypeError as exc:
+        raise ValueError(f"generator configuration: {exc}") from None
+    _require_paper(config)
+    if any(c % 16 for c in config.crop_size):
+        raise ValueError(f"crop_size {list(config.crop_size)}: every side must be a multiple of 16 "
+                         "for the models")
+    return config
 
 
-def run(args) -> int:
-    from tumorforge.generator.options import config_from_args
+def training_config(generator: dict, prep: Preprocessing) -> GeneratorConfig:
+    """The generator configuration of the model's training distribution: ``generator`` (fields of
+    GeneratorConfig, as a config file holds them) over the crop size and spacing of the checkpoint's
+    preprocessing record. A spacing other than the model's is refused: the model would see every
+    tumor at the wrong scale."""
+    config = _checked_config({"crop_size": list(prep.crop_size),
+                              "target_spacing_mm": list(prep.spacing_mm), **generator})
+    if tuple(config.target_spacing_mm) != tuple(prep.spacing_mm):
+        raise ValueError(f"target_spacing_mm {list(config.target_spacing_mm)}: the model was "
+                         f"trained on crops at {list(prep.spacing_mm)} mm")
+    return config
+
+
+def benchmark(checkpoint: str, manifest: str, out: str, generator: dict | None = None, *,
+              dimensions: Sequence[str] = DIMENSIONS, sigmas: int = 3, cases_per_level: int = 4,
+              seed: int = 0, prior_samples: int = 400, device: str = "auto",
+              backend: str = "numpy", allow_roots=(), log=print) -> dict[str, str]:
+    """The benchmark of a trainer checkpoint on the healthy scans of ``manifest``, written to
+    ``out`` by :func:`write_report`; returns the paths written, by name.
+
+    ``generator``: GeneratorConfig fields of the training distribution (see
+    :func:`training_config`). Crops are windowed with the checkpoint's HU window. Inputs are
+    checked (configuration, checkpoint file, manifest) before any scan is prepared.
+    """
+    from tumorforge.generator.backend import get_backend
     from tumorforge.generator.scans import load_prepared
-    from tumorforge.generator.backend import BackendError, get_backend
-    from tumorforge.manifests.nifti import ScanError
-    from tumorforge.manifests.schema import ManifestError, default_roots, read_manifest
-    from .model import load_model, pick_device, predict_crop
+    from tumorforge.manifests.schema import default_roots, read_manifest
+    from .model import checkpoint_path, load_model, predict_crop
 
-    try:
-        dimensions = check_dimensions([d.strip() for d in args.dimensions.split(",") if d.strip()])
-    except ValueError as exc:
-        sys.exit(f"robustness: --dimensions {exc}")
-    if args.cases_per_level < 1:
-        sys.exit(f"robustness: --cases-per-level must be >= 1, got {args.cases_per_level}")
-    if not 0 <= args.sigmas <= 10:
-        sys.exit(f"robustness: --sigmas must be in 0..10, got {args.sigmas}")
-    if args.prior_samples < 1:
-        sys.exit(f"robustness: --prior-samples must be >= 1, got {args.prior_samples}")
-    if args.crop_size % 16:
-        sys.exit(f"robustness: --crop-size {args.crop_size} must be a multiple of 16 for the models")
-    config = config_from_args(args)
-    if config.profile != "paper":
-        sys.exit(f"robustness: --profile {config.profile}: only 'paper' has the tumor parameters "
-                 f"(sigma_e, eta, mu_t) this benchmark moves")
-    if not os.path.exists(args.checkpoint):
-        sys.exit(f"robustness: checkpoint {args.checkpoint} does not exist")
-    if args.device == "cuda" and not _cuda_available():
-        sys.exit("robustness: --device cuda, but torch sees no CUDA device (use --device cpu or auto)")
-    try:
-        entries = read_manifest(args.manifest, default_roots(args.manifest, args.allow_root))
-        backend = get_backend(args.backend)
-    except (ManifestError, BackendError) as exc:
-        sys.exit(f"robustness: {exc}")
+    generator = dict(generator or {})
+    dimensions = check_dimensions(dimensions)
+    _checked_config(generator)
+    checkpoint_path(checkpoint)
+    entries = read_manifest(manifest, default_roots(manifest, allow_roots))
+    synthesis = get_backend(backend)
     healthy = sorted((e for e in entries if e.role == "healthy"), key=lambda e: e.scan_id)
     if not healthy:
-        sys.exit(f"robustness: {args.manifest} has no healthy scan to put tumors in")
-    try:
-        model, model_config = load_model(args.checkpoint, pick_device(args.device))
-    except (OSError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as exc:
-        sys.exit(f"robustness: cannot load checkpoint {args.checkpoint}: {exc}")
+        raise ValueError(f"{manifest} has no healthy scan to put tumors in")
+    trained = load_model(checkpoint, device)
+    prep = trained.preprocessing
+    config = training_config(generator, prep)
     started = time.perf_counter()
-    try:
-        # Only the scans the cases use are prepared: case j takes scan j mod len(healthy).
-        scans = [load_prepared(e, config) for e in healthy[:args.cases_per_level]]
-    except (ScanError, ValueError) as exc:
-        sys.exit(f"robustness: {exc}")
-    print(f"robustness: {len(scans)} scan(s) prepared in {time.perf_counter() - started:.1f} s; "
-          f"estimating the training distribution from {args.prior_samples} draws")
+    # Only the scans the cases use are prepared: case j takes scan j mod len(healthy).
+    scans = [load_prepared(e, config) for e in healthy[:cases_per_level]]
+    log(f"robustness: {len(scans)} scan(s) prepared in {time.perf_counter() - started:.1f} s; "
+        f"estimating the training distribution from {prior_samples} draws")
     depths: dict = {}
-    prior = estimate_prior(scans[0], config, args.prior_samples, args.seed, _depth(scans[0], depths))
+    prior = estimate_prior(scans[0], config, prior_samples, seed, _depth(scans[0], depths))
     for d in dimensions:
-        print(f"  {d:<9} {PARAMETER[d]:<8} mu {prior[d].mu:g} sigma {prior[d].sigma:g} {UNIT[d]}")
-    cases = run_sweep(scans, lambda image: predict_crop(model, image), config, dimensions,
-                      args.sigmas, args.cases_per_level, args.seed, prior=prior, backend=backend,
-                      depths=depths, progress=print)
-    meta = {"checkpoint": model_config["checkpoint"], "model": model_config.get("model"),
-            "step": model_config.get("step"), "manifest": args.manifest, "seed": args.seed,
-            "cases_per_level": args.cases_per_level, "prior_samples": args.prior_samples,
-            "prior_scan": scans[0].scan_id, "scans": [s.scan_id for s in scans],
-            "backend": backend.name, "seconds": round(time.perf_counter() - started, 1),
+        log(f"  {d:<9} {PARAMETER[d]:<8} mu {prior[d].mu:g} sigma {prior[d].sigma:g} {UNIT[d]}")
+    cases = run_sweep(scans, lambda image: predict_crop(trained.model, image, prep.window_hu),
+                      config, dimensions, sigmas, cases_per_level, seed, prior=prior,
+                      backend=synthesis, depths=depths, progress=log)
+    meta = {"checkpoint": trained.checkpoint, "model": trained.name, "step": trained.step,
+            "manifest": manifest, "seed": seed, "cases_per_level": cases_per_level,
+            "prior_samples": prior_samples, "prior_scan": scans[0].scan_id,
+            "scans": [s.scan_id for s in scans], "backend": synthesis.name,
+            "seconds": round(time.perf_counter() - started, 1),
+            "inference": {"spacing_mm": list(prep.spacing_mm), "window_hu": list(prep.window_hu),
+                          "crop_size": list(config.crop_size),
+                          "dataset_ids": list(prep.dataset_ids)},
             "generator_config": config.to_json()}
-    paths = write_report(args.out, cases, prior, dimensions, args.sigmas, meta)
-    print("\n".join(paths.values()))
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    from tumorforge.generator.options import add_generator_options
-    from tumorforge.manifests.flags import add_allow_root
-    p = sub.add_parser(
-        "robustness", help="score a model on synthetic tumors shifted one dimension at a time",
-        description="Controllable robustness benchmark (Section 5.5, Figure 6 of the paper): paint "
-                    "one synthetic tumor per case into healthy scans of the manifest, moving one "
-                    "dimension (shape, size, texture, intensity, location) to mu + k sigma of the "
-                    "training distribution for k = -S..S while everything else stays as drawn; "
-                    "score the checkpoint's tumor Dice and detection per level; write cases.csv, "
-                    "cases.jsonl (every case's generator record), summary.json, heatmap.png and "
-                    "report.md. The generator options describe the training distribution.")
-    p.add_argument("--checkpoint", required=True,
-                   help="trainer checkpoint (step-*.pt) or run folder (its newest checkpoint)")
-    p.add_argument("--manifest", required=True, help="manifest whose healthy scans receive tumors")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--cases-per-level", type=int, default=4,
-                   help="cases per (dimension, level) (default 4); case j uses healthy scan j mod n")
-    p.add_argument("--seed", type=int, default=0, help="root seed of the base draws (default 0)")
-    p.add_argument("--sigmas", type=int, default=3,
-                   help="levels -S..S standard deviations (default 3: seven levels)")
-    p.add_argument("--dimensions", default=",".join(DIMENSIONS),
-                   help=f"comma-separated subset of {','.join(DIMENSIONS)} (default all)")
-    p.add_argument("--prior-samples", type=int, default=400,
-                   help="draws for the Monte Carlo estimate of mu and sigma (default 400)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where the model runs (default auto: cuda when available)")
-    p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="numpy",
-                   help="synthesis backend (default numpy)")
-    add_allow_root(p)
-    add_generator_options(p)
-    p.set_defaults(func=run)
+    return write_report(out, cases, prior, dimensions, sigmas, meta)

@@ -31,7 +31,8 @@ import hashlib
 import json
 import math
 import os
-import sys
+
+from tumorforge.manifests.conventions import DISPLAY_WINDOW_HU, TUMOR, zyx_to_ras
 
 ANSWERS = ("real", "synthetic", "unsure")
 TRUTHS = ("real", "synthetic")
@@ -76,7 +77,7 @@ def _packet_nifti(data_zyx, dtype) -> bytes:
     # Identity: 1 mm RAS, no translation. The scanner origin and any obliquity of the source
     # affine would say which dataset (hospital, scanner) a case came from.
     affine = np.eye(4)
-    data = np.ascontiguousarray(np.asarray(data_zyx).transpose(2, 1, 0).astype(dtype))
+    data = np.ascontiguousarray(zyx_to_ras(np.asarray(data_zyx)).astype(dtype))
     header = nib.Nifti1Header()
     header.set_data_dtype(dtype)
     img = nib.Nifti1Image(data, affine, header=header)
@@ -136,9 +137,10 @@ def _overview_png(rows, png: str) -> None:
         ax.axis("off")
     for ax, (case_id, truth, image, label) in zip(axes.ravel(), rows):
         # (Y, X) with Y anterior, X toward the patient's right: anterior up, right on the left.
-        ax.imshow(image[::-1, ::-1], cmap="gray", vmin=-160, vmax=240)
-        if (label == 2).any():
-            ax.contour((label == 2)[::-1, ::-1], levels=[0.5], colors="red", linewidths=0.7)
+        ax.imshow(image[::-1, ::-1], cmap="gray", vmin=DISPLAY_WINDOW_HU[0],
+                  vmax=DISPLAY_WINDOW_HU[1])
+        if (label == TUMOR).any():
+            ax.contour((label == TUMOR)[::-1, ::-1], levels=[0.5], colors="red", linewidths=0.7)
         ax.set_title(f"{case_id}: {truth}", fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
@@ -170,7 +172,7 @@ def make_packet(real_manifest: str, healthy_manifest: str, out_dir: str, n_real:
     from tumorforge.generator.backend import get_backend
     from tumorforge.generator.config import GeneratorConfig
     from tumorforge.generator.sample import sample_params, sample_seed
-    from tumorforge.generator.synthesize import TUMOR_LABEL, synthesize
+    from tumorforge.generator.synthesize import synthesize
     from tumorforge.manifests.schema import default_roots, read_manifest
 
     if n_real < 0 or n_synthetic < 0 or n_real + n_synthetic == 0:
@@ -245,7 +247,7 @@ def make_packet(real_manifest: str, healthy_manifest: str, out_dir: str, n_real:
                     np.random.default_rng(sample_seed(seed, index)), scan, case_config))
                 index += 1
                 crop = synthesize(scan, params, backend)
-                if (crop.label == TUMOR_LABEL).any():
+                if (crop.label == TUMOR).any():
                     break
                 crop = None
             if crop is not None:
@@ -260,7 +262,7 @@ def make_packet(real_manifest: str, healthy_manifest: str, out_dir: str, n_real:
                      _packet_nifti(crop.label, np.uint8))
         key[case_id] = {"truth": truth, "source_scan": entry.scan_id, "seed": seed,
                         "index": index - 1, "params": params.to_json()}
-        z = int(np.argmax((crop.label == TUMOR_LABEL).sum(axis=(1, 2))))
+        z = int(np.argmax((crop.label == TUMOR).sum(axis=(1, 2))))
         overview.append((case_id, truth, crop.image[z], crop.label[z]))
 
     with open(os.path.join(out_dir, "answer_sheet.csv"), "w", newline="") as f:
@@ -427,102 +429,3 @@ def format_report(result: dict) -> str:
     lines.append("accuracy vs chance (exact binomial, two-sided): "
                  + ("n/a" if p is None else f"p = {p:.4g}"))
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def _run_make(args) -> int:
-    from tumorforge.generator.prepare import PrepareError
-    from tumorforge.manifests.nifti import ScanError
-    from tumorforge.manifests.schema import ManifestError
-    try:
-        summary = make_packet(args.real, args.healthy, args.out, args.n_real, args.n_synthetic,
-                              args.seed, profile=args.profile, size_mix=args.size_mix,
-                              allow_roots=args.allow_root, margin_mm=args.margin,
-                              reuse_healthy=args.reuse_healthy)
-    except (VTTError, ManifestError, ScanError, PrepareError) as exc:
-        sys.exit(f"vtt make: {exc}")
-    print(f"packet: {summary['out']} ({summary['cases']} cases: {summary['n_real']} real, "
-          f"{summary['n_synthetic']} synthetic)")
-    print(f"give readers: {os.path.join(summary['out'], 'cases')}, answer_sheet.csv, README.txt, "
-          f"key_sha256.txt (keep key/ away from them)")
-    print(f"answer key: {summary['key']}")
-    print(f"answer key sha256: {summary['key_sha256']}")
-    return 0
-
-
-def _run_score(args) -> int:
-    try:
-        key = load_key(args.key, args.expect_sha256)
-        result = score_answers(read_answers(args.answers), key, source=args.answers)
-    except VTTError as exc:
-        sys.exit(f"vtt score: {exc}")
-    if args.expect_sha256 is None:
-        print(f"key {args.key}: sha256 {sha256_file(args.key)} (not checked; pass --expect-sha256)")
-    else:
-        print(f"key {args.key}: sha256 matches")
-    print(format_report(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"answers": args.answers, "key": args.key,
-                       "key_sha256": sha256_file(args.key), **result}, f, indent=1)
-        print(f"wrote {args.json}")
-    return 0
-
-
-def _size_mix(text: str) -> str:
-    """argparse check of --size-mix; the text itself is passed on to make_packet."""
-    from tumorforge.generator.options import parse_mix
-    parse_mix(text)
-    return text
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    from tumorforge.manifests.flags import add_allow_root
-    """Add ``vtt make`` and ``vtt score`` to the ``tumorforge`` subcommands."""
-    p = sub.add_parser("vtt", help="Visual Turing Test: blinded real/synthetic packet and scoring",
-                       description="Visual Turing Test (Section 5.1 of the paper): make a blinded "
-                                   "packet of CT volumes with real or synthetic liver tumors, and "
-                                   "score a reader's answers as Table 2.")
-    vsub = p.add_subparsers(dest="vtt_command", required=True, metavar="SUBCOMMAND")
-
-    m = vsub.add_parser("make", help="write a blinded packet and its answer key",
-                        description="Mix N_REAL scans with real tumors (role 'tumor' of --real) and "
-                                    "N_SYNTHETIC healthy scans (role 'healthy' of --healthy) with "
-                                    "synthetic tumors, all resampled to 1 mm RAS around the liver, "
-                                    "under random case IDs with stripped headers. Writes cases/, "
-                                    "answer_sheet.csv, README.txt, key_sha256.txt and key/ (answers "
-                                    "and labels; keep it from the readers). Prints the key's sha256.")
-    m.add_argument("--real", required=True, metavar="MANIFEST", help="manifest with real tumors")
-    m.add_argument("--healthy", required=True, metavar="MANIFEST", help="manifest of healthy scans")
-    m.add_argument("--out", required=True, metavar="DIR", help="new or empty output folder")
-    m.add_argument("--n-real", type=int, required=True, help="cases with real tumors")
-    m.add_argument("--n-synthetic", type=int, required=True, help="cases with synthetic tumors")
-    m.add_argument("--seed", type=int, default=0, help="root seed (default 0)")
-    m.add_argument("--profile", choices=("paper", "released"), default="paper",
-                   help="synthesis recipe (default paper)")
-    m.add_argument("--size-mix", type=_size_mix, default="mix", metavar="MIX",
-                   help="size type, scenario or weights: 'mix' (default), 'large', 'satellite', "
-                        "'medium=1,satellite=1'")
-    m.add_argument("--margin", type=int, default=DEFAULT_MARGIN_MM, metavar="MM",
-                   help=f"CT kept around the liver's box, mm (default {DEFAULT_MARGIN_MM})")
-    m.add_argument("--reuse-healthy", action="store_true",
-                   help="allow several synthetic cases per healthy scan (a reader may recognize "
-                        "the repeated anatomy)")
-    add_allow_root(m)
-    m.set_defaults(func=_run_make)
-
-    s = vsub.add_parser("score", help="score one reader's answer sheet as Table 2",
-                        description="Score ANSWERS.csv (case_id,answer,... with answers real, "
-                                    "synthetic or unsure) against the key: confusion table, "
-                                    "accuracy, sensitivity (synthetic = positive) and specificity "
-                                    "over definite answers and with unsure counted wrong, Wilson "
-                                    "95% intervals, exact binomial test against chance.")
-    s.add_argument("answers", metavar="ANSWERS.csv")
-    s.add_argument("--key", required=True, metavar="ANSWER_KEY.json")
-    s.add_argument("--expect-sha256", metavar="HEX",
-                   help="refuse unless the key has this sha256 (from key_sha256.txt)")
-    s.add_argument("--json", metavar="OUT.json", help="also write the result as JSON")
-    s.set_defaults(func=_run_score)

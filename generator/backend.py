@@ -13,6 +13,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "numpy", "cupy")
+# Generation jobs and the generator benchmark default to NumPy: its bytes are the reference that
+# audit reproduces bit for bit on any machine. Interactive commands (preview, demo) take "auto".
+DEFAULT_BACKEND = "numpy"
 
 
 class BackendError(RuntimeError):

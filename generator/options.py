@@ -1,13 +1,13 @@
 """Command-line options that describe a generator configuration, shared by every subcommand that
-synthesizes (preview, bench, generate)."""
+synthesizes (preview, bench generator, generate, robustness, vtt)."""
 
 from __future__ import annotations
 
 import argparse
 
-from tumorforge.generator.config import PROFILES, SCENARIOS, SIZE_TYPES, GeneratorConfig
+from tumorforge.manifests.flags import add_config_flags, config_overrides, merged
 
-DEFAULTS = {"profile": "paper", "crop_size": 96, "spacing": 1.0, "negative_fraction": 0.1}
+from .config import PROFILES, SCENARIOS, SIZE_TYPES, GeneratorConfig
 
 
 def parse_mix(text: str) -> tuple[dict, dict]:
@@ -30,47 +30,46 @@ def parse_mix(text: str) -> tuple[dict, dict]:
             {k: v for k, v in items.items() if k in SCENARIOS})
 
 
-def add_generator_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
-    """Generator flags. With ``defaults=False`` an absent flag stays None (a job file decides)."""
-    d = DEFAULTS if defaults else dict.fromkeys(DEFAULTS)
-    g = p.add_argument_group("generator")
+def _mix_flag(text: str) -> dict:
+    sizes, scenarios = parse_mix(text)
+    return {**sizes, **scenarios}
+
+
+def add_generator_options(p: argparse.ArgumentParser) -> None:
+    """A flag for every GeneratorConfig field (nested PaperParams / ReleasedParams fields as
+    ``--paper-...`` / ``--released-...``), plus ``--generator-config FILE``. An absent flag stays
+    None: the file (job spec or --generator-config) or the config's default decides."""
+    g = p.add_argument_group("generator (every GeneratorConfig field; flags override files)")
     g.add_argument("--generator-config", metavar="FILE",
                    help="YAML or JSON with any GeneratorConfig fields (every probability and range "
-                        "of the method); the options below override it")
-    g.add_argument("--profile", choices=PROFILES, default=d["profile"],
-                   help="paper: the full method (default); released: the authors' reduced recipe")
-    g.add_argument("--size-mix", default=None, metavar="MIX",
-                   help="size type or weights, e.g. 'mix' or 'tiny=0.2,small=0.2,medium=0.2,"
-                        "large=0.2,mix=0.2' (the default) or with scenarios 'single=1,satellite=1'")
-    g.add_argument("--crop-size", type=int, default=d["crop_size"],
-                   help="crop side in voxels (default 96)")
-    g.add_argument("--spacing", type=float, default=d["spacing"],
-                   help="target isotropic spacing in mm (default 1)")
-    g.add_argument("--negative-fraction", type=float, default=d["negative_fraction"],
-                   help="fraction of liver-only crops without tumor (default 0.1)")
+                        "of the method); the flags below override it")
+    add_config_flags(g, GeneratorConfig, prefix="generator.", flags={
+        "target_spacing_mm": ["--spacing", "--target-spacing-mm"]}, options={
+        "profile": {"choices": PROFILES},
+        "size_mix": {"type": _mix_flag, "metavar": "MIX",
+                     "help": "size type or weights, e.g. 'mix' or 'tiny=0.2,small=0.2,medium=0.2,"
+                             "large=0.2,mix=0.2' (the default); scenarios too: "
+                             "'single=1,satellite=1'"}})
 
 
 def generator_overrides(args) -> dict:
-    """GeneratorConfig fields given on the command line (and in --generator-config)."""
+    """GeneratorConfig fields given in --generator-config and on the command line (flags win)."""
     import yaml
     out: dict = {}
     if args.generator_config:
-        with open(args.generator_config) as f:
-            out = yaml.safe_load(f) or {}
+        try:
+            with open(args.generator_config) as f:
+                out = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SystemExit(f"{args.generator_config}: cannot read the generator config ({exc})")
         if not isinstance(out, dict):
             raise SystemExit(f"{args.generator_config}: expected a mapping of GeneratorConfig fields")
-    if args.profile is not None:
-        out["profile"] = args.profile
-    if args.crop_size is not None:
-        out["crop_size"] = [args.crop_size] * 3
-    if args.spacing is not None:
-        out["target_spacing_mm"] = [args.spacing] * 3
-    if args.negative_fraction is not None:
-        out["negative_fraction"] = args.negative_fraction
-    if args.size_mix:
-        sizes, scenarios = parse_mix(args.size_mix)
-        out.update(size_mix=sizes, scenario_mix=scenarios)
-    return out
+    flags = config_overrides(args, "generator.")
+    mix = flags.pop("size_mix", None)
+    if mix is not None:
+        flags["size_mix"] = {k: v for k, v in mix.items() if k in SIZE_TYPES}
+        flags["scenario_mix"] = {k: v for k, v in mix.items() if k in SCENARIOS}
+    return merged(out, flags, sections=("paper", "released"))
 
 
 def config_from_args(args) -> GeneratorConfig:

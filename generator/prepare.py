@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import nibabel as nib
 import numpy as np
 import scipy.ndimage as ndi
+
+from tumorforge.manifests.conventions import to_ras
 
 from .config import GeneratorConfig
 
@@ -64,15 +65,6 @@ class PreparedScan:
             label = self.liver.astype(np.uint8) + self.tumor.astype(np.uint8)
             self._device[backend.name] = (backend.asarray(self.image), backend.asarray(label))
         return self._device[backend.name]
-
-
-def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reorder/flip voxel axes so they run R, A, S; the affine is updated to match."""
-    current = nib.orientations.io_orientation(affine)
-    transform = nib.orientations.ornt_transform(current, nib.orientations.axcodes2ornt("RAS"))
-    out = nib.orientations.apply_orientation(data, transform)
-    new_affine = affine @ nib.orientations.inv_ornt_aff(transform, data.shape)
-    return np.ascontiguousarray(out), new_affine
 
 
 @dataclass(frozen=True)

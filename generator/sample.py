@@ -2,7 +2,9 @@
 
 ``sample_params(rng, scan, config)`` returns a :class:`SampleParams` record; the per-sample ``rng`` is
 ``numpy.random.default_rng(SeedSequence(root_seed, spawn_key=(index,)))``. Nothing here depends on the
-array backend, so parameters are identical whichever backend later synthesizes them.
+array backend, so parameters are identical whichever backend later synthesizes them. Where each
+tumor goes is drawn by ``location``; this module draws the size type, the counts and the rest of
+each tumor's record.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.ndimage as ndi
 
 from .config import SIZE_TYPES, GeneratorConfig, SizePreset
+from .location import liver_voxel, paper_location, released_location
 from .params import PaperTumor, ReleasedTumor, SampleParams
 from .prepare import PreparedScan
 
@@ -30,7 +32,7 @@ def sample_params(rng: np.random.Generator, scan: PreparedScan, config: Generato
         return _real_params(rng, scan, config)
     if rng.random() < config.negative_fraction:
         kind, tumors = "negative", ()
-        center = _liver_voxel(rng, scan)
+        center = liver_voxel(rng, scan)
     else:
         weights = {**config.size_mix, **config.scenario_mix}
         names = sorted(k for k, w in weights.items() if w > 0)
@@ -53,7 +55,7 @@ def _real_params(rng, scan, config) -> SampleParams:
     for the negative fraction (and for scans without tumor)."""
     tumor_voxels = np.flatnonzero(scan.tumor)
     if rng.random() < config.negative_fraction or tumor_voxels.size == 0:
-        kind, center = "negative", _liver_voxel(rng, scan)
+        kind, center = "negative", liver_voxel(rng, scan)
     else:
         kind = "real"
         center = np.array(np.unravel_index(tumor_voxels[int(rng.integers(tumor_voxels.size))],
@@ -111,58 +113,12 @@ def _draw_tumors(rng, scan, config, kind):
     return tumors
 
 
-def _liver_voxel(rng, scan) -> np.ndarray:
-    flat = scan.liver_voxels[int(rng.integers(len(scan.liver_voxels)))]
-    return np.array(np.unravel_index(flat, scan.shape))
-
-
-def _cube(scan, c, r):
-    r = int(math.ceil(r))
-    lo = np.maximum(c - r, 0)
-    hi = c + r + 1
-    return (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
-
-
-def _satellite_spot(rng, scan, config, near, r):
-    """A liver voxel at U(shell) large-lesion radii from the large lesion's center."""
-    center = np.asarray(near.center) - np.asarray(scan.origin_vox)
-    direction = rng.normal(size=3)
-    direction /= np.linalg.norm(direction) or 1.0
-    c = np.rint(center + direction * rng.uniform(*config.satellite_shell) * near.radius).astype(int)
-    inside = np.all(c >= 0) and np.all(c < scan.shape) and scan.liver[tuple(c)]
-    return c if inside else None
-
-
-def _paper_location(rng, scan, config, r, near):
-    """Eq. 1 collision rule: redraw while any vessel lies in the cube [c - r, c + r].
-
-    After ``max_location_tries`` the draw with the lowest vessel density (vessel voxels per liver
-    voxel in the cube) is used and recorded as a fallback. Density rather than count, because the
-    fewest vessels are always found where the cube leaves the liver, which would push every large
-    tumor to the liver's edge.
-    """
-    best = None
-    tries = config.paper.max_location_tries
-    for attempt in range(1, tries + 1):
-        c = _satellite_spot(rng, scan, config, near, r) if near is not None else None
-        if c is None:
-            c = _liver_voxel(rng, scan)
-        cube = _cube(scan, c, r)
-        n = int(np.count_nonzero(scan.vessel[cube]))
-        if n == 0:
-            return c, attempt, False, 0
-        density = n / max(1, int(np.count_nonzero(scan.liver[cube])))
-        if best is None or density < best[2]:
-            best = (c, n, density)
-    return best[0], tries, True, best[1]
-
-
 def _paper_tumor(rng, scan, config, kind, preset: SizePreset, near) -> PaperTumor:
     p = config.paper
     r = preset.radius_mm / float(np.mean(scan.spacing_mm))
     half_axes = tuple(round(float(a), 4) for a in rng.uniform(p.axis_scale[0] * r,
                                                               p.axis_scale[1] * r, 3))
-    center, tries, fallback, vessels = _paper_location(rng, scan, config, r, near)
+    center, tries, fallback, vessels = paper_location(rng, scan, config, r, near)
     big = preset.radius_mm >= config.post_min_radius_mm
     mu_hi = max(p.mu_t_low_hu, scan.parenchyma_mean_hu - p.mu_t_below_parenchyma_hu)
     seeds = rng.integers(0, 2 ** 63, 2)
@@ -182,26 +138,12 @@ def _paper_tumor(rng, scan, config, kind, preset: SizePreset, near) -> PaperTumo
         capsule_band=tuple(p.capsule_band), sigma_d=p.sigma_d, capsule_hu=p.capsule_hu)
 
 
-def _released_location(rng, scan, config) -> np.ndarray:
-    """An axial slice at 30-70 % of the liver's height, eroded in-plane, then a random liver voxel."""
-    rel = config.released
-    ks = np.flatnonzero(scan.liver.any(axis=(0, 1)))
-    k = int(ks[0] + int(rng.uniform(*rel.slice_range) * (ks[-1] - ks[0])))
-    plane = scan.liver[:, :, k]
-    eroded = ndi.binary_erosion(plane, structure=np.ones((rel.erosion, rel.erosion), bool))
-    candidates = np.argwhere(eroded if eroded.any() else plane)
-    if len(candidates) == 0:
-        return _liver_voxel(rng, scan)
-    i, j = candidates[int(rng.integers(len(candidates)))]
-    return np.array([i, j, k])
-
-
 def _released_tumor(rng, scan, config, kind, preset: SizePreset) -> ReleasedTumor:
     rel = config.released
     r = preset.radius_mm / float(np.mean(scan.spacing_mm))
     lo, hi = int(math.ceil(0.75 * r)), int(math.floor(1.25 * r))
     half_axes = tuple(float(a) for a in rng.integers(lo, hi + 1, 3))
-    center = _released_location(rng, scan, config)
+    center = released_location(rng, scan, config)
     seeds = rng.integers(0, 2 ** 63, 2)
     return ReleasedTumor(
         kind=kind, center=tuple(int(v) for v in center + np.asarray(scan.origin_vox)),

@@ -6,6 +6,10 @@ own box only. Tumors whose boxes miss the crop are part of the record (the paper
 whole liver) but cannot change the crop, so they are skipped. This definition is what audit
 regenerates, so it is exact by construction on one backend.
 
+This module is the canvas only; each step of the paper (Hu et al., CVPR 2023, Section 3.1) has its
+own room: ``location`` (drawn by ``sample``), ``shape``, ``texture`` and ``effects`` (placement,
+mass effect, capsule).
+
 Output crops are ``(Z, Y, X)`` arrays (Z toward superior, Y anterior, X toward the patient's right):
 image int16 HU clipped to [-1024, 3071], label uint8 (0 background, 1 liver, 2 tumor).
 """
@@ -13,45 +17,37 @@ image int16 HU clipped to [-1024, 3071], label uint8 (0 background, 1 liver, 2 t
 from __future__ import annotations
 
 import math
-import time
-from collections import defaultdict
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from . import noise
+from tumorforge.manifests.conventions import LIVER, ras_to_zyx
+
 from .backend import Backend
-from .params import PaperTumor, ReleasedTumor, SampleParams
+from .effects import capsule, mass_effect, place
+from .params import PaperTumor, SampleParams
 from .prepare import PAD_HU, PreparedScan
+from .shape import shape_half, tumor_mask
+from .texture import tumor_texture
 
 HU_MIN, HU_MAX = -1024, 3071
-TUMOR_LABEL, LIVER_LABEL = 2, 1
-class StepTimer:
-    """Wall time per named step; synchronizes the GPU so a step's time is its own."""
-
-    def __init__(self, backend: Backend | None = None):
-        self.backend = backend
-        self.seconds: dict[str, float] = defaultdict(float)
-        self._t = None
-
-    def start(self):
-        self._sync()
-        self._t = time.perf_counter()
-
-    def mark(self, step: str):
-        if self._t is None:
-            return
-        self._sync()
-        now = time.perf_counter()
-        self.seconds[step] += now - self._t
-        self._t = now
-
-    def _sync(self):
-        if self.backend is not None and self.backend.name == "cupy":
-            self.backend.xp.cuda.Device().synchronize()
 
 
-_NULL = StepTimer()
+class Timer(Protocol):
+    """What ``synthesize`` reports its steps to (the benchmark's step timer is one)."""
+
+    def start(self) -> None: ...
+
+    def mark(self, step: str) -> None: ...
+
+
+class _Untimed:
+    def start(self) -> None:
+        pass
+
+    def mark(self, step: str) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -60,17 +56,10 @@ class Crop:
     label: np.ndarray   # (Z, Y, X) uint8
 
 
-def _shape_half(t) -> int:
-    """Half-width of the box in which a tumor's shape is computed (voxels). The shape depends on
-    this box only (its control grid spans it), never on the canvas or on post-processing."""
-    blur = t.sigma_c if isinstance(t, PaperTumor) else t.mask_blur
-    return int(math.ceil(max(t.half_axes) + 3.0 * t.sigma_e + 3.0 * blur + 2.0))
-
-
 def _half_size(t) -> int:
     """Half-width of everything a tumor touches: its shape box, and for the paper's
     post-processing the mass-effect sphere and the blurred capsule band."""
-    h = _shape_half(t)
+    h = shape_half(t)
     if isinstance(t, PaperTumor) and (t.mass_effect or t.capsule):
         h = max(h, int(math.ceil(t.gamma_max + 2.0 + (3.0 * t.sigma_d + 1.0 if t.capsule else 0))))
     return h
@@ -102,102 +91,6 @@ def _extract(backend: Backend, arr, lo, hi, fill):
     return out
 
 
-def _lagrange3(xp, u):
-    """Quadratic Lagrange weights for control points at u = -1, 0, 1 (u clipped to [-1, 1])."""
-    u = xp.clip(u, -1.0, 1.0)
-    return xp.stack([0.5 * u * (u - 1.0), 1.0 - u * u, 0.5 * u * (u + 1.0)], axis=-1)
-
-
-def _control_points(seed: int, shape, sigma: float) -> np.ndarray:
-    """Control-point displacements ~ N(0, sigma) in voxels, drawn on the host with Philox."""
-    return noise.normal(np, shape, seed, stream=1).astype(np.float64) * sigma
-
-
-def _paper_shape(backend, t: PaperTumor, box_shape, center):
-    """Ellipsoid with half-axes ``t.half_axes`` deformed by a smooth field interpolated from a
-    3x3x3 grid of control displacements over the box (tri-quadratic), as a float32 0/1 mask."""
-    xp = backend.xp
-    grid = _control_points(t.deform_seed, (3, 3, 3, 3), t.sigma_e)
-    weights = [_lagrange3(xp, xp.linspace(-1.0, 1.0, n, dtype=xp.float32)) for n in box_shape]
-    g = xp.asarray(grid, dtype=xp.float32)
-    q = None
-    for a in range(3):
-        # d_a(x, y, z) = sum_ijk Wx[x,i] Wy[y,j] Wz[z,k] g[a,i,j,k], contracted axis by axis.
-        d = xp.einsum("xi,ijk->xjk", weights[0], g[a])
-        d = xp.einsum("yj,xjk->xyk", weights[1], d)
-        d = xp.einsum("zk,xyk->xyz", weights[2], d)
-        coord = xp.arange(box_shape[a], dtype=xp.float32).reshape([-1 if b == a else 1 for b in range(3)])
-        term = ((coord + d - xp.float32(center[a])) / xp.float32(t.half_axes[a])) ** 2
-        q = term if q is None else q + term
-    return (q <= 1.0).astype(xp.float32)
-
-
-def _quadratic(u, g0, g1, g2):
-    """The quadratic through (-1, g0), (0, g1), (1, g2), evaluated at u (Horner form)."""
-    return g1 + u * ((g2 - g0) * 0.5 + u * ((g0 + g2) * 0.5 - g1))
-
-
-def _released_shape(backend, t: ReleasedTumor, box_shape, center):
-    """Ellipsoid deformed by three 2-D passes over axis pairs (0,1), (1,2), (0,2), each with a 3x3
-    grid of control displacements spanning the box; composed as backward maps."""
-    xp = backend.xp
-    pairs = ((0, 1), (1, 2), (0, 2))
-    grids = _control_points(t.deform_seed, (3, 2, 3, 3), t.sigma_e)
-    half = [max(s - 1, 1) / 2.0 for s in box_shape]
-    pos = [xp.broadcast_to(xp.arange(s, dtype=xp.float32).reshape(
-        [-1 if b == a else 1 for b in range(3)]), box_shape) for a, s in enumerate(box_shape)]
-    for p in reversed(range(3)):
-        a, b = pairs[p]
-        u = xp.clip(pos[a] / xp.float32(half[a]) - 1.0, -1.0, 1.0)
-        v = xp.clip(pos[b] / xp.float32(half[b]) - 1.0, -1.0, 1.0)
-        moved = []
-        for comp in range(2):
-            g = grids[p, comp]
-            rows = [_quadratic(u, *(xp.float32(x) for x in g[:, j])) for j in range(3)]
-            moved.append(_quadratic(v, *rows))
-        pos[a], pos[b] = pos[a] + moved[0], pos[b] + moved[1]
-    q = sum(((pos[a] - xp.float32(center[a])) / xp.float32(t.half_axes[a])) ** 2 for a in range(3))
-    return (q <= 1.0).astype(xp.float32)
-
-
-def _paper_texture(backend, t: PaperTumor, box_shape):
-    """Gaussian noise N(mu_t, sigma_p) on a grid 1/eta as fine, cubic upscaling, blur sigma_b."""
-    xp, ndi = backend.xp, backend.ndi
-    coarse = tuple(max(2, int(math.ceil(s / t.eta))) for s in box_shape)
-    z = noise.normal(xp, coarse, t.texture_seed) * xp.float32(t.sigma_p) + xp.float32(t.mu_t)
-    zoom = [s / c for s, c in zip(box_shape, coarse)]
-    up = ndi.zoom(z, zoom, order=3, mode="mirror", grid_mode=False)
-    up = up[: box_shape[0], : box_shape[1], : box_shape[2]]
-    return ndi.gaussian_filter(up, t.sigma_b, mode="nearest")
-
-
-def _released_texture(backend, t: ReleasedTumor, box_shape):
-    """Salt noise with a smoothly varying density, blurred, scaled to mean ``texture_mean``, [0, 1]."""
-    xp, ndi = backend.xp, backend.ndi
-    density = ndi.gaussian_filter(noise.uniform(xp, box_shape, t.texture_seed, stream=0),
-                                  t.texture_sigma, mode="mirror")
-    lo, hi = density.min(), density.max()
-    p_lo, p_hi = t.texture_prob
-    density = p_lo + (density - lo) / xp.maximum(hi - lo, xp.float32(1e-6)) * (p_hi - p_lo)
-    salt = (noise.uniform(xp, box_shape, t.texture_seed, stream=1) < density).astype(xp.float32)
-    tex = ndi.gaussian_filter(salt, t.texture_blur, mode="mirror")
-    tex = tex * (xp.float32(t.texture_mean) / xp.maximum(tex.mean(), xp.float32(1e-6)))
-    return xp.clip(tex, 0.0, 1.0)
-
-
-def _warp_coords(backend, shape, center, gamma_max, intensity):
-    """Eq. 5 local scaling warp: output voxel at distance g from the center samples the input at
-    g' = (1 - (1 - g / gamma_max)^2 * I / 100) * g, inside the sphere of radius gamma_max."""
-    xp = backend.xp
-    axes = [xp.arange(s, dtype=xp.float32) - xp.float32(c) for s, c in zip(shape, center)]
-    v = xp.meshgrid(*axes, indexing="ij")
-    g = xp.sqrt(v[0] ** 2 + v[1] ** 2 + v[2] ** 2)
-    scale = xp.where(g < gamma_max,
-                     1.0 - (1.0 - g / xp.float32(gamma_max)) ** 2 * xp.float32(intensity / 100.0),
-                     xp.float32(1.0))
-    return xp.stack([xp.float32(c) + vi * scale for vi, c in zip(v, center)])
-
-
 def _support(backend, mask):
     """Slices of the smallest box holding every non-zero voxel of ``mask``; None if it is empty.
 
@@ -217,52 +110,40 @@ def _support(backend, mask):
 def _apply_tumor(backend, t, image, label, timer):
     """Paint one tumor into the canvas (image float32 HU, label uint8) in place, within its box.
     The canvas always contains the whole box (``synthesize`` builds it so)."""
-    xp, ndi = backend.xp, backend.ndi
-    h, hs = _half_size(t), _shape_half(t)
+    xp = backend.xp
+    h, hs = _half_size(t), shape_half(t)
     c = np.asarray(t.center)
     sl = tuple(slice(int(v - h), int(v + h + 1)) for v in c)
     img, lab = image[sl], label[sl]
     shape_sl = tuple(slice(h - hs, h + hs + 1) for _ in range(3))
-    paper = isinstance(t, PaperTumor)
-    make_shape, blur, make_texture = ((_paper_shape, t.sigma_c, _paper_texture) if paper else
-                                      (_released_shape, t.mask_blur, _released_texture))
-    liver = (lab[shape_sl] >= LIVER_LABEL).astype(xp.float32)
+    liver = (lab[shape_sl] >= LIVER).astype(xp.float32)
     mask = xp.zeros(img.shape, xp.float32)
-    mask[shape_sl] = ndi.gaussian_filter(make_shape(backend, t, (2 * hs + 1,) * 3, (hs, hs, hs)),
-                                         blur, mode="constant") * liver
+    mask[shape_sl] = tumor_mask(backend, t, hs) * liver
     timer.mark("shape")
     sub = _support(backend, mask)
     if sub is not None:
         m = mask[sub]
-        texture = make_texture(backend, t, m.shape)
+        texture = tumor_texture(backend, t, m.shape)
         timer.mark("texture")
-        if paper:
-            img[sub] = (1.0 - m) * img[sub] + m * texture                    # eq. 4
-        else:
-            img[sub] -= texture * m * xp.float32(t.delta_hu)                 # darkening by delta
-        lab[sub] = xp.where(m >= 0.5, xp.uint8(TUMOR_LABEL), lab[sub])
+        place(backend, t, img, lab, sub, m, texture)
         timer.mark("place")
+    paper = isinstance(t, PaperTumor)
     if paper and t.mass_effect:
-        # Only the sphere of radius gamma_max moves, and it samples only from inside itself.
-        g = int(math.ceil(t.gamma_max))
-        w = tuple(slice(h - g, h + g + 1) for _ in range(3))
-        coords = _warp_coords(backend, (2 * g + 1,) * 3, (g, g, g), t.gamma_max, t.intensity)
-        img[w] = ndi.map_coordinates(img[w], coords, order=1, mode="nearest")
-        lab[w] = ndi.map_coordinates(lab[w], coords, order=0, mode="nearest")
-        mask[w] = ndi.map_coordinates(mask[w], coords, order=1, mode="nearest")
+        mass_effect(backend, t, img, lab, mask, h)
         timer.mark("mass_effect")
     if paper and t.capsule:
-        lb, ub = t.capsule_band
-        edge = ((mask >= lb) & (mask <= ub)).astype(xp.float32)              # eq. 6
-        img += xp.float32(t.capsule_hu) * ndi.gaussian_filter(edge, t.sigma_d,
-                                                             mode="constant")  # eqs. 7-8
+        capsule(backend, t, img, mask)
         timer.mark("capsule")
 
 
 def synthesize(scan: PreparedScan, params: SampleParams, backend: Backend,
-               timer: StepTimer = _NULL) -> Crop:
-    """The crop of ``params`` with its tumors painted in, as host (NumPy) arrays."""
+               timer: Timer | None = None) -> Crop:
+    """The crop of ``params`` with its tumors painted in, as host (NumPy) ``(Z, Y, X)`` arrays.
+
+    ``timer``, if given, gets ``start()`` and then ``mark(step)`` after each step (canvas, shape,
+    texture, place, mass_effect, capsule, output)."""
     xp = backend.xp
+    timer = _Untimed() if timer is None else timer
     if params.scan_id != scan.scan_id:
         raise ValueError(f"params are for scan {params.scan_id}, not {scan.scan_id}")
     timer.start()
@@ -285,16 +166,10 @@ def synthesize(scan: PreparedScan, params: SampleParams, backend: Backend,
         _apply_tumor(backend, shifted, image, label, timer)
     a, b = crop_lo - lo, crop_hi - lo
     sl = (slice(a[0], b[0]), slice(a[1], b[1]), slice(a[2], b[2]))
-    out_img = xp.clip(xp.rint(image[sl]), HU_MIN, HU_MAX).astype(xp.int16).transpose(2, 1, 0)
-    out_lab = label[sl].transpose(2, 1, 0)
+    out_img = ras_to_zyx(xp.clip(xp.rint(image[sl]), HU_MIN, HU_MAX).astype(xp.int16))
+    out_lab = ras_to_zyx(label[sl])
     crop = Crop(np.ascontiguousarray(backend.asnumpy(out_img)),
                 np.ascontiguousarray(backend.asnumpy(out_lab)))
     timer.mark("output")
     return crop
 
-
-def synthesize_batch(scan: PreparedScan, params_list, backend: Backend,
-                     timer: StepTimer = _NULL) -> tuple[np.ndarray, np.ndarray]:
-    """Many crops of one scan: ``(N, Z, Y, X)`` int16 images and uint8 labels."""
-    crops = [synthesize(scan, p, backend, timer) for p in params_list]
-    return (np.stack([c.image for c in crops]), np.stack([c.label for c in crops]))

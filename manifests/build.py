@@ -164,6 +164,8 @@ def validate_manifest(uri: str, *, allowed_roots=(), workers: int | None = None)
                      "tumor_volume_ml"):
             recorded, found = getattr(entry, name), getattr(result, name)
             if recorded != found:
-                problems.append((entry.scan_id, entry.image,
+                # Shape, spacing and orientation come from the image; role and volumes from the label.
+                source = entry.image if name in ("shape", "spacing_mm", "orientation") else entry.label
+                problems.append((entry.scan_id, source,
                                  f"{name}: manifest has {recorded}, file gives {found}"))
     return parsed.entries, problems

@@ -63,7 +63,7 @@ def _cmd_split(args) -> int:
         assigned = assign_folds(entries, args.folds, args.seed)
     except (ManifestError, ValueError) as exc:
         sys.exit(f"manifest split: {exc}")
-    out = args.output or args.manifest
+    out = args.manifest if args.in_place else args.output
     write_jsonl(out, assigned)
     sizes = [sum(e.fold == k for e in assigned) for k in range(args.folds)]
     print(f"{out}: {len(assigned)} scan(s) in {args.folds} folds of sizes {sizes} (seed {args.seed})")
@@ -129,7 +129,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "Rejected scans go to <output>.rejected.jsonl with the reason.")
     b.add_argument("--layout", required=True, choices=LAYOUTS)
     b.add_argument("root", help="dataset root: local folder or s3://bucket/prefix")
-    b.add_argument("-o", "--output", required=True, help="manifest to write (.jsonl)")
+    b.add_argument("--out", "-o", "--output", dest="output", required=True,
+                   help="manifest to write (.jsonl)")
     b.add_argument("--image-pattern", help="generic layout: image path below ROOT with one {id}")
     b.add_argument("--label-pattern", help="generic layout: label path below ROOT with one {id}")
     b.add_argument("--label-map", help="generic layout: label values, e.g. 'liver=1,tumor=2'")
@@ -152,7 +153,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("manifest")
     s.add_argument("--folds", type=int, default=5)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("-o", "--output", help="write here instead of rewriting the manifest in place")
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", "-o", "--output", dest="output", help="manifest to write")
+    where.add_argument("--in-place", action="store_true", help="rewrite MANIFEST itself")
     add_allow_root(s)
     s.set_defaults(func=_cmd_split)
 
@@ -160,7 +163,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="Join manifests into one (for example the paper's pool of "
                                     "healthy scans from several datasets); scan IDs must be unique.")
     g.add_argument("manifests", nargs="+")
-    g.add_argument("-o", "--output", required=True)
+    g.add_argument("--out", "-o", "--output", dest="output", required=True,
+                   help="manifest to write")
     g.add_argument("--role", choices=("healthy", "tumor"), help="keep only scans of this role")
     add_allow_root(g)
     g.set_defaults(func=_cmd_merge)

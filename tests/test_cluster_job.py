@@ -140,8 +140,12 @@ def test_broken_scan_fails_its_shards_and_the_rest_completes(ray_local, tmp_path
 def test_output_of_another_dataset_is_refused(reference, scans, tmp_path):
     out = tmp_path / "ds"
     shutil.copytree(reference, out)
-    with pytest.raises(JobError, match="holds dataset .* but this job plans"):
-        run_job(small_spec(scans, out, root_seed=99), progress=False, log=lambda *a: None)
+    existing = Dataset(str(reference)).dataset_id
+    other = small_spec(scans, out, root_seed=99)
+    planned = make_plan(dataclasses.replace(other), read_manifest(str(scans))).dataset_id
+    assert planned != existing
+    with pytest.raises(JobError, match=rf"holds dataset {existing}, but this job plans {planned} "):
+        run_job(other, progress=False, log=lambda *a: None)
 
 
 def test_gpu_request_on_a_cpu_cluster_fails_fast(ray_local, scans, tmp_path):

@@ -1,7 +1,10 @@
-"""Whole-scan inference and the evaluate command on phantom LiTS scans."""
+"""Whole-scan inference and evaluation on tiny hand-made LiTS scans: the full evaluate path with a
+segmenter whose answer is known, a checkpoint run the way its preprocessing record says, and the
+command's refusals."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import nibabel as nib
@@ -9,23 +12,45 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_scan
 from tumorforge.cluster.front_door import main
+from tumorforge.evaluation.evaluate import evaluate
 from tumorforge.evaluation.infer import postprocess, segment
+from tumorforge.manifests.conventions import LABEL_NAMES, LIVER, TRAINING_WINDOW_HU, TUMOR
+from tumorforge.trainer.preprocessing import Preprocessing
+
+PREP = Preprocessing(spacing_mm=(1.0, 1.0, 1.0), crop_size=(32, 32, 32),
+                     window_hu=TRAINING_WINDOW_HU, class_names=LABEL_NAMES, dataset_ids=("ds-test",))
 
 
 class Threshold(torch.nn.Module):
-    """A stand-in model: liver where the windowed CT is bright, tumor where it is brighter still."""
+    """A stand-in model: liver where the windowed CT is bright, tumor where it is brighter still.
+    Records the shape of every window it is given and the range of its input values."""
 
     def __init__(self):
         super().__init__()
         self.unused = torch.nn.Parameter(torch.zeros(1))
+        self.windows, self.values = set(), []
 
     def forward(self, x):
+        self.windows.add(tuple(x.shape[2:]))
+        self.values.append((float(x.min()), float(x.max())))
         out = torch.zeros(x.shape[0], 3, *x.shape[2:])
         out[:, 0] = 0.5
-        out[:, 1] = (x[:, 0] > 0.5).float()
-        out[:, 2] = 2.0 * (x[:, 0] > 0.95).float()
+        out[:, LIVER] = (x[:, 0] > 0.5).float()
+        out[:, TUMOR] = 2.0 * (x[:, 0] > 0.95).float()
         return out
+
+
+def _checkpoint(folder, prep: Preprocessing | None, model="unet") -> str:
+    """A trainer checkpoint of an untrained model, written by the trainer's own writer."""
+    from tumorforge.trainer import checkpoint as ckpt
+    from tumorforge.trainer.models import build_model
+    torch.manual_seed(0)
+    state = {"model": build_model(model).state_dict(), "config": json.dumps({"model": model})}
+    if prep is not None:
+        state["preprocessing"] = json.dumps(prep.to_json())
+    return ckpt.save(str(folder), 0, state, keep=1)
 
 
 def test_segment_maps_back_to_the_file_grid_in_any_orientation():
@@ -34,48 +59,137 @@ def test_segment_maps_back_to_the_file_grid_in_any_orientation():
     image[20:26, 20:26, 8:11] = 300            # "tumor"
     image[2:5, 2:5, 1:3] = 150                 # a stray bright speck: not the largest component
     for affine in (np.diag([-0.8, -0.8, 2.5, 1.0]), np.diag([0.8, 0.8, -2.5, 1.0])):
-        out = segment(Threshold(), image, affine, roi=32, overlap=0.5)
+        out = segment(Threshold(), image, affine, PREP, overlap=0.5)
         assert out.shape == image.shape and out.dtype == np.uint8
-        assert (out[12:48, 12:38, 5:15] >= 1).mean() > 0.95
-        assert (out[21:25, 21:25, 9] == 2).all()
+        assert (out[12:48, 12:38, 5:15] >= LIVER).mean() > 0.95
+        assert (out[21:25, 21:25, 9] == TUMOR).all()
         assert (out[2:5, 2:5, 1:3] == 0).all()    # post-processing kept the largest liver only
+
+
+def test_segment_runs_the_model_as_its_preprocessing_says():
+    image = np.full((40, 40, 16), -1000, np.int16)
+    image[5:35, 5:35, 2:14] = 150
+    prep = Preprocessing(spacing_mm=(2.0, 2.0, 2.0), crop_size=(16, 32, 48),
+                         window_hu=(100.0, 200.0), class_names=LABEL_NAMES, dataset_ids=("a",))
+    model = Threshold()
+    out = segment(model, image, np.diag([0.8, 0.8, 2.5, 1.0]), prep, overlap=0.0)
+    assert model.windows == {(48, 32, 16)}          # prep.roi: the crop size in (Z, Y, X)
+    # 150 HU is the middle of the [100, 200] window; air clips to 0.
+    assert max(hi for _, hi in model.values) == pytest.approx(0.5, abs=0.01)
+    assert min(lo for lo, _ in model.values) == 0.0
+    assert out.shape == image.shape and not out.any()   # 0.5 is not above the liver threshold
+    out = segment(Threshold(), image, np.diag([0.8, 0.8, 2.5, 1.0]), prep, roi=(16, 16, 16),
+                  overlap=0.0)
+    assert out.shape == image.shape
 
 
 def test_postprocess_drops_tumor_far_from_the_liver():
     lab = np.zeros((40, 40, 40), np.uint8)
-    lab[5:20, 5:20, 5:20] = 1
-    lab[10:12, 10:12, 10:12] = 2
-    lab[35:38, 35:38, 35:38] = 2             # a separate blob: not the liver, too far
+    lab[5:20, 5:20, 5:20] = LIVER
+    lab[10:12, 10:12, 10:12] = TUMOR
+    lab[35:38, 35:38, 35:38] = TUMOR         # a separate blob: not the liver, too far
     out = postprocess(lab, dilate_mm=5.0)
-    assert (out[10:12, 10:12, 10:12] == 2).all() and not out[35:38, 35:38, 35:38].any()
+    assert (out[10:12, 10:12, 10:12] == TUMOR).all() and not out[35:38, 35:38, 35:38].any()
 
 
-@pytest.mark.slow
-def test_evaluate_command_writes_predictions_metrics_and_report(tmp_path, capsys):
+@pytest.fixture
+def lits_manifest(tiny_lits, tmp_path):
+    """The tiny LiTS scans (0 and 1 with a lesion, 2 healthy) and their manifest."""
     from tumorforge.manifests.build import build_manifest
-    from tumorforge.manifests.phantoms import write_layout
-    from tumorforge.trainer.models import build_model
-    cases = write_layout("lits", tmp_path / "lits", 4, seed=3, scale=0.12)
-    manifest = tmp_path / "lits" / "m.jsonl"
-    build_manifest("lits", str(tmp_path / "lits"), str(manifest))
-    ckpt = tmp_path / "step-000000000.pt"
-    torch.manual_seed(0)
-    torch.save({"model": build_model("unet").state_dict(), "step": 0,
-                "config": json.dumps({"model": "unet"})}, ckpt)
+    manifest = tmp_path / "lits.jsonl"
+    build_manifest("lits", str(tiny_lits), str(manifest))
+    return manifest
+
+
+def _strict(path):
+    return json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict {c}"))
+
+
+def test_evaluate_scores_a_known_answer(lits_manifest, tmp_path):
+    # What conftest wrote, by image: the answer is the truth, except that scan 1's lesion is
+    # called liver (a missed lesion).
+    written = {n: tiny_scan(tumor=n != 2, seed=n) for n in range(3)}
+    answer = {}
+    for n, (image, label) in written.items():
+        answer[image.tobytes()] = np.where(label == TUMOR, LIVER, label) if n == 1 else label
+
+    def oracle(image, affine):
+        assert np.allclose(affine, np.diag([0.8, 0.8, 2.5, 1.0]))
+        return answer[np.asarray(image, np.int16).tobytes()]
+
     out = tmp_path / "eval"
-    lines = [json.loads(x) for x in manifest.read_text().splitlines()]
-    keep = [x for x in lines if x["scan_id"] in ("lits-0", "lits-3")]     # one tumor, one healthy
-    manifest.write_text("".join(json.dumps(x) + "\n" for x in keep))
-    assert main(["evaluate", "--checkpoint", str(ckpt), "--manifest", str(manifest),
-                 "--out", str(out), "--roi", "48", "--overlap", "0", "--device", "cpu"]) == 0
-    summary = json.loads((out / "summary.json").read_text(),
-                         parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
-    assert [c["scan_id"] for c in summary["cases"]] == ["lits-0", "lits-3"]
-    assert summary["aggregate"]["healthy_cases"] == 1 and summary["aggregate"]["tumor_cases"] == 1
-    for name in ("cases.csv", "report.md", "report.html", "detection_by_size.png", "case_dice.png",
-                 "example_0.png"):
+    summary = evaluate(None, str(lits_manifest), str(out), segmenter=oracle, log=lambda _: None)
+    assert summary == _strict(out / "summary.json")
+    assert summary["model"] == "oracle" and summary["step"] is None
+    assert summary["inference"] == {"segmenter": "supplied by the caller"}
+    cases = {c["scan_id"]: c for c in summary["cases"]}
+    assert sorted(cases) == ["lits-0", "lits-1", "lits-2"]
+    tumor_voxels = {n: int((written[n][1] == TUMOR).sum()) for n in range(3)}
+    voxel_ml = 0.8 * 0.8 * 2.5 / 1000
+    hit, missed, healthy = cases["lits-0"], cases["lits-1"], cases["lits-2"]
+    assert (hit["tumor_dice"], hit["tumor_nsd"], hit["liver_dice"]) == (1.0, 1.0, 1.0)
+    assert [l["detected"] for l in hit["lesions"]] == [True]
+    assert (missed["tumor_dice"], missed["tumor_nsd"], missed["liver_dice"]) == (0.0, 0.0, 1.0)
+    assert [l["detected"] for l in missed["lesions"]] == [False]
+    assert missed["tumor_volume_error_ml"] == pytest.approx(-tumor_voxels[1] * voxel_ml, abs=1e-4)
+    assert healthy["tumor_dice"] is None and healthy["lesions"] == []
+    agg = summary["aggregate"]
+    assert agg["tumor_dice"]["mean"] == 0.5 and agg["tumor_dice"]["n"] == 2
+    assert agg["global_tumor_dice"] == pytest.approx(
+        2 * tumor_voxels[0] / (2 * tumor_voxels[0] + tumor_voxels[1]))
+    assert (agg["detection"]["all"]["detected"], agg["detection"]["all"]["lesions"]) == (1, 2)
+    assert agg["specificity"] == {"healthy_scans": 1, "true_negatives": 1, "value": 1.0}
+    assert agg["false_positive_lesions_per_scan"] == 0.0
+    # Predictions: the segmenter's labels on each scan's own grid.
+    for n in range(3):
+        pred = nib.load(out / "predictions" / f"lits-{n}.nii.gz")
+        src = nib.load(str(tmp_path / "lits" / f"volume-{n}.nii"))
+        assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
+        assert np.array_equal(np.asarray(pred.dataobj), answer[written[n][0].tobytes()])
+    with open(out / "cases.csv", newline="") as f:
+        rows = {r["scan_id"]: r for r in csv.DictReader(f)}
+    assert (rows["lits-1"]["lesions"], rows["lits-1"]["lesions_detected"]) == ("1", "0")
+    assert rows["lits-2"]["tumor_dice"] == ""
+    for name in ("report.md", "report.html", "detection_by_size.png", "case_dice.png",
+                 "example_0.png", "example_1.png"):
         assert (out / name).stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "# Evaluation of oracle\n" in report and "empty" in report
+
+
+def test_evaluate_runs_a_checkpoint_with_its_preprocessing(lits_manifest, tmp_path):
+    prep = Preprocessing(spacing_mm=(2.0, 2.0, 2.0), crop_size=(32, 32, 32),
+                         window_hu=(-50.0, 250.0), class_names=LABEL_NAMES,
+                         dataset_ids=("ds-a", "ds-b"))
+    path = _checkpoint(tmp_path / "run" / "checkpoints", prep)
+    out = tmp_path / "eval"
+    summary = evaluate(str(tmp_path / "run"), str(lits_manifest), str(out), overlap=0.0,
+                       device="cpu", limit=1, log=lambda _: None)
+    assert (summary["checkpoint"], summary["model"], summary["step"]) == (path, "unet", 0)
+    inference = _strict(out / "summary.json")["inference"]
+    assert inference["spacing_mm"] == [2.0, 2.0, 2.0] and inference["window_hu"] == [-50.0, 250.0]
+    assert inference["roi_zyx"] == [32, 32, 32] and inference["dataset_ids"] == ["ds-a", "ds-b"]
     pred = nib.load(out / "predictions" / "lits-0.nii.gz")
-    src = nib.load(cases[0]["image"])
-    assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
-    assert "empty" in (out / "report.md").read_text()
+    assert pred.shape == nib.load(str(tmp_path / "lits" / "volume-0.nii")).shape
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("old", "predates preprocessing records and must be retrained or re-saved"),
+    ("roi", "--roi 40: expected a multiple of 16"),
+    ("fold", "no scans to evaluate (fold 7)"),
+])
+def test_evaluate_command_refuses_bad_input_with_one_line(lits_manifest, tmp_path, case, message):
+    checkpoint = str(tmp_path / "missing.pt")
+    extra = {"roi": ["--roi", "40"], "fold": ["--fold", "7"]}.get(case, [])
+    if case in ("old", "fold"):
+        # A checkpoint from before preprocessing records; no model is built to refuse it.
+        checkpoint = str(tmp_path / "step-000000000.pt")
+        torch.save({"model": {}, "config": json.dumps({"model": "unet"}), "step": 0}, checkpoint)
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--checkpoint", checkpoint, "--manifest", str(lits_manifest),
+              "--out", str(tmp_path / "eval"), "--device", "cpu", *extra])
+    text = str(exc.value)
+    assert text.startswith("evaluate: ") and message in text and "\n" not in text
+    if case == "old":
+        assert checkpoint in text

@@ -231,14 +231,3 @@ def test_preview_command_writes_png_nifti_and_params(tmp_path, tiny_lits):
     corner = img.affine @ [0, 0, 0, 1]
     assert np.allclose(np.linalg.inv(affine) @ corner, np.rint(np.linalg.inv(affine) @ corner),
                        atol=1e-3)
-
-
-def test_batch_api_equals_one_by_one(scan):
-    from tumorforge.generator.synthesize import synthesize_batch
-    config = GeneratorConfig(size_mix={"small": 1.0}, negative_fraction=0.3)
-    params = [_params(scan, config, i) for i in range(3)]
-    images, labels = synthesize_batch(scan, params, NUMPY)
-    assert images.shape == (3, 96, 96, 96) and labels.dtype == np.uint8
-    for i, p in enumerate(params):
-        one = synthesize(scan, p, NUMPY)
-        assert np.array_equal(images[i], one.image) and np.array_equal(labels[i], one.label)

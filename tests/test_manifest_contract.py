@@ -70,7 +70,10 @@ def test_validate_detects_changed_file(manifest, tiny_lits):
 def test_validate_detects_recorded_role_drift(manifest):
     _rewrite_first(manifest, role="healthy")
     _, problems = validate_manifest(str(manifest))
-    assert problems == [("lits-0", problems[0][1], "role: manifest has healthy, file gives tumor")]
+    assert len(problems) == 1
+    scan, file, problem = problems[0]
+    assert (scan, problem) == ("lits-0", "role: manifest has healthy, file gives tumor")
+    assert file.endswith("segmentation-0.nii")         # the label file decides the role
 
 
 def _entries(n_tumor, n_healthy, tmp_path):
@@ -97,11 +100,20 @@ def test_split_is_deterministic_order_free_and_stratified(tmp_path):
 
 
 def test_split_command_writes_folds(manifest, capsys):
-    assert main(["manifest", "split", str(manifest), "--folds", "3", "--seed", "1"]) == 0
-    folds = sorted(e.fold for e in read_manifest(str(manifest)))
-    assert folds == [0, 1, 2]
+    before = manifest.read_bytes()
+    out = manifest.parent / "folds.jsonl"
+    assert main(["manifest", "split", str(manifest), "--folds", "3", "--seed", "1",
+                 "--out", str(out)]) == 0
+    assert sorted(e.fold for e in read_manifest(str(out))) == [0, 1, 2]
+    assert manifest.read_bytes() == before                   # -o leaves the input alone
+    with pytest.raises(SystemExit):                          # neither -o nor --in-place
+        main(["manifest", "split", str(manifest), "--folds", "3"])
+    assert "one of the arguments" in capsys.readouterr().err
+    assert main(["manifest", "split", str(manifest), "--folds", "3", "--seed", "1",
+                 "--in-place"]) == 0
+    assert manifest.read_bytes() == out.read_bytes()
     with pytest.raises(SystemExit, match="more than the 3 scans"):
-        main(["manifest", "split", str(manifest), "--folds", "4"])
+        main(["manifest", "split", str(manifest), "--folds", "4", "--in-place"])
 
 
 def test_validate_command_prints_problem_table_and_fails(manifest, tiny_lits, capsys):

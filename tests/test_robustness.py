@@ -1,5 +1,6 @@
 """Robustness benchmark (evaluation/robustness.py) on tiny BTCV phantoms, without a trained model
-except for the CLI test, which runs an untrained U-Net checkpoint end to end."""
+except for the CLI tests, which run an untrained U-Net checkpoint (with the preprocessing record
+every trainer checkpoint carries) end to end."""
 
 from __future__ import annotations
 
@@ -164,28 +165,58 @@ def test_outputs_are_complete_and_reproducible(healthy, tmp_path):
 
 
 def _cli(argv):
+    from tumorforge.evaluation import cli
     parser = argparse.ArgumentParser(prog="tumorforge")
-    rb.register(parser.add_subparsers(dest="command", required=True))
+    cli.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["robustness", *argv])
     return args.func(args)
 
 
-def test_cli_end_to_end_with_an_untrained_checkpoint(healthy, tmp_path):
+def _checkpoint(folder, crop=32, spacing=1.0, preprocessing=True) -> str:
+    """An untrained U-Net saved by the trainer's checkpoint writer, with the preprocessing record of
+    crops of ``crop`` voxels at ``spacing`` mm (or, ``preprocessing=False``, without one)."""
     import torch
+    from tumorforge.manifests.conventions import LABEL_NAMES, TRAINING_WINDOW_HU
+    from tumorforge.trainer import checkpoint as ckpt
     from tumorforge.trainer.models import build_model
-    checkpoint = tmp_path / "step-000000000.pt"
+    from tumorforge.trainer.preprocessing import Preprocessing
     torch.manual_seed(0)
-    torch.save({"model": build_model("unet").state_dict(), "config": json.dumps({"model": "unet"}),
-                "step": 0}, checkpoint)
+    state = {"model": build_model("unet").state_dict(), "config": json.dumps({"model": "unet"})}
+    if preprocessing:
+        prep = Preprocessing(spacing_mm=(spacing,) * 3, crop_size=(crop,) * 3,
+                             window_hu=TRAINING_WINDOW_HU, class_names=LABEL_NAMES,
+                             dataset_ids=("ds-robust",))
+        state["preprocessing"] = json.dumps(prep.to_json())
+    return ckpt.save(str(folder), 0, state, keep=1)
+
+
+def test_cli_end_to_end_with_an_untrained_checkpoint(healthy, tmp_path):
+    checkpoint = _checkpoint(tmp_path / "run", crop=32)
     out = tmp_path / "bench"
-    assert _cli(["--checkpoint", str(checkpoint), "--manifest", healthy["manifest"], "--out",
+    assert _cli(["--checkpoint", checkpoint, "--manifest", healthy["manifest"], "--out",
                  str(out), "--cases-per-level", "1", "--dimensions", "size,intensity",
-                 "--crop-size", "32", "--prior-samples", "30", "--device", "cpu"]) == 0
+                 "--prior-samples", "30", "--device", "cpu"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "unet" and summary["step"] == 0
+    # Crop size, spacing and window come from the checkpoint's preprocessing record.
+    assert summary["generator_config"]["crop_size"] == [32, 32, 32]
+    assert summary["inference"] == {"spacing_mm": [1.0, 1.0, 1.0], "window_hu": [-21.0, 189.0],
+                                    "crop_size": [32, 32, 32], "dataset_ids": ["ds-robust"]}
     assert len(summary["table"]) == 14 and all(r["n"] == 1 for r in summary["table"])
     assert len((out / "cases.jsonl").read_text().splitlines()) == 14
     assert all((out / name).stat().st_size > 0 for name in ("cases.csv", "heatmap.png", "report.md"))
+
+
+@pytest.mark.parametrize("checkpoint, argv, message", [
+    ({"preprocessing": False}, [], "predates preprocessing records"),
+    ({"spacing": 1.0}, ["--spacing", "2"], "trained on crops at [1.0, 1.0, 1.0] mm"),
+])
+def test_cli_refuses_a_checkpoint_that_does_not_fit(healthy, tmp_path, checkpoint, argv, message):
+    path = _checkpoint(tmp_path / "run", **checkpoint)
+    with pytest.raises(SystemExit) as exc:
+        _cli(["--checkpoint", path, "--manifest", healthy["manifest"], "--out",
+              str(tmp_path / "out"), "--device", "cpu", *argv])
+    assert message in str(exc.value) and "\n" not in str(exc.value)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tumorforge.evaluation import vtt
+from tumorforge.evaluation import cli, vtt
 from tumorforge.manifests.build import build_manifest
 from tumorforge.manifests.phantoms import write_layout
 
@@ -26,7 +26,7 @@ N_REAL, N_SYNTHETIC, SEED = 2, 2, 3
 def _cli(argv: list[str]) -> tuple[int, str]:
     """Run ``tumorforge vtt ...`` through a parser of our own; returns (exit code, stdout)."""
     parser = argparse.ArgumentParser(prog="tumorforge")
-    vtt.register(parser.add_subparsers(dest="command", required=True))
+    cli.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import re
 
 import numpy as np
 import torch
+
+from tumorforge.manifests import storage
 
 PATTERN = re.compile(r"^step-(\d{9})\.pt$")
 
@@ -17,7 +20,8 @@ def path_for(folder: str, step: int) -> str:
 
 
 def save(folder: str, step: int, state: dict, keep: int) -> str:
-    """Write ``state`` for ``step`` (temporary file, fsync, rename), then drop all but ``keep``."""
+    """Write ``state`` for ``step`` atomically (temporary name, fsync, rename), then drop all but
+    the newest ``keep``."""
     os.makedirs(folder, exist_ok=True)
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {**state, "step": step, "rng": {
@@ -25,12 +29,9 @@ def save(folder: str, step: int, state: dict, keep: int) -> str:
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
         "python": random.getstate()}}
     final = path_for(folder, step)
-    tmp = f"{final}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    storage.write_atomic(final, buf.getvalue())
     for old in list_steps(folder)[:-keep] if keep > 0 else []:
         os.remove(path_for(folder, old))
     return final

@@ -1,24 +1,21 @@
-"""``tumorforge train``."""
+"""The trainer's commands: ``train``, and ``bench loader`` / ``bench train`` (registered into the
+front door's ``bench`` group)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from .config import DEVICES
+
 
 def _cmd_train(args) -> int:
     from tumorforge.manifests.dataset.reader import DatasetError
-    from .config import ConfigError, load_config, parse_source
+    from tumorforge.manifests.flags import config_overrides
+    from .config import ConfigError, load_config
     from .train import TrainError, train
-    overrides = {k: getattr(args, k) for k in ("out", "model", "steps", "batch_size", "accumulate",
-                                              "lr", "workers", "seed", "checkpoint_every",
-                                              "log_every", "device", "val_every", "val_samples")}
     try:
-        if args.source:
-            overrides["sources"] = [parse_source(s) for s in args.source]
-        if args.val:
-            overrides["val"] = parse_source(args.val)
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, config_overrides(args, "train."))
         summary = train(cfg, resume=args.resume)
     except (ConfigError, DatasetError, TrainError) as exc:
         sys.exit(f"train: {exc}")
@@ -30,29 +27,70 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _source_flag(text: str) -> dict:
+    from .config import ConfigError, parse_source
+    try:
+        return parse_source(text)
+    except (ConfigError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    from tumorforge.manifests.flags import add_config_flags
+    from .config import TrainConfig
     from .models import MODELS
     t = sub.add_parser("train", help="train a segmentation model from generated datasets",
                        description="Stream crops from one or more datasets (local or s3://) and "
-                                   "train a MONAI model. CONFIG is YAML (trainer/configs/); flags "
-                                   "override it. Real, synthetic or real+synthetic training is "
-                                   "the choice of --source datasets.")
+                                   "train a MONAI model. CONFIG is YAML (trainer/configs/); every "
+                                   "field is also a flag and flags override it. Real, synthetic "
+                                   "or real+synthetic training is the choice of --source datasets.")
     t.add_argument("config", nargs="?", help="training config YAML")
-    t.add_argument("--source", action="append", metavar="URL[,weight=W][,format=zarr|wds]",
-                   help="a training dataset (repeatable; replaces the config's sources)")
-    t.add_argument("--val", metavar="URL", help="held-out dataset for validation Dice")
-    t.add_argument("--out")
-    t.add_argument("--model", choices=MODELS)
-    t.add_argument("--steps", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--accumulate", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--workers", type=int)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--checkpoint-every", type=int)
-    t.add_argument("--log-every", type=int)
-    t.add_argument("--val-every", type=int)
-    t.add_argument("--val-samples", type=int)
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    source = "URL[,weight=W][,format=zarr|wds]"
+    add_config_flags(t, TrainConfig, prefix="train.", nested=False, flags={
+        "sources": ["--source"], "out": ["--out", "--output", "-o"]}, options={
+        "sources": {"type": _source_flag, "action": "append", "metavar": source,
+                    "help": "a training dataset (repeatable; replaces the config's sources)"},
+        "val": {"type": _source_flag, "metavar": source,
+                "help": "held-out dataset for a periodic validation Dice"},
+        "model": {"choices": MODELS}, "device": {"choices": DEVICES}})
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     t.set_defaults(func=_cmd_train)
+
+
+def register_bench(bsub: argparse._SubParsersAction) -> None:
+    from .models import MODELS
+    lo = bsub.add_parser("loader", help="samples/s the training reader delivers",
+                         description="Samples per second delivered by the DataLoader over a "
+                                     "dataset (local or s3://) with N workers.")
+    lo.add_argument("dataset")
+    lo.add_argument("--format", choices=("zarr", "wds"), default="zarr")
+    lo.add_argument("--workers", type=int, default=2)
+    lo.add_argument("--batch-size", type=int, default=2)
+    lo.add_argument("--batches", type=int, default=30)
+    lo.add_argument("--json", help="also write the report as JSON here")
+    lo.set_defaults(func=_bench_loader)
+    tr = bsub.add_parser("train", help="training samples/s of a model",
+                         description="Forward, DiceCE, backward and AdamW step on random crops.")
+    tr.add_argument("--model", default="unet", choices=MODELS)
+    tr.add_argument("--batch-size", type=int, default=2)
+    tr.add_argument("--steps", type=int, default=5)
+    tr.add_argument("--crop-size", "--crop", dest="crop", type=int, default=96)
+    tr.add_argument("--device", choices=DEVICES, default="auto")
+    tr.add_argument("--json", help="also write the report as JSON here")
+    tr.set_defaults(func=_bench_train)
+
+
+def _bench_loader(args) -> int:
+    from tumorforge.manifests.bench_report import finish_report
+    from .bench import bench_loader
+    print(f"loader benchmark: {args.dataset} ({args.format}), {args.workers} worker(s)")
+    return finish_report(bench_loader(args.dataset, args.format, args.workers, args.batch_size,
+                                      args.batches), args.json)
+
+
+def _bench_train(args) -> int:
+    from tumorforge.manifests.bench_report import finish_report
+    from .bench import bench_train
+    print(f"training benchmark: {args.model}, batch {args.batch_size}, {args.crop}^3 crops")
+    return finish_report(bench_train(args.model, args.batch_size, args.steps, args.crop,
+                                     args.device), args.json)

@@ -1,4 +1,5 @@
-"""Training configuration (YAML; every field also a flag of ``tumorforge train``)."""
+"""Training configuration (YAML; every field also a flag of ``tumorforge train``). Imports no
+torch, so command-line parsers stay fast."""
 
 from __future__ import annotations
 
@@ -7,12 +8,24 @@ from dataclasses import dataclass
 
 import yaml
 
-from .data import Source
 from .models import MODELS
+
+FORMATS = ("zarr", "wds")
+DEVICES = ("auto", "cpu", "cuda")     # where a model runs: auto takes CUDA when torch sees it
 
 
 class ConfigError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class Source:
+    """One dataset in the training mix."""
+
+    url: str
+    weight: float = 1.0
+    format: str = "zarr"
+    dataset_id: str | None = None     # if given, the dataset must have this id
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,8 @@ class TrainConfig:
                      "val_every", "val_samples", "keep"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device {self.device!r}: expected one of {DEVICES}")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
 
@@ -86,6 +101,9 @@ def load_config(path: str | None, overrides: dict) -> TrainConfig:
                 obj = yaml.safe_load(f) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"{path}: cannot read the training config ({exc})") from exc
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{path}: expected a mapping of training config fields, found "
+                              f"{type(obj).__name__}")
     obj.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(obj) - known)

@@ -17,8 +17,6 @@ with its key, so the trainer can skip and count it without the stream losing its
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -26,18 +24,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from tumorforge.manifests.dataset.names import parse_shard, tar_name
 from tumorforge.manifests.dataset.reader import Dataset, DatasetError
 
-FORMATS = ("zarr", "wds")
-
-
-@dataclass(frozen=True)
-class Source:
-    """One dataset in the training mix."""
-
-    url: str
-    weight: float = 1.0
-    format: str = "zarr"
-    dataset_id: str | None = None     # if given, the dataset must have this id
-
+from .config import FORMATS, Source
 
 def open_source(src: Source) -> Dataset:
     """Open and check a source at start: it must exist, be complete and be the expected dataset."""

@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import ndimage
 
-WINDOW_HU = (-160.0, 240.0)
+from ..conventions import DISPLAY_WINDOW_HU
 
 
 def _pick_slices(liver: np.ndarray, tumor: np.ndarray, n: int) -> list[int]:
@@ -77,8 +77,9 @@ def save_preview(
     FigureCanvasAgg(fig)
     for n, k in enumerate(ks):
         ax = fig.add_subplot(rows, cols, n + 1)
-        ax.imshow(_radiological(hu[:, :, k]), cmap="gray", vmin=WINDOW_HU[0], vmax=WINDOW_HU[1],
-                  aspect=spacing[1] / spacing[0], interpolation="nearest")
+        ax.imshow(_radiological(hu[:, :, k]), cmap="gray", vmin=DISPLAY_WINDOW_HU[0],
+                  vmax=DISPLAY_WINDOW_HU[1], aspect=spacing[1] / spacing[0],
+                  interpolation="nearest")
         for mask, colour in ((liver, "lime"), (tumor, "red")):
             view = _radiological(mask[:, :, k])
             if view.any():

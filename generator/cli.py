@@ -1,40 +1,19 @@
-"""``tumorforge preview``: generate one sample from a manifest scan and write it for a person to see."""
+"""The generator's commands: ``preview`` (one sample written for a person to look at) and
+``bench generator`` (registered into the front door's ``bench`` group)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
 
-def write_preview(scan, config, seed: int, index: int, out_dir: str, backend) -> list[str]:
-    """Synthesize sample ``index`` of root ``seed`` into ``scan``; write PNG, NIfTI pair, params."""
-    import numpy as np
-    from tumorforge.generator.preview import crop_affine, save_montage, save_nifti
-    from tumorforge.generator.sample import sample_params, sample_seed
-    from tumorforge.generator.synthesize import synthesize
-
-    params = sample_params(np.random.default_rng(sample_seed(seed, index)), scan, config)
-    crop = synthesize(scan, params, backend)
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"{scan.scan_id}-seed{seed}-{index}")
-    title = (f"{scan.scan_id}  seed {seed} index {index}  {config.profile}/{params.kind}  "
-             f"{len(params.tumors)} tumor(s) drawn  backend {backend.name}")
-    png = save_montage(crop.image, crop.label, stem + ".png", title)
-    image_path, label_path = save_nifti(crop.image, crop.label, crop_affine(scan, params), stem)
-    with open(stem + ".params.json", "w") as f:
-        json.dump({"config": config.to_json(), "params": params.to_json(), "scan": scan.stats()},
-                  f, indent=1)
-    return [png, image_path, label_path, stem + ".params.json"]
-
-
-def run(args) -> int:
-    from tumorforge.generator.backend import BackendError, get_backend
+def _cmd_preview(args) -> int:
+    from .backend import BackendError, get_backend
     from tumorforge.manifests.nifti import ScanError
     from tumorforge.manifests.schema import ManifestError, default_roots, read_manifest
-    from tumorforge.generator.options import config_from_args
-    from tumorforge.generator.scans import load_prepared
+    from .options import config_from_args
+    from .preview import write_preview
+    from .scans import load_prepared
 
     config = config_from_args(args)
     try:
@@ -58,8 +37,9 @@ def run(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from tumorforge.generator.options import add_generator_options
     from tumorforge.manifests.flags import add_allow_root
+    from .backend import BACKENDS
+    from .options import add_generator_options
     p = sub.add_parser("preview", help="generate one sample and write a PNG montage and NIfTI",
                        description="Synthesize sample INDEX of root SEED into a healthy scan of the "
                                    "manifest; write a PNG (axial, coronal, sagittal through each "
@@ -68,8 +48,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scan", help="scan_id (default: the first healthy scan)")
     p.add_argument("--seed", type=int, default=0, help="root seed (default 0)")
     p.add_argument("--index", type=int, default=0, help="sample index (default 0)")
-    p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--out", default="preview", help="output folder (default preview/)")
     add_allow_root(p)
     add_generator_options(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=_cmd_preview)
+
+
+def _bench_generator(args) -> int:
+    from .bench import bench_generator
+    return bench_generator(args)
+
+
+def register_bench(bsub: argparse._SubParsersAction) -> None:
+    from tumorforge.manifests.flags import add_allow_root
+    from .backend import BACKENDS, DEFAULT_BACKEND
+    from .options import add_generator_options
+    g = bsub.add_parser("generator", help="synthesis throughput with a per-step breakdown",
+                        description="Crops per second of tumor synthesis alone on one prepared "
+                                    "scan, with milliseconds per crop for each step.")
+    g.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND)
+    g.add_argument("--samples", type=int, default=50)
+    g.add_argument("--warmup", type=int, default=3)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--manifest", help="take the scan from this manifest (default: a phantom)")
+    g.add_argument("--scan", help="scan_id in --manifest (default: the first healthy scan)")
+    add_allow_root(g)
+    g.add_argument("--phantom-scale", type=float, default=0.5)
+    g.add_argument("--phantom-seed", type=int, default=0)
+    g.add_argument("--json", help="also write the report as JSON here")
+    add_generator_options(g)
+    g.set_defaults(func=_bench_generator)

@@ -1,0 +1,194 @@
+"""The generation service's commands: ``generate`` (run or resume a job here), ``submit`` (send it
+to a Ray cluster), ``audit`` (one sample: how it was made, regenerated from its seed) and
+``verify`` (every shard and sample against the index)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+
+MODULE_ENTRY = "tumorforge.cluster"      # python -m tumorforge.cluster == the tumorforge script
+
+
+def _spec_overrides(args) -> dict:
+    from tumorforge.generator.options import generator_overrides
+    from tumorforge.manifests.flags import config_overrides
+    out = config_overrides(args, "job.")
+    out["resources"] = config_overrides(args, "resources.")
+    out["generator"] = generator_overrides(args)
+    if args.allow_root:
+        out["allow_roots"] = list(args.allow_root)
+    return {k: v for k, v in out.items() if v not in (None, {})}
+
+
+def _cmd_generate(args) -> int:
+    from .job import JobError, run_job
+    from .plan import PlanError
+    from .spec import SpecError, load_spec
+    try:
+        spec = load_spec(args.job, _spec_overrides(args))
+        result = run_job(spec, address=args.address, progress=not args.no_progress)
+    except (SpecError, JobError, PlanError) as exc:
+        sys.exit(f"generate: {exc}")
+    rate = result.samples / max(result.seconds, 1e-9)
+    print(f"dataset {result.dataset_id} at {result.output}")
+    print(f"  shards: {result.shards} total, {result.committed_before} already committed, "
+          f"{result.written} written, {len(result.failed)} failed")
+    print(f"  samples written: {result.samples}  bytes: {result.bytes / 1e6:.1f} MB  "
+          f"time: {result.seconds:.1f} s  ({rate:.2f} samples/s)  actor restarts: "
+          f"{result.actor_restarts}")
+    if result.failed:
+        print("  FAILED shards (fix the cause and rerun the same command to finish):")
+        for shard, reason in sorted(result.failed.items()):
+            print(f"    shard {shard}: {reason}")
+        print("  index.json was not written; the committed shards are kept for the rerun")
+        return 1
+    print(f"  index: {result.output.rstrip('/')}/index.json")
+    return 0
+
+
+def submit_entrypoint(job_file: str, python: str | None = None) -> str:
+    """The Jobs API entrypoint for ``job_file`` (a name inside the uploaded working directory).
+
+    By default the ``tumorforge`` script: its first line names the interpreter tumorforge was
+    installed into, so the job runs there whichever ``python`` comes first on the cluster's PATH.
+    With ``python`` (a path on the cluster) the module entry point of that interpreter is used.
+    """
+    command = "tumorforge" if python is None else f"{shlex.quote(python)} -m {MODULE_ENTRY}"
+    return f"{command} generate {shlex.quote(job_file)} --address auto --no-progress"
+
+
+def _cmd_submit(args) -> int:
+    from ray.job_submission import JobSubmissionClient
+    job = os.path.abspath(args.job)
+    if not os.path.isfile(job):
+        sys.exit(f"submit: {args.job}: no such job file")
+    # The cluster runs the job with its own environment, which must have tumorforge installed
+    # (the image of a KubeRay cluster, or --pip).
+    entrypoint = submit_entrypoint(os.path.basename(job), args.python)
+    runtime_env = {"working_dir": os.path.dirname(job)}
+    if args.pip:
+        runtime_env["pip"] = args.pip
+    job_id = JobSubmissionClient(args.address).submit_job(entrypoint=entrypoint,
+                                                          runtime_env=runtime_env)
+    print(f"submitted {job_id} to {args.address}: {entrypoint}")
+    print(f"follow it with: ray job logs --address {args.address} --follow {job_id}")
+    return 0
+
+
+def _cmd_audit(args) -> int:
+    from tumorforge.manifests.dataset.reader import Dataset, DatasetError
+    from .audit import describe, regenerate
+    try:
+        ds = Dataset(args.dataset)
+        index = ds.index_of(args.key) if args.key else args.index
+        _, _, p = ds.sample(index)
+    except DatasetError as exc:
+        sys.exit(f"audit: {exc}")
+    print(describe(p))
+    if args.no_regenerate:
+        return 0
+    try:
+        r = regenerate(ds, p, args.backend, args.manifest, args.allow_root)
+    except (DatasetError, ValueError, OSError) as exc:
+        sys.exit(f"audit: cannot regenerate: {exc}")
+    print(f"regenerated on {r['backend']}: parameters {'match' if r['params_match'] else 'DIFFER'}; "
+          f"image {'match' if r['image_match'] else 'differs'}, "
+          f"label {'match' if r['label_match'] else 'differs'} (sha256); "
+          f"tumor Dice {r['tumor_dice']:.4f}, mean |dHU| {r['mean_abs_hu']:.3f}")
+    if not r["stored_matches_provenance"]:
+        print("the stored sample does not match its own provenance hashes: the shard is corrupt")
+        return 1
+    if r["same_backend"]:
+        ok = r["params_match"] and r["image_match"] and r["label_match"]
+        print("AUDIT OK: bit-exact" if ok else "AUDIT FAILED: not bit-exact on the same backend")
+    else:
+        ok = r["params_match"] and r["within_tolerance"]
+        print(f"AUDIT {'OK' if ok else 'FAILED'}: other backend ({p.backend} -> {r['backend']}), "
+              "compared within the documented tolerance")
+    if args.json:
+        print(json.dumps(r, sort_keys=True))
+    return 0 if ok else 1
+
+
+
+def _cmd_verify(args) -> int:
+    from tumorforge.manifests.dataset.reader import Dataset, DatasetError
+    from .audit import verify
+    try:
+        ds = Dataset(args.dataset)
+        problems = verify(ds)
+    except DatasetError as exc:
+        sys.exit(f"verify: {exc}")
+    n_files = sum(len(s.files) for s in ds.shards)
+    if problems:
+        from tumorforge.manifests.cli import format_table
+        print(format_table(["object", "problem"], problems))
+        print(f"{args.dataset}: {len(problems)} problem(s) in {len(ds.shards)} shard(s)")
+        return 1
+    print(f"{args.dataset}: dataset {ds.dataset_id} OK: {len(ds.shards)} shard(s), {n_files} "
+          f"object(s) and {len(ds)} sample(s) in {'+'.join(ds.formats)} match the index")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from tumorforge.generator.backend import BACKENDS
+    from tumorforge.generator.options import add_generator_options
+    from tumorforge.manifests.flags import add_allow_root, add_config_flags
+    from .spec import FORMATS, JobSpec, Resources
+
+    g = sub.add_parser("generate", help="run a generation job (Ray) writing Zarr/WebDataset shards",
+                       description="Run or resume the job JOB.yaml. Every field of the job spec "
+                                   "(and of its generator and resources sections) is also a flag; "
+                                   "flags win. Without --address an embedded local Ray cluster is "
+                                   "started. Rerunning the same job finishes what is missing.")
+    g.add_argument("job", nargs="?", help="job spec YAML (optional if flags give everything)")
+    add_config_flags(g, JobSpec, prefix="job.", skip=("generator", "resources", "allow_roots"),
+                     flags={"output": ["--out", "--output", "-o"],
+                            "root_seed": ["--seed", "--root-seed"]},
+                     options={"backend": {"choices": BACKENDS},
+                              "formats": {"metavar": ",".join(FORMATS)}})
+    add_allow_root(g)
+    add_config_flags(g.add_argument_group("resources (how to run; never change the dataset)"),
+                     Resources, prefix="resources.")
+    g.add_argument("--address", help="Ray cluster address (default: start an embedded one)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_generator_options(g)
+    g.set_defaults(func=_cmd_generate)
+
+    s = sub.add_parser("submit", help="send a generation job to a Ray cluster (Ray Jobs API)",
+                       description="Submit JOB.yaml to the cluster whose dashboard is at ADDRESS; "
+                                   "the job's folder is uploaded as the working directory and "
+                                   "the cluster runs `tumorforge generate JOB.yaml --address auto`.")
+    s.add_argument("job")
+    s.add_argument("--address", required=True, help="dashboard URL, e.g. http://head:8265")
+    s.add_argument("--pip", nargs="*", help="packages to install on the cluster (runtime_env)")
+    s.add_argument("--python", metavar="PATH",
+                   help=f"run `PATH -m {MODULE_ENTRY}` on the cluster instead of the tumorforge "
+                        "script (for images where the script is not on PATH)")
+    s.set_defaults(func=_cmd_submit)
+
+    a = sub.add_parser("audit", help="show how a sample was generated and regenerate it from its seed",
+                       description="Print a sample's provenance, re-draw its parameters from its "
+                                   "seed, re-synthesize it from the manifest scan and compare "
+                                   "hashes (bit-exact on the same backend; within the documented "
+                                   "tolerance across backends).")
+    a.add_argument("dataset", help="dataset folder or URL (holds index.json)")
+    which = a.add_mutually_exclusive_group(required=True)
+    which.add_argument("--key")
+    which.add_argument("--index", type=int)
+    a.add_argument("--backend", choices=BACKENDS,
+                   help="regenerate on this backend (default: the one that made it)")
+    a.add_argument("--manifest", help="manifest to take the scan from (default: the job's)")
+    add_allow_root(a)
+    a.add_argument("--no-regenerate", action="store_true", help="only print the provenance")
+    a.add_argument("--json", action="store_true", help="also print the comparison as JSON")
+    a.set_defaults(func=_cmd_audit)
+    v = sub.add_parser("verify", help="check every shard and sample against the index",
+                       description="Recompute each object's size and sha256 and each sample's "
+                                   "image/label hashes; report missing, extra or corrupt shards.")
+    v.add_argument("dataset")
+    v.set_defaults(func=_cmd_verify)

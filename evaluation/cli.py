@@ -1,0 +1,274 @@
+"""The evaluation stage's commands: ``evaluate``, ``compare``, ``robustness`` and ``vtt make|score``.
+
+Parsers only here, and thin handlers that call the library (``evaluate.py``, ``robustness.py``,
+``vtt.py``) and turn its errors into one-line messages; torch and the heavy work are imported when
+a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from tumorforge.generator.options import add_generator_options, generator_overrides, parse_mix
+from tumorforge.manifests.flags import add_allow_root
+from tumorforge.trainer.config import DEVICES
+
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add every evaluation command to the ``tumorforge`` subcommands."""
+    _register_evaluate(sub)
+    _register_compare(sub)
+    _register_robustness(sub)
+    _register_vtt(sub)
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+# -- evaluate --------------------------------------------------------------------------------
+
+
+def _register_evaluate(sub) -> None:
+    e = sub.add_parser("evaluate", help="score a checkpoint on annotated scans (DSC, NSD, detection)",
+                       description="Whole-scan sliding-window inference run as the model was "
+                                   "trained (RAS, the checkpoint's spacing, HU window and crop "
+                                   "size; overlap 0.75, Gaussian), post-processing, predictions "
+                                   "saved as NIfTI on each scan's grid, metrics in physical "
+                                   "spacing, and a report.")
+    e.add_argument("--checkpoint", required=True, help="step-*.pt, or a training output folder "
+                                                       "(its newest checkpoint)")
+    e.add_argument("--manifest", required=True, help="annotated scans (tumor and healthy)")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--fold", type=int, help="only scans of this fold (default: all)")
+    e.add_argument("--limit", type=int, help="only the first N scans (default: all)")
+    e.add_argument("--overlap", type=float, default=0.75,
+                   help="sliding-window overlap (default %(default)s)")
+    e.add_argument("--sw-batch", type=int, default=2,
+                   help="windows per forward pass (default %(default)s)")
+    e.add_argument("--roi", type=int, help="sliding-window side in voxels (default: the "
+                                           "checkpoint's training crop size)")
+    e.add_argument("--tolerance", type=float, default=2.0,
+                   help="NSD tolerance in mm (default %(default)s)")
+    e.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where the model runs (default %(default)s: cuda when available)")
+    add_allow_root(e)
+    e.set_defaults(func=_evaluate)
+
+
+def _evaluate(args) -> int:
+    from .evaluate import evaluate
+    if args.roi is not None and (args.roi < 16 or args.roi % 16):
+        sys.exit(f"evaluate: --roi {args.roi}: expected a multiple of 16 voxels")
+    try:
+        summary = evaluate(args.checkpoint, args.manifest, args.out, allow_roots=args.allow_root,
+                           fold=args.fold, limit=args.limit, overlap=args.overlap,
+                           sw_batch=args.sw_batch, roi=args.roi, tolerance_mm=args.tolerance,
+                           device=args.device)
+    except (ValueError, OSError) as exc:
+        sys.exit(f"evaluate: {exc}")
+    agg = summary["aggregate"]
+    print(f"tumor DSC {_fmt(agg['tumor_dice']['mean'])} (95% CI {agg['tumor_dice']['ci95']}), "
+          f"NSD {_fmt(agg['tumor_nsd']['mean'])}, global DSC {_fmt(agg['global_tumor_dice'])}, "
+          f"liver DSC {_fmt(agg['liver_dice']['mean'])}, lesion sensitivity "
+          f"{_fmt(agg['detection']['all']['sensitivity'])}, specificity "
+          f"{_fmt(agg['specificity']['value'])}")
+    print(f"report: {os.path.join(args.out, 'report.html')} (and report.md, summary.json, cases.csv)")
+    return 0
+
+
+# -- compare ---------------------------------------------------------------------------------
+
+
+def _register_compare(sub) -> None:
+    c = sub.add_parser("compare", help="paired comparison of two evaluations (e.g. synthetic vs real)",
+                       description="Wilcoxon signed-rank on per-case tumor DSC and exact McNemar "
+                                   "on lesion detection, over the cases both summaries share.")
+    c.add_argument("a", help="summary.json of model A")
+    c.add_argument("b", help="summary.json of model B")
+    c.add_argument("--json", help="write the result here")
+    c.set_defaults(func=_compare)
+
+
+def _compare(args) -> int:
+    from .evaluate import compare
+    try:
+        result = compare(args.a, args.b)
+    except (ValueError, OSError, KeyError) as exc:
+        sys.exit(f"compare: {exc}")
+    w, m = result["wilcoxon_tumor_dice"], result["mcnemar_lesions"]
+    print(f"{result['shared_cases']} shared case(s); mean tumor DSC A {_fmt(result['tumor_dice_mean']['a'])}"
+          f" vs B {_fmt(result['tumor_dice_mean']['b'])}")
+    print(f"Wilcoxon signed-rank on tumor DSC: n={w['n']}, p={_fmt(w['p_value'])}")
+    print(f"McNemar on lesions: detected only by A {m['a_only']}, only by B {m['b_only']}, "
+          f"both {m['both']}, neither {m['neither']}, exact p={_fmt(m['p_value'])}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1, allow_nan=False)
+    return 0
+
+
+# -- robustness ------------------------------------------------------------------------------
+
+
+def _register_robustness(sub) -> None:
+    from tumorforge.generator.backend import BACKENDS, DEFAULT_BACKEND
+    from .robustness import DIMENSIONS
+    p = sub.add_parser(
+        "robustness", help="score a model on synthetic tumors shifted one dimension at a time",
+        description="Controllable robustness benchmark (Section 5.5, Figure 6 of the paper): paint "
+                    "one synthetic tumor per case into healthy scans of the manifest, moving one "
+                    "dimension (shape, size, texture, intensity, location) to mu + k sigma of the "
+                    "training distribution for k = -S..S while everything else stays as drawn; "
+                    "score the checkpoint's tumor Dice and detection per level; write cases.csv, "
+                    "cases.jsonl (every case's generator record), summary.json, heatmap.png and "
+                    "report.md. The generator options describe the training distribution; crop "
+                    "size and spacing default to the checkpoint's preprocessing record.")
+    p.add_argument("--checkpoint", required=True,
+                   help="trainer checkpoint (step-*.pt) or run folder (its newest checkpoint)")
+    p.add_argument("--manifest", required=True, help="manifest whose healthy scans receive tumors")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--cases-per-level", type=int, default=4,
+                   help="cases per (dimension, level) (default %(default)s); case j uses healthy "
+                        "scan j mod n")
+    p.add_argument("--seed", type=int, default=0, help="root seed of the base draws (default 0)")
+    p.add_argument("--sigmas", type=int, default=3,
+                   help="levels -S..S standard deviations (default %(default)s: seven levels)")
+    p.add_argument("--dimensions", default=",".join(DIMENSIONS),
+                   help=f"comma-separated subset of {','.join(DIMENSIONS)} (default all)")
+    p.add_argument("--prior-samples", type=int, default=400,
+                   help="draws for the Monte Carlo estimate of mu and sigma (default %(default)s)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where the model runs (default %(default)s: cuda when available)")
+    p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                   help="synthesis backend (default %(default)s)")
+    add_allow_root(p)
+    add_generator_options(p)
+    p.set_defaults(func=_robustness)
+
+
+def _robustness(args) -> int:
+    from tumorforge.generator.backend import BackendError
+    from .robustness import benchmark, check_dimensions
+    try:
+        dimensions = check_dimensions([d.strip() for d in args.dimensions.split(",") if d.strip()])
+    except ValueError as exc:
+        sys.exit(f"robustness: --dimensions {exc}")
+    if args.cases_per_level < 1:
+        sys.exit(f"robustness: --cases-per-level must be >= 1, got {args.cases_per_level}")
+    if not 0 <= args.sigmas <= 10:
+        sys.exit(f"robustness: --sigmas must be in 0..10, got {args.sigmas}")
+    if args.prior_samples < 1:
+        sys.exit(f"robustness: --prior-samples must be >= 1, got {args.prior_samples}")
+    try:
+        paths = benchmark(args.checkpoint, args.manifest, args.out, generator_overrides(args),
+                          dimensions=dimensions, sigmas=args.sigmas,
+                          cases_per_level=args.cases_per_level, seed=args.seed,
+                          prior_samples=args.prior_samples, device=args.device,
+                          backend=args.backend, allow_roots=args.allow_root)
+    except (ValueError, OSError, BackendError) as exc:
+        sys.exit(f"robustness: {exc}")
+    print("\n".join(paths.values()))
+    return 0
+
+
+# -- vtt -------------------------------------------------------------------------------------
+
+
+def _size_mix(text: str) -> str:
+    """argparse check of --size-mix; the text itself is passed on to make_packet."""
+    parse_mix(text)
+    return text
+
+
+def _register_vtt(sub) -> None:
+    from .vtt import DEFAULT_MARGIN_MM
+    p = sub.add_parser("vtt", help="Visual Turing Test: blinded real/synthetic packet and scoring",
+                       description="Visual Turing Test (Section 5.1 of the paper): make a blinded "
+                                   "packet of CT volumes with real or synthetic liver tumors, and "
+                                   "score a reader's answers as Table 2.")
+    vsub = p.add_subparsers(dest="vtt_command", required=True, metavar="SUBCOMMAND")
+
+    m = vsub.add_parser("make", help="write a blinded packet and its answer key",
+                        description="Mix N_REAL scans with real tumors (role 'tumor' of --real) and "
+                                    "N_SYNTHETIC healthy scans (role 'healthy' of --healthy) with "
+                                    "synthetic tumors, all resampled to 1 mm RAS around the liver, "
+                                    "under random case IDs with stripped headers. Writes cases/, "
+                                    "answer_sheet.csv, README.txt, key_sha256.txt and key/ (answers "
+                                    "and labels; keep it from the readers). Prints the key's sha256.")
+    m.add_argument("--real", required=True, metavar="MANIFEST", help="manifest with real tumors")
+    m.add_argument("--healthy", required=True, metavar="MANIFEST", help="manifest of healthy scans")
+    m.add_argument("--out", required=True, metavar="DIR", help="new or empty output folder")
+    m.add_argument("--n-real", type=int, required=True, help="cases with real tumors")
+    m.add_argument("--n-synthetic", type=int, required=True, help="cases with synthetic tumors")
+    m.add_argument("--seed", type=int, default=0, help="root seed (default 0)")
+    m.add_argument("--profile", choices=("paper", "released"), default="paper",
+                   help="synthesis recipe (default paper)")
+    m.add_argument("--size-mix", type=_size_mix, default="mix", metavar="MIX",
+                   help="size type, scenario or weights: 'mix' (default), 'large', 'satellite', "
+                        "'medium=1,satellite=1'")
+    m.add_argument("--margin", type=int, default=DEFAULT_MARGIN_MM, metavar="MM",
+                   help=f"CT kept around the liver's box, mm (default {DEFAULT_MARGIN_MM})")
+    m.add_argument("--reuse-healthy", action="store_true",
+                   help="allow several synthetic cases per healthy scan (a reader may recognize "
+                        "the repeated anatomy)")
+    add_allow_root(m)
+    m.set_defaults(func=_vtt_make)
+
+    s = vsub.add_parser("score", help="score one reader's answer sheet as Table 2",
+                        description="Score ANSWERS.csv (case_id,answer,... with answers real, "
+                                    "synthetic or unsure) against the key: confusion table, "
+                                    "accuracy, sensitivity (synthetic = positive) and specificity "
+                                    "over definite answers and with unsure counted wrong, Wilson "
+                                    "95% intervals, exact binomial test against chance.")
+    s.add_argument("answers", metavar="ANSWERS.csv")
+    s.add_argument("--key", required=True, metavar="ANSWER_KEY.json")
+    s.add_argument("--expect-sha256", metavar="HEX",
+                   help="refuse unless the key has this sha256 (from key_sha256.txt)")
+    s.add_argument("--json", metavar="OUT.json", help="also write the result as JSON")
+    s.set_defaults(func=_vtt_score)
+
+
+def _vtt_make(args) -> int:
+    from tumorforge.generator.prepare import PrepareError
+    from tumorforge.manifests.nifti import ScanError
+    from tumorforge.manifests.schema import ManifestError
+    from .vtt import VTTError, make_packet
+    try:
+        summary = make_packet(args.real, args.healthy, args.out, args.n_real, args.n_synthetic,
+                              args.seed, profile=args.profile, size_mix=args.size_mix,
+                              allow_roots=args.allow_root, margin_mm=args.margin,
+                              reuse_healthy=args.reuse_healthy)
+    except (VTTError, ManifestError, ScanError, PrepareError) as exc:
+        sys.exit(f"vtt make: {exc}")
+    print(f"packet: {summary['out']} ({summary['cases']} cases: {summary['n_real']} real, "
+          f"{summary['n_synthetic']} synthetic)")
+    print(f"give readers: {os.path.join(summary['out'], 'cases')}, answer_sheet.csv, README.txt, "
+          f"key_sha256.txt (keep key/ away from them)")
+    print(f"answer key: {summary['key']}")
+    print(f"answer key sha256: {summary['key_sha256']}")
+    return 0
+
+
+def _vtt_score(args) -> int:
+    from .vtt import VTTError, format_report, load_key, read_answers, score_answers, sha256_file
+    try:
+        key = load_key(args.key, args.expect_sha256)
+        result = score_answers(read_answers(args.answers), key, source=args.answers)
+    except VTTError as exc:
+        sys.exit(f"vtt score: {exc}")
+    if args.expect_sha256 is None:
+        print(f"key {args.key}: sha256 {sha256_file(args.key)} (not checked; pass --expect-sha256)")
+    else:
+        print(f"key {args.key}: sha256 matches")
+    print(format_report(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"answers": args.answers, "key": args.key,
+                       "key_sha256": sha256_file(args.key), **result}, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0

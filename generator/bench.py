@@ -1,0 +1,108 @@
+"""Benchmarking the generator: a per-step timer and ``tumorforge bench generator``.
+
+``bench generator`` times synthesis alone: one scan prepared once (reported apart), then crops drawn
+and synthesized one after another, with milliseconds per crop for each step ``synthesize`` marks.
+Heavy imports happen inside the command, so building the command-line parser stays cheap.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .backend import Backend
+
+
+class StepTimer:
+    """Wall time per named step, in seconds; synchronizes the GPU so a step's time is its own."""
+
+    def __init__(self, backend: Backend | None = None):
+        self.backend = backend
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._t = None
+
+    def start(self):
+        self._sync()
+        self._t = time.perf_counter()
+
+    def mark(self, step: str):
+        if self._t is None:
+            return
+        self._sync()
+        now = time.perf_counter()
+        self.seconds[step] += now - self._t
+        self._t = now
+
+    def _sync(self):
+        if self.backend is not None and self.backend.name == "cupy":
+            self.backend.xp.cuda.Device().synchronize()
+
+
+def _bench_scan(args, config):
+    """The scan to benchmark on: a manifest scan, or a built-in phantom (synthetic CT)."""
+    import numpy as np
+    from .prepare import prepare_scan
+    if args.manifest:
+        from tumorforge.manifests.schema import default_roots, read_manifest
+        from .scans import load_prepared
+        entries = read_manifest(args.manifest, default_roots(args.manifest, args.allow_root))
+        healthy = [e for e in entries if e.role == "healthy"] or entries
+        entry = next((e for e in healthy if e.scan_id == args.scan), healthy[0])
+        return load_prepared(entry, config), entry.scan_id
+    from tumorforge.manifests.phantoms import make_phantom
+    ph = make_phantom(np.random.default_rng(args.phantom_seed), scale=args.phantom_scale)
+    scan_id = f"phantom-{args.phantom_seed}"
+    return prepare_scan(scan_id, ph.image, ph.organs, ph.affine, organ_values=(6,),
+                        config=config), scan_id + f" (built-in phantom, scale {args.phantom_scale})"
+
+
+def bench_generator(args) -> int:
+    """``tumorforge bench generator``: crops per second and ms per crop for each step."""
+    import numpy as np
+    from .backend import BackendError, get_backend
+    from .options import config_from_args
+    from .sample import sample_params, sample_seed
+    from .synthesize import synthesize
+    from tumorforge.manifests.bench_report import finish_report
+
+    config = config_from_args(args)
+    try:
+        backend = get_backend(args.backend)
+    except BackendError as exc:
+        sys.exit(f"bench generator: {exc}")
+    t0 = time.perf_counter()
+    scan, described = _bench_scan(args, config)
+    prepare_s = time.perf_counter() - t0
+    rng_of = lambda i: np.random.default_rng(sample_seed(args.seed, i))
+    for i in range(args.warmup):
+        synthesize(scan, sample_params(rng_of(i), scan, config), backend)
+    timer = StepTimer(backend)
+    t_sample = 0.0
+    start = time.perf_counter()
+    kinds: dict[str, int] = {}
+    for i in range(args.warmup, args.warmup + args.samples):
+        ts = time.perf_counter()
+        params = sample_params(rng_of(i), scan, config)
+        t_sample += time.perf_counter() - ts
+        kinds[params.kind] = kinds.get(params.kind, 0) + 1
+        synthesize(scan, params, backend, timer)
+    wall = time.perf_counter() - start
+    steps = {"sample_params": t_sample, **timer.seconds}
+    report = {"benchmark": "generator", "backend": backend.name, "versions": backend.versions(),
+              "profile": config.profile, "size_mix": {**config.size_mix, **config.scenario_mix},
+              "crop_size": list(config.crop_size), "scan": described,
+              "prepare_seconds": round(prepare_s, 3), "samples": args.samples,
+              "kinds": kinds, "seconds": round(wall, 3),
+              "crops_per_second": round(args.samples / wall, 3),
+              "ms_per_crop": {k: round(1000 * v / args.samples, 3) for k, v in steps.items()}}
+    print(f"backend: {backend.name} ({backend.why})")
+    print(f"generator benchmark: {backend.name}, profile {config.profile}, {args.samples} crops of "
+          f"{'x'.join(map(str, config.crop_size))} from {described}")
+    print(f"  prepare (once per scan): {prepare_s:.2f} s")
+    print(f"  {report['crops_per_second']:.2f} crops/s ({wall:.2f} s)  kinds {kinds}")
+    for k, v in report["ms_per_crop"].items():
+        print(f"  {k:14s} {v:10.3f} ms/crop")
+    return finish_report(report, args.json, show=False)

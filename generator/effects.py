@@ -1,0 +1,68 @@
+"""What a tumor does to the CT around it (Hu et al., CVPR 2023, Section 3.1): placement (eq. 4),
+mass effect (eq. 5) and capsule appearance (eqs. 6-8).
+
+Each function works in place on views of one tumor's box of the canvas: ``img`` float32 HU,
+``lab`` uint8 labels, ``mask`` the tumor's soft mask in [0, 1], all with axes ``(i, j, k)`` = (R, A,
+S) of the prepared scan at the target spacing (voxels, 1 mm by default), the tumor's center at the
+box center. ``synthesize`` calls them in the paper's order: place, mass effect, capsule.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tumorforge.manifests.conventions import TUMOR
+
+from .backend import Backend
+from .params import PaperTumor
+
+
+def place(backend: Backend, t, img, lab, sub, m, texture) -> None:
+    """Paint the tumor into ``img[sub]`` and ``lab[sub]``; ``m`` is ``mask[sub]``, ``texture`` its
+    texture on the same box.
+
+    ``paper``, eq. 4: ``img' = (1 - m) img + m texture`` (texture in HU). ``released``: darkening
+    ``img' = img - texture m delta_hu``. Either way a voxel becomes tumor where ``m >= 0.5``.
+    """
+    xp = backend.xp
+    if isinstance(t, PaperTumor):
+        img[sub] = (1.0 - m) * img[sub] + m * texture                    # eq. 4
+    else:
+        img[sub] -= texture * m * xp.float32(t.delta_hu)                 # darkening by delta
+    lab[sub] = xp.where(m >= 0.5, xp.uint8(TUMOR), lab[sub])
+
+
+def mass_effect(backend: Backend, t: PaperTumor, img, lab, mask, h: int) -> None:
+    """Eq. 5 local scaling warp of image (linear), labels (nearest) and mask (linear) inside the
+    sphere of radius ``t.gamma_max`` voxels around the box center ``(h, h, h)``."""
+    ndi = backend.ndi
+    # Only the sphere of radius gamma_max moves, and it samples only from inside itself.
+    g = int(math.ceil(t.gamma_max))
+    w = tuple(slice(h - g, h + g + 1) for _ in range(3))
+    coords = _warp_coords(backend, (2 * g + 1,) * 3, (g, g, g), t.gamma_max, t.intensity)
+    img[w] = ndi.map_coordinates(img[w], coords, order=1, mode="nearest")
+    lab[w] = ndi.map_coordinates(lab[w], coords, order=0, mode="nearest")
+    mask[w] = ndi.map_coordinates(mask[w], coords, order=1, mode="nearest")
+
+
+def capsule(backend: Backend, t: PaperTumor, img, mask) -> None:
+    """Eqs. 6-8: the edge band ``lb <= mask <= ub`` (eq. 6), blurred with sigma_d voxels (eq. 7),
+    brightens the image by up to ``capsule_hu`` HU (eq. 8)."""
+    xp, ndi = backend.xp, backend.ndi
+    lb, ub = t.capsule_band
+    edge = ((mask >= lb) & (mask <= ub)).astype(xp.float32)              # eq. 6
+    img += xp.float32(t.capsule_hu) * ndi.gaussian_filter(edge, t.sigma_d,
+                                                         mode="constant")  # eqs. 7-8
+
+
+def _warp_coords(backend, shape, center, gamma_max, intensity):
+    """Eq. 5 local scaling warp: output voxel at distance g from the center samples the input at
+    g' = (1 - (1 - g / gamma_max)^2 * I / 100) * g, inside the sphere of radius gamma_max."""
+    xp = backend.xp
+    axes = [xp.arange(s, dtype=xp.float32) - xp.float32(c) for s, c in zip(shape, center)]
+    v = xp.meshgrid(*axes, indexing="ij")
+    g = xp.sqrt(v[0] ** 2 + v[1] ** 2 + v[2] ** 2)
+    scale = xp.where(g < gamma_max,
+                     1.0 - (1.0 - g / xp.float32(gamma_max)) ** 2 * xp.float32(intensity / 100.0),
+                     xp.float32(1.0))
+    return xp.stack([xp.float32(c) + vi * scale for vi, c in zip(v, center)])

@@ -1,0 +1,82 @@
+"""Every field of the generator config, the job spec and the training config is a flag, and a
+flag overrides the file it is given with."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tumorforge.cluster.front_door import build_parser
+from tumorforge.cluster.spec import JobSpec, Resources, load_spec
+from tumorforge.generator.config import GeneratorConfig, PaperParams, ReleasedParams
+from tumorforge.manifests.flags import DEST
+from tumorforge.trainer.config import TrainConfig, load_config
+
+
+def _dests(command: str) -> set[str]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return {a.dest for a in sub._actions}
+
+
+def _fields(cls, prefix="") -> set[str]:
+    out = set()
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default_factory() if f.default_factory is not dataclasses.MISSING
+                                    else f.default):
+            out |= _fields(type(f.default_factory()), f"{prefix}{f.name}.")
+        else:
+            out.add(f"{DEST}{prefix}{f.name}")
+    return out
+
+
+def test_every_config_field_is_a_flag():
+    generate = _dests("generate")
+    assert _fields(GeneratorConfig, "generator.") <= generate
+    assert {f"{DEST}generator.paper.{f.name}" for f in dataclasses.fields(PaperParams)} <= generate
+    assert {f"{DEST}generator.released.{f.name}" for f in dataclasses.fields(ReleasedParams)} <= generate
+    job = {f"{DEST}job.{f.name}" for f in dataclasses.fields(JobSpec)
+           if f.name not in ("generator", "resources", "allow_roots")}
+    assert job <= generate and "allow_root" in generate
+    assert {f"{DEST}resources.{f.name}" for f in dataclasses.fields(Resources)} <= generate
+    assert {f"{DEST}train.{f.name}" for f in dataclasses.fields(TrainConfig)} <= _dests("train")
+
+
+def test_generate_flags_override_the_job_file(tmp_path):
+    from tumorforge.cluster.cli import _spec_overrides
+    job = tmp_path / "job.yaml"
+    job.write_text("manifest: m.jsonl\noutput: o\nsamples: 5\ngenerator:\n  profile: released\n"
+                   "  paper: {sigma_b: 0.9, eta: [1.2, 1.4]}\nresources: {actors: 4, scan_retries: 1}\n")
+    args = build_parser().parse_args([
+        "generate", str(job), "--out", "elsewhere", "--seed", "5", "--crop-size", "64",
+        "--spacing", "1.5", "--paper-sigma-b", "0.7", "--size-mix", "tiny=1,satellite=1",
+        "--actors", "3", "--formats", "zarr", "--allow-root", "/data"])
+    spec = load_spec(args.job, _spec_overrides(args))
+    assert spec.output == "elsewhere" and spec.root_seed == 5 and spec.manifest == "m.jsonl"
+    g = spec.generator
+    assert g.profile == "released" and g.crop_size == (64, 64, 64)
+    assert g.target_spacing_mm == (1.5, 1.5, 1.5)
+    assert g.paper.sigma_b == 0.7 and g.paper.eta == (1.2, 1.4)     # nested fields merge
+    assert g.size_mix == {"tiny": 1.0} and g.scenario_mix == {"satellite": 1.0}
+    assert spec.resources.actors == 3 and spec.resources.scan_retries == 1
+    assert spec.formats == ("zarr",) and spec.allow_roots == ("/data",)
+
+
+def test_train_flags_cover_fields_the_old_parser_forgot(tmp_path):
+    from tumorforge.manifests.flags import config_overrides
+    args = build_parser().parse_args([
+        "train", "trainer/configs/cpu-small.yaml", "--warmup-steps", "7", "--weight-decay", "0.1",
+        "--keep", "1", "--no-bf16", "--no-resample", "--source", "a,weight=2", "--source", "b",
+        "--val", "c", "--out", str(tmp_path)])
+    cfg = load_config(args.config, config_overrides(args, "train."))
+    assert (cfg.warmup_steps, cfg.weight_decay, cfg.keep, cfg.bf16, cfg.resample) == \
+        (7, 0.1, 1, False, False)
+    assert [(s.url, s.weight) for s in cfg.sources] == [("a", 2.0), ("b", 1.0)]
+    assert cfg.val.url == "c" and cfg.out == str(tmp_path) and cfg.steps == 30   # file kept
+
+
+def test_help_shows_defaults(capsys):
+    import pytest
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "--warmup-steps N" in text and "(default: 50)" in text

@@ -1,0 +1,66 @@
+"""Golden hashes: a generator version means one exact output.
+
+Provenance records the generator version, and audit regenerates a sample from its record, so the
+bytes a version produces must never change silently. Each case is the sha256 of a 48^3 crop
+(image bytes, then label bytes) on the NumPy backend, from a scale-0.25 phantom.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from tumorforge.generator import __version__
+from tumorforge.generator.backend import get_backend
+from tumorforge.generator.config import GeneratorConfig
+from tumorforge.generator.prepare import prepare_scan
+from tumorforge.generator.sample import sample_params, sample_seed
+from tumorforge.generator.synthesize import synthesize
+from tumorforge.manifests.phantoms import make_phantom
+
+# {generator version: {"profile/size type": sha256}}. Add a version, never edit a recorded one.
+GOLDEN = {
+    "0.1.0": {
+        "paper/tiny": "75a18c16d480322fc2c279a0b8136519f9d52be009d8a272780486de096d769e",
+        "paper/medium": "640c5c029ec55ba0a1da3955de1b90f7e1e73dfc6e423f5ca0a990706fdb5042",
+        "paper/large": "498599f65adecc01cc6704437665d334eaa85204e9bd4ee7b4e29bac382b1720",
+        "paper/mix": "c59b83086dc0c05b4e227fdd8d0856d8d40ed91be7d63f106fe43dcd2ec38631",
+        "released/small": "90ede15719dcef40014dbada73c7dd9ab50b12b3d7bb2444018b5a47df3eac5a",
+        "released/large": "b933c76e6e493c67c01441cd8c5b1745bf2a4311fec36c4e11fd3ad79f910b23",
+    },
+}
+CASES = sorted(next(iter(GOLDEN.values())))
+
+
+def _config(profile: str, size: str) -> GeneratorConfig:
+    return GeneratorConfig(profile=profile, crop_size=(48, 48, 48), size_mix={size: 1.0},
+                           negative_fraction=0.0)
+
+
+@pytest.fixture(scope="module")
+def scan():
+    # One preparation serves both profiles: prepare_scan reads the spacing, the crop size and the
+    # paper's vessel parameters, never the profile (and it is most of this file's run time).
+    phantom = make_phantom(np.random.default_rng(3), scale=0.25)
+    return prepare_scan("golden", phantom.image, phantom.organs, phantom.affine, organ_values=(6,),
+                        config=_config("paper", "mix"))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_generator_output_is_pinned_to_its_version(scan, case):
+    profile, size = case.split("/")
+    config = _config(profile, size)
+    params = sample_params(np.random.default_rng(sample_seed(11, 0)), scan, config)
+    crop = synthesize(scan, params, get_backend("numpy"))
+    digest = hashlib.sha256(crop.image.tobytes() + crop.label.tobytes()).hexdigest()
+    recorded = GOLDEN.get(__version__)
+    assert recorded is not None, (
+        f"no golden hashes for generator version {__version__}: when generator output changes, "
+        f"bump tumorforge.generator.__version__ and record the new hashes under it in GOLDEN of "
+        f"{__file__} ({case}: {digest})")
+    assert digest == recorded[case], (
+        f"generator output changed for {case} (sha256 {digest}, recorded {recorded[case]} for "
+        f"version {__version__}): bump tumorforge.generator.__version__ and record the new "
+        f"hashes under the new version in GOLDEN of {__file__}")
