@@ -20,7 +20,7 @@ DEMO_SAMPLES = 48
 
 
 def run(out: str, scale: float, seed: int, train_steps: int | None = None,
-        eval_cases: int = 3) -> int:
+        eval_cases: int = 3, samples: int = DEMO_SAMPLES, eval_overlap: float = 0.25) -> int:
     from tumorforge.generator.backend import get_backend
     from tumorforge.generator.config import GeneratorConfig
     from tumorforge.manifests.build import build_manifest, validate_manifest
@@ -74,16 +74,16 @@ def run(out: str, scale: float, seed: int, train_steps: int | None = None,
         scan = load_prepared(pool[i % len(pool)], config)
         paths = write_preview(scan, config, seed, i, synthetic, backend)
         print(f"      {size:6s} {paths[0]}")
-    failed += _generate(out, healthy_path, seed)
+    failed += _generate(out, healthy_path, seed, samples)
     if not failed:
         failed += _train(out, train_steps)
     if not failed:
-        failed += _evaluate(out, lits, eval_cases)
+        failed += _evaluate(out, lits, eval_cases, eval_overlap)
     print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs under {os.path.abspath(out)}")
     return 1 if failed else 0
 
 
-def _generate(out: str, manifest: str, seed: int) -> int:
+def _generate(out: str, manifest: str, seed: int, samples: int) -> int:
     """Steps 5-6: a generation job with two actors, then verify and audit."""
     from tumorforge.generator.config import GeneratorConfig
     from .audit import describe, regenerate, verify
@@ -92,8 +92,8 @@ def _generate(out: str, manifest: str, seed: int) -> int:
     from .spec import JobSpec, Resources
 
     dataset = os.path.join(out, "dataset")
-    print(f"[5/8] generation job: {DEMO_SAMPLES} samples, paper profile, 2 Ray actors -> {dataset}")
-    spec = JobSpec(manifest=manifest, output=dataset, samples=DEMO_SAMPLES, samples_per_shard=16,
+    print(f"[5/8] generation job: {samples} samples, paper profile, 2 Ray actors -> {dataset}")
+    spec = JobSpec(manifest=manifest, output=dataset, samples=samples, samples_per_shard=16,
                    root_seed=seed, generator=GeneratorConfig(), resources=Resources(actors=2))
     result = run_job(spec, log=lambda msg: print(f"      {msg}"))
     print(f"      {result.samples} samples written in {result.seconds:.1f} s, "
@@ -132,7 +132,7 @@ def _train(out: str, steps: int | None) -> int:
     return 0
 
 
-def _evaluate(out: str, lits_manifest: str, n: int) -> int:
+def _evaluate(out: str, lits_manifest: str, n: int, overlap: float) -> int:
     """Step 8: whole-scan evaluation on LiTS-style phantoms with tumors (and one without)."""
     from tumorforge.evaluation.evaluate import evaluate
     from tumorforge.manifests.schema import read_manifest, write_jsonl
@@ -144,8 +144,8 @@ def _evaluate(out: str, lits_manifest: str, n: int) -> int:
     write_jsonl(test, chosen)
     folder = os.path.join(out, "evaluation")
     print(f"[8/8] evaluation on {len(chosen)} phantom LiTS scan(s) (whole scans, sliding window "
-          f"with overlap 0.25 to spare the CPU; the paper uses 0.75) -> {folder}")
-    summary = evaluate(os.path.join(out, "train"), test, folder, overlap=0.25,
+          f"with overlap {overlap} to spare the CPU; the paper uses 0.75) -> {folder}")
+    summary = evaluate(os.path.join(out, "train"), test, folder, overlap=overlap,
                        log=lambda msg: print(f"      {msg}"))
     agg = summary["aggregate"]
     print(f"      tumor DSC {agg['tumor_dice']['mean']}, liver DSC {agg['liver_dice']['mean']}, "
@@ -165,4 +165,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-steps", type=int, help="training steps (default: the config's)")
     p.add_argument("--eval-cases", type=int, default=3, help="LiTS phantoms to evaluate (3)")
-    p.set_defaults(func=lambda a: run(a.out, a.scale, a.seed, a.train_steps, a.eval_cases))
+    p.add_argument("--samples", type=int, default=DEMO_SAMPLES,
+                   help=f"samples of the generation job (default {DEMO_SAMPLES})")
+    p.add_argument("--eval-overlap", type=float, default=0.25,
+                   help="sliding-window overlap of the evaluation (default 0.25; the paper's 0.75 "
+                        "takes minutes per scan on a CPU)")
+    p.set_defaults(func=lambda a: run(a.out, a.scale, a.seed, a.train_steps, a.eval_cases,
+                                      a.samples, a.eval_overlap))

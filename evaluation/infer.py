@@ -44,7 +44,15 @@ def postprocess(labels: np.ndarray, dilate_mm: float = DILATE_MM, spacing=(1.0, 
         return np.zeros_like(labels)
     largest = np.argmax(np.bincount(comps.ravel())[1:]) + 1
     keep = comps == largest
-    near = ndi.distance_transform_edt(~keep, sampling=spacing) <= dilate_mm
+    # Distances only matter within dilate_mm of the liver: compute them in the liver's box plus
+    # that margin (every liver voxel is inside it, so the result is the whole-volume one).
+    idx = np.argwhere(keep)
+    margin = np.ceil(dilate_mm / np.asarray(spacing, float)).astype(int) + 1
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + margin + 1, keep.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    near = np.zeros(keep.shape, bool)
+    near[box] = ndi.distance_transform_edt(~keep[box], sampling=spacing) <= dilate_mm
     out = np.where(keep, LIVER, BACKGROUND).astype(np.uint8)
     out[(labels == TUMOR) & near] = TUMOR
     return out

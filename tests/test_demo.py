@@ -12,7 +12,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     try:
         assert main(["demo", "--out", str(out), "--scale", "0.15", "--train-steps", "2",
-                     "--eval-cases", "1"]) == 0
+                     "--eval-cases", "1", "--samples", "16", "--eval-overlap", "0"]) == 0
     finally:
         ray.shutdown()
     text = capsys.readouterr().out
@@ -30,3 +30,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (out / "dataset" / "index.json").exists()
     assert "trained to step 2" in text and (out / "train" / "checkpoints").is_dir()
     assert (out / "evaluation" / "report.html").exists()
+    # The trained model carries its preprocessing into evaluation: the dataset it saw, its crops.
+    index = json.loads((out / "dataset" / "index.json").read_text())
+    summary = json.loads((out / "evaluation" / "summary.json").read_text())
+    assert summary["inference"]["dataset_ids"] == [index["dataset_id"]]
+    assert summary["inference"]["roi_zyx"] == [96, 96, 96]
+    assert summary["inference"]["spacing_mm"] == [1.0, 1.0, 1.0]

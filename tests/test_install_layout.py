@@ -64,3 +64,4 @@ def test_wheel_holds_only_the_tumorforge_namespace(tmp_path):
     assert "tumorforge/__init__.py" not in names            # a namespace package
     assert "tumorforge/trainer/configs/cpu-small.yaml" in names
     assert "tumorforge/cluster/__main__.py" in names
+    assert "tumorforge/manifests/dataset/reader.py" in names
