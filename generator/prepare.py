@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.ndimage as ndi
 
-from tumorforge.manifests.conventions import to_ras
+from tumorforge.manifests.conventions import BACKGROUND, LIVER, TUMOR, to_ras
 
 from .config import GeneratorConfig
 
@@ -60,9 +60,11 @@ class PreparedScan:
                 "shape": list(self.shape), "origin_vox": list(self.origin_vox)}
 
     def on(self, backend):
-        """(image, label 0/1/2) on the backend's device; copied once and cached."""
+        """(image, label BACKGROUND/LIVER/TUMOR) on the backend's device; copied once and cached.
+        The scan's own tumor voxels (``real`` profile) lie inside its liver mask."""
         if backend.name not in self._device:
-            label = self.liver.astype(np.uint8) + self.tumor.astype(np.uint8)
+            label = np.where(self.tumor, TUMOR, np.where(self.liver, LIVER, BACKGROUND))
+            label = label.astype(np.uint8)
             self._device[backend.name] = (backend.asarray(self.image), backend.asarray(label))
         return self._device[backend.name]
 
