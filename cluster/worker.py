@@ -45,7 +45,7 @@ class ScanLoadFailed(RuntimeError):
 
 def _scan_bytes(scan: PreparedScan) -> int:
     return sum(a.nbytes for a in (scan.image, scan.liver, scan.vessel, scan.tumor,
-                                  scan.liver_voxels))
+                                  scan.liver_voxels, scan.liver_depth_mm))
 
 
 class ScanCache:

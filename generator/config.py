@@ -1,17 +1,22 @@
 """Generator configuration: every probability and range of the method, with the paper's defaults.
 
-Two profiles:
-- ``paper``: the full method of Hu et al., CVPR 2023, Section 3.1 and Table 1 (vessel-avoiding
-  location, Gaussian texture, deformed ellipsoid, placement by eq. 4, mass effect by eq. 5, capsule by
-  eqs. 6-8), sizes from Table 6 and the LI-RADS-style scenarios of Section 3.2.
-- ``released``: the reduced recipe the authors trained with in their released code (slice-based
-  location, a texture of blurred salt noise, darkening by delta HU, no vessels, no mass effect, no
-  capsule).
-- ``real``: no synthesis at all: crops of scans with annotated (real) tumors, centered on a tumor
-  voxel, for training on real tumors or mixing real and synthetic data.
+Profiles:
+- ``paper-train`` (the default of generation jobs): the paper's training recipe. Figure 3's caption
+  says four steps are used only for the Visual Turing Test, not for training; the authors' FAQ names
+  them: vessel segmentation, collision detection, mass effect and capsule. So: Table 1 texture and
+  shape, a random liver location (no vessel test), no mass effect, no capsule.
+- ``paper``: Section 3.1 in full (vessel-avoiding location by eq. 1, Gaussian texture, deformed
+  ellipsoid, placement by eq. 4, mass effect by eq. 5, capsule by eqs. 6-8): what the Visual Turing
+  Test saw. Whether those steps help training is an open question the experiment answers.
+- ``released``: a twin of the authors' released training code (slice-based location, one union
+  mask, one blur, one texture and one darkening delta per sample, binary label, positive:negative
+  crops 1:1).
+- ``real``: no synthesis: crops of scans with annotated (real) tumors.
+Sizes come from Table 6, the LI-RADS-style scenarios from Section 3.2.
 
-All lengths are in voxels of the prepared scan, which is resampled to ``target_spacing_mm`` (1 mm
-isotropic by default, so voxels and mm coincide), unless a name says ``_mm``.
+Every length is in mm (its name says so) and converted to voxels of the prepared scan with its
+spacing; the prepared grid is isotropic (``target_spacing_mm``, 1 mm by default). ``crop_size`` is
+a shape in voxels.
 """
 
 from __future__ import annotations
@@ -19,18 +24,22 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-PROFILES = ("paper", "released", "real")
+PROFILES = ("paper-train", "paper", "released", "real")
+PAPER_PROFILES = ("paper-train", "paper")            # tumors are PaperTumor records
+SYNTHETIC_PROFILES = ("paper-train", "paper", "released")
+DEFAULT_PROFILE = "paper-train"
 SIZE_TYPES = ("tiny", "small", "medium", "large", "mix")
 SCENARIOS = ("single", "multifocal", "satellite")
+CROP_POLICIES = ("tumor-centred", "pos-neg")
 
 
 @dataclass(frozen=True)
 class SizePreset:
     """One tumor size class of Table 6: nominal radius r (mm), elastic deformation sigma_e range
-    (voxels of control-point displacement), and the discrete uniform count range [lo, hi]."""
+    (mm of control-point displacement), and the discrete uniform count range [lo, hi]."""
 
     radius_mm: float
-    sigma_e: tuple[float, float]
+    sigma_e_mm: tuple[float, float]
     count: tuple[int, int]
 
 
@@ -44,23 +53,26 @@ PAPER_SIZES = {
 
 @dataclass(frozen=True)
 class PaperParams:
-    """Table 1 of the paper. ``mu_t`` is drawn from U(mu_t_low, mu_p - mu_t_below_parenchyma)."""
+    """Table 1 of the paper (lengths in mm: the paper works at 1 mm, where voxels and mm coincide).
+    ``mu_t`` is drawn from U(mu_t_low, mu_p - mu_t_below_parenchyma)."""
 
     vessel_b_hu: float = 15.0                 # b of eq. 2: threshold T = mean liver HU + b
-    sigma_a_base: float = 0.5                 # sigma_a = base + slope * sigma_p (eq. 1 smoothing)
-    sigma_a_slope: float = 0.025
+    sigma_a_base_mm: float = 0.5              # sigma_a = base + slope * sigma_p (eq. 1 smoothing)
+    sigma_a_slope_mm: float = 0.025           # mm per HU of sigma_p
     mu_t_low_hu: float = 30.0
     mu_t_below_parenchyma_hu: float = 10.0
-    eta: tuple[float, float] = (1.1, 1.5)     # texture upscaling factor
-    sigma_b: float = 0.6                      # texture blur
-    sigma_c: tuple[float, float] = (0.6, 1.2) # shape (mask) blur
+    eta: tuple[float, float] = (1.1, 1.5)     # texture upscaling factor: noise grid spacing eta mm
+    sigma_b_mm: float = 0.6                   # texture blur
+    sigma_c_mm: tuple[float, float] = (0.6, 1.2)   # shape (mask) blur
     axis_scale: tuple[float, float] = (0.75, 1.25)   # half-axes ~ U(0.75 r, 1.25 r)
     gamma_max_factor: float = 1.3             # mass effect radius = 1.3 r (eq. 5)
     mass_effect_intensity: float = 30.0       # I of eq. 5
     capsule_band: tuple[float, float] = (0.4, 0.7)   # (lb, ub) of eq. 6
-    sigma_d: float = 0.8                      # capsule edge blur (eq. 7)
+    sigma_d_mm: float = 0.8                   # capsule edge blur (eq. 7)
     capsule_hu: float = 120.0                 # d of eq. 8
-    max_location_tries: int = 50              # vessel-collision redraws before the fallback
+    max_location_tries: int = 50              # location redraws before the fallback
+    inside_share: float = 0.9                 # share of the drawn shape that must lie in the liver
+    candidate_depth: float = 0.5              # centers drawn from liver voxels >= this x r deep
 
 
 @dataclass(frozen=True)
@@ -70,27 +82,30 @@ class ReleasedParams:
     counts: dict = field(default_factory=lambda: {"tiny": (3, 10), "small": (3, 10),
                                                   "medium": (2, 5), "large": (1, 3)})
     small_count_in_mix: tuple[int, int] = (5, 10)
+    integer_sigma_e: tuple[str, ...] = ("small", "medium", "large")   # drawn as integers (randint)
     slice_range: tuple[float, float] = (0.3, 0.7)   # axial slice at 30-70 % of the liver's height
-    erosion: int = 5                                # 5x5 in-plane erosion of that slice
-    texture_sigmas: tuple[float, ...] = (3.0, 6.0, 9.0, 12.0, 15.0)
+    erosion_mm: float = 5.0                         # 5x5 in-plane erosion of that slice
+    texture_sigmas_mm: tuple[float, ...] = (3.0, 6.0, 9.0, 12.0, 15.0)
     texture_prob: tuple[float, float] = (0.05, 0.26)  # salt-noise probability range
-    texture_blur: tuple[float, ...] = (4.0, 7.0)
+    texture_blur_mm: tuple[float, ...] = (4.0, 7.0)
     texture_mean: tuple[float, float] = (0.5, 0.55)
-    mask_blur: tuple[float, float] = (1.0, 2.0)
+    mask_blur_mm: tuple[float, float] = (1.0, 2.0)
     delta_hu: tuple[float, float] = (65.0, 145.0)
+    negative_threshold_hu: float = -21.0            # negative crop centers: background above this
 
 
 @dataclass(frozen=True)
 class GeneratorConfig:
     """What a generation job asks of the generator. Serializable to JSON (``to_json``)."""
 
-    profile: str = "paper"
+    profile: str = DEFAULT_PROFILE
     crop_size: tuple[int, int, int] = (96, 96, 96)
     target_spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     size_mix: dict = field(default_factory=lambda: {t: 0.2 for t in SIZE_TYPES})
     scenario_mix: dict = field(default_factory=dict)   # e.g. {"satellite": 0.1}: Section 3.2
     negative_fraction: float = 0.1        # liver-only crops without any tumor
-    crop_jitter: int = 16                 # voxels a positive crop's center may move off its tumor
+    crop_policy: str = ""                 # tumor-centred / pos-neg; "" = the profile's own
+    crop_jitter_mm: float = 16.0          # how far a tumor-centred crop's center may move off it
     post_min_radius_mm: float = 20.0      # mass effect and capsule for tumors this large (paper)
     mass_effect_prob: float = 1.0
     capsule_prob: float = 1.0
@@ -114,6 +129,26 @@ class GeneratorConfig:
             raise ValueError(f"negative_fraction {self.negative_fraction} is not in [0, 1]")
         if any(c < 16 for c in self.crop_size):
             raise ValueError(f"crop_size {self.crop_size}: each side must be at least 16 voxels")
+        if self.crop_policy not in ("",) + CROP_POLICIES:
+            raise ValueError(f"crop_policy {self.crop_policy!r}: expected one of {CROP_POLICIES}")
+        spacing = tuple(float(s) for s in self.target_spacing_mm)
+        if len(spacing) != 3 or min(spacing) <= 0 or max(spacing) - min(spacing) > 1e-6:
+            raise ValueError(f"target_spacing_mm {self.target_spacing_mm}: the generator works on "
+                             f"an isotropic grid; expected three equal positive numbers, e.g. 1,1,1")
+        if not 0 < self.paper.inside_share <= 1:
+            raise ValueError(f"paper.inside_share {self.paper.inside_share} is not in (0, 1]")
+
+    @property
+    def voxel_mm(self) -> float:
+        """Edge of one voxel of the prepared (isotropic) grid, mm."""
+        return float(self.target_spacing_mm[0])
+
+    @property
+    def effective_crop_policy(self) -> str:
+        """``crop_policy``, or the profile's own: the authors' pos-neg 1:1 for ``released``."""
+        if self.crop_policy:
+            return self.crop_policy
+        return "pos-neg" if self.profile == "released" else "tumor-centred"
 
     def to_json(self) -> dict:
         return _jsonable(dataclasses.asdict(self))
@@ -126,7 +161,7 @@ class GeneratorConfig:
         if "released" in obj:
             obj["released"] = ReleasedParams(**_tuples(obj["released"]))
         if "sizes" in obj:
-            obj["sizes"] = {k: SizePreset(v["radius_mm"], tuple(v["sigma_e"]), tuple(v["count"]))
+            obj["sizes"] = {k: SizePreset(v["radius_mm"], tuple(v["sigma_e_mm"]), tuple(v["count"]))
                             for k, v in obj["sizes"].items()}
         if "multifocal_counts" in obj:
             obj["multifocal_counts"] = {k: tuple(v) for k, v in obj["multifocal_counts"].items()}

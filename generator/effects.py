@@ -1,63 +1,69 @@
 """What a tumor does to the CT around it (Hu et al., CVPR 2023, Section 3.1): placement (eq. 4),
-mass effect (eq. 5) and capsule appearance (eqs. 6-8).
+mass effect (eq. 5) and capsule appearance (eqs. 6-8); and the released profile's darkening.
 
-Each function works in place on views of one tumor's box of the canvas: ``img`` float32 HU,
+The paper's functions work in place on views of one tumor's box of the canvas: ``img`` float32 HU,
 ``lab`` uint8 labels, ``mask`` the tumor's soft mask in [0, 1], all with axes ``(i, j, k)`` = (R, A,
-S) of the prepared scan at the target spacing (voxels, 1 mm by default), the tumor's center at the
-box center. ``synthesize`` calls them in the paper's order: place, mass effect, capsule.
+S) of the prepared scan (voxels of edge ``s`` mm), the tumor's center at the box center.
+``synthesize`` calls them in the paper's order: place, mass effect, capsule.
 """
 
 from __future__ import annotations
 
 import math
 
-from tumorforge.manifests.conventions import TUMOR
+from tumorforge.manifests.conventions import LIVER, TUMOR
 
 from .backend import Backend
-from .params import PaperTumor
+from .params import PaperTumor, ReleasedSample
 
 
-def place(backend: Backend, t, img, lab, sub, m, texture) -> None:
-    """Paint the tumor into ``img[sub]`` and ``lab[sub]``; ``m`` is ``mask[sub]``, ``texture`` its
-    texture on the same box.
-
-    ``paper``, eq. 4: ``img' = (1 - m) img + m texture`` (texture in HU). ``released``: darkening
-    ``img' = img - texture m delta_hu``. Either way a voxel becomes tumor where ``m >= 0.5``.
-    """
+def place(backend: Backend, img, lab, sub, m, texture) -> None:
+    """Eq. 4: ``img' = (1 - m) img + m texture`` (texture in HU) in ``img[sub]``; ``m`` is the soft
+    mask on ``sub``. A voxel becomes tumor where ``m >= 0.5``."""
     xp = backend.xp
-    if isinstance(t, PaperTumor):
-        img[sub] = (1.0 - m) * img[sub] + m * texture                    # eq. 4
-    else:
-        img[sub] -= texture * m * xp.float32(t.delta_hu)                 # darkening by delta
+    img[sub] = (1.0 - m) * img[sub] + m * texture                        # eq. 4
     lab[sub] = xp.where(m >= 0.5, xp.uint8(TUMOR), lab[sub])
 
 
-def mass_effect(backend: Backend, t: PaperTumor, img, lab, mask, h: int) -> None:
+def darken(backend: Backend, r: ReleasedSample, img, lab, union, texture, s: float) -> None:
+    """The released recipe on a whole canvas: the union of the sample's binary shapes within the
+    liver, blurred once, darkens the liver by ``texture x blur x delta``; the label is the binary
+    union itself (tumor inside the liver, unblurred)."""
+    xp, ndi = backend.xp, backend.ndi
+    liver = lab >= LIVER
+    union = union & liver
+    blur = ndi.gaussian_filter(union.astype(xp.float32), r.mask_blur_mm / s, mode="constant")
+    img -= texture * blur * liver * xp.float32(r.delta_hu)
+    lab[union] = TUMOR
+
+
+def mass_effect(backend: Backend, t: PaperTumor, img, lab, mask, h: int, s: float) -> None:
     """Eq. 5 local scaling warp of image (linear), labels (nearest) and mask (linear) inside the
-    sphere of radius ``t.gamma_max`` voxels around the box center ``(h, h, h)``."""
+    sphere of radius ``t.gamma_max_mm`` around the box center ``(h, h, h)``."""
     ndi = backend.ndi
     # Only the sphere of radius gamma_max moves, and it samples only from inside itself.
-    g = int(math.ceil(t.gamma_max))
+    gamma = t.gamma_max_mm / s
+    g = int(math.ceil(gamma))
     w = tuple(slice(h - g, h + g + 1) for _ in range(3))
-    coords = _warp_coords(backend, (2 * g + 1,) * 3, (g, g, g), t.gamma_max, t.intensity)
+    coords = _warp_coords(backend, (2 * g + 1,) * 3, (g, g, g), gamma, t.intensity)
     img[w] = ndi.map_coordinates(img[w], coords, order=1, mode="nearest")
     lab[w] = ndi.map_coordinates(lab[w], coords, order=0, mode="nearest")
     mask[w] = ndi.map_coordinates(mask[w], coords, order=1, mode="nearest")
 
 
-def capsule(backend: Backend, t: PaperTumor, img, mask) -> None:
-    """Eqs. 6-8: the edge band ``lb <= mask <= ub`` (eq. 6), blurred with sigma_d voxels (eq. 7),
+def capsule(backend: Backend, t: PaperTumor, img, mask, s: float) -> None:
+    """Eqs. 6-8: the edge band ``lb <= mask <= ub`` (eq. 6), blurred with sigma_d (eq. 7),
     brightens the image by up to ``capsule_hu`` HU (eq. 8)."""
     xp, ndi = backend.xp, backend.ndi
     lb, ub = t.capsule_band
     edge = ((mask >= lb) & (mask <= ub)).astype(xp.float32)              # eq. 6
-    img += xp.float32(t.capsule_hu) * ndi.gaussian_filter(edge, t.sigma_d,
+    img += xp.float32(t.capsule_hu) * ndi.gaussian_filter(edge, t.sigma_d_mm / s,
                                                          mode="constant")  # eqs. 7-8
 
 
 def _warp_coords(backend, shape, center, gamma_max, intensity):
     """Eq. 5 local scaling warp: output voxel at distance g from the center samples the input at
-    g' = (1 - (1 - g / gamma_max)^2 * I / 100) * g, inside the sphere of radius gamma_max."""
+    g' = (1 - (1 - g / gamma_max)^2 * I / 100) * g, inside the sphere of radius gamma_max (voxels)."""
     xp = backend.xp
     axes = [xp.arange(s, dtype=xp.float32) - xp.float32(c) for s, c in zip(shape, center)]
     v = xp.meshgrid(*axes, indexing="ij")

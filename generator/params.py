@@ -2,7 +2,8 @@
 (``synthesize``). Records are plain dataclasses that round-trip through JSON exactly, so provenance
 can regenerate a sample and the robustness benchmark can edit one dimension at a time.
 
-Coordinates are voxel indices of the full resampled scan (RAS axes at the target spacing).
+Centers and crop origins are voxel indices of the full resampled scan (RAS axes on the isotropic
+prepared grid); every length is in mm (``_mm``) and converted with the prepared spacing.
 """
 
 from __future__ import annotations
@@ -10,49 +11,61 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .config import PAPER_PROFILES
+
 
 @dataclass(frozen=True)
 class PaperTumor:
-    """One tumor of the ``paper`` profile (Section 3.1, Table 1)."""
+    """One tumor of the ``paper`` and ``paper-train`` profiles (Section 3.1, Table 1)."""
 
     kind: str                                  # tiny / small / medium / large / satellite / ...
     center: tuple[int, int, int]               # voxel of the full resampled scan
-    radius: float                              # nominal r (voxels = mm at 1 mm spacing)
-    half_axes: tuple[float, float, float]      # ~ U(0.75 r, 1.25 r) along i, j, k
-    sigma_e: float                             # elastic deformation: control-point sd (voxels)
+    radius_mm: float                           # nominal r
+    half_axes_mm: tuple[float, float, float]   # ~ U(0.75 r, 1.25 r) along i, j, k
+    sigma_e_mm: float                          # elastic deformation: control-point sd
     deform_seed: int                           # Philox key of the 3x3x3 control displacements
-    sigma_c: float                             # mask blur
+    sigma_c_mm: float                          # mask blur
     mu_t: float                                # texture mean HU ~ U(30, mu_p - 10)
     sigma_p: float                             # texture sd HU = parenchyma sd
-    eta: float                                 # texture upscaling factor
-    sigma_b: float                             # texture blur
+    eta: float                                 # texture upscaling: noise grid spacing eta mm
+    sigma_b_mm: float                          # texture blur
     texture_seed: int                          # Philox key of the Gaussian texture
-    location_tries: int                        # draws until no vessel within r (eq. 1 rule)
-    location_fallback: bool                    # True: no free spot in max tries; fewest vessels used
-    vessel_voxels_near: int                    # vessel voxels in the [c - r, c + r] cube chosen
+    location_tries: int                        # candidate centers drawn
+    location_fallback: bool                    # True: no candidate met every rule; best one used
+    location_reason: str                       # "" / "vessels" (none vessel-free) / "volume"
+    inside_fraction: float                     # share of the drawn shape inside the liver there
+    vessel_voxels: int                         # vessel voxels inside the drawn shape there
     mass_effect: bool
-    gamma_max: float                           # eq. 5 radius (1.3 r)
+    gamma_max_mm: float                        # eq. 5 radius (1.3 r)
     intensity: float                           # eq. 5 I
     capsule: bool
     capsule_band: tuple[float, float]          # (lb, ub) of eq. 6
-    sigma_d: float                             # eq. 7 blur
+    sigma_d_mm: float                          # eq. 7 blur
     capsule_hu: float                          # d of eq. 8
 
 
 @dataclass(frozen=True)
 class ReleasedTumor:
-    """One tumor of the ``released`` profile (the authors' reduced training recipe)."""
+    """One tumor of the ``released`` profile: its shape and place. How it is blurred, textured and
+    darkened is drawn once per sample (:class:`ReleasedSample`), as the authors' code does."""
 
     kind: str
     center: tuple[int, int, int]
-    radius: float
-    half_axes: tuple[float, float, float]      # integers in [0.75 r, 1.25 r]
-    sigma_e: float                             # per 2-D pass over axis pairs (0,1), (1,2), (0,2)
+    radius_mm: float
+    half_axes_mm: tuple[float, float, float]   # integers in [0.75 r, 1.25 r]
+    sigma_e_mm: float                          # per 2-D pass over axis pairs (0,1), (1,2), (0,2)
     deform_seed: int
-    mask_blur: float                           # ~ U(1, 2)
-    texture_sigma: float                       # blur of the uniform noise, one of 3..15
+
+
+@dataclass(frozen=True)
+class ReleasedSample:
+    """The ``released`` profile's per-sample draws: one union mask of every tumor (within the
+    liver), one blur, one texture over the sample's field and one darkening delta."""
+
+    mask_blur_mm: float                        # ~ U(1, 2)
+    texture_sigma_mm: float                    # blur of the uniform noise, one of 3..15
     texture_prob: tuple[float, float]          # salt-noise probability rescaled into this range
-    texture_blur: float                        # 4 or 7
+    texture_blur_mm: float                     # 4 or 7
     texture_mean: float                        # ~ U(0.5, 0.55)
     texture_seed: int
     delta_hu: float                            # darkening ~ U(65, 145) HU
@@ -70,6 +83,9 @@ class SampleParams:
     tumors: tuple                              # PaperTumor or ReleasedTumor records
     parenchyma_mean_hu: float                  # mu_p used for mu_t (recorded for audit)
     parenchyma_sd_hu: float
+    crop_anchor: str = ""                      # what the crop is centred on: tumor/organ/background
+    released: ReleasedSample | None = None     # the released profile's per-sample draws
+    notes: tuple[str, ...] = ()                # e.g. a satellite that could not be placed
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -78,9 +94,13 @@ class SampleParams:
 
     @classmethod
     def from_json(cls, obj: dict) -> "SampleParams":
-        tumor_cls = {"paper": PaperTumor, "released": ReleasedTumor, "real": PaperTumor}[obj["profile"]]
-        tumors = tuple(tumor_cls(**_tuples(t, tumor_cls)) for t in obj["tumors"])
+        if not isinstance(obj, dict) or "profile" not in obj:
+            raise ValueError("sample params: expected an object with a 'profile'")
+        tumor_cls = PaperTumor if obj["profile"] in PAPER_PROFILES else ReleasedTumor
+        tumors = tuple(tumor_cls(**_tuples(t, tumor_cls)) for t in obj.get("tumors", ()))
         data = _tuples({k: v for k, v in obj.items() if k != "tumors"}, cls)
+        if data.get("released") is not None:
+            data["released"] = ReleasedSample(**_tuples(data["released"], ReleasedSample))
         return cls(tumors=tumors, **data)
 
 

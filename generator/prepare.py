@@ -40,10 +40,11 @@ class PreparedScan:
     origin_vox: tuple[int, int, int]
     liver_mean_hu: float         # mean HU over the whole liver (eq. 2)
     vessel_threshold_hu: float   # T of eq. 2
-    sigma_a: float               # smoothing of eq. 1
+    sigma_a_mm: float            # smoothing of eq. 1
     parenchyma_mean_hu: float    # mu_p: liver without vessels
     parenchyma_sd_hu: float      # sigma_p
-    liver_voxels: np.ndarray     # flat indices of liver voxels (location sampling)
+    liver_voxels: np.ndarray     # flat indices of liver voxels, deepest first (location sampling)
+    liver_depth_mm: np.ndarray   # float32: each one's distance to the liver's surface, descending
     _device: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -53,7 +54,7 @@ class PreparedScan:
     def stats(self) -> dict:
         return {"liver_mean_hu": round(self.liver_mean_hu, 3),
                 "vessel_threshold_hu": round(self.vessel_threshold_hu, 3),
-                "sigma_a": round(self.sigma_a, 4),
+                "sigma_a_mm": round(self.sigma_a_mm, 4),
                 "parenchyma_mean_hu": round(self.parenchyma_mean_hu, 3),
                 "parenchyma_sd_hu": round(self.parenchyma_sd_hu, 3),
                 "vessel_fraction": round(float(self.vessel.sum()) / max(1, len(self.liver_voxels)), 4),
@@ -109,7 +110,8 @@ def prepare_scan(scan_id: str, image: np.ndarray, label: np.ndarray, affine: np.
     Steps: reorient to RAS; resample to ``config.target_spacing_mm`` (image linear, label nearest);
     crop to the liver box plus half a crop; mean liver HU and threshold T = mean + b (eq. 2);
     sigma_p estimated on liver voxels at or below T; vessels = liver voxels whose CT smoothed with
-    sigma_a = 0.5 + 0.025 sigma_p exceeds T (eq. 1); parenchyma mu_p, sigma_p = liver minus vessels.
+    sigma_a = 0.5 + 0.025 sigma_p (mm) exceeds T (eq. 1); parenchyma mu_p, sigma_p = liver minus
+    vessels; each liver voxel's depth below the liver surface (mm).
     """
     config = config or GeneratorConfig()
     p = config.paper
@@ -150,17 +152,23 @@ def prepare_scan(scan_id: str, image: np.ndarray, label: np.ndarray, affine: np.
     liver_mean = float(liver_hu.mean())
     threshold = liver_mean + p.vessel_b_hu
     sigma_p0 = float(liver_hu[liver_hu <= threshold].std())
-    sigma_a = p.sigma_a_base + p.sigma_a_slope * sigma_p0
-    smoothed = ndi.gaussian_filter(img, sigma_a, mode="nearest")
+    sigma_a = p.sigma_a_base_mm + p.sigma_a_slope_mm * sigma_p0
+    smoothed = ndi.gaussian_filter(img, sigma_a / target[0], mode="nearest")
     vessel = (organ_r & (smoothed > threshold)) | (labelled_vessel & organ_r)
     parenchyma = img[organ_r & ~vessel]
     if parenchyma.size < 100:
         raise PrepareError(f"scan {scan_id}: only {parenchyma.size} liver voxels without vessels "
                            f"at {tuple(target)} mm; expected a liver")
+    # Depth of every liver voxel below the organ's surface (mm): location draws centers deep enough
+    # for the tumor to fit. Sorted deepest first, so "at least d mm deep" is a prefix.
+    depth = ndi.distance_transform_edt(np.pad(organ_r, 1), sampling=target)[1:-1, 1:-1, 1:-1]
+    flat = np.flatnonzero(organ_r)
+    d = depth.ravel()[flat].astype(np.float32)
+    order = np.argsort(-d, kind="stable")
     return PreparedScan(
         scan_id=scan_id, image=np.clip(np.rint(img), -32768, 32767).astype(np.int16),
         liver=organ_r, vessel=vessel, tumor=tumor, spacing_mm=tuple(float(t) for t in target),
         affine=out_affine, origin_vox=tuple(int(v) for v in lo), liver_mean_hu=liver_mean,
-        vessel_threshold_hu=threshold, sigma_a=sigma_a,
+        vessel_threshold_hu=threshold, sigma_a_mm=sigma_a,
         parenchyma_mean_hu=float(parenchyma.mean()), parenchyma_sd_hu=float(parenchyma.std()),
-        liver_voxels=np.flatnonzero(organ_r))
+        liver_voxels=flat[order], liver_depth_mm=d[order])

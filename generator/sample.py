@@ -9,14 +9,16 @@ each tumor's record.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
-from .config import SIZE_TYPES, GeneratorConfig, SizePreset
+from .config import PAPER_PROFILES, SIZE_TYPES, GeneratorConfig, SizePreset
 from .location import liver_voxel, paper_location, released_location
-from .params import PaperTumor, ReleasedTumor, SampleParams
+from .params import PaperTumor, ReleasedSample, ReleasedTumor, SampleParams
 from .prepare import PreparedScan
+from .shape import drawn_offsets
 
 PRESETS = ("tiny", "small", "medium", "large")
 
@@ -27,27 +29,65 @@ def sample_seed(root_seed: int, index: int) -> np.random.SeedSequence:
 
 def sample_params(rng: np.random.Generator, scan: PreparedScan, config: GeneratorConfig
                   ) -> SampleParams:
-    crop = np.asarray(config.crop_size)
     if config.profile == "real":
         return _real_params(rng, scan, config)
+    tumors, notes, released = (), (), None
     if rng.random() < config.negative_fraction:
-        kind, tumors = "negative", ()
-        center = liver_voxel(rng, scan)
+        kind = "negative"
     else:
         weights = {**config.size_mix, **config.scenario_mix}
         names = sorted(k for k, w in weights.items() if w > 0)
         probs = np.array([weights[k] for k in names], float)
         kind = names[int(rng.choice(len(names), p=probs / probs.sum()))]
-        tumors = tuple(_draw_tumors(rng, scan, config, kind))
-        anchor = tumors[int(rng.integers(len(tumors)))]
-        jitter = rng.integers(-config.crop_jitter, config.crop_jitter + 1, 3)
-        center = np.asarray(anchor.center) - np.asarray(scan.origin_vox) + jitter
-    origin = center - crop // 2 + np.asarray(scan.origin_vox)
+        tumors, notes = _draw_tumors(rng, scan, config, kind)
+        if config.profile == "released":
+            released = _released_sample(rng, config)
+    center, anchor = _crop_center(rng, scan, config, tumors)
     return SampleParams(scan_id=scan.scan_id, profile=config.profile, kind=kind,
-                        crop_origin=tuple(int(v) for v in origin),
-                        crop_size=tuple(int(v) for v in crop), tumors=tumors,
+                        crop_origin=tuple(int(v) for v in center - np.asarray(config.crop_size) // 2
+                                          + np.asarray(scan.origin_vox)),
+                        crop_size=tuple(int(v) for v in config.crop_size), tumors=tumors,
                         parenchyma_mean_hu=round(scan.parenchyma_mean_hu, 4),
-                        parenchyma_sd_hu=round(scan.parenchyma_sd_hu, 4))
+                        parenchyma_sd_hu=round(scan.parenchyma_sd_hu, 4),
+                        crop_anchor=anchor, released=released, notes=notes)
+
+
+def _crop_center(rng, scan: PreparedScan, config: GeneratorConfig, tumors) -> tuple[np.ndarray, str]:
+    """The crop's center voxel (prepared arrays) and what it is centred on.
+
+    ``tumor-centred``: a random tumor of the sample, moved by up to ``crop_jitter_mm`` per axis (a
+    random liver voxel when the sample has none). ``pos-neg``, the authors' 1:1 policy (MONAI's
+    RandCropByPosNegLabeld with pos = neg = 1 on the liver-and-tumor label): half the crops are
+    centred on an organ voxel, half on a background voxel above ``negative_threshold_hu`` inside the
+    prepared region (the liver's box plus half a crop); the crop is then shifted to lie inside it.
+    """
+    crop = np.asarray(config.crop_size)
+    if config.effective_crop_policy == "tumor-centred":
+        if not tumors:
+            return liver_voxel(rng, scan), "organ"
+        anchor = tumors[int(rng.integers(len(tumors)))]
+        j = int(round(config.crop_jitter_mm / float(scan.spacing_mm[0])))
+        return (np.asarray(anchor.center) - np.asarray(scan.origin_vox)
+                + rng.integers(-j, j + 1, 3)), "tumor"
+    if rng.random() < 0.5:
+        center, anchor = liver_voxel(rng, scan), "organ"
+    else:
+        center, anchor = _background_voxel(rng, scan, config.released.negative_threshold_hu), \
+            "background"
+    shape = np.asarray(scan.shape)
+    lo = np.clip(center - crop // 2, 0, np.maximum(shape - crop, 0))
+    return lo + crop // 2, anchor
+
+
+def _background_voxel(rng, scan: PreparedScan, threshold_hu: float, tries: int = 200) -> np.ndarray:
+    """A voxel outside the liver whose HU is above ``threshold_hu`` (rejection sampling over the
+    prepared region; a liver voxel if none is found)."""
+    shape = np.asarray(scan.shape)
+    for _ in range(tries):
+        c = rng.integers(0, shape)
+        if not scan.liver[tuple(c)] and scan.image[tuple(c)] > threshold_hu:
+            return c
+    return liver_voxel(rng, scan)
 
 
 def _real_params(rng, scan, config) -> SampleParams:
@@ -55,18 +95,19 @@ def _real_params(rng, scan, config) -> SampleParams:
     for the negative fraction (and for scans without tumor)."""
     tumor_voxels = np.flatnonzero(scan.tumor)
     if rng.random() < config.negative_fraction or tumor_voxels.size == 0:
-        kind, center = "negative", liver_voxel(rng, scan)
+        kind, center, anchor = "negative", liver_voxel(rng, scan), "organ"
     else:
-        kind = "real"
+        kind, anchor = "real", "tumor"
         center = np.array(np.unravel_index(tumor_voxels[int(rng.integers(tumor_voxels.size))],
                                            scan.shape))
-        center = center + rng.integers(-config.crop_jitter, config.crop_jitter + 1, 3)
+        j = int(round(config.crop_jitter_mm / float(scan.spacing_mm[0])))
+        center = center + rng.integers(-j, j + 1, 3)
     origin = center - np.asarray(config.crop_size) // 2 + np.asarray(scan.origin_vox)
     return SampleParams(scan_id=scan.scan_id, profile="real", kind=kind,
                         crop_origin=tuple(int(v) for v in origin),
                         crop_size=tuple(int(v) for v in config.crop_size), tumors=(),
                         parenchyma_mean_hu=round(scan.parenchyma_mean_hu, 4),
-                        parenchyma_sd_hu=round(scan.parenchyma_sd_hu, 4))
+                        parenchyma_sd_hu=round(scan.parenchyma_sd_hu, 4), crop_anchor=anchor)
 
 
 def _counts(rng, config: GeneratorConfig, kind: str) -> list[tuple[str, int]]:
@@ -98,60 +139,87 @@ def _counts(rng, config: GeneratorConfig, kind: str) -> list[tuple[str, int]]:
     raise ValueError(f"unknown size type or scenario {kind!r}; expected {SIZE_TYPES} or scenarios")
 
 
-def _draw_tumors(rng, scan, config, kind):
-    tumors = []
+def _draw_tumors(rng, scan, config, kind) -> tuple[tuple, tuple[str, ...]]:
+    """The sample's tumors, and notes on any that could not be placed (satellites)."""
+    tumors, notes = [], []
     for preset_name, n in _counts(rng, config, kind):
         preset = config.sizes[preset_name]
         for _ in range(n):
             near = None
             if kind == "satellite" and preset_name == "small":
                 near = tumors[0]          # the large lesion drawn first
-            if config.profile == "paper":
-                tumors.append(_paper_tumor(rng, scan, config, preset_name, preset, near))
+            if config.profile in PAPER_PROFILES:
+                t = _paper_tumor(rng, scan, config, preset_name, preset, near)
+                if t is None:
+                    notes.append(f"satellite dropped: no spot in its {config.satellite_shell[0]}-"
+                                 f"{config.satellite_shell[1]} r shell with "
+                                 f"{config.paper.inside_share:.0%} of it inside the liver in "
+                                 f"{config.paper.max_location_tries} draws")
+                    continue
+                tumors.append(t)
             else:
                 tumors.append(_released_tumor(rng, scan, config, preset_name, preset))
-    return tumors
+    return tuple(tumors), tuple(notes)
 
 
-def _paper_tumor(rng, scan, config, kind, preset: SizePreset, near) -> PaperTumor:
+def _paper_tumor(rng, scan, config, kind, preset: SizePreset, near) -> PaperTumor | None:
     p = config.paper
-    r = preset.radius_mm / float(np.mean(scan.spacing_mm))
+    s = float(scan.spacing_mm[0])
+    r = preset.radius_mm
     half_axes = tuple(round(float(a), 4) for a in rng.uniform(p.axis_scale[0] * r,
                                                               p.axis_scale[1] * r, 3))
-    center, tries, fallback, vessels = paper_location(rng, scan, config, r, near)
-    big = preset.radius_mm >= config.post_min_radius_mm
+    sigma_e = round(float(rng.uniform(*preset.sigma_e_mm)), 4)
+    sigma_c = round(float(rng.uniform(*p.sigma_c_mm)), 4)
     mu_hi = max(p.mu_t_low_hu, scan.parenchyma_mean_hu - p.mu_t_below_parenchyma_hu)
+    mu_t = round(float(rng.uniform(p.mu_t_low_hu, mu_hi)), 4)
+    eta = round(float(rng.uniform(*p.eta)), 4)
     seeds = rng.integers(0, 2 ** 63, 2)
-    return PaperTumor(
-        kind="satellite" if near is not None else kind,
-        center=tuple(int(v) for v in center + np.asarray(scan.origin_vox)),
-        radius=round(r, 4), half_axes=half_axes,
-        sigma_e=round(float(rng.uniform(*preset.sigma_e)), 4), deform_seed=int(seeds[0]),
-        sigma_c=round(float(rng.uniform(*p.sigma_c)), 4),
-        mu_t=round(float(rng.uniform(p.mu_t_low_hu, mu_hi)), 4),
-        sigma_p=round(scan.parenchyma_sd_hu, 4),
-        eta=round(float(rng.uniform(*p.eta)), 4), sigma_b=p.sigma_b, texture_seed=int(seeds[1]),
-        location_tries=tries, location_fallback=fallback, vessel_voxels_near=vessels,
+    full = config.profile == "paper"       # the Turing-test steps: vessels, mass effect, capsule
+    tumor = PaperTumor(
+        kind="satellite" if near is not None else kind, center=(0, 0, 0), radius_mm=r,
+        half_axes_mm=half_axes, sigma_e_mm=sigma_e, deform_seed=int(seeds[0]), sigma_c_mm=sigma_c,
+        mu_t=mu_t, sigma_p=round(scan.parenchyma_sd_hu, 4), eta=eta, sigma_b_mm=p.sigma_b_mm,
+        texture_seed=int(seeds[1]), location_tries=0, location_fallback=False, location_reason="",
+        inside_fraction=0.0, vessel_voxels=0, mass_effect=False,
+        gamma_max_mm=round(p.gamma_max_factor * r, 4), intensity=p.mass_effect_intensity,
+        capsule=False, capsule_band=tuple(p.capsule_band), sigma_d_mm=p.sigma_d_mm,
+        capsule_hu=p.capsule_hu)
+    spot = paper_location(rng, scan, config, r, drawn_offsets(tumor, s), avoid_vessels=full,
+                          near=near)
+    if spot is None:
+        return None
+    big = full and preset.radius_mm >= config.post_min_radius_mm
+    return dataclasses.replace(
+        tumor, center=tuple(int(v) for v in spot.center + np.asarray(scan.origin_vox)),
+        location_tries=spot.tries, location_fallback=spot.fallback, location_reason=spot.reason,
+        inside_fraction=spot.inside_fraction, vessel_voxels=spot.vessel_voxels,
         mass_effect=bool(big and rng.random() < config.mass_effect_prob),
-        gamma_max=round(p.gamma_max_factor * r, 4), intensity=p.mass_effect_intensity,
-        capsule=bool(big and rng.random() < config.capsule_prob),
-        capsule_band=tuple(p.capsule_band), sigma_d=p.sigma_d, capsule_hu=p.capsule_hu)
+        capsule=bool(big and rng.random() < config.capsule_prob))
 
 
 def _released_tumor(rng, scan, config, kind, preset: SizePreset) -> ReleasedTumor:
     rel = config.released
-    r = preset.radius_mm / float(np.mean(scan.spacing_mm))
+    r = preset.radius_mm
     lo, hi = int(math.ceil(0.75 * r)), int(math.floor(1.25 * r))
     half_axes = tuple(float(a) for a in rng.integers(lo, hi + 1, 3))
+    e_lo, e_hi = preset.sigma_e_mm
+    if kind in rel.integer_sigma_e:      # the authors' random.randint(lo, hi)
+        sigma_e = float(rng.integers(int(math.ceil(e_lo)), int(math.floor(e_hi)) + 1))
+    else:
+        sigma_e = round(float(rng.uniform(e_lo, e_hi)), 4)
     center = released_location(rng, scan, config)
-    seeds = rng.integers(0, 2 ** 63, 2)
-    return ReleasedTumor(
-        kind=kind, center=tuple(int(v) for v in center + np.asarray(scan.origin_vox)),
-        radius=round(r, 4), half_axes=half_axes,
-        sigma_e=round(float(rng.uniform(*preset.sigma_e)), 4), deform_seed=int(seeds[0]),
-        mask_blur=round(float(rng.uniform(*rel.mask_blur)), 4),
-        texture_sigma=float(rel.texture_sigmas[int(rng.integers(len(rel.texture_sigmas)))]),
+    return ReleasedTumor(kind=kind, center=tuple(int(v) for v in center + np.asarray(scan.origin_vox)),
+                         radius_mm=r, half_axes_mm=half_axes, sigma_e_mm=sigma_e,
+                         deform_seed=int(rng.integers(0, 2 ** 63)))
+
+
+def _released_sample(rng, config) -> ReleasedSample:
+    rel = config.released
+    return ReleasedSample(
+        mask_blur_mm=round(float(rng.uniform(*rel.mask_blur_mm)), 4),
+        texture_sigma_mm=float(rel.texture_sigmas_mm[int(rng.integers(len(rel.texture_sigmas_mm)))]),
         texture_prob=tuple(rel.texture_prob),
-        texture_blur=float(rel.texture_blur[int(rng.integers(len(rel.texture_blur)))]),
-        texture_mean=round(float(rng.uniform(*rel.texture_mean)), 4), texture_seed=int(seeds[1]),
+        texture_blur_mm=float(rel.texture_blur_mm[int(rng.integers(len(rel.texture_blur_mm)))]),
+        texture_mean=round(float(rng.uniform(*rel.texture_mean)), 4),
+        texture_seed=int(rng.integers(0, 2 ** 63)),
         delta_hu=round(float(rng.uniform(*rel.delta_hu)), 4))

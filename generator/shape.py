@@ -1,16 +1,17 @@
 """The tumor's shape (Hu et al., CVPR 2023, Section 3.1, "Shape generation"): an ellipsoid with
 half-axes drawn per tumor, deformed elastically, and blurred into a soft mask.
 
-A shape is computed in its own cubic box of side ``2 * shape_half(t) + 1`` voxels centred on the
-tumor, with array axes ``(i, j, k)`` = (R, A, S) of the prepared scan (voxels, 1 mm by default). The
+A shape is computed in its own cubic box of side ``2 * shape_half(t, s) + 1`` voxels centred on the
+tumor, with array axes ``(i, j, k)`` = (R, A, S) of the prepared scan; ``s`` is the prepared grid's
+voxel edge in mm (1 by default) and converts the record's mm lengths to voxels. The
 deformation's control grid spans that box, so the shape depends on the tumor record alone, never on
 the crop around it. Control displacements are drawn with Philox (``noise``) on the host, so they are
 identical on every backend.
 
 - ``paper``: a 3x3x3 grid of displacements ~ N(0, sigma_e) per axis, interpolated tri-quadratically
-  over the box; mask blur sigma_c.
+  over the box; the binary shape is blurred with sigma_c into the tumor's soft mask.
 - ``released``: the authors' three 2-D passes over axis pairs (0,1), (1,2), (0,2), each on a 3x3
-  grid; mask blur ``mask_blur``.
+  grid; the binary shapes of a sample are united and blurred once (``synthesize``).
 """
 
 from __future__ import annotations
@@ -24,22 +25,36 @@ from .backend import Backend
 from .params import PaperTumor, ReleasedTumor
 
 
-def _mask_blur(t) -> float:
-    return t.sigma_c if isinstance(t, PaperTumor) else t.mask_blur
+def shape_half(t, s: float) -> int:
+    """Half-width (voxels) of the box in which a tumor's shape is computed: its half-axes plus
+    three deformation sd (and for ``paper`` three mask-blur sd). The shape depends on this box only
+    (its control grid spans it), never on the canvas or on post-processing."""
+    reach = max(t.half_axes_mm) + 3.0 * t.sigma_e_mm
+    if isinstance(t, PaperTumor):
+        reach += 3.0 * t.sigma_c_mm
+    return int(math.ceil(reach / s + 2.0))
 
 
-def shape_half(t) -> int:
-    """Half-width of the box in which a tumor's shape is computed (voxels). The shape depends on
-    this box only (its control grid spans it), never on the canvas or on post-processing."""
-    return int(math.ceil(max(t.half_axes) + 3.0 * t.sigma_e + 3.0 * _mask_blur(t) + 2.0))
-
-
-def tumor_mask(backend: Backend, t, half: int):
-    """The blurred shape of ``t`` (float32 in [0, 1]) on the box of side ``2 * half + 1`` voxels
-    centred on the tumor, on the backend's device."""
+def tumor_shape(backend: Backend, t, half: int, s: float):
+    """The binary (deformed ellipsoid) shape of ``t``, float32 0/1 on the box of side
+    ``2 * half + 1`` voxels centred on the tumor, on the backend's device."""
     make = _paper_shape if isinstance(t, PaperTumor) else _released_shape
-    shape = make(backend, t, (2 * half + 1,) * 3, (half, half, half))
-    return backend.ndi.gaussian_filter(shape, _mask_blur(t), mode="constant")
+    return make(backend, t, (2 * half + 1,) * 3, (half, half, half), s)
+
+
+def tumor_mask(backend: Backend, t: PaperTumor, half: int, s: float):
+    """The soft mask of a ``paper`` tumor: its shape blurred with sigma_c (float32 in [0, 1])."""
+    return backend.ndi.gaussian_filter(tumor_shape(backend, t, half, s), t.sigma_c_mm / s,
+                                       mode="constant")
+
+
+def drawn_offsets(t, s: float) -> np.ndarray:
+    """Voxel offsets ``(n, 3)`` from the center of every voxel of the tumor's binary shape (NumPy):
+    what location tests against the liver and vessel masks, and what the fidelity report measures."""
+    from .backend import get_backend
+    half = shape_half(t, s)
+    shape = tumor_shape(get_backend("numpy"), t, half, s)
+    return (np.argwhere(shape > 0) - half).astype(np.int64)
 
 
 def _lagrange3(xp, u):
@@ -49,15 +64,15 @@ def _lagrange3(xp, u):
 
 
 def _control_points(seed: int, shape, sigma: float) -> np.ndarray:
-    """Control-point displacements ~ N(0, sigma) in voxels, drawn on the host with Philox."""
+    """Control-point displacements ~ N(0, sigma) (voxels), drawn on the host with Philox."""
     return noise.normal(np, shape, seed, stream=1).astype(np.float64) * sigma
 
 
-def _paper_shape(backend, t: PaperTumor, box_shape, center):
+def _paper_shape(backend, t: PaperTumor, box_shape, center, s: float):
     """Ellipsoid with half-axes ``t.half_axes`` deformed by a smooth field interpolated from a
     3x3x3 grid of control displacements over the box (tri-quadratic), as a float32 0/1 mask."""
     xp = backend.xp
-    grid = _control_points(t.deform_seed, (3, 3, 3, 3), t.sigma_e)
+    grid = _control_points(t.deform_seed, (3, 3, 3, 3), t.sigma_e_mm / s)
     weights = [_lagrange3(xp, xp.linspace(-1.0, 1.0, n, dtype=xp.float32)) for n in box_shape]
     g = xp.asarray(grid, dtype=xp.float32)
     q = None
@@ -67,7 +82,7 @@ def _paper_shape(backend, t: PaperTumor, box_shape, center):
         d = xp.einsum("yj,xjk->xyk", weights[1], d)
         d = xp.einsum("zk,xyk->xyz", weights[2], d)
         coord = xp.arange(box_shape[a], dtype=xp.float32).reshape([-1 if b == a else 1 for b in range(3)])
-        term = ((coord + d - xp.float32(center[a])) / xp.float32(t.half_axes[a])) ** 2
+        term = ((coord + d - xp.float32(center[a])) / xp.float32(t.half_axes_mm[a] / s)) ** 2
         q = term if q is None else q + term
     return (q <= 1.0).astype(xp.float32)
 
@@ -77,12 +92,12 @@ def _quadratic(u, g0, g1, g2):
     return g1 + u * ((g2 - g0) * 0.5 + u * ((g0 + g2) * 0.5 - g1))
 
 
-def _released_shape(backend, t: ReleasedTumor, box_shape, center):
+def _released_shape(backend, t: ReleasedTumor, box_shape, center, s: float):
     """Ellipsoid deformed by three 2-D passes over axis pairs (0,1), (1,2), (0,2), each with a 3x3
     grid of control displacements spanning the box; composed as backward maps."""
     xp = backend.xp
     pairs = ((0, 1), (1, 2), (0, 2))
-    grids = _control_points(t.deform_seed, (3, 2, 3, 3), t.sigma_e)
+    grids = _control_points(t.deform_seed, (3, 2, 3, 3), t.sigma_e_mm / s)
     half = [max(s - 1, 1) / 2.0 for s in box_shape]
     pos = [xp.broadcast_to(xp.arange(s, dtype=xp.float32).reshape(
         [-1 if b == a else 1 for b in range(3)]), box_shape) for a, s in enumerate(box_shape)]
@@ -96,5 +111,6 @@ def _released_shape(backend, t: ReleasedTumor, box_shape, center):
             rows = [_quadratic(u, *(xp.float32(x) for x in g[:, j])) for j in range(3)]
             moved.append(_quadratic(v, *rows))
         pos[a], pos[b] = pos[a] + moved[0], pos[b] + moved[1]
-    q = sum(((pos[a] - xp.float32(center[a])) / xp.float32(t.half_axes[a])) ** 2 for a in range(3))
+    q = sum(((pos[a] - xp.float32(center[a])) / xp.float32(t.half_axes_mm[a] / s)) ** 2
+            for a in range(3))
     return (q <= 1.0).astype(xp.float32)

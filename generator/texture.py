@@ -1,14 +1,18 @@
 """The tumor's texture (Hu et al., CVPR 2023, Section 3.1, "Texture generation").
 
-A texture is computed on the box the tumor's mask covers (array axes ``(i, j, k)`` = (R, A, S) of
-the prepared scan, voxels); its Philox noise grid is anchored at the box corner, so the same record
-gives the same texture on every run, and the same integer noise on every backend.
+A texture is computed on a box of the prepared scan (array axes ``(i, j, k)`` = (R, A, S), voxels
+of edge ``s`` mm); its Philox noise grid is anchored at the box corner, so the same record gives the
+same texture on every run, and the same integer noise on every backend.
 
-- ``paper``: Gaussian noise N(mu_t, sigma_p) in HU on a grid 1/eta as fine as the voxels, upscaled
-  by cubic interpolation and blurred with sigma_b (voxels). The result is in HU: eq. 4 blends it in.
-- ``released``: the authors' salt noise: a density drawn from blurred uniform noise and rescaled
-  into ``texture_prob``, Bernoulli-sampled, blurred with ``texture_blur``, scaled to mean
-  ``texture_mean`` and clipped to [0, 1]. Unitless: it scales the delta-HU darkening.
+- ``paper``: Gaussian noise on a grid ``eta`` mm apart, upscaled by cubic interpolation and blurred
+  with sigma_b, on the box the tumor's mask covers. Upscaling and blur remove most of the noise's
+  variance (left alone, the texture's sd is 0.36-0.49 of sigma_p), while Section 3.1 wants the
+  parenchyma's sd sigma_p and graininess close to it; so the result is standardized over its box to
+  mean mu_t and sd sigma_p (HU). Eq. 4 blends it in.
+- ``released``: the authors' salt noise, one field per sample (the crop and its blur margin): a
+  density drawn from blurred uniform noise and rescaled over the field into ``texture_prob``,
+  Bernoulli-sampled, blurred with ``texture_blur``, scaled to mean ``texture_mean`` over the field
+  and clipped to [0, 1]. Unitless: it scales the delta-HU darkening.
 """
 
 from __future__ import annotations
@@ -17,35 +21,33 @@ import math
 
 from . import noise
 from .backend import Backend
-from .params import PaperTumor, ReleasedTumor
+from .params import PaperTumor, ReleasedSample
 
 
-def tumor_texture(backend: Backend, t, box_shape):
-    """The texture of ``t`` on a box of ``box_shape`` voxels, float32 on the backend's device."""
-    make = _paper_texture if isinstance(t, PaperTumor) else _released_texture
-    return make(backend, t, box_shape)
-
-
-def _paper_texture(backend, t: PaperTumor, box_shape):
-    """Gaussian noise N(mu_t, sigma_p) on a grid 1/eta as fine, cubic upscaling, blur sigma_b."""
+def paper_texture(backend: Backend, t: PaperTumor, box_shape, s: float):
+    """Gaussian texture of ``t`` on a box of ``box_shape`` voxels: noise on a grid ``eta`` mm
+    apart, cubic upscaling, blur sigma_b, standardized to mean mu_t and sd sigma_p (float32 HU)."""
     xp, ndi = backend.xp, backend.ndi
-    coarse = tuple(max(2, int(math.ceil(s / t.eta))) for s in box_shape)
-    z = noise.normal(xp, coarse, t.texture_seed) * xp.float32(t.sigma_p) + xp.float32(t.mu_t)
-    zoom = [s / c for s, c in zip(box_shape, coarse)]
+    step = max(t.eta / s, 1.0)                       # noise grid spacing in voxels
+    coarse = tuple(max(2, int(math.ceil(n / step))) for n in box_shape)
+    z = noise.normal(xp, coarse, t.texture_seed)
+    zoom = [n / c for n, c in zip(box_shape, coarse)]
     up = ndi.zoom(z, zoom, order=3, mode="mirror", grid_mode=False)
     up = up[: box_shape[0], : box_shape[1], : box_shape[2]]
-    return ndi.gaussian_filter(up, t.sigma_b, mode="nearest")
+    up = ndi.gaussian_filter(up, t.sigma_b_mm / s, mode="nearest")
+    sd = xp.maximum(up.std(), xp.float32(1e-6))
+    return (up - up.mean()) * (xp.float32(t.sigma_p) / sd) + xp.float32(t.mu_t)
 
 
-def _released_texture(backend, t: ReleasedTumor, box_shape):
-    """Salt noise with a smoothly varying density, blurred, scaled to mean ``texture_mean``, [0, 1]."""
+def released_texture(backend: Backend, r: ReleasedSample, field_shape, s: float):
+    """The authors' salt-noise texture over one sample's field (float32 in [0, 1])."""
     xp, ndi = backend.xp, backend.ndi
-    density = ndi.gaussian_filter(noise.uniform(xp, box_shape, t.texture_seed, stream=0),
-                                  t.texture_sigma, mode="mirror")
+    density = ndi.gaussian_filter(noise.uniform(xp, field_shape, r.texture_seed, stream=0),
+                                  r.texture_sigma_mm / s, mode="mirror")
     lo, hi = density.min(), density.max()
-    p_lo, p_hi = t.texture_prob
+    p_lo, p_hi = r.texture_prob
     density = p_lo + (density - lo) / xp.maximum(hi - lo, xp.float32(1e-6)) * (p_hi - p_lo)
-    salt = (noise.uniform(xp, box_shape, t.texture_seed, stream=1) < density).astype(xp.float32)
-    tex = ndi.gaussian_filter(salt, t.texture_blur, mode="mirror")
-    tex = tex * (xp.float32(t.texture_mean) / xp.maximum(tex.mean(), xp.float32(1e-6)))
+    salt = (noise.uniform(xp, field_shape, r.texture_seed, stream=1) < density).astype(xp.float32)
+    tex = ndi.gaussian_filter(salt, r.texture_blur_mm / s, mode="mirror")
+    tex = tex * (xp.float32(r.texture_mean) / xp.maximum(tex.mean(), xp.float32(1e-6)))
     return xp.clip(tex, 0.0, 1.0)

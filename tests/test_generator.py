@@ -67,29 +67,111 @@ def test_params_are_deterministic_and_round_trip_json(scan):
 
 @pytest.mark.parametrize("size", ["tiny", "small", "medium", "large"])
 def test_paper_draws_follow_table_1_and_table_6(scan, size):
-    config = GeneratorConfig(size_mix={size: 1.0}, negative_fraction=0.0)
+    config = GeneratorConfig(profile="paper", size_mix={size: 1.0}, negative_fraction=0.0)
     preset = config.sizes[size]
     for i in range(6):
         p = _params(scan, config, i)
         assert p.kind == size and preset.count[0] <= len(p.tumors) <= preset.count[1]
         for t in p.tumors:
-            assert all(0.75 * t.radius <= a <= 1.25 * t.radius for a in t.half_axes)
-            assert preset.sigma_e[0] <= t.sigma_e <= preset.sigma_e[1]
-            assert 0.6 <= t.sigma_c <= 1.2 and 1.1 <= t.eta <= 1.5 and t.sigma_b == 0.6
+            assert all(0.75 * t.radius_mm <= a <= 1.25 * t.radius_mm for a in t.half_axes_mm)
+            assert preset.sigma_e_mm[0] <= t.sigma_e_mm <= preset.sigma_e_mm[1]
+            assert 0.6 <= t.sigma_c_mm <= 1.2 and 1.1 <= t.eta <= 1.5 and t.sigma_b_mm == 0.6
             assert 30 <= t.mu_t <= scan.parenchyma_mean_hu - 10
-            assert t.gamma_max == pytest.approx(1.3 * t.radius) and t.intensity == 30
+            assert t.gamma_max_mm == pytest.approx(1.3 * t.radius_mm) and t.intensity == 30
             assert t.mass_effect == t.capsule == (preset.radius_mm >= 20)
             assert scan.liver[tuple(np.asarray(t.center) - scan.origin_vox)]
 
 
-def test_small_tumors_avoid_vessels(scan):
-    config = GeneratorConfig(size_mix={"tiny": 1.0}, negative_fraction=0.0)
-    for i in range(5):
+def test_paper_train_is_the_default_and_leaves_out_the_turing_test_steps(scan):
+    # Figure 3: vessel segmentation, collision detection, mass effect and capsule are only used for
+    # the Visual Turing Test. The default profile trains without them.
+    assert GeneratorConfig().profile == "paper-train"
+    config = GeneratorConfig(size_mix={"large": 1.0}, negative_fraction=0.0)
+    vessels_hit = 0
+    for i in range(4):
         for t in _params(scan, config, i).tumors:
-            assert not t.location_fallback and t.vessel_voxels_near == 0
-            c = np.asarray(t.center) - scan.origin_vox
-            r = int(np.ceil(t.radius))
-            assert not scan.vessel[tuple(slice(max(v - r, 0), v + r + 1) for v in c)].any()
+            assert not t.mass_effect and not t.capsule
+            assert t.location_reason in ("", "volume")          # never "vessels": no vessel test
+            vessels_hit += t.vessel_voxels > 0
+    assert vessels_hit > 0          # large tumors overlap the toy's vessel tube: nothing avoided it
+
+
+def _shape_voxels(scan, t):
+    from tumorforge.generator.shape import drawn_offsets
+    pos = drawn_offsets(t, scan.spacing_mm[0]) + (np.asarray(t.center) - scan.origin_vox)
+    ok = np.all((pos >= 0) & (pos < scan.shape), axis=1)
+    return pos, ok
+
+
+def test_paper_tumors_avoid_vessels_inside_their_own_shape(scan):
+    config = GeneratorConfig(profile="paper", size_mix={"small": 1.0}, negative_fraction=0.0)
+    for i in range(4):
+        for t in _params(scan, config, i).tumors:
+            pos, ok = _shape_voxels(scan, t)
+            in_vessel = scan.vessel[tuple(pos[ok].T)].sum()
+            assert in_vessel == t.vessel_voxels                 # the record counts the shape
+            if not t.location_fallback:
+                assert in_vessel == 0 and t.location_reason == ""
+
+
+@pytest.mark.parametrize("profile", ["paper", "paper-train"])
+def test_tumors_lie_inside_the_liver_not_on_its_rim(scan, profile):
+    # The rim bias of 0.1.0: a cube that stuck out of the liver counted fewer vessels and won, so
+    # tumors sat at the surface and lost half their volume to clipping. Now 90 % of the drawn shape
+    # must lie in the liver, and centers are as deep as a uniformly drawn liver voxel or deeper.
+    config = GeneratorConfig(profile=profile, size_mix={"mix": 1.0}, negative_fraction=0.0)
+    depth = np.zeros(scan.shape, np.float32)
+    depth.ravel()[scan.liver_voxels] = scan.liver_depth_mm
+    centers, kept = [], []
+    for i in range(3):
+        for t in _params(scan, config, i).tumors:
+            pos, ok = _shape_voxels(scan, t)
+            share = scan.liver[tuple(pos[ok].T)].sum() / len(pos)
+            assert share == pytest.approx(t.inside_fraction, abs=1e-3)
+            kept.append(share)
+            centers.append(depth[tuple(np.asarray(t.center) - scan.origin_vox)])
+    assert np.mean(np.asarray(kept) >= 0.9) >= 0.9
+    assert np.median(centers) >= 0.8 * np.median(scan.liver_depth_mm)
+
+
+def test_paper_texture_has_the_parenchyma_sd_and_the_drawn_mean(scan):
+    # Section 3.1: graininess close to the parenchyma. Upscaling and blur alone left 0.36-0.49 of it.
+    import dataclasses
+    import scipy.ndimage as ndi
+    config = GeneratorConfig(size_mix={"medium": 1.0}, negative_fraction=0.0)
+    p = _params(scan, config, 0)
+    for eta in (1.1, 1.5):
+        t = dataclasses.replace(p.tumors[0], eta=eta)
+        one = dataclasses.replace(p, tumors=(t,), crop_origin=tuple(np.asarray(t.center) - 48))
+        crop = synthesize(scan, one, NUMPY)
+        core = ndi.binary_erosion(crop.label == 2, iterations=3)
+        assert core.sum() > 500
+        ratio = crop.image[core].std() / scan.parenchyma_sd_hu
+        assert 0.8 <= ratio <= 1.2, (eta, ratio)
+        assert crop.image[core].mean() == pytest.approx(t.mu_t, abs=4.0)
+
+
+def test_lengths_are_in_mm_whatever_the_grid(scan):
+    # At 2 mm voxels the same record gives a tumor of the same physical size (8x fewer voxels).
+    image, label, affine = liver_volume()
+    coarse = prepare_scan("toy", image, label, affine, organ_values=(1,),
+                          config=GeneratorConfig(target_spacing_mm=(2.0, 2.0, 2.0)))
+    config = GeneratorConfig(size_mix={"medium": 1.0}, negative_fraction=0.0, crop_size=(48,) * 3)
+    fine_cfg = GeneratorConfig(size_mix={"medium": 1.0}, negative_fraction=0.0, crop_size=(96,) * 3)
+    p = _params(scan, fine_cfg, 0)
+    t = p.tumors[0]
+    ml = []
+    for s, sc, cfg in ((1.0, scan, fine_cfg), (2.0, coarse, config)):
+        c = np.asarray(t.center) - scan.origin_vox         # same physical point on either grid
+        center = tuple(int(v) for v in np.rint(c / s) + np.asarray(sc.origin_vox))
+        one = SampleParams(**{**p.__dict__, "tumors": (type(t)(**{**t.__dict__, "center": center}),),
+                              "crop_origin": tuple(np.asarray(center) - cfg.crop_size[0] // 2),
+                              "crop_size": cfg.crop_size})
+        crop = synthesize(sc, one, NUMPY)
+        ml.append((crop.label == 2).sum() * s ** 3 / 1000)
+    assert ml[1] == pytest.approx(ml[0], rel=0.15)
+    with pytest.raises(ValueError, match="isotropic"):
+        GeneratorConfig(target_spacing_mm=(1.0, 1.0, 2.0))
 
 
 def test_synthesis_is_bit_exact_and_labels_make_sense(scan):
@@ -128,7 +210,7 @@ def test_tumors_outside_the_crop_do_not_matter(scan):
 
 
 def test_mass_effect_and_capsule_change_only_what_they_should(scan):
-    config = GeneratorConfig(size_mix={"large": 1.0}, negative_fraction=0.0)
+    config = GeneratorConfig(profile="paper", size_mix={"large": 1.0}, negative_fraction=0.0)
     p = _params(scan, config, 3)
     plain = SampleParams(**{**p.__dict__, "tumors": tuple(type(t)(**{**t.__dict__, "mass_effect":
                                                                    False, "capsule": False})
@@ -144,16 +226,50 @@ def test_mass_effect_and_capsule_change_only_what_they_should(scan):
     assert np.array_equal(cap.label, base.label)
 
 
-def test_released_profile(scan):
-    config = GeneratorConfig(profile="released", size_mix={"small": 1.0}, negative_fraction=0.0)
+def test_released_profile_is_the_authors_recipe(scan):
+    config = GeneratorConfig(profile="released", size_mix={"small": 1.0}, negative_fraction=0.0,
+                             crop_policy="tumor-centred")
     p = _params(scan, config, 0)
     ks = np.flatnonzero(scan.liver.any(axis=(0, 1))) + scan.origin_vox[2]
     lo, hi = ks[0] + 0.3 * (ks[-1] - ks[0]) - 1, ks[0] + 0.7 * (ks[-1] - ks[0]) + 1
     for t in p.tumors:
         assert lo <= t.center[2] <= hi
-        assert all(float(a).is_integer() for a in t.half_axes) and 65 <= t.delta_hu <= 145
+        assert all(float(a).is_integer() for a in t.half_axes_mm)
+        assert t.sigma_e_mm in (1.0, 2.0)                   # randint(1, 2) for small
+    assert 65 <= p.released.delta_hu <= 145 and 1 <= p.released.mask_blur_mm <= 2
     crop = synthesize(scan, p, NUMPY)
+    base = synthesize(scan, SampleParams(**{**p.__dict__, "tumors": ()}), NUMPY)
     assert crop.image[crop.label == 2].mean() < crop.image[crop.label == 1].mean() - 10
+    # One union, one blur, one delta: overlapping tumors darken once, never more than delta; the
+    # darkening stays inside the liver; the label is the binary shape (no blurred-mask threshold).
+    drop = base.image.astype(int) - crop.image.astype(int)
+    assert drop.max() <= p.released.delta_hu + 1 and drop.min() >= 0
+    assert not drop[base.label == 0].any()
+    from tumorforge.generator.shape import drawn_offsets
+    union = np.zeros(scan.shape, bool)
+    for t in p.tumors:
+        pos = drawn_offsets(t, 1.0) + (np.asarray(t.center) - scan.origin_vox)
+        ok = np.all((pos >= 0) & (pos < scan.shape), axis=1)
+        union[tuple(pos[ok].T)] = True
+    union = np.pad(union & scan.liver, 96)
+    o = np.asarray(p.crop_origin) - scan.origin_vox + 96
+    window = union[o[0]:o[0] + 96, o[1]:o[1] + 96, o[2]:o[2] + 96].transpose(2, 1, 0)
+    assert window.any() and np.array_equal(crop.label == 2, window)
+
+
+def test_released_crops_are_positive_negative_one_to_one(scan):
+    config = GeneratorConfig(profile="released", size_mix={"tiny": 1.0}, crop_size=(32,) * 3)
+    assert config.effective_crop_policy == "pos-neg"
+    anchors = [_params(scan, config, i).crop_anchor for i in range(200)]
+    assert 0.4 <= anchors.count("background") / len(anchors) <= 0.6
+    assert set(anchors) == {"organ", "background"}
+    for i in range(20):
+        p = _params(scan, config, i)
+        lo = np.asarray(p.crop_origin) - scan.origin_vox
+        window = tuple(slice(int(a), int(a) + 32) for a in lo)
+        if p.crop_anchor == "background":           # centred there, then shifted into the scan
+            assert (~scan.liver[window] & (scan.image[window] > -21)).any()
+        assert np.all(lo >= 0) and np.all(lo + 32 <= scan.shape)       # inside the scan
 
 
 def test_gpu_matches_cpu_within_tolerance(scan):
@@ -193,15 +309,23 @@ def test_philox_matches_the_published_known_answer():
     assert words == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
 
 
-def test_satellite_scenario_clusters_small_lesions_around_a_large_one(scan):
-    config = GeneratorConfig(size_mix={}, scenario_mix={"satellite": 1.0}, negative_fraction=0.0)
-    p = _params(scan, config, 4)
-    large, satellites = p.tumors[0], p.tumors[1:]
-    assert p.kind == "satellite" and large.kind == "large" and large.mass_effect and large.capsule
-    assert 3 <= len(satellites) <= 8 and all(t.kind == "satellite" for t in satellites)
-    near = [np.linalg.norm(np.subtract(t.center, large.center)) <= 2.5 * large.radius + 1
-            for t in satellites]
-    assert sum(near) >= len(satellites) // 2
+def test_satellites_lie_in_their_shell_or_are_dropped_and_noted(scan):
+    config = GeneratorConfig(profile="paper", size_mix={}, scenario_mix={"satellite": 1.0},
+                             negative_fraction=0.0)
+    placed = dropped = 0
+    for i in range(4):
+        p = _params(scan, config, i)
+        large, satellites = p.tumors[0], p.tumors[1:]
+        assert p.kind == "satellite" and large.kind == "large" and large.mass_effect
+        assert all(t.kind == "satellite" for t in satellites)
+        for t in satellites:
+            d = np.linalg.norm(np.subtract(t.center, large.center)) / large.radius_mm
+            assert 1.2 - 0.05 <= d <= 2.5 + 0.05
+            assert t.inside_fraction >= 0.9
+        n = len([x for x in p.notes if x.startswith("satellite dropped")])
+        placed, dropped = placed + len(satellites), dropped + n
+        assert 3 <= len(satellites) + n <= 8
+    assert placed > dropped
 
 
 def test_preview_command_writes_png_nifti_and_params(tmp_path, tiny_lits):
