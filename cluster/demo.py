@@ -66,7 +66,7 @@ def run(out: str, scale: float, seed: int, train_steps: int | None = None,
     print(f"      {healthy_path}: {len(pool)} healthy scans (CHAOS + BTCV + tumor-free LiTS)")
 
     synthetic = os.path.join(out, "synthetic")
-    print(f"[4/8] synthetic tumors (paper profile) -> {synthetic}")
+    print(f"[4/8] synthetic tumors (paper-train profile) -> {synthetic}")
     backend = get_backend("auto")
     print(f"      backend: {backend.name} ({backend.why})")
     for i, size in enumerate(PREVIEW_SIZES):
@@ -92,7 +92,7 @@ def _generate(out: str, manifest: str, seed: int, samples: int) -> int:
     from .spec import JobSpec, Resources
 
     dataset = os.path.join(out, "dataset")
-    print(f"[5/8] generation job: {samples} samples, paper profile, 2 Ray actors -> {dataset}")
+    print(f"[5/8] generation job: {samples} samples, paper-train profile, 2 Ray actors -> {dataset}")
     spec = JobSpec(manifest=manifest, output=dataset, samples=samples, samples_per_shard=16,
                    root_seed=seed, generator=GeneratorConfig(), resources=Resources(actors=2))
     result = run_job(spec, log=lambda msg: print(f"      {msg}"))

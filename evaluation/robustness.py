@@ -8,11 +8,10 @@ levels of a row is caused by that row's property alone.
 Choices (where the paper says only "tuning hyperparameters of the generator"):
 
 - **Dimensions -> generator parameters** (fields of :class:`generator.params.PaperTumor`):
-  ``size`` = nominal radius ``radius`` (voxels of the prepared scan = mm at 1 mm spacing); the
-  half-axes are scaled by new r / drawn r, so their drawn ratios to r are kept, and ``gamma_max``
-  (defined as 1.3 r) is scaled with them. The mass-effect and capsule flags stay as drawn (off for the
+  ``size`` = nominal radius ``radius_mm``; the half-axes are scaled by new r / drawn r, so their
+  drawn ratios to r are kept, and ``gamma_max_mm`` (defined as 1.3 r) is scaled with them. The mass-effect and capsule flags stay as drawn (off for the
   single small lesion): size is the only thing that changes. ``shape`` = elastic deformation
-  ``sigma_e`` (voxels). ``texture`` = texture grain ``eta`` (upscaling factor; the paper's Fig. 10
+  ``sigma_e_mm``. ``texture`` = texture grain ``eta`` (upscaling factor; the paper's Fig. 10
   controls texture with mu_t and eta, and mu_t is already the intensity row). ``intensity`` = mean
   tumor HU ``mu_t``. ``location`` = depth of the tumor center inside the liver: its Euclidean distance
   (mm) to the nearest voxel outside the liver mask of the prepared scan.
@@ -25,16 +24,19 @@ Choices (where the paper says only "tuning hyperparameters of the generator"):
   and no negatives, on scan ``j mod (number of scans)``; its one tumor is kept, the crop is centered
   on it, and only the dimension's field(s) are overridden. Mask-blur, deformation and texture seeds
   stay as drawn. The comparison is paired: level k and level k' of a row differ in that property only.
-- **Clipping.** Shifted values are clipped to r >= 1.5 voxels, sigma_e >= 0, eta >= 1, mu_t in
+- **Clipping.** Shifted values are clipped to r >= 1.5 mm, sigma_e >= 0, eta >= 1, mu_t in
   [-100, 300] HU, depth within the liver's [min, max]; the value actually used is recorded beside the
   target mu + k sigma.
 - **Location.** The new center is the liver voxel whose depth is closest to the target; among ties one
-  is chosen with a generator seeded by (seed, index, level), so it is reproducible. As the generator's
-  eq. 1 rule does, voxels whose cube [c - r, c + r] holds no vessel are preferred, unless the nearest
-  such depth is more than ``VESSEL_FREE_SLACK_MM`` further from the target than the nearest depth
-  overall; then the vessel-dense spot is used and recorded as ``location_fallback``. The record's
-  ``vessel_voxels_near`` is that of the new cube, and ``location_tries`` is 0 (placed by depth, not
-  drawn). The value used is the depth of the chosen voxel.
+  is chosen with a generator seeded by (seed, index, level), so it is reproducible. For the ``paper``
+  profile (whose eq. 1 rule avoids vessels), voxels whose cube [c - r, c + r] holds no vessel are
+  preferred, unless the nearest such depth is more than ``VESSEL_FREE_SLACK_MM`` further from the
+  target than the nearest depth overall; then the vessel-dense spot is used and recorded as
+  ``location_fallback`` (reason ``vessels``). ``paper-train`` has no vessel rule. The record's
+  ``inside_fraction`` and ``vessel_voxels`` are counted in the tumor's drawn shape at the new center,
+  and ``location_tries`` is 0 (placed by depth, not drawn). The value used is the depth of the chosen
+  voxel; a deep target keeps the tumor inside the liver, a shallow one lets it stick out (that is
+  the point of the row).
 - **Scores per case.** Tumor Dice (label 2; None when truth and prediction are both empty), detected
   (some predicted tumor voxel overlaps the true tumor; None when the crop has no true tumor), and the
   number of predicted tumor voxels outside the true tumor. Per (dimension, level): mean Dice over
@@ -59,8 +61,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tumorforge.generator.config import GeneratorConfig
+from tumorforge.generator.config import PAPER_PROFILES, GeneratorConfig
+from tumorforge.generator.location import shape_in_scan
 from tumorforge.generator.params import PaperTumor, SampleParams
+from tumorforge.generator.shape import drawn_offsets
 from tumorforge.generator.prepare import PreparedScan
 from tumorforge.manifests.conventions import TUMOR, dice
 from tumorforge.manifests.records import json_safe
@@ -69,9 +73,9 @@ from tumorforge.trainer.preprocessing import Preprocessing
 DIMENSIONS = ("shape", "size", "texture", "intensity", "location")
 # PaperTumor field each dimension moves, its unit, and the valid range shifted values are clipped to
 # (None: open side; location's range is the scan's own liver depth range).
-PARAMETER = {"shape": "sigma_e", "size": "radius", "texture": "eta", "intensity": "mu_t",
+PARAMETER = {"shape": "sigma_e_mm", "size": "radius_mm", "texture": "eta", "intensity": "mu_t",
              "location": "depth"}
-UNIT = {"shape": "voxels", "size": "voxels (mm at 1 mm spacing)", "texture": "upscaling factor",
+UNIT = {"shape": "mm", "size": "mm", "texture": "upscaling factor (noise grid spacing, mm)",
         "intensity": "HU", "location": "mm"}
 CLIP = {"shape": (0.0, None), "size": (1.5, None), "texture": (1.0, None),
         "intensity": (-100.0, 300.0)}
@@ -138,33 +142,33 @@ class LiverDepth:
             self._vessel_free[half] = ~near.ravel()[self.scan.liver_voxels]
         return self._vessel_free[half]
 
-    def pick(self, target_mm: float, radius: float, rng: np.random.Generator
-             ) -> tuple[tuple[int, int, int], float, bool, int]:
-        """The liver voxel whose depth is closest to ``target_mm``, preferring vessel-free cubes of
-        half-width ceil(radius). Returns (center in full-scan voxels, its depth mm, fallback,
-        vessel voxels in its cube)."""
-        half = int(math.ceil(radius))
+    def pick(self, target_mm: float, radius_mm: float, rng: np.random.Generator,
+             avoid_vessels: bool) -> tuple[tuple[int, int, int], float, bool]:
+        """The liver voxel whose depth is closest to ``target_mm``; with ``avoid_vessels``,
+        preferring vessel-free cubes of half-width ceil(r) voxels. Returns (center in full-scan
+        voxels, its depth mm, fallback: no vessel-free spot was near enough)."""
         gap = np.abs(self.liver_depths - np.float32(target_mm))
-        free = self._free(half)
         best = float(gap.min())
-        candidates = np.ones_like(free)
-        if free.any() and float(gap[free].min()) <= best + VESSEL_FREE_SLACK_MM:
-            candidates = free
-            best = float(gap[free].min())
+        candidates = np.ones(gap.shape, bool)
+        fallback = False
+        if avoid_vessels:
+            free = self._free(int(math.ceil(radius_mm / self.scan.spacing_mm[0])))
+            if free.any() and float(gap[free].min()) <= best + VESSEL_FREE_SLACK_MM:
+                candidates = free
+                best = float(gap[free].min())
+            else:
+                fallback = True
         ties = np.flatnonzero(candidates & (gap <= best + 1e-4))
         flat = self.scan.liver_voxels[ties[int(rng.integers(len(ties)))]]
         c = np.array(np.unravel_index(flat, self.scan.shape))
-        lo = np.maximum(c - half, 0)
-        vessels = int(np.count_nonzero(self.scan.vessel[lo[0]:c[0] + half + 1, lo[1]:c[1] + half + 1,
-                                                        lo[2]:c[2] + half + 1]))
         center = tuple(int(v) for v in c + np.asarray(self.scan.origin_vox))
-        return center, float(self.depth[tuple(c)]), vessels > 0, vessels
+        return center, float(self.depth[tuple(c)]), fallback
 
 
 def _require_paper(config: GeneratorConfig) -> None:
-    if config.profile != "paper":
-        raise ValueError(f"robustness needs the 'paper' profile (its tumors have sigma_e, eta, mu_t); "
-                         f"got profile {config.profile!r}")
+    if config.profile not in PAPER_PROFILES:
+        raise ValueError(f"robustness needs a profile of {PAPER_PROFILES} (its tumors have "
+                         f"sigma_e, eta, mu_t); got profile {config.profile!r}")
 
 
 def single_lesion_config(config: GeneratorConfig) -> GeneratorConfig:
@@ -175,7 +179,7 @@ def single_lesion_config(config: GeneratorConfig) -> GeneratorConfig:
 
 
 def _dimension_values(t: PaperTumor, depth: LiverDepth) -> dict[str, float]:
-    return {"shape": t.sigma_e, "size": t.radius, "texture": t.eta, "intensity": t.mu_t,
+    return {"shape": t.sigma_e_mm, "size": t.radius_mm, "texture": t.eta, "intensity": t.mu_t,
             "location": depth.at(t.center)}
 
 
@@ -228,14 +232,19 @@ def shift(base: SampleParams, dimension: str, target: float, depth: LiverDepth,
     t = base.tumors[0]
     value = round(_clip(dimension, target, depth), 4)
     if dimension == "size":
-        scale = value / t.radius
-        t = dataclasses.replace(t, radius=value, gamma_max=round(t.gamma_max * scale, 4),
-                                half_axes=tuple(round(a * scale, 4) for a in t.half_axes))
+        scale = value / t.radius_mm
+        t = dataclasses.replace(t, radius_mm=value, gamma_max_mm=round(t.gamma_max_mm * scale, 4),
+                                half_axes_mm=tuple(round(a * scale, 4) for a in t.half_axes_mm))
     elif dimension == "location":
-        center, value, fallback, vessels = depth.pick(value, t.radius, rng)
+        center, value, fallback = depth.pick(value, t.radius_mm, rng,
+                                             avoid_vessels=base.profile == "paper")
         value = round(value, 4)
-        t = dataclasses.replace(t, center=center, location_tries=0, location_fallback=fallback,
-                                vessel_voxels_near=vessels)
+        t = dataclasses.replace(t, center=center)
+        inside, vessels = shape_in_scan(depth.scan, np.asarray(center) - depth.scan.origin_vox,
+                                        drawn_offsets(t, depth.scan.spacing_mm[0]))
+        t = dataclasses.replace(t, location_tries=0, location_fallback=fallback,
+                                location_reason="vessels" if fallback else "",
+                                inside_fraction=round(inside, 4), vessel_voxels=vessels)
     else:
         t = dataclasses.replace(t, **{PARAMETER[dimension]: value})
     return _centered(base, t), value

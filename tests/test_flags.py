@@ -45,17 +45,17 @@ def test_generate_flags_override_the_job_file(tmp_path):
     from tumorforge.cluster.cli import _spec_overrides
     job = tmp_path / "job.yaml"
     job.write_text("manifest: m.jsonl\noutput: o\nsamples: 5\ngenerator:\n  profile: released\n"
-                   "  paper: {sigma_b: 0.9, eta: [1.2, 1.4]}\nresources: {actors: 4, scan_retries: 1}\n")
+                   "  paper: {sigma_b_mm: 0.9, eta: [1.2, 1.4]}\nresources: {actors: 4, scan_retries: 1}\n")
     args = build_parser().parse_args([
         "generate", str(job), "--out", "elsewhere", "--seed", "5", "--crop-size", "64",
-        "--spacing", "1.5", "--paper-sigma-b", "0.7", "--size-mix", "tiny=1,satellite=1",
+        "--spacing", "1.5", "--paper-sigma-b-mm", "0.7", "--size-mix", "tiny=1,satellite=1",
         "--actors", "3", "--formats", "zarr", "--allow-root", "/data"])
     spec = load_spec(args.job, _spec_overrides(args))
     assert spec.output == "elsewhere" and spec.root_seed == 5 and spec.manifest == "m.jsonl"
     g = spec.generator
     assert g.profile == "released" and g.crop_size == (64, 64, 64)
     assert g.target_spacing_mm == (1.5, 1.5, 1.5)
-    assert g.paper.sigma_b == 0.7 and g.paper.eta == (1.2, 1.4)     # nested fields merge
+    assert g.paper.sigma_b_mm == 0.7 and g.paper.eta == (1.2, 1.4)     # nested fields merge
     assert g.size_mix == {"tiny": 1.0} and g.scenario_mix == {"satellite": 1.0}
     assert spec.resources.actors == 3 and spec.resources.scan_retries == 1
     assert spec.formats == ("zarr",) and spec.allow_roots == ("/data",)

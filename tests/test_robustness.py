@@ -94,9 +94,10 @@ def test_shift_moves_one_dimension_only(healthy):
     t0 = base.tumors[0]
     # The crop is centered on the tumor.
     assert np.array_equal(np.asarray(base.crop_origin) + CROP // 2, t0.center)
-    changed = {"size": {"radius", "half_axes", "gamma_max"}, "shape": {"sigma_e"},
+    changed = {"size": {"radius_mm", "half_axes_mm", "gamma_max_mm"}, "shape": {"sigma_e_mm"},
                "texture": {"eta"}, "intensity": {"mu_t"},
-               "location": {"center", "location_tries", "location_fallback", "vessel_voxels_near"}}
+               "location": {"center", "location_tries", "location_fallback", "location_reason",
+                            "inside_fraction", "vessel_voxels"}}
     for dimension in rb.DIMENSIONS:
         for k in (-3, 1):
             case = rb.case_params(scan, CONFIG, prior, dimension, k, 3, 1, depths[scan.scan_id])
@@ -114,8 +115,8 @@ def test_shift_moves_one_dimension_only(healthy):
                 assert getattr(t, rb.PARAMETER[dimension]) == case.value
                 assert case.value == pytest.approx(used, abs=1e-3)
             if dimension == "size":
-                ratios = np.asarray(t.half_axes) / t.radius
-                assert np.allclose(ratios, np.asarray(t0.half_axes) / t0.radius, atol=1e-3)
+                ratios = np.asarray(t.half_axes_mm) / t.radius_mm
+                assert np.allclose(ratios, np.asarray(t0.half_axes_mm) / t0.radius_mm, atol=1e-3)
             same = {f.name for f in dataclasses.fields(t)} - changed[dimension]
             assert {n: getattr(t, n) for n in same} == {n: getattr(t0, n) for n in same}
             centered = dataclasses.replace(base, crop_origin=case.params.crop_origin, tumors=())
