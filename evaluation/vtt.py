@@ -170,15 +170,16 @@ def make_packet(real_manifest: str, healthy_manifest: str, out_dir: str, n_real:
     from tumorforge.generator.scans import load_prepared
     from tumorforge.generator import __version__
     from tumorforge.generator.backend import get_backend
-    from tumorforge.generator.config import GeneratorConfig
+    from tumorforge.generator.config import SYNTHETIC_PROFILES, GeneratorConfig
     from tumorforge.generator.sample import sample_params, sample_seed
     from tumorforge.generator.synthesize import synthesize
     from tumorforge.manifests.schema import default_roots, read_manifest
 
     if n_real < 0 or n_synthetic < 0 or n_real + n_synthetic == 0:
         raise VTTError(f"need at least one case: n_real={n_real}, n_synthetic={n_synthetic}")
-    if profile not in ("paper", "released"):
-        raise VTTError(f"profile {profile!r}: expected 'paper' or 'released' for synthetic tumors")
+    if profile not in SYNTHETIC_PROFILES:
+        raise VTTError(f"profile {profile!r}: expected one of {SYNTHETIC_PROFILES} for synthetic "
+                       f"tumors")
     if margin_mm < 16:
         raise VTTError(f"margin {margin_mm} mm: expected at least 16 mm of CT around the liver")
     if os.path.exists(out_dir) and os.listdir(out_dir):
