@@ -1,7 +1,8 @@
-"""The evaluation stage's commands: ``evaluate``, ``compare``, ``robustness`` and ``vtt make|score``.
+"""The evaluation stage's commands: ``evaluate``, ``compare``, ``robustness``, ``vtt make|score``
+and ``stats``.
 
 Parsers only here, and thin handlers that call the library (``evaluate.py``, ``robustness.py``,
-``vtt.py``) and turn its errors into one-line messages; torch and the heavy work are imported when
+``vtt.py``, ``fidelity.py``) and turn its errors into one-line messages; torch and the heavy work are imported when
 a command runs.
 """
 
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_compare(sub)
     _register_robustness(sub)
     _register_vtt(sub)
+    _register_stats(sub)
 
 
 def _fmt(v) -> str:
@@ -272,4 +274,67 @@ def _vtt_score(args) -> int:
             json.dump({"answers": args.answers, "key": args.key,
                        "key_sha256": sha256_file(args.key), **result}, f, indent=1)
         print(f"wrote {args.json}")
+    return 0
+
+
+# -- stats -----------------------------------------------------------------------------------
+
+
+def _register_stats(sub) -> None:
+    from tumorforge.generator.backend import BACKENDS, DEFAULT_BACKEND
+    from .fidelity import DEFAULT_POST_EFFECTS
+    p = sub.add_parser(
+        "stats", help="generator fidelity report: synthetic lesions measured against real ones",
+        description="Measure every lesion (26-connected tumor component) of generated datasets "
+                    "and synthesize output folders, and of the real lesions of annotated scans "
+                    "(--real): equivalent radius, HU contrast against a 3-voxel liver ring, HU "
+                    "drop against the tumor-free scan, depth below the liver surface (and the "
+                    "median liver depth as reference), texture sd over parenchyma sd; from the "
+                    "tumor records the share inside the liver, vessel overlap and location "
+                    "fallbacks; for the paper profile's mass effect and capsule, paired "
+                    "synthesis with the step on and off. Prints one row per input and size type; "
+                    "--out writes stats.json and histograms.")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="generated dataset (folder or s3:// URL) or tumorforge synthesize output")
+    p.add_argument("--real", action="append", default=[], metavar="MANIFEST",
+                   help="manifest of annotated scans whose role-tumor scans give real lesions "
+                        "(repeatable)")
+    p.add_argument("--samples", type=int, metavar="N",
+                   help="read at most N samples (cases, real scans) of each input, evenly spaced "
+                        "(default: all)")
+    p.add_argument("--manifest", help="manifest of the datasets' scans (default: the one each "
+                                      "dataset's index names)")
+    p.add_argument("--post-effects", type=int, default=DEFAULT_POST_EFFECTS, metavar="N",
+                   help="tumors with mass effect or capsule measured by paired synthesis, per "
+                        "input (default %(default)s; 0: none)")
+    p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                   help="synthesis backend of the paired synthesis (default %(default)s)")
+    p.add_argument("--out", metavar="DIR", help="write stats.json and PNG histograms here")
+    add_allow_root(p)
+    p.set_defaults(func=_stats)
+
+
+def _stats(args) -> int:
+    import shlex
+    from .fidelity import FidelityError, format_table, run
+    command = ["tumorforge", "stats", *args.inputs]
+    for flag, value in (("--samples", args.samples), ("--manifest", args.manifest),
+                        ("--post-effects", args.post_effects), ("--backend", args.backend),
+                        ("--out", args.out)):
+        if value is not None:
+            command += [flag, str(value)]
+    for flag, values in (("--real", args.real), ("--allow-root", args.allow_root)):
+        for value in values:
+            command += [flag, value]
+    try:
+        result = run(args.inputs, args.real, samples=args.samples, manifest=args.manifest,
+                     allow_roots=args.allow_root, backend=args.backend,
+                     post_effects_max=args.post_effects, out_dir=args.out,
+                     command=shlex.join(command), log=lambda msg: print(msg, file=sys.stderr))
+    except FidelityError as exc:
+        sys.exit(f"stats: {exc}")
+    print(format_table(result["groups"], result["post_effects"]))
+    if args.out:
+        print(f"wrote {os.path.join(args.out, 'stats.json')} and "
+              f"{', '.join(result['figures']) or 'no figures'}")
     return 0
