@@ -93,7 +93,9 @@ DEFINITIONS = {
     "mass_effect": "paired synthesis of the tumor alone with mass_effect on and off (capsule off): "
                    "distance (mm) from each organ-surface voxel of one to the organ surface of the "
                    "other, over surface voxels within gamma_max of the center; max_theory_mm = "
-                   "4/27 gamma_max I/100, the largest radial shift eq. 5 can cause",
+                   "4/27 gamma_max I/100, the largest radial shift eq. 5 can cause; max_mm, median_mm (all "
+                   "those voxels), median_moved_mm (those that moved), moved_share. Labels are "
+                   "warped nearest-neighbour, so shifts come in whole voxels",
     "capsule": "paired synthesis with capsule on and off (mass effect as recorded): HU added, "
                "profiled by signed distance to the tumor label's edge (mean per bin of half a "
                "voxel, negative inside); peak_hu = the profile's peak; width_mm = its full width "
@@ -193,10 +195,11 @@ def component_measures(image: np.ndarray, label: np.ndarray, spacing, *, base=No
     shape = np.asarray(label.shape)
     out = []
     for les, box in zip(found, boxes):
-        lo = np.array([s.start for s in box]) - RING_VOXELS - 1
-        hi = np.array([s.stop for s in box]) + RING_VOXELS + 1
-        touches = bool(np.any(lo + RING_VOXELS + 1 == 0) or np.any(hi - RING_VOXELS - 1 == shape))
-        win = tuple(slice(int(a), int(b)) for a, b in zip(np.maximum(lo, 0), np.minimum(hi, shape)))
+        start, stop = np.array([b.start for b in box]), np.array([b.stop for b in box])
+        touches = bool(np.any(start == 0) or np.any(stop == shape))
+        lo = np.maximum(start - RING_VOXELS - 1, 0)
+        hi = np.minimum(stop + RING_VOXELS + 1, shape)
+        win = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
         comp = labels[win] == les["id"]
         img = image[win]
         ring = (ndi.distance_transform_edt(~comp) <= RING_VOXELS) & ~comp & (label[win] == LIVER)
@@ -322,9 +325,11 @@ def mass_effect_shift(with_label: np.ndarray, without_label: np.ndarray, spacing
             d = ndi.distance_transform_edt(~other, sampling=spacing)
             dists.append(d[one & sphere])
     d = np.concatenate(dists) if dists else np.zeros(0)
+    moved = d[d > 0]
     return {"max_mm": float(d.max()) if d.size else 0.0,
             "median_mm": float(np.median(d)) if d.size else None,
-            "moved_share": float(np.mean(d > 0)) if d.size else None,
+            "median_moved_mm": float(np.median(moved)) if moved.size else None,
+            "moved_share": float(moved.size / d.size) if d.size else None,
             "surface_voxels": int(d.size),
             "max_theory_mm": 4.0 / 27.0 * gamma_max_mm * intensity / 100.0}
 
@@ -386,16 +391,14 @@ def post_effects(scan, params, tumor, backend) -> tuple[dict | None, dict | None
                           backend)
         return zyx_to_ras(crop.image), zyx_to_ras(crop.label)
 
-    mass = cap = None
     spacing = tuple(float(v) for v in scan.spacing_mm)
+    plain = render(mass_effect=tumor.mass_effect, capsule=False)    # as recorded, no capsule
+    mass = cap = None
     if tumor.mass_effect:
-        (_, with_lab), (_, without_lab) = render(capsule=False), render(mass_effect=False,
-                                                                          capsule=False)
-        mass = mass_effect_shift(with_lab, without_lab, spacing, (h, h, h), tumor.gamma_max_mm,
-                                 tumor.intensity)
+        mass = mass_effect_shift(plain[1], render(mass_effect=False, capsule=False)[1], spacing,
+                                 (h, h, h), tumor.gamma_max_mm, tumor.intensity)
     if tumor.capsule:
-        (with_img, _), (without_img, without_lab) = render(), render(capsule=False)
-        cap = capsule_rim(with_img, without_img, without_lab == TUMOR, spacing)
+        cap = capsule_rim(render()[0], plain[0], plain[1] == TUMOR, spacing)
     return mass, cap
 
 
@@ -503,7 +506,7 @@ def drawn_inside(prepared: Prepared, tumor) -> tuple[float, int, bool]:
     return float(inside), int(vessels), False
 
 
-def _records(measured: Measured, prepared: Prepared, params, sample: str, visible: set) -> None:
+def record_tumors(measured: Measured, prepared: Prepared, params, sample: str, visible: set) -> None:
     """Tumor records of one sample (or case), and its satellite notes, into ``measured``."""
     for n, t in enumerate(params.tumors):
         inside, vessels, from_record = drawn_inside(prepared, t)
@@ -561,7 +564,7 @@ def measure_crop(measured: Measured, prepared: Prepared, params, image_zyx, labe
             measured.name, "real" if real else "synthetic", group, params.scan_id, sample, comp,
             depth=prepared.depth_at(depth_center), reference=prepared.median_depth_mm, center=full,
             cut=comp["touches_edge"], records=len(recs)))
-    _records(measured, prepared, params, sample, visible)
+    record_tumors(measured, prepared, params, sample, visible)
 
 
 def measure_dataset(url: str, name: str, samples: int | None, manifest: str | None, allow_roots,
@@ -691,7 +694,8 @@ def summarize_post(inputs: list[Measured]) -> list[dict]:
             cap = [p.capsule for p in ps if p.capsule]
             rows.append({"source": m.name, "type": group, "tumors": len(ps),
                          "mass_effect": {k: distribution(x[k] for x in mass)
-                                         for k in ("max_mm", "median_mm", "max_theory_mm")},
+                                         for k in ("max_mm", "median_mm", "median_moved_mm",
+                                                   "moved_share", "max_theory_mm")},
                          "capsule": {k: distribution(x[k] for x in cap)
                                      for k in ("peak_hu", "band_mean_hu", "width_mm", "max_hu",
                                                "offset_mm")}})
@@ -733,10 +737,10 @@ def format_table(rows: list[dict], post_rows: list[dict]) -> str:
                       _share(r["vessel_hit_share"]), fallback))
     text = [_columns(head, lines)]
     if post_rows:
-        phead = ("source", "type", "tumors", "mass effect max mm", "median mm", "eq.5 max mm",
+        phead = ("source", "type", "tumors", "mass effect max mm", "moved share", "eq.5 max mm",
                  "capsule peak HU", "band mean HU", "band width mm", "rim offset mm")
         plines = [(p["source"], p["type"], str(p["tumors"]), _cell(p["mass_effect"]["max_mm"], 2),
-                   _cell(p["mass_effect"]["median_mm"], 2),
+                   _cell(p["mass_effect"]["moved_share"], 2),
                    _cell(p["mass_effect"]["max_theory_mm"], 2), _cell(p["capsule"]["peak_hu"]),
                    _cell(p["capsule"]["band_mean_hu"]), _cell(p["capsule"]["width_mm"]),
                    _cell(p["capsule"]["offset_mm"])) for p in post_rows]
@@ -882,6 +886,8 @@ def run(inputs, real=(), *, samples: int | None = None, manifest: str | None = N
         raise FidelityError("no input: name a dataset or synthesize output, or --real MANIFEST")
     if samples is not None and samples < 1:
         raise FidelityError(f"--samples {samples}: expected at least 1")
+    if post_effects_max < 0:
+        raise FidelityError(f"--post-effects {post_effects_max}: expected 0 or more")
     try:
         synthesis = get_backend(backend)
     except BackendError as exc:
@@ -913,7 +919,10 @@ def run(inputs, real=(), *, samples: int | None = None, manifest: str | None = N
             measured.append(measure_real(path, name, samples, allow_roots, config, cache, bins))
         except known as exc:
             raise FidelityError(f"--real {path}: {_one_line(exc)}") from None
-    return report(measured, command, time.perf_counter() - started, cache, bins, out_dir)
+    try:
+        return report(measured, command, time.perf_counter() - started, cache, bins, out_dir)
+    except OSError as exc:
+        raise FidelityError(f"--out {out_dir}: {_one_line(exc)}") from None
 
 
 def _spacing_of(m: Measured):

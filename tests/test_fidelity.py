@@ -127,6 +127,24 @@ def test_lesion_cut_by_the_liver_edge_has_inside_share_below_one(box):
     assert fd.drawn_inside(prepared, recorded) == (0.93, 7, True)
 
 
+def test_fallback_rates_and_dropped_satellites_are_counted(box):
+    prepared, margin = box
+    large = paper_tumor((50, 50, 50), location_fallback=True, location_reason="vessels")
+    sat = paper_tumor((50, 50, 30), kind="satellite", radius_mm=8.0, half_axes_mm=(8.0,) * 3,
+                      mass_effect=False, capsule=False)
+    params = dataclasses.replace(one_tumor(prepared, large), kind="satellite", tumors=(large, sat),
+                                 notes=("satellite dropped: no spot in its shell",))
+    measured = fd.Measured("ds", "dataset", "ds")
+    fd.record_tumors(measured, prepared, params, "0", visible={0})
+    assert (measured.satellites_placed, measured.satellites_dropped) == (1, 1)
+    rows = {r["type"]: r for r in fd.summarize([measured])}
+    assert rows["large"]["fallback"] == {"share": 1.0, "by_reason": {"vessels": 1.0}}
+    assert rows["satellite"]["fallback"]["share"] == 0.0
+    assert rows["all"]["fallback"] == {"share": 0.5, "by_reason": {"vessels": 0.5}}
+    result = fd.report([measured], "tumorforge stats ds", 0.0, fd.ScanCache(), fd.size_bins(), None)
+    assert result["inputs"][0]["satellites"] == {"placed": 1, "dropped": 1, "dropped_share": 0.5}
+
+
 def test_mass_effect_moves_the_liver_margin_by_eq5(box):
     """Eq. 5 shifts content radially by at most 4/27 gamma I / 100 (1.16 mm for gamma 26 mm, I 30):
     a liver face gamma/3 from the center moves by about that, one out of reach does not move."""
