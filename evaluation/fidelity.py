@@ -620,8 +620,7 @@ def measure_real(manifest: str, name: str, samples: int | None, allow_roots, con
         e = entries[i]
         prepared = cache.get(e, config)
         scan = prepared.scan
-        label = np.where(scan.tumor, TUMOR, np.where(scan.liver, LIVER, 0)).astype(np.uint8)
-        for comp in measure_scan(scan.image, label, scan.spacing_mm, depth=prepared.depth,
+        for comp in measure_scan(scan.image, scan.label(), scan.spacing_mm, depth=prepared.depth,
                                  parenchyma_sd_hu=prepared.parenchyma_sd_hu):
             measured.lesions.append(_lesion(
                 name, "real", real_group(comp["radius_mm"], bins), e.scan_id, e.scan_id, comp,
@@ -938,4 +937,69 @@ def _one_line(exc: Exception) -> str:
 
 def measure_synthesize(path: str, name: str, samples: int | None, allow_roots, backend,
                        cache: ScanCache, post_budget: int, bins) -> Measured:
-    raise FidelityError("not a tumorforge dataset (no index.json)")
+    """Lesions, tumor records and post-processing of (up to ``samples``) cases of a ``tumorforge
+    synthesize`` output, measured on the whole scans as written (prepared or native grid)."""
+    from tumorforge.generator.whole_scan import SynthesizeError, read_run, tumor_free
+    from tumorforge.manifests import storage
+    from tumorforge.manifests.conventions import to_ras
+    from tumorforge.manifests.nifti import read_volume
+    try:
+        run = read_run(path)
+    except SynthesizeError as exc:
+        raise FidelityError(f"not a tumorforge dataset (no index.json) nor a synthesize output "
+                            f"({_one_line(exc).removeprefix(path + ': ')})") from None
+    config = run.config()
+    picks = chosen(len(run.cases), samples)
+    measured = Measured(name, "synthesize", path, {
+        "cases": len(run.cases), "cases_read": len(picks), "manifest": run.manifest,
+        "grid": run.grid, "profile": config.profile, "generator_config": run.generator_config,
+        "corrupt_samples": []})
+    entries = _entries(run.manifest, [*run.allow_roots, *allow_roots])
+    for i in sorted(picks, key=lambda n: (run.cases[n].scan_id, n)):
+        case = run.cases[i]
+        entry = entries.get(case.scan_id)
+        if entry is None:
+            raise FidelityError(f"scan {case.scan_id} of case {case.case} is not in {run.manifest}")
+        if entry.sha256 != case.scan_sha256:
+            raise FidelityError(f"scan {case.scan_id} in {run.manifest} has other sha256 than the "
+                                f"one case {case.case} was made from (the scan changed since)")
+        image_vol = read_volume(storage.join(path, case.image))
+        label_vol = read_volume(storage.join(path, case.label))
+        if {"image": image_vol.sha256, "label": label_vol.sha256} != case.sha256:
+            measured.info["corrupt_samples"].append(case.case)
+            continue
+        prepared = cache.get(entry, config)
+        params = case.sample_params()
+        image, affine = to_ras(np.asarray(image_vol.data, np.float32), image_vol.info.affine)
+        label, _ = to_ras(np.asarray(label_vol.data).astype(np.uint8), label_vol.info.affine)
+        original = None if run.grid == "prepared" else read_volume(entry.image)
+        base = tumor_free(run.grid, image, prepared.scan, original)
+        measure_whole(measured, prepared, params, image, label, affine, base, case.case)
+        _post(measured, prepared, params, case.case, backend, post_budget)
+    return measured
+
+
+def measure_whole(measured: Measured, prepared: Prepared, params, image, label, affine, base,
+                  sample: str) -> None:
+    """One whole synthetic scan (RAS arrays, ``affine`` voxel -> world): its lesions, each typed
+    by the record it holds, and its tumor records."""
+    spacing = tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
+    labels, comps = component_measures(image, label, spacing, base=base,
+                                       parenchyma_sd_hu=float(params.parenchyma_sd_hu))
+    organ = label >= LIVER
+    depth = organ_depth(organ, spacing)
+    reference = float(np.median(depth[organ])) if organ.any() else None
+    # Record centers are voxels of the prepared grid: through world mm onto this array's grid.
+    scan = prepared.scan
+    to_here = np.linalg.inv(affine) @ scan.affine
+    centers = [np.rint(to_here[:3, :3] @ (np.asarray(t.center) - np.asarray(scan.origin_vox))
+                       + to_here[:3, 3]).astype(int) for t in params.tumors]
+    visible = set()
+    for comp, recs in zip(comps, match_records(labels, len(comps), centers)):
+        visible.update(recs)
+        t = params.tumors[max(recs, key=lambda r: params.tumors[r].radius_mm)]
+        d = float(depth[comp["center"]])
+        measured.lesions.append(_lesion(
+            measured.name, "synthetic", group_of(params.kind, t.kind), params.scan_id, sample, comp,
+            depth=d, reference=reference, cut=comp["touches_edge"], records=len(recs)))
+    record_tumors(measured, prepared, params, sample, visible)

@@ -1,5 +1,6 @@
-"""The generator's commands: ``preview`` (one sample written for a person to look at) and
-``bench generator`` (registered into the front door's ``bench`` group)."""
+"""The generator's commands: ``preview`` (one sample written for a person to look at),
+``synthesize`` (whole scans with tumors as NIfTI or an nnU-Net raw dataset) and ``bench generator``
+(registered into the front door's ``bench`` group)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,55 @@ def _cmd_preview(args) -> int:
     return 0
 
 
+def _cmd_synthesize(args) -> int:
+    import shlex
+    from .backend import BackendError, get_backend
+    from tumorforge.manifests.schema import ManifestError, default_roots, read_manifest
+    from .options import generator_overrides
+    from .config import GeneratorConfig
+    from .whole_scan import SynthesizeError, run_synthesize
+
+    overrides = generator_overrides(args)
+    # A whole scan without a tumor is no use here: negatives only when asked for.
+    overrides.setdefault("negative_fraction", 0.0)
+    try:
+        config = GeneratorConfig.from_json(overrides)
+    except (TypeError, ValueError) as exc:
+        sys.exit(f"synthesize: generator configuration: {exc}")
+    if config.profile == "real":
+        sys.exit("synthesize: profile 'real' paints no tumor; choose paper-train, paper or released")
+    try:
+        entries = read_manifest(args.manifest, default_roots(args.manifest, args.allow_root))
+        backend = get_backend(args.backend)
+    except (ManifestError, BackendError) as exc:
+        sys.exit(f"synthesize: {exc}")
+    by_id = {e.scan_id: e for e in entries}
+    missing = [s for s in args.scan if s not in by_id]
+    if missing:
+        sys.exit(f"synthesize: scan(s) {missing} not in {args.manifest}")
+    chosen = [by_id[s] for s in args.scan] if args.scan else \
+        [e for e in entries if e.role == "healthy"]
+    if not chosen:
+        sys.exit(f"synthesize: {args.manifest} has no healthy scan (name scans with --scan)")
+    # The generator configuration is recorded whole in synthesize.json; the command names the rest.
+    command = ["tumorforge", "synthesize", "--manifest", args.manifest, "--count", str(args.count),
+               "--seed", str(args.seed), "--grid", args.grid, "--format", args.format,
+               "--profile", config.profile, "--out", args.out]
+    command += [a for s in args.scan for a in ("--scan", s)]
+    command = shlex.join(command)
+    try:
+        folder, run = run_synthesize(
+            chosen, config, out=args.out, manifest=args.manifest, allow_roots=args.allow_root,
+            count=args.count, root_seed=args.seed, grid=args.grid, output_format=args.format,
+            backend=backend, command=command, dataset_id=args.dataset_id,
+            dataset_name=args.dataset_name, log=lambda m: print(m, file=sys.stderr))
+    except SynthesizeError as exc:
+        sys.exit(f"synthesize: {exc}")
+    print(f"wrote {len(run.cases)} case(s) to {folder} (grid {run.grid}, format {run.output_format}, "
+          f"profile {config.profile}, backend {backend.name}); {len(run.rejected)} scan(s) skipped")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from tumorforge.manifests.flags import add_allow_root
     from .backend import BACKENDS
@@ -53,6 +103,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_allow_root(p)
     add_generator_options(p)
     p.set_defaults(func=_cmd_preview)
+
+    from .whole_scan import FORMATS, GRIDS
+    w = sub.add_parser("synthesize", help="whole scans with synthetic tumors as NIfTI or an nnU-Net "
+                                          "raw dataset",
+                       description="Paint tumors into whole healthy scans: for each scan, --count "
+                                   "cases, each sample index of --seed drawn as for a crop and "
+                                   "synthesized over the whole liver region. Writes image, label "
+                                   "(0 background, 1 liver, 2 tumor) and the parameters of every "
+                                   "case, and synthesize.json, which tumorforge stats reads.")
+    w.add_argument("--manifest", required=True)
+    w.add_argument("--scan", action="append", default=[], metavar="SCAN_ID",
+                   help="scan to use (repeatable; default: every healthy scan of the manifest)")
+    w.add_argument("--count", type=int, default=1, help="cases per scan (default 1)")
+    w.add_argument("--seed", type=int, default=0, help="root seed (default 0)")
+    w.add_argument("--grid", choices=GRIDS, default="prepared",
+                   help="prepared: the whole scan on the generator's RAS grid at --spacing; "
+                        "native: the scan's own grid and voxel order (default prepared)")
+    w.add_argument("--format", choices=FORMATS, default="nifti",
+                   help="nifti: images/, labels/, params/ under --out; nnunet: an nnU-Net v2 raw "
+                        "dataset --out/Dataset<NNN>_<Name>/ (default nifti)")
+    w.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset number NNN "
+                                                               "(default 501)")
+    w.add_argument("--dataset-name", default="TumorforgeLiver",
+                   help="nnU-Net dataset name (default TumorforgeLiver)")
+    w.add_argument("--backend", choices=BACKENDS, default="auto")
+    w.add_argument("--out", required=True, help="output folder (local or s3://)")
+    add_allow_root(w)
+    add_generator_options(w)
+    w.set_defaults(func=_cmd_synthesize)
 
 
 def _bench_generator(args) -> int:

@@ -60,13 +60,15 @@ class PreparedScan:
                 "vessel_fraction": round(float(self.vessel.sum()) / max(1, len(self.liver_voxels)), 4),
                 "shape": list(self.shape), "origin_vox": list(self.origin_vox)}
 
+    def label(self) -> np.ndarray:
+        """uint8 BACKGROUND/LIVER/TUMOR of these arrays. The scan's own tumor voxels (``real``
+        profile) lie inside its liver mask."""
+        return np.where(self.tumor, TUMOR, np.where(self.liver, LIVER, BACKGROUND)).astype(np.uint8)
+
     def on(self, backend):
-        """(image, label BACKGROUND/LIVER/TUMOR) on the backend's device; copied once and cached.
-        The scan's own tumor voxels (``real`` profile) lie inside its liver mask."""
+        """(image, :meth:`label`) on the backend's device; copied once and cached."""
         if backend.name not in self._device:
-            label = np.where(self.tumor, TUMOR, np.where(self.liver, LIVER, BACKGROUND))
-            label = label.astype(np.uint8)
-            self._device[backend.name] = (backend.asarray(self.image), backend.asarray(label))
+            self._device[backend.name] = (backend.asarray(self.image), backend.asarray(self.label()))
         return self._device[backend.name]
 
 

@@ -1,0 +1,397 @@
+"""Whole scans with synthetic tumors as NIfTI (``tumorforge synthesize``), for users who train
+outside tumorforge's shards (nnU-Net, their own loaders) and for the fidelity report.
+
+A case is one healthy scan and one sample index: its parameters are drawn as for a crop
+(``sample_params`` with ``SeedSequence(root_seed, spawn_key=(index,))``), then the crop is widened
+to the whole prepared region (the liver's box plus half a crop, where every tumor lies), so one
+synthesis call paints every tumor of the record. Two grids:
+
+- ``prepared``: the whole scan resampled to the target spacing on RAS axes (the grid the generator
+  works on; tumor centers in the record are its voxels). Outside the prepared region the image is
+  the resampled scan.
+- ``native``: the scan's own grid and voxel order. What synthesis changed is carried back, not the
+  resampled scan: the HU difference (synthetic minus tumor-free, linear interpolation) is added to
+  the original voxels, and the label takes the synthetic label (nearest neighbour) where synthesis
+  changed it. Every voxel synthesis did not touch keeps its original value.
+
+Labels follow the crops' convention (0 background, 1 liver, 2 tumor): the manifest's liver and
+vessel values become 1, its tumor values 2. Images are int16 HU.
+
+Output folder (``--format nifti``): ``images/<case>.nii.gz``, ``labels/<case>.nii.gz``,
+``params/<case>.json`` (a :class:`CaseRecord`) and ``synthesize.json`` (a :class:`SynthesizeRun`),
+written last: a folder without it is an unfinished run. ``--format nnunet`` writes an nnU-Net v2 raw
+dataset ``Dataset<NNN>_<Name>/`` with ``imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz`` and
+``dataset.json`` (background / liver / tumor), plus the same ``params/`` and ``synthesize.json``
+(nnU-Net reads only its own files). Files are gzip with a zero timestamp, so a rerun of the same
+command writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+import scipy.ndimage as ndi
+
+from tumorforge.manifests import storage
+from tumorforge.manifests.conventions import BACKGROUND, LIVER, TUMOR, from_ras, to_ras, zyx_to_ras
+from tumorforge.manifests.records import RecordError, check_fields, loads, pretty_json
+
+from . import __version__
+from .backend import Backend
+from .config import GeneratorConfig
+from .params import SampleParams
+from .prepare import PAD_HU, PreparedScan, Regrid
+from .sample import sample_params, sample_seed
+from .synthesize import HU_MAX, HU_MIN, synthesize
+
+GRIDS = ("prepared", "native")
+FORMATS = ("nifti", "nnunet")
+RUN_RECORD = "synthesize.json"
+RUN_FORMAT = "tumorforge-synthesize"
+RUN_VERSION = 1
+NNUNET_LABELS = {"background": BACKGROUND, "liver": LIVER, "tumor": TUMOR}
+
+
+class SynthesizeError(ValueError):
+    """A synthesize request or output that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """How one whole-scan case was made: enough to regenerate it (same scan, config and backend)."""
+
+    case: str
+    scan_id: str
+    scan_sha256: dict                 # {"image": ..., "label": ...} of the files read
+    root_seed: int
+    index: int                        # sample index: SeedSequence(root_seed, spawn_key=(index,))
+    grid: str                         # prepared / native
+    image: str                        # paths relative to the run's folder
+    label: str
+    sha256: dict                      # {"image": ..., "label": ...} of the files written
+    spacing_mm: tuple[float, float, float]   # of the written volumes, along their voxel axes
+    params: dict                      # SampleParams JSON (centers: voxels of the prepared grid)
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["spacing_mm"] = list(self.spacing_mm)
+        return out
+
+    @classmethod
+    def from_json(cls, obj, where: str) -> "CaseRecord":
+        data = check_fields(cls, obj, where)
+        data["spacing_mm"] = tuple(float(s) for s in data["spacing_mm"])
+        if data["grid"] not in GRIDS:
+            raise RecordError(f"{where}: grid {data['grid']!r}; expected one of {GRIDS}")
+        for key in ("image", "label"):
+            path = data[key]
+            if not isinstance(path, str) or path.startswith("/") or ".." in path.split("/"):
+                raise RecordError(f"{where}: {key} {path!r} is not a path inside the run's folder")
+        return cls(**data)
+
+    def sample_params(self) -> SampleParams:
+        return SampleParams.from_json(self.params)
+
+
+@dataclass(frozen=True)
+class SynthesizeRun:
+    """The run record, ``synthesize.json``: what was asked and every case written."""
+
+    format: str
+    version: int
+    generator_version: str
+    generator_config: dict
+    manifest: str
+    allow_roots: tuple[str, ...]
+    backend: str
+    grid: str
+    output_format: str
+    root_seed: int
+    command: str
+    cases: tuple[CaseRecord, ...]
+    rejected: tuple[dict, ...]        # {"scan_id", "reason"}: scans that could not be used
+
+    def to_json(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["allow_roots"] = list(self.allow_roots)
+        out["cases"] = [c.to_json() for c in self.cases]
+        out["rejected"] = list(self.rejected)
+        return out
+
+    @classmethod
+    def from_json(cls, obj, where: str) -> "SynthesizeRun":
+        data = check_fields(cls, obj, where)
+        if data["format"] != RUN_FORMAT or data["version"] != RUN_VERSION:
+            raise RecordError(f"{where}: format {data['format']!r} version {data['version']!r}; "
+                              f"expected {RUN_FORMAT!r} version {RUN_VERSION}")
+        cases = data["cases"]
+        if not isinstance(cases, list):
+            raise RecordError(f"{where}: cases: expected a list")
+        data["cases"] = tuple(CaseRecord.from_json(c, f"{where} case {n}")
+                              for n, c in enumerate(cases))
+        data["allow_roots"] = tuple(data["allow_roots"])
+        data["rejected"] = tuple(data["rejected"])
+        return cls(**data)
+
+    def config(self) -> GeneratorConfig:
+        return GeneratorConfig.from_json(self.generator_config)
+
+
+def read_run(folder: str) -> SynthesizeRun:
+    """The run record of a synthesize output folder (local or s3://)."""
+    uri = storage.join(folder, RUN_RECORD)
+    if not storage.exists(uri):
+        raise SynthesizeError(f"{folder}: no {RUN_RECORD} (not a tumorforge synthesize output, or "
+                              f"a run that did not finish)")
+    with storage.open_binary(uri) as f:
+        return SynthesizeRun.from_json(loads(f.read(), uri), uri)
+
+
+# ---------------------------------------------------------------------------------------------
+# One case
+
+
+def case_name(scan_id: str, index: int) -> str:
+    """A file-safe case id: the scan id (characters other than letters, digits and '-' become '-')
+    and the sample index."""
+    return f"{re.sub(r'[^A-Za-z0-9-]', '-', scan_id)}_s{index:05d}"
+
+
+def organ_label(label: np.ndarray, entry) -> np.ndarray:
+    """A scan's label in the crops' convention: liver and vessel values -> 1, tumor values -> 2."""
+    out = np.where(np.isin(label, np.asarray(entry.label_map.organ_values())), LIVER, BACKGROUND)
+    if entry.label_map.tumor:
+        out = np.where(np.isin(label, np.asarray(entry.label_map.tumor)), TUMOR, out)
+    return out.astype(np.uint8)
+
+
+def whole_params(rng: np.random.Generator, scan: PreparedScan, config: GeneratorConfig
+                 ) -> SampleParams:
+    """A sample's parameters with its crop widened to the whole prepared region."""
+    params = sample_params(rng, scan, config)
+    return dataclasses.replace(params, crop_origin=tuple(int(v) for v in scan.origin_vox),
+                               crop_size=tuple(int(v) for v in scan.shape), crop_anchor="whole")
+
+
+def synthesize_region(scan: PreparedScan, params: SampleParams, backend: Backend
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The prepared region with the tumors of ``params`` (which must cover it, see
+    :func:`whole_params`): (image int16 HU, label uint8), RAS voxel order like ``scan.image``."""
+    if tuple(params.crop_size) != scan.shape or \
+            tuple(params.crop_origin) != tuple(scan.origin_vox):
+        raise ValueError(f"params of scan {params.scan_id} do not cover its prepared region")
+    crop = synthesize(scan, params, backend)
+    return np.ascontiguousarray(zyx_to_ras(crop.image)), np.ascontiguousarray(zyx_to_ras(crop.label))
+
+
+@dataclass(frozen=True)
+class WholeScan:
+    """A synthesized whole scan on one grid: arrays in the voxel order of ``affine``."""
+
+    image: np.ndarray             # int16 HU
+    label: np.ndarray             # uint8 0/1/2
+    affine: np.ndarray            # voxel -> RAS+ world mm
+
+
+def on_prepared_grid(image_vol, label_vol, entry, scan: PreparedScan, region_image, region_label
+                     ) -> WholeScan:
+    """The whole scan resampled as ``prepare_scan`` resamples (RAS, target spacing; image linear,
+    label nearest), with the synthesized prepared region pasted at ``scan.origin_vox``."""
+    img_ras, ras_affine = to_ras(np.asarray(image_vol.data, np.float32), image_vol.info.affine)
+    lab_ras, _ = to_ras(organ_label(label_vol.data, entry), label_vol.info.affine)
+    grid = Regrid.of(ras_affine, img_ras.shape, scan.spacing_mm)
+    zero = np.zeros(3, int)
+    image = np.clip(np.rint(grid.sample(img_ras, zero, grid.full_shape, 1, PAD_HU)),
+                    HU_MIN, HU_MAX).astype(np.int16)
+    label = grid.sample(lab_ras, zero, grid.full_shape, 0, 0).astype(np.uint8)
+    region = prepared_region(scan)
+    image[region] = region_image
+    label[region] = region_label
+    return WholeScan(image, label, grid.affine(ras_affine, zero))
+
+
+def prepared_region(scan: PreparedScan) -> tuple[slice, slice, slice]:
+    """Where the prepared arrays sit in the whole scan on the prepared grid."""
+    return tuple(slice(int(a), int(a + n)) for a, n in zip(scan.origin_vox, scan.shape))
+
+
+def tumor_free(grid: str, image_ras: np.ndarray, scan: PreparedScan, image_vol) -> np.ndarray:
+    """The tumor-free HU (int16, RAS voxel order) of a written case whose image, in RAS order, is
+    ``image_ras``: on the prepared grid the case with its prepared region replaced by the prepared
+    scan (synthesis changes nothing outside it); on the native grid the original scan."""
+    if grid == "prepared":
+        base = np.array(image_ras, np.int16)
+        base[prepared_region(scan)] = scan.image
+        return base
+    img_ras, _ = to_ras(np.asarray(image_vol.data, np.float32), image_vol.info.affine)
+    return np.clip(np.rint(img_ras), HU_MIN, HU_MAX).astype(np.int16)
+
+
+def on_native_grid(image_vol, label_vol, entry, scan: PreparedScan, region_image, region_label
+                   ) -> WholeScan:
+    """The changes synthesis made, carried back onto the scan's own grid (see the module text)."""
+    img_ras, ras_affine = to_ras(np.asarray(image_vol.data, np.float32), image_vol.info.affine)
+    lab_ras, _ = to_ras(organ_label(label_vol.data, entry), label_vol.info.affine)
+    grid = Regrid.of(ras_affine, img_ras.shape, scan.spacing_mm)
+    f, lo = grid.factors, np.asarray(scan.origin_vox, float)
+    prepared_label = scan.label()
+    diff = region_image.astype(np.float32) - scan.image.astype(np.float32)
+    changed = (region_label != prepared_label).astype(np.uint8)
+    # The native box the prepared region covers: native RAS voxel u sits at region voxel u/f - lo.
+    ulo = np.maximum(np.floor(lo * f).astype(int), 0)
+    uhi = np.minimum(np.ceil((lo + np.asarray(scan.shape) - 1) * f).astype(int) + 1, img_ras.shape)
+    image = np.clip(np.rint(img_ras), HU_MIN, HU_MAX).astype(np.int16)
+    label = lab_ras.copy()
+    if np.all(uhi > ulo):
+        box = tuple(slice(int(a), int(b)) for a, b in zip(ulo, uhi))
+        shape = tuple(int(n) for n in uhi - ulo)
+
+        def back(data, order):
+            return ndi.affine_transform(data, np.diag(1.0 / f), offset=ulo / f - lo,
+                                        output_shape=shape, order=order, mode="constant", cval=0,
+                                        prefilter=False)
+
+        moved = back(diff, 1)
+        image[box] = np.clip(np.rint(img_ras[box] + moved), HU_MIN, HU_MAX).astype(np.int16)
+        where = back(changed, 0).astype(bool)
+        label[box] = np.where(where, back(region_label, 0), lab_ras[box]).astype(np.uint8)
+    affine = image_vol.info.affine
+    return WholeScan(from_ras(image, affine), from_ras(label, affine), affine)
+
+
+def make_case(entry, image_vol, label_vol, scan: PreparedScan, config: GeneratorConfig,
+              root_seed: int, index: int, grid: str, backend: Backend
+              ) -> tuple[WholeScan, SampleParams]:
+    """One case: parameters drawn for sample ``index`` of ``root_seed``, synthesized over the
+    prepared region, put on ``grid``."""
+    if grid not in GRIDS:
+        raise SynthesizeError(f"grid {grid!r}: expected one of {GRIDS}")
+    params = whole_params(np.random.default_rng(sample_seed(root_seed, index)), scan, config)
+    region_image, region_label = synthesize_region(scan, params, backend)
+    put = on_prepared_grid if grid == "prepared" else on_native_grid
+    return put(image_vol, label_vol, entry, scan, region_image, region_label), params
+
+
+def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
+    return tuple(float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
+
+
+def nifti_bytes(data: np.ndarray, affine: np.ndarray) -> bytes:
+    """A gzip-compressed NIfTI-1 file (zero gzip timestamp, so equal inputs give equal bytes)."""
+    img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    img.header.set_xyzt_units("mm")
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# A run
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a run's files go, relative to its folder."""
+
+    output_format: str
+
+    def image(self, case: str) -> str:
+        return f"imagesTr/{case}_0000.nii.gz" if self.output_format == "nnunet" \
+            else f"images/{case}.nii.gz"
+
+    def label(self, case: str) -> str:
+        return f"labelsTr/{case}.nii.gz" if self.output_format == "nnunet" \
+            else f"labels/{case}.nii.gz"
+
+    @staticmethod
+    def params(case: str) -> str:
+        return f"params/{case}.json"
+
+
+def nnunet_folder(out: str, dataset_id: int, name: str) -> str:
+    """``out/Dataset<NNN>_<Name>``, checked as nnU-Net v2 wants it."""
+    if not 1 <= dataset_id <= 999:
+        raise SynthesizeError(f"--dataset-id {dataset_id}: expected 1 to 999 (nnU-Net's NNN)")
+    if not re.fullmatch(r"[A-Za-z0-9-]+", name):
+        raise SynthesizeError(f"--dataset-name {name!r}: expected letters, digits and '-'")
+    return storage.join(out, f"Dataset{dataset_id:03d}_{name}")
+
+
+def nnunet_dataset_json(run: SynthesizeRun, name: str) -> dict:
+    """nnU-Net v2's dataset.json of a run: one CT channel, background / liver / tumor."""
+    return {"channel_names": {"0": "CT"}, "labels": dict(NNUNET_LABELS),
+            "numTraining": len(run.cases), "file_ending": ".nii.gz", "name": name,
+            "description": f"synthetic liver tumors by tumorforge generator {run.generator_version}, "
+                           f"profile {run.generator_config.get('profile')}, grid {run.grid}, "
+                           f"root seed {run.root_seed}; see synthesize.json and params/"}
+
+
+def run_synthesize(entries, config: GeneratorConfig, *, out: str, manifest: str, allow_roots,
+                   count: int, root_seed: int, grid: str, output_format: str, backend: Backend,
+                   command: str = "", dataset_id: int = 501, dataset_name: str = "TumorforgeLiver",
+                   log=print) -> tuple[str, SynthesizeRun]:
+    """Write ``count`` cases per scan of ``entries`` (sorted by scan id; case n of scan position p
+    is sample index p * count + n) and the run record. A scan that cannot be read or prepared is
+    listed in ``rejected`` with its reason and the run goes on. Returns (folder, run record)."""
+    from tumorforge.manifests.nifti import ScanError
+    from .prepare import PrepareError
+    from .scans import prepare_volumes, read_scan
+    if count < 1:
+        raise SynthesizeError(f"--count {count}: expected at least 1")
+    if grid not in GRIDS or output_format not in FORMATS:
+        raise SynthesizeError(f"grid {grid!r} / format {output_format!r}: expected {GRIDS} / "
+                              f"{FORMATS}")
+    folder = nnunet_folder(out, dataset_id, dataset_name) if output_format == "nnunet" else out
+    if storage.exists(storage.join(folder, RUN_RECORD)):
+        raise SynthesizeError(f"{folder} already holds a synthesize run ({RUN_RECORD}); choose "
+                              f"another --out")
+    layout = Layout(output_format)
+    cases, rejected = [], []
+    for position, entry in enumerate(sorted(entries, key=lambda e: e.scan_id)):
+        try:
+            image_vol, label_vol = read_scan(entry)
+            scan = prepare_volumes(entry, image_vol, label_vol, config)
+        except (ScanError, PrepareError) as exc:
+            rejected.append({"scan_id": entry.scan_id, "reason": str(exc).splitlines()[0]})
+            log(f"synthesize: skipped scan {entry.scan_id}: {rejected[-1]['reason']}")
+            continue
+        for n in range(count):
+            index = position * count + n
+            case = case_name(entry.scan_id, index)
+            whole, params = make_case(entry, image_vol, label_vol, scan, config, root_seed, index,
+                                      grid, backend)
+            files = {"image": nifti_bytes(whole.image, whole.affine),
+                     "label": nifti_bytes(whole.label, whole.affine)}
+            record = CaseRecord(case=case, scan_id=entry.scan_id, scan_sha256=dict(entry.sha256),
+                                root_seed=root_seed, index=index, grid=grid,
+                                image=layout.image(case), label=layout.label(case),
+                                sha256={k: hashlib.sha256(v).hexdigest() for k, v in files.items()},
+                                spacing_mm=spacing_of(whole.affine), params=params.to_json())
+            for key in ("image", "label"):
+                storage.write_atomic(storage.join(folder, getattr(record, key)), files[key])
+            storage.write_atomic(storage.join(folder, layout.params(case)),
+                                 pretty_json(record.to_json()))
+            tumors = int((whole.label == TUMOR).sum())
+            log(f"synthesize: {case}: {len(params.tumors)} tumor(s) ({params.kind}), "
+                f"{tumors} tumor voxels")
+            cases.append(record)
+    run = SynthesizeRun(format=RUN_FORMAT, version=RUN_VERSION, generator_version=__version__,
+                        generator_config=config.to_json(), manifest=manifest,
+                        allow_roots=tuple(allow_roots), backend=backend.name, grid=grid,
+                        output_format=output_format, root_seed=root_seed, command=command,
+                        cases=tuple(cases), rejected=tuple(rejected))
+    if not cases:
+        raise SynthesizeError(f"{manifest}: no scan could be used "
+                              f"({'; '.join(r['scan_id'] + ': ' + r['reason'] for r in rejected)})")
+    if output_format == "nnunet":
+        storage.write_atomic(storage.join(folder, "dataset.json"),
+                             json.dumps(nnunet_dataset_json(run, dataset_name), indent=1).encode())
+    storage.write_atomic(storage.join(folder, RUN_RECORD), pretty_json(run.to_json()))
+    return folder, run
