@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-out
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean fidelity
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,21 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache
+
+# The generator fidelity figures of the README (issue 11): whole-scan synthesis into four healthy
+# phantom livers (BTCV layout, scale 0.5), 16 cases per scan and profile (default size mix), and
+# tumorforge stats beside the phantom LiTS lesions. About an hour on 2 cores.
+FID ?= fidelity-out
+fidelity: $(STAMP)
+	$(BIN)/tumorforge phantoms --layout btcv,lits --out $(FID)/phantoms --cases 4 --scale 0.5 --seed 1
+	$(BIN)/tumorforge manifest build $(FID)/phantoms/btcv --layout btcv -o $(FID)/btcv.jsonl
+	$(BIN)/tumorforge manifest build $(FID)/phantoms/lits --layout lits -o $(FID)/lits.jsonl
+	for p in paper-train paper released; do \
+	  $(BIN)/tumorforge synthesize --manifest $(FID)/btcv.jsonl --count 16 --seed 11 \
+	    --profile $$p --out $(FID)/$$p || exit 1; done
+	for e in 1.1 1.5; do \
+	  $(BIN)/tumorforge synthesize --manifest $(FID)/btcv.jsonl --count 2 --seed 12 \
+	    --profile paper-train --size-mix medium --paper-eta $$e,$$e --out $(FID)/eta-$$e || exit 1; done
+	$(BIN)/tumorforge stats $(FID)/paper-train $(FID)/paper $(FID)/released --real $(FID)/lits.jsonl \
+	  --post-effects 24 --out $(FID)/report
+	$(BIN)/tumorforge stats $(FID)/eta-1.1 $(FID)/eta-1.5 --out $(FID)/report-eta

@@ -58,6 +58,7 @@ from tumorforge.manifests.conventions import LIVER, TUMOR, zyx_to_ras
 from .metrics import CONNECTIVITY_26, lesions
 
 RING_VOXELS = 3                       # width of the liver ring contrast is measured against
+INSIDE_TARGET = 0.9                   # a tumor "keeps its volume" with this share inside the liver
 SCAN_CACHE = 8                        # prepared scans kept in memory
 DEFAULT_POST_EFFECTS = 8              # tumors measured by paired synthesis, per input
 SIZE_ORDER = ("tiny", "small", "medium", "large", "mix", "satellite")
@@ -88,6 +89,8 @@ DEFINITIONS = {
     "inside_fraction": "share of the tumor's drawn shape inside the liver at its center (tumor "
                        "records; from the drawn shape on the prepared scan where a record lacks it)",
     "vessel_voxels": "vessel voxels inside the drawn shape (tumor records, idem)",
+    "inside_90_share": "share of tumor records with inside_fraction >= 0.9 (the location rule's "
+                       "default target)",
     "fallback": "share of tumor records with location_fallback, in total and by location_reason",
     "satellites": "satellites placed and dropped (SampleParams notes 'satellite dropped')",
     "mass_effect": "paired synthesis of the tumor alone with mass_effect on and off (capsule off): "
@@ -671,6 +674,8 @@ def summarize(inputs: list[Measured]) -> list[dict]:
                 if ts:
                     reasons = sorted({t.location_reason for t in ts if t.location_fallback})
                     row["vessel_hit_share"] = sum((t.vessel_voxels or 0) > 0 for t in ts) / len(ts)
+                    row["inside_90_share"] = sum((t.inside_fraction or 0) >= INSIDE_TARGET
+                                                 for t in ts) / len(ts)
                     row["fallback"] = {
                         "share": sum(t.location_fallback for t in ts) / len(ts),
                         "by_reason": {r or "unspecified": sum(t.location_fallback and
@@ -678,6 +683,7 @@ def summarize(inputs: list[Measured]) -> list[dict]:
                                       / len(ts) for r in reasons}}
                 else:
                     row["vessel_hit_share"] = None
+                    row["inside_90_share"] = None
                     row["fallback"] = None
                 rows.append(row)
     return rows
@@ -718,7 +724,8 @@ def _share(v) -> str:
 def format_table(rows: list[dict], post_rows: list[dict]) -> str:
     """The report as text: one line per (input, origin, size type); medians [quartiles]."""
     head = ("source", "origin", "type", "lesions", "radius mm", "contrast HU", "HU drop",
-            "depth mm", "depth/ref", "tex sd ratio", "tumors", "inside", "vessel hit", "fallback")
+            "depth mm", "depth/ref", "tex sd ratio", "tumors", "inside", ">=90% in", "vessel hit",
+            "fallback")
     lines = []
     for r in rows:
         m = r["measures"]
@@ -733,7 +740,7 @@ def format_table(rows: list[dict], post_rows: list[dict]) -> str:
                       _cell(m["depth_mm"]), _cell(m["depth_ratio"], 2), _cell(m["texture_ratio"], 2),
                       str(r["tumors"]) if r["tumors"] else "-",
                       "n/a" if inside["n"] == 0 else f"{inside['median']:.2f}",
-                      _share(r["vessel_hit_share"]), fallback))
+                      _share(r["inside_90_share"]), _share(r["vessel_hit_share"]), fallback))
     text = [_columns(head, lines)]
     if post_rows:
         phead = ("source", "type", "tumors", "mass effect max mm", "moved share", "eq.5 max mm",
@@ -939,7 +946,8 @@ def measure_synthesize(path: str, name: str, samples: int | None, allow_roots, b
                        cache: ScanCache, post_budget: int, bins) -> Measured:
     """Lesions, tumor records and post-processing of (up to ``samples``) cases of a ``tumorforge
     synthesize`` output, measured on the whole scans as written (prepared or native grid)."""
-    from tumorforge.generator.whole_scan import SynthesizeError, read_run, tumor_free
+    from tumorforge.generator.scans import read_scan
+    from tumorforge.generator.whole_scan import SynthesizeError, output_grid, read_run
     from tumorforge.manifests import storage
     from tumorforge.manifests.conventions import to_ras
     from tumorforge.manifests.nifti import read_volume
@@ -955,6 +963,7 @@ def measure_synthesize(path: str, name: str, samples: int | None, allow_roots, b
         "grid": run.grid, "profile": config.profile, "generator_config": run.generator_config,
         "corrupt_samples": []})
     entries = _entries(run.manifest, [*run.allow_roots, *allow_roots])
+    grids: dict = {}
     for i in sorted(picks, key=lambda n: (run.cases[n].scan_id, n)):
         case = run.cases[i]
         entry = entries.get(case.scan_id)
@@ -972,8 +981,11 @@ def measure_synthesize(path: str, name: str, samples: int | None, allow_roots, b
         params = case.sample_params()
         image, affine = to_ras(np.asarray(image_vol.data, np.float32), image_vol.info.affine)
         label, _ = to_ras(np.asarray(label_vol.data).astype(np.uint8), label_vol.info.affine)
-        original = None if run.grid == "prepared" else read_volume(entry.image)
-        base = tumor_free(run.grid, image, prepared.scan, original)
+        base = grids.get(case.scan_id)
+        if base is None:               # cases come sorted by scan: keep one scan's grid
+            grids = {case.scan_id: output_grid(run.grid, *read_scan(entry), entry,
+                                               prepared.scan).image.astype(np.float32)}
+            base = grids[case.scan_id]
         measure_whole(measured, prepared, params, image, label, affine, base, case.case)
         _post(measured, prepared, params, case.case, backend, post_budget)
     return measured

@@ -200,21 +200,40 @@ class WholeScan:
     affine: np.ndarray            # voxel -> RAS+ world mm
 
 
-def on_prepared_grid(image_vol, label_vol, entry, scan: PreparedScan, region_image, region_label
-                     ) -> WholeScan:
-    """The whole scan resampled as ``prepare_scan`` resamples (RAS, target spacing; image linear,
-    label nearest), with the synthesized prepared region pasted at ``scan.origin_vox``."""
+@dataclass(frozen=True)
+class OutputGrid:
+    """One scan's output grid, tumor-free, made once per scan and shared by its cases.
+
+    ``image`` and ``label`` are RAS-ordered; on the prepared grid the prepared region of ``image``
+    is the prepared scan itself (what synthesis saw), so ``image`` is every case's tumor-free HU.
+    """
+
+    grid: str
+    image: np.ndarray             # int16 HU, RAS voxel order
+    label: np.ndarray             # uint8 0/1/2, RAS voxel order
+    affine: np.ndarray            # the affine written: RAS voxel -> world (prepared), the file's (native)
+    factors: np.ndarray           # target spacing / native spacing, per RAS axis
+
+
+def output_grid(grid: str, image_vol, label_vol, entry, scan: PreparedScan) -> OutputGrid:
+    """``prepared``: the whole scan resampled as ``prepare_scan`` resamples (RAS, target spacing;
+    image linear, label nearest). ``native``: the scan's own voxels, reordered to RAS."""
+    if grid not in GRIDS:
+        raise SynthesizeError(f"grid {grid!r}: expected one of {GRIDS}")
     img_ras, ras_affine = to_ras(np.asarray(image_vol.data, np.float32), image_vol.info.affine)
     lab_ras, _ = to_ras(organ_label(label_vol.data, entry), label_vol.info.affine)
-    grid = Regrid.of(ras_affine, img_ras.shape, scan.spacing_mm)
+    regrid = Regrid.of(ras_affine, img_ras.shape, scan.spacing_mm)
+    if grid == "native":
+        return OutputGrid(grid, np.clip(np.rint(img_ras), HU_MIN, HU_MAX).astype(np.int16), lab_ras,
+                          image_vol.info.affine, regrid.factors)
     zero = np.zeros(3, int)
-    image = np.clip(np.rint(grid.sample(img_ras, zero, grid.full_shape, 1, PAD_HU)),
+    image = np.clip(np.rint(regrid.sample(img_ras, zero, regrid.full_shape, 1, PAD_HU)),
                     HU_MIN, HU_MAX).astype(np.int16)
-    label = grid.sample(lab_ras, zero, grid.full_shape, 0, 0).astype(np.uint8)
+    label = regrid.sample(lab_ras, zero, regrid.full_shape, 0, 0).astype(np.uint8)
     region = prepared_region(scan)
-    image[region] = region_image
-    label[region] = region_label
-    return WholeScan(image, label, grid.affine(ras_affine, zero))
+    image[region] = scan.image
+    label[region] = scan.label()
+    return OutputGrid(grid, image, label, regrid.affine(ras_affine, zero), regrid.factors)
 
 
 def prepared_region(scan: PreparedScan) -> tuple[slice, slice, slice]:
@@ -222,33 +241,25 @@ def prepared_region(scan: PreparedScan) -> tuple[slice, slice, slice]:
     return tuple(slice(int(a), int(a + n)) for a, n in zip(scan.origin_vox, scan.shape))
 
 
-def tumor_free(grid: str, image_ras: np.ndarray, scan: PreparedScan, image_vol) -> np.ndarray:
-    """The tumor-free HU (int16, RAS voxel order) of a written case whose image, in RAS order, is
-    ``image_ras``: on the prepared grid the case with its prepared region replaced by the prepared
-    scan (synthesis changes nothing outside it); on the native grid the original scan."""
-    if grid == "prepared":
-        base = np.array(image_ras, np.int16)
-        base[prepared_region(scan)] = scan.image
-        return base
-    img_ras, _ = to_ras(np.asarray(image_vol.data, np.float32), image_vol.info.affine)
-    return np.clip(np.rint(img_ras), HU_MIN, HU_MAX).astype(np.int16)
+def place(out: OutputGrid, scan: PreparedScan, region_image, region_label) -> WholeScan:
+    """A synthesized prepared region put on the output grid.
 
-
-def on_native_grid(image_vol, label_vol, entry, scan: PreparedScan, region_image, region_label
-                   ) -> WholeScan:
-    """The changes synthesis made, carried back onto the scan's own grid (see the module text)."""
-    img_ras, ras_affine = to_ras(np.asarray(image_vol.data, np.float32), image_vol.info.affine)
-    lab_ras, _ = to_ras(organ_label(label_vol.data, entry), label_vol.info.affine)
-    grid = Regrid.of(ras_affine, img_ras.shape, scan.spacing_mm)
-    f, lo = grid.factors, np.asarray(scan.origin_vox, float)
-    prepared_label = scan.label()
+    Prepared grid: pasted at ``scan.origin_vox``. Native grid: the HU difference synthesis made
+    (linear) is added to the original voxels, and the label takes the synthetic label (nearest)
+    where synthesis changed it; the native box the prepared region covers is all that is touched.
+    """
+    image, label = out.image.copy(), out.label.copy()
+    if out.grid == "prepared":
+        region = prepared_region(scan)
+        image[region] = region_image
+        label[region] = region_label
+        return WholeScan(image, label, out.affine)
+    f, lo = out.factors, np.asarray(scan.origin_vox, float)
     diff = region_image.astype(np.float32) - scan.image.astype(np.float32)
-    changed = (region_label != prepared_label).astype(np.uint8)
-    # The native box the prepared region covers: native RAS voxel u sits at region voxel u/f - lo.
+    changed = (region_label != scan.label()).astype(np.uint8)
+    # Native RAS voxel u sits at prepared-region voxel u / f - lo.
     ulo = np.maximum(np.floor(lo * f).astype(int), 0)
-    uhi = np.minimum(np.ceil((lo + np.asarray(scan.shape) - 1) * f).astype(int) + 1, img_ras.shape)
-    image = np.clip(np.rint(img_ras), HU_MIN, HU_MAX).astype(np.int16)
-    label = lab_ras.copy()
+    uhi = np.minimum(np.ceil((lo + np.asarray(scan.shape) - 1) * f).astype(int) + 1, image.shape)
     if np.all(uhi > ulo):
         box = tuple(slice(int(a), int(b)) for a, b in zip(ulo, uhi))
         shape = tuple(int(n) for n in uhi - ulo)
@@ -259,24 +270,19 @@ def on_native_grid(image_vol, label_vol, entry, scan: PreparedScan, region_image
                                         prefilter=False)
 
         moved = back(diff, 1)
-        image[box] = np.clip(np.rint(img_ras[box] + moved), HU_MIN, HU_MAX).astype(np.int16)
+        image[box] = np.clip(np.rint(image[box] + moved), HU_MIN, HU_MAX).astype(np.int16)
         where = back(changed, 0).astype(bool)
-        label[box] = np.where(where, back(region_label, 0), lab_ras[box]).astype(np.uint8)
-    affine = image_vol.info.affine
-    return WholeScan(from_ras(image, affine), from_ras(label, affine), affine)
+        label[box] = np.where(where, back(region_label, 0), label[box]).astype(np.uint8)
+    return WholeScan(from_ras(image, out.affine), from_ras(label, out.affine), out.affine)
 
 
-def make_case(entry, image_vol, label_vol, scan: PreparedScan, config: GeneratorConfig,
-              root_seed: int, index: int, grid: str, backend: Backend
-              ) -> tuple[WholeScan, SampleParams]:
+def make_case(scan: PreparedScan, out: OutputGrid, config: GeneratorConfig, root_seed: int,
+              index: int, backend: Backend) -> tuple[WholeScan, SampleParams]:
     """One case: parameters drawn for sample ``index`` of ``root_seed``, synthesized over the
-    prepared region, put on ``grid``."""
-    if grid not in GRIDS:
-        raise SynthesizeError(f"grid {grid!r}: expected one of {GRIDS}")
+    prepared region, put on the output grid."""
     params = whole_params(np.random.default_rng(sample_seed(root_seed, index)), scan, config)
     region_image, region_label = synthesize_region(scan, params, backend)
-    put = on_prepared_grid if grid == "prepared" else on_native_grid
-    return put(image_vol, label_vol, entry, scan, region_image, region_label), params
+    return place(out, scan, region_image, region_label), params
 
 
 def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
@@ -289,7 +295,7 @@ def nifti_bytes(data: np.ndarray, affine: np.ndarray) -> bytes:
     img.header.set_xyzt_units("mm")
     img.header.set_qform(affine, code=1)
     img.header.set_sform(affine, code=1)
-    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,6 +364,7 @@ def run_synthesize(entries, config: GeneratorConfig, *, out: str, manifest: str,
         try:
             image_vol, label_vol = read_scan(entry)
             scan = prepare_volumes(entry, image_vol, label_vol, config)
+            out_grid = output_grid(grid, image_vol, label_vol, entry, scan)
         except (ScanError, PrepareError) as exc:
             rejected.append({"scan_id": entry.scan_id, "reason": str(exc).splitlines()[0]})
             log(f"synthesize: skipped scan {entry.scan_id}: {rejected[-1]['reason']}")
@@ -365,8 +372,7 @@ def run_synthesize(entries, config: GeneratorConfig, *, out: str, manifest: str,
         for n in range(count):
             index = position * count + n
             case = case_name(entry.scan_id, index)
-            whole, params = make_case(entry, image_vol, label_vol, scan, config, root_seed, index,
-                                      grid, backend)
+            whole, params = make_case(scan, out_grid, config, root_seed, index, backend)
             files = {"image": nifti_bytes(whole.image, whole.affine),
                      "label": nifti_bytes(whole.label, whole.affine)}
             record = CaseRecord(case=case, scan_id=entry.scan_id, scan_sha256=dict(entry.sha256),

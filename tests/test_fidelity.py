@@ -129,7 +129,8 @@ def test_lesion_cut_by_the_liver_edge_has_inside_share_below_one(box):
 
 def test_fallback_rates_and_dropped_satellites_are_counted(box):
     prepared, margin = box
-    large = paper_tumor((50, 50, 50), location_fallback=True, location_reason="vessels")
+    large = paper_tumor((50, 50, 50), location_fallback=True, location_reason="vessels",
+                        inside_fraction=0.85)
     sat = paper_tumor((50, 50, 30), kind="satellite", radius_mm=8.0, half_axes_mm=(8.0,) * 3,
                       mass_effect=False, capsule=False)
     params = dataclasses.replace(one_tumor(prepared, large), kind="satellite", tumors=(large, sat),
@@ -141,6 +142,7 @@ def test_fallback_rates_and_dropped_satellites_are_counted(box):
     assert rows["large"]["fallback"] == {"share": 1.0, "by_reason": {"vessels": 1.0}}
     assert rows["satellite"]["fallback"]["share"] == 0.0
     assert rows["all"]["fallback"] == {"share": 0.5, "by_reason": {"vessels": 0.5}}
+    assert (rows["large"]["inside_90_share"], rows["all"]["inside_90_share"]) == (0.0, 0.5)
     result = fd.report([measured], "tumorforge stats ds", 0.0, fd.ScanCache(), fd.size_bins(), None)
     assert result["inputs"][0]["satellites"] == {"placed": 1, "dropped": 1, "dropped_share": 0.5}
 
