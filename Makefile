@@ -39,9 +39,11 @@ fidelity: $(STAMP)
 	for p in paper-train paper released; do \
 	  $(BIN)/tumorforge synthesize --manifest $(FID)/btcv.jsonl --count 16 --seed 11 \
 	    --profile $$p --out $(FID)/$$p || exit 1; done
+	$(BIN)/tumorforge synthesize --manifest $(FID)/btcv.jsonl --count 2 --seed 13 \
+	  --profile paper --size-mix satellite --out $(FID)/satellite
 	for e in 1.1 1.5; do \
 	  $(BIN)/tumorforge synthesize --manifest $(FID)/btcv.jsonl --count 2 --seed 12 \
 	    --profile paper-train --size-mix medium --paper-eta $$e,$$e --out $(FID)/eta-$$e || exit 1; done
 	$(BIN)/tumorforge stats $(FID)/paper-train $(FID)/paper $(FID)/released --real $(FID)/lits.jsonl \
 	  --post-effects 24 --out $(FID)/report
-	$(BIN)/tumorforge stats $(FID)/eta-1.1 $(FID)/eta-1.5 --out $(FID)/report-eta
+	$(BIN)/tumorforge stats $(FID)/eta-1.1 $(FID)/eta-1.5 $(FID)/satellite --out $(FID)/report-eta

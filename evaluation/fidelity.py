@@ -67,7 +67,7 @@ HISTOGRAMS = (("radius_mm", "equivalent radius (mm)"), ("contrast_hu", "contrast
               ("depth_mm", "depth of the center below the liver surface (mm)"))
 LESION_MEASURES = ("radius_mm", "contrast_hu", "hu_drop_hu", "depth_mm", "reference_depth_mm",
                    "depth_ratio", "texture_sd_hu", "parenchyma_sd_hu", "texture_ratio")
-TUMOR_MEASURES = ("inside_fraction", "vessel_voxels")
+TUMOR_MEASURES = ("inside_fraction", "vessel_voxels", "shell_r")
 DEFINITIONS = {
     "lesion": "26-connected component of label == tumor",
     "radius_mm": "equivalent-sphere radius (3V/4pi)^(1/3), V in mm^3 from the physical voxel "
@@ -91,6 +91,9 @@ DEFINITIONS = {
     "vessel_voxels": "vessel voxels inside the drawn shape (tumor records, idem)",
     "inside_90_share": "share of tumor records with inside_fraction >= 0.9 (the location rule's "
                        "default target)",
+    "shell_r": "satellites: distance of the satellite's center to the large lesion's center, in "
+               "units of the large lesion's nominal r; in_shell_share: the share within the "
+               "input's satellite_shell (1.2-2.5 r by default)",
     "fallback": "share of tumor records with location_fallback, in total and by location_reason",
     "satellites": "satellites placed and dropped (SampleParams notes 'satellite dropped')",
     "mass_effect": "paired synthesis of the tumor alone with mass_effect on and off (capsule off): "
@@ -160,6 +163,7 @@ class TumorRecord:
     location_fallback: bool
     location_reason: str
     visible: bool                 # a lesion of the sample holds this record
+    shell_r: float | None = None  # satellites: distance to the large lesion's center, in its r
 
 
 @dataclass
@@ -511,14 +515,21 @@ def drawn_inside(prepared: Prepared, tumor) -> tuple[float, int, bool]:
 
 def record_tumors(measured: Measured, prepared: Prepared, params, sample: str, visible: set) -> None:
     """Tumor records of one sample (or case), and its satellite notes, into ``measured``."""
+    spacing = np.asarray(prepared.scan.spacing_mm, float)
+    large = params.tumors[0] if params.kind == "satellite" and params.tumors else None
     for n, t in enumerate(params.tumors):
         inside, vessels, from_record = drawn_inside(prepared, t)
+        shell = None
+        if t.kind == "satellite" and large is not None:
+            offset = (np.asarray(t.center) - np.asarray(large.center)) * spacing
+            shell = float(np.linalg.norm(offset) / large.radius_mm)
         measured.tumors.append(TumorRecord(
             source=measured.name, group=group_of(params.kind, t.kind), scan_id=params.scan_id,
             sample=sample, kind=t.kind, radius_mm=float(t.radius_mm), inside_fraction=inside,
             vessel_voxels=vessels, from_record=from_record,
             location_fallback=bool(getattr(t, "location_fallback", False)),
-            location_reason=str(getattr(t, "location_reason", "") or ""), visible=n in visible))
+            location_reason=str(getattr(t, "location_reason", "") or ""), visible=n in visible,
+            shell_r=shell))
         measured.satellites_placed += t.kind == "satellite"
     measured.satellites_dropped += sum(1 for note in getattr(params, "notes", ())
                                        if note.startswith("satellite dropped"))
@@ -652,6 +663,7 @@ def _group_order(name: str):
 
 def summarize(inputs: list[Measured]) -> list[dict]:
     """One row per (input, lesion origin, size type), plus ``all`` per input and origin."""
+    from tumorforge.generator.config import GeneratorConfig
     rows = []
     for m in inputs:
         origins = sorted({les.origin for les in m.lesions} | ({"synthetic"} if m.tumors else set()))
@@ -676,6 +688,11 @@ def summarize(inputs: list[Measured]) -> list[dict]:
                     row["vessel_hit_share"] = sum((t.vessel_voxels or 0) > 0 for t in ts) / len(ts)
                     row["inside_90_share"] = sum((t.inside_fraction or 0) >= INSIDE_TARGET
                                                  for t in ts) / len(ts)
+                    shells = [t.shell_r for t in ts if t.shell_r is not None]
+                    lo, hi = (m.info.get("generator_config") or {}).get(
+                        "satellite_shell", GeneratorConfig().satellite_shell)
+                    row["in_shell_share"] = (sum(lo <= v <= hi for v in shells) / len(shells)
+                                             if shells else None)
                     row["fallback"] = {
                         "share": sum(t.location_fallback for t in ts) / len(ts),
                         "by_reason": {r or "unspecified": sum(t.location_fallback and
@@ -684,6 +701,7 @@ def summarize(inputs: list[Measured]) -> list[dict]:
                 else:
                     row["vessel_hit_share"] = None
                     row["inside_90_share"] = None
+                    row["in_shell_share"] = None
                     row["fallback"] = None
                 rows.append(row)
     return rows
@@ -742,6 +760,12 @@ def format_table(rows: list[dict], post_rows: list[dict]) -> str:
                       "n/a" if inside["n"] == 0 else f"{inside['median']:.2f}",
                       _share(r["inside_90_share"]), _share(r["vessel_hit_share"]), fallback))
     text = [_columns(head, lines)]
+    sat = [r for r in rows if r.get("in_shell_share") is not None and r["type"] != "all"]
+    if sat:
+        text.append("satellites (distance to the large lesion's center, in its r):\n" + _columns(
+            ("source", "type", "satellites", "in shell", "distance r"),
+            [(r["source"], r["type"], str(r["measures"]["shell_r"]["n"]),
+              _share(r["in_shell_share"]), _cell(r["measures"]["shell_r"], 2)) for r in sat]))
     if post_rows:
         phead = ("source", "type", "tumors", "mass effect max mm", "moved share", "eq.5 max mm",
                  "capsule peak HU", "band mean HU", "band width mm", "rim offset mm")

@@ -132,7 +132,7 @@ def test_fallback_rates_and_dropped_satellites_are_counted(box):
     large = paper_tumor((50, 50, 50), location_fallback=True, location_reason="vessels",
                         inside_fraction=0.85)
     sat = paper_tumor((50, 50, 30), kind="satellite", radius_mm=8.0, half_axes_mm=(8.0,) * 3,
-                      mass_effect=False, capsule=False)
+                      mass_effect=False, capsule=False)      # 20 mm from the large one: 1.0 r
     params = dataclasses.replace(one_tumor(prepared, large), kind="satellite", tumors=(large, sat),
                                  notes=("satellite dropped: no spot in its shell",))
     measured = fd.Measured("ds", "dataset", "ds")
@@ -143,6 +143,9 @@ def test_fallback_rates_and_dropped_satellites_are_counted(box):
     assert rows["satellite"]["fallback"]["share"] == 0.0
     assert rows["all"]["fallback"] == {"share": 0.5, "by_reason": {"vessels": 0.5}}
     assert (rows["large"]["inside_90_share"], rows["all"]["inside_90_share"]) == (0.0, 0.5)
+    assert rows["satellite"]["measures"]["shell_r"]["median"] == pytest.approx(1.0)
+    assert rows["satellite"]["in_shell_share"] == 0.0           # the default shell is 1.2-2.5 r
+    assert rows["large"]["in_shell_share"] is None
     result = fd.report([measured], "tumorforge stats ds", 0.0, fd.ScanCache(), fd.size_bins(), None)
     assert result["inputs"][0]["satellites"] == {"placed": 1, "dropped": 1, "dropped_share": 0.5}
 
