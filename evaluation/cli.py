@@ -333,7 +333,7 @@ def _stats(args) -> int:
                      command=shlex.join(command), log=lambda msg: print(msg, file=sys.stderr))
     except FidelityError as exc:
         sys.exit(f"stats: {exc}")
-    print(format_table(result["groups"], result["post_effects"]))
+    print(format_table(result["groups"], result["post_effects"], result["versus_real"]))
     if args.out:
         print(f"wrote {os.path.join(args.out, 'stats.json')} and "
               f"{', '.join(result['figures']) or 'no figures'}")

@@ -110,6 +110,10 @@ DEFINITIONS = {
                "offset_mm = the peak's distance from the edge",
     "real_size_bins_mm": "real lesions are typed by radius, cut at the geometric means of the "
                          "Table 6 radii",
+    "versus_real": "two-sample Kolmogorov-Smirnov test (scipy ks_2samp, two-sided) of each "
+                   "synthetic size type against the real lesions of the same type, every --real "
+                   "input pooled (mix and satellite against all real lesions): n, n_real, D, p; "
+                   "measures radius_mm, contrast_hu, depth_ratio, texture_ratio",
 }
 
 
@@ -707,6 +711,38 @@ def summarize(inputs: list[Measured]) -> list[dict]:
     return rows
 
 
+KS_MEASURES = ("radius_mm", "contrast_hu", "depth_ratio", "texture_ratio")
+
+
+def compare_to_real(inputs: list[Measured], bins) -> list[dict]:
+    """Two-sample Kolmogorov-Smirnov tests of each synthetic size type against the real lesions of
+    the same type (every real input pooled; ``mix`` and ``satellite`` against all real lesions),
+    per measure of ``KS_MEASURES``: n on each side, the statistic D and its p-value."""
+    from scipy.stats import ks_2samp
+    real = [les for m in inputs for les in m.lesions if les.origin == "real"]
+    if not real:
+        return []
+    rows = []
+    for m in inputs:
+        synthetic = [les for les in m.lesions if les.origin == "synthetic"]
+        for group in sorted({les.group for les in synthetic}, key=_group_order):
+            versus = "all" if group not in {name for name, _, _ in bins} else group
+            ref = [les for les in real if versus == "all" or les.group == versus]
+            row = {"source": m.name, "type": group, "real_type": versus, "tests": {}}
+            for k in KS_MEASURES:
+                a = [getattr(les, k) for les in synthetic if les.group == group]
+                b = [getattr(les, k) for les in ref]
+                a, b = [x for x in a if x is not None], [x for x in b if x is not None]
+                if len(a) >= 2 and len(b) >= 2:
+                    test = ks_2samp(a, b)
+                    row["tests"][k] = {"n": len(a), "n_real": len(b),
+                                       "d": float(test.statistic), "p": float(test.pvalue)}
+                else:
+                    row["tests"][k] = {"n": len(a), "n_real": len(b), "d": None, "p": None}
+            rows.append(row)
+    return rows
+
+
 def summarize_post(inputs: list[Measured]) -> list[dict]:
     """Post-processing figures per (input, size type): distributions over the tumors measured."""
     rows = []
@@ -739,7 +775,7 @@ def _share(v) -> str:
     return "n/a" if v is None else f"{100 * v:.0f}%"
 
 
-def format_table(rows: list[dict], post_rows: list[dict]) -> str:
+def format_table(rows: list[dict], post_rows: list[dict], versus_real: list[dict] = ()) -> str:
     """The report as text: one line per (input, origin, size type); medians [quartiles]."""
     head = ("source", "origin", "type", "lesions", "radius mm", "contrast HU", "HU drop",
             "depth mm", "depth/ref", "tex sd ratio", "tumors", "inside", ">=90% in", "vessel hit",
@@ -775,6 +811,14 @@ def format_table(rows: list[dict], post_rows: list[dict]) -> str:
                    _cell(p["capsule"]["band_mean_hu"]), _cell(p["capsule"]["width_mm"]),
                    _cell(p["capsule"]["offset_mm"])) for p in post_rows]
         text.append("post-processing (paired synthesis, paper profile):\n" + _columns(phead, plines))
+    if versus_real:
+        def ks(t):
+            return "n/a" if t["p"] is None else f"D {t['d']:.2f} p {t['p']:.2g}"
+        text.append("synthetic vs real lesions of the same type (two-sample KS; p < 0.05: the "
+                    "distributions differ):\n" + _columns(
+                        ("source", "type", "vs real", *KS_MEASURES),
+                        [(v["source"], v["type"], v["real_type"],
+                          *(ks(v["tests"][k]) for k in KS_MEASURES)) for v in versus_real]))
     return "\n\n".join(text)
 
 
@@ -859,6 +903,7 @@ def report(inputs: list[Measured], command: str, seconds: float, cache: ScanCach
                                                      else None)},
                     "post_effects_measured": len(m.post)} for m in inputs],
         "groups": summarize(inputs), "post_effects": summarize_post(inputs),
+        "versus_real": compare_to_real(inputs, bins),
         "lesions": [dataclasses.asdict(les) for m in inputs for les in m.lesions],
         "tumors": [dataclasses.asdict(t) for m in inputs for t in m.tumors],
         "post_effect_tumors": [dataclasses.asdict(p) for m in inputs for p in m.post],

@@ -285,3 +285,27 @@ def test_folder_that_is_no_input_and_manifest_without_lesions(tmp_path, capsys):
             stats(argv, capsys)
         message = str(exc.value.code)
         assert argv[-1] in message and "\n" not in message
+
+
+def test_versus_real_ks_tells_same_from_shifted_distributions():
+    """KS of synthetic against real lesions of the same type: the same radii give p = 1, radii
+    shifted by 3 mm give p < 0.001; mix lesions are tested against all real lesions."""
+    def lesion(origin, group, radius):
+        return fd.Lesion(source=origin, origin=origin, group=group, scan_id="s", sample="0",
+                         center=(0, 0, 0), voxels=1, volume_mm3=1.0, radius_mm=radius,
+                         contrast_hu=-40.0, hu_drop_hu=None, depth_mm=10.0,
+                         reference_depth_mm=10.0, depth_ratio=1.0, texture_sd_hu=10.0,
+                         parenchyma_sd_hu=10.0, texture_ratio=1.0)
+    radii = np.linspace(6.0, 10.0, 30)
+    same, shifted, real = (fd.Measured(n, "synthesize", n) for n in ("same", "shifted", "real"))
+    same.lesions = [lesion("synthetic", "small", r) for r in radii]
+    shifted.lesions = [lesion("synthetic", "small", r + 3.0) for r in radii] + \
+        [lesion("synthetic", "mix", 3.0)] * 3
+    real.lesions = [lesion("real", "small", r) for r in radii] + [lesion("real", "tiny", 3.0)] * 2
+    rows = {(r["source"], r["type"]): r for r in fd.compare_to_real([same, shifted, real],
+                                                                    fd.size_bins())}
+    assert rows[("same", "small")]["tests"]["radius_mm"]["p"] == pytest.approx(1.0)
+    assert rows[("shifted", "small")]["tests"]["radius_mm"]["p"] < 1e-3
+    mix = rows[("shifted", "mix")]
+    assert mix["real_type"] == "all" and mix["tests"]["radius_mm"]["n_real"] == 32
+    assert fd.compare_to_real([same], fd.size_bins()) == []            # no real input, no test
