@@ -30,10 +30,11 @@ clean:
 
 # The generator fidelity figures of the README (issue 11): whole-scan synthesis into four healthy
 # phantom livers (BTCV layout, scale 0.5), 16 cases per scan and profile (default size mix), and
-# tumorforge stats beside the phantom LiTS lesions. About an hour on 2 cores.
+# tumorforge stats beside the lesions of 12 phantom LiTS cases. About an hour on 2 cores.
 FID ?= fidelity-out
 fidelity: $(STAMP)
-	$(BIN)/tumorforge phantoms --layout btcv,lits --out $(FID)/phantoms --cases 4 --scale 0.5 --seed 1
+	$(BIN)/tumorforge phantoms --layout btcv --out $(FID)/phantoms --cases 4 --scale 0.5 --seed 1
+	$(BIN)/tumorforge phantoms --layout lits --out $(FID)/phantoms --cases 12 --scale 0.5 --seed 2
 	$(BIN)/tumorforge manifest build $(FID)/phantoms/btcv --layout btcv -o $(FID)/btcv.jsonl
 	$(BIN)/tumorforge manifest build $(FID)/phantoms/lits --layout lits -o $(FID)/lits.jsonl
 	for p in paper-train paper released; do \

@@ -2,8 +2,9 @@
 
 The header is parsed and checked before any voxel buffer is allocated, so a corrupt or hostile file
 with absurd dimensions is refused instead of exhausting memory, and a ``.nii.gz`` is decompressed
-only up to the size its (checked) header promises. Every failure raises :class:`ScanError` naming the
-file, what was expected and what was found.
+only up to the size its (checked) header promises. A ``.nii.gz`` is then read to its end, so its CRC
+is checked and a flipped bit is caught. Every failure raises :class:`ScanError` naming the file, what
+was expected and what was found.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from . import storage
 HEADER_BYTES = 348
 MAX_AXIS = 4096            # voxels along one axis; real CT stays below ~2000 slices
 MAX_VOXELS = 1 << 30       # 1 Gi voxels (2-4 GiB as int16/float32); LiTS tops out near 0.26 Gi
+MAX_EXTENSION_BYTES = 16 << 20   # header extensions before the voxels (vox_offset - 348)
+MAX_TRAILING_BYTES = 1 << 20     # bytes after the voxel data that a file may carry
 
 
 class ScanError(ValueError):
@@ -66,7 +69,15 @@ def _parse_header(uri: str, block: bytes) -> nib.Nifti1Header:
         raise ScanError(uri, "a two-file NIfTI (.hdr/.img pair) is not supported; "
                              "expected a single-file .nii or .nii.gz")
     try:
+        raw = nib.Nifti1Header(binaryblock=block[:HEADER_BYTES], check=False)
+        # nibabel's check silently turns a zero pixdim into 1 mm: look before it fixes anything.
+        pixdim = tuple(float(v) for v in raw["pixdim"][1:4])
+        if not all(np.isfinite(v) and v != 0 for v in pixdim):
+            raise ScanError(uri, f"voxel spacing pixdim[1:4] = {pixdim}: expected finite, "
+                                 f"non-zero values")
         return nib.Nifti1Header(binaryblock=block[:HEADER_BYTES], check=True)
+    except ScanError:
+        raise
     except Exception as exc:  # nibabel raises a variety of HeaderDataError subclasses
         raise ScanError(uri, f"invalid NIfTI-1 header: {exc}") from exc
 
@@ -103,20 +114,29 @@ def _checked_info(uri: str, header: nib.Nifti1Header, max_voxels: int) -> Volume
                       orientation="".join(nib.aff2axcodes(affine)), dtype=dtype)
 
 
-def _read_exactly(uri: str, stream, n: int) -> bytes:
-    buf = bytearray()
+def _pull(uri: str, stream, n: int, keep: bool) -> tuple[bytes, int]:
+    """Up to ``n`` bytes of ``stream`` (fewer at its end) and how many were read; ``keep=False``
+    drops them as it goes, so skipping costs no memory. Gzip errors, CRC failures included,
+    become :class:`ScanError`."""
+    buf, seen = bytearray(), 0
     try:
-        while len(buf) < n:
-            chunk = stream.read(min(n - len(buf), 16 << 20))
+        while seen < n:
+            chunk = stream.read(min(n - seen, 16 << 20))
             if not chunk:
                 break
-            buf += chunk
+            seen += len(chunk)
+            if keep:
+                buf += chunk
     except EOFError as exc:
-        raise ScanError(uri, f"truncated .nii.gz: the compressed stream ends after {len(buf)} of "
+        raise ScanError(uri, f"truncated .nii.gz: the compressed stream ends after {seen} of "
                              f"{n} expected bytes") from exc
     except (zlib.error, gzip.BadGzipFile, OSError) as exc:
         raise ScanError(uri, f"corrupt gzip stream: {exc}") from exc
-    return bytes(buf)
+    return bytes(buf), seen
+
+
+def _read_exactly(uri: str, stream, n: int) -> bytes:
+    return _pull(uri, stream, n, keep=True)[0]
 
 
 def read_volume(uri: str, *, max_voxels: int = MAX_VOXELS, with_data: bool = True) -> Volume:
@@ -135,16 +155,28 @@ def read_volume(uri: str, *, max_voxels: int = MAX_VOXELS, with_data: bool = Tru
     info = _checked_info(uri, header, max_voxels)
     if not with_data:
         return Volume(info=info, data=np.empty((0,)), sha256=digest)
-    offset = int(header["vox_offset"])
-    if offset < HEADER_BYTES:
-        raise ScanError(uri, f"vox_offset {offset} points inside the header")
+    offset = float(header["vox_offset"])
+    if not np.isfinite(offset) or offset != int(offset) or offset < HEADER_BYTES:
+        raise ScanError(uri, f"vox_offset {offset} points inside the header or is not an integer")
+    offset = int(offset)
+    if offset - HEADER_BYTES > MAX_EXTENSION_BYTES:
+        raise ScanError(uri, f"vox_offset {offset}: expected at most {MAX_EXTENSION_BYTES} bytes of "
+                             f"header extensions before the voxels; refusing to read them")
     nbytes = int(np.prod(info.shape, dtype=np.int64)) * info.dtype.itemsize
-    _read_exactly(uri, stream, offset - HEADER_BYTES)  # header extensions, unused
+    kind = ".nii.gz" if compressed else ".nii"
+    if not compressed and offset + nbytes > len(raw):
+        raise ScanError(uri, f"truncated .nii: vox_offset {offset} + {nbytes} bytes of voxel data "
+                             f"for shape {info.shape} {info.dtype} exceed the file's {len(raw)} bytes")
+    _pull(uri, stream, offset - HEADER_BYTES, keep=False)   # header extensions, unused
     body = _read_exactly(uri, stream, nbytes)
     if len(body) < nbytes:
-        kind = ".nii.gz" if compressed else ".nii"
         raise ScanError(uri, f"truncated {kind}: expected {nbytes} bytes of voxel data for shape "
                              f"{info.shape} {info.dtype}, found {len(body)}")
+    # Read to the end: gzip checks its CRC there; bounded, so a bomb is refused, not inflated.
+    _, extra = _pull(uri, stream, MAX_TRAILING_BYTES + 1, keep=False)
+    if extra > MAX_TRAILING_BYTES:
+        raise ScanError(uri, f"more than {MAX_TRAILING_BYTES} bytes after the voxel data of shape "
+                             f"{info.shape} {info.dtype}; expected the file to end there")
     data = np.frombuffer(body, dtype=info.dtype).reshape(info.shape, order="F")
     slope, inter = header.get_slope_inter()
     if slope is not None and (slope != 1 or (inter or 0) != 0):
