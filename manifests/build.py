@@ -45,6 +45,17 @@ def _label_values(uri: str, vol: Volume) -> np.ndarray:
     return data
 
 
+def label_counts(values: np.ndarray) -> dict[int, int]:
+    """Voxels per label value. bincount (fast) only while the largest value is small: its memory
+    follows the largest value, so one voxel of 4e9 in a uint32 label would ask it for 30 GiB;
+    above that, sorting (memory follows the volume)."""
+    if values.size and int(values.max()) < 1 << 16:
+        counts = np.bincount(values.ravel())
+        return {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
+    found, n = np.unique(values, return_counts=True)
+    return {int(v): int(k) for v, k in zip(found, n)}
+
+
 def inspect_pair(c: Candidate) -> ScanEntry:
     """Open, check and measure one image/label pair. Raises ScanError naming the bad file."""
     image = read_volume(c.image)
@@ -57,8 +68,8 @@ def inspect_pair(c: Candidate) -> ScanEntry:
         raise ScanError(c.label, "label affine does not match the image affine of "
                                  f"{c.image}:\nimage\n{image.info.affine}\nlabel\n{label.info.affine}")
     values = _label_values(c.label, label)
-    counts = np.bincount(values.ravel())
-    present = tuple(int(v) for v in np.flatnonzero(counts))
+    counts = label_counts(values)
+    present = tuple(sorted(counts))
     label_map = c.label_map
     if c.source == "chaos" and set(present) <= {0, 255}:
         label_map = LabelMap(liver=(255,))      # CHAOS PNG masks use 255 for liver
@@ -68,7 +79,7 @@ def inspect_pair(c: Candidate) -> ScanEntry:
                                  f"{list(c.allowed_values)}")
 
     def voxels(vals):
-        return int(sum(counts[v] for v in vals if v < len(counts)))
+        return sum(counts.get(v, 0) for v in vals)
 
     liver_voxels = voxels(label_map.organ_values())
     if liver_voxels == 0:
@@ -93,6 +104,9 @@ def _inspect_all(candidates, workers: int):
             return inspect_pair(c)
         except ScanError as exc:
             return exc
+        except Exception as exc:       # MemoryError included: one scan never stops the others
+            return ScanError(c.image, f"could not be inspected ({type(exc).__name__}: "
+                                      f"{str(exc).splitlines()[0] if str(exc) else 'no message'})")
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return list(pool.map(one, candidates))
 
@@ -149,6 +163,8 @@ def validate_manifest(uri: str, *, allowed_roots=(), workers: int | None = None)
     """
     parsed = parse_manifest(uri, default_roots(uri, allowed_roots))
     problems = list(parsed.problems)
+    if not parsed.entries and not problems:
+        problems.append(("?", uri, "the manifest holds no scans; expected at least one"))
     candidates = [Candidate(e.scan_id, e.image, e.label, e.label_map, e.source)
                   for e in parsed.entries]
     for entry, result in zip(parsed.entries, _inspect_all(candidates, workers or default_workers())):

@@ -45,8 +45,12 @@ def _cmd_build(args) -> int:
 
 def _cmd_validate(args) -> int:
     from .build import validate_manifest
-    entries, problems = validate_manifest(args.manifest, allowed_roots=args.allow_root,
-                                          workers=args.workers)
+    from .schema import ManifestError
+    try:
+        entries, problems = validate_manifest(args.manifest, allowed_roots=args.allow_root,
+                                              workers=args.workers)
+    except ManifestError as exc:
+        sys.exit(f"manifest validate: {exc}")
     if problems:
         print(format_table(["scan", "file", "problem"], problems))
         print(f"{args.manifest}: {len(problems)} problem(s) in {len(entries)} scan(s)")

@@ -13,9 +13,11 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Iterable
 
 from . import storage
+from .records import RecordError, loads
 
 SCHEMA_VERSION = 1
 ROLES = ("healthy", "tumor")
+MAX_LINE_CHARS = 1 << 16       # one manifest entry is well under 2 KB
 
 
 class ManifestError(ValueError):
@@ -195,16 +197,23 @@ def parse_manifest(uri: str, allowed: storage.AllowedRoots | None = None) -> Par
     """
     out = ParsedManifest()
     seen: dict[str, int] = {}
-    with storage.open_binary(uri) as f:
-        lines = f.read().decode("utf-8", errors="replace").splitlines()
+    try:
+        with storage.open_binary(uri) as f:
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise ManifestError(f"{uri}: cannot read the manifest ({exc})") from None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{uri}:{number}"
+        if len(line) > MAX_LINE_CHARS:
+            out.problems.append(("?", uri, f"line {number}: {len(line)} characters; expected at "
+                                           f"most {MAX_LINE_CHARS} for one scan"))
+            continue
         try:
-            entry = ScanEntry.from_json(json.loads(line), where)
-        except json.JSONDecodeError as exc:
-            out.problems.append(("?", uri, f"line {number}: not valid JSON ({exc.msg})"))
+            entry = ScanEntry.from_json(loads(line, f"line {number}"), where)
+        except RecordError as exc:
+            out.problems.append(("?", uri, str(exc)))
             continue
         except ManifestError as exc:
             out.problems.append(("?", uri, str(exc)))

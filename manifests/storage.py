@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 import uuid
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -97,7 +98,20 @@ def write_atomic(uri: str, data: bytes) -> None:
         raise
 
 
+class NotRegularFileError(OSError):
+    """A local path that is a named pipe, socket or device: reading it could block forever."""
+
+
 def open_binary(uri: str) -> BinaryIO:
+    """Open for reading. A local path must be a regular file (checked before opening: opening a
+    named pipe for reading blocks until a writer comes)."""
+    if not is_remote(uri):
+        local = uri.removeprefix("file://")
+        mode = os.stat(local).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a directory" if stat.S_ISDIR(mode) else \
+                "a named pipe" if stat.S_ISFIFO(mode) else "not a regular file"
+            raise NotRegularFileError(f"{uri} is {what}; expected a regular file")
     fs, path = filesystem(uri)
     return fs.open(path, "rb")
 

@@ -8,6 +8,7 @@ reader would allocate.
 from __future__ import annotations
 
 import gzip
+import os
 import io
 import tracemalloc
 
@@ -107,3 +108,116 @@ def test_truncated_uncompressed_file_is_refused_before_allocating(tmp_path):
     out, peak = peak_mib(lambda: read_volume(str(path)))
     assert isinstance(out, ScanError) and "truncated" in str(out) and str(path) in str(out)
     assert peak < 8
+
+
+# -- manifests: one bad scan never stops a build; hostile manifests give one-line errors --------
+
+
+class Hang(Exception):
+    pass
+
+
+@pytest.fixture
+def no_hang():
+    """Fail instead of hanging: a FIFO opened for reading blocks until a writer comes."""
+    import signal
+
+    def alarm(*_):
+        raise Hang("blocked for 30 s")
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def lits_folder(root, good=(0,)):
+    from conftest import tiny_scan, write_nifti
+    for n in good:
+        image, label = tiny_scan(seed=n)
+        write_nifti(root / f"volume-{n}.nii", image)
+        write_nifti(root / f"segmentation-{n}.nii", label)
+
+
+def test_giant_label_value_is_a_rejection_not_30_gib(tmp_path):
+    """One voxel of 4e9 in a uint32 label: bincount would allocate 29.8 GiB and kill the build
+    (nothing written); now the scan is rejected with the value and the good scan is kept."""
+    from conftest import tiny_scan, write_nifti
+    from tumorforge.manifests.build import build_manifest
+    root = tmp_path / "lits"
+    lits_folder(root)
+    image, label = tiny_scan(seed=1)
+    label = label.astype(np.uint32)
+    label[0, 0, 0] = 4_000_000_000
+    write_nifti(root / "volume-1.nii", image)
+    write_nifti(root / "segmentation-1.nii", label)
+    out, peak = peak_mib(lambda: build_manifest("lits", str(root), str(tmp_path / "m.jsonl"),
+                                                workers=1))
+    assert [e.scan_id for e in out.entries] == ["lits-0"]
+    (rejection,) = out.rejections
+    assert rejection.scan_id == "lits-1" and "4000000000" in rejection.problem
+    assert peak < 64
+
+
+def test_any_failure_of_one_scan_becomes_its_rejection(tmp_path, monkeypatch):
+    """Even an error nobody foresaw (here a MemoryError) rejects only that scan."""
+    from tumorforge.manifests import build
+    root = tmp_path / "lits"
+    lits_folder(root, good=(0, 1))
+    real = build.label_counts
+
+    def fails_for_one(values):
+        if values.shape == (24, 20, 10) and values.sum() % 2:    # deterministic pick
+            raise MemoryError("simulated")
+        return real(values)
+    calls = []
+    monkeypatch.setattr(build, "label_counts", lambda v: calls.append(1) or fails_for_one(v))
+    result = build.build_manifest("lits", str(root), str(tmp_path / "m.jsonl"), workers=1)
+    assert len(calls) == 2 and len(result.entries) + len(result.rejections) == 2
+    for r in result.rejections:
+        assert "MemoryError" in r.problem
+    assert (tmp_path / "m.jsonl").exists() and (tmp_path / "m.rejected.jsonl").exists()
+
+
+def test_named_pipes_are_refused_without_blocking(tmp_path, no_hang, capsys):
+    from tumorforge.cluster.front_door import main
+    from tumorforge.manifests.build import build_manifest
+    root = tmp_path / "lits"
+    lits_folder(root)
+    os.mkfifo(root / "volume-1.nii")
+    from conftest import tiny_scan, write_nifti
+    write_nifti(root / "segmentation-1.nii", tiny_scan(seed=1)[1])
+    result = build_manifest("lits", str(root), str(tmp_path / "m.jsonl"), workers=1)
+    assert [e.scan_id for e in result.entries] == ["lits-0"]
+    assert "named pipe" in result.rejections[0].problem
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(SystemExit) as exc:
+        main(["manifest", "validate", str(fifo)])
+    assert "named pipe" in str(exc.value.code) and "\n" not in str(exc.value.code)
+
+
+@pytest.mark.parametrize("line, words", [
+    ("[" * 20_000 + "]" * 20_000, "not valid JSON"),
+    ('{"scan_id": ' + "9" * 5000 + "}", "not valid JSON"),
+    ("x" * 100_000, "characters"),
+])
+def test_hostile_manifest_lines_are_problems_not_tracebacks(tmp_path, line, words, capsys):
+    from tumorforge.cluster.front_door import main
+    from tumorforge.manifests.build import build_manifest
+    root = tmp_path / "lits"
+    lits_folder(root)
+    manifest = tmp_path / "m.jsonl"
+    build_manifest("lits", str(root), str(manifest))
+    manifest.write_text(manifest.read_text() + line + "\n")
+    assert main(["manifest", "validate", str(manifest)]) == 1
+    out = capsys.readouterr().out
+    assert "line 2" in out and words in out and "Traceback" not in out
+
+
+def test_empty_manifest_does_not_validate(tmp_path, capsys):
+    from tumorforge.cluster.front_door import main
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert main(["manifest", "validate", str(empty)]) == 1
+    assert "holds no scans" in capsys.readouterr().out
