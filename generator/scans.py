@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from .config import GeneratorConfig
 from .prepare import PreparedScan, prepare_scan
+from tumorforge.manifests.build import check_pair
 from tumorforge.manifests.nifti import ScanError, Volume, read_volume
 from tumorforge.manifests.schema import ScanEntry
 
 
 def read_scan(entry: ScanEntry) -> tuple[Volume, Volume]:
-    """A scan's image and label volumes, checked against the manifest's sha256.
+    """A scan's image and label volumes, checked against the manifest's sha256 and for content
+    (``manifests.build.check_pair``: finite, non-constant image; label on the image's grid).
 
     Raises :class:`ScanError` naming the file when it is unreadable or differs from the manifest.
     """
@@ -21,6 +23,7 @@ def read_scan(entry: ScanEntry) -> tuple[Volume, Volume]:
     if label.sha256 != entry.sha256["label"]:
         raise ScanError(entry.label, f"sha256 {label.sha256[:12]}... differs from the manifest's "
                                      f"{entry.sha256['label'][:12]}... (file changed since build)")
+    check_pair(entry.image, entry.label, image, label)   # a hand-made manifest skipped build
     return image, label
 
 

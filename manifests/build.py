@@ -56,18 +56,27 @@ def label_counts(values: np.ndarray) -> dict[int, int]:
     return {int(v): int(k) for v, k in zip(found, n)}
 
 
+def check_pair(image_uri: str, label_uri: str, image: Volume, label: Volume) -> np.ndarray:
+    """The content checks of a scan, made by ``build`` and again whenever a scan is prepared for
+    synthesis (a hash proves the file is the one recorded, not that it is a CT scan): finite,
+    non-constant image; label on the same grid, integer and non-negative. Returns the label values
+    as integers. Raises ScanError naming the bad file."""
+    _check_image(image_uri, image)
+    if label.info.shape != image.info.shape:
+        raise ScanError(label_uri, f"label shape {label.info.shape} does not match image shape "
+                                   f"{image.info.shape} of {image_uri}")
+    if not np.allclose(label.info.affine, image.info.affine, atol=AFFINE_ATOL_MM, rtol=AFFINE_RTOL):
+        raise ScanError(label_uri, "label affine does not match the image affine of "
+                                   f"{image_uri}: image {image.info.affine.tolist()}, label "
+                                   f"{label.info.affine.tolist()}")
+    return _label_values(label_uri, label)
+
+
 def inspect_pair(c: Candidate) -> ScanEntry:
     """Open, check and measure one image/label pair. Raises ScanError naming the bad file."""
     image = read_volume(c.image)
-    _check_image(c.image, image)
     label = read_volume(c.label)
-    if label.info.shape != image.info.shape:
-        raise ScanError(c.label, f"label shape {label.info.shape} does not match image shape "
-                                 f"{image.info.shape} of {c.image}")
-    if not np.allclose(label.info.affine, image.info.affine, atol=AFFINE_ATOL_MM, rtol=AFFINE_RTOL):
-        raise ScanError(c.label, "label affine does not match the image affine of "
-                                 f"{c.image}:\nimage\n{image.info.affine}\nlabel\n{label.info.affine}")
-    values = _label_values(c.label, label)
+    values = check_pair(c.image, c.label, image, label)
     counts = label_counts(values)
     present = tuple(sorted(counts))
     label_map = c.label_map

@@ -221,3 +221,29 @@ def test_empty_manifest_does_not_validate(tmp_path, capsys):
     empty.write_text("\n")
     assert main(["manifest", "validate", str(empty)]) == 1
     assert "holds no scans" in capsys.readouterr().out
+
+
+def test_preparing_a_scan_rechecks_its_content_not_only_its_hash(tmp_path):
+    """A hand-made manifest whose sha256 matches a constant image: 0.2.0 painted 24,186 tumor
+    voxels into air; now the scan is refused with the reason and the good scan is used."""
+    import hashlib
+    import json
+    from cluster_fixtures import healthy_manifest
+    from conftest import write_nifti
+    from tumorforge.cluster.front_door import main
+    from tumorforge.generator.whole_scan import read_run
+    manifest = healthy_manifest(tmp_path, 2)
+    path = tmp_path / "ct" / "case1.nii.gz"
+    old = nib.load(str(path))
+    write_nifti(path, np.full(old.shape, 40, np.int16), old.affine)
+    lines = [json.loads(x) for x in manifest.read_text().splitlines()]
+    for entry in lines:
+        if entry["scan_id"] == "toy-case1":
+            entry["sha256"]["image"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    out = tmp_path / "out"
+    assert main(["synthesize", "--manifest", str(manifest), "--crop-size", "48,48,48",
+                 "--size-mix", "small", "--out", str(out)]) == 0
+    run = read_run(str(out))
+    assert [c.scan_id for c in run.cases] == ["toy-case0"]
+    assert run.rejected[0]["scan_id"] == "toy-case1" and "constant" in run.rejected[0]["reason"]
