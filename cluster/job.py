@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,7 @@ from .spec import JobSpec
 from .worker import ScanLoadFailed, ShardWorker
 
 ACTOR_START_TIMEOUT_S = 300
+AUTH_MODE, AUTH_TOKEN = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"   # Ray's token authentication
 
 
 class JobError(RuntimeError):
@@ -71,10 +73,31 @@ def _init_ray(address: str | None):
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        # An embedded single-machine cluster; Ray's token auth is for shared clusters.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(include_dashboard=False, log_to_driver=False)
+        start_embedded(ray)
     return ray
+
+
+def start_embedded(ray) -> None:
+    """Start the embedded single-machine cluster with Ray's token authentication on, with the
+    token in ``RAY_AUTH_TOKEN`` or else a fresh random one made for this process (never written
+    to disk or logged).
+
+    Ray 2.60's gRPC servers listen on every interface of the host whatever address is asked for
+    (measured with ``ss -ltnp``), so the token is what keeps other users and hosts out: a process
+    without it cannot connect (tested). The token lives in this process's environment, which Ray's
+    processes inherit, for as long as the process runs.
+    """
+    os.environ[AUTH_MODE] = "token"
+    if not os.environ.get(AUTH_TOKEN):
+        os.environ[AUTH_TOKEN] = secrets.token_hex(32)
+    refresh_ray_config()
+    ray.init(include_dashboard=False, log_to_driver=False)
+
+
+def refresh_ray_config() -> None:
+    """Ray reads RAY_AUTH_MODE once per process; re-read it, as Ray's own token setup does."""
+    from ray._raylet import Config
+    Config.initialize("")
 
 
 def resolve_backend(spec: JobSpec, ray) -> JobSpec:

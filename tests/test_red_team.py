@@ -247,3 +247,52 @@ def test_preparing_a_scan_rechecks_its_content_not_only_its_hash(tmp_path):
     run = read_run(str(out))
     assert [c.scan_id for c in run.cases] == ["toy-case0"]
     assert run.rejected[0]["scan_id"] == "toy-case1" and "constant" in run.rejected[0]["reason"]
+
+
+# -- the embedded Ray cluster --------------------------------------------------------------------
+
+
+ATTACKER = """
+import sys, ray
+try:
+    ray.init(address=sys.argv[1], log_to_driver=False)
+    @ray.remote
+    def steal():
+        import os
+        return os.environ.get("AWS_SECRET_ACCESS_KEY")
+    print("CONNECTED", ray.get(steal.remote(), timeout=20))
+except Exception as exc:
+    print("REFUSED", type(exc).__name__)
+"""
+
+# The job's side, in its own process: Ray keeps per-process state that must not leak into the
+# rest of the suite (which runs its clusters with auth disabled).
+JOB = """
+import os, subprocess, sys, ray
+from tumorforge.cluster.job import start_embedded
+start_embedded(ray)
+@ray.remote
+def works():
+    return 1
+assert ray.get(works.remote()) == 1
+print("TOKEN", len(os.environ["RAY_AUTH_TOKEN"]), os.environ["RAY_AUTH_MODE"])
+env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+env.update(RAY_gcs_rpc_server_connect_timeout_s="3", RAY_gcs_rpc_server_reconnect_timeout_s="3")
+out = subprocess.run([sys.executable, "-c", sys.argv[1], ray.get_runtime_context().gcs_address],
+                     env=env, capture_output=True, text=True, timeout=120).stdout
+print("ATTACKER", out.strip())
+ray.shutdown()
+"""
+
+
+def test_embedded_cluster_refuses_a_process_without_its_token():
+    """0.2.0 turned Ray's auth off: a second process connected to the job's cluster, ran code and
+    read the AWS secret from a worker. Now the cluster wants a token made for this job."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env["AWS_SECRET_ACCESS_KEY"] = "simulated-secret"
+    out = subprocess.run([sys.executable, "-c", JOB, ATTACKER], env=env, capture_output=True,
+                         text=True, timeout=240).stdout
+    assert "TOKEN 64 token" in out
+    assert "ATTACKER REFUSED" in out and "simulated-secret" not in out
