@@ -296,3 +296,94 @@ def test_embedded_cluster_refuses_a_process_without_its_token():
                          text=True, timeout=240).stdout
     assert "TOKEN 64 token" in out
     assert "ATTACKER REFUSED" in out and "simulated-secret" not in out
+
+
+# -- shards --------------------------------------------------------------------------------------
+
+
+def sparse_tar(realsize: int = 10 ** 9) -> bytes:
+    """A 10 KB tar whose one member is GNU sparse (PAX 1.0) and declares ``realsize`` bytes."""
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        sparse_map = b"1\n" + str(realsize - 1).encode() + b"\n1\n"
+        payload = sparse_map.ljust(512, b"\0") + b"x".ljust(512, b"\0")
+        info = tarfile.TarInfo("k.image.npy")
+        info.size = len(payload)
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                            "GNU.sparse.name": "k.image.npy", "GNU.sparse.realsize": str(realsize)}
+        tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+def test_sparse_tar_member_is_refused_without_expanding_it():
+    from tumorforge.manifests.dataset.codecs import read_tar
+    data = sparse_tar()
+    out, peak = peak_mib(lambda: read_tar(data))
+    assert isinstance(out, ValueError) and "sparse" in str(out) and "k.image.npy" in str(out)
+    assert peak < 8                                         # it cost 1.96 GB before
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    """14 samples of 32^3 in 4 shards (zarr and wds), written inline without Ray."""
+    from cluster_fixtures import healthy_manifest, write_dataset
+    root = tmp_path_factory.mktemp("hostile-ds")
+    manifest = healthy_manifest(root, 2)
+    write_dataset(manifest, root / "ds", formats=("zarr", "wds"))
+    return root / "ds"
+
+
+def edited_copy(src, dst, path, edit):
+    """A copy of the dataset at ``src`` with the JSON file ``path`` edited by ``edit(obj)``."""
+    import json
+    import shutil
+    shutil.copytree(src, dst)
+    target = dst / path
+    obj = json.loads(target.read_text())
+    edit(obj)
+    target.write_text(json.dumps(obj))
+    return dst
+
+
+@pytest.mark.parametrize("name, edit, words", [
+    ("fewer", lambda ix: ix.update(samples=10), "samples"),
+    ("huge", lambda ix: ix.update(samples=200_000_000), "samples"),
+    ("shard", lambda ix: ix["shards"][1].update(start=3), "shard 1"),
+    ("crop", lambda ix: ix["spec"]["generator"].update(crop_size=[4096, 32, 32]), "crop_size"),
+])
+def test_index_that_disagrees_with_itself_is_refused(small_dataset, tmp_path, name, edit, words):
+    """Valid JSON edits of index.json passed verify before ("samples": 32 -> 22 and the trainer
+    read 22; 2e8 cost the loader 1.87 GB). The index must agree with its spec and shard layout."""
+    from tumorforge.manifests.dataset.reader import Dataset, DatasetError
+    ds = edited_copy(small_dataset, tmp_path / name, "index.json", edit)
+    out, peak = peak_mib(lambda: Dataset(str(ds)))
+    assert isinstance(out, DatasetError) and words in str(out) and "index.json" in str(out)
+    assert peak < 16
+
+
+def test_zarr_metadata_that_disagrees_with_the_index_is_refused(small_dataset, tmp_path):
+    """A zarr.json whose shape says 400^3 per sample: verify allocated 1.33 GB before."""
+    from tumorforge.manifests.dataset.reader import Dataset, DatasetError
+
+    def grow(meta):
+        meta["shape"] = [meta["shape"][0], 400, 400, 400]
+    ds = edited_copy(small_dataset, tmp_path / "zarr", "dataset.zarr/image/zarr.json", grow)
+    dataset = Dataset(str(ds))
+    out, peak = peak_mib(lambda: dataset.sample(0))
+    assert isinstance(out, DatasetError) and "image" in str(out) and "400" in str(out)
+    assert peak < 32
+    assert Dataset(str(small_dataset)).sample(0)[0].shape == (32, 32, 32)   # the original reads
+
+
+def test_loader_refuses_bad_zarr_metadata_with_a_message(small_dataset, tmp_path):
+    """It exited 0 having skipped every sample when the image array's metadata was corrupt."""
+    from tumorforge.manifests.dataset.reader import DatasetError
+    from tumorforge.trainer.config import Source
+    from tumorforge.trainer.data import open_source
+    ds = edited_copy(small_dataset, tmp_path / "bad", "dataset.zarr/image/zarr.json",
+                     lambda meta: meta.update(data_type="float64"))
+    with pytest.raises(DatasetError) as exc:
+        open_source(Source(url=str(ds), format="zarr"))
+    assert "image" in str(exc.value) and "\n" not in str(exc.value)
+    assert open_source(Source(url=str(small_dataset), format="zarr")).dataset_id

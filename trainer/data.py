@@ -36,6 +36,8 @@ def open_source(src: Source) -> Dataset:
                            f"{src.dataset_id}")
     if src.format not in ds.formats:
         raise DatasetError(f"{src.url} was written without {src.format} (it has {ds.formats})")
+    if src.format == "zarr":
+        ds.check_zarr_metadata()      # bad metadata stops here with its message, not per sample
     return ds
 
 

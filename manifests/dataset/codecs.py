@@ -117,6 +117,14 @@ def read_tar(data: bytes) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
         for info in tar:
             if not info.isfile():
                 continue
+            # Bounded before reading: a sparse member or a declared size beyond the tar itself
+            # would be expanded into memory (a 2 KB tar declaring 1 GB cost 1.96 GB).
+            if info.issparse():
+                raise ValueError(f"tar member {info.name!r} is sparse (declares {info.size} bytes); "
+                                 f"tumorforge never writes sparse members")
+            if info.size > len(data):
+                raise ValueError(f"tar member {info.name!r} declares {info.size} bytes, more than "
+                                 f"the whole tar ({len(data)} bytes)")
             key, _, suffix = info.name.partition(".")
             if key not in members:
                 members[key] = {}

@@ -23,6 +23,10 @@ class DatasetError(ValueError):
     pass
 
 
+# The zarr arrays of a dataset and the dtype of the sample arrays (None: one entry per sample).
+ZARR_ARRAYS = {"image": "int16", "label": "uint8", "key": None, "provenance": None}
+
+
 class Dataset:
     """A finished dataset at ``url`` (local folder, ``file://`` or ``s3://``)."""
 
@@ -96,7 +100,28 @@ class Dataset:
                                          read_only=True)
         else:
             store = url.removeprefix("file://")
-        return zarr.open_group(store, mode="r")
+        try:
+            group = zarr.open_group(store, mode="r")
+            arrays = {name: group[name] for name in ZARR_ARRAYS}
+        except Exception as exc:      # zarr raises many kinds for missing or corrupt metadata
+            raise DatasetError(f"{url}: zarr metadata missing or unreadable ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        # Checked against the index before any chunk is read: an edited shape would make the
+        # reader allocate what it says (400^3 per sample: 1.3 GB).
+        n = len(self)
+        for name, dtype in ZARR_ARRAYS.items():
+            shape = (n, *self.crop_shape) if dtype else (n,)
+            a = arrays[name]
+            if tuple(a.shape) != shape or (dtype and a.dtype != np.dtype(dtype)):
+                raise DatasetError(f"{url}/{name}: its metadata says shape {tuple(a.shape)} "
+                                   f"{a.dtype}; index.json says {shape}"
+                                   f"{' ' + dtype if dtype else ''}")
+        return group
+
+    def check_zarr_metadata(self) -> None:
+        """Open the zarr store and check its arrays against the index (raises DatasetError), so a
+        reader refuses a dataset with bad metadata at once instead of failing every sample."""
+        self._zarr
 
     def _check_index(self, i: int) -> None:
         if not 0 <= i < len(self):

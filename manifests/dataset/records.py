@@ -206,7 +206,33 @@ class DatasetIndex:
         data["formats"] = tuple(data["formats"])
         data["shards"] = tuple(ShardEntry.from_json(s, f"{where} shard {n}")
                                for n, s in enumerate(data["shards"]))
+        _check_layout(data, where)
         return cls(**data)
+
+
+MAX_CROP_SIDE = 1024        # voxels; a reader allocates samples of crop_size before checking them
+
+
+def _check_layout(data: dict, where: str) -> None:
+    """The index agrees with itself and with its spec: sample counts, the shard layout (shard k
+    holds samples [k S, (k + 1) S)), each shard's dataset id, the crop size. A reader then never
+    reads more samples or larger ones than the job made."""
+    spec, n, size = data["spec"], data["samples"], data["samples_per_shard"]
+    for k in ("samples", "samples_per_shard"):
+        _need(spec.get(k) == data[k], where, f"{k} equal to the spec's ({spec.get(k)!r})", data[k])
+    crop = spec["generator"].get("crop_size")
+    _need(isinstance(crop, list) and len(crop) == 3
+          and all(_is_int(c) and 1 <= c <= MAX_CROP_SIDE for c in crop), where,
+          f"spec.generator.crop_size as three integers 1..{MAX_CROP_SIDE}", crop)
+    shards = data["shards"]
+    _need(len(shards) == -(-n // size), where, f"{-(-n // size)} shards for {n} samples of {size}",
+          len(shards))
+    for k, shard in enumerate(shards):
+        start = k * size
+        expected = (data["dataset_id"], k, start, min(size, n - start))
+        found = (shard.dataset_id, shard.shard, shard.start, shard.count)
+        _need(found == expected, f"{where} shard {k}", f"(dataset_id, shard, start, count) = "
+                                                        f"{expected}", found)
 
 
 @dataclass(frozen=True)
