@@ -85,10 +85,16 @@ def _cmd_audit(args) -> int:
     try:
         ds = Dataset(args.dataset)
         index = ds.index_of(args.key) if args.key else args.index
+        copies = ds.copies(index)
+        bad = {fmt: state for fmt, state in copies.items() if state != "ok"}
+        if bad:
+            sys.exit(f"audit: sample {index} of {args.dataset} is corrupt: " + "; ".join(
+                f"{fmt} copy {state}" for fmt, state in copies.items()))
         _, _, p = ds.sample(index)
     except DatasetError as exc:
         sys.exit(f"audit: {exc}")
     print(describe(p))
+    print(f"  stored      {', '.join(f'{fmt} copy matches the index' for fmt in copies)}")
     if args.no_regenerate:
         return 0
     try:

@@ -387,3 +387,24 @@ def test_loader_refuses_bad_zarr_metadata_with_a_message(small_dataset, tmp_path
         open_source(Source(url=str(ds), format="zarr"))
     assert "image" in str(exc.value) and "\n" not in str(exc.value)
     assert open_source(Source(url=str(small_dataset), format="zarr")).dataset_id
+
+
+@pytest.mark.parametrize("target, fmt", [("dataset.zarr/image/c/0/0/0/0", "zarr"),
+                                         ("wds/shard-000000.tar", "wds")])
+def test_audit_names_a_corrupt_copy_in_one_line(small_dataset, tmp_path, capsys, target, fmt):
+    """A flipped chunk gave a traceback, and only the zarr copy was checked."""
+    import shutil
+    from tumorforge.cluster.front_door import main
+    ds = tmp_path / "ds"
+    shutil.copytree(small_dataset, ds)
+    path = ds / target
+    raw = bytearray(path.read_bytes())
+    raw[700] ^= 0xFF                 # inside sample 0: the shard's first chunk or tar member
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SystemExit) as exc:
+        main(["audit", str(ds), "--index", "0", "--no-regenerate"])
+    message = str(exc.value.code)
+    assert message.startswith("audit: ") and "\n" not in message and f"{fmt} copy" in message
+    assert "Traceback" not in capsys.readouterr().err
+    assert main(["audit", str(small_dataset), "--index", "0", "--no-regenerate"]) == 0
+    assert "zarr copy matches the index, wds copy matches the index" in capsys.readouterr().out

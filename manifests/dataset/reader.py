@@ -23,6 +23,11 @@ class DatasetError(ValueError):
     pass
 
 
+def _brief(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 # The zarr arrays of a dataset and the dtype of the sample arrays (None: one entry per sample).
 ZARR_ARRAYS = {"image": "int16", "label": "uint8", "key": None, "provenance": None}
 
@@ -151,8 +156,28 @@ class Dataset:
             shard = self.shard_of(i)
             _, image, label, prov = self.read_tar(shard.shard)[i - shard.start]
             return image, label, Provenance.from_json(prov, where)
-        except RecordError as exc:
+        except (RecordError, DatasetError) as exc:
             raise DatasetError(str(exc)) from None
+        except Exception as exc:      # a corrupt chunk or tar: name the sample, no traceback
+            raise DatasetError(f"{where}: unreadable ({_brief(exc)})") from None
+
+    def copies(self, i: int) -> dict[str, str]:
+        """How sample ``i`` as stored in each format compares with the index's hashes: ``ok``,
+        ``differs`` or ``unreadable (...)``, by format."""
+        self._check_index(i)
+        shard = self.shard_of(i)
+        want = shard.samples[i - shard.start]
+        out = {}
+        for fmt in self.formats:
+            try:
+                if fmt == "zarr":
+                    key, image, label = self.zarr_sample(i)
+                else:
+                    key, image, label, _ = self.read_tar(shard.shard)[i - shard.start]
+                out[fmt] = "ok" if key == want.key and want.matches(image, label) else "differs"
+            except Exception as exc:
+                out[fmt] = f"unreadable ({_brief(exc)})"
+        return out
 
     def read_tar(self, shard: int) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
         """Every sample of shard ``shard``'s tar as (key, image, label, provenance dict)."""
