@@ -6,9 +6,12 @@ from __future__ import annotations
 import numpy as np
 
 from tumorforge.manifests.conventions import TUMOR, dice
+from tumorforge.manifests.dataset import names
 from tumorforge.manifests.dataset.names import COMMITS, TOP_LEVEL, commit_key
 from tumorforge.manifests.dataset.reader import Dataset, DatasetError
-from tumorforge.manifests.dataset.records import Provenance, image_sha256, label_sha256
+from tumorforge.manifests.dataset.records import (Provenance, ShardCommit, image_sha256,
+                                                  label_sha256)
+from tumorforge.manifests.records import RecordError, loads
 
 # How closely crops from different backends (NumPy vs CuPy) must agree; same backend is bit-exact.
 CROSS_BACKEND_TUMOR_DICE_MIN = 0.99
@@ -83,10 +86,26 @@ def regenerate(ds: Dataset, p: Provenance, backend_name: str | None, manifest: s
     return out
 
 
+def _commit_problems(ds: Dataset, shard) -> list[tuple[str, str]]:
+    """A shard's commit record must exist, parse, and say what the index says of the shard."""
+    key = commit_key(shard.shard)
+    try:
+        raw = ds.objects.get(key)
+    except FileNotFoundError:
+        return [(key, "missing commit record")]
+    try:
+        commit = ShardCommit.from_json(loads(raw, key), key)
+    except RecordError as exc:
+        return [(key, f"unreadable commit record: {exc}")]
+    if commit.entry() != shard:
+        return [(key, "commit record differs from index.json (files, sample hashes or layout)")]
+    return []
+
+
 def verify(ds: Dataset) -> list[tuple[str, str]]:
     """Problems as (object or sample, what is wrong); empty when everything matches the index."""
     problems = []
-    listed = set()
+    listed, bad_files = set(), set()
     for shard in ds.shards:
         for key, want in shard.files.items():
             listed.add(key)
@@ -98,14 +117,19 @@ def verify(ds: Dataset) -> list[tuple[str, str]]:
             if size != want.bytes or digest != want.sha256:
                 problems.append((key, f"corrupt: {size} bytes sha256 {digest[:12]}..., index says "
                                       f"{want.bytes} bytes {want.sha256[:12]}..."))
-        if not ds.has_object(commit_key(shard.shard)):
-            problems.append((commit_key(shard.shard), "missing commit record"))
+        problems += _commit_problems(ds, shard)
     for key in ds.list_objects():
         if key in listed or key in TOP_LEVEL or key.startswith(COMMITS + "/") \
                 or key.endswith("zarr.json"):
             continue
         problems.append((key, "extra: not listed in index.json"))
-    bad_files = {k for k, _ in problems}
+    if "zarr" in ds.formats:
+        try:
+            ds.check_zarr_metadata()
+        except DatasetError as exc:
+            problems.append((f"{names.ZARR_ROOT} metadata", str(exc)))
+            bad_files.update(k for s in ds.shards for k in ds.shard_files(s, "zarr"))
+    bad_files.update(k for k, _ in problems)
     for shard in ds.shards:
         expected = {s.key: s for s in shard.samples}
         for fmt in ds.formats:

@@ -9,11 +9,13 @@ a different ``dataset_id`` and is refused.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import secrets
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from tumorforge.generator import __version__ as GENERATOR_VERSION
@@ -31,6 +33,7 @@ from .spec import JobSpec
 from .worker import ScanLoadFailed, ShardWorker
 
 ACTOR_START_TIMEOUT_S = 300
+RESUME_CHECK_THREADS = 8      # objects hashed at once when a rerun checks committed shards
 AUTH_MODE, AUTH_TOKEN = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"   # Ray's token authentication
 
 
@@ -144,13 +147,28 @@ def prepare_output(plan: Plan, out: Objects) -> set[int]:
         for key, data in codecs.zarr_metadata(plan.spec.samples, plan.spec.samples_per_shard,
                                                plan.spec.generator.crop_size, attrs).items():
             out.put(key, data)
-    committed = set()
-    for key in out.list(COMMITS):
-        record = _read_commit(out, key)
-        if record is not None and record.dataset_id == plan.dataset_id and \
-                all(out.exists(k) for k in record.files):
-            committed.add(record.shard)
-    return committed
+    records = [r for r in (_read_commit(out, key) for key in out.list(COMMITS)) if r is not None]
+    with ThreadPoolExecutor(max_workers=RESUME_CHECK_THREADS) as pool:
+        intact = list(pool.map(lambda r: _commit_holds(plan, out, r), records))
+    return {r.shard for r, ok in zip(records, intact) if ok}
+
+
+def _commit_holds(plan: Plan, out: Objects, record: ShardCommit) -> bool:
+    """A commit counts only if it is this plan's shard and every object it lists is there with its
+    recorded size and sha256 (a flipped bit or a truncated object makes the shard be redone)."""
+    if record.dataset_id != plan.dataset_id or not 0 <= record.shard < len(plan.shards):
+        return False
+    want = plan.shards[record.shard]
+    if (record.start, record.count, tuple(record.scans)) != (want.start, want.count, want.scans):
+        return False
+    for key, f in record.files.items():
+        try:
+            data = out.get(key)
+        except FileNotFoundError:
+            return False
+        if len(data) != f.bytes or hashlib.sha256(data).hexdigest() != f.sha256:
+            return False
+    return True
 
 
 def _read_commit(out: Objects, key: str) -> ShardCommit | None:
@@ -281,6 +299,7 @@ def run_job(spec: JobSpec, address: str | None = None, progress: bool = True,
     bar.close()
     for handle in handles.values():
         ray.kill(handle, no_restart=True)
+    out.remove_stale_temporaries()        # of actors killed mid-write whose shard went elsewhere
     result.seconds = time.perf_counter() - t0
     versions = _versions()
     if result.ok:

@@ -7,6 +7,7 @@ half an object, and a writer that dies mid-write leaves at most a temporary name
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 
@@ -31,7 +32,12 @@ class Objects:
         return f"{self.root}/{key}"
 
     def put(self, key: str, data: bytes) -> FileRecord:
-        """Write ``data`` at ``key`` atomically; returns its size and sha256."""
+        """Write ``data`` at ``key`` atomically; returns its size and sha256. On local disk the
+        temporaries an earlier writer of ``key`` left (a killed actor whose shard is retried) are
+        removed first: one writer owns a shard, so no live writer holds them."""
+        if not self.remote:
+            for stale in glob.glob(glob.escape(self.path(key)) + storage.TMP_MARK + "*"):
+                os.remove(stale)
         storage.write_atomic(self.url(key) if self.remote else self.path(key), data)
         return FileRecord(len(data), hashlib.sha256(data).hexdigest())
 
