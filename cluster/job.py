@@ -22,9 +22,9 @@ from tumorforge.generator import __version__ as GENERATOR_VERSION
 from tumorforge.manifests.schema import ManifestError, default_roots, read_manifest
 
 from tumorforge.manifests.dataset import codecs
-from tumorforge.manifests.dataset.names import COMMITS, INDEX, PLAN, REPORT, commit_key
+from tumorforge.manifests.dataset.names import COMMITS, INDEX, LOCK, PLAN, REPORT, commit_key
 from tumorforge.manifests.dataset.records import INDEX_FORMAT, DatasetIndex, ShardCommit
-from tumorforge.manifests.dataset.store import Objects
+from tumorforge.manifests.dataset.store import LockHeld, Objects, OutputLock
 from tumorforge.manifests.records import RecordError, loads, pretty_json
 
 from .plan import Plan, make_plan
@@ -206,11 +206,23 @@ def run_job(spec: JobSpec, address: str | None = None, progress: bool = True,
     t0 = time.perf_counter()
     entries = read_entries(spec)             # a bad manifest fails before any cluster starts
     ray = _init_ray(address)
-    from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
-
     spec = resolve_backend(spec, ray)
     plan = make_plan(spec, entries)
     out = Objects(spec.output)
+    try:
+        lock = OutputLock(out, LOCK).acquire()    # one run per output, local disk or S3
+    except LockHeld as exc:
+        raise JobError(str(exc)) from None
+    try:
+        return _run_locked(spec, plan, out, ray, progress, log, actor_env, t0)
+    finally:
+        lock.release()
+
+
+def _run_locked(spec: JobSpec, plan: Plan, out: Objects, ray, progress: bool, log, actor_env,
+                t0: float) -> JobResult:
+    """The job once it holds the output's lock."""
+    from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
     committed = prepare_output(plan, out)
     pending = [s.index for s in plan.shards if s.index not in committed]
     result = JobResult(plan.dataset_id, spec.output, len(plan.shards), len(committed), 0)

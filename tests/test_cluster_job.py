@@ -210,3 +210,18 @@ def test_example_job_file_and_flags(tmp_path):
     with pytest.raises(SpecError, match="needs backend cupy"):
         load_spec(None, {"manifest": "m", "output": "o", "samples": 1, "backend": "numpy",
                          "resources": {"gpus_per_actor": 1}})
+
+
+def test_second_run_into_the_same_output_is_refused_while_the_first_holds_it(reference, scans,
+                                                                              tmp_path):
+    """Two runs into one output had no lock (the plan's check-then-write was a race, and one
+    run's start-up cleanup could delete the other's temporaries)."""
+    from tumorforge.manifests.dataset.names import LOCK
+    from tumorforge.manifests.dataset.store import Objects, OutputLock
+    out = tmp_path / "ds"
+    shutil.copytree(reference, out)
+    with OutputLock(Objects(str(out)), LOCK):               # a live run holds it
+        with pytest.raises(JobError, match="another run .* is writing this output"):
+            run_job(small_spec(scans, out), progress=False, log=lambda *a: None)
+    result = run_job(small_spec(scans, out), progress=False, log=lambda *a: None)
+    assert result.ok and not (out / LOCK).exists()          # released when the run ends

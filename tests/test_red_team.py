@@ -470,3 +470,29 @@ def test_rerun_redoes_a_shard_whose_objects_changed(tmp_path):
     ShardWorker(plan).write_shard(1)
     _write_index(plan, out, _versions())
     assert tar.read_bytes() == original and verify(Dataset(str(tmp_path / "ds"))) == []
+
+
+def test_output_lock_is_exclusive_beats_and_breaks_when_stale(tmp_path, s3_server):
+    """Local disk and S3 (moto's server on 127.0.0.1): one holder at a time; a lock whose
+    heartbeat stopped (its run died) is taken over; a live holder keeps it fresh."""
+    import json
+    import time
+    import boto3
+    from tumorforge.manifests.dataset.store import LockHeld, Objects, OutputLock
+    boto3.client("s3").create_bucket(Bucket="locks")
+    for root in (str(tmp_path / "out"), "s3://locks/out"):
+        objects = Objects(root)
+        first = OutputLock(objects, "_lock.json", heartbeat_s=0.2).acquire()
+        with pytest.raises(LockHeld) as exc:
+            OutputLock(objects, "_lock.json").acquire()
+        assert "_lock.json" in str(exc.value) and "\n" not in str(exc.value)
+        beat = json.loads(objects.get("_lock.json"))["heartbeat"]
+        time.sleep(0.6)
+        assert json.loads(objects.get("_lock.json"))["heartbeat"] > beat   # kept fresh
+        first.release()
+        assert not objects.exists("_lock.json")
+        objects.put("_lock.json", json.dumps({"owner": "dead:1", "token": "x",
+                                              "heartbeat": time.time() - 3600}).encode())
+        taken = OutputLock(objects, "_lock.json", stale_after_s=600).acquire()
+        assert json.loads(objects.get("_lock.json"))["token"] == taken.token
+        taken.release()

@@ -5,6 +5,7 @@ them; nothing else spells them.
     index.json                      the dataset's table of contents, written last
     plan.json                       the job's plan (its hash is the dataset_id)
     job_report.json                 how the last run went (not part of the dataset's identity)
+    _lock.json                      held by the run writing the dataset (owner, heartbeat)
     _commits/shard-000123.json      one commit record per finished shard
     dataset.zarr/...                the Zarr v3 store
     wds/shard-000123.tar            one WebDataset tar per shard
@@ -17,10 +18,11 @@ import re
 INDEX = "index.json"
 PLAN = "plan.json"
 REPORT = "job_report.json"
+LOCK = "_lock.json"
 COMMITS = "_commits"
 ZARR_ROOT = "dataset.zarr"
 WDS_DIR = "wds"
-TOP_LEVEL = (INDEX, PLAN, REPORT)
+TOP_LEVEL = (INDEX, PLAN, REPORT, LOCK)
 
 _SHARD = re.compile(r"(?:^|/)shard-(\d{6,})(?:\.tar|\.json)?$")
 

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
+import socket
+import threading
+import time
+import uuid
 
 from .. import storage
 from .records import FileRecord
@@ -41,6 +46,38 @@ class Objects:
         storage.write_atomic(self.url(key) if self.remote else self.path(key), data)
         return FileRecord(len(data), hashlib.sha256(data).hexdigest())
 
+    def create(self, key: str, data: bytes) -> None:
+        """Write ``data`` at ``key`` only if nothing is there; FileExistsError otherwise. Local
+        disk: a hard link from a complete temporary (atomic, never half-written); S3: a PUT with
+        If-None-Match: *."""
+        if self.remote:
+            try:
+                self.fs.pipe_file(self.path(key), data, mode="create")
+            except FileExistsError:
+                raise
+            except OSError as exc:          # s3fs reports 412 Precondition Failed as OSError
+                if "Precondition" in str(exc) or "412" in str(exc):
+                    raise FileExistsError(self.url(key)) from None
+                raise
+            return
+        final = self.path(key)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        tmp = f"{final}{storage.TMP_MARK}{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, final)
+        finally:
+            os.remove(tmp)
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.rm(self.path(key))
+        except FileNotFoundError:
+            pass
+
     def get(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
 
@@ -63,3 +100,78 @@ class Objects:
         for key in stale:
             os.remove(self.path(key))
         return len(stale)
+
+
+class LockHeld(RuntimeError):
+    """Another live run holds the output's lock."""
+
+
+class OutputLock:
+    """One writer per output: ``_lock.json`` created exclusively (local disk and S3), with a
+    heartbeat the holder rewrites every ``heartbeat_s`` seconds from a background thread. A lock
+    whose heartbeat is older than ``stale_after_s`` belongs to a dead run and is taken over."""
+
+    def __init__(self, objects: Objects, key: str, stale_after_s: float = 600.0,
+                 heartbeat_s: float = 30.0):
+        self.objects, self.key = objects, key
+        self.stale_after_s, self.heartbeat_s = stale_after_s, heartbeat_s
+        self.token = uuid.uuid4().hex
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        return json.dumps({"owner": self.owner, "token": self.token,
+                           "heartbeat": time.time()}).encode()
+
+    def _held(self) -> dict | None:
+        try:
+            held = json.loads(self.objects.get(self.key))
+            return held if isinstance(held, dict) else {}
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}                      # unreadable: judged by age like any other
+
+    def acquire(self) -> "OutputLock":
+        for _ in range(2):
+            try:
+                self.objects.create(self.key, self._body())
+                break
+            except FileExistsError:
+                held = self._held()
+                if held is None:
+                    continue               # released in between: try again
+                beat = held.get("heartbeat")
+                age = time.time() - beat if isinstance(beat, (int, float)) else float("inf")
+                if age < self.stale_after_s:
+                    raise LockHeld(f"{self.objects.url(self.key)}: another run "
+                                   f"({held.get('owner', 'unknown')}) is writing this output "
+                                   f"(heartbeat {age:.0f} s ago); wait for it to finish, or "
+                                   f"delete that file if the run is dead") from None
+                self.objects.delete(self.key)   # stale: its run died
+        else:
+            raise LockHeld(f"{self.objects.url(self.key)}: another run took the lock first")
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            held = self._held()
+            if held and held.get("token") == self.token:
+                self.objects.put(self.key, self._body())
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        held = self._held()
+        if held and held.get("token") == self.token:
+            self.objects.delete(self.key)
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
