@@ -102,9 +102,35 @@ def _commit_problems(ds: Dataset, shard) -> list[tuple[str, str]]:
     return []
 
 
+def _plan_problems(ds: Dataset) -> list[tuple[str, str]]:
+    """``plan.json`` must hash to its dataset_id, name the index's dataset, and agree with the
+    index's spec and shard layout."""
+    from .plan import plan_id
+    try:
+        plan = loads(ds.objects.get(names.PLAN), names.PLAN)
+    except FileNotFoundError:
+        return [(names.PLAN, "missing")]
+    except RecordError as exc:
+        return [(names.PLAN, str(exc))]
+    if not isinstance(plan, dict) or plan_id(plan) != plan.get("dataset_id"):
+        return [(names.PLAN, "its dataset_id is not the hash of its contents (edited)")]
+    problems = []
+    if plan["dataset_id"] != ds.dataset_id:
+        problems.append((names.INDEX, f"dataset_id {ds.dataset_id}, plan.json says "
+                                      f"{plan['dataset_id']}"))
+    spec = {k: v for k, v in ds.index.spec.items() if k not in ("allow_roots", "manifest")}
+    if spec != plan.get("identity"):
+        problems.append((names.INDEX, "spec differs from the plan's (edited)"))
+    layout = [{"index": s.shard, "start": s.start, "count": s.count, "scans": list(s.scans)}
+              for s in ds.shards]
+    if layout != plan.get("shards"):
+        problems.append((names.INDEX, "shard layout or scans differ from the plan's"))
+    return problems
+
+
 def verify(ds: Dataset) -> list[tuple[str, str]]:
     """Problems as (object or sample, what is wrong); empty when everything matches the index."""
-    problems = []
+    problems = _plan_problems(ds)
     listed, bad_files = set(), set()
     for shard in ds.shards:
         for key, want in shard.files.items():

@@ -87,5 +87,14 @@ def make_plan(spec: JobSpec, entries: list[ScanEntry]) -> Plan:
     identity = {"plan_version": PLAN_VERSION, "generator_version": GENERATOR_VERSION,
                 "identity": spec.identity(),
                 "scans": {sid: pool[sid].sha256 for sid in ids}}
-    dataset_id = hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:24]
-    return Plan(dataset_id, spec, pool, tuple(shards))
+    return Plan(plan_id(identity), spec, pool, tuple(shards))
+
+
+PLAN_ID_FIELDS = ("plan_version", "generator_version", "identity", "scans")
+
+
+def plan_id(record: dict) -> str:
+    """The dataset_id: the hash of what determines the dataset's bytes (``PLAN_ID_FIELDS`` of a
+    plan record), so ``verify`` can recompute it from ``plan.json``."""
+    identity = {k: record.get(k) for k in PLAN_ID_FIELDS}
+    return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:24]

@@ -55,12 +55,21 @@ def parent(uri: str) -> str:
     return os.path.dirname(os.path.abspath(uri))
 
 
+S3_CONNECT_TIMEOUT_S = 10.0     # a request that cannot connect or stalls fails instead of hanging
+S3_READ_TIMEOUT_S = 120.0
+
+
 def storage_options(uri: str) -> dict:
-    """fsspec options for ``uri``: the S3 endpoint override, if the environment sets one."""
+    """fsspec options for ``uri``: connect and read timeouts, and the S3 endpoint override if the
+    environment sets one."""
     if not is_remote(uri):
         return {}
+    out = {"config_kwargs": {"connect_timeout": S3_CONNECT_TIMEOUT_S,
+                             "read_timeout": S3_READ_TIMEOUT_S}}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    if endpoint:
+        out["client_kwargs"] = {"endpoint_url": endpoint}
+    return out
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:

@@ -496,3 +496,20 @@ def test_output_lock_is_exclusive_beats_and_breaks_when_stale(tmp_path, s3_serve
         taken = OutputLock(objects, "_lock.json", stale_after_s=600).acquire()
         assert json.loads(objects.get("_lock.json"))["token"] == taken.token
         taken.release()
+
+
+@pytest.mark.parametrize("path, edit, words", [
+    ("index.json", lambda ix: ix["spec"]["generator"].update(profile="released"),
+     "spec differs from the plan"),
+    ("index.json", lambda ix: ix["versions"].update(numpy="0.0"), None),
+    ("plan.json", lambda p: p["identity"].update(root_seed=4), "not the hash of its contents"),
+])
+def test_verify_cross_checks_index_against_plan(small_dataset, tmp_path, capsys, path, edit,
+                                                words):
+    """Valid-JSON edits of index.json passed verify (6 of 6). The spec must be the plan's, and the
+    plan must hash to its dataset_id. (Library versions are a record of the run, not checked.)"""
+    from tumorforge.cluster.front_door import main
+    ds = edited_copy(small_dataset, tmp_path / "ds", path, edit)
+    code = main(["verify", str(ds)])
+    out = capsys.readouterr().out
+    assert (code, words is None or words in out) == ((0, True) if words is None else (1, True))
