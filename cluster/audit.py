@@ -132,21 +132,24 @@ def verify(ds: Dataset) -> list[tuple[str, str]]:
     """Problems as (object or sample, what is wrong); empty when everything matches the index."""
     problems = _plan_problems(ds)
     listed, bad_files = set(), set()
+    listed_files = [*((k, f) for s in ds.shards for k, f in s.files.items()),
+                    *ds.index.metadata.items()]
+    for key, want in listed_files:
+        listed.add(key)
+        try:
+            size, digest = ds.file_sha256(key)
+        except FileNotFoundError:
+            problems.append((key, "missing"))
+            continue
+        if size != want.bytes or digest != want.sha256:
+            problems.append((key, f"corrupt: {size} bytes sha256 {digest[:12]}..., index says "
+                                  f"{want.bytes} bytes {want.sha256[:12]}..."))
     for shard in ds.shards:
-        for key, want in shard.files.items():
-            listed.add(key)
-            try:
-                size, digest = ds.file_sha256(key)
-            except FileNotFoundError:
-                problems.append((key, "missing"))
-                continue
-            if size != want.bytes or digest != want.sha256:
-                problems.append((key, f"corrupt: {size} bytes sha256 {digest[:12]}..., index says "
-                                      f"{want.bytes} bytes {want.sha256[:12]}..."))
         problems += _commit_problems(ds, shard)
+    unlisted_metadata_ok = not ds.index.metadata        # indexes from before it was listed
     for key in ds.list_objects():
         if key in listed or key in TOP_LEVEL or key.startswith(COMMITS + "/") \
-                or key.endswith("zarr.json"):
+                or (unlisted_metadata_ok and key.endswith("zarr.json")):
             continue
         problems.append((key, "extra: not listed in index.json"))
     if "zarr" in ds.formats:

@@ -23,7 +23,8 @@ from tumorforge.manifests.schema import ManifestError, default_roots, read_manif
 
 from tumorforge.manifests.dataset import codecs
 from tumorforge.manifests.dataset.names import COMMITS, INDEX, LOCK, PLAN, REPORT, commit_key
-from tumorforge.manifests.dataset.records import INDEX_FORMAT, DatasetIndex, ShardCommit
+from tumorforge.manifests.dataset.records import (INDEX_FORMAT, DatasetIndex, FileRecord,
+                                                  ShardCommit)
 from tumorforge.manifests.dataset.store import LockHeld, Objects, OutputLock
 from tumorforge.manifests.records import RecordError, loads, pretty_json
 
@@ -141,12 +142,8 @@ def prepare_output(plan: Plan, out: Objects) -> set[int]:
     if stale:
         print(f"removed {stale} temporary file(s) left by an interrupted writer")
     out.put(PLAN, pretty_json(plan.to_json()))
-    if "zarr" in plan.spec.formats:
-        attrs = {"dataset_id": plan.dataset_id, "root_seed": plan.spec.root_seed,
-                 "samples_per_shard": plan.spec.samples_per_shard, "index": INDEX}
-        for key, data in codecs.zarr_metadata(plan.spec.samples, plan.spec.samples_per_shard,
-                                               plan.spec.generator.crop_size, attrs).items():
-            out.put(key, data)
+    for key, data in _metadata_objects(plan).items():
+        out.put(key, data)                # rewritten every run: a damaged one is repaired
     records = [r for r in (_read_commit(out, key) for key in out.list(COMMITS)) if r is not None]
     with ThreadPoolExecutor(max_workers=RESUME_CHECK_THREADS) as pool:
         intact = list(pool.map(lambda r: _commit_holds(plan, out, r), records))
@@ -171,6 +168,16 @@ def _commit_holds(plan: Plan, out: Objects, record: ShardCommit) -> bool:
     return True
 
 
+def _metadata_objects(plan: Plan) -> dict[str, bytes]:
+    """The dataset's objects outside its shards (the zarr.json files), a function of the plan."""
+    if "zarr" not in plan.spec.formats:
+        return {}
+    attrs = {"dataset_id": plan.dataset_id, "root_seed": plan.spec.root_seed,
+             "samples_per_shard": plan.spec.samples_per_shard, "index": INDEX}
+    return codecs.zarr_metadata(plan.spec.samples, plan.spec.samples_per_shard,
+                                plan.spec.generator.crop_size, attrs)
+
+
 def _read_commit(out: Objects, key: str) -> ShardCommit | None:
     """A commit record, or None if it is unreadable (its shard is then redone)."""
     try:
@@ -192,7 +199,9 @@ def _write_index(plan: Plan, out: Objects, versions: dict) -> DatasetIndex:
     index = DatasetIndex(format=INDEX_FORMAT, dataset_id=plan.dataset_id, spec=spec,
                          samples=plan.spec.samples, samples_per_shard=plan.spec.samples_per_shard,
                          formats=tuple(plan.spec.formats), versions=versions, plan=PLAN,
-                         shards=tuple(shards))
+                         shards=tuple(shards),
+                         metadata={k: FileRecord(len(v), hashlib.sha256(v).hexdigest())
+                                   for k, v in _metadata_objects(plan).items()})
     out.put(INDEX, pretty_json(index.to_json()))
     return index
 

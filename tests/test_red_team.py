@@ -368,9 +368,15 @@ def test_zarr_metadata_that_disagrees_with_the_index_is_refused(small_dataset, t
 
     def grow(meta):
         meta["shape"] = [meta["shape"][0], 400, 400, 400]
+    import json
     ds = edited_copy(small_dataset, tmp_path / "zarr", "dataset.zarr/image/zarr.json", grow)
-    dataset = Dataset(str(ds))
-    out, peak = peak_mib(lambda: dataset.sample(0))
+    out, peak = peak_mib(lambda: Dataset(str(ds)).sample(0))
+    assert isinstance(out, DatasetError) and "image/zarr.json" in str(out)    # hash in the index
+    assert peak < 32
+    index = json.loads((ds / "index.json").read_text())
+    del index["metadata"]                  # an index from before the metadata was listed
+    (ds / "index.json").write_text(json.dumps(index))
+    out, peak = peak_mib(lambda: Dataset(str(ds)).sample(0))
     assert isinstance(out, DatasetError) and "image" in str(out) and "400" in str(out)
     assert peak < 32
     assert Dataset(str(small_dataset)).sample(0)[0].shape == (32, 32, 32)   # the original reads
@@ -431,10 +437,13 @@ def test_retried_shard_removes_the_temporaries_of_its_killed_writer(tmp_path):
      lambda c: c["samples"][0].update(image_sha256="0" * 64), "commit record differs"),
     ("dataset.zarr/label/zarr.json",
      lambda m: m.update(shape=[m["shape"][0], 64, 64, 64]), "dataset.zarr metadata"),
+    ("dataset.zarr/image/zarr.json", lambda m: m.update(fill_value=7), "corrupt"),
+    ("dataset.zarr/zarr.json", lambda m: m["attributes"].update(root_seed=9), "corrupt"),
 ])
 def test_verify_checks_commits_and_zarr_metadata(small_dataset, tmp_path, capsys, path, edit,
                                                  words):
-    """verify only checked that commit records existed, and listed no zarr metadata."""
+    """verify only checked that commit records existed, and listed no zarr metadata (3 of 4 edits
+    of zarr.json files went undetected); the index now lists them with size and sha256."""
     from tumorforge.cluster.front_door import main
     ds = edited_copy(small_dataset, tmp_path / "ds", path, edit)
     assert main(["verify", str(ds)]) == 1

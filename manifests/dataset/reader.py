@@ -99,6 +99,14 @@ class Dataset:
         if "zarr" not in self.formats:
             raise DatasetError(f"{self.url}: this dataset has no zarr store")
         url = f"{self.url}/{names.ZARR_ROOT}"
+        for key, want in self.index.metadata.items():     # zarr.json files, as the index lists them
+            try:
+                size, digest = self.file_sha256(key)
+            except FileNotFoundError:
+                raise DatasetError(f"{self.url}/{key}: missing (index.json lists it)") from None
+            if (size, digest) != (want.bytes, want.sha256):
+                raise DatasetError(f"{self.url}/{key}: {size} bytes sha256 {digest[:12]}..., "
+                                   f"index.json says {want.bytes} bytes {want.sha256[:12]}...")
         if storage.is_remote(url):
             from zarr.storage import FsspecStore
             store = FsspecStore.from_url(url, storage_options=storage.storage_options(url),

@@ -158,6 +158,9 @@ class DatasetIndex:
     versions: dict
     plan: str
     shards: tuple[ShardEntry, ...]
+    # Objects outside the shards that readers trust (the zarr.json files), with size and sha256.
+    # Absent from indexes written before it existed.
+    metadata: dict = dataclasses.field(default_factory=dict)
 
     @property
     def crop_size(self) -> tuple[int, int, int]:
@@ -185,7 +188,8 @@ class DatasetIndex:
         return {"format": self.format, "dataset_id": self.dataset_id, "spec": self.spec,
                 "samples": self.samples, "samples_per_shard": self.samples_per_shard,
                 "formats": list(self.formats), "versions": self.versions, "plan": self.plan,
-                "shards": [s.to_json() for s in self.shards]}
+                "shards": [s.to_json() for s in self.shards],
+                "metadata": {k: v.to_json() for k, v in sorted(self.metadata.items())}}
 
     @classmethod
     def from_json(cls, obj, where: str) -> "DatasetIndex":
@@ -203,6 +207,10 @@ class DatasetIndex:
               and set(data["formats"]) <= {"zarr", "wds"}, where, "formats zarr and/or wds",
               data["formats"])
         _need(isinstance(data["shards"], list), where, "shards as a list", data["shards"])
+        _need(isinstance(data.get("metadata", {}), dict), where, "metadata as an object",
+              data.get("metadata"))
+        data["metadata"] = {k: FileRecord.from_json(v, f"{where} metadata {k}")
+                            for k, v in data.get("metadata", {}).items()}
         data["formats"] = tuple(data["formats"])
         data["shards"] = tuple(ShardEntry.from_json(s, f"{where} shard {n}")
                                for n, s in enumerate(data["shards"]))
