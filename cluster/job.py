@@ -22,7 +22,8 @@ from tumorforge.generator import __version__ as GENERATOR_VERSION
 from tumorforge.manifests.schema import ManifestError, default_roots, read_manifest
 
 from tumorforge.manifests.dataset import codecs
-from tumorforge.manifests.dataset.names import COMMITS, INDEX, LOCK, PLAN, REPORT, commit_key
+from tumorforge.manifests.dataset.names import (COMMITS, INDEX, LOCK, PLAN, REPORT, ZARR_ROOT,
+                                                commit_key, tar_name)
 from tumorforge.manifests.dataset.records import (INDEX_FORMAT, DatasetIndex, FileRecord,
                                                   ShardCommit)
 from tumorforge.manifests.dataset.store import LockHeld, Objects, OutputLock
@@ -158,6 +159,7 @@ def _commit_holds(plan: Plan, out: Objects, record: ShardCommit) -> bool:
     want = plan.shards[record.shard]
     if (record.start, record.count, tuple(record.scans)) != (want.start, want.count, want.scans):
         return False
+    tar = None
     for key, f in record.files.items():
         try:
             data = out.get(key)
@@ -165,7 +167,21 @@ def _commit_holds(plan: Plan, out: Objects, record: ShardCommit) -> bool:
             return False
         if len(data) != f.bytes or hashlib.sha256(data).hexdigest() != f.sha256:
             return False
-    return True
+        if key == tar_name(record.shard):
+            tar = data
+    # The sample hashes the commit (and so the index) will carry must be the ones the stored
+    # samples' provenance recorded when they were encoded; an edited commit is redone.
+    try:
+        if tar is not None:
+            stored = codecs.tar_provenance(tar)
+        else:
+            prov = codecs.open_zarr(out.url(ZARR_ROOT))["provenance"]
+            stored = [(p["key"], p) for p in (json.loads(str(t)) for t in
+                                              prov[record.start:record.start + record.count])]
+    except Exception:                 # unreadable provenance: redo the shard
+        return False
+    return [(s.key, s.image_sha256, s.label_sha256) for s in record.samples] == \
+        [(k, p.get("image_sha256"), p.get("label_sha256")) for k, p in stored]
 
 
 def _metadata_objects(plan: Plan) -> dict[str, bytes]:

@@ -522,3 +522,25 @@ def test_verify_cross_checks_index_against_plan(small_dataset, tmp_path, capsys,
     code = main(["verify", str(ds)])
     out = capsys.readouterr().out
     assert (code, words is None or words in out) == ((0, True) if words is None else (1, True))
+
+
+@pytest.mark.parametrize("formats", [("zarr", "wds"), ("zarr",)])
+def test_rerun_redoes_a_shard_whose_commit_disagrees_with_its_samples(tmp_path, formats):
+    """A sample hash edited in a commit record, objects intact: the index built from it made a
+    good sample fail, and reruns never repaired it. Resume now compares the commit's sample hashes
+    with the provenance stored beside the samples (tar members or the zarr provenance array)."""
+    import json
+    from cluster_fixtures import healthy_manifest, small_spec, write_dataset
+    from tumorforge.cluster.job import prepare_output
+    from tumorforge.cluster.plan import make_plan
+    from tumorforge.manifests.dataset.store import Objects
+    from tumorforge.manifests.schema import read_manifest
+    manifest = healthy_manifest(tmp_path, 2)
+    write_dataset(manifest, tmp_path / "ds", formats=formats)
+    commit = tmp_path / "ds" / "_commits" / "shard-000002.json"
+    record = json.loads(commit.read_text())
+    record["samples"][1]["label_sha256"] = "0" * 64
+    commit.write_text(json.dumps(record))
+    plan = make_plan(small_spec(manifest, tmp_path / "ds", formats=formats),
+                     read_manifest(str(manifest)))
+    assert prepare_output(plan, Objects(str(tmp_path / "ds"))) == {0, 1, 3}

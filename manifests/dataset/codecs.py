@@ -25,6 +25,7 @@ from zarr.codecs import BloscCodec, BloscShuffle, BytesCodec, Crc32cCodec, ZstdC
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import MemoryStore
 
+from .. import storage
 from .names import ZARR_ROOT
 
 
@@ -140,3 +141,28 @@ def read_tar(data: bytes) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
         label = np.load(io.BytesIO(m["label.npy"]), allow_pickle=False)
         out.append((key, image, label, json.loads(m["json"])))
     return out
+
+
+def tar_provenance(data: bytes) -> list[tuple[str, dict]]:
+    """(key, provenance dict) of every sample of a WebDataset shard, without decoding its arrays;
+    members bounded as in :func:`read_tar`."""
+    out = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for info in tar:
+            if not info.isfile() or not info.name.endswith(".json"):
+                continue
+            if info.issparse() or info.size > len(data):
+                raise ValueError(f"tar member {info.name!r}: sparse or larger than the tar")
+            out.append((info.name[:-len(".json")], json.loads(tar.extractfile(info).read())))
+    return out
+
+
+def open_zarr(url: str):
+    """The dataset's zarr group at ``url`` (local or s3://), read-only."""
+    if storage.is_remote(url):
+        from zarr.storage import FsspecStore
+        store = FsspecStore.from_url(url, storage_options=storage.storage_options(url),
+                                     read_only=True)
+    else:
+        store = url.removeprefix("file://")
+    return zarr.open_group(store, mode="r")

@@ -12,7 +12,6 @@ from functools import cached_property
 
 import numpy as np
 
-from .. import storage
 from ..records import RecordError, loads
 from . import codecs, names
 from .records import DatasetIndex, Provenance, SampleHashes, ShardEntry
@@ -95,7 +94,6 @@ class Dataset:
     # -- reading samples ----------------------------------------------------------------------
     @cached_property
     def _zarr(self):
-        import zarr
         if "zarr" not in self.formats:
             raise DatasetError(f"{self.url}: this dataset has no zarr store")
         url = f"{self.url}/{names.ZARR_ROOT}"
@@ -107,14 +105,8 @@ class Dataset:
             if (size, digest) != (want.bytes, want.sha256):
                 raise DatasetError(f"{self.url}/{key}: {size} bytes sha256 {digest[:12]}..., "
                                    f"index.json says {want.bytes} bytes {want.sha256[:12]}...")
-        if storage.is_remote(url):
-            from zarr.storage import FsspecStore
-            store = FsspecStore.from_url(url, storage_options=storage.storage_options(url),
-                                         read_only=True)
-        else:
-            store = url.removeprefix("file://")
         try:
-            group = zarr.open_group(store, mode="r")
+            group = codecs.open_zarr(url)
             arrays = {name: group[name] for name in ZARR_ARRAYS}
         except Exception as exc:      # zarr raises many kinds for missing or corrupt metadata
             raise DatasetError(f"{url}: zarr metadata missing or unreadable ({type(exc).__name__}: "
