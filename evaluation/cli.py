@@ -56,6 +56,12 @@ def _register_evaluate(sub) -> None:
                                            "checkpoint's training crop size)")
     e.add_argument("--tolerance", type=float, default=2.0,
                    help="NSD tolerance in mm (default %(default)s)")
+    e.add_argument("--detection", choices=("dice", "any-voxel"), default="dice",
+                   help="when a true lesion counts as detected: dice (one predicted component "
+                        "matches it with Dice >= --detection-min-dice; the default) or any-voxel "
+                        "(any predicted tumor voxel overlaps it)")
+    e.add_argument("--detection-min-dice", type=float, default=0.2,
+                   help="match Dice of the dice rule (default %(default)s)")
     e.add_argument("--device", choices=DEVICES, default="auto",
                    help="where the model runs (default %(default)s: cuda when available)")
     add_allow_root(e)
@@ -70,15 +76,21 @@ def _evaluate(args) -> int:
         summary = evaluate(args.checkpoint, args.manifest, args.out, allow_roots=args.allow_root,
                            fold=args.fold, limit=args.limit, overlap=args.overlap,
                            sw_batch=args.sw_batch, roi=args.roi, tolerance_mm=args.tolerance,
-                           device=args.device)
+                           device=args.device, detection=args.detection,
+                           min_dice=args.detection_min_dice)
     except (ValueError, OSError) as exc:
         sys.exit(f"evaluate: {exc}")
     agg = summary["aggregate"]
-    print(f"tumor DSC {_fmt(agg['tumor_dice']['mean'])} (95% CI {agg['tumor_dice']['ci95']}), "
+    ci = agg["tumor_dice"]["ci95"]
+    det = agg["detection"]["all"]
+    rule = f"dice >= {args.detection_min_dice:g}" if args.detection == "dice" else "any-voxel"
+    print(f"tumor DSC {_fmt(agg['tumor_dice']['mean'])} (95% CI "
+          f"{f'{_fmt(ci[0])}-{_fmt(ci[1])}' if ci else 'n/a'}), "
           f"NSD {_fmt(agg['tumor_nsd']['mean'])}, global DSC {_fmt(agg['global_tumor_dice'])}, "
-          f"liver DSC {_fmt(agg['liver_dice']['mean'])}, lesion sensitivity "
-          f"{_fmt(agg['detection']['all']['sensitivity'])}, specificity "
-          f"{_fmt(agg['specificity']['value'])}")
+          f"liver DSC {_fmt(agg['liver_dice']['mean'])}")
+    print(f"lesion sensitivity {_fmt(det['sensitivity'])} ({det['detected']}/{det['lesions']}, "
+          f"rule {rule}), {det['false_positive_lesions']} false-positive lesion(s), "
+          f"specificity {_fmt(agg['specificity']['value'])}")
     print(f"report: {os.path.join(args.out, 'report.html')} (and report.md, summary.json, cases.csv)")
     return 0
 
@@ -103,8 +115,9 @@ def _compare(args) -> int:
     except (ValueError, OSError, KeyError) as exc:
         sys.exit(f"compare: {exc}")
     w, m = result["wilcoxon_tumor_dice"], result["mcnemar_lesions"]
-    print(f"{result['shared_cases']} shared case(s); mean tumor DSC A {_fmt(result['tumor_dice_mean']['a'])}"
-          f" vs B {_fmt(result['tumor_dice_mean']['b'])}")
+    print(f"{result['shared_cases']} shared case(s), matched by {result['matched_by']}; mean "
+          f"tumor DSC A {_fmt(result['tumor_dice_mean']['a'])} vs B "
+          f"{_fmt(result['tumor_dice_mean']['b'])}")
     print(f"Wilcoxon signed-rank on tumor DSC: n={w['n']}, p={_fmt(w['p_value'])}")
     print(f"McNemar on lesions: detected only by A {m['a_only']}, only by B {m['b_only']}, "
           f"both {m['both']}, neither {m['neither']}, exact p={_fmt(m['p_value'])}")

@@ -15,7 +15,8 @@ import numpy as np
 from tumorforge.manifests.conventions import BACKGROUND, LIVER, TUMOR
 from tumorforge.manifests.records import json_safe
 
-from .metrics import EMPTY_RULE, case_metrics, summarize
+from .metrics import (DEFAULT_MIN_DICE, EMPTY_RULE, case_metrics, detection_rule_text,
+                      summarize)
 
 if TYPE_CHECKING:            # infer imports torch; compare and the commands' parsers need none
     from .infer import Segmenter
@@ -37,7 +38,8 @@ def truth_labels(label: np.ndarray, label_map) -> np.ndarray:
 def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segmenter | None = None,
              allow_roots=(), fold: int | None = None, limit: int | None = None,
              overlap: float = 0.75, sw_batch: int = 2, roi: int | None = None,
-             tolerance_mm: float = 2.0, device: str = "auto", seed: int = 0, log=print) -> dict:
+             tolerance_mm: float = 2.0, device: str = "auto", seed: int = 0,
+             detection: str = "dice", min_dice: float = DEFAULT_MIN_DICE, log=print) -> dict:
     """Score a segmenter on the annotated scans of ``manifest`` (only ``fold``, the first ``limit``).
 
     ``segmenter(image, affine) -> labels``: HU in the file's voxel order and its 4x4 voxel-to-mm
@@ -76,9 +78,9 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
         img = nib.Nifti1Image(pred, image.info.affine)
         img.header.set_xyzt_units("mm")
         nib.save(img, os.path.join(out, "predictions", f"{e.scan_id}.nii.gz"))
-        m = case_metrics(pred, truth, image.info.spacing_mm, tolerance_mm)
-        m.update(scan_id=e.scan_id, role=e.role, source=e.source, fold=e.fold,
-                 seconds=round(time.perf_counter() - t0, 2))
+        m = case_metrics(pred, truth, image.info.spacing_mm, tolerance_mm, detection, min_dice)
+        m.update(scan_id=e.scan_id, scan_sha256=dict(e.sha256), role=e.role, source=e.source,
+                 fold=e.fold, seconds=round(time.perf_counter() - t0, 2))
         cases.append(m)
         if (truth == TUMOR).any() and len(examples) < 3:
             examples.append((e.scan_id, image.data, image.info.affine, truth, pred))
@@ -86,8 +88,10 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
             f"{_fmt(m['tumor_nsd'])}, liver DSC {_fmt(m['liver_dice'])}, lesions "
             f"{sum(l['detected'] for l in m['lesions'])}/{len(m['lesions'])}, FP lesions "
             f"{m['false_positive_lesions']} ({m['seconds']} s)")
-    summary = json_safe({**source, "manifest": manifest, "fold": fold, "inference": inference,
+    summary = json_safe({**source, "manifest": manifest, "manifest_sha256": _file_sha256(manifest),
+                         "fold": fold, "inference": inference,
                          "nsd_tolerance_mm": tolerance_mm,
+                         "detection_rule": detection_rule_text(detection, min_dice),
                          "aggregate": summarize(cases, seed=seed), "cases": cases,
                          "empty_mask_rule": EMPTY_RULE})
     with open(os.path.join(out, "summary.json"), "w") as f:
@@ -120,7 +124,11 @@ def _model_segmenter(checkpoint: str, device: str, roi: int | None, overlap: flo
     window_zyx = (roi,) * 3 if roi else prep.roi
     segmenter = functools.partial(segment, trained.model, prep=prep, roi=window_zyx,
                                   overlap=overlap, sw_batch=sw_batch)
-    source = {"checkpoint": trained.checkpoint, "model": trained.name, "step": trained.step}
+    source = {"checkpoint": trained.checkpoint, "model": trained.name, "step": trained.step,
+              "checkpoint_sha256": _file_sha256(trained.checkpoint),
+              "training_sources": [{"url": src.get("url"), "format": src.get("format"),
+                                    "weight": src.get("weight")}
+                                   for src in trained.config.get("sources", [])]}
     inference = {"spacing_mm": list(prep.spacing_mm), "window_hu": list(prep.window_hu),
                  "roi_zyx": list(window_zyx), "overlap": overlap, "mode": "gaussian",
                  "postprocess": f"largest liver component; tumor within the liver dilated by "
@@ -131,6 +139,16 @@ def _model_segmenter(checkpoint: str, device: str, roi: int | None, overlap: flo
 
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
+
+
+def _file_sha256(path: str) -> str:
+    import hashlib
+    from tumorforge.manifests import storage
+    digest = hashlib.sha256()
+    with storage.open_binary(path) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _write_csv(path: str, cases: list[dict]) -> None:
@@ -149,9 +167,22 @@ def compare(a_path: str, b_path: str) -> dict:
     McNemar on lesions (the same ground-truth lesion detected by one model and missed by the other)."""
     from scipy.stats import binomtest, wilcoxon
     a, b = (json.load(open(p)) for p in (a_path, b_path))
-    ca = {c["scan_id"]: c for c in a["cases"]}
-    cb = {c["scan_id"]: c for c in b["cases"]}
-    shared = sorted(set(ca) & set(cb))
+    hashed = all("scan_sha256" in c for c in [*a["cases"], *b["cases"]])
+    if hashed:
+        # Cases are the same scan when their files are: matched by content, never by name alone.
+        key = lambda c: f"{c['scan_sha256']['image']}:{c['scan_sha256']['label']}"
+        ids_a = {c["scan_id"]: key(c) for c in a["cases"]}
+        clash = sorted(c["scan_id"] for c in b["cases"]
+                       if c["scan_id"] in ids_a and ids_a[c["scan_id"]] != key(c))
+        if clash:
+            raise ValueError(f"{a_path} and {b_path} name different scans alike: {clash} have the "
+                             f"same scan id but other contents (sha256); compare evaluations of "
+                             f"the same scans")
+    else:
+        key = lambda c: c["scan_id"]
+    ca = {key(c): c for c in a["cases"]}
+    cb = {key(c): c for c in b["cases"]}
+    shared = sorted(set(ca) & set(cb), key=lambda k: ca[k]["scan_id"])
     if not shared:
         raise ValueError(f"{a_path} and {b_path} share no scan")
     pairs = [(ca[s]["tumor_dice"], cb[s]["tumor_dice"]) for s in shared
@@ -177,6 +208,11 @@ def compare(a_path: str, b_path: str) -> dict:
           "p_value": float(binomtest(only_a, discordant, 0.5).pvalue) if discordant else None}
     mean = lambda xs: float(np.mean(xs)) if xs else None
     return json_safe({"a": a_path, "b": b_path, "shared_cases": len(shared),
+                   "matched_by": "scan sha256" if hashed else
+                   "scan id only (a summary predates scan hashes: make sure both scored the "
+                   "same scans)",
+                   "a_checkpoint_sha256": a.get("checkpoint_sha256"),
+                   "b_checkpoint_sha256": b.get("checkpoint_sha256"),
                    "tumor_dice_mean": {"a": mean([x for x, _ in pairs]),
                                        "b": mean([y for _, y in pairs])},
                    "wilcoxon_tumor_dice": wil, "mcnemar_lesions": mc})

@@ -89,23 +89,65 @@ def size_bin(radius_mm: float) -> str:
     return next(name for name, lo, hi in SIZE_BINS_MM if lo <= radius_mm < hi)
 
 
-def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing, tolerance_mm: float = 2.0) -> dict:
+DETECTION_RULES = ("dice", "any-voxel")
+DEFAULT_MIN_DICE = 0.2
+
+
+def detection_rule_text(rule: str = "dice", min_dice: float = DEFAULT_MIN_DICE) -> str:
+    """The detection rule in words, as every report states it."""
+    if rule == "any-voxel":
+        return ("any-voxel: a true lesion is detected when any predicted tumor voxel overlaps it; "
+                "a predicted component touching no true tumor is a false positive")
+    return (f"dice >= {min_dice:g}: a true lesion is detected when one predicted component (26-"
+            f"connected) matches it with Dice >= {min_dice:g}; a predicted component that matches "
+            f"no true lesion so is a false positive")
+
+
+def match_lesions(gt_labels: np.ndarray, n_gt: int, pred_labels: np.ndarray, n_pred: int
+                  ) -> np.ndarray:
+    """Dice of every (true lesion, predicted component) pair, shape (n_gt, n_pred), from their
+    component labels (1-based; 0 is background)."""
+    overlap = (gt_labels > 0) & (pred_labels > 0)
+    pairs = np.bincount(gt_labels[overlap].astype(np.int64) * (n_pred + 1)
+                        + pred_labels[overlap].astype(np.int64),
+                        minlength=(n_gt + 1) * (n_pred + 1)).reshape(n_gt + 1, n_pred + 1)[1:, 1:]
+    gt_size = np.bincount(gt_labels.ravel(), minlength=n_gt + 1)[1:]
+    pred_size = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)[1:]
+    denom = gt_size[:, None] + pred_size[None, :]
+    return np.where(denom > 0, 2.0 * pairs / np.maximum(denom, 1), 0.0)
+
+
+def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing, tolerance_mm: float = 2.0,
+                 rule: str = "dice", min_dice: float = DEFAULT_MIN_DICE) -> dict:
     """Per-case metrics from label volumes (0 background, 1 liver, 2 tumor) on one grid.
 
-    Liver is liver or tumor voxels. A ground-truth lesion is detected when any predicted tumor voxel
-    overlaps it; a predicted lesion touching no ground-truth tumor is a false positive.
+    Liver is liver or tumor voxels. Detection (``rule``, see :func:`detection_rule_text`): by
+    default a true lesion is detected when one predicted component matches it with Dice >=
+    ``min_dice``, so a blob of false positive tumor that merely touches a lesion does not detect
+    it; ``any-voxel`` is the lenient rule. Each true lesion records its size, center (voxel),
+    best match Dice and whether it was detected.
     """
+    if rule not in DETECTION_RULES:
+        raise ValueError(f"detection rule {rule!r}: expected one of {DETECTION_RULES}")
     spacing = tuple(float(s) for s in spacing)
     pt, tt = pred == TUMOR, truth == TUMOR
     voxel_ml = float(np.prod(spacing)) / 1000.0
     gt_labels, gt = lesions(tt, spacing)
-    hit = set(np.unique(gt_labels[pt]).tolist())
-    for les in gt:
-        les["detected"] = les["id"] in hit
-        les["size_bin"] = size_bin(les["radius_mm"])
     pred_labels, predicted = lesions(pt, spacing)
-    touching = set(np.unique(pred_labels[tt]).tolist()) - {0}
-    fp = len(predicted) - len(touching)
+    scores = match_lesions(gt_labels, len(gt), pred_labels, len(predicted))
+    centers = ndi.center_of_mass(np.ones_like(gt_labels), gt_labels, range(1, len(gt) + 1)) \
+        if gt else []
+    for n, les in enumerate(gt):
+        best = float(scores[n].max()) if len(predicted) else 0.0
+        les["best_dice"] = best
+        les["center_vox"] = [int(round(c)) for c in centers[n]]
+        les["detected"] = best > 0 if rule == "any-voxel" else best >= min_dice
+        les["size_bin"] = size_bin(les["radius_mm"])
+    if rule == "any-voxel":
+        matched = (scores > 0).any(axis=0) if gt else np.zeros(len(predicted), bool)
+    else:
+        matched = (scores >= min_dice).any(axis=0) if gt else np.zeros(len(predicted), bool)
+    fp = int(len(predicted) - np.count_nonzero(matched))
     return {"tumor_dice": dice(pt, tt), "tumor_nsd": nsd(pt, tt, spacing, tolerance_mm),
             "liver_dice": dice(pred >= LIVER, truth >= LIVER),
             "tumor_volume_true_ml": round(int(tt.sum()) * voxel_ml, 4),
@@ -115,7 +157,9 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing, tolerance_mm: flo
             "tumor_voxels_true": int(tt.sum()), "tumor_voxels_pred": int(pt.sum()),
             "lesions": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in les.items()}
                         for les in gt],
-            "false_positive_lesions": fp, "any_predicted_tumor": bool(pt.any())}
+            "false_positive_lesions": fp, "predicted_lesions": len(predicted),
+            "any_predicted_tumor": bool(pt.any()),
+            "detection_rule": detection_rule_text(rule, min_dice)}
 
 
 def bootstrap_ci(values, statistic=np.mean, n_boot: int = 2000, seed: int = 0,
@@ -145,6 +189,7 @@ def summarize(cases: list[dict], seed: int = 0) -> dict:
     inter = sum(c["tumor_overlap_voxels"] for c in tumor)
     total = sum(c["tumor_voxels_true"] + c["tumor_voxels_pred"] for c in tumor)
     all_lesions = [(i, les) for i, c in enumerate(cases) for les in c["lesions"]]
+    fp_total = int(sum(c["false_positive_lesions"] for c in cases))   # beside every sensitivity
     detection = {}
     for name, _, _ in SIZE_BINS_MM + (("all", 0, 0),):
         pool = [(i, les) for i, les in all_lesions if name == "all" or les["size_bin"] == name]
@@ -152,7 +197,8 @@ def summarize(cases: list[dict], seed: int = 0) -> dict:
         ci = _case_bootstrap_sensitivity(pool, len(cases), seed) if pool else None
         detection[name] = {"lesions": len(pool), "detected": hits,
                            "sensitivity": hits / len(pool) if pool else None,
-                           "ci95": list(ci) if ci else None}
+                           "ci95": list(ci) if ci else None,
+                           "false_positive_lesions": fp_total}
     fp_free = [not c["any_predicted_tumor"] for c in healthy]
     return {
         "cases": len(cases), "tumor_cases": len(tumor), "healthy_cases": len(healthy),
@@ -166,6 +212,8 @@ def summarize(cases: list[dict], seed: int = 0) -> dict:
         "specificity": {"healthy_scans": len(healthy), "true_negatives": int(sum(fp_free)),
                         "value": (sum(fp_free) / len(healthy)) if healthy else None},
         "empty_mask_rule": EMPTY_RULE,
+        "detection_rule": next((c["detection_rule"] for c in cases if "detection_rule" in c),
+                               detection_rule_text()),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import os
 
@@ -116,8 +117,14 @@ def write_report(out: str, summary: dict, examples: list) -> dict:
                ["specificity (healthy scans)", _f(agg["specificity"]["value"], True),
                 agg["specificity"]["healthy_scans"]]]
     det = [[n, f"{d['detected']}/{d['lesions']}", _f(d["sensitivity"], True),
-            f"[{_f(d['ci95'][0], True)}, {_f(d['ci95'][1], True)}]" if d["ci95"] else "n/a"]
+            f"[{_f(d['ci95'][0], True)}, {_f(d['ci95'][1], True)}]" if d["ci95"] else "n/a",
+            d.get("false_positive_lesions", "n/a")]
            for n, d in agg["detection"].items()]
+    per_lesion = [[c["scan_id"], les["id"], _f(les["radius_mm"]), les["size_bin"],
+                   " ".join(str(v) for v in les.get("center_vox", [])),
+                   _f(les.get("best_dice")), "yes" if les["detected"] else "no"]
+                  for c in summary["cases"] for les in c["lesions"]]
+    rule = summary.get("detection_rule") or agg.get("detection_rule", "")
     cases = [[c["scan_id"], c["role"], _f(c["tumor_dice"]), _f(c["tumor_nsd"]), _f(c["liver_dice"]),
               f"{sum(l['detected'] for l in c['lesions'])}/{len(c['lesions'])}",
               c["false_positive_lesions"]] for c in summary["cases"]]
@@ -128,10 +135,15 @@ def write_report(out: str, summary: dict, examples: list) -> dict:
           "## Metrics (95% bootstrap intervals over cases)", "",
           _table(metrics, ["metric", "value", "n"]), "",
           "## Detection by tumor size", "",
-          "A ground-truth lesion (26-connected component) is detected if any predicted tumor "
-          "voxel overlaps it; size is the equivalent-sphere radius.", "",
-          _table(det, ["radius (mm)", "detected", "sensitivity", "95% CI"]), "",
+          f"Detection rule: {rule}. Lesions are 26-connected components; size is the "
+          "equivalent-sphere radius. False-positive lesions are counted over all scans.", "",
+          _table(det, ["radius (mm)", "detected", "sensitivity", "95% CI",
+                       "false-positive lesions"]), "",
           "![detection by size](detection_by_size.png)", "",
+          "## Per lesion", "",
+          _table(per_lesion, ["scan", "lesion", "radius (mm)", "size", "center (voxel)",
+                              "best match Dice", "detected"]) if per_lesion else
+          "No ground-truth lesion.", "",
           "## Per case", "", "![per-case DSC](case_dice.png)", "",
           _table(cases, ["scan", "role", "tumor DSC", "tumor NSD", "liver DSC", "lesions",
                          "FP lesions"]), ""]
@@ -143,12 +155,18 @@ def write_report(out: str, summary: dict, examples: list) -> dict:
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(text)
     with open(os.path.join(out, "report.html"), "w") as f:
-        f.write(_html(text))
+        f.write(_html(text, out))
     return figs
 
 
-def _html(markdown: str) -> str:
-    """A small Markdown-to-HTML rendering (headings, tables, images, paragraphs)."""
+def _embedded(src: str, folder: str) -> str:
+    """An image of ``folder`` as a data URI, so the HTML report stands alone when moved."""
+    with open(os.path.join(folder, src), "rb") as f:
+        return "data:image/png;base64," + base64.b64encode(f.read()).decode()
+
+
+def _html(markdown: str, folder: str) -> str:
+    """A small Markdown-to-HTML rendering (headings, tables, images embedded, paragraphs)."""
     body, table = [], []
 
     def flush():
@@ -167,7 +185,8 @@ def _html(markdown: str) -> str:
         flush()
         if line.startswith("!["):
             alt, src = line[2:].split("](")
-            body.append(f'<p><img src="{html.escape(src[:-1])}" alt="{html.escape(alt)}"></p>')
+            body.append(f'<p><img src="{_embedded(src[:-1], folder)}" '
+                        f'alt="{html.escape(alt)}"></p>')
         elif line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
             body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")

@@ -155,6 +155,13 @@ def test_evaluate_scores_a_known_answer(lits_manifest, tmp_path):
         assert (out / name).stat().st_size > 0
     report = (out / "report.md").read_text()
     assert "# Evaluation of oracle\n" in report and "empty" in report
+    assert "Detection rule: dice >= 0.2" in report and "## Per lesion" in report
+    assert summary["detection_rule"].startswith("dice >= 0.2")
+    # The HTML report stands alone: moved elsewhere, its figures are still there.
+    moved = tmp_path / "elsewhere.html"
+    (out / "report.html").rename(moved)
+    html = moved.read_text()
+    assert html.count("data:image/png;base64,") == 4 and 'src="detection' not in html
 
 
 def test_evaluate_runs_a_checkpoint_with_its_preprocessing(lits_manifest, tmp_path):

@@ -136,3 +136,62 @@ def test_compare_command_writes_json(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["shared_cases"] == 2 and result["mcnemar_lesions"]["a_only"] == 1
     assert "Wilcoxon" in capsys.readouterr().out
+
+
+def test_blob_touching_a_lesion_is_not_a_detection_under_the_strict_rule():
+    """Issue 13: a model predicting a 6 L blob of tumor 'detected' every lesion under the any-voxel
+    rule. By default a lesion needs one predicted component with Dice >= 0.2; the blob is counted
+    as a false positive instead."""
+    spacing = (1.0, 1.0, 1.0)
+    truth = np.zeros((80, 80, 80), np.uint8)
+    truth[2:78, 2:78, 2:78] = 1
+    lesion = ball(truth.shape, (20, 20, 20), 5.0, spacing)               # ~520 voxels
+    truth[lesion] = 2
+    pred = (truth >= 1).astype(np.uint8)
+    blob = ball(truth.shape, (38, 38, 38), 30.0, spacing)               # ~113,000 voxels
+    pred[blob] = 2                                                      # covers part of the lesion
+    assert (blob & lesion).any() and not lesion[blob].all()
+    strict = case_metrics(pred, truth, spacing)
+    (les,) = strict["lesions"]
+    assert not les["detected"] and les["best_dice"] < 0.2
+    assert strict["false_positive_lesions"] == 1 and "Dice >= 0.2" in strict["detection_rule"]
+    lenient = case_metrics(pred, truth, spacing, rule="any-voxel")
+    assert lenient["lesions"][0]["detected"] and lenient["false_positive_lesions"] == 0
+    # A partial but real match detects it: half the lesion predicted, Dice ~0.67.
+    half = (truth >= 1).astype(np.uint8)
+    half[lesion & (np.indices(truth.shape)[0] >= 20)] = 2
+    ok = case_metrics(half, truth, spacing)
+    assert ok["lesions"][0]["detected"] and 0.5 < ok["lesions"][0]["best_dice"] < 0.8
+    assert ok["false_positive_lesions"] == 0 and ok["lesions"][0]["center_vox"] == [20, 20, 20]
+    summary = summarize([strict, ok])
+    assert summary["detection"]["all"]["false_positive_lesions"] == 1
+    with pytest.raises(ValueError, match="detection rule"):
+        case_metrics(pred, truth, spacing, rule="overlap")
+
+
+def test_compare_matches_scans_by_content_and_refuses_same_ids_with_other_contents(tmp_path,
+                                                                                    capsys):
+    """compare paired two evaluations of different phantom sets because their scan ids matched,
+    and printed a p-value without a warning. Summaries now carry each scan's sha256."""
+    from tumorforge.cluster.front_door import main
+
+    def summary(path, shas):
+        cases = [{"scan_id": f"lits-{i}", "scan_sha256": {"image": sha, "label": "l" + sha},
+                  "tumor_dice": 0.5 + 0.1 * i, "lesions": [{"id": 1, "detected": True}]}
+                 for i, sha in enumerate(shas)]
+        path.write_text(json.dumps({"cases": cases}))
+        return str(path)
+    a = summary(tmp_path / "a.json", ["s0", "s1", "s2"])
+    same = summary(tmp_path / "same.json", ["s0", "s1", "s2"])
+    other = summary(tmp_path / "other.json", ["s0", "x1", "x2"])
+    assert compare(a, same)["matched_by"] == "scan sha256"
+    with pytest.raises(ValueError) as exc:
+        compare(a, other)
+    assert "['lits-1', 'lits-2']" in str(exc.value)
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", a, other])
+    assert "same scan id but other contents" in str(exc.value.code)
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text(json.dumps({"cases": [{k: v for k, v in c.items() if k != "scan_sha256"}
+                                            for c in json.loads(open(a).read())["cases"]]}))
+    assert compare(a, str(legacy))["matched_by"].startswith("scan id only")
