@@ -64,6 +64,8 @@ def _register_evaluate(sub) -> None:
                    help="match Dice of the dice rule (default %(default)s)")
     e.add_argument("--device", choices=DEVICES, default="auto",
                    help="where the model runs (default %(default)s: cuda when available)")
+    e.add_argument("--no-progress", action="store_true",
+                   help="no progress bar over each scan's sliding windows")
     add_allow_root(e)
     e.set_defaults(func=_evaluate)
 
@@ -77,7 +79,7 @@ def _evaluate(args) -> int:
                            fold=args.fold, limit=args.limit, overlap=args.overlap,
                            sw_batch=args.sw_batch, roi=args.roi, tolerance_mm=args.tolerance,
                            device=args.device, detection=args.detection,
-                           min_dice=args.detection_min_dice)
+                           min_dice=args.detection_min_dice, progress=not args.no_progress)
     except (ValueError, OSError) as exc:
         sys.exit(f"evaluate: {exc}")
     agg = summary["aggregate"]

@@ -39,7 +39,8 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
              allow_roots=(), fold: int | None = None, limit: int | None = None,
              overlap: float = 0.75, sw_batch: int = 2, roi: int | None = None,
              tolerance_mm: float = 2.0, device: str = "auto", seed: int = 0,
-             detection: str = "dice", min_dice: float = DEFAULT_MIN_DICE, log=print) -> dict:
+             detection: str = "dice", min_dice: float = DEFAULT_MIN_DICE, progress: bool = False,
+             log=print) -> dict:
     """Score a segmenter on the annotated scans of ``manifest`` (only ``fold``, the first ``limit``).
 
     ``segmenter(image, affine) -> labels``: HU in the file's voxel order and its 4x4 voxel-to-mm
@@ -63,7 +64,8 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
     if not entries:
         raise ValueError(f"{manifest}: no scans to evaluate (fold {fold})")
     if segmenter is None:
-        segmenter, source, inference = _model_segmenter(checkpoint, device, roi, overlap, sw_batch)
+        segmenter, source, inference = _model_segmenter(checkpoint, device, roi, overlap, sw_batch,
+                                                        progress)
     else:
         source = {"checkpoint": checkpoint, "step": None,
                   "model": getattr(segmenter, "__name__", type(segmenter).__name__)}
@@ -113,7 +115,7 @@ def _checked(pred, shape, entry) -> np.ndarray:
 
 
 def _model_segmenter(checkpoint: str, device: str, roi: int | None, overlap: float,
-                     sw_batch: int) -> tuple[Segmenter, dict, dict]:
+                     sw_batch: int, progress: bool = False) -> tuple[Segmenter, dict, dict]:
     """The checkpoint's model as a segmenter, what to record of the checkpoint, and the inference
     settings it runs with (from its preprocessing record, ``roi`` overriding the window size)."""
     import functools
@@ -123,11 +125,11 @@ def _model_segmenter(checkpoint: str, device: str, roi: int | None, overlap: flo
     prep = trained.preprocessing
     window_zyx = (roi,) * 3 if roi else prep.roi
     segmenter = functools.partial(segment, trained.model, prep=prep, roi=window_zyx,
-                                  overlap=overlap, sw_batch=sw_batch)
+                                  overlap=overlap, sw_batch=sw_batch, progress=progress)
     source = {"checkpoint": trained.checkpoint, "model": trained.name, "step": trained.step,
               "checkpoint_sha256": _file_sha256(trained.checkpoint),
-              "training_sources": [{"url": src.get("url"), "format": src.get("format"),
-                                    "weight": src.get("weight")}
+              "training_sources": [{k: src.get(k) for k in ("url", "dataset_id", "format",
+                                                            "weight")}
                                    for src in trained.config.get("sources", [])]}
     inference = {"spacing_mm": list(prep.spacing_mm), "window_hu": list(prep.window_hu),
                  "roi_zyx": list(window_zyx), "overlap": overlap, "mode": "gaussian",

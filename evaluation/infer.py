@@ -61,11 +61,12 @@ def postprocess(labels: np.ndarray, dilate_mm: float = DILATE_MM, spacing=(1.0, 
 @torch.no_grad()
 def segment(model, image: np.ndarray, affine: np.ndarray, prep: Preprocessing,
             roi: tuple[int, int, int] | None = None, overlap: float = 0.75, sw_batch: int = 2,
-            dilate_mm: float = DILATE_MM, device=None) -> np.ndarray:
+            dilate_mm: float = DILATE_MM, device=None, progress: bool = False) -> np.ndarray:
     """Labels (0/1/2, uint8) for a whole scan of HU values in its own voxel order and grid.
 
     ``prep``: the model's preprocessing (spacing in mm, HU window, sliding-window size); ``roi``
-    overrides its window size, in voxels along the model's (Z, Y, X).
+    overrides its window size, in voxels along the model's (Z, Y, X). ``progress``: a tqdm bar
+    over the scan's sliding windows on stderr, with an ETA (a scan takes minutes on a CPU).
     """
     from monai.inferers import sliding_window_inference
     device = device or next(model.parameters()).device
@@ -82,7 +83,8 @@ def segment(model, image: np.ndarray, affine: np.ndarray, prep: Preprocessing,
         box = tuple(slice(a, b) for a, b in zip(lo, hi))
         x = window(torch.from_numpy(np.ascontiguousarray(ras_to_zyx(iso[box]))), prep.window_hu)
         logits = sliding_window_inference(x[None, None], roi, sw_batch, model, overlap=overlap,
-                                          mode="gaussian", sw_device=device, device="cpu")
+                                          mode="gaussian", sw_device=device, device="cpu",
+                                          progress=progress)
         lab_iso[box] = zyx_to_ras(logits.argmax(1)[0].numpy().astype(np.uint8))
     lab_iso = postprocess(lab_iso, dilate_mm, prep.spacing_mm)
     # Back to the RAS grid of the file (shared voxel 0; input voxel v is at v / factors), then to

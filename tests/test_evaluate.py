@@ -164,15 +164,21 @@ def test_evaluate_scores_a_known_answer(lits_manifest, tmp_path):
     assert html.count("data:image/png;base64,") == 4 and 'src="detection' not in html
 
 
-def test_evaluate_runs_a_checkpoint_with_its_preprocessing(lits_manifest, tmp_path):
+def test_evaluate_runs_a_checkpoint_with_its_preprocessing(lits_manifest, tmp_path, capsys):
     prep = Preprocessing(spacing_mm=(2.0, 2.0, 2.0), crop_size=(32, 32, 32),
                          window_hu=(-50.0, 250.0), class_names=LABEL_NAMES,
                          dataset_ids=("ds-a", "ds-b"))
     path = _checkpoint(tmp_path / "run" / "checkpoints", prep)
     out = tmp_path / "eval"
     summary = evaluate(str(tmp_path / "run"), str(lits_manifest), str(out), overlap=0.0,
-                       device="cpu", limit=1, log=lambda _: None)
+                       device="cpu", limit=1, progress=True, log=lambda _: None)
     assert (summary["checkpoint"], summary["model"], summary["step"]) == (path, "unet", 0)
+    # Lineage: the checkpoint's and the manifest's sha256, the scan's, the training sources.
+    import hashlib
+    assert summary["checkpoint_sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
+    assert summary["manifest_sha256"] == hashlib.sha256(lits_manifest.read_bytes()).hexdigest()
+    assert set(summary["cases"][0]["scan_sha256"]) == {"image", "label"}
+    assert "100%" in capsys.readouterr().err            # the sliding-window progress bar
     inference = _strict(out / "summary.json")["inference"]
     assert inference["spacing_mm"] == [2.0, 2.0, 2.0] and inference["window_hu"] == [-50.0, 250.0]
     assert inference["roi_zyx"] == [32, 32, 32] and inference["dataset_ids"] == ["ds-a", "ds-b"]

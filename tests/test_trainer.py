@@ -126,6 +126,13 @@ def test_resume_continues_exactly(datasets, tmp_path, workers):
     assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == \
         ["step-000000002.pt", "step-000000004.pt"]
     assert (straight / "tensorboard").is_dir()
+    if workers == 0:       # lineage: the checkpoint names the dataset id of every source
+        import torch
+        from tumorforge.manifests.dataset.reader import Dataset
+        state = torch.load(straight / "checkpoints" / "step-000000004.pt", weights_only=True)
+        config = json.loads(state["config"])
+        assert [s["dataset_id"] for s in config["sources"]] == \
+            [Dataset(s["url"]).dataset_id for s in config["sources"]]
 
 
 def test_corrupt_samples_are_skipped_and_logged(datasets, tmp_path):

@@ -114,6 +114,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
         preprocessing = Preprocessing.of_datasets(stream.datasets)
     except RecordError as exc:
         raise TrainError(str(exc)) from None
+    # Lineage: the checkpoint's config names each source's dataset id, as found when it was opened.
+    saved_config = cfg.to_json()
+    for src, ds in zip(saved_config["sources"], stream.datasets):
+        src["dataset_id"] = ds.dataset_id
     loader = DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers,
                         collate_fn=collate, persistent_workers=cfg.workers > 0)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -179,7 +183,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
             checkpoint.save(ckpt_dir, step, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "batches": batches, "corrupt": corrupt,
-                "loader": _loader_signature(cfg, world), "config": json.dumps(cfg.to_json()),
+                "loader": _loader_signature(cfg, world), "config": json.dumps(saved_config),
                 "preprocessing": json.dumps(preprocessing.to_json())},
                 cfg.keep)
     if metrics:
