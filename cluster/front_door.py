@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tumorforge.manifests import cli as manifests_cli
     from tumorforge.trainer import cli as trainer_cli
     from . import cli as cluster_cli
-    from . import demo
+    from . import demo, experiment
 
     parser = argparse.ArgumentParser(
         prog="tumorforge",
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tumorforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo.register(sub)
+    experiment.register(sub)
     manifests_cli.register(sub)
     generator_cli.register(sub)
     cluster_cli.register(sub)

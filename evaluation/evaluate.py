@@ -90,7 +90,7 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
             f"{_fmt(m['tumor_nsd'])}, liver DSC {_fmt(m['liver_dice'])}, lesions "
             f"{sum(l['detected'] for l in m['lesions'])}/{len(m['lesions'])}, FP lesions "
             f"{m['false_positive_lesions']} ({m['seconds']} s)")
-    summary = json_safe({**source, "manifest": manifest, "manifest_sha256": _file_sha256(manifest),
+    summary = json_safe({**source, "manifest": manifest, "manifest_sha256": file_sha256(manifest),
                          "fold": fold, "inference": inference,
                          "nsd_tolerance_mm": tolerance_mm,
                          "detection_rule": detection_rule_text(detection, min_dice),
@@ -127,7 +127,7 @@ def _model_segmenter(checkpoint: str, device: str, roi: int | None, overlap: flo
     segmenter = functools.partial(segment, trained.model, prep=prep, roi=window_zyx,
                                   overlap=overlap, sw_batch=sw_batch, progress=progress)
     source = {"checkpoint": trained.checkpoint, "model": trained.name, "step": trained.step,
-              "checkpoint_sha256": _file_sha256(trained.checkpoint),
+              "checkpoint_sha256": file_sha256(trained.checkpoint),
               "training_sources": [{k: src.get(k) for k in ("url", "dataset_id", "format",
                                                             "weight")}
                                    for src in trained.config.get("sources", [])]}
@@ -143,7 +143,8 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def _file_sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes (local or s3://), read in blocks."""
     import hashlib
     from tumorforge.manifests import storage
     digest = hashlib.sha256()

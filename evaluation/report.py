@@ -155,7 +155,7 @@ def write_report(out: str, summary: dict, examples: list) -> dict:
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(text)
     with open(os.path.join(out, "report.html"), "w") as f:
-        f.write(_html(text, out))
+        f.write(html_page(text, out))
     return figs
 
 
@@ -165,7 +165,7 @@ def _embedded(src: str, folder: str) -> str:
         return "data:image/png;base64," + base64.b64encode(f.read()).decode()
 
 
-def _html(markdown: str, folder: str) -> str:
+def html_page(markdown: str, folder: str) -> str:
     """A small Markdown-to-HTML rendering (headings, tables, images embedded, paragraphs)."""
     body, table = [], []
 

@@ -15,8 +15,9 @@ ALLOWED = {
     "trainer": {"manifests"},
     "evaluation": {"manifests", "generator", "trainer"},
 }
-# The front door composes every stage's commands, and the demo runs every stage end to end.
-FRONT_DOOR = {"cluster/front_door.py", "cluster/__main__.py", "cluster/demo.py"}
+# The front door composes every stage's commands; the demo and the experiment run every stage.
+FRONT_DOOR = {"cluster/front_door.py", "cluster/__main__.py", "cluster/demo.py",
+              "cluster/experiment.py"}
 
 
 def _imports(path: Path):

@@ -1,0 +1,351 @@
+"""``tumorforge experiment SPEC.yaml``: the paper's experiment (real vs synthetic vs real+synthetic
+tumors, k-fold) as one resumable command.
+
+For each test fold of an annotated manifest (LiTS-style, with folds) and each arm, it generates the
+arm's training dataset (a generation job: the ``real`` profile crops the training folds' own tumors;
+a synthesis profile paints tumors into the healthy pool, once for every fold, since the pool does not
+depend on the fold), trains a model on it (or on a mix of other arms' datasets), and scores it on the
+held-out fold. Then it pools each arm's cases over the folds, tests every pair of arms on the same
+cases (by scan sha256), and writes ``experiment.json`` and a report with the lineage of every number.
+
+Every step is skipped when its result is already there and belongs to this spec: a generation job
+resumes its own shards, training resumes from its checkpoints, an evaluation is redone only if it
+is missing or was made from another checkpoint. So a half-finished experiment finishes by rerunning
+the same command.
+
+This module orchestrates every stage, as the demo does (it is allowed to import them all).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import yaml
+
+from tumorforge.manifests.records import canonical_json
+
+RESULT = "experiment.json"
+
+
+class ExperimentError(ValueError):
+    """A spec or an input the experiment cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way of making training data. ``profile`` (a generation profile; ``real`` crops the
+    training folds' own tumors) or ``mix`` (names of other arms whose datasets are mixed, equal
+    weights). ``generator``: GeneratorConfig fields over the experiment's."""
+
+    name: str
+    profile: str = ""
+    mix: tuple[str, ...] = ()
+    samples: int = 0
+    generator: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """What an experiment runs; read from YAML by :func:`load_spec`."""
+
+    name: str
+    annotated: str                    # manifest of annotated scans with folds (role tumor/healthy)
+    healthy: str                      # manifest of the healthy pool synthesis paints into
+    folds: tuple[int, ...]            # the test folds to run
+    arms: tuple[Arm, ...]
+    out: str = "experiment"
+    samples: int = 512                # samples per generated dataset (an arm may say otherwise)
+    samples_per_shard: int = 64
+    root_seed: int = 0
+    actors: int = 2
+    generator: dict = field(default_factory=dict)   # GeneratorConfig fields of every arm
+    train: dict = field(default_factory=dict)       # TrainConfig fields (model, steps, ...)
+    evaluate: dict = field(default_factory=dict)    # overlap, detection, min_dice, sw_batch
+    allow_roots: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["arms"] = [dataclasses.asdict(a) for a in self.arms]
+        return json.loads(json.dumps(out))
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(canonical_json(self.to_json()).encode()).hexdigest()
+
+
+EVALUATE_KEYS = ("overlap", "detection", "min_dice", "sw_batch", "roi", "tolerance_mm")
+
+
+def load_spec(path: str, out: str | None = None) -> ExperimentSpec:
+    """Read and check an experiment spec (YAML); ``out`` overrides its output folder."""
+    try:
+        with open(path) as f:
+            obj = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ExperimentError(f"{path}: cannot read the experiment spec ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ExperimentError(f"{path}: expected a mapping of experiment fields")
+    known = {f.name for f in dataclasses.fields(ExperimentSpec)}
+    unknown = sorted(set(obj) - known)
+    if unknown:
+        raise ExperimentError(f"{path}: unknown field(s) {unknown}; expected some of {sorted(known)}")
+    missing = sorted({"name", "annotated", "healthy", "folds", "arms"} - set(obj))
+    if missing:
+        raise ExperimentError(f"{path}: missing field(s) {missing}")
+    base = os.path.dirname(os.path.abspath(path))
+    for key in ("annotated", "healthy"):          # relative to the spec file, like manifests
+        if not os.path.isabs(obj[key]) and "://" not in obj[key]:
+            obj[key] = os.path.join(base, obj[key])
+    arms = []
+    for n, a in enumerate(obj["arms"] or []):
+        if not isinstance(a, dict) or set(a) - {f.name for f in dataclasses.fields(Arm)}:
+            raise ExperimentError(f"{path}: arm {n}: expected name, profile or mix, samples, "
+                                  f"generator; found {a!r}")
+        arms.append(Arm(**{**a, "mix": tuple(a.get("mix", ()))}))
+    obj["arms"] = tuple(arms)
+    obj["folds"] = tuple(int(k) for k in obj["folds"])
+    obj["allow_roots"] = tuple(obj.get("allow_roots", ()))
+    if out:
+        obj["out"] = out
+    spec = ExperimentSpec(**obj)
+    _check(spec, path)
+    return spec
+
+
+def _check(spec: ExperimentSpec, where: str) -> None:
+    names = [a.name for a in spec.arms]
+    if not names or len(set(names)) != len(names):
+        raise ExperimentError(f"{where}: arms need distinct names, found {names}")
+    for a in spec.arms:
+        if bool(a.profile) == bool(a.mix):
+            raise ExperimentError(f"{where}: arm {a.name!r}: give either a profile or a mix")
+        unknown = sorted(set(a.mix) - {b.name for b in spec.arms if b.profile})
+        if unknown:
+            raise ExperimentError(f"{where}: arm {a.name!r} mixes {unknown}, which are not "
+                                  f"arms with a profile")
+    unknown = sorted(set(spec.evaluate) - set(EVALUATE_KEYS))
+    if unknown:
+        raise ExperimentError(f"{where}: evaluate: unknown field(s) {unknown}; expected some of "
+                              f"{list(EVALUATE_KEYS)}")
+    if not spec.folds:
+        raise ExperimentError(f"{where}: folds: expected at least one test fold")
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps
+
+
+def _split(spec: ExperimentSpec, fold: int, folder: str) -> tuple[str, str]:
+    """(training manifest, test manifest) of one fold, written into ``folder``."""
+    from tumorforge.manifests.schema import default_roots, read_manifest, write_jsonl
+    entries = read_manifest(spec.annotated, default_roots(spec.annotated, spec.allow_roots))
+    if any(e.fold is None for e in entries):
+        raise ExperimentError(f"{spec.annotated}: scans without a fold; assign folds first "
+                              f"(tumorforge manifest split)")
+    test = [e for e in entries if e.fold == fold]
+    train = [e for e in entries if e.fold != fold]
+    if not test or not any(e.role == "tumor" for e in train):
+        raise ExperimentError(f"{spec.annotated}: fold {fold} leaves {len(test)} test scan(s) and "
+                              f"{sum(e.role == 'tumor' for e in train)} training scan(s) with "
+                              f"tumors; expected some of each")
+    os.makedirs(folder, exist_ok=True)
+    paths = os.path.join(folder, "train.jsonl"), os.path.join(folder, "test.jsonl")
+    write_jsonl(paths[0], train)
+    write_jsonl(paths[1], test)
+    return paths
+
+
+def _generate(spec: ExperimentSpec, arm: Arm, manifest: str, output: str, log) -> str:
+    """The arm's dataset (a resumable generation job); returns its dataset id."""
+    from tumorforge.generator.config import GeneratorConfig
+    from tumorforge.manifests.dataset.reader import Dataset, DatasetError
+    from .job import run_job
+    from .spec import JobSpec, Resources
+    config = GeneratorConfig.from_json({**spec.generator, **arm.generator, "profile": arm.profile})
+    job = JobSpec(manifest=manifest, output=output, samples=arm.samples or spec.samples,
+                  samples_per_shard=spec.samples_per_shard, root_seed=spec.root_seed,
+                  formats=("zarr",), allow_roots=tuple(spec.allow_roots), generator=config,
+                  resources=Resources(actors=spec.actors))
+    try:
+        return Dataset(output).dataset_id           # finished before: the job would redo nothing
+    except DatasetError:
+        pass
+    result = run_job(job, progress=False, log=lambda m: log(f"  {m}"))
+    if not result.ok:
+        raise ExperimentError(f"generation of arm {arm.name!r} into {output} failed: "
+                              f"{result.failed}")
+    return result.dataset_id
+
+
+def _train(spec: ExperimentSpec, datasets: list[str], folder: str, log) -> str:
+    """A model trained on ``datasets`` (equal weights) in ``folder``; resumes. Returns the newest
+    checkpoint's path."""
+    from tumorforge.trainer import checkpoint as ckpt
+    from tumorforge.trainer.config import load_config
+    from tumorforge.trainer.train import train
+    cfg = load_config(None, {**spec.train, "sources": [{"url": d} for d in datasets],
+                             "out": folder, "seed": spec.root_seed})
+    steps = ckpt.list_steps(os.path.join(folder, "checkpoints"))
+    if not steps or steps[-1] < cfg.steps:
+        train(cfg, resume=bool(steps), log=lambda m: log(f"  {m}"))
+    folder_ck = os.path.join(folder, "checkpoints")
+    return ckpt.path_for(folder_ck, ckpt.list_steps(folder_ck)[-1])
+
+
+def _evaluate(spec: ExperimentSpec, checkpoint: str, test: str, folder: str, log) -> dict:
+    """The evaluation of ``checkpoint`` on the test fold; kept if it was made from that very
+    checkpoint (sha256), redone otherwise."""
+    from tumorforge.evaluation.evaluate import evaluate, file_sha256
+    summary_path = os.path.join(folder, "summary.json")
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            done = json.load(f)
+        if done.get("checkpoint_sha256") == file_sha256(checkpoint):
+            return done
+    kw = dict(spec.evaluate)
+    return evaluate(checkpoint, test, folder, allow_roots=spec.allow_roots,
+                    overlap=kw.get("overlap", 0.75), sw_batch=kw.get("sw_batch", 2),
+                    roi=kw.get("roi"), tolerance_mm=kw.get("tolerance_mm", 2.0),
+                    detection=kw.get("detection", "dice"), min_dice=kw.get("min_dice", 0.2),
+                    log=lambda m: log(f"  {m}"))
+
+
+def run(spec: ExperimentSpec, log=print) -> dict:
+    """Run (or finish) the experiment; returns what ``experiment.json`` holds."""
+    from tumorforge.evaluation.metrics import summarize
+    out = spec.out
+    os.makedirs(out, exist_ok=True)
+    profiled = [a for a in spec.arms if a.profile]
+    lineage: dict = {"spec": spec.to_json(), "spec_sha256": spec.sha256, "folds": {}}
+    pooled: dict[str, list] = {a.name: [] for a in spec.arms}
+    shared: dict[str, tuple[str, str]] = {}         # synthesis datasets: the same for every fold
+    for fold in spec.folds:
+        fdir = os.path.join(out, f"fold-{fold}")
+        train_manifest, test_manifest = _split(spec, fold, fdir)
+        log(f"fold {fold}: training scans {train_manifest}, test scans {test_manifest}")
+        datasets: dict[str, tuple[str, str]] = {}   # arm -> (url, dataset id)
+        for arm in profiled:
+            if arm.profile == "real":
+                url = os.path.join(fdir, arm.name, "dataset")
+                log(f"fold {fold}, arm {arm.name}: real tumors of the training folds -> {url}")
+                datasets[arm.name] = url, _generate(spec, arm, train_manifest, url, log)
+            else:
+                if arm.name not in shared:
+                    url = os.path.join(out, "shared", arm.name, "dataset")
+                    log(f"arm {arm.name}: {arm.profile} tumors in the healthy pool -> {url}")
+                    shared[arm.name] = url, _generate(spec, arm, spec.healthy, url, log)
+                datasets[arm.name] = shared[arm.name]
+        lineage["folds"][str(fold)] = {"train_manifest": train_manifest,
+                                       "test_manifest": test_manifest, "arms": {}}
+        for arm in spec.arms:
+            sources = [datasets[m][0] for m in (arm.mix or (arm.name,))]
+            adir = os.path.join(fdir, arm.name)
+            log(f"fold {fold}, arm {arm.name}: training on {len(sources)} dataset(s)")
+            checkpoint = _train(spec, sources, os.path.join(adir, "train"), log)
+            log(f"fold {fold}, arm {arm.name}: evaluating {checkpoint} on fold {fold}")
+            summary = _evaluate(spec, checkpoint, test_manifest, os.path.join(adir, "evaluation"),
+                                log)
+            pooled[arm.name] += [{**c, "fold": fold} for c in summary["cases"]]
+            lineage["folds"][str(fold)]["arms"][arm.name] = {
+                "datasets": [{"url": datasets[m][0], "dataset_id": datasets[m][1]}
+                             for m in (arm.mix or (arm.name,))],
+                "checkpoint": checkpoint, "checkpoint_sha256": summary["checkpoint_sha256"],
+                "summary": os.path.join(adir, "evaluation", "summary.json"),
+                "manifest_sha256": summary["manifest_sha256"]}
+    arms = {}
+    for name, cases in pooled.items():
+        path = os.path.join(out, f"{name}-cases.json")
+        with open(path, "w") as f:
+            json.dump({"cases": cases}, f, allow_nan=False)
+        arms[name] = {"cases": path, "aggregate": summarize(cases, seed=spec.root_seed)}
+    result = {"experiment": spec.name, "arms": arms, "pairs": _pairs(arms), "lineage": lineage}
+    with open(os.path.join(out, RESULT), "w") as f:
+        json.dump(result, f, indent=1, allow_nan=False)
+    _report(out, result)
+    return result
+
+
+def _pairs(arms: dict) -> list[dict]:
+    """Wilcoxon on tumor DSC and McNemar on lesions for every pair of arms, on the same cases."""
+    from tumorforge.evaluation.evaluate import compare
+    names = list(arms)
+    return [compare(arms[a]["cases"], arms[b]["cases"])
+            for i, a in enumerate(names) for b in names[i + 1:]]
+
+
+def _fmt(v, pct: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    return f"{100 * v:.0f} %" if pct else f"{v:.3f}"
+
+
+def _report(out: str, result: dict) -> None:
+    """``report.md`` and a self-contained ``report.html``: one row per arm, the pair tests."""
+    from tumorforge.evaluation.report import html_page
+    head = ("arm", "tumor DSC [95 % CI]", "NSD", "liver DSC", "sensitivity < 5 / 5-10 / > 10 mm",
+            "FP lesions / scan", "specificity")
+    rows = []
+    for name, arm in result["arms"].items():
+        agg = arm["aggregate"]
+        ci = agg["tumor_dice"]["ci95"]
+        det = agg["detection"]
+        rows.append((name, f"{_fmt(agg['tumor_dice']['mean'])} "
+                           f"[{_fmt(ci[0]) if ci else 'n/a'}, {_fmt(ci[1]) if ci else 'n/a'}]",
+                     _fmt(agg["tumor_nsd"]["mean"]), _fmt(agg["liver_dice"]["mean"]),
+                     " / ".join(_fmt(det[b]["sensitivity"], True) for b in ("<5", "5-10", ">10")),
+                     _fmt(agg["false_positive_lesions_per_scan"]),
+                     _fmt(agg["specificity"]["value"], True)))
+    pairs = [(f"{os.path.basename(p['a']).removesuffix('-cases.json')} vs "
+              f"{os.path.basename(p['b']).removesuffix('-cases.json')}", str(p["shared_cases"]),
+              _fmt(p["wilcoxon_tumor_dice"]["p_value"]),
+              f"{p['mcnemar_lesions']['a_only']} / {p['mcnemar_lesions']['b_only']}",
+              _fmt(p["mcnemar_lesions"]["p_value"])) for p in result["pairs"]]
+
+    def table(h, rs):
+        return "\n".join(["| " + " | ".join(h) + " |", "|" + "---|" * len(h),
+                          *("| " + " | ".join(r) + " |" for r in rs)])
+    rule = next(iter(result["arms"].values()))["aggregate"]["detection_rule"]
+    md = [f"# Experiment {result['experiment']}", "",
+          f"Folds {list(result['lineage']['folds'])}; cases pooled over folds; 95 % bootstrap "
+          f"intervals over cases. Detection rule: {rule}.", "",
+          table(head, rows), "", "## Paired tests (same scans, matched by sha256)", "",
+          table(("pair", "cases", "Wilcoxon p (tumor DSC)", "lesions found only by A / B",
+                 "McNemar p"), pairs) if pairs else "One arm: no pair to test.", "",
+          "Lineage (spec sha256, datasets, checkpoints, manifests): experiment.json.", ""]
+    text = "\n".join(md)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(out, "report.html"), "w") as f:
+        f.write(html_page(text, out))
+
+
+def _cmd(args) -> int:
+    import sys
+    from tumorforge.cluster.job import JobError
+    from tumorforge.manifests.schema import ManifestError
+    from tumorforge.trainer.config import ConfigError
+    try:
+        spec = load_spec(args.spec, args.out)
+        result = run(spec, log=lambda m: print(m, file=sys.stderr))
+    except (ExperimentError, ManifestError, ConfigError, JobError) as exc:
+        sys.exit(f"experiment: {exc}")
+    print(open(os.path.join(spec.out, "report.md")).read())
+    print(f"wrote {os.path.join(spec.out, RESULT)}, report.md and report.html")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("experiment", help="the paper's experiment: real vs synthetic vs both, "
+                                          "k-fold, with a report",
+                       description="For each test fold and arm of SPEC: generate the arm's "
+                                   "dataset, train, evaluate on the held-out fold; then pool the "
+                                   "folds, test every pair of arms on the same scans and write "
+                                   "experiment.json and report.md/html. Rerunning finishes a "
+                                   "half-done experiment.")
+    p.add_argument("spec", help="experiment spec (YAML), e.g. cluster/examples/experiment-cpu-small.yaml")
+    p.add_argument("--out", help="output folder (default: the spec's out)")
+    p.set_defaults(func=_cmd)
