@@ -76,6 +76,13 @@ class ExperimentSpec:
     def sha256(self) -> str:
         return hashlib.sha256(canonical_json(self.to_json()).encode()).hexdigest()
 
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """Where scan paths may point: the allowed roots and the annotated manifest's folder (the
+        fold manifests the experiment writes name the same scans)."""
+        from tumorforge.manifests import storage
+        return (*self.allow_roots, storage.parent(self.annotated))
+
 
 EVALUATE_KEYS = ("overlap", "detection", "min_dice", "sw_batch", "roi", "tolerance_mm")
 
@@ -96,10 +103,6 @@ def load_spec(path: str, out: str | None = None) -> ExperimentSpec:
     missing = sorted({"name", "annotated", "healthy", "folds", "arms"} - set(obj))
     if missing:
         raise ExperimentError(f"{path}: missing field(s) {missing}")
-    base = os.path.dirname(os.path.abspath(path))
-    for key in ("annotated", "healthy"):          # relative to the spec file, like manifests
-        if not os.path.isabs(obj[key]) and "://" not in obj[key]:
-            obj[key] = os.path.join(base, obj[key])
     arms = []
     for n, a in enumerate(obj["arms"] or []):
         if not isinstance(a, dict) or set(a) - {f.name for f in dataclasses.fields(Arm)}:
@@ -168,7 +171,7 @@ def _generate(spec: ExperimentSpec, arm: Arm, manifest: str, output: str, log) -
     config = GeneratorConfig.from_json({**spec.generator, **arm.generator, "profile": arm.profile})
     job = JobSpec(manifest=manifest, output=output, samples=arm.samples or spec.samples,
                   samples_per_shard=spec.samples_per_shard, root_seed=spec.root_seed,
-                  formats=("zarr",), allow_roots=tuple(spec.allow_roots), generator=config,
+                  formats=("zarr",), allow_roots=spec.roots, generator=config,
                   resources=Resources(actors=spec.actors))
     try:
         return Dataset(output).dataset_id           # finished before: the job would redo nothing
@@ -207,7 +210,7 @@ def _evaluate(spec: ExperimentSpec, checkpoint: str, test: str, folder: str, log
         if done.get("checkpoint_sha256") == file_sha256(checkpoint):
             return done
     kw = dict(spec.evaluate)
-    return evaluate(checkpoint, test, folder, allow_roots=spec.allow_roots,
+    return evaluate(checkpoint, test, folder, allow_roots=spec.roots,
                     overlap=kw.get("overlap", 0.75), sw_batch=kw.get("sw_batch", 2),
                     roi=kw.get("roi"), tolerance_mm=kw.get("tolerance_mm", 2.0),
                     detection=kw.get("detection", "dice"), min_dice=kw.get("min_dice", 0.2),
@@ -332,7 +335,7 @@ def _cmd(args) -> int:
         spec = load_spec(args.spec, args.out)
         result = run(spec, log=lambda m: print(m, file=sys.stderr))
     except (ExperimentError, ManifestError, ConfigError, JobError) as exc:
-        sys.exit(f"experiment: {exc}")
+        sys.exit("experiment: " + "; ".join(x.strip() for x in str(exc).splitlines() if x.strip()))
     print(open(os.path.join(spec.out, "report.md")).read())
     print(f"wrote {os.path.join(spec.out, RESULT)}, report.md and report.html")
     return 0
