@@ -119,7 +119,7 @@ def _model_segmenter(checkpoint: str, device: str, roi: int | None, overlap: flo
     """The checkpoint's model as a segmenter, what to record of the checkpoint, and the inference
     settings it runs with (from its preprocessing record, ``roi`` overriding the window size)."""
     import functools
-    from .infer import DILATE_MM, segment
+    from .infer import DILATE_MM, MIN_TUMOR_RADIUS_MM, segment
     from .model import load_model
     trained = load_model(checkpoint, device)
     prep = trained.preprocessing
@@ -134,7 +134,8 @@ def _model_segmenter(checkpoint: str, device: str, roi: int | None, overlap: flo
     inference = {"spacing_mm": list(prep.spacing_mm), "window_hu": list(prep.window_hu),
                  "roi_zyx": list(window_zyx), "overlap": overlap, "mode": "gaussian",
                  "postprocess": f"largest liver component; tumor within the liver dilated by "
-                                f"{DILATE_MM:g} mm",
+                                f"{DILATE_MM:g} mm, in components of at least a "
+                                f"{MIN_TUMOR_RADIUS_MM:g} mm sphere",
                  "dataset_ids": list(prep.dataset_ids)}
     return segmenter, source, inference
 

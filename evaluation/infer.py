@@ -29,15 +29,21 @@ from .metrics import CONNECTIVITY_26
 BODY_HU = -500.0
 BODY_MARGIN_MM = 8.0
 DILATE_MM = 5.0
+# Predicted tumor components smaller than a sphere of this radius are dropped (back to liver):
+# specks of a few voxels are noise, not lesions; the smallest size bin scored starts at 0 mm, and
+# a 2 mm sphere (34 mm^3) is far below LiTS's smallest annotated lesions.
+MIN_TUMOR_RADIUS_MM = 2.0
 
 # (image in the file's voxel order, its affine) -> labels 0/1/2 (uint8) of the same shape.
 Segmenter = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def postprocess(labels: np.ndarray, dilate_mm: float = DILATE_MM, spacing=(1.0, 1.0, 1.0)
-                ) -> np.ndarray:
+def postprocess(labels: np.ndarray, dilate_mm: float = DILATE_MM, spacing=(1.0, 1.0, 1.0),
+                min_tumor_radius_mm: float = MIN_TUMOR_RADIUS_MM) -> np.ndarray:
     """Keep the largest liver component (liver or tumor voxels); tumor only within it dilated by
-    ``dilate_mm`` (``spacing``: mm per voxel along the array's axes); everything else background."""
+    ``dilate_mm`` (``spacing``: mm per voxel along the array's axes), and only in 26-connected
+    components at least as large as a sphere of ``min_tumor_radius_mm`` (smaller ones become
+    liver); everything else background."""
     liver = labels >= LIVER
     comps, n = ndi.label(liver, structure=CONNECTIVITY_26)
     if n == 0:
@@ -54,7 +60,13 @@ def postprocess(labels: np.ndarray, dilate_mm: float = DILATE_MM, spacing=(1.0, 
     near = np.zeros(keep.shape, bool)
     near[box] = ndi.distance_transform_edt(~keep[box], sampling=spacing) <= dilate_mm
     out = np.where(keep, LIVER, BACKGROUND).astype(np.uint8)
-    out[(labels == TUMOR) & near] = TUMOR
+    tumor = (labels == TUMOR) & near
+    if min_tumor_radius_mm > 0 and tumor.any():
+        parts, n = ndi.label(tumor, structure=CONNECTIVITY_26)
+        min_voxels = 4.0 / 3.0 * np.pi * min_tumor_radius_mm ** 3 / float(np.prod(spacing))
+        sizes = np.bincount(parts.ravel())
+        tumor = (sizes >= min_voxels)[parts] & tumor
+    out[tumor] = TUMOR
     return out
 
 

@@ -83,13 +83,17 @@ def test_segment_runs_the_model_as_its_preprocessing_says():
     assert out.shape == image.shape
 
 
-def test_postprocess_drops_tumor_far_from_the_liver():
+def test_postprocess_drops_tumor_far_from_the_liver_and_specks():
     lab = np.zeros((40, 40, 40), np.uint8)
     lab[5:20, 5:20, 5:20] = LIVER
-    lab[10:12, 10:12, 10:12] = TUMOR
+    lab[8:12, 8:12, 8:12] = TUMOR            # 64 mm^3: kept
+    lab[15:17, 15:17, 15:17] = TUMOR         # 8 mm^3, under a 2 mm sphere (34 mm^3): a speck
     lab[35:38, 35:38, 35:38] = TUMOR         # a separate blob: not the liver, too far
     out = postprocess(lab, dilate_mm=5.0)
-    assert (out[10:12, 10:12, 10:12] == TUMOR).all() and not out[35:38, 35:38, 35:38].any()
+    assert (out[8:12, 8:12, 8:12] == TUMOR).all() and not out[35:38, 35:38, 35:38].any()
+    assert (out[15:17, 15:17, 15:17] == LIVER).all()
+    assert (postprocess(lab, dilate_mm=5.0, min_tumor_radius_mm=0)[15:17, 15:17, 15:17]
+            == TUMOR).all()
 
 
 @pytest.fixture
