@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from tumorforge.manifests.records import canonical_json
+from tumorforge.manifests.records import RecordError, canonical_json, check_fields
 
 RESULT = "experiment.json"
 
@@ -94,22 +94,12 @@ def load_spec(path: str, out: str | None = None) -> ExperimentSpec:
             obj = yaml.safe_load(f)
     except (OSError, yaml.YAMLError) as exc:
         raise ExperimentError(f"{path}: cannot read the experiment spec ({exc})") from None
-    if not isinstance(obj, dict):
-        raise ExperimentError(f"{path}: expected a mapping of experiment fields")
-    known = {f.name for f in dataclasses.fields(ExperimentSpec)}
-    unknown = sorted(set(obj) - known)
-    if unknown:
-        raise ExperimentError(f"{path}: unknown field(s) {unknown}; expected some of {sorted(known)}")
-    missing = sorted({"name", "annotated", "healthy", "folds", "arms"} - set(obj))
-    if missing:
-        raise ExperimentError(f"{path}: missing field(s) {missing}")
-    arms = []
-    for n, a in enumerate(obj["arms"] or []):
-        if not isinstance(a, dict) or set(a) - {f.name for f in dataclasses.fields(Arm)}:
-            raise ExperimentError(f"{path}: arm {n}: expected name, profile or mix, samples, "
-                                  f"generator; found {a!r}")
-        arms.append(Arm(**{**a, "mix": tuple(a.get("mix", ()))}))
-    obj["arms"] = tuple(arms)
+    try:
+        obj = check_fields(ExperimentSpec, obj, path)
+        arms = [check_fields(Arm, a, f"{path} arm {n}") for n, a in enumerate(obj["arms"] or [])]
+    except RecordError as exc:
+        raise ExperimentError(str(exc)) from None
+    obj["arms"] = tuple(Arm(**{**a, "mix": tuple(a.get("mix", ()))}) for a in arms)
     obj["folds"] = tuple(int(k) for k in obj["folds"])
     obj["allow_roots"] = tuple(obj.get("allow_roots", ()))
     if out:
@@ -300,7 +290,8 @@ def _report(out: str, result: dict) -> None:
                            f"[{_fmt(ci[0]) if ci else 'n/a'}, {_fmt(ci[1]) if ci else 'n/a'}]",
                      _fmt(agg["tumor_nsd"]["mean"]), _fmt(agg["liver_dice"]["mean"]),
                      " / ".join(_fmt(det[b]["sensitivity"], True) for b in ("<5", "5-10", ">10")),
-                     _fmt(agg["false_positive_lesions_per_scan"]),
+                     "n/a" if agg["false_positive_lesions_per_scan"] is None else
+                     f"{agg['false_positive_lesions_per_scan']:.1f}",
                      _fmt(agg["specificity"]["value"], True)))
     pairs = [(f"{os.path.basename(p['a']).removesuffix('-cases.json')} vs "
               f"{os.path.basename(p['b']).removesuffix('-cases.json')}", str(p["shared_cases"]),
