@@ -164,9 +164,17 @@ def _generate(spec: ExperimentSpec, arm: Arm, manifest: str, output: str, log) -
                   formats=("zarr",), allow_roots=spec.roots, generator=config,
                   resources=Resources(actors=spec.actors))
     try:
-        return Dataset(output).dataset_id           # finished before: the job would redo nothing
+        done = Dataset(output)
     except DatasetError:
-        pass
+        done = None
+    if done is not None:                  # finished before: reuse it if this spec made it
+        want = {k: v for k, v in job.to_json().items()
+                if k not in ("output", "resources", "backend")}
+        found = {k: v for k, v in done.index.spec.items() if k != "backend"}
+        if found != want:
+            raise ExperimentError(f"{output} holds a dataset made with other settings than arm "
+                                  f"{arm.name!r} now asks for; use another --out or remove it")
+        return done.dataset_id
     result = run_job(job, progress=False, log=lambda m: log(f"  {m}"))
     if not result.ok:
         raise ExperimentError(f"generation of arm {arm.name!r} into {output} failed: "
@@ -320,12 +328,15 @@ def _report(out: str, result: dict) -> None:
 def _cmd(args) -> int:
     import sys
     from tumorforge.cluster.job import JobError
+    from tumorforge.manifests.dataset.reader import DatasetError
     from tumorforge.manifests.schema import ManifestError
     from tumorforge.trainer.config import ConfigError
+    from tumorforge.trainer.train import TrainError
     try:
         spec = load_spec(args.spec, args.out)
-        result = run(spec, log=lambda m: print(m, file=sys.stderr))
-    except (ExperimentError, ManifestError, ConfigError, JobError) as exc:
+        run(spec, log=lambda m: print(m, file=sys.stderr))
+    except (ExperimentError, ManifestError, ConfigError, JobError, TrainError, DatasetError,
+            OSError) as exc:
         sys.exit("experiment: " + "; ".join(x.strip() for x in str(exc).splitlines() if x.strip()))
     print(open(os.path.join(spec.out, "report.md")).read())
     print(f"wrote {os.path.join(spec.out, RESULT)}, report.md and report.html")

@@ -74,6 +74,14 @@ def test_experiment_runs_every_arm_reports_and_resumes(inputs, capsys):
         assert again["arms"]["synthetic"]["aggregate"] == result["arms"]["synthetic"]["aggregate"]
         assert (out / "fold-0" / "synthetic" / "evaluation" / "summary.json").exists()
         assert checkpoint.endswith("step-000000002.pt")
+        # A changed spec never reuses data made with other settings.
+        changed = yaml.safe_load(spec.read_text())
+        changed["samples"] = 12
+        other = work / "changed.yaml"
+        other.write_text(yaml.safe_dump(changed))
+        with pytest.raises(SystemExit) as exc:
+            main(["experiment", str(other), "--out", str(out)])
+        assert "made with other settings" in str(exc.value.code)
     finally:
         ray.shutdown()
 
