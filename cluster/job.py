@@ -147,13 +147,17 @@ def prepare_output(plan: Plan, out: Objects) -> set[int]:
         out.put(key, data)                # rewritten every run: a damaged one is repaired
     records = [r for r in (_read_commit(out, key) for key in out.list(COMMITS)) if r is not None]
     with ThreadPoolExecutor(max_workers=RESUME_CHECK_THREADS) as pool:
-        intact = list(pool.map(lambda r: _commit_holds(plan, out, r), records))
+        zarr_only = "wds" not in plan.spec.formats and bool(records)
+        provenance = codecs.open_zarr(out.url(ZARR_ROOT))["provenance"] if zarr_only else None
+        intact = list(pool.map(lambda r: _commit_holds(plan, out, r, provenance), records))
     return {r.shard for r, ok in zip(records, intact) if ok}
 
 
-def _commit_holds(plan: Plan, out: Objects, record: ShardCommit) -> bool:
-    """A commit counts only if it is this plan's shard and every object it lists is there with its
-    recorded size and sha256 (a flipped bit or a truncated object makes the shard be redone)."""
+def _commit_holds(plan: Plan, out: Objects, record: ShardCommit, provenance=None) -> bool:
+    """A commit counts only if it is this plan's shard, every object it lists is there with its
+    recorded size and sha256 (a flipped bit or a truncated object makes the shard be redone), and
+    its sample hashes are those the stored provenance recorded (the tar's JSON members, or
+    ``provenance``, the zarr provenance array, for zarr-only datasets)."""
     if record.dataset_id != plan.dataset_id or not 0 <= record.shard < len(plan.shards):
         return False
     want = plan.shards[record.shard]
@@ -169,15 +173,14 @@ def _commit_holds(plan: Plan, out: Objects, record: ShardCommit) -> bool:
             return False
         if key == tar_name(record.shard):
             tar = data
-    # The sample hashes the commit (and so the index) will carry must be the ones the stored
-    # samples' provenance recorded when they were encoded; an edited commit is redone.
+    # The sample hashes the commit (and so the index) will carry are checked against the stored
+    # provenance: an edited commit is redone rather than trusted.
     try:
         if tar is not None:
             stored = codecs.tar_provenance(tar)
         else:
-            prov = codecs.open_zarr(out.url(ZARR_ROOT))["provenance"]
             stored = [(p["key"], p) for p in (json.loads(str(t)) for t in
-                                              prov[record.start:record.start + record.count])]
+                                              provenance[record.start:record.start + record.count])]
     except Exception:                 # unreadable provenance: redo the shard
         return False
     return [(s.key, s.image_sha256, s.label_sha256) for s in record.samples] == \
