@@ -1064,7 +1064,8 @@ def measure_whole(measured: Measured, prepared: Prepared, params, image, label, 
                   sample: str) -> None:
     """One whole synthetic scan (RAS arrays, ``affine`` voxel -> world): its lesions, each typed
     by the record it holds, and its tumor records."""
-    spacing = tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
+    from tumorforge.generator.whole_scan import spacing_of
+    spacing = spacing_of(affine)
     labels, comps = component_measures(image, label, spacing, base=base,
                                        parenchyma_sd_hu=float(params.parenchyma_sd_hu))
     organ = label >= LIVER

@@ -286,6 +286,7 @@ def make_case(scan: PreparedScan, out: OutputGrid, config: GeneratorConfig, root
 
 
 def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel spacing (mm) along the voxel axes of a voxel-to-world affine."""
     return tuple(float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
 
 

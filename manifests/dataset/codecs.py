@@ -35,10 +35,16 @@ def _volume_codecs(dtype) -> dict:
                                         typesize=np.dtype(dtype).itemsize), Crc32cCodec()])
 
 
+# The zarr arrays of a dataset that readers check against the index: the sample arrays' dtypes,
+# and None for the arrays with one entry per sample.
+ZARR_ARRAYS = {"image": "int16", "label": "uint8", "key": None, "provenance": None}
+
+
 def _define(store, n: int, per_shard: int, crop: tuple[int, int, int], attrs: dict | None = None):
     """Create the group and its arrays for ``n`` samples in ``store``."""
     group = zarr.create_group(store, overwrite=True, attributes=attrs or {})
-    for name, dtype in (("image", "int16"), ("label", "uint8")):
+    for name in ("image", "label"):
+        dtype = ZARR_ARRAYS[name]
         group.create_array(name, shape=(n, *crop), chunks=(1, *crop),
                            shards=(per_shard, *crop), dtype=dtype, fill_value=0,
                            dimension_names=("sample", "z", "y", "x"), **_volume_codecs(dtype))
@@ -110,27 +116,33 @@ def tar_shard(keys, images, labels, provenance) -> bytes:
     return buf.getvalue()
 
 
-def read_tar(data: bytes) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
-    """Samples of a WebDataset shard as (key, image, label, provenance); never unpickles."""
-    members: dict[str, dict] = {}
-    order: list[str] = []
+def _tar_members(data: bytes, wanted=lambda name: True):
+    """(name, bytes) of the regular members of a tar held in ``data`` whose name ``wanted``
+    accepts, each bounded before it is read: a sparse member or a declared size beyond the tar
+    itself would be expanded into memory (a 2 KB tar declaring 1 GB cost 1.96 GB)."""
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         for info in tar:
-            if not info.isfile():
+            if not info.isfile() or not wanted(info.name):
                 continue
-            # Bounded before reading: a sparse member or a declared size beyond the tar itself
-            # would be expanded into memory (a 2 KB tar declaring 1 GB cost 1.96 GB).
             if info.issparse():
                 raise ValueError(f"tar member {info.name!r} is sparse (declares {info.size} bytes); "
                                  f"tumorforge never writes sparse members")
             if info.size > len(data):
                 raise ValueError(f"tar member {info.name!r} declares {info.size} bytes, more than "
                                  f"the whole tar ({len(data)} bytes)")
-            key, _, suffix = info.name.partition(".")
-            if key not in members:
-                members[key] = {}
-                order.append(key)
-            members[key][suffix] = tar.extractfile(info).read()
+            yield info.name, tar.extractfile(info).read()
+
+
+def read_tar(data: bytes) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
+    """Samples of a WebDataset shard as (key, image, label, provenance); never unpickles."""
+    members: dict[str, dict] = {}
+    order: list[str] = []
+    for name, content in _tar_members(data):
+        key, _, suffix = name.partition(".")
+        if key not in members:
+            members[key] = {}
+            order.append(key)
+        members[key][suffix] = content
     out = []
     for key in order:
         m = members[key]
@@ -146,15 +158,8 @@ def read_tar(data: bytes) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
 def tar_provenance(data: bytes) -> list[tuple[str, dict]]:
     """(key, provenance dict) of every sample of a WebDataset shard, without decoding its arrays;
     members bounded as in :func:`read_tar`."""
-    out = []
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        for info in tar:
-            if not info.isfile() or not info.name.endswith(".json"):
-                continue
-            if info.issparse() or info.size > len(data):
-                raise ValueError(f"tar member {info.name!r}: sparse or larger than the tar")
-            out.append((info.name[:-len(".json")], json.loads(tar.extractfile(info).read())))
-    return out
+    return [(name[:-len(".json")], json.loads(content))
+            for name, content in _tar_members(data, lambda n: n.endswith(".json"))]
 
 
 def open_zarr(url: str):

@@ -27,9 +27,6 @@ def _brief(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-# The zarr arrays of a dataset and the dtype of the sample arrays (None: one entry per sample).
-ZARR_ARRAYS = {"image": "int16", "label": "uint8", "key": None, "provenance": None}
-
 
 class Dataset:
     """A finished dataset at ``url`` (local folder, ``file://`` or ``s3://``)."""
@@ -107,14 +104,14 @@ class Dataset:
                                    f"index.json says {want.bytes} bytes {want.sha256[:12]}...")
         try:
             group = codecs.open_zarr(url)
-            arrays = {name: group[name] for name in ZARR_ARRAYS}
+            arrays = {name: group[name] for name in codecs.ZARR_ARRAYS}
         except Exception as exc:      # zarr raises many kinds for missing or corrupt metadata
             raise DatasetError(f"{url}: zarr metadata missing or unreadable ({type(exc).__name__}: "
                                f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
         # Checked against the index before any chunk is read: an edited shape would make the
         # reader allocate what it says (400^3 per sample: 1.3 GB).
         n = len(self)
-        for name, dtype in ZARR_ARRAYS.items():
+        for name, dtype in codecs.ZARR_ARRAYS.items():
             shape = (n, *self.crop_shape) if dtype else (n,)
             a = arrays[name]
             if tuple(a.shape) != shape or (dtype and a.dtype != np.dtype(dtype)):
