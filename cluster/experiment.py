@@ -64,7 +64,7 @@ class ExperimentSpec:
     actors: int = 2
     generator: dict = field(default_factory=dict)   # GeneratorConfig fields of every arm
     train: dict = field(default_factory=dict)       # TrainConfig fields (model, steps, ...)
-    evaluate: dict = field(default_factory=dict)    # overlap, detection, min_dice, sw_batch
+    evaluate: dict = field(default_factory=dict)    # EVALUATE_KEYS: overlap, detection, ...
     allow_roots: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
@@ -78,13 +78,13 @@ class ExperimentSpec:
 
     @property
     def roots(self) -> tuple[str, ...]:
-        """Where scan paths may point: the allowed roots and the annotated manifest's folder (the
-        fold manifests the experiment writes name the same scans)."""
+        """Where scan paths may point: the allowed roots and the folders of the annotated manifest
+        and the healthy pool (the fold manifests the experiment writes name the same scans)."""
         from tumorforge.manifests import storage
-        return (*self.allow_roots, storage.parent(self.annotated))
+        return (*self.allow_roots, storage.parent(self.annotated), storage.parent(self.healthy))
 
 
-EVALUATE_KEYS = ("overlap", "detection", "min_dice", "sw_batch", "roi", "tolerance_mm")
+EVALUATE_KEYS = ("overlap", "detection", "min_dice", "sw_batch", "roi", "tolerance_mm", "flips")
 
 
 def load_spec(path: str, out: str | None = None) -> ExperimentSpec:
@@ -132,8 +132,22 @@ def _check(spec: ExperimentSpec, where: str) -> None:
 # The steps
 
 
-def _split(spec: ExperimentSpec, fold: int, folder: str) -> tuple[str, str]:
-    """(training manifest, test manifest) of one fold, written into ``folder``."""
+@dataclass(frozen=True)
+class FoldInputs:
+    """The manifests one test fold trains and tests with (written into the fold's folder)."""
+
+    train: str          # the training folds' scans
+    test: str           # the test fold's scans
+    real: str           # the real arm's scans: the training folds plus the healthy pool
+    healthy: str        # the healthy pool without the test fold's scans (the spec's own if none)
+    held_out: tuple[str, ...]   # scan ids of the pool left out because the test fold has them
+
+
+def _split(spec: ExperimentSpec, fold: int, folder: str) -> FoldInputs:
+    """Write one fold's manifests. Scans are the same scan when their image sha256 is: a test
+    scan in the healthy pool is left out of it for this fold (no model trains on a scan it is
+    tested on), and the real arm gets the pool's healthy scans beside its tumor scans, so that its
+    negative crops come from the same scans as the synthetic arms' crops."""
     from tumorforge.manifests.schema import default_roots, read_manifest, write_jsonl
     entries = read_manifest(spec.annotated, default_roots(spec.annotated, spec.allow_roots))
     if any(e.fold is None for e in entries):
@@ -145,11 +159,23 @@ def _split(spec: ExperimentSpec, fold: int, folder: str) -> tuple[str, str]:
         raise ExperimentError(f"{spec.annotated}: fold {fold} leaves {len(test)} test scan(s) and "
                               f"{sum(e.role == 'tumor' for e in train)} training scan(s) with "
                               f"tumors; expected some of each")
+    pool = read_manifest(spec.healthy, default_roots(spec.healthy, spec.allow_roots))
+    tested = {e.sha256["image"] for e in test}
+    kept = [e for e in pool if e.sha256["image"] not in tested]
+    held_out = tuple(sorted(e.scan_id for e in pool if e.sha256["image"] in tested))
+    known = {e.sha256["image"] for e in train}
+    real = train + [e for e in kept if e.sha256["image"] not in known and e.role == "healthy"]
     os.makedirs(folder, exist_ok=True)
-    paths = os.path.join(folder, "train.jsonl"), os.path.join(folder, "test.jsonl")
-    write_jsonl(paths[0], train)
-    write_jsonl(paths[1], test)
-    return paths
+    path = lambda name: os.path.join(folder, name)
+    write_jsonl(path("train.jsonl"), train)
+    write_jsonl(path("test.jsonl"), test)
+    write_jsonl(path("real-train.jsonl"), real)
+    healthy = spec.healthy
+    if held_out:
+        healthy = path("healthy.jsonl")
+        write_jsonl(healthy, kept)
+    return FoldInputs(path("train.jsonl"), path("test.jsonl"), path("real-train.jsonl"), healthy,
+                      held_out)
 
 
 def _generate(spec: ExperimentSpec, arm: Arm, manifest: str, output: str, log) -> str:
@@ -199,20 +225,27 @@ def _train(spec: ExperimentSpec, datasets: list[str], folder: str, log) -> str:
 
 def _evaluate(spec: ExperimentSpec, checkpoint: str, test: str, folder: str, log) -> dict:
     """The evaluation of ``checkpoint`` on the test fold; kept if it was made from that very
-    checkpoint (sha256), redone otherwise."""
+    checkpoint (sha256) with the spec's evaluation settings, redone otherwise."""
     from tumorforge.evaluation.evaluate import evaluate, file_sha256
+    from tumorforge.evaluation.metrics import detection_rule_text
+    kw = dict(spec.evaluate)
+    rule = detection_rule_text(kw.get("detection", "dice"), kw.get("min_dice", 0.2))
     summary_path = os.path.join(folder, "summary.json")
     if os.path.exists(summary_path):
         with open(summary_path) as f:
             done = json.load(f)
-        if done.get("checkpoint_sha256") == file_sha256(checkpoint):
+        inference = done.get("inference", {})
+        if (done.get("checkpoint_sha256") == file_sha256(checkpoint)
+                and done.get("detection_rule") == rule
+                and inference.get("overlap") == kw.get("overlap", 0.75)
+                and inference.get("test_time_flips") == bool(kw.get("flips", False))
+                and done.get("nsd_tolerance_mm") == kw.get("tolerance_mm", 2.0)):
             return done
-    kw = dict(spec.evaluate)
     return evaluate(checkpoint, test, folder, allow_roots=spec.roots,
                     overlap=kw.get("overlap", 0.75), sw_batch=kw.get("sw_batch", 2),
                     roi=kw.get("roi"), tolerance_mm=kw.get("tolerance_mm", 2.0),
                     detection=kw.get("detection", "dice"), min_dice=kw.get("min_dice", 0.2),
-                    log=lambda m: log(f"  {m}"))
+                    flips=bool(kw.get("flips", False)), log=lambda m: log(f"  {m}"))
 
 
 def run(spec: ExperimentSpec, log=print) -> dict:
@@ -226,30 +259,41 @@ def run(spec: ExperimentSpec, log=print) -> dict:
     shared: dict[str, tuple[str, str]] = {}         # synthesis datasets: the same for every fold
     for fold in spec.folds:
         fdir = os.path.join(out, f"fold-{fold}")
-        train_manifest, test_manifest = _split(spec, fold, fdir)
-        log(f"fold {fold}: training scans {train_manifest}, test scans {test_manifest}")
+        inputs = _split(spec, fold, fdir)
+        log(f"fold {fold}: training scans {inputs.train}, test scans {inputs.test}"
+            + (f"; left out of the healthy pool (tested in this fold): {list(inputs.held_out)}"
+               if inputs.held_out else ""))
         datasets: dict[str, tuple[str, str]] = {}   # arm -> (url, dataset id)
         for arm in profiled:
             if arm.profile == "real":
                 url = os.path.join(fdir, arm.name, "dataset")
-                log(f"fold {fold}, arm {arm.name}: real tumors of the training folds -> {url}")
-                datasets[arm.name] = url, _generate(spec, arm, train_manifest, url, log)
+                log(f"fold {fold}, arm {arm.name}: real tumors of the training folds, negatives "
+                    f"also from the healthy pool -> {url}")
+                datasets[arm.name] = url, _generate(spec, arm, inputs.real, url, log)
+            elif inputs.held_out:           # this fold's own pool: a dataset of its own
+                url = os.path.join(fdir, arm.name, "dataset")
+                log(f"fold {fold}, arm {arm.name}: {arm.profile} tumors in the fold's healthy "
+                    f"pool -> {url}")
+                datasets[arm.name] = url, _generate(spec, arm, inputs.healthy, url, log)
             else:
                 if arm.name not in shared:
                     url = os.path.join(out, "shared", arm.name, "dataset")
                     log(f"arm {arm.name}: {arm.profile} tumors in the healthy pool -> {url}")
                     shared[arm.name] = url, _generate(spec, arm, spec.healthy, url, log)
                 datasets[arm.name] = shared[arm.name]
-        lineage["folds"][str(fold)] = {"train_manifest": train_manifest,
-                                       "test_manifest": test_manifest, "arms": {}}
+        lineage["folds"][str(fold)] = {"train_manifest": inputs.train,
+                                       "test_manifest": inputs.test,
+                                       "real_manifest": inputs.real,
+                                       "healthy_manifest": inputs.healthy,
+                                       "held_out_of_pool": list(inputs.held_out), "arms": {}}
         for arm in spec.arms:
             sources = [datasets[m][0] for m in (arm.mix or (arm.name,))]
             adir = os.path.join(fdir, arm.name)
             log(f"fold {fold}, arm {arm.name}: training on {len(sources)} dataset(s)")
             checkpoint = _train(spec, sources, os.path.join(adir, "train"), log)
             log(f"fold {fold}, arm {arm.name}: evaluating {checkpoint} on fold {fold}")
-            summary = _evaluate(spec, checkpoint, test_manifest, os.path.join(adir, "evaluation"),
-                                log)
+            summary = _evaluate(spec, checkpoint, inputs.test,
+                                os.path.join(adir, "evaluation"), log)
             pooled[arm.name] += [{**c, "fold": fold} for c in summary["cases"]]
             lineage["folds"][str(fold)]["arms"][arm.name] = {
                 "datasets": [{"url": datasets[m][0], "dataset_id": datasets[m][1]}
@@ -286,7 +330,7 @@ def _fmt(v, pct: bool = False) -> str:
 
 def _report(out: str, result: dict) -> None:
     """``report.md`` and a self-contained ``report.html``: one row per arm, the pair tests."""
-    from tumorforge.evaluation.report import html_page
+    from tumorforge.evaluation.report import FROC_HEADER, froc_rows, html_page, plot_froc
     head = ("arm", "tumor DSC [95 % CI]", "NSD", "liver DSC", "sensitivity < 5 / 5-10 / > 10 mm",
             "FP lesions / scan", "specificity")
     rows = []
@@ -318,6 +362,15 @@ def _report(out: str, result: dict) -> None:
           table(("pair", "cases", "Wilcoxon p (tumor DSC)", "lesions found only by A / B",
                  "McNemar p"), pairs) if pairs else "One arm: no pair to test.", "",
           "Lineage (spec sha256, datasets, checkpoints, manifests): experiment.json.", ""]
+    curves = {n: a["aggregate"]["froc"] for n, a in result["arms"].items()
+              if a["aggregate"].get("froc")}
+    if curves:
+        plot_froc(curves, os.path.join(out, "froc.png"))
+        md += ["## FROC over the tumor probability threshold", "",
+               "Predicted tumor = tumor probability >= threshold inside the post-processed liver; "
+               "the table above is each model's argmax answer.", "", "![FROC](froc.png)", ""]
+        for n, points in curves.items():
+            md += [f"### {n}", "", table(FROC_HEADER, froc_rows(points)), ""]
     text = "\n".join(md)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(text)

@@ -7,6 +7,12 @@ shuffled order, ``scans_per_shard`` per shard, and sample j of a shard uses the 
 ``j % scans_per_shard``: every scan is used about equally, and an actor loads a few scans per
 shard and keeps them for the next shard that needs them. Nothing here depends on which worker runs
 what, or when.
+
+The ``real`` profile crops scans with real tumors (role ``tumor``) and, when the manifest has them,
+healthy scans too, so that its crops follow the synthetic profiles' policy: a sample drawn negative
+(its rng's first draw below ``negative_fraction``, exactly as :func:`sample_params` draws it) cycles
+through all of the shard's scans, tumor and healthy; a positive sample cycles through its tumor
+scans only. Each shard then holds ``scans_per_shard`` tumor scans and as many healthy ones.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tumorforge.generator import __version__ as GENERATOR_VERSION
+from tumorforge.generator.sample import draws_negative
 from tumorforge.manifests.dataset.names import sample_key, shard_name
 from tumorforge.manifests.records import canonical_json
 from tumorforge.manifests.schema import ScanEntry
@@ -36,9 +43,13 @@ class ShardPlan:
     start: int
     count: int
     scans: tuple[str, ...]      # scan_ids, in the order samples cycle through them
+    tumor_scans: int = 0        # real profile with healthy scans: the first this many have tumors
 
-    def scan_of(self, sample_index: int) -> str:
-        return self.scans[(sample_index - self.start) % len(self.scans)]
+    def scan_of(self, sample_index: int, negative: bool = False) -> str:
+        """The scan of a sample; ``negative`` (real profile only): the sample was drawn negative,
+        so it may use a healthy scan too."""
+        pool = self.scans if negative or not self.tumor_scans else self.scans[:self.tumor_scans]
+        return pool[(sample_index - self.start) % len(pool)]
 
     def name(self) -> str:
         return shard_name(self.index)
@@ -56,10 +67,19 @@ class Plan:
                 "generator_version": GENERATOR_VERSION, "identity": self.spec.identity(),
                 "scans": {sid: e.sha256 for sid, e in sorted(self.scans.items())},
                 "shards": [{"index": s.index, "start": s.start, "count": s.count,
-                            "scans": list(s.scans)} for s in self.shards]}
+                            "scans": list(s.scans),
+                            **({"tumor_scans": s.tumor_scans} if s.tumor_scans else {})}
+                           for s in self.shards]}
 
     def key(self, sample_index: int) -> str:
         return sample_key(self.dataset_id, sample_index)
+
+    def scan_of(self, shard: ShardPlan, sample_index: int) -> str:
+        """The scan sample ``sample_index`` of ``shard`` is made from (see the module's text)."""
+        if not shard.tumor_scans:
+            return shard.scan_of(sample_index)
+        return shard.scan_of(sample_index, draws_negative(self.spec.root_seed, sample_index,
+                                                          self.spec.generator))
 
 
 def make_plan(spec: JobSpec, entries: list[ScanEntry]) -> Plan:
@@ -67,27 +87,40 @@ def make_plan(spec: JobSpec, entries: list[ScanEntry]) -> Plan:
     real profile). ``spec.backend`` must be resolved."""
     if spec.backend == "auto":
         raise PlanError("resolve backend 'auto' to numpy or cupy before planning")
-    # Synthetic tumors go into healthy livers; the real profile crops scans with real tumors.
-    role = "tumor" if spec.generator.profile == "real" else "healthy"
+    # Synthetic tumors go into healthy livers; the real profile crops scans with real tumors, and
+    # healthy scans for some of its negative crops when the manifest has them.
+    real = spec.generator.profile == "real"
+    role = "tumor" if real else "healthy"
     pool = {e.scan_id: e for e in entries if e.role == role}
     if not pool:
         raise PlanError(f"{spec.manifest}: no scan with role {role!r} among its {len(entries)} "
                         f"(profile {spec.generator.profile})")
-    ids = sorted(pool)
+    healthy = {e.scan_id: e for e in entries if real and e.role == "healthy"}
     # A two-word spawn key never equals a sample's one-word key (index,).
     deal = np.random.default_rng(np.random.SeedSequence(spec.root_seed, spawn_key=(0x5CA, 0x25)))
-    order = [ids[i] for i in deal.permutation(len(ids))]
-    per = min(spec.scans_per_shard, len(ids))
+    order = _dealt(deal, sorted(pool))
+    extra = _dealt(deal, sorted(healthy))
+    per = min(spec.scans_per_shard, len(order))
+    per_healthy = min(spec.scans_per_shard, len(extra))
     shards = []
     for k in range(spec.shards):
         start = k * spec.samples_per_shard
         count = min(spec.samples_per_shard, spec.samples - start)
         group = tuple(order[(k * per + t) % len(order)] for t in range(per))
-        shards.append(ShardPlan(k, start, count, group))
+        group += tuple(extra[(k * per_healthy + t) % len(extra)] for t in range(per_healthy))
+        shards.append(ShardPlan(k, start, count, group, per if per_healthy else 0))
+    pool.update(healthy)
+    ids = sorted(pool)
     identity = {"plan_version": PLAN_VERSION, "generator_version": GENERATOR_VERSION,
                 "identity": spec.identity(),
                 "scans": {sid: pool[sid].sha256 for sid in ids}}
     return Plan(plan_id(identity), spec, pool, tuple(shards))
+
+
+def _dealt(rng: np.random.Generator, ids: list[str]) -> list[str]:
+    """``ids`` in the plan's shuffled order (no draw when there are none, so plans without healthy
+    scans for the real profile deal exactly as before)."""
+    return [ids[i] for i in rng.permutation(len(ids))] if ids else []
 
 
 PLAN_ID_FIELDS = ("plan_version", "generator_version", "identity", "scans")

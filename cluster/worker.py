@@ -102,7 +102,7 @@ class ShardWorker:
         images, labels, keys, provenance, hashes = [], [], [], [], []
         versions = self.backend.versions()
         for i in range(shard.start, shard.start + shard.count):
-            scan = scans[shard.scan_of(i)]
+            scan = scans[self.plan.scan_of(shard, i)]
             params = sample_params(np.random.default_rng(sample_seed(self.spec.root_seed, i)),
                                    scan, config)
             crop = synthesize(scan, params, self.backend)

@@ -66,6 +66,9 @@ def _register_evaluate(sub) -> None:
                    help="where the model runs (default %(default)s: cuda when available)")
     e.add_argument("--no-progress", action="store_true",
                    help="no progress bar over each scan's sliding windows")
+    e.add_argument("--flips", action="store_true",
+                   help="test-time augmentation: average the softmax over the 8 mirrorings of "
+                        "the three axes (8x the inference time)")
     add_allow_root(e)
     e.set_defaults(func=_evaluate)
 
@@ -79,7 +82,8 @@ def _evaluate(args) -> int:
                            fold=args.fold, limit=args.limit, overlap=args.overlap,
                            sw_batch=args.sw_batch, roi=args.roi, tolerance_mm=args.tolerance,
                            device=args.device, detection=args.detection,
-                           min_dice=args.detection_min_dice, progress=not args.no_progress)
+                           min_dice=args.detection_min_dice, progress=not args.no_progress,
+                           flips=args.flips)
     except (ValueError, OSError) as exc:
         sys.exit(f"evaluate: {exc}")
     agg = summary["aggregate"]

@@ -16,7 +16,7 @@ from tumorforge.manifests.conventions import BACKGROUND, LIVER, TUMOR
 from tumorforge.manifests.records import json_safe
 
 from .metrics import (DEFAULT_MIN_DICE, EMPTY_RULE, case_metrics, detection_rule_text,
-                      summarize)
+                      froc_points, summarize)
 
 if TYPE_CHECKING:            # infer imports torch; compare and the commands' parsers need none
     from .infer import Segmenter
@@ -40,14 +40,16 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
              overlap: float = 0.75, sw_batch: int = 2, roi: int | None = None,
              tolerance_mm: float = 2.0, device: str = "auto", seed: int = 0,
              detection: str = "dice", min_dice: float = DEFAULT_MIN_DICE, progress: bool = False,
-             log=print) -> dict:
+             flips: bool = False, log=print) -> dict:
     """Score a segmenter on the annotated scans of ``manifest`` (only ``fold``, the first ``limit``).
 
     ``segmenter(image, affine) -> labels``: HU in the file's voxel order and its 4x4 voxel-to-mm
-    affine in, labels 0/1/2 (uint8, same shape) out. Default: the model of ``checkpoint`` through
-    :func:`infer.segment`, run with the checkpoint's preprocessing (spacing, HU window, window
-    size; ``roi`` overrides the window with a cube of that many voxels). With a ``segmenter``
-    given, no model is loaded and ``checkpoint`` is only recorded.
+    affine in, labels 0/1/2 (uint8, same shape) out, or ``(labels, tumor probability)`` (uint8,
+    ``PROBABILITY_SCALE`` = 1) for a FROC-style curve. Default: the model of ``checkpoint``
+    through :func:`infer.segment`, run with the checkpoint's preprocessing (spacing, HU window,
+    window size; ``roi`` overrides the window with a cube of that many voxels; ``flips``: mirror
+    test-time augmentation). With a ``segmenter`` given, no model is loaded and ``checkpoint`` is
+    only recorded.
 
     Writes into ``out``: ``predictions/<scan_id>.nii.gz`` (labels on each scan's own grid),
     ``summary.json`` (strict JSON), ``cases.csv`` and ``report.md`` / ``report.html`` with their
@@ -65,7 +67,7 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
         raise ValueError(f"{manifest}: no scans to evaluate (fold {fold})")
     if segmenter is None:
         segmenter, source, inference = _model_segmenter(checkpoint, device, roi, overlap, sw_batch,
-                                                        progress)
+                                                        progress, flips)
     else:
         source = {"checkpoint": checkpoint, "step": None,
                   "model": getattr(segmenter, "__name__", type(segmenter).__name__)}
@@ -75,12 +77,20 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
     for n, e in enumerate(entries, start=1):
         t0 = time.perf_counter()
         image, label = read_volume(e.image), read_volume(e.label)
-        pred = _checked(segmenter(image.data, image.info.affine), image.data.shape, e)
+        answer = segmenter(image.data, image.info.affine)
+        prob = None
+        if isinstance(answer, tuple):
+            answer, prob = answer
+        pred = _checked(answer, image.data.shape, e)
         truth = truth_labels(np.asarray(label.data), e.label_map)
         img = nib.Nifti1Image(pred, image.info.affine)
         img.header.set_xyzt_units("mm")
         nib.save(img, os.path.join(out, "predictions", f"{e.scan_id}.nii.gz"))
         m = case_metrics(pred, truth, image.info.spacing_mm, tolerance_mm, detection, min_dice)
+        if prob is not None and np.shape(prob) == pred.shape:
+            m["froc"] = froc_points(np.asarray(prob, np.uint8), pred >= LIVER, truth,
+                                    image.info.spacing_mm, detection, min_dice,
+                                    inference.get("min_tumor_radius_mm", 0.0))
         m.update(scan_id=e.scan_id, scan_sha256=dict(e.sha256), role=e.role, source=e.source,
                  fold=e.fold, seconds=round(time.perf_counter() - t0, 2))
         cases.append(m)
@@ -115,7 +125,8 @@ def _checked(pred, shape, entry) -> np.ndarray:
 
 
 def _model_segmenter(checkpoint: str, device: str, roi: int | None, overlap: float,
-                     sw_batch: int, progress: bool = False) -> tuple[Segmenter, dict, dict]:
+                     sw_batch: int, progress: bool = False, flips: bool = False
+                     ) -> tuple[Segmenter, dict, dict]:
     """The checkpoint's model as a segmenter, what to record of the checkpoint, and the inference
     settings it runs with (from its preprocessing record, ``roi`` overriding the window size)."""
     import functools
@@ -125,7 +136,8 @@ def _model_segmenter(checkpoint: str, device: str, roi: int | None, overlap: flo
     prep = trained.preprocessing
     window_zyx = (roi,) * 3 if roi else prep.roi
     segmenter = functools.partial(segment, trained.model, prep=prep, roi=window_zyx,
-                                  overlap=overlap, sw_batch=sw_batch, progress=progress)
+                                  overlap=overlap, sw_batch=sw_batch, progress=progress,
+                                  flips=flips, probability=True)
     source = {"checkpoint": trained.checkpoint, "model": trained.name, "step": trained.step,
               "checkpoint_sha256": file_sha256(trained.checkpoint),
               "training_sources": [{k: src.get(k) for k in ("url", "dataset_id", "format",
@@ -133,6 +145,7 @@ def _model_segmenter(checkpoint: str, device: str, roi: int | None, overlap: flo
                                    for src in trained.config.get("sources", [])]}
     inference = {"spacing_mm": list(prep.spacing_mm), "window_hu": list(prep.window_hu),
                  "roi_zyx": list(window_zyx), "overlap": overlap, "mode": "gaussian",
+                 "test_time_flips": flips, "min_tumor_radius_mm": MIN_TUMOR_RADIUS_MM,
                  "postprocess": f"largest liver component; tumor within the liver dilated by "
                                 f"{DILATE_MM:g} mm, in components of at least a "
                                 f"{MIN_TUMOR_RADIUS_MM:g} mm sphere",

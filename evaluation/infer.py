@@ -24,7 +24,7 @@ from tumorforge.manifests.conventions import (BACKGROUND, LIVER, TUMOR, from_ras
 from tumorforge.trainer.augment import window
 from tumorforge.trainer.preprocessing import Preprocessing
 
-from .metrics import CONNECTIVITY_26
+from .metrics import CONNECTIVITY_26, PROBABILITY_SCALE, drop_specks
 
 BODY_HU = -500.0
 BODY_MARGIN_MM = 8.0
@@ -60,25 +60,26 @@ def postprocess(labels: np.ndarray, dilate_mm: float = DILATE_MM, spacing=(1.0, 
     near = np.zeros(keep.shape, bool)
     near[box] = ndi.distance_transform_edt(~keep[box], sampling=spacing) <= dilate_mm
     out = np.where(keep, LIVER, BACKGROUND).astype(np.uint8)
-    tumor = (labels == TUMOR) & near
-    if min_tumor_radius_mm > 0 and tumor.any():
-        parts, n = ndi.label(tumor, structure=CONNECTIVITY_26)
-        min_voxels = 4.0 / 3.0 * np.pi * min_tumor_radius_mm ** 3 / float(np.prod(spacing))
-        sizes = np.bincount(parts.ravel())
-        tumor = (sizes >= min_voxels)[parts] & tumor
-    out[tumor] = TUMOR
+    out[drop_specks((labels == TUMOR) & near, spacing, min_tumor_radius_mm)] = TUMOR
     return out
+
+
+FLIP_AXES = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
 
 
 @torch.no_grad()
 def segment(model, image: np.ndarray, affine: np.ndarray, prep: Preprocessing,
             roi: tuple[int, int, int] | None = None, overlap: float = 0.75, sw_batch: int = 2,
-            dilate_mm: float = DILATE_MM, device=None, progress: bool = False) -> np.ndarray:
+            dilate_mm: float = DILATE_MM, device=None, progress: bool = False,
+            flips: bool = False, probability: bool = False):
     """Labels (0/1/2, uint8) for a whole scan of HU values in its own voxel order and grid.
 
     ``prep``: the model's preprocessing (spacing in mm, HU window, sliding-window size); ``roi``
     overrides its window size, in voxels along the model's (Z, Y, X). ``progress``: a tqdm bar
     over the scan's sliding windows on stderr, with an ETA (a scan takes minutes on a CPU).
+    ``flips``: test-time augmentation, the softmax averaged over the 8 mirrorings of the three
+    axes (8x the inference time). ``probability``: also return the tumor probability before
+    post-processing on the same grid (uint8, ``PROBABILITY_SCALE`` = 1), for FROC curves.
     """
     from monai.inferers import sliding_window_inference
     device = device or next(model.parameters()).device
@@ -88,19 +89,33 @@ def segment(model, image: np.ndarray, affine: np.ndarray, prep: Preprocessing,
     iso = grid.sample(ras, (0, 0, 0), grid.full_shape, 1, -1024.0)
     body = np.argwhere(ndi.uniform_filter(iso, 3) > BODY_HU)
     lab_iso = np.zeros(iso.shape, np.uint8)
+    prob_iso = np.zeros(iso.shape, np.uint8)
     if len(body):
         margin = np.ceil(BODY_MARGIN_MM / np.asarray(prep.spacing_mm)).astype(int)
         lo = np.maximum(body.min(0) - margin, 0)
         hi = np.minimum(body.max(0) + margin + 1, iso.shape)
         box = tuple(slice(a, b) for a, b in zip(lo, hi))
         x = window(torch.from_numpy(np.ascontiguousarray(ras_to_zyx(iso[box]))), prep.window_hu)
-        logits = sliding_window_inference(x[None, None], roi, sw_batch, model, overlap=overlap,
-                                          mode="gaussian", sw_device=device, device="cpu",
-                                          progress=progress)
-        lab_iso[box] = zyx_to_ras(logits.argmax(1)[0].numpy().astype(np.uint8))
+        x = x[None, None]
+        soft = None
+        for axes in (FLIP_AXES if flips else ((),)):
+            xf = x.flip(axes) if axes else x
+            logits = sliding_window_inference(xf, roi, sw_batch, model, overlap=overlap,
+                                              mode="gaussian", sw_device=device, device="cpu",
+                                              progress=progress)
+            p = torch.softmax(logits.float(), 1)
+            p = p.flip(axes) if axes else p
+            soft = p if soft is None else soft + p
+        soft = soft[0] / (len(FLIP_AXES) if flips else 1)
+        lab_iso[box] = zyx_to_ras(soft.argmax(0).numpy().astype(np.uint8))
+        if probability:
+            prob_iso[box] = zyx_to_ras(torch.round(soft[TUMOR] * PROBABILITY_SCALE)
+                                       .numpy().astype(np.uint8))
     lab_iso = postprocess(lab_iso, dilate_mm, prep.spacing_mm)
     # Back to the RAS grid of the file (shared voxel 0; input voxel v is at v / factors), then to
     # the file's own axis order.
-    back = ndi.affine_transform(lab_iso, np.diag(1.0 / grid.factors), output_shape=ras.shape,
-                                order=0, mode="constant", cval=0)
-    return from_ras(back, affine).astype(np.uint8)
+    back = lambda a: from_ras(ndi.affine_transform(a, np.diag(1.0 / grid.factors),
+                                                   output_shape=ras.shape, order=0,
+                                                   mode="constant", cval=0), affine)
+    labels = back(lab_iso).astype(np.uint8)
+    return (labels, back(prob_iso).astype(np.uint8)) if probability else labels

@@ -117,6 +117,29 @@ def match_lesions(gt_labels: np.ndarray, n_gt: int, pred_labels: np.ndarray, n_p
     return np.where(denom > 0, 2.0 * pairs / np.maximum(denom, 1), 0.0)
 
 
+def drop_specks(mask: np.ndarray, spacing, min_radius_mm: float) -> np.ndarray:
+    """``mask`` without its 26-connected components smaller than a sphere of ``min_radius_mm``
+    (``spacing``: mm per voxel along the array's axes)."""
+    mask = np.asarray(mask, bool)
+    if min_radius_mm <= 0 or not mask.any():
+        return mask
+    parts, _ = ndi.label(mask, structure=CONNECTIVITY_26)
+    min_voxels = 4.0 / 3.0 * np.pi * min_radius_mm ** 3 / float(np.prod(spacing))
+    return (np.bincount(parts.ravel()) >= min_voxels)[parts] & mask
+
+
+def _detections(scores: np.ndarray, n_pred: int, rule: str, min_dice: float
+                ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(best match Dice per true lesion, detected per true lesion, false-positive components) from
+    the (true lesion, predicted component) Dice matrix, under ``rule``."""
+    n_gt = scores.shape[0]
+    best = scores.max(axis=1) if n_pred else np.zeros(n_gt)
+    hit = (scores > 0) if rule == "any-voxel" else (scores >= min_dice)
+    matched = hit.any(axis=0) if n_gt else np.zeros(n_pred, bool)
+    return best, hit.any(axis=1) if n_pred else np.zeros(n_gt, bool), \
+        int(n_pred - np.count_nonzero(matched))
+
+
 def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing, tolerance_mm: float = 2.0,
                  rule: str = "dice", min_dice: float = DEFAULT_MIN_DICE) -> dict:
     """Per-case metrics from label volumes (0 background, 1 liver, 2 tumor) on one grid.
@@ -135,19 +158,14 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing, tolerance_mm: flo
     gt_labels, gt = lesions(tt, spacing)
     pred_labels, predicted = lesions(pt, spacing)
     scores = match_lesions(gt_labels, len(gt), pred_labels, len(predicted))
+    best, detected, fp = _detections(scores, len(predicted), rule, min_dice)
     centers = ndi.center_of_mass(np.ones_like(gt_labels), gt_labels, range(1, len(gt) + 1)) \
         if gt else []
     for n, les in enumerate(gt):
-        best = float(scores[n].max()) if len(predicted) else 0.0
-        les["best_dice"] = best
+        les["best_dice"] = float(best[n])
         les["center_vox"] = [int(round(c)) for c in centers[n]]
-        les["detected"] = best > 0 if rule == "any-voxel" else best >= min_dice
+        les["detected"] = bool(detected[n])
         les["size_bin"] = size_bin(les["radius_mm"])
-    if rule == "any-voxel":
-        matched = (scores > 0).any(axis=0) if gt else np.zeros(len(predicted), bool)
-    else:
-        matched = (scores >= min_dice).any(axis=0) if gt else np.zeros(len(predicted), bool)
-    fp = int(len(predicted) - np.count_nonzero(matched))
     return {"tumor_dice": dice(pt, tt), "tumor_nsd": nsd(pt, tt, spacing, tolerance_mm),
             "liver_dice": dice(pred >= LIVER, truth >= LIVER),
             "tumor_volume_true_ml": round(int(tt.sum()) * voxel_ml, 4),
@@ -160,6 +178,66 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing, tolerance_mm: flo
             "false_positive_lesions": fp, "predicted_lesions": len(predicted),
             "any_predicted_tumor": bool(pt.any()),
             "detection_rule": detection_rule_text(rule, min_dice)}
+
+
+# Probability thresholds of the FROC-style curve (the argmax answer is the operating point).
+FROC_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+PROBABILITY_SCALE = 255          # tumor probabilities travel as uint8: p * 255, rounded
+
+
+def froc_points(probability: np.ndarray, region: np.ndarray, truth: np.ndarray, spacing,
+                rule: str = "dice", min_dice: float = DEFAULT_MIN_DICE,
+                min_radius_mm: float = 0.0, thresholds=FROC_THRESHOLDS) -> list[dict]:
+    """Lesion detection and false-positive components of one case at each probability threshold.
+
+    ``probability``: the model's tumor probability (uint8, ``PROBABILITY_SCALE`` = 1) on the
+    truth's grid; ``region``: where tumor may be predicted (the post-processed liver, tumor
+    included); ``truth``: labels 0/1/2. At threshold t the predicted tumor is ``probability >= t``
+    inside ``region``, without components under a ``min_radius_mm`` sphere; lesions are matched
+    with ``rule`` as in :func:`case_metrics`. Returns, per threshold, detected and total true
+    lesions per size bin and the false-positive components.
+    """
+    spacing = tuple(float(s) for s in spacing)
+    tt = truth == TUMOR
+    both = np.argwhere(region | tt)
+    if len(both):
+        box = tuple(slice(a, b + 1) for a, b in zip(both.min(0), both.max(0)))
+        probability, region, tt = probability[box], region[box], tt[box]
+    gt_labels, gt = lesions(tt, spacing)
+    bins = [size_bin(les["radius_mm"]) for les in gt]
+    totals = {name: bins.count(name) for name, _, _ in SIZE_BINS_MM}
+    out = []
+    for t in thresholds:
+        pt = drop_specks((probability >= round(t * PROBABILITY_SCALE)) & region, spacing,
+                         min_radius_mm)
+        pred_labels, n_pred = ndi.label(pt, structure=CONNECTIVITY_26)
+        scores = match_lesions(gt_labels, len(gt), pred_labels, n_pred)
+        _, detected, fp = _detections(scores, n_pred, rule, min_dice)
+        hits = {name: int(sum(d for d, b in zip(detected, bins) if b == name))
+                for name, _, _ in SIZE_BINS_MM}
+        out.append({"threshold": t, "detected": hits, "lesions": totals,
+                    "false_positive_lesions": fp})
+    return out
+
+
+def summarize_froc(cases: list[dict]) -> list[dict] | None:
+    """The pooled FROC-style curve: per threshold, lesion sensitivity (all sizes and > 10 mm) and
+    false-positive components per scan over ``cases`` (None unless every case has its points)."""
+    if not cases or not all(c.get("froc") for c in cases):
+        return None
+    out = []
+    for k, point in enumerate(cases[0]["froc"]):
+        rows = [c["froc"][k] for c in cases]
+        det = {n: sum(r["detected"][n] for r in rows) for n, _, _ in SIZE_BINS_MM}
+        tot = {n: sum(r["lesions"][n] for r in rows) for n, _, _ in SIZE_BINS_MM}
+        all_det, all_tot = sum(det.values()), sum(tot.values())
+        out.append({"threshold": point["threshold"],
+                    "sensitivity": all_det / all_tot if all_tot else None,
+                    "sensitivity_over_10mm": det[">10"] / tot[">10"] if tot[">10"] else None,
+                    "detected": all_det, "lesions": all_tot,
+                    "false_positive_lesions_per_scan": float(np.mean(
+                        [r["false_positive_lesions"] for r in rows]))})
+    return out
 
 
 def bootstrap_ci(values, statistic=np.mean, n_boot: int = 2000, seed: int = 0,
@@ -214,6 +292,7 @@ def summarize(cases: list[dict], seed: int = 0) -> dict:
         "empty_mask_rule": EMPTY_RULE,
         "detection_rule": next((c["detection_rule"] for c in cases if "detection_rule" in c),
                                detection_rule_text()),
+        "froc": summarize_froc(cases),
     }
 
 

@@ -45,6 +45,47 @@ def plot_detection(agg: dict, png: str) -> str:
     return png
 
 
+def plot_froc(curves: dict[str, list[dict]], png: str) -> str:
+    """FROC-style curves: lesion sensitivity against false-positive lesions per scan as the tumor
+    probability threshold moves (``curves``: name -> a summary's ``froc`` points)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for name, points in curves.items():
+        pts = [p for p in points if p["sensitivity"] is not None]
+        if not pts:
+            continue
+        x = [p["false_positive_lesions_per_scan"] for p in pts]
+        y = [p["sensitivity"] for p in pts]
+        line, = ax.plot(x, y, marker="o", ms=3, label=name)
+        for p in pts:
+            if p["threshold"] in (0.1, 0.5, 0.9):
+                ax.annotate(f"{p['threshold']:g}", (p["false_positive_lesions_per_scan"],
+                                                    p["sensitivity"]),
+                            fontsize=6, color=line.get_color(), xytext=(2, 2),
+                            textcoords="offset points")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("false-positive lesions per scan")
+    ax.set_ylabel("lesion sensitivity (all sizes)")
+    ax.set_title("FROC over the tumor probability threshold (labels: threshold)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def froc_rows(points: list[dict]) -> list[list[str]]:
+    """Table rows of a FROC curve: threshold, sensitivity (all, > 10 mm), FP lesions per scan."""
+    return [[f"{p['threshold']:g}", f"{p['detected']}/{p['lesions']}", _f(p["sensitivity"], True),
+             _f(p["sensitivity_over_10mm"], True),
+             f"{p['false_positive_lesions_per_scan']:.1f}"] for p in points]
+
+
+FROC_HEADER = ["tumor probability >=", "detected", "sensitivity", "sensitivity > 10 mm",
+               "FP lesions / scan"]
+
+
 def plot_case_dice(cases: list[dict], png: str) -> str:
     plt = _plt()
     rows = [(c["scan_id"], c["tumor_dice"], c["tumor_nsd"]) for c in cases
@@ -102,6 +143,9 @@ def write_report(out: str, summary: dict, examples: list) -> dict:
             "dice": plot_case_dice(summary["cases"], os.path.join(out, "case_dice.png"))}
     for i, ex in enumerate(examples):
         figs[f"example{i}"] = plot_example(*ex, os.path.join(out, f"example_{i}.png"))
+    froc = agg.get("froc")
+    if froc:
+        figs["froc"] = plot_froc({"model": froc}, os.path.join(out, "froc.png"))
 
     def ci(m):
         return f"{_f(m['mean'])} [{_f(m['ci95'][0])}, {_f(m['ci95'][1])}]" if m["ci95"] else _f(m["mean"])
@@ -140,6 +184,11 @@ def write_report(out: str, summary: dict, examples: list) -> dict:
           _table(det, ["radius (mm)", "detected", "sensitivity", "95% CI",
                        "false-positive lesions"]), "",
           "![detection by size](detection_by_size.png)", "",
+          *(["## FROC over the tumor probability threshold", "",
+              "The operating point above is the argmax answer. Here the predicted tumor is every "
+              "voxel of the post-processed liver whose tumor probability reaches the threshold "
+              "(specks dropped as above), scored with the same detection rule.", "",
+              _table(froc_rows(froc), FROC_HEADER), "", "![FROC](froc.png)", ""] if froc else []),
           "## Per lesion", "",
           _table(per_lesion, ["scan", "lesion", "radius (mm)", "size", "center (voxel)",
                               "best match Dice", "detected"]) if per_lesion else

@@ -27,6 +27,14 @@ def sample_seed(root_seed: int, index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(root_seed, spawn_key=(index,))
 
 
+def draws_negative(root_seed: int, index: int, config: GeneratorConfig) -> bool:
+    """Whether sample ``index`` is drawn negative: the first draw of its rng, as
+    :func:`sample_params` makes it, below ``negative_fraction`` (the plan routes negative samples
+    of the real profile to healthy scans too)."""
+    return bool(np.random.default_rng(sample_seed(root_seed, index)).random()
+                < config.negative_fraction)
+
+
 def sample_params(rng: np.random.Generator, scan: PreparedScan, config: GeneratorConfig
                   ) -> SampleParams:
     if config.profile == "real":
@@ -91,13 +99,23 @@ def _background_voxel(rng, scan: PreparedScan, threshold_hu: float, tries: int =
 
 
 def _real_params(rng, scan, config) -> SampleParams:
-    """A crop of the scan as it is: centered on one of its own tumor voxels, or on a liver voxel
-    for the negative fraction (and for scans without tumor)."""
+    """A crop of the scan as it is, placed by the crop policy the synthetic profiles use.
+
+    ``tumor-centred``: a negative sample (``negative_fraction``; every sample of a scan without
+    tumor, such as a healthy scan) is centred on a liver voxel, any other on one of the scan's own
+    tumor voxels moved by up to ``crop_jitter_mm``. ``pos-neg``: centred on an organ or a
+    background voxel, 1:1, whatever the draw. ``kind`` is ``real`` for a crop placed on a scan
+    with tumor and not drawn negative, ``negative`` otherwise.
+    """
+    negative = rng.random() < config.negative_fraction
     tumor_voxels = np.flatnonzero(scan.tumor)
-    if rng.random() < config.negative_fraction or tumor_voxels.size == 0:
-        kind, center, anchor = "negative", liver_voxel(rng, scan), "organ"
+    kind = "negative" if negative or tumor_voxels.size == 0 else "real"
+    if config.effective_crop_policy == "pos-neg":
+        center, anchor = _crop_center(rng, scan, config, ())
+    elif kind == "negative":
+        center, anchor = liver_voxel(rng, scan), "organ"
     else:
-        kind, anchor = "real", "tumor"
+        anchor = "tumor"
         center = np.array(np.unravel_index(tumor_voxels[int(rng.integers(tumor_voxels.size))],
                                            scan.shape))
         j = int(round(config.crop_jitter_mm / float(scan.spacing_mm[0])))
