@@ -1,3 +1,3 @@
 """tumorforge generator: seeded liver-tumor synthesis (NumPy and CuPy backends)."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

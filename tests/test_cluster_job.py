@@ -225,3 +225,32 @@ def test_second_run_into_the_same_output_is_refused_while_the_first_holds_it(ref
             run_job(small_spec(scans, out), progress=False, log=lambda *a: None)
     result = run_job(small_spec(scans, out), progress=False, log=lambda *a: None)
     assert result.ok and not (out / LOCK).exists()          # released when the run ends
+
+
+def test_real_profile_takes_negative_crops_from_healthy_scans_too(scans, tmp_path):
+    """Issue 13 (fair arms): with healthy scans in its manifest, the real profile's negative
+    samples (drawn as sample_params draws them) cycle through tumor and healthy scans, its
+    positive samples through tumor scans only; without them the plan is what it was."""
+    from tumorforge.cluster.plan import ShardPlan
+    from tumorforge.generator.config import GeneratorConfig
+    from tumorforge.generator.sample import draws_negative
+    entries = read_manifest(str(scans))
+    tumor = [dataclasses.replace(e, role="tumor") for e in entries[:2]]
+    gen = GeneratorConfig(profile="real", crop_size=(32, 32, 32), negative_fraction=0.5)
+    spec = small_spec(scans, tmp_path / "r", generator=gen, samples=48, samples_per_shard=16)
+    plan = make_plan(spec, tumor + entries[2:])
+    assert set(plan.scans) == {e.scan_id for e in entries}
+    tumor_ids = {e.scan_id for e in tumor}
+    used = {True: set(), False: set()}
+    for shard in plan.shards:
+        assert shard.tumor_scans == 2 and set(shard.scans[2:]) == {entries[2].scan_id}
+        for i in range(shard.start, shard.start + shard.count):
+            negative = draws_negative(spec.root_seed, i, gen)
+            used[negative].add(plan.scan_of(shard, i))
+    assert used[False] == tumor_ids                       # positives: tumor scans only
+    assert entries[2].scan_id in used[True] and used[True] & tumor_ids
+    assert plan.to_json()["shards"][0]["tumor_scans"] == 2
+    alone = make_plan(spec, tumor)
+    assert all(s.tumor_scans == 0 and set(s.scans) <= tumor_ids for s in alone.shards)
+    assert "tumor_scans" not in alone.to_json()["shards"][0]
+    assert ShardPlan(0, 0, 4, ("a", "b", "h"), 2).scan_of(2) == "a"   # positives skip "h"

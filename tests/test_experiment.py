@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -21,9 +22,15 @@ def inputs(phantom_root, tmp_path_factory):
     lits, btcv = work / "lits.jsonl", work / "btcv.jsonl"
     build_manifest("lits", str(root / "lits"), str(lits))
     build_manifest("btcv", str(root / "btcv"), str(btcv))
-    entries = read_manifest(str(lits), default_roots(str(lits), [str(root)]))
-    write_jsonl(str(lits), assign_folds(entries, 2, 0))
-    spec = {"name": "tiny", "annotated": str(lits), "healthy": str(btcv), "folds": [0],
+    entries = assign_folds(read_manifest(str(lits), default_roots(str(lits), [str(root)])), 2, 0)
+    write_jsonl(str(lits), entries)
+    # The healthy pool also names a scan of the test fold (as a user's pool might): the
+    # experiment must leave it out of fold 0's training data.
+    pool = read_manifest(str(btcv), default_roots(str(btcv), [str(root)]))
+    tested = next(e for e in entries if e.fold == 0)
+    healthy = work / "healthy.jsonl"
+    write_jsonl(str(healthy), pool + [dataclasses.replace(tested, role="healthy", fold=None)])
+    spec = {"name": "tiny", "annotated": str(lits), "healthy": str(healthy), "folds": [0],
             "arms": [{"name": "real", "profile": "real"},
                      {"name": "synthetic", "profile": "paper-train"},
                      {"name": "both", "mix": ["real", "synthetic"]}],
@@ -37,12 +44,12 @@ def inputs(phantom_root, tmp_path_factory):
             "evaluate": {"overlap": 0.0}}
     path = work / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
-    return work, path
+    return work, path, tested.scan_id
 
 
 def test_experiment_runs_every_arm_reports_and_resumes(inputs, capsys):
     import ray
-    work, spec = inputs
+    work, spec, tested = inputs
     out = work / "out"
     try:
         assert main(["experiment", str(spec), "--out", str(out)]) == 0
@@ -57,12 +64,23 @@ def test_experiment_runs_every_arm_reports_and_resumes(inputs, capsys):
         ids = {name: [d["dataset_id"] for d in a["datasets"]] for name, a in fold.items()}
         assert ids["both"] == ids["real"] + ids["synthetic"]      # the mix is the two datasets
         assert all(len(a["checkpoint_sha256"]) == 64 for a in fold.values())
-        assert result["lineage"]["spec_sha256"] and (out / "shared" / "synthetic").is_dir()
+        assert result["lineage"]["spec_sha256"]
+        # The test scan in the pool is left out: fold 0 gets a pool (and a dataset) of its own,
+        # and no arm's training scans include it.
+        lineage = result["lineage"]["folds"]["0"]
+        assert lineage["held_out_of_pool"] == [tested]
+        assert fold["synthetic"]["datasets"][0]["url"].endswith("fold-0/synthetic/dataset")
+        plans = {name: json.loads((out / "fold-0" / name / "dataset" / "plan.json").read_text())
+                 for name in ("real", "synthetic")}
+        assert all(tested not in p["scans"] for p in plans.values())
+        assert any(s.startswith("btcv") for s in plans["real"]["scans"])   # healthy negatives
         report = (out / "report.md").read_text()
         assert "| real |" in report and "real vs synthetic" in report
-        assert "Detection rule: dice >= 0.2" in report
+        assert "Detection rule: dice >= 0.2" in report and "![FROC](froc.png)" in report
+        assert "data:image/png;base64," in (out / "report.html").read_text()   # self-contained
+        assert result["arms"]["real"]["aggregate"]["froc"][0]["threshold"] == 0.05
         # Half-finished: one evaluation is lost. A rerun redoes only that.
-        index = out / "shared" / "synthetic" / "dataset" / "index.json"
+        index = out / "fold-0" / "synthetic" / "dataset" / "index.json"
         before = index.stat().st_mtime_ns
         checkpoint = fold["real"]["checkpoint"]
         ck_before = json.dumps(fold)

@@ -355,3 +355,28 @@ def test_preview_command_writes_png_nifti_and_params(tmp_path, tiny_lits):
     corner = img.affine @ [0, 0, 0, 1]
     assert np.allclose(np.linalg.inv(affine) @ corner, np.rint(np.linalg.inv(affine) @ corner),
                        atol=1e-3)
+
+
+def test_real_profile_crops_follow_the_draw_and_the_crop_policy():
+    """Issue 13 (fair arms): a real-profile sample is negative exactly when draws_negative says
+    so (the plan routes it by that), positives centre on the scan's own tumor under tumor-centred,
+    and pos-neg places real crops on organ and background voxels 1:1 as for synthetic tumors."""
+    from tumorforge.generator.sample import draws_negative
+    image, label, affine = liver_volume()
+    label[70:80, 60:70, 25:30] = 2                       # a real "tumor" inside the liver
+    real = prepare_scan("real", image, label, affine, organ_values=(1, 2), tumor_values=(2,))
+    config = GeneratorConfig(profile="real", crop_size=(32, 32, 32), negative_fraction=0.3)
+    kinds = []
+    for i in range(40):
+        p = _params(real, config, i, seed=5)
+        assert (p.kind == "negative") == draws_negative(5, i, config)
+        kinds.append(p.crop_anchor)
+        if p.kind == "real":
+            center = np.asarray(p.crop_origin) + 16 - np.asarray(real.origin_vox)
+            nearest = np.abs(np.argwhere(real.tumor) - center).max(axis=1).min()
+            assert nearest <= round(config.crop_jitter_mm / real.spacing_mm[0])
+    assert set(kinds) == {"tumor", "organ"}
+    posneg = GeneratorConfig(profile="real", crop_size=(32, 32, 32), negative_fraction=0.3,
+                             crop_policy="pos-neg")
+    anchors = [_params(real, posneg, i).crop_anchor for i in range(60)]
+    assert set(anchors) == {"organ", "background"} and 15 < anchors.count("organ") < 45

@@ -195,3 +195,29 @@ def test_compare_matches_scans_by_content_and_refuses_same_ids_with_other_conten
     legacy.write_text(json.dumps({"cases": [{k: v for k, v in c.items() if k != "scan_sha256"}
                                             for c in json.loads(open(a).read())["cases"]]}))
     assert compare(a, str(legacy))["matched_by"].startswith("scan id only")
+
+
+def test_froc_points_trade_false_positives_for_sensitivity():
+    """Issue 13: the FROC-style curve. A lesion predicted at probability 0.8 and a false blob at
+    0.3: below 0.3 both are components (one detection, one false positive), above 0.8 neither."""
+    from tumorforge.evaluation.metrics import froc_points, summarize_froc
+    spacing = (1.0, 1.0, 1.0)
+    truth = np.zeros((60, 60, 60), np.uint8)
+    truth[5:55, 5:55, 5:55] = 1
+    lesion = ball(truth.shape, (20, 20, 20), 11.0, spacing)
+    truth[lesion] = 2
+    prob = np.zeros(truth.shape, np.uint8)
+    prob[lesion] = round(0.8 * 255)
+    prob[ball(truth.shape, (40, 40, 40), 5.0, spacing)] = round(0.3 * 255)
+    prob[50, 50, 50] = 255                      # one voxel: a speck under a 2 mm sphere
+    points = froc_points(prob, truth >= 1, truth, spacing, min_radius_mm=2.0,
+                         thresholds=(0.1, 0.5, 0.9))
+    assert [p["false_positive_lesions"] for p in points] == [1, 0, 0]
+    assert [p["detected"][">10"] for p in points] == [1, 1, 0]
+    assert points[0]["lesions"] == {"<5": 0, "5-10": 0, ">10": 1}
+    outside = froc_points(prob, np.zeros_like(truth, bool), truth, spacing, thresholds=(0.1,))
+    assert outside[0]["detected"][">10"] == 0         # nothing predicted outside the region
+    pooled = summarize_froc([{"froc": points}, {"froc": points}])
+    assert [p["sensitivity"] for p in pooled] == [1.0, 1.0, 0.0]
+    assert pooled[0]["false_positive_lesions_per_scan"] == 1.0
+    assert summarize_froc([{"froc": points}, {}]) is None
