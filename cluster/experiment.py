@@ -37,15 +37,18 @@ class ExperimentError(ValueError):
 
 @dataclass(frozen=True)
 class Arm:
-    """One way of making training data. ``profile`` (a generation profile; ``real`` crops the
-    training folds' own tumors) or ``mix`` (names of other arms whose datasets are mixed, equal
-    weights). ``generator``: GeneratorConfig fields over the experiment's."""
+    """One way of making training data and a model. ``profile`` (a generation profile; ``real``
+    crops the training folds' own tumors) or ``mix`` (names of other arms whose datasets are
+    mixed, equal weights; a mix of one arm trains on that arm's dataset). ``generator``:
+    GeneratorConfig fields over the experiment's; ``train``: TrainConfig fields over the
+    experiment's (for example another model on the same data)."""
 
     name: str
     profile: str = ""
     mix: tuple[str, ...] = ()
     samples: int = 0
     generator: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,12 @@ def _check(spec: ExperimentSpec, where: str) -> None:
         if unknown:
             raise ExperimentError(f"{where}: arm {a.name!r} mixes {unknown}, which are not "
                                   f"arms with a profile")
+    from tumorforge.trainer.config import ConfigError, load_config
+    for a in spec.arms:                 # a bad training field fails now, not after generation
+        try:
+            load_config(None, {**spec.train, **a.train, "sources": [{"url": "-"}], "out": "-"})
+        except ConfigError as exc:
+            raise ExperimentError(f"{where}: arm {a.name!r}: train: {exc}") from None
     unknown = sorted(set(spec.evaluate) - set(EVALUATE_KEYS))
     if unknown:
         raise ExperimentError(f"{where}: evaluate: unknown field(s) {unknown}; expected some of "
@@ -208,13 +217,13 @@ def _generate(spec: ExperimentSpec, arm: Arm, manifest: str, output: str, log) -
     return result.dataset_id
 
 
-def _train(spec: ExperimentSpec, datasets: list[str], folder: str, log) -> str:
-    """A model trained on ``datasets`` (equal weights) in ``folder``; resumes. Returns the newest
-    checkpoint's path."""
+def _train(spec: ExperimentSpec, arm: Arm, datasets: list[str], folder: str, log) -> str:
+    """The arm's model trained on ``datasets`` (equal weights) in ``folder``; resumes. Returns the
+    newest checkpoint's path."""
     from tumorforge.trainer import checkpoint as ckpt
     from tumorforge.trainer.config import load_config
     from tumorforge.trainer.train import train
-    cfg = load_config(None, {**spec.train, "sources": [{"url": d} for d in datasets],
+    cfg = load_config(None, {**spec.train, **arm.train, "sources": [{"url": d} for d in datasets],
                              "out": folder, "seed": spec.root_seed})
     steps = ckpt.list_steps(os.path.join(folder, "checkpoints"))
     if not steps or steps[-1] < cfg.steps:
@@ -290,7 +299,7 @@ def run(spec: ExperimentSpec, log=print) -> dict:
             sources = [datasets[m][0] for m in (arm.mix or (arm.name,))]
             adir = os.path.join(fdir, arm.name)
             log(f"fold {fold}, arm {arm.name}: training on {len(sources)} dataset(s)")
-            checkpoint = _train(spec, sources, os.path.join(adir, "train"), log)
+            checkpoint = _train(spec, arm, sources, os.path.join(adir, "train"), log)
             log(f"fold {fold}, arm {arm.name}: evaluating {checkpoint} on fold {fold}")
             summary = _evaluate(spec, checkpoint, inputs.test,
                                 os.path.join(adir, "evaluation"), log)

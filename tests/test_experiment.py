@@ -104,11 +104,16 @@ def test_experiment_runs_every_arm_reports_and_resumes(inputs, capsys):
         ray.shutdown()
 
 
-def test_bad_spec_is_one_line(tmp_path):
+@pytest.mark.parametrize("arms, names", [
+    ([{"name": "both", "mix": ["nope"]}], ["nope"]),
+    ([{"name": "syn", "profile": "paper-train"},
+      {"name": "syn-swin", "mix": ["syn"], "train": {"model": "swin"}}], ["syn-swin", "swin"])])
+def test_bad_spec_is_one_line(tmp_path, arms, names):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"name": "x", "annotated": "a.jsonl", "healthy": "h.jsonl",
-                                   "folds": [0], "arms": [{"name": "both", "mix": ["nope"]}]}))
+                                   "folds": [0], "arms": arms}))
     with pytest.raises(SystemExit) as exc:
         main(["experiment", str(bad)])
     message = str(exc.value.code)
-    assert message.startswith("experiment: ") and "nope" in message and "\n" not in message
+    assert message.startswith("experiment: ") and "\n" not in message
+    assert all(n in message for n in names)
