@@ -340,20 +340,27 @@ def _fmt(v, pct: bool = False) -> str:
 def _report(out: str, result: dict) -> None:
     """``report.md`` and a self-contained ``report.html``: one row per arm, the pair tests."""
     from tumorforge.evaluation.report import FROC_HEADER, froc_rows, html_page, plot_froc
-    head = ("arm", "tumor DSC [95 % CI]", "NSD", "liver DSC", "sensitivity < 5 / 5-10 / > 10 mm",
-            "FP lesions / scan", "specificity")
+    head = ("arm", "tumor DSC", "NSD", "liver DSC", "sensitivity < 5 mm", "5-10 mm", "> 10 mm",
+            "FP lesions / scan", "specificity (healthy scans)")
+
+    def ci(value, interval, pct=False, digits=None):
+        fmt = (lambda v: f"{v:.{digits}f}") if digits is not None else \
+            (lambda v: _fmt(v, pct))
+        text = "n/a" if value is None else fmt(value)
+        return f"{text} [{fmt(interval[0])}, {fmt(interval[1])}]" if interval else text
     rows = []
     for name, arm in result["arms"].items():
         agg = arm["aggregate"]
-        ci = agg["tumor_dice"]["ci95"]
         det = agg["detection"]
-        rows.append((name, f"{_fmt(agg['tumor_dice']['mean'])} "
-                           f"[{_fmt(ci[0]) if ci else 'n/a'}, {_fmt(ci[1]) if ci else 'n/a'}]",
-                     _fmt(agg["tumor_nsd"]["mean"]), _fmt(agg["liver_dice"]["mean"]),
-                     " / ".join(_fmt(det[b]["sensitivity"], True) for b in ("<5", "5-10", ">10")),
-                     "n/a" if agg["false_positive_lesions_per_scan"] is None else
-                     f"{agg['false_positive_lesions_per_scan']:.1f}",
-                     _fmt(agg["specificity"]["value"], True)))
+        sens = [f"{ci(det[b]['sensitivity'], det[b]['ci95'], True)} "
+                f"({det[b]['detected']}/{det[b]['lesions']})" for b in ("<5", "5-10", ">10")]
+        rows.append((name, *(ci(agg[k]["mean"], agg[k]["ci95"])
+                             for k in ("tumor_dice", "tumor_nsd", "liver_dice")),
+                     *sens,
+                     ci(agg["false_positive_lesions_per_scan"],
+                        agg.get("false_positive_lesions_per_scan_ci95"), digits=1),
+                     ci(agg["specificity"]["value"], agg["specificity"].get("ci95"), True)
+                     + f" (n {agg['specificity']['healthy_scans']})"))
     pairs = [(f"{os.path.basename(p['a']).removesuffix('-cases.json')} vs "
               f"{os.path.basename(p['b']).removesuffix('-cases.json')}", str(p["shared_cases"]),
               _fmt(p["wilcoxon_tumor_dice"]["p_value"]),
@@ -365,8 +372,9 @@ def _report(out: str, result: dict) -> None:
                           *("| " + " | ".join(r) + " |" for r in rs)])
     rule = next(iter(result["arms"].values()))["aggregate"]["detection_rule"]
     md = [f"# Experiment {result['experiment']}", "",
-          f"Folds {list(result['lineage']['folds'])}; cases pooled over folds; 95 % bootstrap "
-          f"intervals over cases. Detection rule: {rule}.", "",
+          f"Folds {list(result['lineage']['folds'])}; cases pooled over folds; every figure with "
+          f"its 95 % bootstrap interval over cases (lesions resampled with their case). Detection "
+          f"rule: {rule}.", "",
           table(head, rows), "", "## Paired tests (same scans, matched by sha256)", "",
           table(("pair", "cases", "Wilcoxon p (tumor DSC)", "lesions found only by A / B",
                  "McNemar p"), pairs) if pairs else "One arm: no pair to test.", "",

@@ -278,6 +278,8 @@ def summarize(cases: list[dict], seed: int = 0) -> dict:
                            "ci95": list(ci) if ci else None,
                            "false_positive_lesions": fp_total}
     fp_free = [not c["any_predicted_tumor"] for c in healthy]
+    fp_ci = bootstrap_ci([c["false_positive_lesions"] for c in cases], seed=seed)
+    spec_ci = bootstrap_ci([float(v) for v in fp_free], seed=seed)
     return {
         "cases": len(cases), "tumor_cases": len(tumor), "healthy_cases": len(healthy),
         "tumor_dice": mean_ci("tumor_dice", tumor), "tumor_nsd": mean_ci("tumor_nsd", tumor),
@@ -287,8 +289,10 @@ def summarize(cases: list[dict], seed: int = 0) -> dict:
         "detection": detection,
         "false_positive_lesions_per_scan": (float(np.mean([c["false_positive_lesions"]
                                                           for c in cases])) if cases else None),
+        "false_positive_lesions_per_scan_ci95": list(fp_ci) if fp_ci else None,
         "specificity": {"healthy_scans": len(healthy), "true_negatives": int(sum(fp_free)),
-                        "value": (sum(fp_free) / len(healthy)) if healthy else None},
+                        "value": (sum(fp_free) / len(healthy)) if healthy else None,
+                        "ci95": list(spec_ci) if spec_ci else None},
         "empty_mask_rule": EMPTY_RULE,
         "detection_rule": next((c["detection_rule"] for c in cases if "detection_rule" in c),
                                detection_rule_text()),

@@ -147,8 +147,9 @@ def write_report(out: str, summary: dict, examples: list) -> dict:
     if froc:
         figs["froc"] = plot_froc({"model": froc}, os.path.join(out, "froc.png"))
 
-    def ci(m):
-        return f"{_f(m['mean'])} [{_f(m['ci95'][0])}, {_f(m['ci95'][1])}]" if m["ci95"] else _f(m["mean"])
+    def ci(m, pct=False):
+        return (f"{_f(m['mean'], pct)} [{_f(m['ci95'][0], pct)}, {_f(m['ci95'][1], pct)}]"
+                if m["ci95"] else _f(m["mean"], pct))
     metrics = [["tumor DSC (mean over tumor cases)", ci(agg["tumor_dice"]), agg["tumor_dice"]["n"]],
                [f"tumor NSD ({summary['nsd_tolerance_mm']} mm)", ci(agg["tumor_nsd"]),
                 agg["tumor_nsd"]["n"]],
@@ -156,10 +157,12 @@ def write_report(out: str, summary: dict, examples: list) -> dict:
                ["liver DSC", ci(agg["liver_dice"]), agg["liver_dice"]["n"]],
                ["tumor volume error (mL)", ci(agg["tumor_volume_error_ml"]),
                 agg["tumor_volume_error_ml"]["n"]],
-               ["false-positive lesions per scan", _f(agg["false_positive_lesions_per_scan"]),
-                agg["cases"]],
-               ["specificity (healthy scans)", _f(agg["specificity"]["value"], True),
-                agg["specificity"]["healthy_scans"]]]
+               ["false-positive lesions per scan",
+                ci({"mean": agg["false_positive_lesions_per_scan"],
+                    "ci95": agg.get("false_positive_lesions_per_scan_ci95")}), agg["cases"]],
+               ["specificity (healthy scans)",
+                ci({"mean": agg["specificity"]["value"], "ci95": agg["specificity"].get("ci95")},
+                   True), agg["specificity"]["healthy_scans"]]]
     det = [[n, f"{d['detected']}/{d['lesions']}", _f(d["sensitivity"], True),
             f"[{_f(d['ci95'][0], True)}, {_f(d['ci95'][1], True)}]" if d["ci95"] else "n/a",
             d.get("false_positive_lesions", "n/a")]
