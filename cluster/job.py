@@ -284,7 +284,7 @@ def _run_locked(spec: JobSpec, plan: Plan, out: Objects, ray, progress: bool, lo
         start_actor()
     bar = _progress(sum(plan.shards[k].count for k in pending), progress)
     run_log = []
-    while running or (sched.pending and (sched.live or starting)):
+    while running or (sched.pending_count and (sched.live or starting)):
         # With nothing running, wait for an actor to start, but not forever (no capacity left).
         timeout = None if running else ACTOR_START_TIMEOUT_S
         done, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=timeout)

@@ -80,3 +80,22 @@ def test_give_up_fails_what_is_pending():
     s = _scheduler(n=3)
     s.give_up("no capacity")
     assert s.finished and s.failed == {0: "no capacity", 1: "no capacity", 2: "no capacity"}
+
+
+def test_dispatch_cost_does_not_grow_with_the_pending_shards():
+    """Issue 14: handing out a shard looks at a few candidates per held scan, whatever the number
+    pending (the old scan of every pending shard made dispatch quadratic over a job). Measured as
+    work done (candidates and heap entries examined), not time."""
+    def cost(n_shards):
+        scans = {k: (f"s{(2 * k) % 4000}", f"s{(2 * k + 1) % 4000}") for k in range(n_shards)}
+        s = Scheduler(scans, list(range(n_shards)))
+        for a in range(4):
+            s.actor_started(a)
+        handed = 0
+        while handed < 400:
+            for actor, _ in s.assignments():
+                handed += 1
+                s.shard_written(actor)
+        return s.examined / handed
+    small, large = cost(1_000), cost(100_000)
+    assert large <= 2 * small and large < 20
