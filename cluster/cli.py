@@ -1,6 +1,7 @@
-"""The generation service's commands: ``generate`` (run or resume a job here), ``submit`` (send it
-to a Ray cluster), ``audit`` (one sample: how it was made, regenerated from its seed) and
-``verify`` (every shard and sample against the index)."""
+"""The generation service's commands: ``generate`` (run or resume a job here; ``--dry-run``),
+``submit`` (send it to a Ray cluster), ``audit`` (one sample: how it was made, regenerated from its
+seed), ``verify`` (every shard and sample against the index) and ``inspect`` (what a dataset
+holds)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def _cmd_generate(args) -> int:
     from .spec import SpecError, load_spec
     try:
         spec = load_spec(args.job, _spec_overrides(args))
+        if args.dry_run:
+            return _dry_run(spec)
         result = run_job(spec, address=args.address, progress=not args.no_progress)
     except (SpecError, JobError, PlanError) as exc:
         sys.exit(f"generate: {exc}")
@@ -47,6 +50,20 @@ def _cmd_generate(args) -> int:
         print("  index.json was not written; the committed shards are kept for the rerun")
         return 1
     print(f"  index: {result.output.rstrip('/')}/index.json")
+    return 0
+
+
+def _dry_run(spec) -> int:
+    from tumorforge.generator.backend import BackendError
+    from tumorforge.generator.prepare import PrepareError
+    from tumorforge.manifests.nifti import ScanError
+    from .dry_run import dry_run
+    from .job import read_entries
+    try:
+        result = dry_run(spec, read_entries(spec))
+    except (ScanError, PrepareError, BackendError, OSError) as exc:
+        sys.exit(f"generate --dry-run: calibration failed: {exc}")
+    print("\n".join(result.lines()))
     return 0
 
 
@@ -140,6 +157,19 @@ def _cmd_verify(args) -> int:
     return 0
 
 
+def _cmd_inspect(args) -> int:
+    from tumorforge.manifests.dataset.reader import DatasetError
+    from .inspect_dataset import inspect, lines
+    try:
+        summary = inspect(args.dataset, args.out, args.max_samples, args.montage)
+    except DatasetError as exc:
+        sys.exit(f"inspect: {exc}")
+    print("\n".join(lines(summary)))
+    for path in summary.get("files", []):
+        print(f"  wrote {path}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from tumorforge.generator.backend import BACKENDS
     from tumorforge.generator.options import add_generator_options
@@ -162,6 +192,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      Resources, prefix="resources.")
     g.add_argument("--address", help="Ray cluster address (default: start an embedded one)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print the plan (dataset id, samples per scan, scans it cannot use, what "
+                        "the output holds) and estimates from a few samples made here; write "
+                        "nothing, start no cluster")
     add_generator_options(g)
     g.set_defaults(func=_cmd_generate)
 
@@ -198,3 +232,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "image/label hashes; report missing, extra or corrupt shards.")
     v.add_argument("dataset")
     v.set_defaults(func=_cmd_verify)
+
+    i = sub.add_parser("inspect", help="what a generated dataset holds: sizes, configuration, "
+                                       "scans, tumor counts and radii, a montage",
+                       description="Summarize a dataset from its index and its samples' "
+                                   "provenance; with --out also write inspect.json, "
+                                   "histograms.png and montage.png.")
+    i.add_argument("dataset", help="dataset folder or URL (holds index.json)")
+    i.add_argument("--out", help="folder for inspect.json, histograms.png and montage.png")
+    i.add_argument("--max-samples", type=int, default=20_000,
+                   help="provenance records to read at most, on evenly spaced shards "
+                        "(default %(default)s)")
+    i.add_argument("--montage", type=int, default=8,
+                   help="samples in the montage (default %(default)s; 0: none)")
+    i.set_defaults(func=_cmd_inspect)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -68,6 +69,57 @@ class ScanCache:
         return scan
 
 
+@dataclass
+class Samples:
+    """Samples of one shard, made and hashed, ready to encode."""
+
+    images: list
+    labels: list
+    keys: list
+    provenance: list          # JSON text per sample
+    hashes: list              # SampleHashes per sample
+    indices: range
+
+
+def make_samples(plan: Plan, scans: dict[str, PreparedScan], indices: range, backend) -> Samples:
+    """Synthesize the samples ``indices`` of ``plan`` from their prepared ``scans`` (by scan id):
+    parameters drawn from each sample's seed, synthesis on ``backend``, hashes and provenance."""
+    spec, config = plan.spec, plan.spec.generator
+    out = Samples([], [], [], [], [], indices)
+    versions = backend.versions()
+    for i in indices:
+        scan = scans[plan.scan_of(plan.shards[i // spec.samples_per_shard], i)]
+        params = sample_params(np.random.default_rng(sample_seed(spec.root_seed, i)), scan, config)
+        crop = synthesize(scan, params, backend)
+        key = plan.key(i)
+        entry = plan.scans[scan.scan_id]
+        out.hashes.append(SampleHashes(key, image_sha256(crop.image), label_sha256(crop.label)))
+        out.provenance.append(Provenance(
+            key=key, index=i, shard=i // spec.samples_per_shard, dataset_id=plan.dataset_id,
+            root_seed=spec.root_seed, spawn_key=(i,), scan_id=scan.scan_id,
+            scan_sha256=dict(entry.sha256), generator_version=GENERATOR_VERSION,
+            profile=config.profile, backend=backend.name, versions=versions,
+            generator_config=config.to_json(), params=params.to_json(),
+            image_sha256=out.hashes[-1].image_sha256, label_sha256=out.hashes[-1].label_sha256,
+            shape=tuple(crop.image.shape)).to_json_text())
+        out.images.append(crop.image)
+        out.labels.append(crop.label)
+        out.keys.append(key)
+    return out
+
+
+def shard_objects(plan: Plan, k: int, made: Samples) -> dict[str, bytes]:
+    """The encoded objects of shard ``k`` (every format of the plan) from its samples."""
+    images, labels = np.stack(made.images), np.stack(made.labels)
+    objects: dict[str, bytes] = {}
+    if "zarr" in plan.spec.formats:
+        objects.update(codecs.zarr_shard_objects(k, images, labels, made.keys, made.indices,
+                                                 made.provenance, plan.spec.samples_per_shard))
+    if "wds" in plan.spec.formats:
+        objects[names.tar_name(k)] = codecs.tar_shard(made.keys, images, labels, made.provenance)
+    return objects
+
+
 class ShardWorker:
     def __init__(self, plan: Plan):
         self.plan = plan
@@ -98,37 +150,11 @@ class ShardWorker:
         shard = self.plan.shards[k]
         scans = {sid: self.cache.get(sid, lambda sid=sid: self._load(sid)) for sid in shard.scans}
         t_load = time.perf_counter() - t0
-        config = self.spec.generator
-        images, labels, keys, provenance, hashes = [], [], [], [], []
-        versions = self.backend.versions()
-        for i in range(shard.start, shard.start + shard.count):
-            scan = scans[self.plan.scan_of(shard, i)]
-            params = sample_params(np.random.default_rng(sample_seed(self.spec.root_seed, i)),
-                                   scan, config)
-            crop = synthesize(scan, params, self.backend)
-            key = self.plan.key(i)
-            entry = self.plan.scans[scan.scan_id]
-            hashes.append(SampleHashes(key, image_sha256(crop.image), label_sha256(crop.label)))
-            provenance.append(Provenance(
-                key=key, index=i, shard=k, dataset_id=self.plan.dataset_id,
-                root_seed=self.spec.root_seed, spawn_key=(i,), scan_id=scan.scan_id,
-                scan_sha256=dict(entry.sha256), generator_version=GENERATOR_VERSION,
-                profile=config.profile, backend=self.backend.name, versions=versions,
-                generator_config=config.to_json(), params=params.to_json(),
-                image_sha256=hashes[-1].image_sha256, label_sha256=hashes[-1].label_sha256,
-                shape=tuple(crop.image.shape)).to_json_text())
-            images.append(crop.image)
-            labels.append(crop.label)
-            keys.append(key)
+        made = make_samples(self.plan, scans, range(shard.start, shard.start + shard.count),
+                            self.backend)
+        hashes = made.hashes
         t_synth = time.perf_counter() - t0 - t_load
-        images, labels = np.stack(images), np.stack(labels)
-        objects: dict[str, bytes] = {}
-        if "zarr" in self.spec.formats:
-            objects.update(codecs.zarr_shard_objects(
-                k, images, labels, keys, range(shard.start, shard.start + shard.count),
-                provenance, self.spec.samples_per_shard))
-        if "wds" in self.spec.formats:
-            objects[names.tar_name(k)] = codecs.tar_shard(keys, images, labels, provenance)
+        objects = shard_objects(self.plan, k, made)
         files = {key: self.out.put(key, data) for key, data in sorted(objects.items())}
         self._maybe_fault(k)
         record = ShardCommit(

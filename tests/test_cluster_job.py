@@ -254,3 +254,52 @@ def test_real_profile_takes_negative_crops_from_healthy_scans_too(scans, tmp_pat
     assert all(s.tumor_scans == 0 and set(s.scans) <= tumor_ids for s in alone.shards)
     assert "tumor_scans" not in alone.to_json()["shards"][0]
     assert ShardPlan(0, 0, 4, ("a", "b", "h"), 2).scan_of(2) == "a"   # positives skip "h"
+
+
+def test_dry_run_plans_calibrates_and_writes_nothing(reference, scans, tmp_path, capsys):
+    """Issue 14: --dry-run prints the plan (the dataset id the job writes, samples per scan, scans
+    it cannot use and why) and estimates from a few samples made here; nothing is written."""
+    from tumorforge.cluster.dry_run import dry_run
+    from tumorforge.manifests.schema import write_jsonl
+    result = dry_run(small_spec(scans, tmp_path / "never"), read_manifest(str(scans)), calibrate=2)
+    assert result.dataset_id == Dataset(str(reference)).dataset_id     # what the job wrote
+    assert sum(result.samples_per_scan.values()) == 14 and result.unused == []
+    assert result.calibration["bytes_per_sample"]["zarr"] > 0
+    assert result.calibration["bytes_per_sample"]["wds"] > 0
+    assert dry_run(small_spec(scans, reference), read_manifest(str(scans)),
+                   calibrate=0).committed == 4                         # a finished dataset
+    entries = read_manifest(str(scans))
+    manifest = tmp_path / "m.jsonl"
+    write_jsonl(str(manifest), [dataclasses.replace(entries[0], role="tumor"), *entries[1:]])
+    out = tmp_path / "never"
+    assert main(["generate", "--manifest", str(manifest), "--out", str(out), "--samples", "14",
+                 "--samples-per-shard", "4", "--crop-size", "32,32,32", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "nothing written" in text and \
+        f"not used: scan {entries[0].scan_id}: role 'tumor'" in text
+    assert "samples 14 in 4 shard(s) of 4" in text and "scans used: 2" in text
+    assert "estimate:" in text and "GB written" in text and not out.exists()
+
+
+def test_inspect_summarizes_a_dataset_from_its_provenance(reference, tmp_path, capsys):
+    """Issue 14: inspect prints sizes, configuration, scans and how often, tumor counts and radii
+    per size type from the provenance, and writes the histograms and a montage."""
+    out = tmp_path / "inspect"
+    assert main(["inspect", str(reference), "--out", str(out), "--montage", "2"]) == 0
+    text = capsys.readouterr().out
+    ds = Dataset(str(reference))
+    assert f"dataset {ds.dataset_id}" in text and "samples 14 in 4 shard(s) of 4" in text
+    assert "provenance read: 14 sample(s) of 4 shard(s)" in text and "scans: 3;" in text
+    summary = json.loads((out / "inspect.json").read_text())
+    assert sum(summary["kinds"].values()) == sum(summary["scans"].values()) == 14
+    kinds = {ds.sample(i)[2].params["kind"] for i in range(14)}
+    assert set(summary["kinds"]) == kinds
+    assert set(summary["radius_mm"]) <= {"tiny", "small"} and summary["radius_mm"]
+    assert 3.0 <= summary["radius_mm"].get("tiny", {"median": 4.0})["median"] <= 5.0
+    assert summary["bytes"]["zarr"] > 0 and summary["bytes"]["wds"] > 0
+    assert (out / "montage.png").stat().st_size > 1000 and (out / "histograms.png").exists()
+    part = main(["inspect", str(reference), "--max-samples", "4", "--montage", "0"]) == 0
+    assert part and "(evenly spaced; --max-samples reads more)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["inspect", str(tmp_path / "nothing")])
+    assert str(exc.value.code).startswith("inspect: ") and "index.json" in str(exc.value.code)

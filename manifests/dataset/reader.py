@@ -158,6 +158,21 @@ class Dataset:
         except Exception as exc:      # a corrupt chunk or tar: name the sample, no traceback
             raise DatasetError(f"{where}: unreadable ({_brief(exc)})") from None
 
+    def shard_provenance(self, shard: ShardEntry) -> list[dict]:
+        """The provenance records (dicts) of every sample of ``shard``, without its arrays: one
+        read of the zarr provenance range, or the tar's JSON members."""
+        where = f"{self.url} shard {shard.shard}"
+        try:
+            if "zarr" in self.formats:
+                texts = self._zarr["provenance"][shard.start:shard.start + shard.count]
+                return [loads(str(t), where) for t in texts]
+            return [p for _, p in codecs.tar_provenance(self.objects.get(
+                names.tar_name(shard.shard)))]
+        except (RecordError, DatasetError) as exc:
+            raise DatasetError(str(exc)) from None
+        except Exception as exc:
+            raise DatasetError(f"{where}: provenance unreadable ({_brief(exc)})") from None
+
     def copies(self, i: int) -> dict[str, str]:
         """How sample ``i`` as stored in each format compares with the index's hashes: ``ok``,
         ``differs`` or ``unreadable (...)``, by format."""
