@@ -119,7 +119,12 @@ def _plan_problems(ds: Dataset) -> list[tuple[str, str]]:
         problems.append((names.INDEX, f"dataset_id {ds.dataset_id}, plan.json says "
                                       f"{plan['dataset_id']}"))
     spec = {k: v for k, v in ds.index.spec.items() if k not in ("allow_roots", "manifest")}
-    if spec != plan.get("identity"):
+    identity = plan.get("identity")
+    if isinstance(identity, dict) and "samples" not in identity:   # plan v2: samples beside it
+        if spec.pop("samples", None) != plan.get("samples") or plan.get("samples") != len(ds):
+            problems.append((names.INDEX, f"{len(ds)} samples; plan.json says "
+                                          f"{plan.get('samples')} (edited)"))
+    if spec != identity:
         problems.append((names.INDEX, "spec differs from the plan's (edited)"))
     layout = [{"index": s.shard, "start": s.start, "count": s.count, "scans": list(s.scans)}
               for s in ds.shards]

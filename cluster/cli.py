@@ -33,7 +33,10 @@ def _cmd_generate(args) -> int:
         spec = load_spec(args.job, _spec_overrides(args))
         if args.dry_run:
             return _dry_run(spec)
-        result = run_job(spec, address=args.address, progress=not args.no_progress)
+        redo = frozenset()
+        if args.repair:
+            redo = frozenset(_repair_plan(spec))
+        result = run_job(spec, address=args.address, progress=not args.no_progress, redo=redo)
     except (SpecError, JobError, PlanError) as exc:
         sys.exit(f"generate: {exc}")
     rate = result.samples / max(result.seconds, 1e-9)
@@ -50,7 +53,24 @@ def _cmd_generate(args) -> int:
         print("  index.json was not written; the committed shards are kept for the rerun")
         return 1
     print(f"  index: {result.output.rstrip('/')}/index.json")
+    if args.repair:
+        from tumorforge.manifests.dataset.reader import Dataset
+        from .audit import verify
+        left = verify(Dataset(spec.output))
+        print(f"  repair: {'verify OK' if not left else f'{len(left)} problem(s) left'}")
+        return 0 if not left else 1
     return 0
+
+
+def _repair_plan(spec) -> list[int]:
+    """The shards ``--repair`` rewrites (what verify finds bad), printed before the run."""
+    from .job import shards_to_repair
+    bad, other = shards_to_repair(spec)
+    print(f"repair: verify finds {len(bad)} bad shard(s) {bad if bad else ''} in {spec.output}")
+    for where, what in other:
+        print(f"  not a shard's problem: {where}: {what} (plan.json, metadata and index.json are "
+              f"rewritten by the run; extra objects are left for you to check)")
+    return bad
 
 
 def _dry_run(spec) -> int:
@@ -170,6 +190,27 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+def _bench_encode(args) -> int:
+    from tumorforge.manifests.bench_report import finish_report
+    from .bench_encode import bench_encode
+    report = bench_encode(args.samples, args.crop, args.rounds)
+    code = finish_report(report, args.json)
+    return code if report["bytes_identical"] else 1
+
+
+def register_bench(bsub: argparse._SubParsersAction) -> None:
+    e = bsub.add_parser("encode", help="zarr shard encoding per crop: codec alone, direct, "
+                                       "zarr-python",
+                        description="CPU ms per crop to encode a zarr shard, interleaved: the "
+                                    "Blosc codec alone, tumorforge's direct encoder and "
+                                    "zarr-python's pipeline; checks their bytes are equal.")
+    e.add_argument("--samples", type=int, default=8)
+    e.add_argument("--crop", type=int, default=96)
+    e.add_argument("--rounds", type=int, default=5)
+    e.add_argument("--json", help="also write the report as JSON here")
+    e.set_defaults(func=_bench_encode)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from tumorforge.generator.backend import BACKENDS
     from tumorforge.generator.options import add_generator_options
@@ -192,6 +233,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      Resources, prefix="resources.")
     g.add_argument("--address", help="Ray cluster address (default: start an embedded one)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--repair", action="store_true",
+                   help="verify the dataset at the output, rewrite exactly the shards it finds "
+                        "bad (byte-identical to the plan), then verify again")
     g.add_argument("--dry-run", action="store_true",
                    help="print the plan (dataset id, samples per scan, scans it cannot use, what "
                         "the output holds) and estimates from a few samples made here; write "

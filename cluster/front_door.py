@@ -36,9 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     trainer_cli.register(sub)
     evaluation_cli.register(sub)
     bench = sub.add_parser("bench", help="benchmarks (figures for the README's performance section)")
-    bsub = bench.add_subparsers(dest="bench_cmd", required=True, metavar="{generator,loader,train}")
+    bsub = bench.add_subparsers(dest="bench_cmd", required=True,
+                                metavar="{generator,loader,train,encode}")
     generator_cli.register_bench(bsub)
     trainer_cli.register_bench(bsub)
+    cluster_cli.register_bench(bsub)
     return parser
 
 

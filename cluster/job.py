@@ -132,13 +132,18 @@ def prepare_output(plan: Plan, out: Objects) -> set[int]:
     """Check the output belongs to this dataset, write plan and metadata, return committed shards."""
     if out.exists(PLAN):
         try:
-            found = loads(out.get(PLAN), out.url(PLAN)).get("dataset_id")
+            old = loads(out.get(PLAN), out.url(PLAN))
+            found, had = old.get("dataset_id"), old.get("samples")
         except (RecordError, AttributeError):
-            found = "(unreadable plan.json)"
+            found, had = "(unreadable plan.json)", None
         if found != plan.dataset_id:
             raise JobError(f"{out.url(PLAN)} holds dataset {found}, but this job plans "
                            f"{plan.dataset_id} (different spec, manifest scans or generator "
                            "version); write to a new output or remove the old dataset first")
+        if isinstance(had, int) and had > plan.spec.samples:
+            raise JobError(f"{out.url(PLAN)} holds {had} samples of dataset {found}; this job "
+                           f"asks for {plan.spec.samples}: a job grows a dataset, never shrinks "
+                           "it (read fewer samples instead, or write to a new output)")
     stale = out.remove_stale_temporaries()
     if stale:
         print(f"removed {stale} temporary file(s) left by an interrupted writer")
@@ -225,11 +230,40 @@ def _write_index(plan: Plan, out: Objects, versions: dict) -> DatasetIndex:
     return index
 
 
+def shards_to_repair(spec: JobSpec) -> tuple[list[int], list[tuple[str, str]]]:
+    """What ``verify`` finds wrong in the dataset at ``spec.output``: (the shards to rewrite, the
+    problems that are not a shard's: the plan, the index, extra objects). Those are rewritten by
+    any run (plan.json, metadata, index.json) or only reported (extra objects)."""
+    import re
+    from tumorforge.manifests.dataset.reader import Dataset, DatasetError
+    from .audit import verify
+    try:
+        ds = Dataset(spec.output)
+    except DatasetError as exc:
+        raise JobError(f"nothing to repair: {exc}; run the job to finish it") from None
+    owner = {k: s.shard for s in ds.shards for k in s.files}
+    owner.update({commit_key(s.shard): s.shard for s in ds.shards})
+    owner.update({h.key: s.shard for s in ds.shards for h in s.samples})
+    bad, other = set(), []
+    for where, what in verify(ds):
+        name = where.split(" (")[0]
+        m = re.fullmatch(r"shard (\d+)", name)
+        if m:
+            bad.add(int(m.group(1)))
+        elif name in owner:
+            bad.add(owner[name])
+        else:
+            other.append((where, what))
+    return sorted(bad), other
+
+
 def run_job(spec: JobSpec, address: str | None = None, progress: bool = True,
-            log=print, actor_env: dict | None = None) -> JobResult:
+            log=print, actor_env: dict | None = None, redo: frozenset = frozenset()
+            ) -> JobResult:
     """Run (or resume) a generation job. Returns a result; ``result.failed`` names failed shards.
 
-    ``actor_env`` adds environment variables to the writer actors (Ray runtime_env).
+    ``actor_env`` adds environment variables to the writer actors (Ray runtime_env). ``redo``:
+    shards to rewrite even if their commit holds (``--repair``: what verify found bad).
     """
     t0 = time.perf_counter()
     entries = read_entries(spec)             # a bad manifest fails before any cluster starts
@@ -242,16 +276,16 @@ def run_job(spec: JobSpec, address: str | None = None, progress: bool = True,
     except LockHeld as exc:
         raise JobError(str(exc)) from None
     try:
-        return _run_locked(spec, plan, out, ray, progress, log, actor_env, t0)
+        return _run_locked(spec, plan, out, ray, progress, log, actor_env, t0, redo)
     finally:
         lock.release()
 
 
 def _run_locked(spec: JobSpec, plan: Plan, out: Objects, ray, progress: bool, log, actor_env,
-                t0: float) -> JobResult:
+                t0: float, redo: frozenset = frozenset()) -> JobResult:
     """The job once it holds the output's lock."""
     from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
-    committed = prepare_output(plan, out)
+    committed = prepare_output(plan, out) - set(redo)
     pending = [s.index for s in plan.shards if s.index not in committed]
     result = JobResult(plan.dataset_id, spec.output, len(plan.shards), len(committed), 0)
     log(f"dataset {plan.dataset_id}: {spec.samples} samples in {len(plan.shards)} shard(s) of "

@@ -30,7 +30,7 @@ from tumorforge.manifests.schema import ScanEntry
 
 from .spec import JobSpec
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2       # 2: the dataset id leaves out `samples` (datasets grow); 1 had it
 
 
 class PlanError(ValueError):
@@ -65,6 +65,7 @@ class Plan:
     def to_json(self) -> dict:
         return {"plan_version": PLAN_VERSION, "dataset_id": self.dataset_id,
                 "generator_version": GENERATOR_VERSION, "identity": self.spec.identity(),
+                "samples": self.spec.samples,
                 "scans": {sid: e.sha256 for sid, e in sorted(self.scans.items())},
                 "shards": [{"index": s.index, "start": s.start, "count": s.count,
                             "scans": list(s.scans),

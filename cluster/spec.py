@@ -78,9 +78,11 @@ class JobSpec:
         return out
 
     def identity(self) -> dict:
-        """What determines the dataset's bytes: everything but where it goes and how it runs."""
+        """What determines the dataset's bytes: everything but where it goes, how it runs and how
+        many samples it holds (sample i is the same whatever the total, so a dataset can grow
+        under the same id)."""
         out = self.to_json()
-        for key in ("output", "resources", "allow_roots", "manifest"):
+        for key in ("output", "resources", "allow_roots", "manifest", "samples"):
             out.pop(key)
         return out
 

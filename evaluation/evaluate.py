@@ -140,8 +140,8 @@ def _model_segmenter(checkpoint: str, device: str, roi: int | None, overlap: flo
                                   flips=flips, probability=True)
     source = {"checkpoint": trained.checkpoint, "model": trained.name, "step": trained.step,
               "checkpoint_sha256": file_sha256(trained.checkpoint),
-              "training_sources": [{k: src.get(k) for k in ("url", "dataset_id", "format",
-                                                            "weight")}
+              "training_sources": [{k: src.get(k) for k in ("url", "dataset_id", "samples",
+                                                            "format", "weight")}
                                    for src in trained.config.get("sources", [])]}
     inference = {"spacing_mm": list(prep.spacing_mm), "window_hu": list(prep.window_hu),
                  "roi_zyx": list(window_zyx), "overlap": overlap, "mode": "gaussian",

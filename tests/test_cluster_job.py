@@ -303,3 +303,47 @@ def test_inspect_summarizes_a_dataset_from_its_provenance(reference, tmp_path, c
     with pytest.raises(SystemExit) as exc:
         main(["inspect", str(tmp_path / "nothing")])
     assert str(exc.value.code).startswith("inspect: ") and "index.json" in str(exc.value.code)
+
+
+def test_a_dataset_grows_and_keeps_its_samples(reference, scans, tmp_path):
+    """Issue 14: rerunning a job with more samples keeps the dataset id, every full shard's
+    objects and every existing sample byte-identical, and adds shards; shrinking is refused."""
+    out = tmp_path / "ds"
+    shutil.copytree(reference, out)
+    before = Dataset(str(out))
+    objects = {k: (f.bytes, f.sha256) for s in before.shards[:3] for k, f in s.files.items()}
+    samples = [(h.key, h.image_sha256, h.label_sha256) for s in before.shards for h in s.samples]
+    result = run_job(small_spec(scans, out, samples=22), progress=False, log=lambda *a: None)
+    assert result.ok and result.dataset_id == before.dataset_id
+    assert result.committed_before == 3 and result.written == 3     # shard 3 was partial
+    grown = Dataset(str(out))
+    assert len(grown) == 22 and len(grown.shards) == 6
+    assert {k: (f.bytes, f.sha256) for s in grown.shards[:3] for k, f in s.files.items()} == objects
+    now = [(h.key, h.image_sha256, h.label_sha256) for s in grown.shards for h in s.samples]
+    assert now[:14] == samples and verify(grown) == []
+    with pytest.raises(JobError, match="grows a dataset, never shrinks"):
+        run_job(small_spec(scans, out, samples=10), progress=False, log=lambda *a: None)
+
+
+def test_repair_rewrites_exactly_the_bad_shards(reference, scans, tmp_path, capsys):
+    """Issue 14: generate --repair verifies, rewrites only the shards verify finds bad (here a
+    flipped bit in one tar and a deleted zarr chunk of another), byte-identical to the plan."""
+    out = tmp_path / "ds"
+    shutil.copytree(reference, out)
+    tar = out / "wds" / "shard-000001.tar"
+    data = bytearray(tar.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    tar.write_bytes(bytes(data))
+    ds = Dataset(str(out))
+    chunk = next(k for k in ds.shard_files(ds.shards[2], "zarr"))
+    (out / chunk).unlink()
+    untouched = {p: p.stat().st_mtime_ns for p in (out / "wds").iterdir()
+                 if p.name != "shard-000001.tar"}
+    untouched.pop(out / "wds" / "shard-000002.tar")
+    spec = tmp_path / "job.yaml"
+    spec.write_text(json.dumps(small_spec(scans, out).to_json()))
+    assert main(["generate", str(spec), "--repair", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "verify finds 2 bad shard(s) [1, 2]" in text and "repair: verify OK" in text
+    assert _shard_hashes(out) == _shard_hashes(reference)
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched   # shards 0, 3 untouched

@@ -26,6 +26,8 @@ class Source:
     weight: float = 1.0
     format: str = "zarr"
     dataset_id: str | None = None     # if given, the dataset must have this id
+    samples: int | None = None        # recorded in checkpoints: the dataset's size when opened
+                                      # (a dataset grows under its id)
 
 
 @dataclass(frozen=True)

@@ -114,10 +114,11 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
         preprocessing = Preprocessing.of_datasets(stream.datasets)
     except RecordError as exc:
         raise TrainError(str(exc)) from None
-    # Lineage: the checkpoint's config names each source's dataset id, as found when it was opened.
+    # Lineage: the checkpoint's config names each source's dataset id and size, as found when it
+    # was opened (a dataset can grow under its id).
     saved_config = cfg.to_json()
     for src, ds in zip(saved_config["sources"], stream.datasets):
-        src["dataset_id"] = ds.dataset_id
+        src["dataset_id"], src["samples"] = ds.dataset_id, len(ds)
     loader = DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers,
                         collate_fn=collate, persistent_workers=cfg.workers > 0)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
