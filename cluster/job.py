@@ -150,7 +150,9 @@ def prepare_output(plan: Plan, out: Objects) -> set[int]:
     out.put(PLAN, pretty_json(plan.to_json()))
     for key, data in _metadata_objects(plan).items():
         out.put(key, data)                # rewritten every run: a damaged one is repaired
-    records = [r for r in (_read_commit(out, key) for key in out.list(COMMITS)) if r is not None]
+    with ThreadPoolExecutor(max_workers=RESUME_CHECK_THREADS) as pool:
+        records = [r for r in pool.map(lambda key: _read_commit(out, key), out.list(COMMITS))
+                   if r is not None]
     with ThreadPoolExecutor(max_workers=RESUME_CHECK_THREADS) as pool:
         zarr_only = "wds" not in plan.spec.formats and bool(records)
         provenance = codecs.open_zarr(out.url(ZARR_ROOT))["provenance"] if zarr_only else None
@@ -211,9 +213,11 @@ def _read_commit(out: Objects, key: str) -> ShardCommit | None:
 
 
 def _write_index(plan: Plan, out: Objects, versions: dict) -> DatasetIndex:
+    # One request per commit record: read concurrently (on S3 each is a round trip).
+    with ThreadPoolExecutor(max_workers=RESUME_CHECK_THREADS) as pool:
+        records = list(pool.map(lambda s: _read_commit(out, commit_key(s.index)), plan.shards))
     shards = []
-    for shard in plan.shards:
-        record = _read_commit(out, commit_key(shard.index))
+    for shard, record in zip(plan.shards, records):
         if record is None:
             raise JobError(f"{out.url(commit_key(shard.index))}: commit record missing or "
                            "unreadable; rerun the job to redo that shard")

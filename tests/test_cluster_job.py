@@ -273,7 +273,8 @@ def test_dry_run_plans_calibrates_and_writes_nothing(reference, scans, tmp_path,
     write_jsonl(str(manifest), [dataclasses.replace(entries[0], role="tumor"), *entries[1:]])
     out = tmp_path / "never"
     assert main(["generate", "--manifest", str(manifest), "--out", str(out), "--samples", "14",
-                 "--samples-per-shard", "4", "--crop-size", "32,32,32", "--dry-run"]) == 0
+                 "--samples-per-shard", "4", "--crop-size", "32,32,32", "--dry-run",
+                 "--allow-root", str(scans.parent)]) == 0
     text = capsys.readouterr().out
     assert "nothing written" in text and \
         f"not used: scan {entries[0].scan_id}: role 'tumor'" in text

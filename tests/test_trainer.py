@@ -171,6 +171,33 @@ def test_both_readers_stream_from_s3(datasets, s3_server):
     assert sorted(wds_keys) == sorted(local.keys)
 
 
+def test_zarr_reader_makes_two_ranged_gets_per_sample_on_s3(datasets, s3_server):
+    """Issue 14: a zarr sample read from S3 (moto, simulated) costs 2 ranged GETs once its
+    shard's index is known (0.2.0 made 8, three of them repeated zarr.json lookups); the shard
+    indexes cost one GET per array per shard, once. Counted at the filesystem calls that reach
+    S3 (each cat_file is one GET)."""
+    import boto3
+    import fsspec
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="lean")
+    fs = fsspec.filesystem("s3", client_kwargs={"endpoint_url": s3_server})
+    fs.put(str(datasets[0]) + "/", "lean/syn_a/", recursive=True)
+    local, remote = Dataset(str(datasets[0])), Dataset("s3://lean/syn_a")
+    calls = []
+    real = remote.objects.fs.cat_file
+    remote.objects.fs.cat_file = lambda path, **kw: calls.append((path, kw)) or real(path, **kw)
+    for i in range(len(remote)):
+        key, image, label = remote.zarr_sample(i)
+        want_key, want_image, want_label = local.zarr_sample(i)
+        assert key == want_key and np.array_equal(image, want_image)
+        assert np.array_equal(label, want_label) and remote.expected[key].matches(image, label)
+    shards = len(remote.shards)
+    assert len(calls) == 2 * len(remote) + 2 * shards          # 12 samples, 4 shards: 32
+    assert all(kw.get("start") is not None for _, kw in calls)   # every one a ranged GET
+    calls.clear()
+    remote.zarr_sample(5)
+    assert len(calls) == 2                                      # indexes cached
+
+
 def test_torchrun_ddp_on_two_cpu_processes(datasets, tmp_path):
     import os
     import subprocess

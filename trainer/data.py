@@ -93,7 +93,7 @@ class ZarrStream:
         try:
             return self.check.sample(*self.ds.zarr_sample(i))
         except Exception:            # undecodable chunk: corrupt, not fatal
-            return self.check.sample(f"index-{i}", np.zeros(0), np.zeros(0))
+            return self.check.sample(self.ds.keys[i], np.zeros(0), np.zeros(0))
 
 
 class WdsStream:

@@ -120,6 +120,37 @@ def _side_chunk(values, per_shard: int, fill) -> bytes:
     return bytes(Zstd(level=3, checksum=False).encode(raw))
 
 
+def volume_object(name: str, shard: int) -> str:
+    """The object holding zarr shard ``shard`` of the ``image`` or ``label`` array."""
+    return f"{ZARR_ROOT}/{name}/c/{shard}/0/0/0"
+
+
+def shard_index_bytes(per_shard: int) -> int:
+    """Length of a volume shard's trailing index: (offset, length) uint64 per chunk, crc32c."""
+    return per_shard * 16 + 4
+
+
+def read_shard_index(tail: bytes, where: str) -> np.ndarray:
+    """The (per_shard, 2) chunk table of a volume shard from its trailing index bytes."""
+    body, crc = tail[:-4], tail[-4:]
+    if _crc32c(body) != crc:
+        raise ValueError(f"{where}: shard index checksum does not match")
+    return np.frombuffer(body, "<u8").reshape(-1, 2)
+
+
+def decode_volume_chunk(data: bytes, dtype: str, shape, where: str) -> np.ndarray:
+    """One sample's chunk of a volume shard (as :func:`_sharded_volume` writes it) -> array."""
+    from numcodecs import Blosc
+    body, crc = data[:-4], data[-4:]
+    if _crc32c(body) != crc:
+        raise ValueError(f"{where}: chunk checksum does not match")
+    raw = Blosc().decode(body)
+    want = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if len(raw) != want:
+        raise ValueError(f"{where}: chunk holds {len(raw)} bytes, expected {want}")
+    return np.frombuffer(raw, np.dtype(dtype).newbyteorder("<")).astype(dtype).reshape(shape)
+
+
 def zarr_shard_objects(shard: int, images, labels, keys, indices, provenance, per_shard: int
                        ) -> dict[str, bytes]:
     """Encoded objects of zarr shard ``shard`` (keys relative to the output root), made straight
@@ -130,7 +161,7 @@ def zarr_shard_objects(shard: int, images, labels, keys, indices, provenance, pe
     for name, arrays in (("image", images), ("label", labels)):
         data = _sharded_volume(np.asarray(arrays), per_shard)
         if data is not None:
-            out[f"{ZARR_ROOT}/{name}/{coords}/0/0/0"] = data
+            out[volume_object(name, shard)] = data
     out[f"{ZARR_ROOT}/key/{coords}"] = _side_chunk(keys, per_shard, "")
     out[f"{ZARR_ROOT}/sample_index/{coords}"] = _side_chunk(
         [int(i) for i in indices], per_shard, -1)

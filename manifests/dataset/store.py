@@ -81,6 +81,10 @@ class Objects:
     def get(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
 
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``start..end-1`` of an object: one ranged GET on S3, a seek on local disk."""
+        return self.fs.cat_file(self.path(key), start=start, end=end)
+
     def exists(self, key: str) -> bool:
         return self.fs.exists(self.path(key))
 
