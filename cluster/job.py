@@ -13,7 +13,9 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -279,14 +281,20 @@ def run_job(spec: JobSpec, address: str | None = None, progress: bool = True,
         lock = OutputLock(out, LOCK).acquire()    # one run per output, local disk or S3
     except LockHeld as exc:
         raise JobError(str(exc)) from None
+    # Prepared scans are shared by the job's actors on a node through this folder (one
+    # preparation per scan per node, not per actor); removed with the job.
+    prepared_dir = tempfile.mkdtemp(prefix="tumorforge-prepared-")
     try:
-        return _run_locked(spec, plan, out, ray, progress, log, actor_env, t0, redo)
+        return _run_locked(spec, plan, out, ray, progress, log, actor_env, t0, redo,
+                           prepared_dir)
     finally:
         lock.release()
+        shutil.rmtree(prepared_dir, ignore_errors=True)
 
 
 def _run_locked(spec: JobSpec, plan: Plan, out: Objects, ray, progress: bool, log, actor_env,
-                t0: float, redo: frozenset = frozenset()) -> JobResult:
+                t0: float, redo: frozenset = frozenset(), prepared_dir: str | None = None
+                ) -> JobResult:
     """The job once it holds the output's lock."""
     from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
     committed = prepare_output(plan, out) - set(redo)
@@ -311,7 +319,7 @@ def _run_locked(spec: JobSpec, plan: Plan, out: Objects, ray, progress: bool, lo
 
     def start_actor():
         actor_id = next(counter)
-        handles[actor_id] = actor_cls.remote(plan)
+        handles[actor_id] = actor_cls.remote(plan, prepared_dir)
         starting[handles[actor_id].pid.remote()] = actor_id
 
     def feed_idle():

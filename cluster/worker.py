@@ -28,7 +28,7 @@ from tumorforge.manifests.nifti import ScanError
 from tumorforge.manifests.records import pretty_json
 
 from .plan import Plan
-from tumorforge.generator.scans import load_prepared
+from tumorforge.generator.scans import load_prepared_shared
 
 FAULT_ENV = "TUMORFORGE_FAULT"   # tests only: "die_before_commit:<shard>:<marker file>"
 
@@ -121,8 +121,10 @@ def shard_objects(plan: Plan, k: int, made: Samples) -> dict[str, bytes]:
 
 
 class ShardWorker:
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, prepared_dir: str | None = None):
         self.plan = plan
+        self.prepared_dir = prepared_dir      # shared preparations (load_prepared_shared)
+        self.prepared = 0                     # scans this actor prepared itself
         self.spec = plan.spec
         self.backend = get_backend(self.spec.backend)
         self.out = Objects(self.spec.output)
@@ -137,7 +139,10 @@ class ShardWorker:
         reason = ""
         for attempt in range(1, retries + 2):
             try:
-                return load_prepared(entry, self.spec.generator)
+                scan, here = load_prepared_shared(entry, self.spec.generator,
+                                                  self.prepared_dir)
+                self.prepared += here
+                return scan
             except (ScanError, PrepareError, OSError) as exc:
                 reason = str(exc)
                 if attempt <= retries:
@@ -163,7 +168,7 @@ class ShardWorker:
             seconds={"load": round(t_load, 3), "synthesize": round(t_synth, 3),
                      "encode_write": round(time.perf_counter() - t0 - t_load - t_synth, 3)},
             worker={"pid": os.getpid(), "backend": self.backend.name,
-                    "scan_loads": self.cache.loads})
+                    "scan_loads": self.cache.loads, "scans_prepared": self.prepared})
         self.out.put(names.commit_key(k), pretty_json(record.to_json()))
         return record
 

@@ -39,3 +39,73 @@ def prepare_volumes(entry: ScanEntry, image: Volume, label: Volume,
 def load_prepared(entry: ScanEntry, config: GeneratorConfig) -> PreparedScan:
     """Read a scan (:func:`read_scan`) and prepare it."""
     return prepare_volumes(entry, *read_scan(entry), config)
+
+
+def load_prepared_shared(entry: ScanEntry, config: GeneratorConfig, cache_dir: str | None
+                         ) -> tuple[PreparedScan, bool]:
+    """:func:`load_prepared`, shared between processes; returns (scan, whether it was prepared
+    here). With ``cache_dir``, processes share preparations: the first to want a scan prepares it
+    (holding ``<key>.lock``, created exclusively) and saves it as ``<key>.npz``; the others wait
+    for that file (up to ``CACHE_WAIT_S``, then prepare it themselves) and load it. The key hashes
+    the scan's files (sha256), its label map, the generator configuration and version, so a
+    cached scan is only ever the one this job would prepare."""
+    if cache_dir is None:
+        return load_prepared(entry, config), True
+    import hashlib
+    import json
+    import os
+    import time
+    from tumorforge.generator import __version__
+    key = hashlib.sha256(json.dumps(
+        {"scan": entry.sha256, "label_map": str(entry.label_map), "config": config.to_json(),
+         "version": __version__}, sort_keys=True).encode()).hexdigest()[:32]
+    os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(cache_dir, f"{key}.npz")
+    lock = path + ".lock"
+    deadline = time.monotonic() + CACHE_WAIT_S
+    while True:
+        if os.path.exists(path):
+            return _load_cached(path, entry.scan_id), False
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:          # another process is preparing it
+            if time.monotonic() > deadline:
+                return prepare_volumes(entry, *read_scan(entry), config), True
+            time.sleep(0.1)
+            continue
+        try:
+            scan = prepare_volumes(entry, *read_scan(entry), config)
+            _save_cached(path, scan)
+            return scan, True
+        finally:
+            os.remove(lock)
+
+
+CACHE_WAIT_S = 600.0
+_ARRAYS = ("image", "liver", "vessel", "tumor", "affine", "liver_voxels", "liver_depth_mm")
+_SCALARS = ("spacing_mm", "origin_vox", "liver_mean_hu", "vessel_threshold_hu", "sigma_a_mm",
+            "parenchyma_mean_hu", "parenchyma_sd_hu")
+
+
+def _save_cached(path: str, scan: PreparedScan) -> None:
+    """A prepared scan as an uncompressed .npz (no pickled objects), written atomically."""
+    import json
+    import os
+    import uuid
+    import numpy as np
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}.npz"
+    scalars = {k: getattr(scan, k) for k in _SCALARS}
+    np.savez(tmp, **{k: getattr(scan, k) for k in _ARRAYS},
+             scalars=np.frombuffer(json.dumps(scalars).encode(), np.uint8))
+    os.replace(tmp, path)
+
+
+def _load_cached(path: str, scan_id: str) -> PreparedScan:
+    import json
+    import numpy as np
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in _ARRAYS}
+        scalars = json.loads(z["scalars"].tobytes().decode())
+    scalars["spacing_mm"] = tuple(scalars["spacing_mm"])
+    scalars["origin_vox"] = tuple(scalars["origin_vox"])
+    return PreparedScan(scan_id=scan_id, **arrays, **scalars)

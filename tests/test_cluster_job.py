@@ -348,3 +348,31 @@ def test_repair_rewrites_exactly_the_bad_shards(reference, scans, tmp_path, caps
     assert "verify finds 2 bad shard(s) [1, 2]" in text and "repair: verify OK" in text
     assert _shard_hashes(out) == _shard_hashes(reference)
     assert {p: p.stat().st_mtime_ns for p in untouched} == untouched   # shards 0, 3 untouched
+
+
+def test_scans_are_prepared_once_per_job_not_once_per_actor(reference, scans, tmp_path):
+    """Issue 14: the job's actors share prepared scans (0.2.0 prepared each scan once per actor:
+    4 preparations for 2 scans with 2 actors); a shared preparation synthesizes the same bytes."""
+    from tumorforge.generator.backend import get_backend
+    from tumorforge.generator.sample import sample_params, sample_seed
+    from tumorforge.generator.scans import load_prepared, load_prepared_shared
+    from tumorforge.generator.synthesize import synthesize
+    from tumorforge.manifests.dataset.records import ShardCommit
+    commits = [ShardCommit.from_json(json.loads(p.read_text()), str(p))
+               for p in sorted((reference / "_commits").iterdir())]
+    by_actor = {}
+    for c in commits:
+        by_actor[c.worker["pid"]] = max(by_actor.get(c.worker["pid"], 0),
+                                        c.worker["scans_prepared"])
+    used = {s for c in commits for s in c.scans}
+    assert len(by_actor) == 2 and sum(by_actor.values()) == len(used) == 3
+    entry = read_manifest(str(scans))[0]
+    config = small_spec(scans, tmp_path).generator
+    first, here = load_prepared_shared(entry, config, str(tmp_path / "cache"))
+    again, here_again = load_prepared_shared(entry, config, str(tmp_path / "cache"))
+    assert here and not here_again
+    fresh = load_prepared(entry, config)
+    params = sample_params(np.random.default_rng(sample_seed(3, 0)), again, config)
+    a, b = (synthesize(s, params, get_backend("numpy")) for s in (again, fresh))
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
+    assert again.stats() == fresh.stats() and again.spacing_mm == fresh.spacing_mm
