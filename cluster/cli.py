@@ -198,7 +198,58 @@ def _bench_encode(args) -> int:
     return code if report["bytes_identical"] else 1
 
 
+def _bench_scale(args) -> int:
+    from tumorforge.manifests.bench_report import finish_report
+    from .bench_scale import bench_scale
+    report = bench_scale(args.samples, args.samples_per_shard, args.scans, args.workdir,
+                         args.keep, log=lambda m: print(m, file=sys.stderr))
+    return finish_report(report, args.json)
+
+
+def _bench_generate(args) -> int:
+    from tumorforge.manifests.bench_report import finish_report
+    from .bench_generate import bench_generate
+    from .job import JobError
+    try:
+        report = bench_generate(args.manifest, args.samples, args.samples_per_shard, args.actors,
+                                args.crop, args.allow_root, tuple(args.formats.split(",")),
+                                log=lambda m: print(m, file=sys.stderr))
+    except (JobError, RuntimeError) as exc:
+        sys.exit(f"bench generate: {exc}")
+    return finish_report(report, args.json)
+
+
 def register_bench(bsub: argparse._SubParsersAction) -> None:
+    from tumorforge.manifests.flags import add_allow_root
+    ge = bsub.add_parser("generate", help="a generation job end to end against the generator "
+                                          "alone, with each stage's share",
+                         description="Run the same plan twice in one run: synthesis alone in "
+                                     "this process (the ceiling, times the actors the cores "
+                                     "allow) and as a regular job into local shards; report "
+                                     "both rates and the share of each stage.")
+    ge.add_argument("--manifest", help="scans to use (default: two built-in BTCV phantoms)")
+    ge.add_argument("--samples", type=int, default=128)
+    ge.add_argument("--samples-per-shard", type=int, default=16)
+    ge.add_argument("--actors", type=int, default=2)
+    ge.add_argument("--crop", type=int, default=96)
+    ge.add_argument("--formats", default="zarr", help="zarr, wds or zarr,wds (default zarr)")
+    add_allow_root(ge)
+    ge.add_argument("--json", help="also write the report as JSON here")
+    ge.set_defaults(func=_bench_generate)
+    sc = bsub.add_parser("scale", help="bookkeeping of an N-sample dataset on fake data: index, "
+                                       "dispatch, reader open",
+                         description="Run the real plan, scheduler, commit, index and reader "
+                                     "code on fake scans and shard contents (nothing is "
+                                     "synthesized) and report index bytes and write time, "
+                                     "driver memory, dispatch CPU per shard, and a fresh "
+                                     "reader's open time and memory.")
+    sc.add_argument("--samples", type=int, default=100_000)
+    sc.add_argument("--samples-per-shard", type=int, default=64)
+    sc.add_argument("--scans", type=int, default=100)
+    sc.add_argument("--workdir", help="where the fake dataset goes (default: a temporary folder)")
+    sc.add_argument("--keep", action="store_true", help="keep the fake dataset")
+    sc.add_argument("--json", help="also write the report as JSON here")
+    sc.set_defaults(func=_bench_scale)
     e = bsub.add_parser("encode", help="zarr shard encoding per crop: codec alone, direct, "
                                        "zarr-python",
                         description="CPU ms per crop to encode a zarr shard, interleaved: the "

@@ -133,6 +133,23 @@ class ShardWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def _scans(self, ids) -> dict[str, PreparedScan]:
+        """The prepared scans of a shard. First the ones this actor holds, can load or can
+        prepare now; then those another actor is preparing (waited for), so two actors starting on
+        the same scans prepare different ones instead of one waiting for the other."""
+        for sid in ids:
+            if sid in self.cache.items or self.prepared_dir is None:
+                continue
+            try:
+                scan, here = load_prepared_shared(self.plan.scans[sid], self.spec.generator,
+                                                  self.prepared_dir, wait=False)
+            except (ScanError, PrepareError, OSError):
+                continue                  # the second pass retries it and names the failure
+            if scan is not None:
+                self.prepared += here
+                self.cache.get(sid, lambda scan=scan: scan)
+        return {sid: self.cache.get(sid, lambda sid=sid: self._load(sid)) for sid in ids}
+
     def _load(self, scan_id: str) -> PreparedScan:
         entry = self.plan.scans[scan_id]
         retries = self.spec.resources.scan_retries
@@ -153,7 +170,7 @@ class ShardWorker:
         """Synthesize shard ``k``, write its objects, then its commit record; return the record."""
         t0 = time.perf_counter()
         shard = self.plan.shards[k]
-        scans = {sid: self.cache.get(sid, lambda sid=sid: self._load(sid)) for sid in shard.scans}
+        scans = self._scans(shard.scans)
         t_load = time.perf_counter() - t0
         made = make_samples(self.plan, scans, range(shard.start, shard.start + shard.count),
                             self.backend)

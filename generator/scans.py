@@ -41,8 +41,8 @@ def load_prepared(entry: ScanEntry, config: GeneratorConfig) -> PreparedScan:
     return prepare_volumes(entry, *read_scan(entry), config)
 
 
-def load_prepared_shared(entry: ScanEntry, config: GeneratorConfig, cache_dir: str | None
-                         ) -> tuple[PreparedScan, bool]:
+def load_prepared_shared(entry: ScanEntry, config: GeneratorConfig, cache_dir: str | None,
+                         wait: bool = True) -> tuple[PreparedScan | None, bool]:
     """:func:`load_prepared`, shared between processes; returns (scan, whether it was prepared
     here). With ``cache_dir``, processes share preparations: the first to want a scan prepares it
     (holding ``<key>.lock``, created exclusively) and saves it as ``<key>.npz``; the others wait
@@ -69,6 +69,8 @@ def load_prepared_shared(entry: ScanEntry, config: GeneratorConfig, cache_dir: s
         try:
             os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         except FileExistsError:          # another process is preparing it
+            if not wait:
+                return None, False
             if time.monotonic() > deadline:
                 return prepare_volumes(entry, *read_scan(entry), config), True
             time.sleep(0.1)
