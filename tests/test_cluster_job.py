@@ -376,3 +376,4 @@ def test_scans_are_prepared_once_per_job_not_once_per_actor(reference, scans, tm
     a, b = (synthesize(s, params, get_backend("numpy")) for s in (again, fresh))
     assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
     assert again.stats() == fresh.stats() and again.spacing_mm == fresh.spacing_mm
+

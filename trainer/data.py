@@ -126,15 +126,16 @@ class WdsStream:
 
     def _samples(self, shards):
         for item in shards:
-            url = item["url"]
-            try:
-                members = self.ds.read_tar_object(url)
-            except Exception:        # unreadable tar: every sample of it counts as corrupt
-                for s in self.ds.shards[parse_shard(url)].samples:
-                    yield self.check.sample(s.key, np.zeros(0), np.zeros(0))
-                continue
-            for key, image, label, _ in members:
-                yield self.check.sample(key, image, label)
+            shard = self.ds.shards[parse_shard(item["url"])]
+            seen = set()
+            try:                     # streamed: one member in memory at a time
+                for key, image, label, _ in self.ds.stream_tar(shard):
+                    seen.add(key)
+                    yield self.check.sample(key, image, label)
+            except Exception:        # unreadable from here on: the rest of the tar is corrupt
+                for s in shard.samples:
+                    if s.key not in seen:
+                        yield self.check.sample(s.key, np.zeros(0), np.zeros(0))
 
 
 class MixedStream(IterableDataset):

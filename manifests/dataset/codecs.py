@@ -197,12 +197,35 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# WebDataset members of a sample: the arrays as .npy files compressed with Blosc (zstd level 3,
+# bitshuffle, the dtype's typesize), as the Zarr chunks are; shards written before 0.3 hold plain
+# .npy members and are still read.
+NPY_BLOSC = "npy.blosc"
+
+
+def encode_npy_blosc(array: np.ndarray) -> bytes:
+    """An array as a Blosc-compressed .npy file (the .npy header stays inside)."""
+    from numcodecs import Blosc
+    array = np.ascontiguousarray(array)
+    blosc = Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE, blocksize=0,
+                  typesize=array.dtype.itemsize)
+    return bytes(blosc.encode(np.frombuffer(npy_bytes(array), np.uint8)))
+
+
+def decode_npy_blosc(data: bytes) -> np.ndarray:
+    """The array of a ``.npy.blosc`` member; never unpickles. Plain ``webdataset`` users register
+    it: ``WebDataset(url).decode(wds.handle_extension("npy.blosc", decode_npy_blosc))``."""
+    from numcodecs import Blosc
+    return np.load(io.BytesIO(Blosc().decode(data)), allow_pickle=False)
+
+
 def tar_shard(keys, images, labels, provenance) -> bytes:
     """One WebDataset tar; identical bytes for identical samples."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for key, image, label, prov in zip(keys, images, labels, provenance):
-            for suffix, data in (("image.npy", npy_bytes(image)), ("label.npy", npy_bytes(label)),
+            for suffix, data in ((f"image.{NPY_BLOSC}", encode_npy_blosc(image)),
+                                 (f"label.{NPY_BLOSC}", encode_npy_blosc(label)),
                                  ("json", prov.encode())):
                 info = tarfile.TarInfo(f"{key}.{suffix}")
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
@@ -212,50 +235,66 @@ def tar_shard(keys, images, labels, provenance) -> bytes:
     return buf.getvalue()
 
 
-def _tar_members(data: bytes, wanted=lambda name: True):
-    """(name, bytes) of the regular members of a tar held in ``data`` whose name ``wanted``
-    accepts, each bounded before it is read: a sparse member or a declared size beyond the tar
-    itself would be expanded into memory (a 2 KB tar declaring 1 GB cost 1.96 GB)."""
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+def _tar_members(fileobj, total: int, wanted=lambda name: True):
+    """(name, bytes) of the regular members of a tar read from ``fileobj`` as a stream (one
+    member in memory at a time; ``total``: the tar's size) whose name ``wanted`` accepts, each
+    bounded before it is read: a sparse member or a declared size beyond the tar itself would be
+    expanded into memory (a 2 KB tar declaring 1 GB cost 1.96 GB)."""
+    with tarfile.open(fileobj=fileobj, mode="r|") as tar:
         for info in tar:
             if not info.isfile() or not wanted(info.name):
                 continue
             if info.issparse():
                 raise ValueError(f"tar member {info.name!r} is sparse (declares {info.size} bytes); "
                                  f"tumorforge never writes sparse members")
-            if info.size > len(data):
+            if info.size > total:
                 raise ValueError(f"tar member {info.name!r} declares {info.size} bytes, more than "
-                                 f"the whole tar ({len(data)} bytes)")
+                                 f"the whole tar ({total} bytes)")
             yield info.name, tar.extractfile(info).read()
 
 
-def read_tar(data: bytes) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
-    """Samples of a WebDataset shard as (key, image, label, provenance); never unpickles."""
-    members: dict[str, dict] = {}
-    order: list[str] = []
-    for name, content in _tar_members(data):
+def iter_tar(fileobj, total: int):
+    """Samples of a WebDataset shard streamed from ``fileobj`` as (key, image, label,
+    provenance), each as soon as its members are read; ``.npy.blosc`` and plain ``.npy`` members.
+    Never unpickles."""
+    current, members = None, {}
+
+    def finish(key, m):
+        image = _member_array(key, m, "image")
+        label = _member_array(key, m, "label")
+        if "json" not in m:
+            raise ValueError(f"sample {key}: tar lacks member(s) ['json']")
+        return key, image, label, json.loads(m["json"])
+    for name, content in _tar_members(fileobj, total):
         key, _, suffix = name.partition(".")
-        if key not in members:
-            members[key] = {}
-            order.append(key)
-        members[key][suffix] = content
-    out = []
-    for key in order:
-        m = members[key]
-        missing = {"image.npy", "label.npy", "json"} - set(m)
-        if missing:
-            raise ValueError(f"sample {key}: tar lacks member(s) {sorted(missing)}")
-        image = np.load(io.BytesIO(m["image.npy"]), allow_pickle=False)
-        label = np.load(io.BytesIO(m["label.npy"]), allow_pickle=False)
-        out.append((key, image, label, json.loads(m["json"])))
-    return out
+        if key != current:
+            if current is not None:
+                yield finish(current, members)
+            current, members = key, {}
+        members[suffix] = content
+    if current is not None:
+        yield finish(current, members)
+
+
+def _member_array(key: str, m: dict, name: str) -> np.ndarray:
+    if f"{name}.{NPY_BLOSC}" in m:
+        return decode_npy_blosc(m[f"{name}.{NPY_BLOSC}"])
+    if f"{name}.npy" in m:
+        return np.load(io.BytesIO(m[f"{name}.npy"]), allow_pickle=False)
+    raise ValueError(f"sample {key}: tar lacks member(s) ['{name}.{NPY_BLOSC}']")
+
+
+def read_tar(data: bytes) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
+    """Samples of a WebDataset shard held in memory (see :func:`iter_tar`)."""
+    return list(iter_tar(io.BytesIO(data), len(data)))
 
 
 def tar_provenance(data: bytes) -> list[tuple[str, dict]]:
     """(key, provenance dict) of every sample of a WebDataset shard, without decoding its arrays;
     members bounded as in :func:`read_tar`."""
     return [(name[:-len(".json")], json.loads(content))
-            for name, content in _tar_members(data, lambda n: n.endswith(".json"))]
+            for name, content in _tar_members(io.BytesIO(data), len(data),
+                                              lambda n: n.endswith(".json"))]
 
 
 def open_zarr(url: str):

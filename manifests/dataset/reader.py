@@ -238,6 +238,16 @@ class Dataset:
     def read_tar_object(self, name: str) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
         return codecs.read_tar(self.objects.get(name))
 
+    def stream_tar(self, shard: ShardEntry):
+        """The samples of ``shard``'s tar as (key, image, label, provenance), streamed: one
+        member in memory at a time, never the whole tar."""
+        name = names.tar_name(shard.shard)
+        record = shard.files.get(name)
+        if record is None:
+            raise DatasetError(f"{self.url}: index.json lists no {name}")
+        with self.objects.open(name) as f:
+            yield from codecs.iter_tar(f, record.bytes)
+
     def shard_samples(self, shard: ShardEntry, fmt: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """(key, image, label) of every sample of ``shard`` as stored in format ``fmt``."""
         if fmt == "wds":

@@ -81,6 +81,10 @@ class Objects:
     def get(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
 
+    def open(self, key: str):
+        """A binary file object reading the object as a stream (buffered ranged reads on S3)."""
+        return self.fs.open(self.path(key), "rb")
+
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``start..end-1`` of an object: one ranged GET on S3, a seek on local disk."""
         return self.fs.cat_file(self.path(key), start=start, end=end)
