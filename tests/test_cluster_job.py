@@ -377,3 +377,17 @@ def test_scans_are_prepared_once_per_job_not_once_per_actor(reference, scans, tm
     assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
     assert again.stats() == fresh.stats() and again.spacing_mm == fresh.spacing_mm
 
+
+
+def test_bench_generate_compares_a_job_with_the_generator_alone(ray_local, scans):
+    """`tumorforge bench generate` runs the plan as a job and as synthesis alone in one run and
+    splits the job's actor time into stages (here on the tiny scans, 32^3 crops)."""
+    from tumorforge.cluster.bench_generate import bench_generate
+    r = bench_generate(str(scans), samples=8, samples_per_shard=4, actors=2, crop=32,
+                       log=lambda m: None)
+    assert r["scans"] == 3 and r["end_to_end_samples_per_s"] > 0
+    assert r["ceiling_samples_per_s"] > 0 and r["job_wall_s"] > 0
+    shares = r["stage_share_of_actor_time"]
+    assert set(shares) == {"load", "synthesize", "encode_write", "ray_and_driver"}
+    assert abs(sum(shares.values()) - 1.0) < 1e-6 or shares["ray_and_driver"] == 0.0
+    assert r["largest_stage"] in shares and r["bytes_written"] > 0
