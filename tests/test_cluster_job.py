@@ -389,5 +389,5 @@ def test_bench_generate_compares_a_job_with_the_generator_alone(ray_local, scans
     assert r["ceiling_samples_per_s"] > 0 and r["job_wall_s"] > 0
     shares = r["stage_share_of_actor_time"]
     assert set(shares) == {"load", "synthesize", "encode_write", "ray_and_driver"}
-    assert abs(sum(shares.values()) - 1.0) < 1e-6 or shares["ray_and_driver"] == 0.0
+    assert abs(sum(shares.values()) - 1.0) < 0.005 or shares["ray_and_driver"] == 0.0
     assert r["largest_stage"] in shares and r["bytes_written"] > 0
