@@ -319,12 +319,12 @@ def _run_locked(spec: JobSpec, plan: Plan, out: Objects, ray, progress: bool, lo
 
     def start_actor():
         actor_id = next(counter)
-        handles[actor_id] = actor_cls.remote(plan, prepared_dir)
+        handles[actor_id] = actor_cls.remote(plan.skeleton(), prepared_dir)
         starting[handles[actor_id].pid.remote()] = actor_id
 
     def feed_idle():
         for actor_id, shard in sched.assignments():
-            running[handles[actor_id].write_shard.remote(shard)] = actor_id
+            running[handles[actor_id].write_shard.remote(*plan.task(shard))] = actor_id
 
     for _ in range(min(res.actors, max(1, len(pending)))):
         start_actor()

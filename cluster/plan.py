@@ -75,6 +75,16 @@ class Plan:
     def key(self, sample_index: int) -> str:
         return sample_key(self.dataset_id, sample_index)
 
+    def skeleton(self) -> "Plan":
+        """This plan without its shards and scans: what an actor needs besides each shard's own
+        layout and scans (sent with the shard), whatever the size of the dataset."""
+        return Plan(self.dataset_id, self.spec, {}, ())
+
+    def task(self, k: int) -> tuple[ShardPlan, dict]:
+        """What an actor needs to write shard ``k``: its layout and its scans' manifest entries."""
+        shard = self.shards[k]
+        return shard, {sid: self.scans[sid] for sid in shard.scans}
+
     def scan_of(self, shard: ShardPlan, sample_index: int) -> str:
         """The scan sample ``sample_index`` of ``shard`` is made from (see the module's text)."""
         if not shard.tumor_scans:

@@ -27,7 +27,7 @@ from tumorforge.manifests.dataset.store import Objects
 from tumorforge.manifests.nifti import ScanError
 from tumorforge.manifests.records import pretty_json
 
-from .plan import Plan
+from .plan import Plan, ShardPlan
 from tumorforge.generator.scans import load_prepared_shared
 
 FAULT_ENV = "TUMORFORGE_FAULT"   # tests only: "die_before_commit:<shard>:<marker file>"
@@ -81,18 +81,23 @@ class Samples:
     indices: range
 
 
-def make_samples(plan: Plan, scans: dict[str, PreparedScan], indices: range, backend) -> Samples:
+def make_samples(plan: Plan, scans: dict[str, PreparedScan], indices: range, backend,
+                 shard: ShardPlan | None = None, entries: dict | None = None) -> Samples:
     """Synthesize the samples ``indices`` of ``plan`` from their prepared ``scans`` (by scan id):
-    parameters drawn from each sample's seed, synthesis on ``backend``, hashes and provenance."""
+    parameters drawn from each sample's seed, synthesis on ``backend``, hashes and provenance.
+    ``shard`` and ``entries`` (the shard's manifest entries by scan id): given when ``plan`` is
+    a skeleton without shards and scans, as an actor holds it."""
     spec, config = plan.spec, plan.spec.generator
+    entries = plan.scans if entries is None else entries
     out = Samples([], [], [], [], [], indices)
     versions = backend.versions()
     for i in indices:
-        scan = scans[plan.scan_of(plan.shards[i // spec.samples_per_shard], i)]
+        where = shard if shard is not None else plan.shards[i // spec.samples_per_shard]
+        scan = scans[plan.scan_of(where, i)]
         params = sample_params(np.random.default_rng(sample_seed(spec.root_seed, i)), scan, config)
         crop = synthesize(scan, params, backend)
         key = plan.key(i)
-        entry = plan.scans[scan.scan_id]
+        entry = entries[scan.scan_id]
         out.hashes.append(SampleHashes(key, image_sha256(crop.image), label_sha256(crop.label)))
         out.provenance.append(Provenance(
             key=key, index=i, shard=i // spec.samples_per_shard, dataset_id=plan.dataset_id,
@@ -121,8 +126,14 @@ def shard_objects(plan: Plan, k: int, made: Samples) -> dict[str, bytes]:
 
 
 class ShardWorker:
+    """Writes shards of one plan. The job gives an actor the plan's skeleton (its id and spec,
+    :meth:`Plan.skeleton`) and, with each shard, the shard's layout and its scans' manifest
+    entries, so no actor holds the whole plan; with a full plan, ``write_shard(k)`` looks both up
+    (tests drive it that way)."""
+
     def __init__(self, plan: Plan, prepared_dir: str | None = None):
         self.plan = plan
+        self.entries = dict(plan.scans)       # manifest entries of the scans seen so far
         self.prepared_dir = prepared_dir      # shared preparations (load_prepared_shared)
         self.prepared = 0                     # scans this actor prepared itself
         self.spec = plan.spec
@@ -141,7 +152,7 @@ class ShardWorker:
             if sid in self.cache.items or self.prepared_dir is None:
                 continue
             try:
-                scan, here = load_prepared_shared(self.plan.scans[sid], self.spec.generator,
+                scan, here = load_prepared_shared(self.entries[sid], self.spec.generator,
                                                   self.prepared_dir, wait=False)
             except (ScanError, PrepareError, OSError):
                 continue                  # the second pass retries it and names the failure
@@ -151,7 +162,7 @@ class ShardWorker:
         return {sid: self.cache.get(sid, lambda sid=sid: self._load(sid)) for sid in ids}
 
     def _load(self, scan_id: str) -> PreparedScan:
-        entry = self.plan.scans[scan_id]
+        entry = self.entries[scan_id]
         retries = self.spec.resources.scan_retries
         reason = ""
         for attempt in range(1, retries + 2):
@@ -166,14 +177,17 @@ class ShardWorker:
                     time.sleep(min(2.0, 0.2 * attempt))
         raise ScanLoadFailed(scan_id, entry.image, reason, retries + 1)
 
-    def write_shard(self, k: int) -> ShardCommit:
-        """Synthesize shard ``k``, write its objects, then its commit record; return the record."""
+    def write_shard(self, task: int | ShardPlan, entries: dict | None = None) -> ShardCommit:
+        """Synthesize a shard (``task``: its layout, with ``entries`` its scans' manifest entries;
+        or its number in a full plan), write its objects, then its commit record; return it."""
         t0 = time.perf_counter()
-        shard = self.plan.shards[k]
+        shard = self.plan.shards[task] if isinstance(task, int) else task
+        k = shard.index
+        self.entries.update(entries or {})
         scans = self._scans(shard.scans)
         t_load = time.perf_counter() - t0
         made = make_samples(self.plan, scans, range(shard.start, shard.start + shard.count),
-                            self.backend)
+                            self.backend, shard, self.entries)
         hashes = made.hashes
         t_synth = time.perf_counter() - t0 - t_load
         objects = shard_objects(self.plan, k, made)

@@ -391,3 +391,23 @@ def test_bench_generate_compares_a_job_with_the_generator_alone(ray_local, scans
     assert set(shares) == {"load", "synthesize", "encode_write", "ray_and_driver"}
     assert abs(sum(shares.values()) - 1.0) < 0.005 or shares["ray_and_driver"] == 0.0
     assert r["largest_stage"] in shares and r["bytes_written"] > 0
+
+
+def test_actors_get_a_skeleton_plan_and_each_shard_its_own_scans(reference, scans, tmp_path):
+    """Issue 14: an actor holds the plan's id and spec only; each call brings the shard's layout
+    and its scans' entries, and writes the same bytes as the job did."""
+    from tumorforge.cluster.worker import ShardWorker
+    out = tmp_path / "ds"
+    shutil.copytree(reference, out)
+    spec = dataclasses.replace(small_spec(scans, out), backend="numpy")
+    plan = make_plan(spec, read_manifest(str(scans)))
+    skeleton = plan.skeleton()
+    assert skeleton.shards == () and skeleton.scans == {}
+    assert skeleton.dataset_id == plan.dataset_id
+    shard, entries = plan.task(2)
+    assert set(entries) == set(shard.scans)
+    record = ShardWorker(skeleton).write_shard(shard, entries)
+    want = {k: f for k, f in json.loads((reference / "index.json").read_text())["shards"][2]
+            ["files"].items()}
+    assert {k: f.sha256 for k, f in record.files.items()} == {k: f["sha256"] for k, f in
+                                                              want.items()}
