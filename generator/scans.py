@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import time
+import uuid
+
+import numpy as np
+
+from . import __version__
 from .config import GeneratorConfig
 from .prepare import PreparedScan, prepare_scan
 from tumorforge.manifests.build import check_pair
@@ -51,11 +60,6 @@ def load_prepared_shared(entry: ScanEntry, config: GeneratorConfig, cache_dir: s
     cached scan is only ever the one this job would prepare."""
     if cache_dir is None:
         return load_prepared(entry, config), True
-    import hashlib
-    import json
-    import os
-    import time
-    from tumorforge.generator import __version__
     key = hashlib.sha256(json.dumps(
         {"scan": entry.sha256, "label_map": str(entry.label_map), "config": config.to_json(),
          "version": __version__}, sort_keys=True).encode()).hexdigest()[:32]
@@ -91,10 +95,6 @@ _SCALARS = ("spacing_mm", "origin_vox", "liver_mean_hu", "vessel_threshold_hu", 
 
 def _save_cached(path: str, scan: PreparedScan) -> None:
     """A prepared scan as an uncompressed .npz (no pickled objects), written atomically."""
-    import json
-    import os
-    import uuid
-    import numpy as np
     tmp = f"{path}.tmp-{uuid.uuid4().hex}.npz"
     scalars = {k: getattr(scan, k) for k in _SCALARS}
     np.savez(tmp, **{k: getattr(scan, k) for k in _ARRAYS},
@@ -103,8 +103,6 @@ def _save_cached(path: str, scan: PreparedScan) -> None:
 
 
 def _load_cached(path: str, scan_id: str) -> PreparedScan:
-    import json
-    import numpy as np
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in _ARRAYS}
         scalars = json.loads(z["scalars"].tobytes().decode())

@@ -74,7 +74,7 @@ def zarr_metadata(n: int, per_shard: int, crop, attrs: dict) -> dict[str, bytes]
     return {f"{ZARR_ROOT}/{k}": v for k, v in _store_items(store).items() if k.endswith("zarr.json")}
 
 
-_NO_CHUNK = np.uint64(2 ** 64 - 1)      # a shard index entry for a chunk that is not stored
+NO_CHUNK = 2 ** 64 - 1       # a shard index entry (offset and length) of a chunk not stored
 
 
 def _crc32c(data: bytes) -> bytes:
@@ -92,7 +92,7 @@ def _sharded_volume(arrays: np.ndarray, per_shard: int) -> bytes | None:
     dtype = np.dtype(arrays.dtype).newbyteorder("<")
     blosc = Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE, blocksize=0,
                   typesize=dtype.itemsize)
-    index = np.full((per_shard, 2), _NO_CHUNK, dtype="<u8")
+    index = np.full((per_shard, 2), NO_CHUNK, dtype="<u8")
     parts, offset = [], 0
     for n, chunk in enumerate(arrays):
         if not chunk.any():

@@ -147,7 +147,7 @@ class Dataset:
             key = codecs.volume_object(name, shard.shard)
             where = f"{self.url}/{key} sample {i}"
             offset, length = (int(v) for v in self._chunk_table(name, shard)[j])
-            if offset == 2 ** 64 - 1:          # a chunk of fill values is not stored
+            if offset == codecs.NO_CHUNK:       # a chunk of fill values is not stored
                 out.append(np.zeros(self.crop_shape, dtype))
                 continue
             out.append(codecs.decode_volume_chunk(
@@ -157,8 +157,13 @@ class Dataset:
 
     INDEX_CACHE = 4096          # shard indexes kept per array (16 bytes per sample each)
 
+    @cached_property
+    def _tables(self) -> OrderedDict:
+        """Shard indexes read so far, by object name (least recently used first)."""
+        return OrderedDict()
+
     def _chunk_table(self, name: str, shard: ShardEntry) -> np.ndarray:
-        cache = self.__dict__.setdefault("_tables", OrderedDict())
+        cache = self._tables
         key = codecs.volume_object(name, shard.shard)
         table = cache.get(key)
         if table is None:
