@@ -87,7 +87,8 @@ class ExperimentSpec:
         return (*self.allow_roots, storage.parent(self.annotated), storage.parent(self.healthy))
 
 
-EVALUATE_KEYS = ("overlap", "detection", "min_dice", "sw_batch", "roi", "tolerance_mm", "flips")
+EVALUATE_KEYS = ("overlap", "detection", "min_dice", "sw_batch", "roi", "tolerance_mm", "flips",
+                 "min_liver_contact")
 
 
 def load_spec(path: str, out: str | None = None) -> ExperimentSpec:
@@ -236,8 +237,9 @@ def _evaluate(spec: ExperimentSpec, checkpoint: str, test: str, folder: str, log
     """The evaluation of ``checkpoint`` on the test fold; kept if it was made from that very
     checkpoint (sha256) with the spec's evaluation settings, redone otherwise."""
     from tumorforge.evaluation.evaluate import evaluate, file_sha256
-    from tumorforge.evaluation.metrics import detection_rule_text
+    from tumorforge.evaluation.metrics import MIN_LIVER_CONTACT, detection_rule_text
     kw = dict(spec.evaluate)
+    contact = float(kw.get("min_liver_contact", MIN_LIVER_CONTACT))
     rule = detection_rule_text(kw.get("detection", "dice"), kw.get("min_dice", 0.2))
     summary_path = os.path.join(folder, "summary.json")
     if os.path.exists(summary_path):
@@ -248,13 +250,15 @@ def _evaluate(spec: ExperimentSpec, checkpoint: str, test: str, folder: str, log
                 and done.get("detection_rule") == rule
                 and inference.get("overlap") == kw.get("overlap", 0.75)
                 and inference.get("test_time_flips") == bool(kw.get("flips", False))
+                and inference.get("min_liver_contact", 0.0) == contact
                 and done.get("nsd_tolerance_mm") == kw.get("tolerance_mm", 2.0)):
             return done
     return evaluate(checkpoint, test, folder, allow_roots=spec.roots,
                     overlap=kw.get("overlap", 0.75), sw_batch=kw.get("sw_batch", 2),
                     roi=kw.get("roi"), tolerance_mm=kw.get("tolerance_mm", 2.0),
                     detection=kw.get("detection", "dice"), min_dice=kw.get("min_dice", 0.2),
-                    flips=bool(kw.get("flips", False)), log=lambda m: log(f"  {m}"))
+                    flips=bool(kw.get("flips", False)), min_liver_contact=contact,
+                    log=lambda m: log(f"  {m}"))
 
 
 def run(spec: ExperimentSpec, log=print) -> dict:

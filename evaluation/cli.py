@@ -17,6 +17,7 @@ from tumorforge.generator.options import add_generator_options, generator_overri
 from tumorforge.manifests.flags import add_allow_root
 from tumorforge.trainer.config import DEVICES
 
+from .metrics import MIN_LIVER_CONTACT
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +70,10 @@ def _register_evaluate(sub) -> None:
     e.add_argument("--flips", action="store_true",
                    help="test-time augmentation: average the softmax over the 8 mirrorings of "
                         "the three axes (8x the inference time)")
+    e.add_argument("--min-liver-contact", type=float, default=None, metavar="FRACTION",
+                   help="post-processing: drop predicted tumor components whose outer border is "
+                        "less than this fraction liver (extrahepatic false positives; default "
+                        f"{MIN_LIVER_CONTACT:g}, 0 keeps them)")
     add_allow_root(e)
     e.set_defaults(func=_evaluate)
 
@@ -83,7 +88,7 @@ def _evaluate(args) -> int:
                            sw_batch=args.sw_batch, roi=args.roi, tolerance_mm=args.tolerance,
                            device=args.device, detection=args.detection,
                            min_dice=args.detection_min_dice, progress=not args.no_progress,
-                           flips=args.flips)
+                           flips=args.flips, min_liver_contact=args.min_liver_contact)
     except (ValueError, OSError) as exc:
         sys.exit(f"evaluate: {exc}")
     agg = summary["aggregate"]

@@ -15,8 +15,8 @@ import numpy as np
 from tumorforge.manifests.conventions import BACKGROUND, LIVER, TUMOR
 from tumorforge.manifests.records import json_safe
 
-from .metrics import (DEFAULT_MIN_DICE, EMPTY_RULE, case_metrics, detection_rule_text,
-                      froc_points, summarize)
+from .metrics import (DEFAULT_MIN_DICE, EMPTY_RULE, MIN_LIVER_CONTACT, case_metrics,
+                      detection_rule_text, froc_points, summarize)
 
 if TYPE_CHECKING:            # infer imports torch; compare and the commands' parsers need none
     from .infer import Segmenter
@@ -40,7 +40,7 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
              overlap: float = 0.75, sw_batch: int = 2, roi: int | None = None,
              tolerance_mm: float = 2.0, device: str = "auto", seed: int = 0,
              detection: str = "dice", min_dice: float = DEFAULT_MIN_DICE, progress: bool = False,
-             flips: bool = False, log=print) -> dict:
+             flips: bool = False, min_liver_contact: float | None = None, log=print) -> dict:
     """Score a segmenter on the annotated scans of ``manifest`` (only ``fold``, the first ``limit``).
 
     ``segmenter(image, affine) -> labels``: HU in the file's voxel order and its 4x4 voxel-to-mm
@@ -48,7 +48,8 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
     ``PROBABILITY_SCALE`` = 1) for a FROC-style curve. Default: the model of ``checkpoint``
     through :func:`infer.segment`, run with the checkpoint's preprocessing (spacing, HU window,
     window size; ``roi`` overrides the window with a cube of that many voxels; ``flips``: mirror
-    test-time augmentation). With a ``segmenter`` given, no model is loaded and ``checkpoint`` is
+    test-time augmentation; ``min_liver_contact``: the post-processing's least liver fraction of a
+    tumor component's border, default ``infer.MIN_LIVER_CONTACT``). With a ``segmenter`` given, no model is loaded and ``checkpoint`` is
     only recorded.
 
     Writes into ``out``: ``predictions/<scan_id>.nii.gz`` (labels on each scan's own grid),
@@ -67,7 +68,7 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
         raise ValueError(f"{manifest}: no scans to evaluate (fold {fold})")
     if segmenter is None:
         segmenter, source, inference = _model_segmenter(checkpoint, device, roi, overlap, sw_batch,
-                                                        progress, flips)
+                                                        progress, flips, min_liver_contact)
     else:
         source = {"checkpoint": checkpoint, "step": None,
                   "model": getattr(segmenter, "__name__", type(segmenter).__name__)}
@@ -90,7 +91,8 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
         if prob is not None and np.shape(prob) == pred.shape:
             m["froc"] = froc_points(np.asarray(prob, np.uint8), pred >= LIVER, truth,
                                     image.info.spacing_mm, detection, min_dice,
-                                    inference.get("min_tumor_radius_mm", 0.0))
+                                    inference.get("min_tumor_radius_mm", 0.0),
+                                    min_liver_contact=inference.get("min_liver_contact", 0.0))
         m.update(scan_id=e.scan_id, scan_sha256=dict(e.sha256), role=e.role, source=e.source,
                  fold=e.fold, seconds=round(time.perf_counter() - t0, 2))
         cases.append(m)
@@ -125,19 +127,22 @@ def _checked(pred, shape, entry) -> np.ndarray:
 
 
 def _model_segmenter(checkpoint: str, device: str, roi: int | None, overlap: float,
-                     sw_batch: int, progress: bool = False, flips: bool = False
-                     ) -> tuple[Segmenter, dict, dict]:
+                     sw_batch: int, progress: bool = False, flips: bool = False,
+                     min_liver_contact: float | None = None) -> tuple[Segmenter, dict, dict]:
     """The checkpoint's model as a segmenter, what to record of the checkpoint, and the inference
     settings it runs with (from its preprocessing record, ``roi`` overriding the window size)."""
     import functools
     from .infer import DILATE_MM, MIN_TUMOR_RADIUS_MM, segment
     from .model import load_model
+    contact = MIN_LIVER_CONTACT if min_liver_contact is None else float(min_liver_contact)
+    if not 0.0 <= contact <= 1.0:
+        raise ValueError(f"min_liver_contact {contact:g}: expected a fraction in [0, 1]")
     trained = load_model(checkpoint, device)
     prep = trained.preprocessing
     window_zyx = (roi,) * 3 if roi else prep.roi
     segmenter = functools.partial(segment, trained.model, prep=prep, roi=window_zyx,
                                   overlap=overlap, sw_batch=sw_batch, progress=progress,
-                                  flips=flips, probability=True)
+                                  flips=flips, probability=True, min_liver_contact=contact)
     source = {"checkpoint": trained.checkpoint, "model": trained.name, "step": trained.step,
               "checkpoint_sha256": file_sha256(trained.checkpoint),
               "training_sources": [{k: src.get(k) for k in ("url", "dataset_id", "samples",
@@ -146,9 +151,11 @@ def _model_segmenter(checkpoint: str, device: str, roi: int | None, overlap: flo
     inference = {"spacing_mm": list(prep.spacing_mm), "window_hu": list(prep.window_hu),
                  "roi_zyx": list(window_zyx), "overlap": overlap, "mode": "gaussian",
                  "test_time_flips": flips, "min_tumor_radius_mm": MIN_TUMOR_RADIUS_MM,
+                 "min_liver_contact": contact,
                  "postprocess": f"largest liver component; tumor within the liver dilated by "
                                 f"{DILATE_MM:g} mm, in components of at least a "
-                                f"{MIN_TUMOR_RADIUS_MM:g} mm sphere",
+                                f"{MIN_TUMOR_RADIUS_MM:g} mm sphere whose border is at least "
+                                f"{contact:.0%} liver",
                  "dataset_ids": list(prep.dataset_ids)}
     return segmenter, source, inference
 

@@ -4,7 +4,8 @@ The scan is run the way its model was trained (the checkpoint's preprocessing re
 to RAS, resampled to the training spacing (1 mm isotropic in the paper), windowed to the training
 HU window ([-21, 189] in the paper), sliding window of the training crop size with overlap 0.75 and
 Gaussian weighting (MONAI), argmax; post-processing on that grid (keep the largest 26-connected
-liver component, tumor only inside that liver dilated by ``dilate_mm``); then back to the original
+liver component, tumor only inside that liver dilated by ``dilate_mm``, in components that are
+not specks and are mostly bordered by liver); then back to the original
 voxel grid by nearest neighbour. The model sees (Z, Y, X) = (S, A, R) arrays, as in training.
 Inference runs inside the body's bounding box (voxels above -500 HU plus a margin): outside it the
 answer is background anyway, and CPUs are spared the air.
@@ -24,7 +25,8 @@ from tumorforge.manifests.conventions import (BACKGROUND, LIVER, TUMOR, from_ras
 from tumorforge.trainer.augment import window
 from tumorforge.trainer.preprocessing import Preprocessing
 
-from .metrics import CONNECTIVITY_26, PROBABILITY_SCALE, drop_specks
+from .metrics import (CONNECTIVITY_26, MIN_LIVER_CONTACT, PROBABILITY_SCALE, drop_outside_liver,
+                      drop_specks)
 
 BODY_HU = -500.0
 BODY_MARGIN_MM = 8.0
@@ -39,11 +41,13 @@ Segmenter = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def postprocess(labels: np.ndarray, dilate_mm: float = DILATE_MM, spacing=(1.0, 1.0, 1.0),
-                min_tumor_radius_mm: float = MIN_TUMOR_RADIUS_MM) -> np.ndarray:
+                min_tumor_radius_mm: float = MIN_TUMOR_RADIUS_MM,
+                min_liver_contact: float = MIN_LIVER_CONTACT) -> np.ndarray:
     """Keep the largest liver component (liver or tumor voxels); tumor only within it dilated by
     ``dilate_mm`` (``spacing``: mm per voxel along the array's axes), and only in 26-connected
     components at least as large as a sphere of ``min_tumor_radius_mm`` (smaller ones become
-    liver); everything else background."""
+    liver) whose outer border is at least ``min_liver_contact`` liver (others become
+    background); everything else background."""
     liver = labels >= LIVER
     comps, n = ndi.label(liver, structure=CONNECTIVITY_26)
     if n == 0:
@@ -60,7 +64,10 @@ def postprocess(labels: np.ndarray, dilate_mm: float = DILATE_MM, spacing=(1.0, 
     near = np.zeros(keep.shape, bool)
     near[box] = ndi.distance_transform_edt(~keep[box], sampling=spacing) <= dilate_mm
     out = np.where(keep, LIVER, BACKGROUND).astype(np.uint8)
-    out[drop_specks((labels == TUMOR) & near, spacing, min_tumor_radius_mm)] = TUMOR
+    tumor = drop_specks((labels == TUMOR) & near, spacing, min_tumor_radius_mm)
+    out[tumor] = TUMOR
+    kept = drop_outside_liver(tumor, out == LIVER, min_liver_contact)
+    out[tumor & ~kept] = BACKGROUND
     return out
 
 
@@ -71,7 +78,8 @@ FLIP_AXES = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
 def segment(model, image: np.ndarray, affine: np.ndarray, prep: Preprocessing,
             roi: tuple[int, int, int] | None = None, overlap: float = 0.75, sw_batch: int = 2,
             dilate_mm: float = DILATE_MM, device=None, progress: bool = False,
-            flips: bool = False, probability: bool = False):
+            flips: bool = False, probability: bool = False,
+            min_liver_contact: float = MIN_LIVER_CONTACT):
     """Labels (0/1/2, uint8) for a whole scan of HU values in its own voxel order and grid.
 
     ``prep``: the model's preprocessing (spacing in mm, HU window, sliding-window size); ``roi``
@@ -80,6 +88,7 @@ def segment(model, image: np.ndarray, affine: np.ndarray, prep: Preprocessing,
     ``flips``: test-time augmentation, the softmax averaged over the 8 mirrorings of the three
     axes (8x the inference time). ``probability``: also return the tumor probability before
     post-processing on the same grid (uint8, ``PROBABILITY_SCALE`` = 1), for FROC curves.
+    ``min_liver_contact``: see :func:`postprocess`.
     """
     from monai.inferers import sliding_window_inference
     device = device or next(model.parameters()).device
@@ -111,7 +120,8 @@ def segment(model, image: np.ndarray, affine: np.ndarray, prep: Preprocessing,
         if probability:
             prob_iso[box] = zyx_to_ras(torch.round(soft[TUMOR] * PROBABILITY_SCALE)
                                        .numpy().astype(np.uint8))
-    lab_iso = postprocess(lab_iso, dilate_mm, prep.spacing_mm)
+    lab_iso = postprocess(lab_iso, dilate_mm, prep.spacing_mm,
+                          min_liver_contact=min_liver_contact)
     # Back to the RAS grid of the file (shared voxel 0; input voxel v is at v / factors), then to
     # the file's own axis order.
     back = lambda a: from_ras(ndi.affine_transform(a, np.diag(1.0 / grid.factors),

@@ -96,6 +96,21 @@ def test_postprocess_drops_tumor_far_from_the_liver_and_specks():
             == TUMOR).all()
 
 
+def test_postprocess_drops_tumor_mostly_bordered_by_other_tissue():
+    """A predicted lesion inside the liver is kept; a blob stuck to the liver's surface but mostly
+    outside it (an extrahepatic false positive: its border is mostly not liver) goes to background,
+    unless the rule is off."""
+    lab = np.zeros((40, 40, 40), np.uint8)
+    lab[5:25, 5:25, 5:25] = LIVER
+    lab[10:14, 10:14, 10:14] = TUMOR         # enclosed by liver
+    lab[22:32, 10:16, 10:16] = TUMOR         # 3 of its 10 slabs in the liver
+    out = postprocess(lab, dilate_mm=10.0)
+    assert (out[10:14, 10:14, 10:14] == TUMOR).all()
+    assert not out[22:32, 10:16, 10:16].any()
+    assert (postprocess(lab, dilate_mm=10.0, min_liver_contact=0)[22:32, 10:16, 10:16]
+            == TUMOR).all()
+
+
 @pytest.fixture
 def lits_manifest(tiny_lits, tmp_path):
     """The tiny LiTS scans (0 and 1 with a lesion, 2 healthy) and their manifest."""
@@ -197,10 +212,12 @@ def test_evaluate_runs_a_checkpoint_with_its_preprocessing(lits_manifest, tmp_pa
     ("old", "predates preprocessing records and must be retrained or re-saved"),
     ("roi", "--roi 40: expected a multiple of 16"),
     ("fold", "no scans to evaluate (fold 7)"),
+    ("contact", "min_liver_contact 1.5: expected a fraction in [0, 1]"),
 ])
 def test_evaluate_command_refuses_bad_input_with_one_line(lits_manifest, tmp_path, case, message):
     checkpoint = str(tmp_path / "missing.pt")
-    extra = {"roi": ["--roi", "40"], "fold": ["--fold", "7"]}.get(case, [])
+    extra = {"roi": ["--roi", "40"], "fold": ["--fold", "7"],
+             "contact": ["--min-liver-contact", "1.5"]}.get(case, [])
     if case in ("old", "fold"):
         # A checkpoint from before preprocessing records; no model is built to refuse it.
         checkpoint = str(tmp_path / "step-000000000.pt")

@@ -92,6 +92,17 @@ def test_experiment_runs_every_arm_reports_and_resumes(inputs, capsys):
         assert again["arms"]["synthetic"]["aggregate"] == result["arms"]["synthetic"]["aggregate"]
         assert (out / "fold-0" / "synthetic" / "evaluation" / "summary.json").exists()
         assert checkpoint.endswith("step-000000002.pt")
+        summaries = [out / "fold-0" / a / "evaluation" / "summary.json" for a in result["arms"]]
+        assert all(json.loads(p.read_text())["inference"]["min_liver_contact"] == 0.6
+                   for p in summaries)
+        # Other evaluation settings: every evaluation is redone, nothing upstream of it.
+        looser = yaml.safe_load(spec.read_text())
+        looser["evaluate"]["min_liver_contact"] = 0.0
+        (work / "looser.yaml").write_text(yaml.safe_dump(looser))
+        assert main(["experiment", str(work / "looser.yaml"), "--out", str(out)]) == 0
+        assert all(json.loads(p.read_text())["inference"]["min_liver_contact"] == 0.0
+                   for p in summaries)
+        assert index.stat().st_mtime_ns == before
         # A changed spec never reuses data made with other settings.
         changed = yaml.safe_load(spec.read_text())
         changed["samples"] = 12

@@ -217,6 +217,15 @@ def test_froc_points_trade_false_positives_for_sensitivity():
     assert points[0]["lesions"] == {"<5": 0, "5-10": 0, ">10": 1}
     outside = froc_points(prob, np.zeros_like(truth, bool), truth, spacing, thresholds=(0.1,))
     assert outside[0]["detected"][">10"] == 0         # nothing predicted outside the region
+    # The post-processing's liver-contact rule applies at every threshold: the false blob moved
+    # to the liver's edge, mostly outside it, no longer counts once the rule is on.
+    edge = np.where(ball(truth.shape, (40, 40, 40), 5.0, spacing), 0, prob)
+    edge[ball(truth.shape, (57, 30, 30), 5.0, spacing)] = round(0.3 * 255)
+    region = (truth >= 1) | (edge > 0)
+    fp = lambda contact: froc_points(edge, region, truth, spacing, min_radius_mm=2.0,
+                                     thresholds=(0.1,), min_liver_contact=contact
+                                     )[0]["false_positive_lesions"]
+    assert (fp(0.0), fp(0.6)) == (1, 0)
     pooled = summarize_froc([{"froc": points}, {"froc": points}])
     assert [p["sensitivity"] for p in pooled] == [1.0, 1.0, 0.0]
     assert pooled[0]["false_positive_lesions_per_scan"] == 1.0
