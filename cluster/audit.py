@@ -9,8 +9,8 @@ from tumorforge.manifests.conventions import TUMOR, dice
 from tumorforge.manifests.dataset import names
 from tumorforge.manifests.dataset.names import COMMITS, TOP_LEVEL, commit_key
 from tumorforge.manifests.dataset.reader import Dataset, DatasetError
-from tumorforge.manifests.dataset.records import (Provenance, ShardCommit, image_sha256,
-                                                  label_sha256)
+from tumorforge.manifests.dataset.records import (Provenance, ShardCommit, ShardEntry,
+                                                  image_sha256, label_sha256)
 from tumorforge.manifests.records import RecordError, loads
 
 # How closely crops from different backends (NumPy vs CuPy) must agree; same backend is bit-exact.
@@ -86,20 +86,42 @@ def regenerate(ds: Dataset, p: Provenance, backend_name: str | None, manifest: s
     return out
 
 
-def _commit_problems(ds: Dataset, shard) -> list[tuple[str, str]]:
-    """A shard's commit record must exist, parse, and say what the index says of the shard."""
+def _commit_problems(ds: Dataset, shard: ShardEntry) -> list[tuple[str, str]]:
+    """A shard's commit record must exist, parse, and say what the index (format 1) or the
+    shard's record (format 2) says of the shard."""
     key = commit_key(shard.shard)
     try:
-        raw = ds.objects.get(key)
+        data = loads(ds.objects.get(key), key)
     except FileNotFoundError:
         return [(key, "missing commit record")]
-    try:
-        commit = ShardCommit.from_json(loads(raw, key), key)
     except RecordError as exc:
         return [(key, f"unreadable commit record: {exc}")]
-    if commit.entry() != shard:
-        return [(key, "commit record differs from index.json (files, sample hashes or layout)")]
+    if ds.index.table is None:       # format 1: the index entry, plus how the shard was made
+        if not isinstance(data, dict) or {k: v for k, v in data.items()
+                                          if k not in ("seconds", "worker")} != shard.to_json():
+            return [(key, "commit record differs from index.json (files, sample hashes or "
+                          "layout)")]
+        return []
+    try:
+        commit = ShardCommit.from_json(data, key)
+    except RecordError as exc:
+        return [(key, f"unreadable commit record: {exc}")]
+    want = {**shard.files, names.record_key(shard.shard): ds.index.table.record(shard.shard)}
+    if (commit.dataset_id, commit.shard, commit.start, commit.count, commit.scans,
+            commit.files) != (shard.dataset_id, shard.shard, shard.start, shard.count,
+                              shard.scans, want):
+        return [(key, "commit record differs from the shard's record and index.json (files or "
+                      "layout)")]
     return []
+
+
+def _committed_files(ds: Dataset, k: int) -> list[str]:
+    """The objects shard ``k``'s commit lists (for a shard whose record is bad: its objects are
+    then not 'extra')."""
+    try:
+        return list(loads(ds.objects.get(commit_key(k)), "commit").get("files", {}))
+    except Exception:
+        return []
 
 
 def _plan_problems(ds: Dataset) -> list[tuple[str, str]]:
@@ -126,8 +148,10 @@ def _plan_problems(ds: Dataset) -> list[tuple[str, str]]:
                                           f"{plan.get('samples')} (edited)"))
     if spec != identity:
         problems.append((names.INDEX, "spec differs from the plan's (edited)"))
-    layout = [{"index": s.shard, "start": s.start, "count": s.count, "scans": list(s.scans)}
-              for s in ds.shards]
+    layout = [{"index": k, "start": ds.index.layout(k)[0], "count": ds.index.layout(k)[1],
+               "scans": list(ds.index.table.scans(k) if ds.index.table is not None
+                             else ds.index.shards[k].scans)}
+              for k in range(ds.index.shard_count)]
     if layout != plan.get("shards"):
         problems.append((names.INDEX, "shard layout or scans differ from the plan's"))
     return problems
@@ -137,7 +161,16 @@ def verify(ds: Dataset) -> list[tuple[str, str]]:
     """Problems as (object or sample, what is wrong); empty when everything matches the index."""
     problems = _plan_problems(ds)
     listed, bad_files = set(), set()
-    listed_files = [*((k, f) for s in ds.shards for k, f in s.files.items()),
+    shards = []
+    for k in range(ds.index.shard_count):
+        try:
+            shards.append(ds.shard(k))          # format 2: the record, checked against the index
+        except DatasetError as exc:
+            problems.append((names.record_key(k), str(exc)))
+            listed.update(_committed_files(ds, k))
+        if ds.index.table is not None:
+            listed.add(names.record_key(k))
+    listed_files = [*((k, f) for s in shards for k, f in s.files.items()),
                     *ds.index.metadata.items()]
     for key, want in listed_files:
         listed.add(key)
@@ -149,7 +182,7 @@ def verify(ds: Dataset) -> list[tuple[str, str]]:
         if size != want.bytes or digest != want.sha256:
             problems.append((key, f"corrupt: {size} bytes sha256 {digest[:12]}..., index says "
                                   f"{want.bytes} bytes {want.sha256[:12]}..."))
-    for shard in ds.shards:
+    for shard in shards:
         problems += _commit_problems(ds, shard)
     unlisted_metadata_ok = not ds.index.metadata        # indexes from before it was listed
     for key in ds.list_objects():
@@ -162,9 +195,9 @@ def verify(ds: Dataset) -> list[tuple[str, str]]:
             ds.check_zarr_metadata()
         except DatasetError as exc:
             problems.append((f"{names.ZARR_ROOT} metadata", str(exc)))
-            bad_files.update(k for s in ds.shards for k in ds.shard_files(s, "zarr"))
+            bad_files.update(k for s in shards for k in ds.shard_files(s, "zarr"))
     bad_files.update(k for k, _ in problems)
-    for shard in ds.shards:
+    for shard in shards:
         expected = {s.key: s for s in shard.samples}
         for fmt in ds.formats:
             if any(k in bad_files for k in ds.shard_files(shard, fmt)):

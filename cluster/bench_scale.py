@@ -6,11 +6,11 @@ name with a made-up size and hash) and measures:
 - plan: time to make the plan of N samples over ``--scans`` fake scans;
 - dispatch: driver CPU per shard handed out by the scheduler, with every shard pending and
   again with 1,000 pending (the cost must not grow with the number pending);
-- commit: time to write every shard's commit record (``Objects.put``, local disk);
+- commit: time to write every shard's record and commit record (``Objects.put``, local disk);
 - index: time to read the commits and write ``index.json`` (the job's ``_write_index``), its
   bytes, and the driver's memory growth meanwhile;
-- reader: time and memory for a fresh process to open the dataset (``Dataset(url)`` and one
-  sample's expected hashes), as every DataLoader worker does.
+- reader: time and memory for a fresh process to open the dataset (``Dataset(url)``) and check
+  one sample's expected hashes (its shard's record read), as every DataLoader worker does.
 """
 
 from __future__ import annotations
@@ -57,10 +57,13 @@ def _dispatch_ms(shards: dict, pending: list[int], handouts: int = 2000) -> floa
     return 1000.0 * (time.process_time() - t0) / max(1, done)
 
 
-def _fake_commit(plan, shard):
-    """A commit record for ``shard`` as a worker writes it, with made-up objects and hashes."""
+def _fake_shard(plan, shard) -> dict[str, bytes]:
+    """The shard's record and commit as a worker writes them, with made-up data objects and
+    hashes: {object name: bytes}."""
     from tumorforge.manifests.dataset import names
-    from tumorforge.manifests.dataset.records import FileRecord, SampleHashes, ShardCommit
+    from tumorforge.manifests.dataset.records import (FileRecord, SampleHashes, ShardCommit,
+                                                      ShardEntry)
+    from tumorforge.manifests.records import pretty_json
     digest = lambda text: hashlib.sha256(text.encode()).hexdigest()
     files = {}
     for name in ("image", "label"):
@@ -71,10 +74,17 @@ def _fake_commit(plan, shard):
         files[key] = FileRecord(2_000 * shard.count, digest(key))
     samples = tuple(SampleHashes(plan.key(i), digest(f"i{i}"), digest(f"l{i}"))
                     for i in range(shard.start, shard.start + shard.count))
-    return ShardCommit(dataset_id=plan.dataset_id, shard=shard.index, start=shard.start,
-                       count=shard.count, scans=tuple(shard.scans), files=files, samples=samples,
-                       seconds={"load": 0.0, "synthesize": 0.0, "encode_write": 0.0},
-                       worker={"pid": 0, "backend": "numpy", "scan_loads": 0})
+    record = ShardEntry(dataset_id=plan.dataset_id, shard=shard.index, start=shard.start,
+                        count=shard.count, scans=tuple(shard.scans), files=dict(files),
+                        samples=samples).record_bytes()
+    files[names.record_key(shard.index)] = FileRecord(len(record),
+                                                      hashlib.sha256(record).hexdigest())
+    commit = ShardCommit(dataset_id=plan.dataset_id, shard=shard.index, start=shard.start,
+                         count=shard.count, scans=tuple(shard.scans), files=files,
+                         seconds={"load": 0.0, "synthesize": 0.0, "encode_write": 0.0},
+                         worker={"pid": 0, "backend": "numpy", "scan_loads": 0})
+    return {names.record_key(shard.index): record,
+            names.commit_key(shard.index): pretty_json(commit.to_json())}
 
 
 _READER = """
@@ -86,7 +96,7 @@ from tumorforge.manifests.dataset.reader import Dataset
 before = rss()
 t0 = time.perf_counter()
 ds = Dataset(sys.argv[1])
-ds.expected[ds.keys[len(ds) // 2]]
+assert ds.hashes(ds.keys[len(ds) // 2]) is not None      # one shard opened: its record read
 print(json.dumps({"seconds": time.perf_counter() - t0, "mb": rss() - before}))
 """
 
@@ -95,7 +105,6 @@ def bench_scale(samples: int, samples_per_shard: int = 64, scans: int = 100,
                 workdir: str | None = None, keep: bool = False, log=print) -> dict:
     from tumorforge.cluster.job import _write_index
     from tumorforge.generator.config import GeneratorConfig
-    from tumorforge.manifests.dataset.names import commit_key
     from tumorforge.manifests.dataset.store import Objects
     from tumorforge.manifests.records import pretty_json
     from .plan import make_plan
@@ -121,9 +130,10 @@ def bench_scale(samples: int, samples_per_shard: int = 64, scans: int = 100,
         out.put("plan.json", pretty_json(plan.to_json()))
         t0 = time.perf_counter()
         for shard in plan.shards:
-            out.put(commit_key(shard.index), pretty_json(_fake_commit(plan, shard).to_json()))
+            for key, data in _fake_shard(plan, shard).items():
+                out.put(key, data)
         t_commit = time.perf_counter() - t0
-        log(f"commit records: {len(plan.shards)} written in {t_commit:.1f} s")
+        log(f"shard and commit records: {len(plan.shards)} of each written in {t_commit:.1f} s")
         rss0 = _rss_mb()
         t0 = time.perf_counter()
         _write_index(plan, out, {"bench": "scale"})

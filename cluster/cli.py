@@ -166,12 +166,13 @@ def _cmd_verify(args) -> int:
         problems = verify(ds)
     except DatasetError as exc:
         sys.exit(f"verify: {exc}")
-    n_files = sum(len(s.files) for s in ds.shards)
     if problems:
         from tumorforge.manifests.cli import format_table
         print(format_table(["object", "problem"], problems))
         print(f"{args.dataset}: {len(problems)} problem(s) in {len(ds.shards)} shard(s)")
         return 1
+    n_files = sum(len(s.files) for s in ds.shards) + \
+        (len(ds.shards) if ds.index.table is not None else 0)     # format 2: the shard records
     print(f"{args.dataset}: dataset {ds.dataset_id} OK: {len(ds.shards)} shard(s), {n_files} "
           f"object(s) and {len(ds)} sample(s) in {'+'.join(ds.formats)} match the index")
     return 0

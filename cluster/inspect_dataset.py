@@ -25,7 +25,7 @@ RADIUS_BINS_MM = (0, 2, 4, 6, 8, 10, 15, 20, 25, 30, 40, 60)
 def _shards_to_read(ds: Dataset, max_samples: int) -> list:
     """Evenly spaced shards holding at most ``max_samples`` samples (all when they fit)."""
     shards = ds.shards
-    if sum(s.count for s in shards) <= max_samples:
+    if len(ds) <= max_samples:
         return list(shards)
     n = max(1, max_samples // max(1, ds.samples_per_shard))
     picks = np.unique(np.linspace(0, len(shards) - 1, n).round().astype(int))

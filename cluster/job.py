@@ -25,9 +25,9 @@ from tumorforge.manifests.schema import ManifestError, default_roots, read_manif
 
 from tumorforge.manifests.dataset import codecs
 from tumorforge.manifests.dataset.names import (COMMITS, INDEX, LOCK, PLAN, REPORT, ZARR_ROOT,
-                                                commit_key, tar_name)
+                                                commit_key, record_key, sample_index, tar_name)
 from tumorforge.manifests.dataset.records import (INDEX_FORMAT, DatasetIndex, FileRecord,
-                                                  ShardCommit)
+                                                  ShardCommit, ShardEntry, ShardTable)
 from tumorforge.manifests.dataset.store import LockHeld, Objects, OutputLock
 from tumorforge.manifests.records import RecordError, loads, pretty_json
 
@@ -164,15 +164,16 @@ def prepare_output(plan: Plan, out: Objects) -> set[int]:
 
 def _commit_holds(plan: Plan, out: Objects, record: ShardCommit, provenance=None) -> bool:
     """A commit counts only if it is this plan's shard, every object it lists is there with its
-    recorded size and sha256 (a flipped bit or a truncated object makes the shard be redone), and
-    its sample hashes are those the stored provenance recorded (the tar's JSON members, or
-    ``provenance``, the zarr provenance array, for zarr-only datasets)."""
+    recorded size and sha256 (a flipped bit or a truncated object makes the shard be redone), its
+    shard record is the one those objects and the plan give, and the record's sample hashes are
+    those the stored provenance recorded (the tar's JSON members, or ``provenance``, the zarr
+    provenance array, for zarr-only datasets)."""
     if record.dataset_id != plan.dataset_id or not 0 <= record.shard < len(plan.shards):
         return False
     want = plan.shards[record.shard]
     if (record.start, record.count, tuple(record.scans)) != (want.start, want.count, want.scans):
         return False
-    tar = None
+    stored = {}
     for key, f in record.files.items():
         try:
             data = out.get(key)
@@ -180,20 +181,26 @@ def _commit_holds(plan: Plan, out: Objects, record: ShardCommit, provenance=None
             return False
         if len(data) != f.bytes or hashlib.sha256(data).hexdigest() != f.sha256:
             return False
-        if key == tar_name(record.shard):
-            tar = data
-    # The sample hashes the commit (and so the index) will carry are checked against the stored
-    # provenance: an edited commit is redone rather than trusted.
+        if key in (tar_name(record.shard), record_key(record.shard)):
+            stored[key] = data
+    # The record's sample hashes (what readers check samples against) are checked against the
+    # stored provenance, and its objects against the commit: an edited one is redone, not trusted.
     try:
-        if tar is not None:
-            stored = codecs.tar_provenance(tar)
+        entry = ShardEntry.from_json(loads(stored[record_key(record.shard)], "record"), "record")
+        if tar_name(record.shard) in stored:
+            found = codecs.tar_provenance(stored[tar_name(record.shard)])
         else:
-            stored = [(p["key"], p) for p in (json.loads(str(t)) for t in
-                                              provenance[record.start:record.start + record.count])]
-    except Exception:                 # unreadable provenance: redo the shard
+            found = [(p["key"], p) for p in (json.loads(str(t)) for t in
+                                             provenance[record.start:record.start + record.count])]
+    except Exception:                 # no record, unreadable record or provenance: redo the shard
         return False
-    return [(s.key, s.image_sha256, s.label_sha256) for s in record.samples] == \
-        [(k, p.get("image_sha256"), p.get("label_sha256")) for k, p in stored]
+    data_files = {k: f for k, f in record.files.items() if k != record_key(record.shard)}
+    if (entry.dataset_id, entry.shard, entry.start, entry.count, entry.scans, entry.files) != \
+            (record.dataset_id, record.shard, record.start, record.count, record.scans,
+             data_files):
+        return False
+    return [(s.key, s.image_sha256, s.label_sha256) for s in entry.samples] == \
+        [(k, p.get("image_sha256"), p.get("label_sha256")) for k, p in found]
 
 
 def _metadata_objects(plan: Plan) -> dict[str, bytes]:
@@ -215,24 +222,26 @@ def _read_commit(out: Objects, key: str) -> ShardCommit | None:
 
 
 def _write_index(plan: Plan, out: Objects, versions: dict) -> DatasetIndex:
+    """index.json (format 2) from the commits: each shard's record (size, sha256) and scans."""
     # One request per commit record: read concurrently (on S3 each is a round trip).
     with ThreadPoolExecutor(max_workers=RESUME_CHECK_THREADS) as pool:
         records = list(pool.map(lambda s: _read_commit(out, commit_key(s.index)), plan.shards))
-    shards = []
+    files = []
     for shard, record in zip(plan.shards, records):
-        if record is None:
+        listed = record.files.get(record_key(shard.index)) if record is not None else None
+        if listed is None:
             raise JobError(f"{out.url(commit_key(shard.index))}: commit record missing or "
                            "unreadable; rerun the job to redo that shard")
-        shards.append(record.entry())
+        files.append(listed)
     # Where it was written and how it ran are not part of the dataset (it may be copied or moved).
     spec = {k: v for k, v in plan.spec.to_json().items() if k not in ("output", "resources")}
     index = DatasetIndex(format=INDEX_FORMAT, dataset_id=plan.dataset_id, spec=spec,
                          samples=plan.spec.samples, samples_per_shard=plan.spec.samples_per_shard,
                          formats=tuple(plan.spec.formats), versions=versions, plan=PLAN,
-                         shards=tuple(shards),
+                         shards=(), table=ShardTable.build(files, [s.scans for s in plan.shards]),
                          metadata={k: FileRecord(len(v), hashlib.sha256(v).hexdigest())
                                    for k, v in _metadata_objects(plan).items()})
-    out.put(INDEX, pretty_json(index.to_json()))
+    out.put(INDEX, index.to_bytes())
     return index
 
 
@@ -247,17 +256,24 @@ def shards_to_repair(spec: JobSpec) -> tuple[list[int], list[tuple[str, str]]]:
         ds = Dataset(spec.output)
     except DatasetError as exc:
         raise JobError(f"nothing to repair: {exc}; run the job to finish it") from None
-    owner = {k: s.shard for s in ds.shards for k in s.files}
-    owner.update({commit_key(s.shard): s.shard for s in ds.shards})
-    owner.update({h.key: s.shard for s in ds.shards for h in s.samples})
+    owner = {}
+    for k in range(ds.index.shard_count):
+        owner.update({commit_key(k): k, record_key(k): k})
+        try:
+            owner.update({name: k for name in ds.shard(k).files})
+        except DatasetError:          # a bad record: verify names it, and it maps to k above
+            pass
     bad, other = set(), []
     for where, what in verify(ds):
         name = where.split(" (")[0]
         m = re.fullmatch(r"shard (\d+)", name)
+        i = sample_index(ds.dataset_id, name)
         if m:
             bad.add(int(m.group(1)))
         elif name in owner:
             bad.add(owner[name])
+        elif i is not None and 0 <= i < len(ds):
+            bad.add(i // ds.samples_per_shard)
         else:
             other.append((where, what))
     return sorted(bad), other

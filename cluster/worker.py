@@ -22,7 +22,7 @@ from tumorforge.generator.sample import sample_params, sample_seed
 from tumorforge.generator.synthesize import synthesize
 from tumorforge.manifests.dataset import codecs, names
 from tumorforge.manifests.dataset.records import (Provenance, SampleHashes, ShardCommit,
-                                                  image_sha256, label_sha256)
+                                                  ShardEntry, image_sha256, label_sha256)
 from tumorforge.manifests.dataset.store import Objects
 from tumorforge.manifests.nifti import ScanError
 from tumorforge.manifests.records import pretty_json
@@ -192,10 +192,15 @@ class ShardWorker:
         t_synth = time.perf_counter() - t0 - t_load
         objects = shard_objects(self.plan, k, made)
         files = {key: self.out.put(key, data) for key, data in sorted(objects.items())}
+        # The shard's record (what readers check it against), then the commit that lists it.
+        entry = ShardEntry(dataset_id=self.plan.dataset_id, shard=k, start=shard.start,
+                           count=shard.count, scans=tuple(shard.scans), files=dict(files),
+                           samples=tuple(hashes))
+        files[names.record_key(k)] = self.out.put(names.record_key(k), entry.record_bytes())
         self._maybe_fault(k)
         record = ShardCommit(
             dataset_id=self.plan.dataset_id, shard=k, start=shard.start, count=shard.count,
-            scans=tuple(shard.scans), files=files, samples=tuple(hashes),
+            scans=tuple(shard.scans), files=files,
             seconds={"load": round(t_load, 3), "synthesize": round(t_synth, 3),
                      "encode_write": round(time.perf_counter() - t0 - t_load - t_synth, 3)},
             worker={"pid": os.getpid(), "backend": self.backend.name,

@@ -349,7 +349,8 @@ def edited_copy(src, dst, path, edit):
 @pytest.mark.parametrize("name, edit, words", [
     ("fewer", lambda ix: ix.update(samples=10), "samples"),
     ("huge", lambda ix: ix.update(samples=200_000_000), "samples"),
-    ("shard", lambda ix: ix["shards"][1].update(start=3), "shard 1"),
+    ("shard", lambda ix: ix["shards"].update(scan_offsets=ix["shards"]["scan_offsets"][:-1]),
+     "scan_offsets"),
     ("crop", lambda ix: ix["spec"]["generator"].update(crop_size=[4096, 32, 32]), "crop_size"),
 ])
 def test_index_that_disagrees_with_itself_is_refused(small_dataset, tmp_path, name, edit, words):
@@ -360,6 +361,90 @@ def test_index_that_disagrees_with_itself_is_refused(small_dataset, tmp_path, na
     out, peak = peak_mib(lambda: Dataset(str(ds)))
     assert isinstance(out, DatasetError) and words in str(out) and "index.json" in str(out)
     assert peak < 16
+
+
+def _as_format_1(src, dst):
+    """A copy of the dataset at ``src`` as tumorforge 0.2 wrote it (format 1): index.json lists
+    every shard's record inline, commits carry the sample hashes, no shards/ folder."""
+    import json
+    import shutil
+    shutil.copytree(src, dst)
+    index = json.loads((dst / "index.json").read_text())
+    records = [json.loads(p.read_text()) for p in sorted((dst / "shards").iterdir())]
+    shutil.rmtree(dst / "shards")
+    index.update(format="tumorforge.dataset/1", shards=records)
+    (dst / "index.json").write_text(json.dumps(index, sort_keys=True, indent=1))
+    for record in records:
+        commit = dst / "_commits" / f"shard-{record['shard']:06d}.json"
+        old = json.loads(commit.read_text())
+        commit.write_text(json.dumps({**record, "seconds": old["seconds"],
+                                      "worker": old["worker"]}, sort_keys=True, indent=1))
+    return dst
+
+
+def test_format_2_index_lists_shards_and_format_1_is_still_read(small_dataset, tmp_path, capsys):
+    """Issue 14: index.json lists shards only (each shard's record: size and sha256; its scans);
+    per-sample hashes live in the shard's record, read when the shard is opened, and keys follow
+    from the dataset id. A format 1 dataset reads, verifies and streams as before; an unknown
+    format is refused in one line."""
+    import json
+    from tumorforge.cluster.audit import verify
+    from tumorforge.cluster.front_door import main
+    from tumorforge.manifests.dataset.names import sample_key
+    from tumorforge.manifests.dataset.reader import Dataset, DatasetError
+    from tumorforge.trainer.config import Source
+    from tumorforge.trainer.data import MixedStream
+    index = json.loads((small_dataset / "index.json").read_text())
+    assert index["format"] == "tumorforge.dataset/2"
+    assert set(index["shards"]) == {"scan_names", "record_bytes", "record_sha256",
+                                    "scan_offsets", "scan_ids"}
+    assert "samples" not in json.dumps(index["shards"]) and len(index["shards"]["record_bytes"]) == 4
+    new = Dataset(str(small_dataset))
+    assert new.keys[13] == sample_key(new.dataset_id, 13) and new.index_of(new.keys[13]) == 13
+    assert not new._records                          # opening read no shard record
+    old = Dataset(str(_as_format_1(small_dataset, tmp_path / "v1")))
+    assert old.index.format == "tumorforge.dataset/1" and list(old.keys) == list(new.keys)
+    assert [old.shard(k) for k in range(4)] == list(new.shards)
+    assert verify(old) == [] and verify(new) == []
+    for i in (0, 13):
+        assert all(np.array_equal(a, b) for a, b in zip(old.sample(i)[:2], new.sample(i)[:2]))
+        assert old.copies(i) == new.copies(i) == {"zarr": "ok", "wds": "ok"}
+    for fmt in ("zarr", "wds"):
+        batch = next(iter(MixedStream([Source(str(tmp_path / "v1"), format=fmt)], seed=0)))
+        assert not batch["corrupt"] and batch["key"] in list(new.keys)
+    with pytest.raises(DatasetError, match="no sample with key"):
+        new.index_of("tf000000000000_0000000001")
+    (tmp_path / "v1" / "index.json").write_text(json.dumps({**index,
+                                                            "format": "tumorforge.dataset/3"}))
+    with pytest.raises(SystemExit) as exc:
+        main(["verify", str(tmp_path / "v1")])
+    message = str(exc.value.code)
+    assert "tumorforge.dataset/3" in message and "newer tumorforge" in message
+    assert "\n" not in message
+
+
+def test_a_shard_record_that_differs_from_the_index_is_refused(small_dataset, tmp_path):
+    """Format 2: the index pins each shard record's size and sha256, so an edited, missing or
+    swapped record is refused when its shard is opened (the trainer marks its samples corrupt);
+    the other shards read."""
+    import shutil
+    from tumorforge.cluster.audit import verify
+    from tumorforge.manifests.dataset.reader import Dataset, DatasetError
+    from tumorforge.trainer.data import ZarrStream
+    ds_path = tmp_path / "ds"
+    shutil.copytree(small_dataset, ds_path)
+    one, two = ds_path / "shards" / "shard-000001.json", ds_path / "shards" / "shard-000002.json"
+    one.write_bytes(two.read_bytes())               # a well-formed record, of another shard
+    ds = Dataset(str(ds_path))
+    with pytest.raises(DatasetError, match="shard-000001.json.*index.json says"):
+        ds.shard(1)
+    assert ds.sample(0)[2].index == 0 and ds.sample(9)[2].index == 9
+    stream = ZarrStream(ds, seed=0, rank=0, world=1)
+    assert stream.load(5)["corrupt"] and not stream.load(9)["corrupt"]
+    problems = dict(verify(ds))
+    assert "shards/shard-000001.json" in problems and len(problems) == 1
+    one.unlink()
+    assert "missing" in dict(verify(Dataset(str(ds_path))))["shards/shard-000001.json"]
 
 
 def test_zarr_metadata_that_disagrees_with_the_index_is_refused(small_dataset, tmp_path):
@@ -434,7 +519,9 @@ def test_retried_shard_removes_the_temporaries_of_its_killed_writer(tmp_path):
 
 @pytest.mark.parametrize("path, edit, words", [
     ("_commits/shard-000001.json",
-     lambda c: c["samples"][0].update(image_sha256="0" * 64), "commit record differs"),
+     lambda c: c["files"]["wds/shard-000001.tar"].update(bytes=3), "commit record differs"),
+    ("shards/shard-000001.json",
+     lambda r: r["samples"][0].update(image_sha256="0" * 64), "index.json says"),
     ("dataset.zarr/label/zarr.json",
      lambda m: m.update(shape=[m["shape"][0], 64, 64, 64]), "dataset.zarr metadata"),
     ("dataset.zarr/image/zarr.json", lambda m: m.update(fill_value=7), "corrupt"),
@@ -527,8 +614,10 @@ def test_verify_cross_checks_index_against_plan(small_dataset, tmp_path, capsys,
 @pytest.mark.parametrize("formats", [("zarr", "wds"), ("zarr",)])
 def test_rerun_redoes_a_shard_whose_commit_disagrees_with_its_samples(tmp_path, formats):
     """A sample hash edited in a commit record, objects intact: the index built from it made a
-    good sample fail, and reruns never repaired it. Resume now compares the commit's sample hashes
-    with the provenance stored beside the samples (tar members or the zarr provenance array)."""
+    good sample fail, and reruns never repaired it. Resume now compares the shard record's sample
+    hashes with the provenance stored beside the samples (tar members or the zarr provenance
+    array), even when the commit was edited to list the edited record's size and sha256."""
+    import hashlib
     import json
     from cluster_fixtures import healthy_manifest, small_spec, write_dataset
     from tumorforge.cluster.job import prepare_output
@@ -537,10 +626,15 @@ def test_rerun_redoes_a_shard_whose_commit_disagrees_with_its_samples(tmp_path, 
     from tumorforge.manifests.schema import read_manifest
     manifest = healthy_manifest(tmp_path, 2)
     write_dataset(manifest, tmp_path / "ds", formats=formats)
-    commit = tmp_path / "ds" / "_commits" / "shard-000002.json"
-    record = json.loads(commit.read_text())
+    path = tmp_path / "ds" / "shards" / "shard-000002.json"
+    record = json.loads(path.read_text())
     record["samples"][1]["label_sha256"] = "0" * 64
-    commit.write_text(json.dumps(record))
+    path.write_bytes(json.dumps(record).encode())
+    commit = tmp_path / "ds" / "_commits" / "shard-000002.json"
+    listed = json.loads(commit.read_text())
+    listed["files"]["shards/shard-000002.json"] = {
+        "bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    commit.write_text(json.dumps(listed))
     plan = make_plan(small_spec(manifest, tmp_path / "ds", formats=formats),
                      read_manifest(str(manifest)))
     assert prepare_output(plan, Objects(str(tmp_path / "ds"))) == {0, 1, 3}

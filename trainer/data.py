@@ -42,14 +42,17 @@ def open_source(src: Source) -> Dataset:
 
 
 class _Checker:
-    """Per-sample integrity against the index."""
+    """Per-sample integrity against the index (format 2: the sample's shard record)."""
 
     def __init__(self, ds: Dataset):
-        self.expected = ds.expected
+        self.ds = ds
         self.shape = ds.crop_shape
 
     def sample(self, key, image, label) -> dict:
-        want = self.expected.get(key)
+        try:
+            want = self.ds.hashes(key)
+        except DatasetError:         # its shard's record is missing or differs from the index
+            want = None
         ok = (want is not None and image.shape == self.shape and label.shape == self.shape
               and image.dtype == np.int16 and label.dtype == np.uint8
               and want.matches(image, label))
@@ -104,7 +107,7 @@ class WdsStream:
         self.ds, self.seed, self.rank, self.world = ds, seed, rank, world
         self.resample, self.shuffle_buffer = resample, shuffle_buffer
         self.check = _Checker(ds)
-        self.urls = [tar_name(s.shard) for s in ds.shards]
+        self.urls = [tar_name(k) for k in range(ds.index.shard_count)]
 
     def pipeline(self, start_epoch: int = 0):
         import webdataset as wds
@@ -126,16 +129,17 @@ class WdsStream:
 
     def _samples(self, shards):
         for item in shards:
-            shard = self.ds.shards[parse_shard(item["url"])]
+            k = parse_shard(item["url"])
             seen = set()
             try:                     # streamed: one member in memory at a time
-                for key, image, label, _ in self.ds.stream_tar(shard):
+                for key, image, label, _ in self.ds.stream_tar(self.ds.shard(k)):
                     seen.add(key)
                     yield self.check.sample(key, image, label)
             except Exception:        # unreadable from here on: the rest of the tar is corrupt
-                for s in shard.samples:
-                    if s.key not in seen:
-                        yield self.check.sample(s.key, np.zeros(0), np.zeros(0))
+                start, count = self.ds.index.layout(k)
+                for key in self.ds.keys[start:start + count]:
+                    if key not in seen:
+                        yield self.check.sample(key, np.zeros(0), np.zeros(0))
 
 
 class MixedStream(IterableDataset):

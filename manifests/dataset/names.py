@@ -7,6 +7,7 @@ them; nothing else spells them.
     job_report.json                 how the last run went (not part of the dataset's identity)
     _lock.json                      held by the run writing the dataset (owner, heartbeat)
     _commits/shard-000123.json      one commit record per finished shard
+    shards/shard-000123.json        the shard's record: its objects and samples' hashes (format 2)
     dataset.zarr/...                the Zarr v3 store
     wds/shard-000123.tar            one WebDataset tar per shard
 """
@@ -22,6 +23,7 @@ LOCK = "_lock.json"
 COMMITS = "_commits"
 ZARR_ROOT = "dataset.zarr"
 WDS_DIR = "wds"
+RECORDS = "shards"
 TOP_LEVEL = (INDEX, PLAN, REPORT, LOCK)
 
 _SHARD = re.compile(r"(?:^|/)shard-(\d{6,})(?:\.tar|\.json)?$")
@@ -33,6 +35,10 @@ def shard_name(shard: int) -> str:
 
 def commit_key(shard: int) -> str:
     return f"{COMMITS}/{shard_name(shard)}.json"
+
+
+def record_key(shard: int) -> str:
+    return f"{RECORDS}/{shard_name(shard)}.json"
 
 
 def tar_name(shard: int) -> str:
@@ -50,3 +56,10 @@ def parse_shard(name: str) -> int:
 def sample_key(dataset_id: str, index: int) -> str:
     """A sample's key: unique across datasets, no dots (WebDataset splits member names on dots)."""
     return f"tf{dataset_id[:12]}_{index:010d}"
+
+
+def sample_index(dataset_id: str, key: str) -> int | None:
+    """The sample number a key of ``dataset_id`` names, or None if it is not one of its keys."""
+    prefix = f"tf{dataset_id[:12]}_"
+    digits = key[len(prefix):] if isinstance(key, str) and key.startswith(prefix) else ""
+    return int(digits) if len(digits) == 10 and digits.isdigit() else None

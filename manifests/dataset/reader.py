@@ -3,12 +3,18 @@
 ``Dataset(url)`` opens ``index.json`` (refusing a format it does not know) and reads samples from
 the Zarr store or the WebDataset tars. Only shards listed in the index are read, never inferred from
 what exists in the store. Nothing read here is ever unpickled.
+
+Format 2: opening reads index.json only (shard records' sizes and sha256, scans); a shard's record
+(its objects, its samples' hashes) is fetched when the shard is first used, checked against the
+index, and kept in a bounded cache. Keys are derived from the dataset id and the sample number.
+Format 1 indexes (every shard's record inline) are read as before.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Sequence
 from functools import cached_property
 
 import numpy as np
@@ -29,8 +35,29 @@ def _brief(exc: Exception) -> str:
 
 
 
+class _Lazy(Sequence):
+    """A read-only sequence whose items come from ``get(i)`` (shard records, derived keys)."""
+
+    def __init__(self, n: int, get):
+        self._n, self._get = n, get
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._get(j) for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return self._get(i)
+
+
 class Dataset:
     """A finished dataset at ``url`` (local folder, ``file://`` or ``s3://``)."""
+
+    RECORD_CACHE = 1024         # shard records kept (format 2; ~20 kB each for 64 samples)
 
     def __init__(self, url: str):
         self.url = url.rstrip("/")
@@ -56,8 +83,57 @@ class Dataset:
         return self.index.samples_per_shard
 
     @property
-    def shards(self) -> tuple[ShardEntry, ...]:
-        return self.index.shards
+    def shards(self) -> Sequence[ShardEntry]:
+        """Every shard's record in order (format 2: each fetched when first used)."""
+        if self.index.table is None:
+            return self.index.shards
+        return _Lazy(self.index.shard_count, self.shard)
+
+    def shard(self, k: int) -> ShardEntry:
+        """Shard ``k``'s record: its layout, objects and samples' hashes (DatasetError if it is
+        missing, differs from what index.json says of it, or does not parse)."""
+        if self.index.table is None:
+            return self.index.shards[k]
+        cache = self._records
+        record = cache.get(k)
+        if record is None:
+            record = cache[k] = self._load_record(k)
+            while len(cache) > self.RECORD_CACHE:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(k)
+        return record
+
+    @cached_property
+    def _records(self) -> OrderedDict:
+        return OrderedDict()
+
+    def _load_record(self, k: int) -> ShardEntry:
+        key = names.record_key(k)
+        where = f"{self.url}/{key}"
+        want = self.index.table.record(k)
+        try:
+            raw = self.objects.get(key)
+        except FileNotFoundError:
+            raise DatasetError(f"{where}: missing (index.json lists it)") from None
+        if len(raw) != want.bytes or hashlib.sha256(raw).hexdigest() != want.sha256:
+            raise DatasetError(f"{where}: {len(raw)} bytes sha256 "
+                               f"{hashlib.sha256(raw).hexdigest()[:12]}..., index.json says "
+                               f"{want.bytes} bytes {want.sha256[:12]}...")
+        try:
+            record = ShardEntry.from_json(loads(raw, where), where)
+        except RecordError as exc:
+            raise DatasetError(str(exc)) from None
+        start, count = self.index.layout(k)
+        expected = (self.dataset_id, k, start, count, self.index.table.scans(k))
+        found = (record.dataset_id, record.shard, record.start, record.count, record.scans)
+        if found != expected:
+            raise DatasetError(f"{where}: (dataset_id, shard, start, count, scans) = {found}, "
+                               f"index.json says {expected}")
+        if any(h.key != names.sample_key(self.dataset_id, start + j)
+               for j, h in enumerate(record.samples)):
+            raise DatasetError(f"{where}: sample keys are not the dataset's")
+        return record
 
     @property
     def formats(self) -> list[str]:
@@ -72,22 +148,30 @@ class Dataset:
         return self.index.samples
 
     @cached_property
-    def keys(self) -> list[str]:
-        return [s.key for shard in self.shards for s in shard.samples]
-
-    @cached_property
-    def expected(self) -> dict[str, SampleHashes]:
-        """Each sample's hashes by key, as the index lists them."""
-        return {s.key: s for shard in self.shards for s in shard.samples}
+    def keys(self) -> Sequence[str]:
+        """Every sample's key in order (format 2: derived from the dataset id, never stored)."""
+        if self.index.table is None:
+            return [s.key for shard in self.shards for s in shard.samples]
+        return _Lazy(len(self), lambda i: names.sample_key(self.dataset_id, i))
 
     def index_of(self, key: str) -> int:
-        try:
-            return self.keys.index(key)
-        except ValueError:
-            raise DatasetError(f"{self.url}: no sample with key {key!r}") from None
+        i = names.sample_index(self.dataset_id, key)
+        if i is None or not 0 <= i < len(self) or self.keys[i] != key:
+            raise DatasetError(f"{self.url}: no sample with key {key!r}")
+        return i
+
+    def hashes(self, key: str) -> SampleHashes | None:
+        """What sample ``key`` must hash to (from its shard's record), or None if the dataset has
+        no such sample."""
+        i = names.sample_index(self.dataset_id, key)
+        if i is None or not 0 <= i < len(self):
+            return None
+        shard = self.shard_of(i)
+        want = shard.samples[i - shard.start]
+        return want if want.key == key else None
 
     def shard_of(self, i: int) -> ShardEntry:
-        return self.shards[i // self.samples_per_shard]
+        return self.shard(i // self.samples_per_shard)
 
     # -- reading samples ----------------------------------------------------------------------
     @cached_property
@@ -169,7 +253,7 @@ class Dataset:
         if table is None:
             record = shard.files.get(key)
             if record is None:
-                raise DatasetError(f"{self.url}: index.json lists no {key}")
+                raise DatasetError(f"{self.url}: shard {shard.shard} lists no {key}")
             n = codecs.shard_index_bytes(self.samples_per_shard)
             table = codecs.read_shard_index(
                 self.objects.get_range(key, record.bytes - n, record.bytes), f"{self.url}/{key}")
@@ -249,7 +333,7 @@ class Dataset:
         name = names.tar_name(shard.shard)
         record = shard.files.get(name)
         if record is None:
-            raise DatasetError(f"{self.url}: index.json lists no {name}")
+            raise DatasetError(f"{self.url}: shard {shard.shard} lists no {name}")
         with self.objects.open(name) as f:
             yield from codecs.iter_tar(f, record.bytes)
 

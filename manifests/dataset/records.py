@@ -14,9 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..records import RecordError, canonical_json, check_fields
+from ..records import RecordError, canonical_json, check_fields, pretty_json
 
-INDEX_FORMAT = "tumorforge.dataset/1"
+# Format 2 (written since 0.3): index.json lists shards only, as columns (each shard's record:
+# size and sha256; its scans); each shard's record (``shards/shard-NNNNNN.json``) lists its
+# objects and its samples' hashes and is read when the shard is opened. Format 1 (index.json
+# listing every shard's objects and every sample's hashes) is still read.
+INDEX_FORMAT = "tumorforge.dataset/2"
+INDEX_FORMAT_V1 = "tumorforge.dataset/1"
+READABLE_FORMATS = (INDEX_FORMAT, INDEX_FORMAT_V1)
 PROVENANCE_VERSION = 1
 
 
@@ -84,7 +90,9 @@ class SampleHashes:
 
 @dataclass(frozen=True)
 class ShardEntry:
-    """A committed shard as the index lists it: the deterministic part of its commit record."""
+    """A shard as written: its layout, its data objects and its samples' hashes. Format 2 stores
+    it as the shard's record (``shards/shard-NNNNNN.json``, canonical JSON, a function of the
+    plan alone); format 1 listed it in index.json."""
 
     dataset_id: str
     shard: int
@@ -122,23 +130,119 @@ class ShardEntry:
         return cls(**cls._parse(check_fields(cls, obj, where), where))
 
 
-@dataclass(frozen=True)
-class ShardCommit(ShardEntry):
-    """``_commits/shard-NNNNNN.json``: written after a shard's data objects; with it, the shard
-    counts as written. Besides the index's entry it records how the shard was made."""
+    def record_bytes(self) -> bytes:
+        """The shard's record as stored (format 2): canonical JSON, the same for the same plan."""
+        return canonical_json(self.to_json()).encode()
 
+
+@dataclass(frozen=True)
+class ShardCommit:
+    """``_commits/shard-NNNNNN.json``: written after a shard's data objects and its record; with
+    it, the shard counts as written. Lists every object of the shard (the record included) with
+    its size and sha256, and how the shard was made (not part of the dataset's bytes)."""
+
+    dataset_id: str
+    shard: int
+    start: int
+    count: int
+    scans: tuple[str, ...]
+    files: dict                                               # object name -> FileRecord
     seconds: dict = dataclasses.field(default_factory=dict)   # load, synthesize, encode_write
     worker: dict = dataclasses.field(default_factory=dict)    # pid, backend, scan loads
 
-    def entry(self) -> ShardEntry:
-        return ShardEntry(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ShardEntry)})
-
     def to_json(self) -> dict:
-        return {**super().to_json(), "seconds": dict(self.seconds), "worker": dict(self.worker)}
+        return {"dataset_id": self.dataset_id, "shard": self.shard, "start": self.start,
+                "count": self.count, "scans": list(self.scans),
+                "files": {k: v.to_json() for k, v in self.files.items()},
+                "seconds": dict(self.seconds), "worker": dict(self.worker)}
 
     @classmethod
     def from_json(cls, obj, where: str) -> "ShardCommit":
-        return cls(**cls._parse(check_fields(cls, obj, where), where))
+        data = check_fields(cls, obj, where)
+        for k in ("shard", "start", "count"):
+            _need(_is_int(data[k]) and data[k] >= 0, where, f"{k} as an integer >= 0", data[k])
+        _need(isinstance(data["scans"], list) and all(isinstance(s, str) for s in data["scans"]),
+              where, "scans as a list of scan ids", data["scans"])
+        _need(isinstance(data["files"], dict), where, "files as an object", data["files"])
+        data["scans"] = tuple(data["scans"])
+        data["files"] = {k: FileRecord.from_json(v, f"{where} file {k}")
+                         for k, v in data["files"].items()}
+        return cls(**data)
+
+
+@dataclass(frozen=True, eq=False)
+class ShardTable:
+    """Format 2's list of shards in index.json, as columns: shard k's record (``record_bytes[k]``,
+    ``record_sha256[k]``) and its scans (``scan_names[i]`` for i in ``scan_ids[scan_offsets[k]:
+    scan_offsets[k + 1]]``). Sample counts and keys follow from the layout and the dataset id.
+    Held as arrays: 10 million samples (156,250 shards of 64) take a few MB."""
+
+    scan_names: tuple[str, ...]
+    record_bytes: np.ndarray          # int64, one per shard
+    record_sha256: bytes              # 32 raw bytes per shard
+    scan_offsets: np.ndarray          # int64, shards + 1
+    scan_ids: np.ndarray              # int32
+
+    def __len__(self) -> int:
+        return len(self.record_bytes)
+
+    def record(self, k: int) -> FileRecord:
+        return FileRecord(int(self.record_bytes[k]), self.record_sha256[32 * k:32 * k + 32].hex())
+
+    def scans(self, k: int) -> tuple[str, ...]:
+        ids = self.scan_ids[self.scan_offsets[k]:self.scan_offsets[k + 1]]
+        return tuple(self.scan_names[i] for i in ids)
+
+    @classmethod
+    def build(cls, records: list[FileRecord], scans: list[tuple[str, ...]]) -> "ShardTable":
+        names = sorted({s for row in scans for s in row})
+        number = {s: i for i, s in enumerate(names)}
+        offsets = np.zeros(len(scans) + 1, np.int64)
+        offsets[1:] = np.cumsum([len(row) for row in scans])
+        return cls(tuple(names), np.array([r.bytes for r in records], np.int64),
+                   b"".join(bytes.fromhex(r.sha256) for r in records), offsets,
+                   np.array([number[s] for row in scans for s in row], np.int32))
+
+    def to_json(self) -> dict:
+        return {"scan_names": list(self.scan_names),
+                "record_bytes": self.record_bytes.tolist(),
+                "record_sha256": self.record_sha256.hex(),
+                "scan_offsets": self.scan_offsets.tolist(), "scan_ids": self.scan_ids.tolist()}
+
+    @classmethod
+    def from_json(cls, obj, where: str, shards: int) -> "ShardTable":
+        data = check_fields(cls, obj, where)
+        names, sizes, digests = data["scan_names"], data["record_bytes"], data["record_sha256"]
+        offsets, ids = data["scan_offsets"], data["scan_ids"]
+        _need(isinstance(names, list) and all(isinstance(s, str) and s for s in names), where,
+              "scan_names as a list of scan ids", type(names).__name__)
+        for key, value, n in (("record_bytes", sizes, shards), ("scan_offsets", offsets,
+                                                                shards + 1),
+                              ("scan_ids", ids, None)):
+            _need(isinstance(value, list) and (n is None or len(value) == n), where,
+                  f"{key} as a list of {n if n is not None else 'some'} integers",
+                  f"{len(value)} items" if isinstance(value, list) else value)
+        try:
+            sizes, offsets = np.array(sizes, np.int64), np.array(offsets, np.int64)
+            ids = np.array(ids, np.int64)
+        except (TypeError, ValueError, OverflowError):
+            raise RecordError(f"{where}: record_bytes, scan_offsets and scan_ids must hold "
+                              "integers") from None
+        _need(isinstance(digests, str) and len(digests) == 64 * shards, where,
+              f"record_sha256 as {shards} sha256 hex digests ({64 * shards} characters)",
+              f"{len(digests)} characters" if isinstance(digests, str) else digests)
+        try:
+            raw = bytes.fromhex(digests)
+        except ValueError:
+            raise RecordError(f"{where}: record_sha256 is not hexadecimal") from None
+        _need(sizes.size == 0 or sizes.min() >= 0, where, "record_bytes >= 0",
+              int(sizes.min()) if sizes.size else None)
+        _need(offsets[0] == 0 and offsets[-1] == len(ids) and (np.diff(offsets) >= 0).all(),
+              where, f"scan_offsets rising from 0 to {len(ids)}", offsets[[0, -1]].tolist())
+        _need(ids.size == 0 or (ids.min() >= 0 and ids.max() < len(names)), where,
+              f"scan_ids in 0..{len(names) - 1}",
+              [int(ids.min()), int(ids.max())] if ids.size else [])
+        return cls(tuple(names), sizes, raw, offsets, ids.astype(np.int32))
 
 
 @dataclass(frozen=True)
@@ -146,7 +250,8 @@ class DatasetIndex:
     """``index.json``: what the dataset holds. Written last, only when every shard is committed.
 
     ``spec`` is the job spec that made the dataset (without where it was written and how it ran);
-    the accessors below are the only places its keys are read.
+    the accessors below are the only places its keys are read. Format 2 lists its shards in
+    ``table`` (``shards`` is empty); format 1 in ``shards`` (``table`` is None).
     """
 
     format: str
@@ -161,6 +266,16 @@ class DatasetIndex:
     # Objects outside the shards that readers trust (the zarr.json files), with size and sha256.
     # Absent from indexes written before it existed.
     metadata: dict = dataclasses.field(default_factory=dict)
+    table: ShardTable | None = None
+
+    @property
+    def shard_count(self) -> int:
+        return len(self.table) if self.table is not None else len(self.shards)
+
+    def layout(self, k: int) -> tuple[int, int]:
+        """(first sample, sample count) of shard ``k``: shard k holds [k S, min((k + 1) S, N))."""
+        start = k * self.samples_per_shard
+        return start, min(self.samples_per_shard, self.samples - start)
 
     @property
     def crop_size(self) -> tuple[int, int, int]:
@@ -185,18 +300,33 @@ class DatasetIndex:
         return tuple(self.spec.get("allow_roots", ()))
 
     def to_json(self) -> dict:
+        shards = self.table.to_json() if self.table is not None else \
+            [s.to_json() for s in self.shards]
         return {"format": self.format, "dataset_id": self.dataset_id, "spec": self.spec,
                 "samples": self.samples, "samples_per_shard": self.samples_per_shard,
                 "formats": list(self.formats), "versions": self.versions, "plan": self.plan,
-                "shards": [s.to_json() for s in self.shards],
+                "shards": shards,
                 "metadata": {k: v.to_json() for k, v in sorted(self.metadata.items())}}
+
+    def to_bytes(self) -> bytes:
+        """index.json as written: indented for people, the shard columns on single lines (an
+        indented list of 156,250 sizes is megabytes of spaces and the slow JSON encoder)."""
+        data = self.to_json()
+        columns = data.pop("shards")
+        head = pretty_json({**data, "shards": None})
+        marker = b'"shards": null'
+        assert head.count(marker) == 1
+        return head.replace(marker, b'"shards": ' + canonical_json(columns).encode())
 
     @classmethod
     def from_json(cls, obj, where: str) -> "DatasetIndex":
-        if isinstance(obj, dict) and obj.get("format") != INDEX_FORMAT:
+        if isinstance(obj, dict) and obj.get("format") not in READABLE_FORMATS:
             raise RecordError(f"{where}: format {obj.get('format')!r} is not supported "
-                              f"(expected {INDEX_FORMAT})")
-        data = check_fields(cls, obj, where)
+                              f"(this tumorforge reads {' and '.join(READABLE_FORMATS)}; a newer "
+                              f"format needs a newer tumorforge)")
+        data = check_fields(cls, obj, where, optional=("table",))
+        if "table" in data:
+            raise RecordError(f"{where}: unknown field(s) ['table']")
         _need(isinstance(data["dataset_id"], str) and data["dataset_id"], where,
               "dataset_id as a string", data["dataset_id"])
         for k in ("samples", "samples_per_shard"):
@@ -206,12 +336,18 @@ class DatasetIndex:
         _need(isinstance(data["formats"], list) and data["formats"]
               and set(data["formats"]) <= {"zarr", "wds"}, where, "formats zarr and/or wds",
               data["formats"])
-        _need(isinstance(data["shards"], list), where, "shards as a list", data["shards"])
         _need(isinstance(data.get("metadata", {}), dict), where, "metadata as an object",
               data.get("metadata"))
         data["metadata"] = {k: FileRecord.from_json(v, f"{where} metadata {k}")
                             for k, v in data.get("metadata", {}).items()}
         data["formats"] = tuple(data["formats"])
+        _check_spec(data, where)
+        n_shards = -(-data["samples"] // data["samples_per_shard"])
+        if data["format"] == INDEX_FORMAT:
+            data["table"] = ShardTable.from_json(data["shards"], f"{where} shards", n_shards)
+            data["shards"] = ()
+            return cls(**data)
+        _need(isinstance(data["shards"], list), where, "shards as a list", data["shards"])
         data["shards"] = tuple(ShardEntry.from_json(s, f"{where} shard {n}")
                                for n, s in enumerate(data["shards"]))
         _check_layout(data, where)
@@ -221,17 +357,22 @@ class DatasetIndex:
 MAX_CROP_SIDE = 1024        # voxels; a reader allocates samples of crop_size before checking them
 
 
-def _check_layout(data: dict, where: str) -> None:
-    """The index agrees with itself and with its spec: sample counts, the shard layout (shard k
-    holds samples [k S, (k + 1) S)), each shard's dataset id, the crop size. A reader then never
-    reads more samples or larger ones than the job made."""
-    spec, n, size = data["spec"], data["samples"], data["samples_per_shard"]
+def _check_spec(data: dict, where: str) -> None:
+    """The index agrees with its spec: sample counts, the crop size. A reader then never reads
+    more samples or larger ones than the job made."""
+    spec = data["spec"]
     for k in ("samples", "samples_per_shard"):
         _need(spec.get(k) == data[k], where, f"{k} equal to the spec's ({spec.get(k)!r})", data[k])
     crop = spec["generator"].get("crop_size")
     _need(isinstance(crop, list) and len(crop) == 3
           and all(_is_int(c) and 1 <= c <= MAX_CROP_SIDE for c in crop), where,
           f"spec.generator.crop_size as three integers 1..{MAX_CROP_SIDE}", crop)
+
+
+def _check_layout(data: dict, where: str) -> None:
+    """A format 1 index agrees with itself: the shard layout (shard k holds samples [k S,
+    (k + 1) S)) and each shard's dataset id."""
+    n, size = data["samples"], data["samples_per_shard"]
     shards = data["shards"]
     _need(len(shards) == -(-n // size), where, f"{-(-n // size)} shards for {n} samples of {size}",
           len(shards))
