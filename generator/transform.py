@@ -1,0 +1,207 @@
+"""Tumor synthesis as a MONAI dictionary transform: ``TumorSynthesisd``, in place of the authors'
+``TumorGenerated`` in a training ``Compose``.
+
+It takes a sample as MONAI loads it (``LoadImaged``, ``EnsureChannelFirstd``, ``Orientationd("RAS")``,
+``Spacingd``: channel-first ``(1, X, Y, Z)`` image in HU and label, ``MetaTensor`` with its affine),
+prepares it as a healthy scan (liver mask from the label, vessels and parenchyma statistics as
+eq. 1-2 say), draws one sample's tumors with the chosen profile and size mix, paints them over the
+whole liver region and gives back the image (same dtype) and the label (0 background, 1 liver, 2
+tumor). Voxels synthesis did not touch keep their values.
+
+Seeding: MONAI's ``Randomizable`` contract. ``set_random_state(seed)`` (or a ``Compose`` /
+DataLoader worker seeding) fixes the transform's generator; each call draws one seed from it (0 to
+2^31 - 2, as RandomState gives) and every tumor parameter from ``SeedSequence(seed)``. The seed and
+every drawn parameter go into the image's metadata (``meta["tumor_synthesis"]``, JSON text so that
+it collates; read it with :func:`synthesis_record`), and :meth:`TumorSynthesisd.replay`
+repaints a sample from that record: same arrays, bit for bit, on the same backend.
+
+Backend: NumPy, or CuPy when the image tensor is on a GPU (``backend="auto"``); preparation and
+parameter drawing run on the CPU either way. This module imports MONAI and torch: import it from
+``tumorforge.generator.transform`` (``tumorforge.generator`` itself stays importable without them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Randomizable
+
+from tumorforge.manifests.conventions import BACKGROUND, LIVER, TUMOR, to_ras
+from tumorforge.manifests.records import canonical_json
+
+from . import __version__
+from .backend import get_backend
+from .config import GeneratorConfig
+from .params import SampleParams
+from .prepare import PrepareError, Regrid, prepare_scan
+from .synthesize import HU_MAX, HU_MIN
+from .whole_scan import OutputGrid, place, synthesize_region, whole_params
+
+META_KEY = "tumor_synthesis"
+
+
+class TumorSynthesisd(Randomizable, MapTransform):
+    """Paint seeded synthetic liver tumors into a MONAI sample.
+
+    ``keys``: the image key and the label key, in that order. ``profile``, ``size_mix`` and any other
+    :class:`GeneratorConfig` field (``config``) as in generation jobs (``size_mix``: weights of
+    tiny, small, medium, large, mix). ``prob``: chance a sample gets tumors (the authors' transform
+    used 0.9 during training); otherwise it passes unchanged and its record says so.
+    ``liver_values`` / ``tumor_values`` / ``vessel_values``: label values of the liver, of tumors the
+    scan already has (kept), and of labelled vessels. ``backend``: ``"numpy"``, ``"cupy"`` or
+    ``"auto"`` (CuPy when the image is on a GPU). A sample without liver voxels passes unchanged
+    with the reason in its record, unless ``allow_missing_liver=False`` (then ValueError).
+    """
+
+    def __init__(self, keys: KeysCollection = ("image", "label"), profile: str = "paper",
+                 size_mix: dict | None = None, prob: float = 1.0, liver_values=(1,),
+                 tumor_values=(2,), vessel_values=(), backend: str = "auto",
+                 config: GeneratorConfig | dict | None = None,
+                 allow_missing_liver: bool = True) -> None:
+        MapTransform.__init__(self, keys)
+        if len(self.keys) != 2:
+            raise ValueError(f"keys {self.keys}: expected (image key, label key)")
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"prob {prob}: expected a probability in [0, 1]")
+        base = config if isinstance(config, GeneratorConfig) else \
+            GeneratorConfig.from_json({**(config or {})}) if config else GeneratorConfig()
+        changes = {"profile": profile, "negative_fraction": 0.0}
+        if size_mix is not None:
+            changes["size_mix"] = dict(size_mix)
+        self.config = dataclasses.replace(base, **changes)
+        self.prob = float(prob)
+        self.liver_values = tuple(int(v) for v in liver_values)
+        self.tumor_values = tuple(int(v) for v in tumor_values)
+        self.vessel_values = tuple(int(v) for v in vessel_values)
+        self.backend = backend
+        self.allow_missing_liver = allow_missing_liver
+        self._apply, self._seed = True, 0
+
+    def randomize(self, data=None) -> None:
+        self._apply = bool(self.R.random() < self.prob)
+        self._seed = int(self.R.randint(0, 2 ** 31 - 1))
+
+    def __call__(self, data):
+        self.randomize()
+        d = dict(data)
+        if not self._apply:
+            return self._record(d, {"applied": False, "seed": self._seed})
+        return self._paint(d, self._seed, None)
+
+    def replay(self, data, record: dict | None = None):
+        """The sample painted again from a record (``meta["tumor_synthesis"]`` of an earlier
+        output, by default the one ``data``'s image carries): the same tumors, drawn from its
+        seed, checked against its parameters. Give it the sample as it was before the transform."""
+        d = dict(data)
+        record = record or synthesis_record(d[self.keys[0]])
+        if not record or not record.get("applied"):
+            return self._record(d, dict(record or {"applied": False}))
+        return self._paint(d, int(record["seed"]), SampleParams.from_json(record["params"]))
+
+    # -----------------------------------------------------------------------------------------
+    def _record(self, d: dict, record: dict) -> dict:
+        image = d[self.keys[0]]
+        if isinstance(image, MetaTensor):      # JSON text: collates into a batch as strings
+            image.meta[META_KEY] = canonical_json(record)
+        return d
+
+    def _paint(self, d: dict, seed: int, expected: SampleParams | None) -> dict:
+        image_key, label_key = self.keys
+        image, label = d[image_key], d[label_key]
+        on_gpu = isinstance(image, torch.Tensor) and image.is_cuda
+        backend = get_backend("cupy" if on_gpu and self.backend == "auto" else
+                              ("numpy" if self.backend == "auto" else self.backend))
+        affine = _affine(image)
+        img = _volume(image, image_key)
+        lab = np.rint(_volume(label, label_key)).astype(np.int32)
+        if img.shape != lab.shape:
+            raise ValueError(f"{image_key} shape {img.shape} and {label_key} shape {lab.shape} "
+                             "differ")
+        try:
+            scan = prepare_scan("sample", img, lab, affine,
+                                organ_values=(*self.liver_values, *self.tumor_values,
+                                              *self.vessel_values),
+                                vessel_values=self.vessel_values, config=self.config,
+                                tumor_values=self.tumor_values)
+        except PrepareError as exc:
+            if not self.allow_missing_liver:
+                raise ValueError(str(exc)) from None
+            return self._record(d, {"applied": False, "seed": seed, "reason": str(exc)})
+        params = whole_params(np.random.default_rng(np.random.SeedSequence(seed)), scan,
+                              self.config)
+        if expected is not None and params.to_json() != expected.to_json():
+            raise ValueError("the record's parameters are not what its seed draws on this sample "
+                             "(another sample, configuration or generator version)")
+        region_image, region_label = synthesize_region(scan, params, backend)
+        img_ras, ras_affine = to_ras(img, affine)
+        lab_ras, _ = to_ras(_crop_labels(lab, self), affine)
+        out = OutputGrid("native", np.clip(np.rint(img_ras), HU_MIN, HU_MAX).astype(np.int16),
+                         lab_ras, affine,
+                         Regrid.of(ras_affine, img_ras.shape, scan.spacing_mm).factors)
+        whole = place(out, scan, region_image, region_label)
+        # Untouched voxels keep their exact values (the int16 rounding is only where HU changed).
+        changed = whole.image != out_image_native(out, affine)
+        new_img = np.where(changed, whole.image.astype(np.float32), img)
+        d[image_key] = _like(image, new_img)
+        d[label_key] = _like(label, whole.label.astype(np.float32))
+        return self._record(d, {"applied": True, "seed": seed, "params": params.to_json(),
+                                "config": self.config.to_json(),
+                                "generator_version": __version__, "backend": backend.name})
+
+
+def synthesis_record(image) -> dict | None:
+    """What :class:`TumorSynthesisd` recorded in ``image``'s metadata (a dict: applied, seed,
+    params, config, generator version, backend), or None."""
+    text = getattr(image, "meta", {}).get(META_KEY)
+    return json.loads(text) if isinstance(text, str) else text
+
+
+def out_image_native(out: OutputGrid, affine: np.ndarray) -> np.ndarray:
+    """The tumor-free int16 image of ``out`` in the sample's own voxel order."""
+    from tumorforge.manifests.conventions import from_ras
+    return from_ras(out.image, affine)
+
+
+def _crop_labels(lab: np.ndarray, t: TumorSynthesisd) -> np.ndarray:
+    """The sample's label in the crops' convention: liver and vessel values 1, tumor values 2."""
+    organ = np.isin(lab, np.asarray((*t.liver_values, *t.vessel_values)))
+    out = np.where(organ, LIVER, BACKGROUND)
+    if t.tumor_values:
+        out = np.where(np.isin(lab, np.asarray(t.tumor_values)), TUMOR, out)
+    return out.astype(np.uint8)
+
+
+def _affine(image) -> np.ndarray:
+    affine = getattr(image, "affine", None)
+    if affine is None:
+        return np.eye(4)
+    return np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine,
+                      np.float64)
+
+
+def _volume(x, key: str) -> np.ndarray:
+    """A channel-first single-channel tensor or array as a (X, Y, Z) float32 array."""
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if arr.ndim != 4 or arr.shape[0] != 1:
+        raise ValueError(f"{key}: expected a channel-first (1, X, Y, Z) volume, found shape "
+                         f"{tuple(arr.shape)}")
+    return arr[0].astype(np.float32)
+
+
+def _like(template, arr: np.ndarray):
+    """``arr`` (X, Y, Z) as ``template`` is: channel-first, same type, dtype, device and meta."""
+    arr = arr[None]
+    if isinstance(template, torch.Tensor):
+        out = torch.as_tensor(arr, dtype=template.dtype if template.dtype.is_floating_point
+                              else torch.float32).to(template.device)
+        if template.dtype in (torch.int16, torch.int32, torch.int64, torch.uint8):
+            out = out.round().to(template.dtype)
+        if isinstance(template, MetaTensor):
+            out = MetaTensor(out, meta=dict(template.meta))
+        return out
+    return arr.astype(np.asarray(template).dtype)

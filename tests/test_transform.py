@@ -1,0 +1,122 @@
+"""``TumorSynthesisd``: the generator as a MONAI dictionary transform, on a phantom BTCV scan
+(simulated CT) loaded the way a MONAI training pipeline loads it."""
+
+from __future__ import annotations
+
+import glob
+
+import numpy as np
+import pytest
+import torch
+
+monai = pytest.importorskip("monai")
+from monai.transforms import (Compose, EnsureChannelFirstd, LoadImaged, Orientationd,  # noqa: E402
+                              Spacingd)
+
+from tumorforge.generator.transform import TumorSynthesisd, synthesis_record  # noqa: E402
+
+SMALL = {"crop_size": [32, 32, 32], "target_spacing_mm": [2.0, 2.0, 2.0]}
+
+
+@pytest.fixture(scope="module")
+def loaded(phantom_root):
+    """A BTCV phantom (liver = 6) as LoadImaged, EnsureChannelFirstd, Orientationd(RAS) and
+    Spacingd(2 mm) give it."""
+    root, _ = phantom_root
+    image = sorted(glob.glob(str(root / "btcv" / "**" / "img*.nii.gz"), recursive=True))[0]
+    label = image.replace("/img/img", "/label/label")
+    load = Compose([LoadImaged(("image", "label")), EnsureChannelFirstd(("image", "label")),
+                    Orientationd(("image", "label"), axcodes="RAS"),
+                    Spacingd(("image", "label"), pixdim=(2.0, 2.0, 2.0),
+                             mode=("bilinear", "nearest"))])
+    return load({"image": image, "label": label})
+
+
+def _copy(d):
+    return {k: v.clone() for k, v in d.items()}
+
+
+def _paint(d, seed, **kw):
+    t = TumorSynthesisd(("image", "label"), profile="paper", liver_values=(6,), tumor_values=(),
+                        config=SMALL, **kw)
+    t.set_random_state(seed)
+    return t, t(_copy(d))
+
+
+def test_paints_tumors_inside_the_liver_and_records_how(loaded):
+    _, out = _paint(loaded, seed=3, size_mix={"medium": 1.0})
+    image, label = out["image"], out["label"]
+    assert image.shape == loaded["image"].shape and label.shape == loaded["label"].shape
+    assert image.dtype == loaded["image"].dtype
+    assert torch.equal(image.affine, loaded["image"].affine)
+    liver = loaded["label"][0].numpy() == 6
+    tumor = label[0].numpy() == 2
+    assert tumor.sum() > 50 and (tumor & liver).sum() >= 0.9 * tumor.sum()
+    assert set(np.unique(label[0].numpy())) <= {0, 1, 2}
+    changed = image[0].numpy() != loaded["image"][0].numpy()
+    assert changed.any() and not changed[~liver].all()
+    # Far from the liver nothing moves: voxels synthesis did not touch keep their exact values.
+    import scipy.ndimage as ndi
+    far = ndi.distance_transform_edt(~liver) > 20
+    assert not changed[far].any()
+    record = synthesis_record(image)
+    assert record["applied"] and record["params"]["kind"] == "medium"
+    assert record["params"]["tumors"] and record["config"]["profile"] == "paper"
+
+
+def test_seeded_like_any_monai_randomizable_and_replayable(loaded):
+    t, a = _paint(loaded, seed=11)
+    _, b = _paint(loaded, seed=11)
+    _, c = _paint(loaded, seed=12)
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    assert not torch.equal(a["image"], c["image"])
+    again = t.replay(_copy(loaded), synthesis_record(a["image"]))
+    assert torch.equal(again["image"], a["image"]) and torch.equal(again["label"], a["label"])
+    forged = dict(synthesis_record(a["image"]), seed=synthesis_record(a["image"])["seed"] + 1)
+    with pytest.raises(ValueError, match="not what its seed draws"):
+        t.replay(_copy(loaded), forged)
+
+
+def test_prob_and_missing_liver_pass_the_sample_through(loaded):
+    _, out = _paint(loaded, seed=0, prob=0.0)
+    assert torch.equal(out["image"], loaded["image"]) and not synthesis_record(out["image"])["applied"]
+    empty = _copy(loaded)
+    empty["label"] = torch.zeros_like(empty["label"])
+    t = TumorSynthesisd(("image", "label"), liver_values=(6,), config=SMALL)
+    out = t(empty)
+    assert torch.equal(out["image"], loaded["image"])
+    assert "no liver voxel" in synthesis_record(out["image"])["reason"]
+    with pytest.raises(ValueError, match="no liver voxel"):
+        TumorSynthesisd(("image", "label"), liver_values=(6,), config=SMALL,
+                        allow_missing_liver=False)(_copy(empty))
+    with pytest.raises(ValueError, match="keys"):
+        TumorSynthesisd(("image",))
+
+
+def test_in_a_compose_and_a_dataloader(loaded):
+    """In a Compose under a DataLoader, as a user's training pipeline runs it: the batch has
+    tumor voxels and the record of each sample."""
+    from monai.data import DataLoader, Dataset
+    pipeline = Compose([TumorSynthesisd(("image", "label"), liver_values=(6,), tumor_values=(),
+                                        config=SMALL, size_mix={"small": 1.0})])
+    pipeline.set_random_state(5)
+    ds = Dataset([_copy(loaded)], transform=pipeline)
+    batch = next(iter(DataLoader(ds, batch_size=1, num_workers=0)))
+    assert (batch["label"] == 2).any()
+    import json
+    assert json.loads(batch["image"].meta["tumor_synthesis"][0])["applied"]
+
+
+def test_the_readme_example_trains_a_plain_monai_unet(phantom_root, tmp_path, capsys):
+    """cluster/examples/monai_transform_training.py (the README's example) runs: a MONAI UNet
+    trained on healthy phantom scans whose tumors TumorSynthesisd paints on the fly."""
+    import runpy
+    from tumorforge.manifests.build import build_manifest
+    root, _ = phantom_root
+    manifest = tmp_path / "btcv.jsonl"
+    build_manifest("btcv", str(root / "btcv"), str(manifest))
+    example = runpy.run_path(str(__import__("pathlib").Path(__file__).parents[1] / "cluster" /
+                                 "examples" / "monai_transform_training.py"))
+    example["main"]([str(manifest), "--steps", "2", "--spacing", "4", "--crop", "32"])
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("step ")]
+    assert len(lines) == 2 and any(int(l.rsplit(" ", 1)[1]) > 0 for l in lines)
