@@ -215,3 +215,54 @@ def test_torchrun_ddp_on_two_cpu_processes(datasets, tmp_path):
     assert proc.stdout.count("finished at step 2") == 1          # rank 0 reports
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert (out / "checkpoints" / "step-000000002.pt").exists()
+
+
+def test_crop_datasets_yield_monai_dictionaries_with_the_crops_affine(datasets, tmp_path):
+    """Issue 15: map-style and iterable torch Datasets over a generated dataset, yielding
+    channel-first RAS MetaTensors whose affine puts each crop voxel where it is in its scan: the
+    scan's HU interpolated at a voxel's world position equals the crop's HU there (away from
+    tumors), within the int16 rounding."""
+    import nibabel as nib
+    import scipy.ndimage as ndi
+    import torch
+    from monai.transforms import Orientationd
+    from tumorforge.manifests.dataset.reader import Dataset
+    from tumorforge.trainer.datasets import CropDataset, CropStream
+    maps = CropDataset(str(datasets[0]))
+    assert len(maps) == 12
+    item = maps[7]
+    ds = Dataset(str(datasets[0]))
+    key, image, label = ds.zarr_sample(7)
+    assert item["key"] == key and item["image"].shape == (1, 32, 32, 32)
+    assert np.array_equal(item["image"][0].numpy(), np.transpose(image, (2, 1, 0)))
+    assert item["label"].dtype == torch.uint8 and item["image"].meta["index"] == 7
+    prov = maps.provenance(7)
+    case = prov.scan_id.split("-")[-1]                    # scan ids are "<source>-<case>"
+    scan = nib.load(str(datasets[0].parent / "scans" / "ct" / f"{case}.nii.gz"))
+    world_to_scan = np.linalg.inv(scan.affine)
+    crop = item["image"][0].numpy()
+    far = ndi.distance_transform_edt(item["label"][0].numpy() != 2) > 4
+    voxels = np.argwhere(far)[::97]
+    world = item["image"].affine.numpy() @ np.c_[voxels, np.ones(len(voxels))].T
+    in_scan = (world_to_scan @ world)[:3]
+    hu = ndi.map_coordinates(np.asarray(scan.dataobj, np.float32), in_scan, order=1, cval=-1024)
+    inside = (in_scan >= 0).all(0) & (in_scan <= np.array(scan.shape)[:, None] - 1).all(0)
+    assert inside.sum() > 20
+    assert np.abs(hu[inside] - crop[tuple(voxels[inside].T)]).max() <= 1.0
+    # MONAI dictionary transforms apply as to a loaded scan.
+    flipped = Orientationd(("image", "label"), axcodes="LPS")(maps[7])
+    assert np.array_equal(flipped["image"][0].numpy(), crop[::-1, ::-1, :])
+    streamed = {it["key"]: it for it in CropStream(str(datasets[0]), fmt="zarr",
+                                                   shuffle_buffer=4)}
+    assert sorted(streamed) == sorted(ds.keys)
+    assert torch.equal(streamed[key]["image"], item["image"])
+    assert torch.equal(streamed[key]["image"].affine, item["image"].affine)
+    loader = torch.utils.data.DataLoader(CropStream(str(datasets[0]), fmt="zarr"), batch_size=4,
+                                         num_workers=2)
+    keys = [k for batch in loader for k in batch["key"]]
+    assert sorted(keys) == sorted(ds.keys)                  # each sample once over two workers
+    tars = {it["key"]: it for it in CropStream(str(datasets[0]), fmt="wds")}
+    assert torch.equal(tars[key]["label"], item["label"])
+    assert torch.equal(tars[key]["image"].affine, item["image"].affine)
+    with pytest.raises(ValueError, match="expected zarr or wds"):
+        CropStream(str(datasets[0]), fmt="nifti")

@@ -40,14 +40,33 @@ def _volume_codecs(dtype) -> dict:
 ZARR_ARRAYS = {"image": "int16", "label": "uint8", "key": None, "provenance": None}
 
 
-def _define(store, n: int, per_shard: int, crop: tuple[int, int, int], attrs: dict | None = None):
-    """Create the group and its arrays for ``n`` samples in ``store``."""
+def volume_attributes(name: str, spacing_mm) -> dict:
+    """Attributes of the ``image`` / ``label`` arrays: what a reader needs to interpret a crop
+    without tumorforge (spacing per stored axis, units, axis meaning, label names)."""
+    from ..conventions import LABEL_NAMES
+    r, a, s = (float(v) for v in spacing_mm)
+    out = {"spacing_mm": [s, a, r], "spacing_units": "mm",
+           "axes": "sample, then z/y/x = S/A/R: RAS+ voxel axes of the crop stored (Z, Y, X); "
+                   "transpose the last three to get (R, A, S)"}
+    if name == "image":
+        out["units"] = "HU"
+    else:
+        out["labels"] = {str(v): n for v, n in enumerate(LABEL_NAMES)}
+    return out
+
+
+def _define(store, n: int, per_shard: int, crop: tuple[int, int, int], attrs: dict | None = None,
+            spacing_mm=None):
+    """Create the group and its arrays for ``n`` samples in ``store`` (``spacing_mm``: the crops'
+    spacing along R, A, S, recorded as array attributes when given)."""
     group = zarr.create_group(store, overwrite=True, attributes=attrs or {})
     for name in ("image", "label"):
         dtype = ZARR_ARRAYS[name]
         group.create_array(name, shape=(n, *crop), chunks=(1, *crop),
                            shards=(per_shard, *crop), dtype=dtype, fill_value=0,
-                           dimension_names=("sample", "z", "y", "x"), **_volume_codecs(dtype))
+                           dimension_names=("sample", "z", "y", "x"), **_volume_codecs(dtype),
+                           attributes=volume_attributes(name, spacing_mm)
+                           if spacing_mm is not None else None)
     group.create_array("key", shape=(n,), chunks=(per_shard,), dtype=str,
                        compressors=[ZstdCodec(level=3)])
     group.create_array("sample_index", shape=(n,), chunks=(per_shard,), dtype="int64",
@@ -67,10 +86,11 @@ def _store_items(store: MemoryStore) -> dict[str, bytes]:
     return asyncio.run(collect())
 
 
-def zarr_metadata(n: int, per_shard: int, crop, attrs: dict) -> dict[str, bytes]:
+def zarr_metadata(n: int, per_shard: int, crop, attrs: dict, spacing_mm=None
+                  ) -> dict[str, bytes]:
     """The ``zarr.json`` objects of the whole dataset (keys relative to the output root)."""
     store = MemoryStore()
-    _define(store, n, per_shard, tuple(crop), attrs)
+    _define(store, n, per_shard, tuple(crop), attrs, spacing_mm)
     return {f"{ZARR_ROOT}/{k}": v for k, v in _store_items(store).items() if k.endswith("zarr.json")}
 
 

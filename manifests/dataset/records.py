@@ -23,7 +23,8 @@ from ..records import RecordError, canonical_json, check_fields, pretty_json
 INDEX_FORMAT = "tumorforge.dataset/2"
 INDEX_FORMAT_V1 = "tumorforge.dataset/1"
 READABLE_FORMATS = (INDEX_FORMAT, INDEX_FORMAT_V1)
-PROVENANCE_VERSION = 1
+PROVENANCE_VERSION = 2              # 2 adds crop_affine; 1 is still read
+READABLE_PROVENANCE = (1, 2)
 
 
 def canonical_sha256(array: np.ndarray, dtype: str) -> str:
@@ -409,23 +410,34 @@ class Provenance:
     image_sha256: str
     label_sha256: str
     shape: tuple[int, int, int]        # (Z, Y, X)
+    # Voxel (i, j, k) of the crop along R, A, S (the stored (Z, Y, X) array transposed) -> RAS+
+    # world mm of the scan, 4x4 row-major; empty in version 1 records (before it was recorded).
+    crop_affine: tuple = ()
     provenance_version: int = PROVENANCE_VERSION
 
     def to_json_text(self) -> str:
         data = dataclasses.asdict(self)
         data["spawn_key"] = list(self.spawn_key)
         data["shape"] = list(self.shape)
+        data["crop_affine"] = [list(row) for row in self.crop_affine]
         return canonical_json(data)
 
     @classmethod
     def from_json(cls, obj: dict, where: str = "provenance") -> "Provenance":
-        if isinstance(obj, dict) and obj.get("provenance_version") != PROVENANCE_VERSION:
-            raise RecordError(f"{where}: provenance_version {obj.get('provenance_version')!r} is "
-                              f"not supported (expected {PROVENANCE_VERSION})")
+        version = obj.get("provenance_version") if isinstance(obj, dict) else None
+        if version not in READABLE_PROVENANCE:
+            raise RecordError(f"{where}: provenance_version {version!r} is not supported "
+                              f"(expected one of {list(READABLE_PROVENANCE)})")
         data = check_fields(cls, obj, where, optional=())
-        if set(data) != {f.name for f in dataclasses.fields(cls)}:
-            raise RecordError(f"{where}: missing field(s) "
-                              f"{sorted({f.name for f in dataclasses.fields(cls)} - set(data))}")
+        wanted = {f.name for f in dataclasses.fields(cls)} - ({"crop_affine"} if version == 1
+                                                             else set())
+        if set(data) != wanted:
+            raise RecordError(f"{where}: missing field(s) {sorted(wanted - set(data))}")
         data["spawn_key"] = tuple(obj["spawn_key"])
         data["shape"] = tuple(obj["shape"])
+        affine = obj.get("crop_affine", [])
+        _need(affine == [] or (isinstance(affine, list) and len(affine) == 4 and all(
+            isinstance(r, list) and len(r) == 4 and all(isinstance(v, (int, float)) for v in r)
+            for r in affine)), where, "crop_affine as a 4x4 list of numbers", affine)
+        data["crop_affine"] = tuple(tuple(float(v) for v in r) for r in affine)
         return cls(**data)
