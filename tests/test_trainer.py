@@ -266,3 +266,40 @@ def test_crop_datasets_yield_monai_dictionaries_with_the_crops_affine(datasets, 
     assert torch.equal(tars[key]["image"].affine, item["image"].affine)
     with pytest.raises(ValueError, match="expected zarr or wds"):
         CropStream(str(datasets[0]), fmt="nifti")
+
+
+def test_training_run_explains_itself_and_takes_user_transforms(datasets, tmp_path, monkeypatch):
+    """Issue 15: a start-up header (device, model and parameters, datasets and sizes, schedule), a
+    warning for a warmup over 10 % of the run, the resolved configuration and loss curves in the
+    run folder, a sample image in TensorBoard, and the user's own MONAI transforms by import path
+    (here: every image shifted by +1000 HU, which the DataLoader workers apply)."""
+    from tumorforge.trainer.config import ConfigError
+    (tmp_path / "my_transforms.py").write_text(
+        "from monai.transforms import Lambdad\n"
+        "calls = []\n"
+        "def make():\n"
+        "    return Lambdad('image', lambda x: x + 1000.0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    messages = []
+    train(_cfg(datasets, out, steps=4, warmup_steps=2, transforms="my_transforms:make"),
+          log=messages.append)
+    text = "\n".join(messages)
+    assert "training unet (" in text and "M parameters) on cpu" in text
+    assert "12 samples of 32x32x32" in text and "schedule: 4 steps of 2 x 1 x 1 samples" in text
+    assert "warning: warmup_steps 2 is 50% of the 4 steps" in text
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["transforms"] == "my_transforms:make" and resolved["resolved"]["device"] == "cpu"
+    assert resolved["sources"][0]["dataset_id"]
+    assert (out / "curves.png").stat().st_size > 5000
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    assert "sample/image_label_prediction" in events.Tags()["images"]
+    # The hook really ran in the loader: +1000 HU pushes every voxel above the training window,
+    # so the windowed input is all ones and the loss differs from a run without it.
+    plain = tmp_path / "plain"
+    train(_cfg(datasets, plain, steps=4, warmup_steps=2), log=lambda *a: None)
+    assert _losses(out) != _losses(plain)
+    for bad, words in (("my_transforms:nope", "cannot import"), ("nomodule", "package.module")):
+        with pytest.raises(ConfigError, match=words):
+            _cfg(datasets, out, transforms=bad)

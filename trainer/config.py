@@ -52,6 +52,13 @@ class TrainConfig:
     device: str = "auto"                  # auto | cpu | cuda
     bf16: bool = True                     # autocast to bfloat16 on CUDA
     resample: bool = True                 # wds sources: infinite resampled stream
+    shuffle_buffer: int = 32              # wds sources: samples in the seeded shuffle buffer
+    # Your own MONAI transforms, applied to each sample in the DataLoader workers before
+    # batching: "package.module:function", a function returning a dictionary transform over
+    # "image" (float32 HU) and "label" (uint8), both channel-first (1, Z, Y, X); it must keep
+    # the crop's shape and HU units (the trainer windows afterwards). A Randomizable is seeded
+    # per (seed, rank, worker).
+    transforms: str | None = None
 
     def __post_init__(self):
         if not self.sources:
@@ -66,9 +73,42 @@ class TrainConfig:
             raise ConfigError(f"device {self.device!r}: expected one of {DEVICES}")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.shuffle_buffer < 0:
+            raise ConfigError(f"shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+        if self.transforms is not None:
+            load_transforms(self.transforms)            # a bad import path fails here
+
+    def warnings(self) -> list[str]:
+        """Settings that are allowed but probably not meant."""
+        out = []
+        if self.warmup_steps > 0.1 * self.steps:
+            out.append(f"warmup_steps {self.warmup_steps} is {self.warmup_steps / self.steps:.0%} "
+                       f"of the {self.steps} steps (more than 10 %): the learning rate peaks late "
+                       "and the cosine decay has little room")
+        return out
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def load_transforms(path: str):
+    """The transform ``package.module:function`` names (the function's return value)."""
+    import importlib
+    module, _, name = path.partition(":")
+    if not module or not name:
+        raise ConfigError(f"transforms {path!r}: expected 'package.module:function'")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"transforms {path!r}: cannot import it ({type(exc).__name__}: "
+                          f"{exc})") from None
+    if not callable(factory):
+        raise ConfigError(f"transforms {path!r}: {name} is not callable")
+    transform = factory()
+    if not callable(transform):
+        raise ConfigError(f"transforms {path!r}: {name}() returned {type(transform).__name__}, "
+                          "not a transform")
+    return transform
 
 
 def parse_source(text: str) -> dict:

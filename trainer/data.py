@@ -150,10 +150,12 @@ class MixedStream(IterableDataset):
     """
 
     def __init__(self, sources: list[Source], seed: int, rank: int = 0, world: int = 1,
-                 batch_size: int = 1, start_batches: int = 0, resample: bool = True):
+                 batch_size: int = 1, start_batches: int = 0, resample: bool = True,
+                 shuffle_buffer: int = 32, transforms: str | None = None):
         self.sources = sources
         self.seed, self.rank, self.world = seed, rank, world
         self.batch_size, self.start_batches, self.resample = batch_size, start_batches, resample
+        self.shuffle_buffer, self.transforms = shuffle_buffer, transforms
         self.datasets = [open_source(s) for s in sources]
         weights = np.array([s.weight for s in sources], float)
         if weights.min() < 0 or weights.sum() <= 0:
@@ -172,7 +174,8 @@ class MixedStream(IterableDataset):
                 z = ZarrStream(ds, self.seed, self.rank, self.world)
                 streams.append(("zarr", z, z.order(worker, workers)))
             else:
-                w = WdsStream(ds, self.seed, self.rank, self.world, resample=self.resample)
+                w = WdsStream(ds, self.seed, self.rank, self.world, resample=self.resample,
+                              shuffle_buffer=self.shuffle_buffer)
                 streams.append(("wds", w, None))
         choices = (int(pick.choice(len(streams), p=self.p)) for _ in iter(int, 1))
         skipped = [0] * len(streams)
@@ -184,12 +187,37 @@ class MixedStream(IterableDataset):
         for c, (kind, w, _) in enumerate(streams):
             if kind == "wds":
                 streams[c] = (kind, w, iter(w.pipeline(start_epoch=1 if skipped[c] else 0)))
+        user = self._user_transforms(worker)
         for c in choices:
             kind, reader, it = streams[c]
             try:
-                yield reader.load(next(it)) if kind == "zarr" else next(it)
+                sample = reader.load(next(it)) if kind == "zarr" else next(it)
             except StopIteration:
                 return
+            yield user(sample) if user and not sample["corrupt"] else sample
+
+    def _user_transforms(self, worker: int):
+        """The configured MONAI transforms as a per-sample function, seeded for this worker."""
+        if not self.transforms:
+            return None
+        from .config import load_transforms
+        transform = load_transforms(self.transforms)
+        if hasattr(transform, "set_random_state"):
+            transform.set_random_state(seed=(self.seed * 1_000_003 + self.rank * 1009 + worker)
+                                       % 2 ** 32)
+
+        def apply(sample: dict) -> dict:
+            shape = sample["image"].shape
+            out = transform({"image": torch.from_numpy(sample["image"].astype(np.float32))[None],
+                             "label": torch.from_numpy(sample["label"])[None]})
+            image = np.asarray(out["image"])[0]
+            label = np.asarray(out["label"])[0]
+            if image.shape != shape or label.shape != shape:
+                raise DatasetError(f"transforms {self.transforms}: changed the crop's shape "
+                                   f"{shape} to {image.shape}; the batch needs equal shapes")
+            return {**sample, "image": image.astype(np.float32),   # still HU: windowed later
+                    "label": np.rint(label).astype(np.uint8)}
+        return apply
 
 
 def collate(samples: list[dict]) -> dict:

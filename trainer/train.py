@@ -109,7 +109,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
         log(f"resumed from step {step} ({batches} batches consumed)")
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     stream = MixedStream(list(cfg.sources), cfg.seed, rank, world, cfg.batch_size,
-                         start_batches=batches, resample=cfg.resample)
+                         start_batches=batches, resample=cfg.resample,
+                         shuffle_buffer=cfg.shuffle_buffer, transforms=cfg.transforms)
     try:
         preprocessing = Preprocessing.of_datasets(stream.datasets)
     except RecordError as exc:
@@ -121,12 +122,23 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
         src["dataset_id"], src["samples"] = ds.dataset_id, len(ds)
     loader = DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.workers,
                         collate_fn=collate, persistent_workers=cfg.workers > 0)
+    if rank == 0:
+        for line in _header(cfg, model, device, world, stream.datasets, preprocessing):
+            log(line)
+        for warning in cfg.warnings():
+            log(f"warning: {warning}")
+        os.makedirs(cfg.out, exist_ok=True)
+        with open(os.path.join(cfg.out, RESOLVED_CONFIG), "w") as f:
+            json.dump({**saved_config, "resolved": {"device": str(device), "world": world,
+                                                    "preprocessing": preprocessing.to_json()}},
+                      f, indent=1, sort_keys=True)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     bf16 = device.type == "cuda" and cfg.bf16
     os.makedirs(cfg.out, exist_ok=True)
     metrics = open(os.path.join(cfg.out, METRICS), "a") if rank == 0 else None
     tb = _tensorboard(cfg.out) if rank == 0 else None
     it = iter(loader)
+    shown = None                 # the last micro-batch (image, label, logits), for TensorBoard
     t_run = time.perf_counter()
     samples_run = 0
     while step < cfg.steps and (stop_after is None or step < stop_after):
@@ -154,6 +166,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = net(image)
             loss = loss_fn(logits.float(), label) / cfg.accumulate
+            shown = (image, label, logits)
             loss.backward()
             loss_sum += loss.detach()
             seen += int(keep.sum())
@@ -180,6 +193,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
                     tb.add_scalar(k, v, step)
             log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                          for k, v in record.items()))
+        if rank == 0 and (step == 1 or step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            if shown is not None:
+                _tensorboard_images(tb, *shown, step)
         if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
             checkpoint.save(ckpt_dir, step, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -190,6 +206,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
     if metrics:
         metrics.close()
         tb.close()
+        plot_curves(os.path.join(cfg.out, METRICS), os.path.join(cfg.out, CURVES))
     if world > 1:
         torch.distributed.destroy_process_group()
     elapsed = time.perf_counter() - t_run
@@ -201,6 +218,81 @@ def _loader_signature(cfg: TrainConfig, world: int) -> str:
     sources = [(s.url, s.weight, s.format) for s in cfg.sources]
     return json.dumps({"sources": sources, "batch_size": cfg.batch_size, "workers": cfg.workers,
                        "world": world, "seed": cfg.seed, "resample": cfg.resample})
+
+
+RESOLVED_CONFIG = "config.json"
+CURVES = "curves.png"
+
+
+def _header(cfg: TrainConfig, model, device, world: int, datasets, preprocessing) -> list[str]:
+    """What the run is, printed before the first step."""
+    params = sum(p.numel() for p in model.parameters())
+    lines = [f"training {cfg.model} ({params / 1e6:.2f} M parameters) on {device}"
+             f"{f' x {world} ranks' if world > 1 else ''}, seed {cfg.seed}"]
+    for src, ds in zip(cfg.sources, datasets):
+        lines.append(f"  source {src.url} ({src.format}, weight {src.weight:g}): dataset "
+                     f"{ds.dataset_id}, {len(ds):,} samples of {'x'.join(map(str, ds.crop_shape))}")
+    lines.append(f"  schedule: {cfg.steps} steps of {cfg.batch_size} x {cfg.accumulate} x {world} "
+                 f"samples, AdamW lr {cfg.lr:g}, warmup {cfg.warmup_steps} steps then cosine; "
+                 f"checkpoint every {cfg.checkpoint_every}, keep {cfg.keep}")
+    lines.append(f"  preprocessing: spacing {list(preprocessing.spacing_mm)} mm, window "
+                 f"{list(preprocessing.window_hu)} HU; {cfg.workers} loader worker(s)"
+                 f"{f', transforms {cfg.transforms}' if cfg.transforms else ''}")
+    lines.append(f"  writing to {cfg.out}: checkpoints/, {METRICS}, {RESOLVED_CONFIG}, {CURVES}, "
+                 "tensorboard/")
+    return lines
+
+
+def _tensorboard_images(tb, image, label, logits, step: int) -> None:
+    """The middle axial slice of the batch's first crop: image, label and prediction side by
+    side (grey; liver 0.5, tumor 1.0)."""
+    if tb is None:
+        return
+    with torch.no_grad():
+        z = image.shape[2] // 2
+        img = image[0, 0, z].float().cpu()
+        lab = label[0, 0, z].float().cpu() / 2
+        pred = logits[0].argmax(0)[z].float().cpu() / 2
+        tb.add_image("sample/image_label_prediction", torch.cat([img, lab, pred], 1)[None], step)
+
+
+def plot_curves(metrics_path: str, out_png: str) -> str | None:
+    """Loss (and validation Dice, when the run validated) over steps, from ``metrics.jsonl``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = []
+    with open(metrics_path) as f:
+        for line in f:
+            row = json.loads(line)
+            if "loss" in row:
+                rows.append(row)
+    if not rows:
+        return None
+    val = [r for r in rows if r.get("val_dice_tumor") is not None or
+           r.get("val_dice_liver") is not None]
+    fig, axes = plt.subplots(1, 2 if val else 1, figsize=(10 if val else 5, 3.5), squeeze=False)
+    ax = axes[0][0]
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("DiceCE loss")
+    ax.set_title("training loss")
+    if val:
+        ax = axes[0][1]
+        for name in ("liver", "tumor"):
+            pts = [(r["step"], r[f"val_dice_{name}"]) for r in val
+                   if r.get(f"val_dice_{name}") is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("Dice")
+        ax.set_ylim(0, 1)
+        ax.set_title("validation Dice")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
 
 
 def _tensorboard(out: str):
