@@ -58,7 +58,7 @@ class TrainConfig:
     # "image" (float32 HU) and "label" (uint8), both channel-first (1, Z, Y, X); it must keep
     # the crop's shape and HU units (the trainer windows afterwards). A Randomizable is seeded
     # per (seed, rank, worker).
-    transforms: str | None = None
+    transforms: str | None = None         # your MONAI transforms: "package.module:function"
 
     def __post_init__(self):
         if not self.sources:
