@@ -30,11 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo.register(sub)
     experiment.register(sub)
-    manifests_cli.register(sub)
+    manifest_sub = manifests_cli.register(sub)
     generator_cli.register(sub)
     cluster_cli.register(sub)
     trainer_cli.register(sub)
     evaluation_cli.register(sub)
+    evaluation_cli.register_manifest(manifest_sub)
     bench = sub.add_parser("bench", help="benchmarks (figures for the README's performance section)")
     bsub = bench.add_subparsers(dest="bench_cmd", required=True,
                                 metavar="{generator,loader,train,encode,scale,generate}")

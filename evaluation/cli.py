@@ -362,3 +362,57 @@ def _stats(args) -> int:
         print(f"wrote {os.path.join(args.out, 'stats.json')} and "
               f"{', '.join(result['figures']) or 'no figures'}")
     return 0
+
+
+def register_manifest(msub: argparse._SubParsersAction) -> None:
+    """``manifest label-liver``: added to the manifest commands by the front door (it runs a
+    model, which the manifests stage cannot import)."""
+    from .label_liver import (MAX_LIVER_ML, MIN_CONFIDENCE, MIN_LARGEST_FRACTION, MIN_LIVER_ML)
+    ll = msub.add_parser(
+        "label-liver", help="liver masks for scans without labels, then a manifest of them",
+        description="For each scan of IMAGES (an image list from `manifest build --layout generic` "
+                    "without --label-pattern, or a manifest, its labels ignored) find the liver "
+                    "with a tumorforge-trained model (--checkpoint; whole-scan inference as "
+                    "evaluate runs it, largest component) or take it from a folder of masks "
+                    "(--masks: DIR/<case>/liver.nii.gz as TotalSegmentator writes, or "
+                    "DIR/<case>.nii.gz), reject masks that fail the quality checks with the "
+                    "reason, write the kept masks beside OUT and OUT as a manifest of healthy "
+                    "scans.")
+    ll.add_argument("images", help="image list or manifest (.jsonl)")
+    ll.add_argument("--out", "-o", "--output", dest="output", required=True,
+                    help="manifest to write (.jsonl); masks go to its folder's liver-masks/")
+    ll.add_argument("--checkpoint", help="tumorforge checkpoint (step-*.pt or a training folder)")
+    ll.add_argument("--masks", help="folder of liver masks made by another tool")
+    ll.add_argument("--device", choices=DEVICES, default="auto")
+    ll.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap")
+    ll.add_argument("--min-ml", type=float, default=MIN_LIVER_ML,
+                    help="smallest plausible liver, mL (default %(default)s)")
+    ll.add_argument("--max-ml", type=float, default=MAX_LIVER_ML,
+                    help="largest plausible liver, mL (default %(default)s)")
+    ll.add_argument("--min-largest-fraction", type=float, default=MIN_LARGEST_FRACTION,
+                    help="share of the model's liver voxels in its largest component "
+                         "(default %(default)s)")
+    ll.add_argument("--min-confidence", type=float, default=MIN_CONFIDENCE,
+                    help="mean liver probability over the mask (default %(default)s)")
+    add_allow_root(ll)
+    ll.set_defaults(func=_label_liver)
+
+
+def _label_liver(args) -> int:
+    from tumorforge.manifests.nifti import ScanError
+    from tumorforge.manifests.schema import ManifestError
+    from .label_liver import LabelLiverError, label_liver
+    try:
+        result = label_liver(args.images, args.output, checkpoint=args.checkpoint,
+                             masks=args.masks, allow_roots=args.allow_root, device=args.device,
+                             overlap=args.overlap, min_ml=args.min_ml, max_ml=args.max_ml,
+                             min_largest_fraction=args.min_largest_fraction,
+                             min_confidence=args.min_confidence)
+    except (LabelLiverError, ManifestError, ScanError, ValueError, OSError) as exc:
+        sys.exit(f"manifest label-liver: {str(exc).splitlines()[0]}")
+    print(f"{result.manifest}: {len(result.entries)} scan(s) with liver masks")
+    if result.rejections:
+        print(f"{result.rejected}: {len(result.rejections)} rejected")
+        for r in result.rejections:
+            print(f"  {r.scan_id}: {r.problem}")
+    return 0 if result.entries else 1

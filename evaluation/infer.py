@@ -79,7 +79,7 @@ def segment(model, image: np.ndarray, affine: np.ndarray, prep: Preprocessing,
             roi: tuple[int, int, int] | None = None, overlap: float = 0.75, sw_batch: int = 2,
             dilate_mm: float = DILATE_MM, device=None, progress: bool = False,
             flips: bool = False, probability: bool = False,
-            min_liver_contact: float = MIN_LIVER_CONTACT):
+            min_liver_contact: float = MIN_LIVER_CONTACT, report: dict | None = None):
     """Labels (0/1/2, uint8) for a whole scan of HU values in its own voxel order and grid.
 
     ``prep``: the model's preprocessing (spacing in mm, HU window, sliding-window size); ``roi``
@@ -88,7 +88,10 @@ def segment(model, image: np.ndarray, affine: np.ndarray, prep: Preprocessing,
     ``flips``: test-time augmentation, the softmax averaged over the 8 mirrorings of the three
     axes (8x the inference time). ``probability``: also return the tumor probability before
     post-processing on the same grid (uint8, ``PROBABILITY_SCALE`` = 1), for FROC curves.
-    ``min_liver_contact``: see :func:`postprocess`.
+    ``min_liver_contact``: see :func:`postprocess`. ``report``: a dict filled with what the
+    liver answer looked like before post-processing: ``liver_largest_fraction`` (share of the
+    predicted liver voxels in the largest 26-connected component) and ``liver_confidence`` (mean
+    liver-or-tumor probability over the kept liver), for quality checks of liver masks.
     """
     from monai.inferers import sliding_window_inference
     device = device or next(model.parameters()).device
@@ -117,11 +120,24 @@ def segment(model, image: np.ndarray, affine: np.ndarray, prep: Preprocessing,
             soft = p if soft is None else soft + p
         soft = soft[0] / (len(FLIP_AXES) if flips else 1)
         lab_iso[box] = zyx_to_ras(soft.argmax(0).numpy().astype(np.uint8))
+        if report is not None:
+            organ = zyx_to_ras((soft[LIVER] + soft[TUMOR]).numpy())
+            prob_organ = np.zeros(iso.shape, np.float32)
+            prob_organ[box] = organ
         if probability:
             prob_iso[box] = zyx_to_ras(torch.round(soft[TUMOR] * PROBABILITY_SCALE)
                                        .numpy().astype(np.uint8))
+    if report is not None:
+        predicted = lab_iso >= LIVER
+        parts, n = ndi.label(predicted, structure=CONNECTIVITY_26)
+        sizes = np.bincount(parts.ravel())[1:]
+        report["liver_largest_fraction"] = float(sizes.max() / sizes.sum()) if n else 0.0
     lab_iso = postprocess(lab_iso, dilate_mm, prep.spacing_mm,
                           min_liver_contact=min_liver_contact)
+    if report is not None:
+        kept = lab_iso >= LIVER
+        report["liver_confidence"] = float(prob_organ[kept].mean()) \
+            if kept.any() and len(body) else 0.0
     # Back to the RAS grid of the file (shared voxel 0; input voxel v is at v / factors), then to
     # the file's own axis order.
     back = lambda a: from_ras(ndi.affine_transform(a, np.diag(1.0 / grid.factors),

@@ -17,8 +17,8 @@ import numpy as np
 from . import storage
 from .layouts import Candidate, Discovery, discover
 from .nifti import ScanError, Volume, read_volume
-from .schema import (LabelMap, Rejection, ScanEntry, default_roots, parse_manifest, rejected_path,
-                     write_jsonl)
+from .schema import (ImageEntry, LabelMap, Rejection, ScanEntry, default_roots, parse_manifest,
+                     rejected_path, write_jsonl)
 
 AFFINE_ATOL_MM = 1e-3      # image and label grids must agree to a micrometre
 AFFINE_RTOL = 1e-4         # relative slack for float32 headers with origins hundreds of mm out
@@ -105,6 +105,48 @@ def inspect_pair(c: Candidate) -> ScanEntry:
         liver_volume_ml=round(liver_voxels * voxel_ml, 3),
         tumor_volume_ml=round(tumor_voxels * voxel_ml, 3),
     )
+
+
+def inspect_image(scan_id: str, uri: str, source: str) -> ImageEntry:
+    """Open, check and measure one image without a label. Raises ScanError naming the file."""
+    image = read_volume(uri)
+    _check_image(uri, image)
+    return ImageEntry(scan_id=scan_id, image=uri, source=source, sha256=image.sha256,
+                      shape=image.info.shape,
+                      spacing_mm=tuple(round(s, 6) for s in image.info.spacing_mm),
+                      orientation=image.info.orientation)
+
+
+def build_images(root: str, out: str, image_pattern: str, source: str = "generic", *,
+                 workers: int | None = None, allowed_roots=()) -> BuildResult:
+    """An image list (no labels) of every file below ``root`` matching ``image_pattern``: the
+    input of ``manifest label-liver``. Unreadable images go to ``<out>.rejected.jsonl``."""
+    from .layouts import find_images
+    found = find_images(storage.normalize(root), storage.list_files(storage.normalize(root)),
+                        image_pattern, source)
+    roots = storage.AllowedRoots.of([root, *allowed_roots])
+    rejections, todo = [], []
+    for scan_id, uri in found:
+        try:
+            todo.append((scan_id, roots.check(uri, "image")))
+        except storage.PathEscapeError as exc:
+            rejections.append(Rejection(scan_id, uri, "", str(exc)))
+
+    def one(item):
+        try:
+            return inspect_image(item[0], item[1], source)
+        except ScanError as exc:
+            return exc
+        except Exception as exc:
+            return ScanError(item[1], f"could not be inspected ({type(exc).__name__})")
+    with ThreadPoolExecutor(max_workers=max(1, workers or default_workers())) as pool:
+        results = list(pool.map(one, todo))
+    entries = [r for r in results if isinstance(r, ImageEntry)]
+    rejections += [Rejection(sid, uri, "", r.problem) for (sid, uri), r in zip(todo, results)
+                   if isinstance(r, ScanError)]
+    write_jsonl(out, entries)
+    write_jsonl(rejected_path(out), sorted(rejections, key=lambda r: (r.scan_id, r.image)))
+    return BuildResult(out, rejected_path(out), entries, rejections)
 
 
 def _inspect_all(candidates, workers: int):

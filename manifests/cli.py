@@ -22,10 +22,12 @@ def _cmd_build(args) -> int:
     from .build import build_manifest
     from .schema import LabelMap
     generic = {}
+    if args.layout == "generic" and args.image_pattern and not args.label_pattern:
+        return _build_images(args)
     if args.layout == "generic":
         if not (args.image_pattern and args.label_pattern and args.label_map):
-            sys.exit("manifest build --layout generic needs --image-pattern, --label-pattern "
-                     "and --label-map")
+            sys.exit("manifest build --layout generic needs --image-pattern, and --label-pattern "
+                     "with --label-map (or no label pattern for an image-only list)")
         generic = dict(image_pattern=args.image_pattern, label_pattern=args.label_pattern,
                        label_map=LabelMap.parse(args.label_map), source=args.source)
     try:
@@ -36,6 +38,23 @@ def _cmd_build(args) -> int:
     healthy = sum(e.role == "healthy" for e in result.entries)
     print(f"{result.manifest}: {len(result.entries)} scan(s) ({healthy} healthy, "
           f"{len(result.entries) - healthy} with tumor)")
+    if result.rejections:
+        print(f"{result.rejected}: {len(result.rejections)} rejected")
+        print(format_table(["scan", "file", "problem"],
+                           [(r.scan_id, r.image, r.problem) for r in result.rejections]))
+    return 0 if result.entries else 1
+
+
+def _build_images(args) -> int:
+    """``build --layout generic`` without labels: an image list for ``manifest label-liver``."""
+    from .build import build_images
+    try:
+        result = build_images(args.root, args.output, args.image_pattern, args.source,
+                              workers=args.workers, allowed_roots=args.allow_root)
+    except (FileNotFoundError, ValueError) as exc:
+        sys.exit(f"manifest build: {exc}")
+    print(f"{result.manifest}: {len(result.entries)} image(s) without labels (an image list: "
+          f"`tumorforge manifest label-liver {result.manifest} ...` makes it a manifest)")
     if result.rejections:
         print(f"{result.rejected}: {len(result.rejections)} rejected")
         print(format_table(["scan", "file", "problem"],
@@ -116,7 +135,9 @@ def _cmd_phantoms(args) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Add ``manifest ...`` and ``phantoms``; returns the ``manifest`` subcommands group, where
+    later stages add theirs (``manifest label-liver`` runs a model: the evaluation stage's)."""
     from .flags import add_allow_root
     from .layouts import LAYOUTS
 
@@ -125,7 +146,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = sub.add_parser("manifest", help="build, validate and split scan manifests",
                        description="Scan manifests: JSON Lines, one scan per line.")
     msub = m.add_subparsers(dest="manifest_cmd", required=True,
-                            metavar="{build,validate,split,merge}")
+                            metavar="{build,validate,split,merge,label-liver}")
 
     b = msub.add_parser("build", help="find image/label pairs of a dataset layout and record them",
                         description="Find every image/label pair of LAYOUT below ROOT (a folder or "
@@ -136,7 +157,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", "-o", "--output", dest="output", required=True,
                    help="manifest to write (.jsonl)")
     b.add_argument("--image-pattern", help="generic layout: image path below ROOT with one {id}")
-    b.add_argument("--label-pattern", help="generic layout: label path below ROOT with one {id}")
+    b.add_argument("--label-pattern", help="generic layout: label path below ROOT with one {id} "
+                                           "(none: an image-only list for label-liver)")
     b.add_argument("--label-map", help="generic layout: label values, e.g. 'liver=1,tumor=2'")
     b.add_argument("--source", default="generic", help="generic layout: dataset name for scan IDs")
     add_allow_root(b)
@@ -186,3 +208,4 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="in-plane matrix 512*scale; 0.2-0.3 makes small fast volumes (default 1)")
     p.add_argument("--preview", action="store_true", help="also write a PNG of one case per layout")
     p.set_defaults(func=_cmd_phantoms)
+    return msub

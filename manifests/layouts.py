@@ -172,6 +172,19 @@ def find_generic(root: str, files: list[str], image_pattern: str, label_pattern:
                        source, label_map, None, f"no label matching {label_pattern!r}")
 
 
+def find_images(root: str, files: list[str], image_pattern: str, source: str = "generic"
+                ) -> list[tuple[str, str]]:
+    """(scan_id, uri) of every file matching ``image_pattern`` (one ``{id}``) below ``root``:
+    image-only datasets, before their livers are labelled."""
+    pattern = _placeholder_regex(image_pattern)
+    found = []
+    for f in files:
+        m = pattern.search(storage.relative_to(root, f))
+        if m:
+            found.append((f"{source}-{m.group(1)}", f))
+    return sorted(found)
+
+
 def discover(layout: str, root: str, **generic) -> Discovery:
     """All candidate pairs of ``layout`` below ``root``."""
     root = storage.normalize(root)

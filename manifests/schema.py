@@ -257,6 +257,95 @@ def read_manifest(uri: str, allowed: storage.AllowedRoots | None = None) -> list
     return parsed.entries
 
 
+IMAGE_LIST_KIND = "image-only"
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """A scan without a label (image-only datasets such as Pancreas-CT or MSD Pancreas/Spleen/
+    Colon): one line of an image list, which ``manifest build --layout generic`` writes when no
+    label pattern is given and ``manifest label-liver`` turns into a manifest. Not a manifest
+    entry: nothing can synthesize into a scan before its liver is known."""
+
+    scan_id: str
+    image: str
+    source: str
+    sha256: str                      # of the image file
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    orientation: str
+    kind: str = IMAGE_LIST_KIND
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["shape"], out["spacing_mm"] = list(self.shape), list(self.spacing_mm)
+        return out
+
+    @classmethod
+    def from_json(cls, obj, where: str) -> "ImageEntry":
+        if not isinstance(obj, dict) or obj.get("kind") != IMAGE_LIST_KIND:
+            raise ManifestError(f"{where}: expected an image-list line (kind {IMAGE_LIST_KIND!r})")
+        if obj.get("schema_version") != SCHEMA_VERSION:
+            raise ManifestError(f"{where}: schema_version {obj.get('schema_version')!r} is not "
+                                f"supported (this tumorforge reads version {SCHEMA_VERSION})")
+        known = {f.name for f in fields(cls)}
+        if set(obj) != known:
+            raise ManifestError(f"{where}: fields {sorted(obj)}; expected {sorted(known)}")
+        ok = (isinstance(obj["scan_id"], str) and obj["scan_id"] and "/" not in obj["scan_id"]
+              and not obj["scan_id"].startswith(".") and isinstance(obj["image"], str)
+              and obj["image"] and isinstance(obj["sha256"], str) and len(obj["sha256"]) == 64
+              and isinstance(obj["shape"], list) and len(obj["shape"]) == 3
+              and isinstance(obj["spacing_mm"], list) and len(obj["spacing_mm"]) == 3)
+        if not ok:
+            raise ManifestError(f"{where}: malformed image-list line (scan_id, image, sha256, "
+                                "shape and spacing_mm)")
+        return cls(scan_id=obj["scan_id"], image=obj["image"], source=str(obj["source"]),
+                   sha256=obj["sha256"], shape=tuple(int(n) for n in obj["shape"]),
+                   spacing_mm=tuple(float(v) for v in obj["spacing_mm"]),
+                   orientation=str(obj["orientation"]))
+
+
+def read_images(uri: str, allowed: storage.AllowedRoots | None = None) -> list[ImageEntry]:
+    """The scans of an image list, or of a manifest (its labels ignored), with image paths
+    resolved and kept inside the allowed roots. Any problem raises :class:`ManifestError`."""
+    allowed = allowed if allowed is not None else default_roots(uri)
+    try:
+        with storage.open_binary(uri) as f:
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise ManifestError(f"{uri}: cannot read the image list ({exc})") from None
+    out, seen = [], set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{uri}:{number}"
+        if len(line) > MAX_LINE_CHARS:
+            raise ManifestError(f"{where}: {len(line)} characters; expected at most "
+                                f"{MAX_LINE_CHARS}")
+        try:
+            obj = loads(line, where)
+            if isinstance(obj, dict) and obj.get("kind") == IMAGE_LIST_KIND:
+                entry = ImageEntry.from_json(obj, where)
+            else:
+                scan = ScanEntry.from_json(obj, where)
+                entry = ImageEntry(scan.scan_id, scan.image, scan.source, scan.sha256["image"],
+                                   scan.shape, scan.spacing_mm, scan.orientation)
+        except RecordError as exc:
+            raise ManifestError(str(exc)) from None
+        if entry.scan_id in seen:
+            raise ManifestError(f"{where}: duplicate scan_id {entry.scan_id}")
+        seen.add(entry.scan_id)
+        try:
+            image = allowed.check(resolve(entry.image, uri), "image")
+        except storage.PathEscapeError as exc:
+            raise ManifestError(f"{where}: {exc}") from None
+        out.append(ImageEntry(**{**asdict(entry), "image": image}))
+    if not out:
+        raise ManifestError(f"{uri}: holds no scans")
+    return out
+
+
 def write_jsonl(uri: str, records: Iterable) -> None:
     """Write records (anything with ``to_json``) as JSON Lines, atomically."""
     text = "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in records).encode()
