@@ -223,17 +223,31 @@ def _read_commit(out: Objects, key: str) -> ShardCommit | None:
 
 
 def _write_index(plan: Plan, out: Objects, versions: dict) -> DatasetIndex:
-    """index.json (format 2) from the commits: each shard's record (size, sha256) and scans."""
-    # One request per commit record: read concurrently (on S3 each is a round trip).
-    with ThreadPoolExecutor(max_workers=RESUME_CHECK_THREADS) as pool:
-        records = list(pool.map(lambda s: _read_commit(out, commit_key(s.index)), plan.shards))
-    files = []
-    for shard, record in zip(plan.shards, records):
-        listed = record.files.get(record_key(shard.index)) if record is not None else None
-        if listed is None:
-            raise JobError(f"{out.url(commit_key(shard.index))}: commit record missing or "
-                           "unreadable; rerun the job to redo that shard")
-        files.append(listed)
+    """index.json (format 2) from the commits: each shard's record (size, sha256) and scans.
+
+    Only what the index needs is taken from each commit (its shard record's size and sha256, for
+    this dataset and shard); the commits were checked in full when the run resumed or wrote
+    them. On S3 the commits are read on a thread pool (each a round trip); on local disk one by
+    one, which is faster than threads contending for the interpreter (10 million samples:
+    156,250 commits)."""
+    def listed(k: int) -> FileRecord | None:
+        try:
+            obj = json.loads(out.get(commit_key(k)))
+            if obj.get("dataset_id") != plan.dataset_id or obj.get("shard") != k:
+                return None
+            return FileRecord.from_json(obj["files"][record_key(k)], commit_key(k))
+        except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError, RecordError):
+            return None
+    shards = [s.index for s in plan.shards]
+    if out.remote:
+        with ThreadPoolExecutor(max_workers=RESUME_CHECK_THREADS) as pool:
+            files = list(pool.map(listed, shards))
+    else:
+        files = [listed(k) for k in shards]
+    for k, record in zip(shards, files):
+        if record is None:
+            raise JobError(f"{out.url(commit_key(k))}: commit record missing or unreadable; "
+                           "rerun the job to redo that shard")
     # Where it was written and how it ran are not part of the dataset (it may be copied or moved).
     spec = {k: v for k, v in plan.spec.to_json().items() if k not in ("output", "resources")}
     index = DatasetIndex(format=INDEX_FORMAT, dataset_id=plan.dataset_id, spec=spec,
