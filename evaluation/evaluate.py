@@ -77,7 +77,8 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
     cases, examples = [], []
     for n, e in enumerate(entries, start=1):
         t0 = time.perf_counter()
-        image, label = read_volume(e.image), read_volume(e.label)
+        image = read_volume(e.image)
+        label = read_volume(e.label, like=image)
         answer = segmenter(image.data, image.info.affine)
         prob = None
         if isinstance(answer, tuple):

@@ -28,7 +28,7 @@ def read_scan(entry: ScanEntry) -> tuple[Volume, Volume]:
     if image.sha256 != entry.sha256["image"]:
         raise ScanError(entry.image, f"sha256 {image.sha256[:12]}... differs from the manifest's "
                                      f"{entry.sha256['image'][:12]}... (file changed since build)")
-    label = read_volume(entry.label)
+    label = read_volume(entry.label, like=image)
     if label.sha256 != entry.sha256["label"]:
         raise ScanError(entry.label, f"sha256 {label.sha256[:12]}... differs from the manifest's "
                                      f"{entry.sha256['label'][:12]}... (file changed since build)")

@@ -75,7 +75,7 @@ def check_pair(image_uri: str, label_uri: str, image: Volume, label: Volume) -> 
 def inspect_pair(c: Candidate) -> ScanEntry:
     """Open, check and measure one image/label pair. Raises ScanError naming the bad file."""
     image = read_volume(c.image)
-    label = read_volume(c.label)
+    label = read_volume(c.label, like=image)
     values = check_pair(c.image, c.label, image, label)
     counts = label_counts(values)
     present = tuple(sorted(counts))
@@ -117,13 +117,15 @@ def inspect_image(scan_id: str, uri: str, source: str) -> ImageEntry:
                       orientation=image.info.orientation)
 
 
-def build_images(root: str, out: str, image_pattern: str, source: str = "generic", *,
+def build_images(root: str, out: str, image_pattern: str | None, source: str = "generic", *,
                  workers: int | None = None, allowed_roots=()) -> BuildResult:
-    """An image list (no labels) of every file below ``root`` matching ``image_pattern``: the
-    input of ``manifest label-liver``. Unreadable images go to ``<out>.rejected.jsonl``."""
-    from .layouts import find_images
-    found = find_images(storage.normalize(root), storage.list_files(storage.normalize(root)),
-                        image_pattern, source)
+    """An image list (no labels) of every file below ``root`` matching ``image_pattern`` (None:
+    every DICOM series folder): the input of ``manifest label-liver``. Unreadable images go to
+    ``<out>.rejected.jsonl``."""
+    from .layouts import find_images, find_series
+    files = storage.list_files(storage.normalize(root))
+    found = find_series(storage.normalize(root), files, source) if image_pattern is None else \
+        find_images(storage.normalize(root), files, image_pattern, source)
     roots = storage.AllowedRoots.of([root, *allowed_roots])
     rejections, todo = [], []
     for scan_id, uri in found:

@@ -24,6 +24,10 @@ def _cmd_build(args) -> int:
     generic = {}
     if args.layout == "generic" and args.image_pattern and not args.label_pattern:
         return _build_images(args)
+    if args.layout == "dicom":
+        args.image_pattern = None
+        args.source = args.source if args.source != "generic" else "dicom"
+        return _build_images(args)
     if args.layout == "generic":
         if not (args.image_pattern and args.label_pattern and args.label_map):
             sys.exit("manifest build --layout generic needs --image-pattern, and --label-pattern "

@@ -10,9 +10,11 @@ Layouts, as the datasets ship them:
 - ``msd``: Medical Segmentation Decathlon Task03_Liver: ``dataset.json`` lists ``imagesTr``/``labelsTr``
   pairs; label roles come from its ``labels`` names (liver, cancer/tumor/lesion, vessel).
 - ``btcv``: ``img/imgNNNN.nii.gz`` + ``label/labelNNNN.nii.gz``; 13 organs, liver = 6.
-- ``chaos``: CHAOS CT converted to NIfTI, one folder per case: ``<id>/image.nii.gz`` +
-  ``<id>/liver_mask.nii.gz`` (0/1 or 0/255 liver mask). CHAOS itself ships DICOM series and PNG
-  masks; convert each case (for example with dcm2niix and a PNG stacker) into this layout.
+- ``chaos``: CHAOS CT as it ships, one folder per case with ``DICOM_anon/*.dcm`` (the series)
+  and ``Ground/*.png`` (liver masks, 0/255), or converted to NIfTI: ``<id>/image.nii.gz`` + a
+  liver mask ``liver_mask``, ``liver``, ``mask`` or ``segmentation`` ``.nii(.gz)`` (0/1 or 0/255).
+- ``dicom`` (image only): every folder holding ``.dcm`` files is one series (Pancreas-CT:
+  ``<patient>/<study>/<series>/*.dcm``); ``build`` writes an image list for ``label-liver``.
 - ``generic``: two patterns relative to the root with one ``{id}`` placeholder each, e.g.
   ``--image-pattern 'ct/{id}.nii.gz' --label-pattern 'seg/{id}_liver.nii.gz'`` and a label map.
 """
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from . import storage
 from .schema import LabelMap
 
-LAYOUTS = ("lits", "msd", "btcv", "chaos", "generic")
+LAYOUTS = ("lits", "msd", "btcv", "chaos", "generic", "dicom")
 NIFTI = r"\.nii(?:\.gz)?"
 
 
@@ -150,11 +152,34 @@ def find_btcv(root: str, files: list[str]) -> Discovery:
                        f"no label/label{{id}}.nii.gz found below {root}")
 
 
+CHAOS_MASK_NAMES = ("liver_mask", "liver", "mask", "segmentation")
+
+
 def find_chaos(root: str, files: list[str]) -> Discovery:
-    # The liver value (1, or 255 in masks stacked straight from the PNGs) is read by the builder.
-    return _find_pairs([(f, f) for f in files], re.compile(rf"(?:^|/)([^/]+)/image{NIFTI}$"),
-                       re.compile(rf"(?:^|/)([^/]+)/liver_mask{NIFTI}$"), "chaos",
-                       LabelMap(liver=(1,)), (0, 1), "no liver_mask.nii(.gz) beside it")
+    """CHAOS CT as distributed (``<id>/DICOM_anon/*.dcm`` + ``<id>/Ground/*.png``) or converted to
+    NIfTI (``<id>/image.nii.gz`` + a mask named ``liver_mask``, ``liver``, ``mask`` or
+    ``segmentation``). The liver value (1, or 255 in masks straight from the PNGs) is read by
+    the builder."""
+    named = [(f, f) for f in files]
+    masks = "|".join(CHAOS_MASK_NAMES)
+    nifti = _find_pairs(named, re.compile(rf"(?:^|/)([^/]+)/image{NIFTI}$"),
+                        re.compile(rf"(?:^|/)([^/]+)/(?:{masks}){NIFTI}$"), "chaos",
+                        LabelMap(liver=(1,)), (0, 1),
+                        "no liver mask (liver_mask, liver, mask or segmentation .nii(.gz)) beside it")
+    # DICOM: one candidate per case folder holding DICOM_anon/ (the series) and Ground/ (PNGs).
+    series = sorted({f.rsplit("/", 2)[0] for f in files
+                     if re.search(r"/DICOM_anon/[^/]+\.dcm$", f, re.IGNORECASE)})
+    grounds = {f.rsplit("/", 2)[0] for f in files if re.search(r"/Ground/[^/]+\.png$", f,
+                                                                 re.IGNORECASE)}
+    out, problems = list(nifti.candidates), list(nifti.problems)
+    for case in series:
+        scan_id = f"chaos-{case.rsplit('/', 1)[-1]}"
+        if case not in grounds:
+            problems.append((scan_id, f"{case}/DICOM_anon", "no Ground/ PNG masks beside it"))
+            continue
+        out.append(Candidate(scan_id, f"{case}/DICOM_anon", f"{case}/Ground",
+                             LabelMap(liver=(1,)), "chaos", (0, 1)))
+    return Discovery(_dedupe(out, problems), problems)
 
 
 def _placeholder_regex(pattern: str) -> re.Pattern:
@@ -170,6 +195,18 @@ def find_generic(root: str, files: list[str], image_pattern: str, label_pattern:
     return _find_pairs([(storage.relative_to(root, f), f) for f in files],
                        _placeholder_regex(image_pattern), _placeholder_regex(label_pattern),
                        source, label_map, None, f"no label matching {label_pattern!r}")
+
+
+def find_series(root: str, files: list[str], source: str = "dicom") -> list[tuple[str, str]]:
+    """(scan_id, folder) of every folder below ``root`` holding ``.dcm`` files; the scan id is
+    the folder's path below the root with '/' turned into '-'."""
+    folders = sorted({f.rsplit("/", 1)[0] for f in files if f.lower().endswith(".dcm")})
+    out = []
+    for folder in folders:
+        rel = storage.relative_to(root, folder).strip("/") or "series"
+        out.append((f"{source}-{re.sub(r'[^A-Za-z0-9._-]', '-', rel.replace('/', '-'))}",
+                    folder))
+    return out
 
 
 def find_images(root: str, files: list[str], image_pattern: str, source: str = "generic"

@@ -52,7 +52,8 @@ class VolumeInfo:
 class Volume:
     info: VolumeInfo
     data: np.ndarray        # voxel values after scl_slope/scl_inter, axes as in the file
-    sha256: str             # of the file bytes as stored (compressed if .gz)
+    sha256: str             # of the file bytes as stored (compressed if .gz); series: see dicom.py
+    slice_files: tuple[str, ...] = ()   # a DICOM series' file names in slice order (dicom.py)
 
 
 def _parse_header(uri: str, block: bytes) -> nib.Nifti1Header:
@@ -139,8 +140,19 @@ def _read_exactly(uri: str, stream, n: int) -> bytes:
     return _pull(uri, stream, n, keep=True)[0]
 
 
-def read_volume(uri: str, *, max_voxels: int = MAX_VOXELS, with_data: bool = True) -> Volume:
-    """Read, hash and check one NIfTI-1 file (``.nii`` or ``.nii.gz``, local or ``s3://``)."""
+def read_volume(uri: str, *, max_voxels: int = MAX_VOXELS, with_data: bool = True,
+                like: Volume | None = None) -> Volume:
+    """Read, hash and check one scan or label, local or ``s3://``: a NIfTI-1 file (``.nii`` or
+    ``.nii.gz``), a DICOM series folder, or a folder of PNG masks on the grid of ``like`` (its
+    DICOM series; see :mod:`dicom`)."""
+    if not uri.lower().endswith((".nii", ".nii.gz", ".gz")):
+        from . import dicom
+        if dicom.is_series(uri):
+            return dicom.read_series(uri, max_voxels)
+        if dicom.is_png_stack(uri):
+            if like is None:
+                raise ScanError(uri, "a folder of PNG masks needs its DICOM series as the image")
+            return dicom.read_png_stack(uri, like)
     try:
         with storage.open_binary(uri) as f:
             raw = f.read()
