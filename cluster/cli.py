@@ -25,8 +25,15 @@ def _spec_overrides(args) -> dict:
     return {k: v for k, v in out.items() if v not in (None, {})}
 
 
+def operator_exit(command: str, message: str) -> int:
+    """What an operator must fix outside the job (cluster, bucket, dataset missing): one line on
+    stderr, exit 2, no traceback."""
+    print(f"{command}: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _cmd_generate(args) -> int:
-    from .job import JobError, run_job
+    from .job import JobError, OperatorError, run_job
     from .plan import PlanError
     from .spec import SpecError, load_spec
     try:
@@ -37,6 +44,8 @@ def _cmd_generate(args) -> int:
         if args.repair:
             redo = frozenset(_repair_plan(spec))
         result = run_job(spec, address=args.address, progress=not args.no_progress, redo=redo)
+    except OperatorError as exc:
+        return operator_exit("generate", str(exc))
     except (SpecError, JobError, PlanError) as exc:
         sys.exit(f"generate: {exc}")
     rate = result.samples / max(result.seconds, 1e-9)
@@ -100,6 +109,7 @@ def submit_entrypoint(job_file: str, python: str | None = None) -> str:
 
 def _cmd_submit(args) -> int:
     from ray.job_submission import JobSubmissionClient
+    from .job import OperatorError, check_reachable
     job = os.path.abspath(args.job)
     if not os.path.isfile(job):
         sys.exit(f"submit: {args.job}: no such job file")
@@ -109,11 +119,45 @@ def _cmd_submit(args) -> int:
     runtime_env = {"working_dir": os.path.dirname(job)}
     if args.pip:
         runtime_env["pip"] = args.pip
-    job_id = JobSubmissionClient(args.address).submit_job(entrypoint=entrypoint,
-                                                          runtime_env=runtime_env)
+    try:
+        check_reachable(args.address)
+        client = JobSubmissionClient(args.address)
+        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    except OperatorError as exc:
+        return operator_exit("submit", str(exc))
+    except Exception as exc:       # the Jobs API's refusals (auth, version, bad address)
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        return operator_exit("submit", f"the Ray Jobs API at {args.address} refused the job "
+                                       f"({type(exc).__name__}: {text})")
     print(f"submitted {job_id} to {args.address}: {entrypoint}")
-    print(f"follow it with: ray job logs --address {args.address} --follow {job_id}")
-    return 0
+    if not args.wait:
+        print(f"follow it with: ray job logs --address {args.address} --follow {job_id}")
+        return 0
+    return _follow(client, job_id)
+
+
+def _follow(client, job_id: str, poll_s: float = 1.0) -> int:
+    """Print the job's logs as they grow until it ends; 0 if it succeeded, 1 otherwise."""
+    import time
+    from ray.job_submission import JobStatus
+    shown = 0
+    while True:
+        status = client.get_job_status(job_id)
+        logs = client.get_job_logs(job_id)
+        if len(logs) > shown:
+            sys.stdout.write(logs[shown:])
+            sys.stdout.flush()
+            shown = len(logs)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            break
+        time.sleep(poll_s)
+    info = client.get_job_info(job_id)
+    if status == JobStatus.SUCCEEDED:
+        print(f"job {job_id} succeeded")
+        return 0
+    print(f"job {job_id} {str(status).lower().split('.')[-1]}: {info.message or 'no message'}",
+          file=sys.stderr)
+    return 1
 
 
 def _cmd_audit(args) -> int:
@@ -283,7 +327,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_allow_root(g)
     add_config_flags(g.add_argument_group("resources (how to run; never change the dataset)"),
                      Resources, prefix="resources.")
-    g.add_argument("--address", help="Ray cluster address (default: start an embedded one)")
+    g.add_argument("--address", help="Ray cluster address (default: start an embedded one); "
+                                     "`auto` joins whatever cluster is already running on this "
+                                     "machine")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--repair", action="store_true",
                    help="verify the dataset at the output, rewrite exactly the shards it finds "
@@ -305,6 +351,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--python", metavar="PATH",
                    help=f"run `PATH -m {MODULE_ENTRY}` on the cluster instead of the tumorforge "
                         "script (for images where the script is not on PATH)")
+    s.add_argument("--wait", action="store_true",
+                   help="follow the job's logs until it ends; exit 0 if it succeeded, 1 if it "
+                        "failed or was stopped")
     s.set_defaults(func=_cmd_submit)
 
     a = sub.add_parser("audit", help="show how a sample was generated and regenerate it from its seed",

@@ -45,6 +45,54 @@ class JobError(RuntimeError):
     pass
 
 
+class OperatorError(JobError):
+    """Something outside the job is not there: the cluster, the bucket. Commands print it in one
+    line and exit 2."""
+
+
+RAY_PORT_TIMEOUT_S = 5.0
+
+
+def check_reachable(address: str, timeout_s: float = RAY_PORT_TIMEOUT_S) -> None:
+    """A TCP connection to ``address`` (``host:port``, ``ray://host:port`` or ``http(s)://host:port``)
+    within ``timeout_s``, or :class:`OperatorError` naming it: Ray itself waits a minute or more
+    before failing on an address nobody listens on."""
+    import socket
+    from urllib.parse import urlsplit
+    if address == "auto":
+        return
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    default = 443 if parts.scheme == "https" else 8265 if parts.scheme == "http" else 6379
+    host, port = parts.hostname, parts.port or default
+    if not host:
+        raise OperatorError(f"cluster address {address!r}: expected host:port, ray://host:port "
+                            "or http://host:port")
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise OperatorError(f"cannot reach the Ray cluster at {address} ({host}:{port}: "
+                            f"{exc.strerror or type(exc).__name__}); is it running, and is the "
+                            f"address right?") from None
+
+
+def check_output_reachable(url: str) -> None:
+    """An ``s3://`` output's bucket must exist and be listable with the credentials at hand."""
+    from tumorforge.manifests import storage
+    if not storage.is_remote(url):
+        return
+    fs, path = storage.filesystem(url)
+    bucket = path.split("/", 1)[0]
+    try:
+        ok = fs.exists(bucket)
+    except Exception as exc:        # s3fs raises several kinds for auth and network problems
+        raise OperatorError(f"output {url}: cannot list bucket {bucket!r} "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                            ) from None
+    if not ok:
+        raise OperatorError(f"output {url}: bucket {bucket!r} does not exist (or these "
+                            "credentials cannot see it); create it or fix the output")
+
+
 @dataclass
 class JobResult:
     dataset_id: str
@@ -78,7 +126,17 @@ def _init_ray(address: str | None):
     if ray.is_initialized():
         return ray
     if address:
-        ray.init(address=address, log_to_driver=False)
+        check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except Exception as exc:      # no cluster, refused token, version mismatch: one line
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            hint = (" (--address auto joins a cluster already running on this machine; none is)"
+                    if address == "auto" else "")
+            if "auth" in text.lower() or "token" in text.lower():
+                hint = " (the cluster requires token authentication: set RAY_AUTH_TOKEN)"
+            raise OperatorError(f"cannot join the Ray cluster at {address}: "
+                                f"{type(exc).__name__}: {text}{hint}") from None
     else:
         start_embedded(ray)
     return ray
@@ -304,6 +362,7 @@ def run_job(spec: JobSpec, address: str | None = None, progress: bool = True,
     """
     t0 = time.perf_counter()
     entries = read_entries(spec)             # a bad manifest fails before any cluster starts
+    check_output_reachable(spec.output)
     ray = _init_ray(address)
     spec = resolve_backend(spec, ray)
     plan = make_plan(spec, entries)

@@ -46,24 +46,58 @@ def test_submit_runs_the_job_on_the_cluster(tmp_path, capsys):
         deadline = time.time() + 60
         while True:          # the dashboard's job service can take a moment to come up
             try:
-                assert main(["submit", str(job_dir / "job.yaml"), "--address", address]) == 0
+                JobSubmissionClient(address).list_jobs()
                 break
             except Exception:
                 if time.time() > deadline:
                     raise
                 time.sleep(1)
-        job_id = capsys.readouterr().out.split()[1]
-        client = JobSubmissionClient(address)
-        deadline = time.time() + 240
-        while client.get_job_status(job_id) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
-                                                    JobStatus.STOPPED):
-            assert time.time() < deadline, client.get_job_logs(job_id)[-2000:]
-            time.sleep(1)
-        logs = client.get_job_logs(job_id)
-        assert client.get_job_status(job_id) == JobStatus.SUCCEEDED, logs[-2000:]
-        assert verify(Dataset(str(out))) == [] and "index:" in logs
+        # --wait follows the job's logs and exits with its status.
+        assert main(["submit", str(job_dir / "job.yaml"), "--address", address, "--wait"]) == 0
+        text = capsys.readouterr().out
+        job_id = text.split()[1]
+        assert "index:" in text and f"job {job_id} succeeded" in text
+        assert JobSubmissionClient(address).get_job_status(job_id) == JobStatus.SUCCEEDED
+        assert verify(Dataset(str(out))) == []
+        # A job that fails on the cluster (its manifest is missing there) is reported failed.
+        (job_dir / "bad.yaml").write_text(yaml.safe_dump({
+            "manifest": str(tmp_path / "nowhere.jsonl"), "output": str(tmp_path / "bad"),
+            "samples": 2}))
+        assert main(["submit", str(job_dir / "bad.yaml"), "--address", address, "--wait"]) == 1
+        captured = capsys.readouterr()
+        assert "nowhere.jsonl" in captured.out and " failed: " in captured.err
     finally:
         ray.shutdown()
+
+
+def test_unreachable_cluster_missing_bucket_and_dataset_are_one_line_exit_2(tmp_path, capsys,
+                                                                          s3_server):
+    """Operator errors: an address nobody listens on (generate and submit), an output bucket that
+    does not exist (moto S3, simulated), a benchmark of a dataset that is not there: one line on
+    stderr naming what and where, exit 2, no traceback; nothing starts a cluster."""
+    import ray
+    manifest = healthy_manifest(tmp_path / "scans", n_scans=1)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"manifest": str(manifest), "output": str(tmp_path / "ds"),
+                                   "samples": 2}))
+    port = _free_port()
+    s3_job = tmp_path / "s3.yaml"
+    s3_job.write_text(yaml.safe_dump({"manifest": str(manifest), "samples": 2,
+                                      "output": "s3://no-such-bucket/ds"}))
+    cases = [(["generate", str(job), "--address", f"127.0.0.1:{port}"],
+              f"cannot reach the Ray cluster at 127.0.0.1:{port}"),
+             (["submit", str(job), "--address", f"http://127.0.0.1:{port}"],
+              f"cannot reach the Ray cluster at http://127.0.0.1:{port}"),
+             (["generate", str(s3_job)], "bucket 'no-such-bucket' does not exist"),
+             (["bench", "loader", str(tmp_path / "missing")], "no index.json")]
+    for argv, words in cases:
+        with pytest.raises(SystemExit) as exc:
+            code = main(argv)
+            raise SystemExit(code)
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2, (argv, err)
+        assert words in err and "\n" not in err and "Traceback" not in err
+    assert not ray.is_initialized()
 
 
 def test_entrypoint_names_no_bare_python():

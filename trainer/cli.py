@@ -82,7 +82,13 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
 
 def _bench_loader(args) -> int:
     from tumorforge.manifests.bench_report import finish_report
+    from tumorforge.manifests.dataset.reader import Dataset, DatasetError
     from .bench import bench_loader
+    try:
+        Dataset(args.dataset)
+    except DatasetError as exc:          # nothing to measure: one line, exit 2 (operator error)
+        print(f"bench loader: {exc}", file=sys.stderr)
+        return 2
     print(f"loader benchmark: {args.dataset} ({args.format}), {args.workers} worker(s)")
     return finish_report(bench_loader(args.dataset, args.format, args.workers, args.batch_size,
                                       args.batches), args.json)
