@@ -394,6 +394,9 @@ def register_manifest(msub: argparse._SubParsersAction) -> None:
                          "(default %(default)s)")
     ll.add_argument("--min-confidence", type=float, default=MIN_CONFIDENCE,
                     help="mean liver probability over the mask (default %(default)s)")
+    ll.add_argument("--truth", help="a manifest of the same scans with real liver labels: also "
+                                    "print each mask's liver Dice against it (checking the "
+                                    "method, e.g. on phantoms)")
     add_allow_root(ll)
     ll.set_defaults(func=_label_liver)
 
@@ -407,10 +410,17 @@ def _label_liver(args) -> int:
                              masks=args.masks, allow_roots=args.allow_root, device=args.device,
                              overlap=args.overlap, min_ml=args.min_ml, max_ml=args.max_ml,
                              min_largest_fraction=args.min_largest_fraction,
-                             min_confidence=args.min_confidence)
+                             min_confidence=args.min_confidence, truth=args.truth)
     except (LabelLiverError, ManifestError, ScanError, ValueError, OSError) as exc:
         sys.exit(f"manifest label-liver: {str(exc).splitlines()[0]}")
     print(f"{result.manifest}: {len(result.entries)} scan(s) with liver masks")
+    scored = {k: v["liver_dice_vs_truth"] for k, v in result.checks.items()
+              if "liver_dice_vs_truth" in v}
+    if scored:
+        values = list(scored.values())
+        print(f"liver Dice against --truth: mean {sum(values) / len(values):.3f} "
+              f"({min(values):.3f}-{max(values):.3f}) over {len(values)} scan(s): " +
+              ", ".join(f"{k} {v:.3f}" for k, v in sorted(scored.items())))
     if result.rejections:
         print(f"{result.rejected}: {len(result.rejections)} rejected")
         for r in result.rejections:

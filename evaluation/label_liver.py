@@ -124,8 +124,13 @@ def label_liver(images: str, out: str, *, checkpoint: str | None = None,
                 allow_roots=(), device: str = "auto", overlap: float = 0.5,
                 min_ml: float = MIN_LIVER_ML, max_ml: float = MAX_LIVER_ML,
                 min_largest_fraction: float = MIN_LARGEST_FRACTION,
-                min_confidence: float = MIN_CONFIDENCE, log=print) -> LabelLiverResult:
-    """Liver masks for the scans of ``images`` and the manifest ``out`` of those that pass."""
+                min_confidence: float = MIN_CONFIDENCE, truth: str | None = None,
+                log=print) -> LabelLiverResult:
+    """Liver masks for the scans of ``images`` and the manifest ``out`` of those that pass.
+
+    ``truth``: a manifest with the same scans' real liver labels (a check of the method, as on
+    phantoms): each scan's mask is also scored against it (liver Dice in ``checks``, rejected
+    masks included)."""
     if sum(x is not None for x in (checkpoint, masks, segmenter)) != 1:
         raise LabelLiverError("give exactly one of --checkpoint (a tumorforge model) and --masks "
                               "(a folder of liver masks)")
@@ -134,6 +139,10 @@ def label_liver(images: str, out: str, *, checkpoint: str | None = None,
         raise LabelLiverError(f"--masks {masks}: no such folder")
     if checkpoint is not None:
         segmenter = model_segmenter(checkpoint, device, overlap)
+    truths = {}
+    if truth is not None:
+        from tumorforge.manifests.schema import read_manifest
+        truths = {e.scan_id: e for e in read_manifest(truth, default_roots(truth, allow_roots))}
     folder = storage.join(storage.parent(out), MASK_FOLDER)
     kept, rejected, checks = [], [], {}
     for n, entry in enumerate(entries, start=1):
@@ -156,6 +165,12 @@ def label_liver(images: str, out: str, *, checkpoint: str | None = None,
                 mask, report = segmenter(image.data, image.info.affine)
             volume_ml = float(mask.sum()) * float(np.prod(image.info.spacing_mm)) / 1000.0
             report = {**report, "liver_volume_ml": round(volume_ml, 1)}
+            if entry.scan_id in truths:
+                from tumorforge.manifests.conventions import dice
+                t = truths[entry.scan_id]
+                real = np.isin(np.asarray(read_volume(t.label, like=image).data),
+                               t.label_map.organ_values())
+                report["liver_dice_vs_truth"] = round(float(dice(mask, real) or 0.0), 4)
             checks[entry.scan_id] = report
             problem = quality_problem(volume_ml, report, min_ml, max_ml, min_largest_fraction,
                                       min_confidence)

@@ -59,8 +59,14 @@ def test_model_masks_pass_or_are_rejected_with_the_reason(images, tmp_path):
         return mask, {"liver_largest_fraction": 0.98, "liver_confidence": 0.93}
 
     out = tmp_path / "labelled.jsonl"
+    truth = tmp_path / "truth.jsonl"             # the phantoms' own labels, to score the masks
+    assert main(["manifest", "build", "--layout", "btcv", str(root / "btcv"), "-o",
+                 str(truth)]) == 0
+    truth.write_text(truth.read_text().replace('"btcv-', '"pct-'))
     result = label_liver(str(path), str(out), segmenter=segmenter, min_ml=100, max_ml=5000,
-                         allow_roots=[str(root)], log=lambda *a: None)
+                         allow_roots=[str(root)], truth=str(truth), log=lambda *a: None)
+    assert {k: v["liver_dice_vs_truth"] for k, v in result.checks.items()} == \
+        {"pct-0001": 1.0, "pct-0002": 1.0}
     assert [e.scan_id for e in result.entries] == ["pct-0001"]
     assert "low confidence: mean liver probability 0.55" in result.rejections[0].problem
     manifest = read_manifest(str(out), default_roots(str(out), [str(root)]))
