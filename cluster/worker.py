@@ -18,6 +18,7 @@ import numpy as np
 from tumorforge.generator import __version__ as GENERATOR_VERSION
 from tumorforge.generator.backend import get_backend
 from tumorforge.generator.prepare import PrepareError, PreparedScan
+from tumorforge.generator.preview import crop_affine
 from tumorforge.generator.sample import sample_params, sample_seed
 from tumorforge.generator.synthesize import synthesize
 from tumorforge.manifests.dataset import codecs, names
@@ -106,20 +107,12 @@ def make_samples(plan: Plan, scans: dict[str, PreparedScan], indices: range, bac
             profile=config.profile, backend=backend.name, versions=versions,
             generator_config=config.to_json(), params=params.to_json(),
             image_sha256=out.hashes[-1].image_sha256, label_sha256=out.hashes[-1].label_sha256,
-            shape=tuple(crop.image.shape), crop_affine=crop_affine(scan, params)).to_json_text())
+            shape=tuple(crop.image.shape),
+            crop_affine=tuple(map(tuple, crop_affine(scan, params).tolist()))).to_json_text())
         out.images.append(crop.image)
         out.labels.append(crop.label)
         out.keys.append(key)
     return out
-
-
-def crop_affine(scan: PreparedScan, params) -> tuple:
-    """Voxel (i, j, k) of a crop along R, A, S -> RAS+ world mm: the prepared scan's affine moved
-    to the crop's origin (``params.crop_origin`` is in the whole resampled scan's voxels)."""
-    affine = np.array(scan.affine, float)
-    shift = np.asarray(params.crop_origin, float) - np.asarray(scan.origin_vox, float)
-    affine[:3, 3] = affine[:3, :3] @ shift + affine[:3, 3]
-    return tuple(tuple(float(v) for v in row) for row in affine)
 
 
 def shard_objects(plan: Plan, k: int, made: Samples) -> dict[str, bytes]:
