@@ -36,17 +36,42 @@ def save_nifti(image_zyx: np.ndarray, label_zyx: np.ndarray, affine: np.ndarray,
 
 def _views(image, label, c):
     """Axial, coronal, sagittal slices through voxel c of (Z, Y, X) arrays, displayed with
-    anterior up and the patient's right on the image's left (radiological convention)."""
+    anterior up and the patient's right on the image's left (radiological convention), with the
+    orientation letters of their (left, right, top, bottom) edges."""
     z, y, x = c
-    return [("axial", image[z][::-1, ::-1], label[z][::-1, ::-1]),
-            ("coronal", image[:, y, :][::-1, ::-1], label[:, y, :][::-1, ::-1]),
-            ("sagittal", image[:, :, x][::-1, :], label[:, :, x][::-1, :])]
+    return [("axial", image[z][::-1, ::-1], label[z][::-1, ::-1], "RLAP"),
+            ("coronal", image[:, y, :][::-1, ::-1], label[:, y, :][::-1, ::-1], "RLSI"),
+            ("sagittal", image[:, :, x][::-1, :], label[:, :, x][::-1, :], "PASI")]
+
+
+# mm per display pixel along each panel's horizontal axis, from the crop's (R, A, S) spacing
+_HORIZONTAL = {"axial": 0, "coronal": 0, "sagittal": 1}
+
+
+def _decorate(ax, letters: str, shape, mm_per_px: float, bar_mm: float = 10.0) -> None:
+    """Orientation letters at the panel's edges and a scale bar of ``bar_mm`` in its lower left."""
+    h, w = shape
+    style = dict(color="yellow", fontsize=7, fontweight="bold", ha="center", va="center")
+    left, right, top, bottom = letters
+    ax.text(0.03 * w, h / 2, left, **style)
+    ax.text(0.97 * w, h / 2, right, **style)
+    ax.text(w / 2, 0.04 * h, top, **style)
+    ax.text(w / 2, 0.96 * h, bottom, **style)
+    px = bar_mm / mm_per_px
+    x0, y0 = 0.06 * w, 0.90 * h
+    ax.plot([x0, x0 + px], [y0, y0], color="white", lw=2)
+    ax.text(x0 + px / 2, y0 - 0.05 * h, f"{bar_mm:g} mm", color="white", fontsize=6,
+            ha="center", va="bottom")
 
 
 def save_montage(image_zyx: np.ndarray, label_zyx: np.ndarray, png: str, title: str = "",
-                 max_rows: int = 4) -> str:
-    """One row per tumor (largest first, at most ``max_rows``): three planes through its center,
-    CT window [-160, 240] HU, liver contour green, tumor contour red."""
+                 max_rows: int = 4, healthy_zyx: np.ndarray | None = None,
+                 spacing_mm=(1.0, 1.0, 1.0)) -> str:
+    """One row per tumor (largest first, at most ``max_rows``): the axial slice through its
+    center without the tumor (``healthy_zyx``, the same crop before synthesis, when given) and
+    with it, both without contours, then the three planes with the liver contour green and the
+    tumor's red. CT window [-160, 240] HU; orientation letters on every panel; a 10 mm scale bar
+    (``spacing_mm``: the crop's spacing along R, A, S)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -61,17 +86,32 @@ def save_montage(image_zyx: np.ndarray, label_zyx: np.ndarray, png: str, title: 
     else:
         centers = [tuple(s // 2 for s in image_zyx.shape)]
         captions = ["no tumor in this crop (center)"]
-    fig, axes = plt.subplots(len(centers), 3, figsize=(9, 3 * len(centers)), squeeze=False)
+    plain = ([("without the tumor", healthy_zyx)] if healthy_zyx is not None else []) + \
+        [("with it, no contours", image_zyx)]
+    cols = len(plain) + 3
+    fig, axes = plt.subplots(len(centers), cols, figsize=(3 * cols, 3 * len(centers)),
+                             squeeze=False)
+    show = dict(cmap="gray", vmin=DISPLAY_WINDOW_HU[0], vmax=DISPLAY_WINDOW_HU[1],
+                interpolation="nearest")
     for row, (c, caption) in enumerate(zip(centers, captions)):
-        for col, (plane, img, lab) in enumerate(_views(image_zyx, label_zyx, c)):
+        for col, (what, volume) in enumerate(plain):
+            _, img, _, letters = _views(volume, label_zyx, c)[0]
             ax = axes[row][col]
-            ax.imshow(img, cmap="gray", vmin=DISPLAY_WINDOW_HU[0],
-                      vmax=DISPLAY_WINDOW_HU[1], interpolation="nearest")
+            ax.imshow(img, **show)
+            _decorate(ax, letters, img.shape, spacing_mm[0])
+            ax.set_title(f"{caption}\naxial, {what}" if col == 0 else f"axial, {what}",
+                         fontsize=8)
+            ax.axis("off")
+        for col, (plane, img, lab, letters) in enumerate(_views(image_zyx, label_zyx, c),
+                                                         start=len(plain)):
+            ax = axes[row][col]
+            ax.imshow(img, **show)
             if (lab >= LIVER).any():
                 ax.contour(lab >= LIVER, levels=[0.5], colors="lime", linewidths=0.7)
             if (lab == TUMOR).any():
                 ax.contour(lab == TUMOR, levels=[0.5], colors="red", linewidths=0.9)
-            ax.set_title(f"{plane} - {caption}" if col == 0 else plane, fontsize=8)
+            _decorate(ax, letters, img.shape, spacing_mm[_HORIZONTAL[plane]])
+            ax.set_title(f"{plane}, contours", fontsize=8)
             ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -89,11 +129,15 @@ def write_preview(scan, config, seed: int, index: int, out_dir: str, backend) ->
 
     params = sample_params(np.random.default_rng(sample_seed(seed, index)), scan, config)
     crop = synthesize(scan, params, backend)
+    import dataclasses
+    healthy = synthesize(scan, dataclasses.replace(params, kind="negative", tumors=(),
+                                                   released=None), backend)
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"{scan.scan_id}-seed{seed}-{index}")
     title = (f"{scan.scan_id}  seed {seed} index {index}  {config.profile}/{params.kind}  "
              f"{len(params.tumors)} tumor(s) drawn  backend {backend.name}")
-    png = save_montage(crop.image, crop.label, stem + ".png", title)
+    png = save_montage(crop.image, crop.label, stem + ".png", title, healthy_zyx=healthy.image,
+                       spacing_mm=config.target_spacing_mm)
     image_path, label_path = save_nifti(crop.image, crop.label, crop_affine(scan, params), stem)
     with open(stem + ".params.json", "w") as f:
         json.dump({"config": config.to_json(), "params": params.to_json(), "scan": scan.stats()},

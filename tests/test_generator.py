@@ -345,6 +345,9 @@ def test_preview_command_writes_png_nifti_and_params(tmp_path, tiny_lits):
                  "--generator-config", str(cfg)]) == 0
     stem = out / "lits-0-seed0-3"
     assert (out / "lits-0-seed0-3.png").stat().st_size > 10_000
+    from PIL import Image
+    with Image.open(out / "lits-0-seed0-3.png") as png:       # 5 panels a row: without the
+        assert png.width == 5 * 3 * 110                        # tumor, with it, three planes
     params = json.loads((out / "lits-0-seed0-3.params.json").read_text())
     assert params["config"]["paper"]["capsule_hu"] == 60 and params["params"]["kind"] == "medium"
     img = nib.load(f"{stem}.image.nii.gz")
@@ -355,6 +358,23 @@ def test_preview_command_writes_png_nifti_and_params(tmp_path, tiny_lits):
     corner = img.affine @ [0, 0, 0, 1]
     assert np.allclose(np.linalg.inv(affine) @ corner, np.rint(np.linalg.inv(affine) @ corner),
                        atol=1e-3)
+
+
+def test_preview_panels_are_radiological_and_lettered():
+    """Previews: the patient's right on the image's left, anterior and superior up, and the
+    letters on each panel's edges say so."""
+    from tumorforge.generator.preview import _views
+    image = np.zeros((8, 8, 8))                 # (Z, Y, X) = (S, A, R)
+    image[4, 4, 7] = 1                          # far right
+    image[4, 7, 4] = 2                          # far anterior
+    image[7, 4, 4] = 3                          # far superior
+    views = {plane: (img, letters) for plane, img, _, letters in _views(image, image, (4, 4, 4))}
+    axial, letters = views["axial"]
+    assert letters == "RLAP" and axial[3, 0] == 1 and axial[0, 3] == 2
+    coronal, letters = views["coronal"]
+    assert letters == "RLSI" and coronal[3, 0] == 1 and coronal[0, 3] == 3
+    sagittal, letters = views["sagittal"]
+    assert letters == "PASI" and sagittal[3, 7] == 2 and sagittal[0, 4] == 3
 
 
 def test_real_profile_crops_follow_the_draw_and_the_crop_policy():
