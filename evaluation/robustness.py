@@ -311,10 +311,13 @@ def run_sweep(scans: Sequence[PreparedScan], predict: Predictor, config: Generat
               dimensions: Sequence[str] = DIMENSIONS, sigmas: int = 3, cases_per_level: int = 4,
               seed: int = 0, prior: dict[str, Prior] | None = None, prior_samples: int = 400,
               backend=None, depths: dict | None = None,
-              progress: Callable[[str], None] | None = None) -> list[dict]:
+              progress: Callable[[str], None] | None = None,
+              examples: dict | None = None) -> list[dict]:
     """Synthesize every planned case (crops ``(Z, Y, X)``, HU), run ``predict`` on its image and score
     it against its label. ``config`` is the training configuration; ``prior`` is estimated from it
-    on ``scans[0]`` when not given. Returns one dict per case: Case fields plus the scores."""
+    on ``scans[0]`` when not given. Returns one dict per case: Case fields plus the scores.
+    ``examples``: a dict filled with the first case of each (dimension, level) as (axial image
+    slice, true tumor, predicted tumor) through the tumor's center, for the report's picture."""
     from tumorforge.generator.backend import get_backend
     from tumorforge.generator.synthesize import synthesize
     backend = backend or get_backend("numpy")
@@ -333,6 +336,11 @@ def run_sweep(scans: Sequence[PreparedScan], predict: Predictor, config: Generat
                              f"{case.k:+d} (scan {case.params.scan_id}, index {case.index}); "
                              f"expected the crop's {crop.label.shape}")
         out.append({**case.to_json(), **score(labels, crop.label)})
+        if examples is not None and (case.dimension, case.k) not in examples:
+            tumor = np.argwhere(crop.label == TUMOR)
+            z = int(np.rint(tumor[:, 0].mean())) if len(tumor) else crop.label.shape[0] // 2
+            examples[case.dimension, case.k] = (crop.image[z], crop.label[z] == TUMOR,
+                                                labels[z] == TUMOR)
         if progress:
             progress(f"case {n}/{len(cases)}: {case.dimension} {case.k:+d} sigma "
                      f"value {case.value:g} dice {out[-1]['dice']}")
@@ -373,8 +381,9 @@ def _percent(v) -> str:
 
 def plot_heatmap(rows: Sequence[dict], dimensions: Sequence[str], sigmas: int, path: str,
                  title: str = "") -> str:
-    """Rows = dimensions, columns = -sigmas..+sigmas, color = mean tumor Dice, value in each cell
-    (grey n/a where no case had a defined Dice)."""
+    """Rows = dimensions, columns = -sigmas..+sigmas, color = mean tumor Dice; each cell shows the
+    Dice (grey n/a where no case had a defined Dice), the number of cases and the parameter's
+    mean value there."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -385,13 +394,17 @@ def plot_heatmap(rows: Sequence[dict], dimensions: Sequence[str], sigmas: int, p
         if r["mean_dice"] is not None:
             grid[list(dimensions).index(r["dimension"]), levels.index(r["k"])] = 100 * r["mean_dice"]
     cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="lightgrey")
-    fig, ax = plt.subplots(figsize=(1.1 * len(levels) + 2.2, 0.7 * len(dimensions) + 1.6))
+    fig, ax = plt.subplots(figsize=(1.4 * len(levels) + 2.2, 1.0 * len(dimensions) + 1.6))
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0.0, vmax=100.0, aspect="auto")
-    for i in range(len(dimensions)):
-        for j in range(len(levels)):
-            v = grid[i, j]
-            ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.1f}", ha="center", va="center",
-                    fontsize=9)
+    cell = {(r["dimension"], r["k"]): r for r in rows}
+    for i, d in enumerate(dimensions):
+        for j, k in enumerate(levels):
+            v, r = grid[i, j], cell.get((d, k), {})
+            value = r.get("mean_value")
+            text = ("n/a" if np.isnan(v) else f"{v:.1f}") + f"\nn {r.get('n', 0)}"
+            if value is not None:
+                text += f"\n{PARAMETER[d]} {value:.3g}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(levels)), [r"$\mu$" if k == 0 else rf"$\mu {k:+d}\sigma$" for k in levels])
     ax.set_yticks(range(len(dimensions)), list(dimensions))
     ax.set_xlabel("level (mu + k sigma of the training distribution)")
@@ -403,14 +416,50 @@ def plot_heatmap(rows: Sequence[dict], dimensions: Sequence[str], sigmas: int, p
     return path
 
 
+def plot_examples(examples: dict, dimensions: Sequence[str], sigmas: int, path: str) -> str:
+    """One example case per (dimension, level): the axial slice through its tumor, true tumor
+    contour red, predicted tumor contour cyan; the same grid as the heatmap."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tumorforge.manifests.conventions import DISPLAY_WINDOW_HU
+    levels = list(range(-sigmas, sigmas + 1))
+    fig, axes = plt.subplots(len(dimensions), len(levels), squeeze=False,
+                             figsize=(1.6 * len(levels) + 0.6, 1.7 * len(dimensions) + 0.6))
+    for i, d in enumerate(dimensions):
+        for j, k in enumerate(levels):
+            ax = axes[i][j]
+            ax.axis("off")
+            if (d, k) not in examples:
+                continue
+            image, truth, pred = examples[d, k]
+            ax.imshow(image[::-1, ::-1], cmap="gray", vmin=DISPLAY_WINDOW_HU[0],
+                      vmax=DISPLAY_WINDOW_HU[1], interpolation="nearest")
+            for mask, color in ((truth, "red"), (pred, "cyan")):
+                if mask.any():
+                    ax.contour(mask[::-1, ::-1], levels=[0.5], colors=color, linewidths=0.8)
+            ax.set_title(f"{d} {'mu' if k == 0 else f'{k:+d} sigma'}", fontsize=7)
+    fig.suptitle("one case per level (axial, radiological): true tumor red, prediction cyan",
+                 fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_report(out_dir: str, cases: Sequence[dict], prior: dict[str, Prior],
-                 dimensions: Sequence[str], sigmas: int, meta: dict | None = None) -> dict[str, str]:
-    """Write cases.csv, cases.jsonl, summary.json (strict JSON), heatmap.png and report.md into
-    ``out_dir``; returns their paths by name."""
+                 dimensions: Sequence[str], sigmas: int, meta: dict | None = None,
+                 examples: dict | None = None) -> dict[str, str]:
+    """Write cases.csv, cases.jsonl, summary.json (strict JSON), heatmap.png, examples.png (with
+    ``examples`` from :func:`run_sweep`) and report.md into ``out_dir``; returns their paths by
+    name."""
     os.makedirs(out_dir, exist_ok=True)
     rows = summarize(cases, prior, dimensions, sigmas)
     paths = {name: os.path.join(out_dir, name) for name in
              ("cases.csv", "cases.jsonl", "summary.json", "heatmap.png", "report.md")}
+    if examples:
+        paths["examples.png"] = plot_examples(examples, dimensions, sigmas,
+                                              os.path.join(out_dir, "examples.png"))
     with open(paths["cases.csv"], "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_FIELDS)
@@ -427,11 +476,11 @@ def write_report(out_dir: str, cases: Sequence[dict], prior: dict[str, Prior],
         f.write(json.dumps(json_safe(summary), allow_nan=False, indent=1) + "\n")
     plot_heatmap(rows, dimensions, sigmas, paths["heatmap.png"])
     with open(paths["report.md"], "w") as f:
-        f.write(_markdown(rows, prior, dimensions, sigmas, meta or {}))
+        f.write(_markdown(rows, prior, dimensions, sigmas, meta or {}, bool(examples)))
     return paths
 
 
-def _markdown(rows, prior, dimensions, sigmas, meta) -> str:
+def _markdown(rows, prior, dimensions, sigmas, meta, examples: bool = False) -> str:
     levels = list(range(-sigmas, sigmas + 1))
     head = "| dimension | " + " | ".join("mu" if k == 0 else f"mu {k:+d} sigma" for k in levels) + " |"
     rule = "|---" * (len(levels) + 1) + "|"
@@ -453,6 +502,7 @@ def _markdown(rows, prior, dimensions, sigmas, meta) -> str:
         *(f"| {d} | {PARAMETER[d]} | {UNIT[d]} | {prior[d].mu:g} | {prior[d].sigma:g} | {prior[d].n} |"
           for d in dimensions), "",
         "## Mean tumor Dice", "", "![heatmap](heatmap.png)", "",
+        *(["One case per level:", "", "![examples](examples.png)", ""] if examples else []),
         "Mean tumor Dice % (detection rate %), n cases:", "", head, rule,
         table(lambda r: f"{_percent(r['mean_dice'])} ({_percent(r['detection_rate'])}), {r['n']}"),
         "",
@@ -527,9 +577,10 @@ def benchmark(checkpoint: str, manifest: str, out: str, generator: dict | None =
     prior = estimate_prior(scans[0], config, prior_samples, seed, _depth(scans[0], depths))
     for d in dimensions:
         log(f"  {d:<9} {PARAMETER[d]:<8} mu {prior[d].mu:g} sigma {prior[d].sigma:g} {UNIT[d]}")
+    examples: dict = {}
     cases = run_sweep(scans, lambda image: predict_crop(trained.model, image, prep.window_hu),
                       config, dimensions, sigmas, cases_per_level, seed, prior=prior,
-                      backend=synthesis, depths=depths, progress=log)
+                      backend=synthesis, depths=depths, progress=log, examples=examples)
     meta = {"checkpoint": trained.checkpoint, "model": trained.name, "step": trained.step,
             "manifest": manifest, "seed": seed, "cases_per_level": cases_per_level,
             "prior_samples": prior_samples, "prior_scan": scans[0].scan_id,
@@ -539,4 +590,4 @@ def benchmark(checkpoint: str, manifest: str, out: str, generator: dict | None =
                           "crop_size": list(config.crop_size),
                           "dataset_ids": list(prep.dataset_ids)},
             "generator_config": config.to_json()}
-    return write_report(out, cases, prior, dimensions, sigmas, meta)
+    return write_report(out, cases, prior, dimensions, sigmas, meta, examples)

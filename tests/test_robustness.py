@@ -132,10 +132,14 @@ def _thresholder(image):
 
 
 def _sweep_to(out_dir, healthy, depths):
+    examples: dict = {}
     cases = rb.run_sweep(healthy["scans"], _thresholder, CONFIG, ["location", "size"], 1, 2, seed=9,
-                         prior=healthy["prior"], depths=depths)
+                         prior=healthy["prior"], depths=depths, examples=examples)
+    # One example per (dimension, level): the picture beside the heatmap.
+    assert sorted(examples) == [(d, k) for d in ("location", "size") for k in (-1, 0, 1)]
+    assert all(truth.any() for _, truth, _ in examples.values())
     return rb.write_report(str(out_dir), cases, healthy["prior"], ["location", "size"], 1,
-                           {"seed": 9})
+                           {"seed": 9}, examples)
 
 
 def test_outputs_are_complete_and_reproducible(healthy, tmp_path):
@@ -154,6 +158,8 @@ def test_outputs_are_complete_and_reproducible(healthy, tmp_path):
     assert open(first["heatmap.png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     report = open(first["report.md"]).read()
     assert "![heatmap](heatmap.png)" in report and "| size |" in report
+    assert "![examples](examples.png)" in report
+    assert open(first["examples.png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     lines = open(first["cases.csv"]).read().splitlines()
     assert lines[0].startswith("dimension,k,value") and len(lines) == 1 + 2 * 3 * 2
     # Each case's record regenerates it exactly.
