@@ -246,13 +246,15 @@ def _register_vtt(sub) -> None:
     add_allow_root(m)
     m.set_defaults(func=_vtt_make)
 
-    s = vsub.add_parser("score", help="score one reader's answer sheet as Table 2",
+    s = vsub.add_parser("score", help="score readers' answer sheets as Table 2, and their agreement",
                         description="Score ANSWERS.csv (case_id,answer,... with answers real, "
                                     "synthetic or unsure) against the key: confusion table, "
                                     "accuracy, sensitivity (synthetic = positive) and specificity "
                                     "over definite answers and with unsure counted wrong, Wilson "
                                     "95% intervals, exact binomial test against chance.")
-    s.add_argument("answers", metavar="ANSWERS.csv")
+    s.add_argument("answers", metavar="ANSWERS.csv", nargs="+",
+                   help="one answer sheet per reader; with several, each is scored and their "
+                        "agreement reported (Fleiss' kappa)")
     s.add_argument("--key", required=True, metavar="ANSWER_KEY.json")
     s.add_argument("--expect-sha256", metavar="HEX",
                    help="refuse unless the key has this sha256 (from key_sha256.txt)")
@@ -282,21 +284,35 @@ def _vtt_make(args) -> int:
 
 
 def _vtt_score(args) -> int:
-    from .vtt import VTTError, format_report, load_key, read_answers, score_answers, sha256_file
+    from .vtt import (VTTError, answers_of, fleiss_kappa, format_report, load_key, read_answers,
+                      score_answers, sha256_file)
     try:
         key = load_key(args.key, args.expect_sha256)
-        result = score_answers(read_answers(args.answers), key, source=args.answers)
+        sheets = {path: read_answers(path) for path in args.answers}
+        results = {path: score_answers(rows, key, source=path) for path, rows in sheets.items()}
+        agreement = fleiss_kappa([answers_of(rows) for rows in sheets.values()]) \
+            if len(sheets) > 1 else None
     except VTTError as exc:
         sys.exit(f"vtt score: {exc}")
     if args.expect_sha256 is None:
         print(f"key {args.key}: sha256 {sha256_file(args.key)} (not checked; pass --expect-sha256)")
     else:
         print(f"key {args.key}: sha256 matches")
-    print(format_report(result))
+    for path, result in results.items():
+        if len(results) > 1:
+            print(f"\nreader {path}:")
+        print(format_report(result))
+    if agreement:
+        print(f"\nagreement of {agreement['readers']} readers over {agreement['cases']} cases: "
+              f"Fleiss' kappa {agreement['fleiss_kappa']:.3f} (observed "
+              f"{agreement['observed_agreement']:.3f}, chance {agreement['chance_agreement']:.3f})")
     if args.json:
+        single = args.answers[0] if len(args.answers) == 1 else None
+        payload = ({"answers": single, **results[single]} if single else
+                   {"answers": args.answers, "readers": results, "agreement": agreement})
         with open(args.json, "w") as f:
-            json.dump({"answers": args.answers, "key": args.key,
-                       "key_sha256": sha256_file(args.key), **result}, f, indent=1)
+            json.dump({**payload, "key": args.key, "key_sha256": sha256_file(args.key)}, f,
+                      indent=1)
         print(f"wrote {args.json}")
     return 0
 

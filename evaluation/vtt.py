@@ -195,6 +195,10 @@ def make_packet(real_manifest: str, healthy_manifest: str, out_dir: str, n_real:
     healthy_pool = [e for e in read_manifest(healthy_manifest,
                                              default_roots(healthy_manifest, allow_roots))
                     if e.role == "healthy"]
+    real_pool, healthy_pool, sources = comparable_pools(real_pool, healthy_pool, n_real,
+                                                        n_synthetic, reuse_healthy)
+    if sources["warning"]:
+        log(f"warning: {sources['warning']}")
     if n_real > len(real_pool):
         raise VTTError(f"{real_manifest}: {n_real} real cases asked for, but only "
                        f"{len(real_pool)} scan(s) with role 'tumor'")
@@ -277,6 +281,11 @@ def make_packet(real_manifest: str, healthy_manifest: str, out_dir: str, n_real:
         json.dump({"seed": seed, "n_real": n_real, "n_synthetic": n_synthetic,
                    "real_manifest": real_manifest, "healthy_manifest": healthy_manifest,
                    "margin_mm": margin_mm, "reuse_healthy": reuse_healthy,
+                   "sources": {**sources,
+                               "real_cases": _count(v["source_scan"] for v in key.values()
+                                                    if v["truth"] == "real"),
+                               "synthetic_cases": _count(v["source_scan"] for v in key.values()
+                                                         if v["truth"] == "synthetic")},
                    "generator_version": __version__, "config": config.to_json()},
                   f, indent=1, sort_keys=True)
     _overview_png(overview, os.path.join(out_dir, "key", "overview.png"))
@@ -288,7 +297,46 @@ def make_packet(real_manifest: str, healthy_manifest: str, out_dir: str, n_real:
     with open(os.path.join(out_dir, "key_sha256.txt"), "w") as f:
         f.write(digest + "\n")
     return {"cases": len(key), "n_real": n_real, "n_synthetic": n_synthetic, "out": out_dir,
-            "key": key_path, "key_sha256": digest, "case_ids": sorted(key)}
+            "key": key_path, "key_sha256": digest, "case_ids": sorted(key),
+            "sources_warning": sources["warning"]}
+
+
+def _count(scan_ids) -> dict:
+    """Cases per dataset (the scan id's source prefix, ``lits-3`` -> ``lits``)."""
+    out: dict[str, int] = {}
+    for scan_id in scan_ids:
+        source = scan_id.split("-", 1)[0]
+        out[source] = out.get(source, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def comparable_pools(real_pool: list, healthy_pool: list, n_real: int, n_synthetic: int,
+                     reuse_healthy: bool) -> tuple[list, list, dict]:
+    """Real and healthy scans from the same datasets where the manifests allow it: a reader must
+    not tell real from synthetic by the scanner, contrast phase or field of view of the dataset a
+    case comes from. When the datasets both pools share hold enough scans, both pools are cut to
+    them; otherwise they stay as they are and the returned record carries a warning."""
+    real_sources = sorted({e.source for e in real_pool})
+    healthy_sources = sorted({e.source for e in healthy_pool})
+    shared = sorted(set(real_sources) & set(healthy_sources))
+    record = {"real_datasets": real_sources, "healthy_datasets": healthy_sources,
+              "shared_datasets": shared, "comparable": False, "warning": None}
+    real_shared = [e for e in real_pool if e.source in shared]
+    healthy_shared = [e for e in healthy_pool if e.source in shared]
+    if shared and len(real_shared) >= n_real and (
+            len(healthy_shared) >= n_synthetic or (reuse_healthy and healthy_shared)):
+        record["comparable"] = True
+        return real_shared, healthy_shared, record
+    why = (f"the real cases can only come from {', '.join(real_sources) or 'nothing'} and the "
+           f"synthetic ones from {', '.join(healthy_sources) or 'nothing'}"
+           if not shared else
+           f"the datasets both manifests hold ({', '.join(shared)}) have {len(real_shared)} "
+           f"tumor and {len(healthy_shared)} healthy scan(s), fewer than the {n_real} real and "
+           f"{n_synthetic} synthetic cases asked for")
+    record["warning"] = (f"real and synthetic cases are not drawn from comparable sources: "
+                         f"{why}; a reader may tell them apart by the dataset (scanner, contrast "
+                         f"phase, field of view) rather than by the tumor")
+    return real_pool, healthy_pool, record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,6 +451,32 @@ def score_answers(answers_rows: list[dict], key: dict, source: str = "answers") 
         "specificity_unsure_wrong": _rate(rr, rr + rs + ru),
         "p_value_vs_chance": binomtest(correct, definite, 0.5).pvalue if definite else None,
     }
+
+
+def fleiss_kappa(sheets: list[dict[str, str]], categories=ANSWERS) -> dict:
+    """Agreement of several readers on the same cases (Fleiss' kappa over the answers real,
+    synthetic and unsure): 1 when every reader answers every case alike, 0 at the agreement the
+    answers' overall frequencies give by chance, below 0 under it. ``sheets``: one
+    {case_id: answer} per reader, over the same cases."""
+    cases = sorted(sheets[0])
+    raters = len(sheets)
+    if raters < 2:
+        raise VTTError("agreement needs at least two readers")
+    counts = [[sum(sheet[c] == a for sheet in sheets) for a in categories] for c in cases]
+    per_case = [(sum(n * n for n in row) - raters) / (raters * (raters - 1)) for row in counts]
+    observed = sum(per_case) / len(cases)
+    shares = [sum(row[j] for row in counts) / (len(cases) * raters)
+              for j in range(len(categories))]
+    chance = sum(p * p for p in shares)
+    kappa = 1.0 if chance == 1.0 else (observed - chance) / (1.0 - chance)
+    return {"readers": raters, "cases": len(cases), "observed_agreement": observed,
+            "chance_agreement": chance, "fleiss_kappa": kappa}
+
+
+def answers_of(rows: list[dict]) -> dict[str, str]:
+    """{case_id: answer} of rows that :func:`score_answers` accepted."""
+    return {(r.get("case_id") or "").strip(): (r.get("answer") or "").strip().lower()
+            for r in rows}
 
 
 def format_report(result: dict) -> str:

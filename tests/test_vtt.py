@@ -267,3 +267,54 @@ def test_score_cli_checks_the_key_hash_and_writes_json(packet, tmp_path):
     answers.write_text(answers.read_text().replace(",real,", ",fake,", 1))
     with pytest.raises(SystemExit, match=r"reader.csv row \d+ \(line \d+\): .*answer 'fake'"):
         _cli(["vtt", "score", str(answers), "--key", key_path])
+
+
+def test_packet_says_when_real_and_synthetic_come_from_other_datasets(packet):
+    """Here every real case is LiTS and every synthetic one BTCV: the packet warns and records it."""
+    out, stdout = packet
+    assert "warning: real and synthetic cases are not drawn from comparable sources" in stdout
+    sources = json.loads((out / "key" / "packet.json").read_text())["sources"]
+    assert sources["comparable"] is False and sources["shared_datasets"] == []
+    assert set(sources["real_cases"]) == {"lits"} and set(sources["synthetic_cases"]) == {"btcv"}
+
+
+def test_comparable_pools_prefer_the_datasets_both_manifests_hold():
+    from types import SimpleNamespace as S
+    real = [S(source="lits", scan_id=f"lits-{i}") for i in range(3)] + [S(source="msd",
+                                                                         scan_id="msd-1")]
+    healthy = [S(source="lits", scan_id="lits-9"), S(source="btcv", scan_id="btcv-1")]
+    r, h, record = vtt.comparable_pools(real, healthy, 2, 1, False)
+    assert record["comparable"] and {e.source for e in r} == {e.source for e in h} == {"lits"}
+    r, h, record = vtt.comparable_pools(real, healthy, 2, 2, False)      # too few shared
+    assert not record["comparable"] and len(h) == 2 and "fewer than" in record["warning"]
+
+
+def test_several_readers_are_scored_with_their_agreement(packet, tmp_path):
+    """Fleiss' kappa: two readers who agree on half of four cases, answering real and synthetic
+    equally often, agree no better than chance (hand-worked: observed 0.5, chance 0.5, kappa 0);
+    readers who agree on everything have kappa 1. The CLI scores each sheet and the agreement."""
+    a = {"c1": "real", "c2": "synthetic", "c3": "real", "c4": "synthetic"}
+    b = {"c1": "real", "c2": "synthetic", "c3": "synthetic", "c4": "real"}
+    result = vtt.fleiss_kappa([a, b])
+    assert (result["observed_agreement"], result["chance_agreement"]) == (0.5, 0.5)
+    assert result["fleiss_kappa"] == 0.0
+    assert vtt.fleiss_kappa([a, a, a])["fleiss_kappa"] == 1.0
+    out, _ = packet
+    key = _key(out)
+    sheets = []
+    for n, flip in enumerate((False, True)):
+        path = tmp_path / f"reader{n}.csv"
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["case_id", "answer"])
+            for case_id in sorted(key):
+                truth = key[case_id]["truth"]
+                w.writerow([case_id, ({"real": "synthetic", "synthetic": "real"}[truth]
+                                      if flip else truth)])
+        sheets.append(str(path))
+    code, stdout = _cli(["vtt", "score", *sheets, "--key", str(out / "key" / "answer_key.json"),
+                         "--json", str(tmp_path / "r.json")])
+    assert code == 0 and stdout.count("accuracy") >= 4 and "Fleiss' kappa" in stdout
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["agreement"]["fleiss_kappa"] < 0             # they always disagree
+    assert [r["accuracy"]["value"] for r in result["readers"].values()] == [1.0, 0.0]
