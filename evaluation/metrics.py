@@ -277,14 +277,19 @@ def summarize_froc(cases: list[dict]) -> list[dict] | None:
 
 def bootstrap_ci(values, statistic=np.mean, n_boot: int = 2000, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of ``statistic`` over cases (resampled with replacement)."""
+    """Percentile bootstrap interval of ``statistic`` over cases (resampled with replacement;
+    scipy.stats.bootstrap, seeded). One case, or cases all alike, give the value itself."""
+    from scipy.stats import bootstrap
     vals = np.asarray([v for v in values if v is not None], float)
     if len(vals) == 0:
         return None
-    rng = np.random.default_rng(seed)
-    stats = np.array([statistic(vals[rng.integers(0, len(vals), len(vals))]) for _ in range(n_boot)])
-    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+    if len(vals) == 1 or np.all(vals == vals[0]):
+        value = float(statistic(vals))
+        return value, value
+    result = bootstrap((vals,), statistic, n_resamples=n_boot, confidence_level=level,
+                       method="percentile", random_state=np.random.default_rng(seed))
+    ci = result.confidence_interval
+    return float(ci.low), float(ci.high)
 
 
 def summarize(cases: list[dict], seed: int = 0) -> dict:

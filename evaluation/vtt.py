@@ -29,7 +29,6 @@ import csv
 import gzip
 import hashlib
 import json
-import math
 import os
 
 from tumorforge.manifests.conventions import DISPLAY_WINDOW_HU, TUMOR, zyx_to_ras
@@ -37,7 +36,6 @@ from tumorforge.manifests.conventions import DISPLAY_WINDOW_HU, TUMOR, zyx_to_ra
 ANSWERS = ("real", "synthetic", "unsure")
 TRUTHS = ("real", "synthetic")
 SHEET_COLUMNS = ("case_id", "answer", "confidence", "comment")
-Z_95 = 1.959963984540054          # standard normal quantile 0.975: two-sided 95 %
 MAX_DRAWS_PER_CASE = 20           # synthetic draws tried before a healthy scan is given up
 DEFAULT_MARGIN_MM = 40            # CT kept around the liver's box, on every side
 GZIP_LEVEL = 1                    # nibabel's default: ~4x faster than 6 for a few % more bytes
@@ -343,15 +341,13 @@ def comparable_pools(real_pool: list, healthy_pool: list, n_real: int, n_synthet
 # Scoring
 
 
-def wilson(k: int, n: int, z: float = Z_95) -> tuple[float, float] | None:
-    """Wilson score interval of the proportion k/n (default 95 %); None when n == 0."""
+def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float] | None:
+    """Wilson score interval of the proportion k/n (scipy.stats); None when n == 0."""
     if n == 0:
         return None
-    p = k / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
+    from scipy.stats import binomtest
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def _rate(k: int, n: int) -> dict:
