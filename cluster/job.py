@@ -127,19 +127,41 @@ def _init_ray(address: str | None):
         return ray
     if address:
         check_reachable(address)
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except Exception as exc:      # no cluster, refused token, version mismatch: one line
-            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        failure, said = _quietly(lambda: ray.init(address=address, log_to_driver=False))
+        if failure is not None:       # no cluster, refused token, version mismatch: one line
+            text = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
             hint = (" (--address auto joins a cluster already running on this machine; none is)"
                     if address == "auto" else "")
-            if "auth" in text.lower() or "token" in text.lower():
-                hint = " (the cluster requires token authentication: set RAY_AUTH_TOKEN)"
+            if any(w in f"{text} {said}" for w in ("InvalidAuthToken", "Unauthenticated")):
+                hint = (" (the cluster requires token authentication and refused this process: "
+                        "set RAY_AUTH_MODE=token and the cluster's RAY_AUTH_TOKEN)")
             raise OperatorError(f"cannot join the Ray cluster at {address}: "
-                                f"{type(exc).__name__}: {text}{hint}") from None
+                                f"{type(failure).__name__}: {text}{hint}")
+        sys.stderr.write(said)
     else:
         start_embedded(ray)
     return ray
+
+
+def _quietly(call) -> tuple[BaseException | None, str]:
+    """Run ``call`` with file descriptor 2 captured (Ray's core logs retries straight to it):
+    (the exception it raised or None, what it wrote there)."""
+    import tempfile
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        failure = None
+        try:
+            call()
+        except Exception as exc:
+            failure = exc
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        return failure, captured.read().decode("utf-8", errors="replace")
 
 
 def start_embedded(ray) -> None:
