@@ -217,6 +217,23 @@ def test_torchrun_ddp_on_two_cpu_processes(datasets, tmp_path):
     assert (out / "checkpoints" / "step-000000002.pt").exists()
 
 
+def test_crop_dataset_reads_from_s3(datasets, s3_server):
+    """The map-style Dataset on moto's S3 server (simulated object storage) gives the local
+    dataset's items."""
+    import boto3
+    import fsspec
+    import torch
+    from tumorforge.trainer.datasets import CropDataset
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="crops")
+    fs = fsspec.filesystem("s3", client_kwargs={"endpoint_url": s3_server})
+    fs.put(str(datasets[0]) + "/", "crops/syn_a/", recursive=True)
+    local, remote = CropDataset(str(datasets[0])), CropDataset("s3://crops/syn_a")
+    for i in (0, 11):
+        a, b = local[i], remote[i]
+        assert a["key"] == b["key"] and torch.equal(a["image"], b["image"])
+        assert torch.equal(a["image"].affine, b["image"].affine)
+
+
 def test_crop_datasets_yield_monai_dictionaries_with_the_crops_affine(datasets, tmp_path):
     """Issue 15: map-style and iterable torch Datasets over a generated dataset, yielding
     channel-first RAS MetaTensors whose affine puts each crop voxel where it is in its scan: the

@@ -94,17 +94,19 @@ def test_prob_and_missing_liver_pass_the_sample_through(loaded):
 
 
 def test_in_a_compose_and_a_dataloader(loaded):
-    """In a Compose under a DataLoader, as a user's training pipeline runs it: the batch has
-    tumor voxels and the record of each sample."""
+    """In a Compose under a two-worker DataLoader, as a user's training pipeline runs it: each
+    batch has tumor voxels and the record of its sample, drawn from different seeds."""
+    import json
     from monai.data import DataLoader, Dataset
     pipeline = Compose([TumorSynthesisd(("image", "label"), liver_values=(6,), tumor_values=(),
                                         config=SMALL, size_mix={"small": 1.0})])
     pipeline.set_random_state(5)
-    ds = Dataset([_copy(loaded)], transform=pipeline)
-    batch = next(iter(DataLoader(ds, batch_size=1, num_workers=0)))
-    assert (batch["label"] == 2).any()
-    import json
-    assert json.loads(batch["image"].meta["tumor_synthesis"][0])["applied"]
+    ds = Dataset([_copy(loaded), _copy(loaded)], transform=pipeline)
+    batches = list(DataLoader(ds, batch_size=1, num_workers=2))      # in worker processes
+    assert len(batches) == 2 and all((b["label"] == 2).any() for b in batches)
+    records = [json.loads(b["image"].meta["tumor_synthesis"][0]) for b in batches]
+    assert all(r["applied"] for r in records)
+    assert records[0]["seed"] != records[1]["seed"]           # MONAI seeds each worker apart
 
 
 def test_the_readme_example_trains_a_plain_monai_unet(phantom_root, tmp_path, capsys):
