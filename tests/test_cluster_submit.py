@@ -100,6 +100,31 @@ def test_unreachable_cluster_missing_bucket_and_dataset_are_one_line_exit_2(tmp_
     assert not ray.is_initialized()
 
 
+def test_a_cluster_refusing_the_token_is_one_line_with_the_hint(monkeypatch, capfd):
+    """Joining a cluster that wants a token: Ray logs its retries straight to file descriptor 2
+    (measured against the embedded cluster: 20 lines of `Unauthenticated: ... InvalidAuthToken`
+    over 20 s, then `ConnectionError: Failed to connect`). The seam: a ray.init that does the
+    same. The operator sees one line with the hint, nothing of Ray's noise."""
+    import ray
+    from tumorforge.cluster import job
+
+    def refusing_init(**kw):
+        os.write(2, b"gcs_client.cc:210: Failed to get cluster ID from GCS server: "
+                    b"Unauthenticated: RPC error: InvalidAuthToken: Authentication token is "
+                    b"missing or incorrect\n")
+        raise ConnectionError("Failed to connect to Ray cluster at 10.1.2.3:6379")
+
+    monkeypatch.setattr(ray, "init", refusing_init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(job, "check_reachable", lambda address: None)
+    with pytest.raises(job.OperatorError) as exc:
+        job._init_ray("10.1.2.3:6379")
+    message = str(exc.value)
+    assert message.startswith("cannot join the Ray cluster at 10.1.2.3:6379: ConnectionError")
+    assert "token authentication" in message and "RAY_AUTH_TOKEN" in message
+    assert "InvalidAuthToken" not in capfd.readouterr().err          # Ray's noise captured
+
+
 def test_entrypoint_names_no_bare_python():
     from tumorforge.cluster.cli import submit_entrypoint
     assert submit_entrypoint("job.yaml") == \

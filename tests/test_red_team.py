@@ -281,36 +281,21 @@ env.update(RAY_gcs_rpc_server_connect_timeout_s="3", RAY_gcs_rpc_server_reconnec
 out = subprocess.run([sys.executable, "-c", sys.argv[1], ray.get_runtime_context().gcs_address],
                      env=env, capture_output=True, text=True, timeout=120).stdout
 print("ATTACKER", out.strip())
-if len(sys.argv) > 2:        # an operator joining without the token: one line, exit 2
-    proc = subprocess.run([sys.executable, "-m", "tumorforge.cluster", "generate", sys.argv[2],
-                           "--address", ray.get_runtime_context().gcs_address, "--no-progress"],
-                          env=env, capture_output=True, text=True, timeout=180)
-    print("OPERATOR", proc.returncode, repr(proc.stderr.strip()))
 ray.shutdown()
 """
 
 
-def test_embedded_cluster_refuses_a_process_without_its_token(tmp_path):
+def test_embedded_cluster_refuses_a_process_without_its_token():
     """0.2.0 turned Ray's auth off: a second process connected to the job's cluster, ran code and
-    read the AWS secret from a worker. Now the cluster wants a token made for this job; an
-    operator's `generate --address` without it gets one line and exit 2, no traceback."""
+    read the AWS secret from a worker. Now the cluster wants a token made for this job."""
     import subprocess
     import sys
-    import yaml
-    from cluster_fixtures import healthy_manifest
-    job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({"manifest": str(healthy_manifest(tmp_path, 1)),
-                                   "output": str(tmp_path / "ds"), "samples": 2}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env["AWS_SECRET_ACCESS_KEY"] = "simulated-secret"
-    out = subprocess.run([sys.executable, "-c", JOB, ATTACKER, str(job)], env=env,
-                         capture_output=True, text=True, timeout=400).stdout
+    out = subprocess.run([sys.executable, "-c", JOB, ATTACKER], env=env, capture_output=True,
+                         text=True, timeout=240).stdout
     assert "TOKEN 64 token" in out
     assert "ATTACKER REFUSED" in out and "simulated-secret" not in out
-    operator = next(line for line in out.splitlines() if line.startswith("OPERATOR"))
-    assert operator.startswith("OPERATOR 2 ") and "token authentication" in operator, operator
-    assert operator[len("OPERATOR 2 ") + 1:].startswith("generate: cannot join the Ray cluster at ")
-    assert "Traceback" not in operator and "\\n" not in operator      # one line
 
 
 # -- shards --------------------------------------------------------------------------------------
