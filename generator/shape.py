@@ -85,8 +85,16 @@ def _paper_shape(backend, t: PaperTumor, box_shape, center, s: float):
         wz = weights[2]
         d = d[..., 0, None] * wz[:, 0] + d[..., 1, None] * wz[:, 1] + d[..., 2, None] * wz[:, 2]
         coord = xp.arange(box_shape[a], dtype=xp.float32).reshape([-1 if b == a else 1 for b in range(3)])
-        term = ((coord + d - xp.float32(center[a])) / xp.float32(t.half_axes_mm[a] / s)) ** 2
-        q = term if q is None else q + term
+        # ((coord + d - center) / half-axis)^2, in place on d (the same float32 operations in the
+        # same order as the expression, without its box-sized temporaries)
+        d += coord
+        d -= xp.float32(center[a])
+        d /= xp.float32(t.half_axes_mm[a] / s)
+        xp.multiply(d, d, out=d)
+        if q is None:
+            q = d
+        else:
+            q += d
     return (q <= 1.0).astype(xp.float32)
 
 
