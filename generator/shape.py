@@ -35,11 +35,30 @@ def shape_half(t, s: float) -> int:
     return int(math.ceil(reach / s + 2.0))
 
 
+SHAPE_CACHE = 8          # NumPy shapes kept: location tests draw a shape, synthesis uses it again
+
+
 def tumor_shape(backend: Backend, t, half: int, s: float):
     """The binary (deformed ellipsoid) shape of ``t``, float32 0/1 on the box of side
-    ``2 * half + 1`` voxels centred on the tumor, on the backend's device."""
+    ``2 * half + 1`` voxels centred on the tumor, on the backend's device. On NumPy the last
+    ``SHAPE_CACHE`` shapes are kept (read-only): parameter drawing computes a tumor's shape for
+    its location test and synthesis needs the same one."""
     make = _paper_shape if isinstance(t, PaperTumor) else _released_shape
-    return make(backend, t, (2 * half + 1,) * 3, (half, half, half), s)
+    if backend.name != "numpy":
+        return make(backend, t, (2 * half + 1,) * 3, (half, half, half), s)
+    key = (make.__name__, tuple(t.half_axes_mm), float(t.sigma_e_mm), int(t.deform_seed),
+           int(half), float(s))
+    shape = _SHAPES.get(key)
+    if shape is None:
+        shape = make(backend, t, (2 * half + 1,) * 3, (half, half, half), s)
+        shape.flags.writeable = False
+        _SHAPES[key] = shape
+        while len(_SHAPES) > SHAPE_CACHE:
+            _SHAPES.pop(next(iter(_SHAPES)))
+    return shape
+
+
+_SHAPES: dict = {}           # insertion-ordered: the oldest goes first
 
 
 def tumor_mask(backend: Backend, t: PaperTumor, half: int, s: float):
