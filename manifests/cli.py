@@ -40,8 +40,13 @@ def _cmd_build(args) -> int:
     except (FileNotFoundError, ValueError) as exc:
         sys.exit(f"manifest build: {exc}")
     healthy = sum(e.role == "healthy" for e in result.entries)
-    print(f"{result.manifest}: {len(result.entries)} scan(s) ({healthy} healthy, "
-          f"{len(result.entries) - healthy} with tumor)")
+    return _report_build(result, f"{len(result.entries)} scan(s) ({healthy} healthy, "
+                                 f"{len(result.entries) - healthy} with tumor)")
+
+
+def _report_build(result, what: str) -> int:
+    """What a build wrote and rejected; exit 1 when nothing was kept."""
+    print(f"{result.manifest}: {what}")
     if result.rejections:
         print(f"{result.rejected}: {len(result.rejections)} rejected")
         print(format_table(["scan", "file", "problem"],
@@ -57,13 +62,9 @@ def _build_images(args) -> int:
                               workers=args.workers, allowed_roots=args.allow_root)
     except (FileNotFoundError, ValueError) as exc:
         sys.exit(f"manifest build: {exc}")
-    print(f"{result.manifest}: {len(result.entries)} image(s) without labels (an image list: "
-          f"`tumorforge manifest label-liver {result.manifest} ...` makes it a manifest)")
-    if result.rejections:
-        print(f"{result.rejected}: {len(result.rejections)} rejected")
-        print(format_table(["scan", "file", "problem"],
-                           [(r.scan_id, r.image, r.problem) for r in result.rejections]))
-    return 0 if result.entries else 1
+    return _report_build(result, f"{len(result.entries)} image(s) without labels (an image "
+                                 f"list: `tumorforge manifest label-liver {result.manifest} ...` "
+                                 f"makes it a manifest)")
 
 
 def _cmd_validate(args) -> int:
