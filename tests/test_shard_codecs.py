@@ -99,3 +99,26 @@ def test_tar_bytes_per_sample_are_close_to_zarr():
         0, images, labels, keys, range(8), prov, 8).values())
     tar_bytes = len(codecs.tar_shard(keys, images, labels, prov))
     assert tar_bytes <= 1.2 * zarr_bytes
+
+
+def test_provenance_text_is_the_canonical_json_of_every_field():
+    """Provenance serializes from a shallow dict (no dataclasses.asdict deep copy): the text is
+    the canonical JSON of the full deep-copied record, byte for byte."""
+    import dataclasses
+    import json
+    from tumorforge.generator.config import GeneratorConfig
+    from tumorforge.manifests.dataset.records import Provenance
+    from tumorforge.manifests.records import canonical_json
+    p = Provenance(key="k", index=1, shard=0, dataset_id="d", root_seed=0, spawn_key=(1,),
+                   scan_id="s", scan_sha256={"image": "a", "label": "b"},
+                   generator_version="0.4.0", profile="paper", backend="numpy",
+                   versions={"numpy": "2"}, generator_config=GeneratorConfig().to_json(),
+                   params={"tumors": [{"center": [1, 2, 3], "radius_mm": 3.0}],
+                           "crop_origin": [1, 2, 3]},
+                   image_sha256="x", label_sha256="y", shape=(96, 96, 96),
+                   crop_affine=((1.0, 0.0, 0.0, 5.0), (0.0, 1.0, 0.0, 6.0),
+                                (0.0, 0.0, 1.0, 7.0), (0.0, 0.0, 0.0, 1.0)))
+    deep = dataclasses.asdict(p)
+    deep.update(spawn_key=[1], shape=[96, 96, 96], crop_affine=[list(r) for r in p.crop_affine])
+    assert p.to_json_text() == canonical_json(deep)
+    assert Provenance.from_json(json.loads(p.to_json_text())) == p
