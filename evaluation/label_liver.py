@@ -23,16 +23,16 @@ enter the manifest as healthy scans with ``label_map {liver: [1]}``; rejected sc
 
 from __future__ import annotations
 
-import gzip
 import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-import nibabel as nib
 import numpy as np
 
+from tumorforge.generator.whole_scan import nifti_bytes
 from tumorforge.manifests import storage
-from tumorforge.manifests.build import inspect_pair
+from tumorforge.manifests.build import check_pair, entry_of
+from tumorforge.manifests.conventions import dice
 from tumorforge.manifests.layouts import Candidate
 from tumorforge.manifests.nifti import ScanError, read_volume
 from tumorforge.manifests.schema import (ImageEntry, LabelMap, Rejection, ScanEntry,
@@ -93,14 +93,6 @@ def find_mask(folder: str, entry: ImageEntry) -> str | None:
     return None
 
 
-def _write_mask(path: str, mask: np.ndarray, affine: np.ndarray) -> None:
-    img = nib.Nifti1Image(mask.astype(np.uint8), affine)
-    img.header.set_xyzt_units("mm")
-    img.header.set_qform(affine, code=1)
-    img.header.set_sform(affine, code=1)
-    storage.write_atomic(path, gzip.compress(img.to_bytes(), compresslevel=6, mtime=0))
-
-
 def quality_problem(volume_ml: float, report: dict, min_ml: float = MIN_LIVER_ML,
                     max_ml: float = MAX_LIVER_ML,
                     min_largest_fraction: float = MIN_LARGEST_FRACTION,
@@ -156,17 +148,13 @@ def label_liver(images: str, out: str, *, checkpoint: str | None = None,
                 if found is None:
                     raise ScanError(entry.image, f"no liver mask for {entry.scan_id} in {masks}")
                 vol = read_volume(found)
-                if vol.info.shape != image.info.shape or not np.allclose(
-                        vol.info.affine, image.info.affine, atol=1e-3, rtol=1e-4):
-                    raise ScanError(found, f"mask grid {vol.info.shape} does not match the "
-                                           f"image's {image.info.shape} (shape or affine)")
+                check_pair(entry.image, found, image, vol)         # on the image's grid
                 mask, report = np.asarray(vol.data) != 0, {"mask": found}
             else:
                 mask, report = segmenter(image.data, image.info.affine)
             volume_ml = float(mask.sum()) * float(np.prod(image.info.spacing_mm)) / 1000.0
             report = {**report, "liver_volume_ml": round(volume_ml, 1)}
             if entry.scan_id in truths:
-                from tumorforge.manifests.conventions import dice
                 t = truths[entry.scan_id]
                 real = np.isin(np.asarray(read_volume(t.label, like=image).data),
                                t.label_map.organ_values())
@@ -177,9 +165,9 @@ def label_liver(images: str, out: str, *, checkpoint: str | None = None,
             if problem:
                 raise ScanError(entry.image, problem)
             path = storage.join(folder, f"{entry.scan_id}.nii.gz")
-            _write_mask(path, mask, image.info.affine)
-            kept.append(inspect_pair(Candidate(entry.scan_id, entry.image, path,
-                                               LabelMap(liver=(1,)), entry.source, (0, 1))))
+            storage.write_atomic(path, nifti_bytes(mask.astype(np.uint8), image.info.affine))
+            kept.append(entry_of(Candidate(entry.scan_id, entry.image, path, LabelMap(liver=(1,)),
+                                           entry.source, (0, 1)), image, read_volume(path)))
             log(f"[{n}/{len(entries)}] {entry.scan_id}: liver {volume_ml:.0f} mL")
         except ScanError as exc:
             rejected.append(Rejection(entry.scan_id, entry.image, "", exc.problem))

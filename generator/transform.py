@@ -31,8 +31,9 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 
-from tumorforge.manifests.conventions import BACKGROUND, LIVER, TUMOR, to_ras
+from tumorforge.manifests.conventions import from_ras, to_ras
 from tumorforge.manifests.records import canonical_json
+from tumorforge.manifests.schema import LabelMap
 
 from . import __version__
 from .backend import get_backend
@@ -40,7 +41,7 @@ from .config import GeneratorConfig
 from .params import SampleParams
 from .prepare import PrepareError, Regrid, prepare_scan
 from .synthesize import HU_MAX, HU_MIN
-from .whole_scan import OutputGrid, place, synthesize_region, whole_params
+from .whole_scan import OutputGrid, organ_label, place, synthesize_region, whole_params
 
 META_KEY = "tumor_synthesis"
 
@@ -75,9 +76,9 @@ class TumorSynthesisd(Randomizable, MapTransform):
             changes["size_mix"] = dict(size_mix)
         self.config = dataclasses.replace(base, **changes)
         self.prob = float(prob)
-        self.liver_values = tuple(int(v) for v in liver_values)
-        self.tumor_values = tuple(int(v) for v in tumor_values)
-        self.vessel_values = tuple(int(v) for v in vessel_values)
+        self.label_map = LabelMap(liver=tuple(int(v) for v in liver_values),
+                                  tumor=tuple(int(v) for v in tumor_values),
+                                  vessel=tuple(int(v) for v in vessel_values))
         self.backend = backend
         self.allow_missing_liver = allow_missing_liver
         self._apply, self._seed = True, 0
@@ -124,10 +125,9 @@ class TumorSynthesisd(Randomizable, MapTransform):
                              "differ")
         try:
             scan = prepare_scan("sample", img, lab, affine,
-                                organ_values=(*self.liver_values, *self.tumor_values,
-                                              *self.vessel_values),
-                                vessel_values=self.vessel_values, config=self.config,
-                                tumor_values=self.tumor_values)
+                                organ_values=self.label_map.organ_values(),
+                                vessel_values=self.label_map.vessel, config=self.config,
+                                tumor_values=self.label_map.tumor)
         except PrepareError as exc:
             if not self.allow_missing_liver:
                 raise ValueError(str(exc)) from None
@@ -139,13 +139,13 @@ class TumorSynthesisd(Randomizable, MapTransform):
                              "(another sample, configuration or generator version)")
         region_image, region_label = synthesize_region(scan, params, backend)
         img_ras, ras_affine = to_ras(img, affine)
-        lab_ras, _ = to_ras(_crop_labels(lab, self), affine)
+        lab_ras, _ = to_ras(organ_label(lab, self.label_map), affine)
         out = OutputGrid("native", np.clip(np.rint(img_ras), HU_MIN, HU_MAX).astype(np.int16),
                          lab_ras, affine,
                          Regrid.of(ras_affine, img_ras.shape, scan.spacing_mm).factors)
         whole = place(out, scan, region_image, region_label)
         # Untouched voxels keep their exact values (the int16 rounding is only where HU changed).
-        changed = whole.image != out_image_native(out, affine)
+        changed = whole.image != from_ras(out.image, affine)
         new_img = np.where(changed, whole.image.astype(np.float32), img)
         d[image_key] = _like(image, new_img)
         d[label_key] = _like(label, whole.label.astype(np.float32))
@@ -159,21 +159,6 @@ def synthesis_record(image) -> dict | None:
     params, config, generator version, backend), or None."""
     text = getattr(image, "meta", {}).get(META_KEY)
     return json.loads(text) if isinstance(text, str) else text
-
-
-def out_image_native(out: OutputGrid, affine: np.ndarray) -> np.ndarray:
-    """The tumor-free int16 image of ``out`` in the sample's own voxel order."""
-    from tumorforge.manifests.conventions import from_ras
-    return from_ras(out.image, affine)
-
-
-def _crop_labels(lab: np.ndarray, t: TumorSynthesisd) -> np.ndarray:
-    """The sample's label in the crops' convention: liver and vessel values 1, tumor values 2."""
-    organ = np.isin(lab, np.asarray((*t.liver_values, *t.vessel_values)))
-    out = np.where(organ, LIVER, BACKGROUND)
-    if t.tumor_values:
-        out = np.where(np.isin(lab, np.asarray(t.tumor_values)), TUMOR, out)
-    return out.astype(np.uint8)
 
 
 def _affine(image) -> np.ndarray:

@@ -164,11 +164,12 @@ def case_name(scan_id: str, index: int) -> str:
     return f"{re.sub(r'[^A-Za-z0-9-]', '-', scan_id)}_s{index:05d}"
 
 
-def organ_label(label: np.ndarray, entry) -> np.ndarray:
-    """A scan's label in the crops' convention: liver and vessel values -> 1, tumor values -> 2."""
-    out = np.where(np.isin(label, np.asarray(entry.label_map.organ_values())), LIVER, BACKGROUND)
-    if entry.label_map.tumor:
-        out = np.where(np.isin(label, np.asarray(entry.label_map.tumor)), TUMOR, out)
+def organ_label(label: np.ndarray, label_map) -> np.ndarray:
+    """A scan's label in the crops' convention: liver and vessel values -> 1, tumor values -> 2
+    (``label_map``: a manifest ``LabelMap``)."""
+    out = np.where(np.isin(label, np.asarray(label_map.organ_values())), LIVER, BACKGROUND)
+    if label_map.tumor:
+        out = np.where(np.isin(label, np.asarray(label_map.tumor)), TUMOR, out)
     return out.astype(np.uint8)
 
 
@@ -221,7 +222,7 @@ def output_grid(grid: str, image_vol, label_vol, entry, scan: PreparedScan) -> O
     if grid not in GRIDS:
         raise SynthesizeError(f"grid {grid!r}: expected one of {GRIDS}")
     img_ras, ras_affine = to_ras(np.asarray(image_vol.data, np.float32), image_vol.info.affine)
-    lab_ras, _ = to_ras(organ_label(label_vol.data, entry), label_vol.info.affine)
+    lab_ras, _ = to_ras(organ_label(label_vol.data, entry.label_map), label_vol.info.affine)
     regrid = Regrid.of(ras_affine, img_ras.shape, scan.spacing_mm)
     if grid == "native":
         return OutputGrid(grid, np.clip(np.rint(img_ras), HU_MIN, HU_MAX).astype(np.int16), lab_ras,

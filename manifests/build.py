@@ -75,7 +75,11 @@ def check_pair(image_uri: str, label_uri: str, image: Volume, label: Volume) -> 
 def inspect_pair(c: Candidate) -> ScanEntry:
     """Open, check and measure one image/label pair. Raises ScanError naming the bad file."""
     image = read_volume(c.image)
-    label = read_volume(c.label, like=image)
+    return entry_of(c, image, read_volume(c.label, like=image))
+
+
+def entry_of(c: Candidate, image: Volume, label: Volume) -> ScanEntry:
+    """The manifest entry of a pair already read: checked and measured (ScanError if bad)."""
     values = check_pair(c.image, c.label, image, label)
     counts = label_counts(values)
     present = tuple(sorted(counts))

@@ -29,27 +29,23 @@ from .nifti import MAX_AXIS, MAX_VOXELS, ScanError, Volume, VolumeInfo
 SLICE_SPACING_RTOL = 0.01        # gaps between slice positions may differ by 1 %
 
 
-def _files(uri: str, ext: str) -> list[str]:
+def read_folder(uri: str, like: Volume | None = None, max_voxels: int = MAX_VOXELS
+                ) -> Volume | None:
+    """The volume a folder holds: a DICOM series (``.dcm`` files) or, with ``like`` (its series),
+    a PNG mask stack; None when ``uri`` is not a folder of either (listed once)."""
     try:
         found = storage.list_files(uri)
-    except FileNotFoundError:
-        raise ScanError(uri, "folder not found") from None
-    return [f for f in found if f.lower().endswith(ext)]
-
-
-def is_series(uri: str) -> bool:
-    """Whether ``uri`` names a folder of DICOM files."""
-    try:
-        return bool(_files(uri, ".dcm"))
-    except ScanError:
-        return False
-
-
-def is_png_stack(uri: str) -> bool:
-    try:
-        return bool(_files(uri, ".png"))
-    except ScanError:
-        return False
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    series = [f for f in found if f.lower().endswith(".dcm")]
+    if series:
+        return read_series(uri, series, max_voxels)
+    pngs = [f for f in found if f.lower().endswith(".png")]
+    if pngs:
+        if like is None:
+            raise ScanError(uri, "a folder of PNG masks needs its DICOM series as the image")
+        return read_png_stack(uri, pngs, like)
+    return None
 
 
 def _read(uri: str) -> bytes:
@@ -67,11 +63,11 @@ def _series_hash(items: list[tuple[str, bytes]]) -> str:
     return digest.hexdigest()
 
 
-def read_series(uri: str, max_voxels: int = MAX_VOXELS) -> Volume:
-    """A CT series (folder of ``.dcm`` files) as a volume; ScanError names the file and problem."""
+def read_series(uri: str, names: list[str], max_voxels: int = MAX_VOXELS) -> Volume:
+    """A CT series (folder ``uri`` of the ``.dcm`` files ``names``) as a volume; ScanError names
+    the file and problem."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-    names = _files(uri, ".dcm")
     if not names:
         raise ScanError(uri, "no .dcm files: expected a DICOM series folder")
     if len(names) > MAX_AXIS:
@@ -140,10 +136,11 @@ def read_series(uri: str, max_voxels: int = MAX_VOXELS) -> Volume:
                   slice_files=tuple(os.path.basename(slices[i][0]) for i in order))
 
 
-def read_png_stack(uri: str, like: Volume) -> Volume:
-    """A folder of PNG masks on the grid of the series ``like`` (see the module's pairing rule)."""
+def read_png_stack(uri: str, names: list[str], like: Volume) -> Volume:
+    """The PNG masks ``names`` of folder ``uri`` on the grid of the series ``like`` (see the
+    module's pairing rule)."""
     from PIL import Image
-    names = _files(uri, ".png")
+    names = sorted(names)
     order = like.slice_files
     if not order:
         raise ScanError(uri, "a PNG mask stack needs the DICOM series it belongs to as its image")

@@ -147,12 +147,9 @@ def read_volume(uri: str, *, max_voxels: int = MAX_VOXELS, with_data: bool = Tru
     DICOM series; see :mod:`dicom`)."""
     if not uri.lower().endswith((".nii", ".nii.gz", ".gz")):
         from . import dicom
-        if dicom.is_series(uri):
-            return dicom.read_series(uri, max_voxels)
-        if dicom.is_png_stack(uri):
-            if like is None:
-                raise ScanError(uri, "a folder of PNG masks needs its DICOM series as the image")
-            return dicom.read_png_stack(uri, like)
+        folder = dicom.read_folder(uri, like, max_voxels)
+        if folder is not None:
+            return folder
     try:
         with storage.open_binary(uri) as f:
             raw = f.read()
