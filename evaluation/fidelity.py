@@ -23,9 +23,9 @@ Every lesion is measured the same way, on the arrays it was stored as:
 
 From the tumor records (all tumors of the samples read, also those outside the crop: they describe
 the generator's draws): the share of the drawn shape inside the liver and the vessel voxels inside
-it (``inside_fraction``, ``vessel_voxels``; computed from the drawn shape on the prepared scan
-where a record lacks them, as ``released`` records do), location fallbacks by reason, and satellites
-dropped (``SampleParams.notes``).
+it (``inside_fraction``, ``vessel_voxels``: always measured on the drawn shape placed on the
+prepared scan; a ``paper`` record's own values count the location region its rules tested),
+location fallbacks by reason, and satellites dropped (``SampleParams.notes``).
 
 Post-processing (``paper`` profile, tumors with ``mass_effect`` or ``capsule``) is measured by
 paired synthesis of the tumor alone, with the flag on and off: mass effect as the displacement of
@@ -163,7 +163,6 @@ class TumorRecord:
     radius_mm: float
     inside_fraction: float | None
     vessel_voxels: int | None
-    from_record: bool             # inside/vessels read from the record (else from the shape)
     location_fallback: bool
     location_reason: str
     visible: bool                 # a lesion of the sample holds this record
@@ -501,20 +500,14 @@ def _entries(manifest: str, allow_roots) -> dict:
     return {e.scan_id: e for e in read_manifest(manifest, default_roots(manifest, allow_roots))}
 
 
-def drawn_inside(prepared: Prepared, tumor) -> tuple[float, int, bool]:
-    """(share of the tumor's drawn shape inside the liver, vessel voxels inside it, read from the
-    record): the record's ``inside_fraction`` and ``vessel_voxels`` where it has them, else the
-    drawn shape (deformed ellipsoid before the mask blur) placed on the prepared scan."""
-    inside = getattr(tumor, "inside_fraction", None)
-    vessels = getattr(tumor, "vessel_voxels", None)
-    if inside is not None and vessels is not None:
-        return float(inside), int(vessels), True
-    from tumorforge.generator.location import shape_in_scan
-    from tumorforge.generator.shape import drawn_offsets
-    scan = prepared.scan
-    inside, vessels = shape_in_scan(scan, np.asarray(tumor.center) - np.asarray(scan.origin_vox),
-                                    drawn_offsets(tumor, float(scan.spacing_mm[0])))
-    return float(inside), int(vessels), False
+def drawn_inside(prepared: Prepared, tumor) -> tuple[float, int]:
+    """(share of the tumor's drawn shape inside the liver, vessel voxels inside it): the drawn
+    shape (deformed ellipsoid before the mask blur) placed on the prepared scan. Measured, not read
+    from the record: a ``paper`` record's ``inside_fraction`` and ``vessel_voxels`` count the
+    location region its rules tested (the undeformed ellipsoid in 16 boxes), and the report shows
+    what the rules achieved on the tumor itself."""
+    from tumorforge.generator.location import drawn_shape_counts
+    return drawn_shape_counts(prepared.scan, tumor)
 
 
 def record_tumors(measured: Measured, prepared: Prepared, params, sample: str, visible: set) -> None:
@@ -522,7 +515,7 @@ def record_tumors(measured: Measured, prepared: Prepared, params, sample: str, v
     spacing = np.asarray(prepared.scan.spacing_mm, float)
     large = params.tumors[0] if params.kind == "satellite" and params.tumors else None
     for n, t in enumerate(params.tumors):
-        inside, vessels, from_record = drawn_inside(prepared, t)
+        inside, vessels = drawn_inside(prepared, t)
         shell = None
         if t.kind == "satellite" and large is not None:
             offset = (np.asarray(t.center) - np.asarray(large.center)) * spacing
@@ -530,7 +523,7 @@ def record_tumors(measured: Measured, prepared: Prepared, params, sample: str, v
         measured.tumors.append(TumorRecord(
             source=measured.name, group=group_of(params.kind, t.kind), scan_id=params.scan_id,
             sample=sample, kind=t.kind, radius_mm=float(t.radius_mm), inside_fraction=inside,
-            vessel_voxels=vessels, from_record=from_record,
+            vessel_voxels=vessels,
             location_fallback=bool(getattr(t, "location_fallback", False)),
             location_reason=str(getattr(t, "location_reason", "") or ""), visible=n in visible,
             shell_r=shell))

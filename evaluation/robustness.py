@@ -33,7 +33,8 @@ Choices (where the paper says only "tuning hyperparameters of the generator"):
   preferred, unless the nearest such depth is more than ``VESSEL_FREE_SLACK_MM`` further from the
   target than the nearest depth overall; then the vessel-dense spot is used and recorded as
   ``location_fallback`` (reason ``vessels``). ``paper-train`` has no vessel rule. The record's
-  ``inside_fraction`` and ``vessel_voxels`` are counted in the tumor's drawn shape at the new center,
+  ``inside_fraction`` and ``vessel_voxels`` are counted in the tumor's location region (as the
+  generator's location rules count them) at the new center,
   and ``location_tries`` is 0 (placed by depth, not drawn). The value used is the depth of the chosen
   voxel; a deep target keeps the tumor inside the liver, a shallow one lets it stick out (that is
   the point of the row).
@@ -62,9 +63,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tumorforge.generator.config import PAPER_PROFILES, GeneratorConfig
-from tumorforge.generator.location import shape_in_scan
+from tumorforge.generator.location import region_counts
 from tumorforge.generator.params import PaperTumor, SampleParams
-from tumorforge.generator.shape import drawn_offsets
 from tumorforge.generator.prepare import PreparedScan
 from tumorforge.manifests.conventions import TUMOR, dice
 from tumorforge.manifests.records import json_safe
@@ -240,11 +240,13 @@ def shift(base: SampleParams, dimension: str, target: float, depth: LiverDepth,
                                              avoid_vessels=base.profile == "paper")
         value = round(value, 4)
         t = dataclasses.replace(t, center=center)
-        inside, vessels = shape_in_scan(depth.scan, np.asarray(center) - depth.scan.origin_vox,
-                                        drawn_offsets(t, depth.scan.spacing_mm[0]))
+        s = float(depth.scan.spacing_mm[0])
+        inside, vessels = region_counts(depth.scan, np.asarray(center) - depth.scan.origin_vox,
+                                        np.asarray(t.half_axes_mm) / s)
         t = dataclasses.replace(t, location_tries=0, location_fallback=fallback,
                                 location_reason="vessels" if fallback else "",
-                                inside_fraction=round(inside, 4), vessel_voxels=vessels)
+                                inside_fraction=round(float(inside), 4),
+                                vessel_voxels=int(vessels))
     else:
         t = dataclasses.replace(t, **{PARAMETER[dimension]: value})
     return _centered(base, t), value

@@ -1,6 +1,6 @@
 """tumorforge generator: seeded liver-tumor synthesis (NumPy and CuPy backends)."""
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 _TRANSFORM = ("TumorSynthesisd", "synthesis_record")
 

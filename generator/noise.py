@@ -2,8 +2,8 @@
 
 Philox4x32-10 (Salmon et al., SC'11) maps a 128-bit counter and a 64-bit key to four 32-bit words
 using only integer multiply, xor and add, so the same code on ``numpy`` and ``cupy`` arrays gives the
-same bits. Each voxel's counter is its flat index; ``stream`` separates independent fields drawn
-from one seed. Uniform floats are exact (24-bit mantissas); Gaussians go through log/cos and agree
+same bits. A uniform's counter is its flat index; normals come in Box-Muller pairs, one counter
+per two neighbours (``normal``); ``stream`` separates independent fields drawn from one seed. Uniform floats are exact (24-bit mantissas); Gaussians go through log/cos and agree
 across backends only to floating-point rounding.
 """
 
@@ -14,9 +14,25 @@ _W0, _W1 = 0x9E3779B9, 0xBB67AE85
 _MASK32 = 0xFFFFFFFF
 
 
-def philox4x32(xp, n: int, seed: int, stream: int = 0):
-    """Four uint32 arrays of length ``n`` for counters 0..n-1 under key ``seed`` (64-bit)."""
-    idx = xp.arange(n, dtype=xp.uint64)
+CHUNK = 16384           # NumPy: counters per pass, so the round's arrays stay in the CPU's cache
+
+
+def philox4x32(xp, n, seed: int, stream: int = 0):
+    """Four uint32 arrays (held in uint64) for counters 0..n-1 (``n`` an int) or for the
+    counters ``n`` (a 1-D uint64 array) under key ``seed`` (64-bit)."""
+    seed = int(seed)                 # a Python int whatever it came as (record field, NumPy row)
+    idx = xp.arange(n, dtype=xp.uint64) if isinstance(n, int) else n
+    if xp.__name__ == "numpy" and idx.size > CHUNK:
+        out = tuple(xp.empty(idx.size, xp.uint64) for _ in range(4))
+        for a in range(0, idx.size, CHUNK):
+            for w, part in zip(out, _philox(xp, idx[a:a + CHUNK], seed, stream)):
+                w[a:a + CHUNK] = part
+        return out
+    return _philox(xp, idx, seed, stream)
+
+
+def _philox(xp, idx, seed: int, stream: int):
+    n = idx.shape
     c0 = idx & xp.uint64(_MASK32)
     c1 = idx >> xp.uint64(32)
     c2 = xp.full(n, stream & _MASK32, dtype=xp.uint64)
@@ -41,14 +57,41 @@ def uniform(xp, shape, seed: int, stream: int = 0):
     return ((words >> xp.uint64(8)).astype(xp.float32) * xp.float32(2.0 ** -24)).reshape(shape)
 
 
-def normal(xp, shape, seed: int, stream: int = 0):
-    """Standard normal float32 of ``shape`` by Box-Muller (float64 inside)."""
-    n = _size(shape)
-    w0, w1, _, _ = philox4x32(xp, n, seed, stream)
-    u1 = ((w0 >> xp.uint64(11)) + xp.uint64(1)).astype(xp.float64) * 2.0 ** -21   # (0, 1]
-    u2 = (w1 >> xp.uint64(8)).astype(xp.float64) * 2.0 ** -24                     # [0, 1)
-    z = xp.sqrt(-2.0 * xp.log(u1)) * xp.cos(2.0 * xp.pi * u2)
-    return z.astype(xp.float32).reshape(shape)
+def normal(xp, shape, seed: int, stream: int = 0, lo=None, hi=None):
+    """Standard normal float32 of ``shape`` by Box-Muller (float64 inside); or only its block
+    ``[lo, hi)`` (per axis): the same values as ``normal(xp, shape, ...)[lo:hi]``, computed for
+    the block's counters alone.
+
+    One Philox counter gives two values, the cosine and sine halves of one Box-Muller pair, at
+    neighbouring positions along the last axis: value ``(..., k)`` of a row (a flat index ``r``
+    over the leading axes) is half ``k % 2`` of counter ``r * ceil(n / 2) + k // 2`` (``n``: the
+    last axis' length)."""
+    shape = tuple(int(v) for v in (shape if isinstance(shape, tuple) else (shape,)))
+    lo = (0,) * len(shape) if lo is None else tuple(int(v) for v in lo)
+    hi = shape if hi is None else tuple(int(v) for v in hi)
+    half = (shape[-1] + 1) // 2                       # counters per row
+    p_lo, p_hi = lo[-1] // 2, (hi[-1] + 1) // 2       # the block's pairs along the last axis
+    counters = xp.arange(p_lo, p_hi, dtype=xp.uint64)
+    stride = half
+    for axis in reversed(range(len(shape) - 1)):      # rows: the leading axes
+        pos = xp.arange(lo[axis], hi[axis], dtype=xp.uint64) * xp.uint64(stride)
+        counters = pos.reshape((-1,) + (1,) * (len(shape) - 1 - axis)) + counters
+        stride *= shape[axis]
+    counters = counters.ravel()
+    pairs = xp.empty((counters.size, 2), xp.float32)
+    step = CHUNK if xp.__name__ == "numpy" else max(1, counters.size)
+    for a in range(0, counters.size, step):          # NumPy: in cache-sized passes
+        w0, w1, _, _ = philox4x32(xp, counters[a:a + step], seed, stream)
+        u1 = ((w0 >> xp.uint64(11)) + xp.uint64(1)).astype(xp.float64) * 2.0 ** -21   # (0, 1]
+        u2 = (w1 >> xp.uint64(8)).astype(xp.float64) * 2.0 ** -24                     # [0, 1)
+        radius = xp.sqrt(-2.0 * xp.log(u1))
+        angle = 2.0 * xp.pi * u2
+        pairs[a:a + step, 0] = radius * xp.cos(angle)
+        pairs[a:a + step, 1] = radius * xp.sin(angle)
+    rows = tuple(b - a for a, b in zip(lo[:-1], hi[:-1]))
+    values = pairs.reshape(rows + (2 * (p_hi - p_lo),))
+    start = lo[-1] - 2 * p_lo
+    return xp.ascontiguousarray(values[..., start:start + hi[-1] - lo[-1]])
 
 
 def _size(shape) -> int:

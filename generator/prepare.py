@@ -46,6 +46,7 @@ class PreparedScan:
     liver_voxels: np.ndarray     # flat indices of liver voxels, deepest first (location sampling)
     liver_depth_mm: np.ndarray   # float32: each one's distance to the liver's surface, descending
     _device: dict = field(default_factory=dict, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)     # host tables (``location.tables``)
 
     @property
     def shape(self) -> tuple[int, int, int]:

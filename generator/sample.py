@@ -9,16 +9,14 @@ each tumor's record.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 
 from .config import PAPER_PROFILES, SIZE_TYPES, GeneratorConfig, SizePreset
-from .location import liver_voxel, paper_location, released_location
+from .location import liver_voxel, paper_locations, released_location
 from .params import PaperTumor, ReleasedSample, ReleasedTumor, SampleParams
 from .prepare import PreparedScan
-from .shape import drawn_offsets
 
 PRESETS = ("tiny", "small", "medium", "large")
 
@@ -158,61 +156,70 @@ def _counts(rng, config: GeneratorConfig, kind: str) -> list[tuple[str, int]]:
 
 
 def _draw_tumors(rng, scan, config, kind) -> tuple[tuple, tuple[str, ...]]:
-    """The sample's tumors, and notes on any that could not be placed (satellites)."""
+    """The sample's tumors, and notes on any that could not be placed (satellites). The tumors of
+    one size class are drawn together, in array operations (``paper`` profiles)."""
     tumors, notes = [], []
     for preset_name, n in _counts(rng, config, kind):
         preset = config.sizes[preset_name]
-        for _ in range(n):
-            near = None
-            if kind == "satellite" and preset_name == "small":
-                near = tumors[0]          # the large lesion drawn first
-            if config.profile in PAPER_PROFILES:
-                t = _paper_tumor(rng, scan, config, preset_name, preset, near)
-                if t is None:
-                    notes.append(f"satellite dropped: no spot in its {config.satellite_shell[0]}-"
-                                 f"{config.satellite_shell[1]} r shell with "
-                                 f"{config.paper.inside_share:.0%} of it inside the liver in "
-                                 f"{config.paper.max_location_tries} draws")
-                    continue
-                tumors.append(t)
-            else:
-                tumors.append(_released_tumor(rng, scan, config, preset_name, preset))
+        if n <= 0:
+            continue
+        if config.profile not in PAPER_PROFILES:
+            tumors.extend(_released_tumor(rng, scan, config, preset_name, preset) for _ in range(n))
+            continue
+        near = tumors[0] if kind == "satellite" and preset_name == "small" else None
+        group = _paper_tumors(rng, scan, config, preset_name, preset, n, near)
+        placed = [t for t in group if t is not None]
+        notes.extend([f"satellite dropped: no spot in its {config.satellite_shell[0]}-"
+                      f"{config.satellite_shell[1]} r shell with "
+                      f"{config.paper.inside_share:.0%} of it inside the liver in "
+                      f"{config.paper.max_location_tries} draws"] * (n - len(placed)))
+        tumors.extend(placed)
     return tuple(tumors), tuple(notes)
 
 
-def _paper_tumor(rng, scan, config, kind, preset: SizePreset, near) -> PaperTumor | None:
+def _rounded(values) -> list:
+    """Floats rounded to 4 decimals as the records hold them (Python's correctly rounded round)."""
+    return [round(float(v), 4) for v in np.asarray(values).ravel().tolist()]
+
+
+def _paper_tumors(rng, scan, config, kind, preset: SizePreset, n: int, near
+                  ) -> list[PaperTumor | None]:
+    """``n`` tumors of one size class: every draw of the group in one array operation, then their
+    locations together (``location.paper_locations``); None for a satellite with no room."""
     p = config.paper
-    s = float(scan.spacing_mm[0])
     r = preset.radius_mm
-    half_axes = tuple(round(float(a), 4) for a in rng.uniform(p.axis_scale[0] * r,
-                                                              p.axis_scale[1] * r, 3))
-    sigma_e = round(float(rng.uniform(*preset.sigma_e_mm)), 4)
-    sigma_c = round(float(rng.uniform(*p.sigma_c_mm)), 4)
+    half_axes = np.array(_rounded(rng.uniform(p.axis_scale[0] * r, p.axis_scale[1] * r, (n, 3)))
+                         ).reshape(n, 3)
+    sigma_e = _rounded(rng.uniform(*preset.sigma_e_mm, n))
+    sigma_c = _rounded(rng.uniform(*p.sigma_c_mm, n))
     mu_hi = max(p.mu_t_low_hu, scan.parenchyma_mean_hu - p.mu_t_below_parenchyma_hu)
-    mu_t = round(float(rng.uniform(p.mu_t_low_hu, mu_hi)), 4)
-    eta = round(float(rng.uniform(*p.eta)), 4)
-    seeds = rng.integers(0, 2 ** 63, 2)
+    mu_t = _rounded(rng.uniform(p.mu_t_low_hu, mu_hi, n))
+    eta = _rounded(rng.uniform(*p.eta, n))
+    seeds = rng.integers(0, 2 ** 63, (n, 2)).tolist()
     full = config.profile == "paper"       # the Turing-test steps: vessels, mass effect, capsule
-    tumor = PaperTumor(
-        kind="satellite" if near is not None else kind, center=(0, 0, 0), radius_mm=r,
-        half_axes_mm=half_axes, sigma_e_mm=sigma_e, deform_seed=int(seeds[0]), sigma_c_mm=sigma_c,
-        mu_t=mu_t, sigma_p=round(scan.parenchyma_sd_hu, 4), eta=eta, sigma_b_mm=p.sigma_b_mm,
-        texture_seed=int(seeds[1]), location_tries=0, location_fallback=False, location_reason="",
-        inside_fraction=0.0, vessel_voxels=0, mass_effect=False,
-        gamma_max_mm=round(p.gamma_max_factor * r, 4), intensity=p.mass_effect_intensity,
-        capsule=False, capsule_band=tuple(p.capsule_band), sigma_d_mm=p.sigma_d_mm,
-        capsule_hu=p.capsule_hu)
-    spot = paper_location(rng, scan, config, r, drawn_offsets(tumor, s), avoid_vessels=full,
-                          near=near)
-    if spot is None:
-        return None
-    big = full and preset.radius_mm >= config.post_min_radius_mm
-    return dataclasses.replace(
-        tumor, center=tuple(int(v) for v in spot.center + np.asarray(scan.origin_vox)),
-        location_tries=spot.tries, location_fallback=spot.fallback, location_reason=spot.reason,
-        inside_fraction=spot.inside_fraction, vessel_voxels=spot.vessel_voxels,
-        mass_effect=bool(big and rng.random() < config.mass_effect_prob),
-        capsule=bool(big and rng.random() < config.capsule_prob))
+    spots = paper_locations(rng, scan, config, r, half_axes, avoid_vessels=full, near=near)
+    big = full and r >= config.post_min_radius_mm
+    mass = (rng.random(n) < config.mass_effect_prob) if big else np.zeros(n, bool)
+    caps = (rng.random(n) < config.capsule_prob) if big else np.zeros(n, bool)
+    centers = (spots.center + np.asarray(scan.origin_vox)).tolist()
+    inside = _rounded(spots.inside_fraction)
+    out = []
+    for i in range(n):
+        if not spots.placed[i]:
+            out.append(None)
+            continue
+        out.append(PaperTumor(
+            kind="satellite" if near is not None else kind, center=tuple(centers[i]),
+            radius_mm=r, half_axes_mm=tuple(half_axes[i].tolist()), sigma_e_mm=sigma_e[i],
+            deform_seed=seeds[i][0], sigma_c_mm=sigma_c[i], mu_t=mu_t[i],
+            sigma_p=round(scan.parenchyma_sd_hu, 4), eta=eta[i], sigma_b_mm=p.sigma_b_mm,
+            texture_seed=seeds[i][1], location_tries=int(spots.tries[i]),
+            location_fallback=bool(spots.fallback[i]), location_reason=spots.reason[i],
+            inside_fraction=inside[i], vessel_voxels=int(spots.vessel_voxels[i]),
+            mass_effect=bool(mass[i]), gamma_max_mm=round(p.gamma_max_factor * r, 4),
+            intensity=p.mass_effect_intensity, capsule=bool(caps[i]),
+            capsule_band=tuple(p.capsule_band), sigma_d_mm=p.sigma_d_mm, capsule_hu=p.capsule_hu))
+    return out
 
 
 def _released_tumor(rng, scan, config, kind, preset: SizePreset) -> ReleasedTumor:

@@ -1,9 +1,10 @@
 """The tumor's shape (Hu et al., CVPR 2023, Section 3.1, "Shape generation"): an ellipsoid with
 half-axes drawn per tumor, deformed elastically, and blurred into a soft mask.
 
-A shape is computed in its own cubic box of side ``2 * shape_half(t, s) + 1`` voxels centred on the
-tumor, with array axes ``(i, j, k)`` = (R, A, S) of the prepared scan; ``s`` is the prepared grid's
-voxel edge in mm (1 by default) and converts the record's mm lengths to voxels. The
+A shape is computed in its own box of ``2 * shape_halves(row, s) + 1`` voxels per axis centred on
+the tumor (``row``: the tumor's packed row, ``batch``), with array axes ``(i, j, k)`` = (R, A, S)
+of the prepared scan; ``s`` is the prepared grid's voxel edge in mm (1 by default) and converts the
+record's mm lengths to voxels. The
 deformation's control grid spans that box, so the shape depends on the tumor record alone, never on
 the crop around it. Control displacements are drawn with Philox (``noise``) on the host, so they are
 identical on every backend.
@@ -16,64 +17,101 @@ identical on every backend.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from . import noise
 from .backend import Backend
-from .params import PaperTumor, ReleasedTumor
 
 
-def shape_half(t, s: float) -> int:
-    """Half-width (voxels) of the box in which a tumor's shape is computed: its half-axes plus
-    three deformation sd (and for ``paper`` three mask-blur sd). The shape depends on this box only
-    (its control grid spans it), never on the canvas or on post-processing."""
-    reach = max(t.half_axes_mm) + 3.0 * t.sigma_e_mm
-    if isinstance(t, PaperTumor):
-        reach += 3.0 * t.sigma_c_mm
-    return int(math.ceil(reach / s + 2.0))
+def shape_halves(rows, s) -> np.ndarray:
+    """Half-widths (voxels, per axis) of the box in which each tumor's shape is computed, from its
+    row alone: its half-axis plus three deformation sd (and for ``paper`` three mask-blur sd) plus
+    two voxels, per axis. ``rows``: tumor rows (``batch``: a table gives ``(n, 3)``, one row
+    ``(3,)``); ``s``: voxel edge (mm), scalar or one per row. The shape depends on this box only (its
+    control grid spans it), never on the canvas, the data or post-processing, so the box of every
+    step of a tumor is known before any array is touched."""
+    col = lambda x: np.asarray(x, float)[..., None]
+    reach = (np.asarray(rows.half_axes_mm, float) + 3.0 * col(rows.sigma_e_mm)
+             + np.where(col(rows.paper), 3.0 * col(rows.sigma_c_mm), 0.0))
+    return np.ceil(reach / col(s) + 2.0).astype(np.int64)
 
 
-SHAPE_CACHE = 8          # NumPy shapes kept: location tests draw a shape, synthesis uses it again
+def tumor_halves(rows, s) -> np.ndarray:
+    """Half-widths (voxels, per axis) of the **tumor box**: where a tumor's binary shape, soft mask
+    and texture are computed, from its row alone. ``released``: the shape box. ``paper``: each
+    half-axis plus the largest displacement its own control grid makes along that axis
+    (:func:`max_displacement`, host-side from the seed) plus the mask blur's reach and a voxel,
+    within the shape box: about half the shape box's volume, since three sd is a bound few
+    deformations come near. ``rows``: a table (``(n, 3)``) or one row (``(3,)``)."""
+    table = np.ndim(rows.sigma_e_mm) > 0
+    h = shape_halves(rows, s)
+    one = lambda r, hr, sr: _paper_halves(r, hr, sr) if r.paper else hr
+    if not table:
+        return one(rows, h, float(np.asarray(s)))
+    ss = np.broadcast_to(np.asarray(s, float), (len(h),))
+    return np.array([one(rows[n], h[n], float(ss[n])) for n in range(len(h))],
+                    np.int64).reshape(-1, 3)
 
 
-def tumor_shape(backend: Backend, t, half: int, s: float):
-    """The binary (deformed ellipsoid) shape of ``t``, float32 0/1 on the box of side
-    ``2 * half + 1`` voxels centred on the tumor, on the backend's device. On NumPy the last
-    ``SHAPE_CACHE`` shapes are kept (read-only): parameter drawing computes a tumor's shape for
-    its location test and synthesis needs the same one."""
-    make = _paper_shape if isinstance(t, PaperTumor) else _released_shape
-    if backend.name != "numpy":
-        return make(backend, t, (2 * half + 1,) * 3, (half, half, half), s)
-    key = (make.__name__, tuple(t.half_axes_mm), float(t.sigma_e_mm), int(t.deform_seed),
-           int(half), float(s))
-    shape = _SHAPES.get(key)
-    if shape is None:
-        shape = make(backend, t, (2 * half + 1,) * 3, (half, half, half), s)
-        shape.flags.writeable = False
-        _SHAPES[key] = shape
-        while len(_SHAPES) > SHAPE_CACHE:
-            _SHAPES.pop(next(iter(_SHAPES)))
-    return shape
+def _paper_halves(row, shape_half, s: float) -> np.ndarray:
+    reach = (np.asarray(row.half_axes_mm, float) / s + max_displacement(row, s)
+             + blur_radius(row, s) + 1.0)
+    return np.minimum(shape_half, np.ceil(reach).astype(np.int64))
 
 
-_SHAPES: dict = {}           # insertion-ordered: the oldest goes first
+_LATTICE = 17                 # points per axis where max_displacement evaluates the field
 
 
-def tumor_mask(backend: Backend, t: PaperTumor, half: int, s: float):
-    """The soft mask of a ``paper`` tumor: its shape blurred with sigma_c (float32 in [0, 1])."""
-    return backend.ndi.gaussian_filter(tumor_shape(backend, t, half, s), t.sigma_c_mm / s,
-                                       mode="constant")
+def max_displacement(row, s: float) -> np.ndarray:
+    """The largest |displacement| (voxels) per axis that a ``paper`` tumor's control grid makes,
+    evaluated on a 17^3 lattice spanning its box (host, float64; the field is a smooth quadratic,
+    the lattice step 1/8 of the half-box) plus half a voxel."""
+    grid = _control_points(int(row.deform_seed), (3, 3, 3, 3), float(row.sigma_e_mm) / s)
+    w = _lagrange3(np, np.linspace(-1.0, 1.0, _LATTICE))          # (L, 3)
+    d = np.tensordot(grid, w, axes=([3], [1]))                   # (3, 3, 3, L): k -> z
+    d = np.tensordot(d, w, axes=([2], [1]))                      # (3, 3, L, L): j -> y
+    d = np.tensordot(d, w, axes=([1], [1]))                      # (3, L, L, L): i -> x
+    out = np.abs(d).reshape(3, -1).max(axis=1)
+    return out + 0.5
+
+
+def tumor_shape(backend: Backend, row, s: float, lo=None, hi=None):
+    """The binary (deformed ellipsoid) shape of tumor ``row`` (a ``batch`` row), float32 0/1 on
+    its tumor box (``2 * tumor_halves + 1`` voxels per axis centred on the tumor), or on the part
+    ``[lo, hi)`` of it (voxel offsets from the tumor box's corner), on the backend's device. The
+    deformation's control grid spans the shape box (``shape_halves``); every voxel is a pointwise
+    function of its position there, so a part of the box holds exactly the whole box's values."""
+    grid_half = tuple(int(h) for h in shape_halves(row, s))
+    if not row.paper:
+        return _released_shape(backend, row, tuple(2 * h + 1 for h in grid_half), grid_half, s)
+    half = tuple(int(h) for h in tumor_halves(row, s))
+    lo = (0, 0, 0) if lo is None else tuple(int(v) for v in lo)
+    hi = tuple(2 * h + 1 for h in half) if hi is None else tuple(int(v) for v in hi)
+    sub = [slice(g - h + a, g - h + b) for g, h, a, b in zip(grid_half, half, lo, hi)]
+    return _paper_shape(backend, row, grid_half, sub, s)
+
+
+def blur_radius(row, s: float) -> int:
+    """Voxels the mask blur reaches (``gaussian_filter``'s radius at truncate 4)."""
+    return int(4.0 * float(row.sigma_c_mm) / s + 0.5)
+
+
+def tumor_mask(backend: Backend, row, s: float, lo=None, hi=None):
+    """The soft mask of a ``paper`` tumor on its tumor box, or on the part ``[lo, hi)`` of it: its
+    shape blurred with sigma_c (float32 in [0, 1]). On a part, voxels within ``blur_radius`` of a
+    side that cuts the box differ from the whole box's (callers keep a margin that wide)."""
+    return backend.ndi.gaussian_filter(tumor_shape(backend, row, s, lo, hi),
+                                       float(row.sigma_c_mm) / s, mode="constant")
 
 
 def drawn_offsets(t, s: float) -> np.ndarray:
-    """Voxel offsets ``(n, 3)`` from the center of every voxel of the tumor's binary shape (NumPy):
-    what location tests against the liver and vessel masks, and what the fidelity report measures."""
+    """Voxel offsets ``(n, 3)`` from the center of every voxel of the tumor's binary shape (NumPy;
+    ``t`` a tumor record): what the fidelity report measures."""
     from .backend import get_backend
-    half = shape_half(t, s)
-    shape = tumor_shape(get_backend("numpy"), t, half, s)
-    return (np.argwhere(shape > 0) - half).astype(np.int64)
+    from .batch import tumor_rows
+    row = tumor_rows([t])[0]
+    shape = tumor_shape(get_backend("numpy"), row, s)
+    return (np.argwhere(shape > 0) - tumor_halves(row, s)).astype(np.int64)
 
 
 def _lagrange3(xp, u):
@@ -87,28 +125,32 @@ def _control_points(seed: int, shape, sigma: float) -> np.ndarray:
     return noise.normal(np, shape, seed, stream=1).astype(np.float64) * sigma
 
 
-def _paper_shape(backend, t: PaperTumor, box_shape, center, s: float):
+def _paper_shape(backend, t, grid_half, sub, s: float):
     """Ellipsoid with half-axes ``t.half_axes`` deformed by a smooth field interpolated from a
-    3x3x3 grid of control displacements over the box (tri-quadratic), as a float32 0/1 mask."""
+    3x3x3 grid of control displacements over the shape box (``grid_half``, tri-quadratic), as a
+    float32 0/1 mask on the part ``sub`` (slices of the shape box)."""
     xp = backend.xp
-    grid = _control_points(t.deform_seed, (3, 3, 3, 3), t.sigma_e_mm / s)
-    weights = [_lagrange3(xp, xp.linspace(-1.0, 1.0, n, dtype=xp.float32)) for n in box_shape]
+    grid = _control_points(int(t.deform_seed), (3, 3, 3, 3), float(t.sigma_e_mm) / s)
+    weights = [_lagrange3(xp, xp.linspace(-1.0, 1.0, 2 * g + 1, dtype=xp.float32)[sl])
+               for g, sl in zip(grid_half, sub)]
     g = xp.asarray(grid, dtype=xp.float32)
+    wx, wy, wz = weights
     q = None
     for a in range(3):
-        # d_a(x, y, z) = sum_ijk Wx[x,i] Wy[y,j] Wz[z,k] g[a,i,j,k], contracted axis by axis;
-        # the last (box-sized) contraction as three broadcast multiply-adds, which give einsum's
-        # float32 values bit for bit at a third less time.
-        d = xp.einsum("xi,ijk->xjk", weights[0], g[a])
-        d = xp.einsum("yj,xjk->xyk", weights[1], d)
-        wz = weights[2]
+        # d_a(x, y, z) = sum_ijk Wx[x,i] Wy[y,j] Wz[z,k] g[a,i,j,k], contracted axis by axis as
+        # broadcast multiply-adds over the 3 control points (shapes follow from the box alone).
+        ga = g[a]
+        d = wx[:, 0, None, None] * ga[0] + wx[:, 1, None, None] * ga[1] + wx[:, 2, None, None] * ga[2]
+        d = (d[:, None, 0, :] * wy[None, :, 0, None] + d[:, None, 1, :] * wy[None, :, 1, None]
+             + d[:, None, 2, :] * wy[None, :, 2, None])
         d = d[..., 0, None] * wz[:, 0] + d[..., 1, None] * wz[:, 1] + d[..., 2, None] * wz[:, 2]
-        coord = xp.arange(box_shape[a], dtype=xp.float32).reshape([-1 if b == a else 1 for b in range(3)])
+        coord = xp.arange(sub[a].start, sub[a].stop, dtype=xp.float32).reshape(
+            [-1 if b == a else 1 for b in range(3)])
         # ((coord + d - center) / half-axis)^2, in place on d (the same float32 operations in the
         # same order as the expression, without its box-sized temporaries)
         d += coord
-        d -= xp.float32(center[a])
-        d /= xp.float32(t.half_axes_mm[a] / s)
+        d -= xp.float32(grid_half[a])
+        d /= xp.float32(float(t.half_axes_mm[a]) / s)
         xp.multiply(d, d, out=d)
         if q is None:
             q = d
@@ -122,12 +164,12 @@ def _quadratic(u, g0, g1, g2):
     return g1 + u * ((g2 - g0) * 0.5 + u * ((g0 + g2) * 0.5 - g1))
 
 
-def _released_shape(backend, t: ReleasedTumor, box_shape, center, s: float):
+def _released_shape(backend, t, box_shape, center, s: float):
     """Ellipsoid deformed by three 2-D passes over axis pairs (0,1), (1,2), (0,2), each with a 3x3
     grid of control displacements spanning the box; composed as backward maps."""
     xp = backend.xp
     pairs = ((0, 1), (1, 2), (0, 2))
-    grids = _control_points(t.deform_seed, (3, 2, 3, 3), t.sigma_e_mm / s)
+    grids = _control_points(int(t.deform_seed), (3, 2, 3, 3), float(t.sigma_e_mm) / s)
     half = [max(s - 1, 1) / 2.0 for s in box_shape]
     pos = [xp.broadcast_to(xp.arange(s, dtype=xp.float32).reshape(
         [-1 if b == a else 1 for b in range(3)]), box_shape) for a, s in enumerate(box_shape)]
@@ -141,6 +183,6 @@ def _released_shape(backend, t: ReleasedTumor, box_shape, center, s: float):
             rows = [_quadratic(u, *(xp.float32(x) for x in g[:, j])) for j in range(3)]
             moved.append(_quadratic(v, *rows))
         pos[a], pos[b] = pos[a] + moved[0], pos[b] + moved[1]
-    q = sum(((pos[a] - xp.float32(center[a])) / xp.float32(t.half_axes_mm[a] / s)) ** 2
+    q = sum(((pos[a] - xp.float32(center[a])) / xp.float32(float(t.half_axes_mm[a]) / s)) ** 2
             for a in range(3))
     return (q <= 1.0).astype(xp.float32)

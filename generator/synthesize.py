@@ -1,12 +1,21 @@
-"""Applying a sample's parameters: a pure function of (prepared scan, SampleParams, backend).
+"""Applying samples' parameters: a pure function of (prepared scans, packed records, backend).
 
-Work is crop-local. ``paper`` and ``paper-train``: the canvas is the crop plus the boxes of the
-tumors that can reach it (a tumor counts when its box, including its mass-effect sphere, meets the
-crop); each tumor is computed in its own box only. ``released``: the canvas is the crop plus the
-reach of the sample's one mask blur; the binary shapes of the tumors that meet it are united there,
-and the texture is one field over that canvas. Tumors that miss the canvas are part of the record
-(tumors are drawn over the whole liver) but cannot change the crop, so they are skipped. This
-definition is what audit regenerates, so it is exact by construction on one backend.
+``synthesize_batch(scans, packed, backend)`` makes a whole batch of crops per call from packed
+records (``batch.pack``); ``synthesize(scan, params, backend)`` is a batch of one, so there is one
+code path. Every box below follows from the packed rows alone (``shape.shape_halves``), never from
+the data, so nothing waits on the device to decide a shape and a kernel sees few distinct shapes.
+
+Work is crop-local. ``paper`` and ``paper-train``: a tumor counts when its box (its tumor box,
+``shape.tumor_halves``, and for post-processing its mass-effect sphere and capsule band) meets the
+crop; it is painted on the part of its tumor box inside the crop (shape and mask blur on that part
+plus the blur's reach, texture on that part), or, with mass effect or capsule, on its whole reach,
+which the canvas then holds. Every step of a tumor is a function of its position in its own box,
+so the part gives the whole box's values (the texture up to float64 rounding in its matrix
+products, see ``texture``). ``released``: the canvas is the crop plus the reach of the sample's one mask blur; the
+binary shapes of the tumors that meet it are united there, and the texture is one field over that
+canvas. Tumors that miss the canvas are part of the record (tumors are drawn over the whole liver)
+but cannot change the crop, so they are skipped. This definition is what audit regenerates, so it
+is exact by construction on one backend.
 
 This module is the canvas only; each step of the paper (Hu et al., CVPR 2023, Section 3.1) has its
 own room: ``location`` (drawn by ``sample``), ``shape``, ``texture`` and ``effects`` (placement,
@@ -18,20 +27,20 @@ image int16 HU clipped to [-1024, 3071], label uint8 (0 background, 1 liver, 2 t
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 
 from tumorforge.manifests.conventions import LIVER, ras_to_zyx
 
 from .backend import Backend
+from .batch import Packed, pack
 from .effects import capsule, darken, mass_effect, place
-from .params import PaperTumor, SampleParams
+from .params import SampleParams
 from .prepare import PAD_HU, PreparedScan
-from .shape import shape_half, tumor_mask, tumor_shape
+from .shape import blur_radius, shape_halves, tumor_halves, tumor_mask, tumor_shape
 from .texture import paper_texture, released_texture
 
 HU_MIN, HU_MAX = -1024, 3071
@@ -59,24 +68,22 @@ class Crop:
     label: np.ndarray   # (Z, Y, X) uint8
 
 
-def _half_size(t, s: float) -> int:
-    """Half-width (voxels) of everything a tumor touches: its shape box, and for the paper's
-    post-processing the mass-effect sphere and the blurred capsule band."""
-    h = shape_half(t, s)
-    if isinstance(t, PaperTumor) and (t.mass_effect or t.capsule):
-        reach = t.gamma_max_mm / s + 2.0 + (3.0 * t.sigma_d_mm / s + 1.0 if t.capsule else 0.0)
-        h = max(h, int(math.ceil(reach)))
-    return h
+@dataclass(frozen=True)
+class CropBatch:
+    images: np.ndarray  # (B, Z, Y, X) int16 HU
+    labels: np.ndarray  # (B, Z, Y, X) uint8
 
 
-def _box(t, origin, s: float) -> tuple[np.ndarray, np.ndarray]:
-    c = np.asarray(t.center) - origin
-    h = _half_size(t, s)
-    return c - h, c + h + 1
-
-
-def _overlaps(lo, hi, lo2, hi2) -> bool:
-    return bool(np.all(lo < hi2) and np.all(lo2 < hi))
+def tumor_reach(rows, s) -> np.ndarray:
+    """Half-widths (voxels, per axis) of everything each tumor touches, from its rows alone: its
+    tumor box (``shape.tumor_halves``), and for the paper's post-processing the mass-effect sphere
+    and the blurred capsule band."""
+    h = tumor_halves(rows, s)
+    post = np.asarray(rows.paper & (rows.mass_effect | rows.capsule))
+    reach = (np.asarray(rows.gamma_max_mm, float) / s + 2.0
+             + np.where(np.asarray(rows.capsule), 3.0 * np.asarray(rows.sigma_d_mm) / s + 1.0, 0.0))
+    reach = np.ceil(reach).astype(np.int64)
+    return np.where(post[..., None], np.maximum(h, reach[..., None]), h)
 
 
 def _extract(backend: Backend, arr, lo, hi, fill):
@@ -95,48 +102,41 @@ def _extract(backend: Backend, arr, lo, hi, fill):
     return out
 
 
-def _support(backend, mask):
-    """Slices of the smallest box holding every non-zero voxel of ``mask``; None if it is empty.
-
-    Texture is computed on this box only: its noise grid is anchored at the box corner, so the
-    box is part of the sample's definition (identical on every run and backend)."""
+def _apply_paper_tumor(backend, t, center, work_lo, work_hi, image, label, s, timer):
+    """Paint one ``paper``/``paper-train`` tumor (its row ``t``, at canvas voxel ``center``) into
+    the canvas (image float32 HU, label uint8) in place, within its work box ``[work_lo, work_hi)``
+    (canvas voxels; ``synthesize_batch`` builds the canvas to hold it): the part of its tumor box in
+    the crop, or for post-processing (mass effect, capsule) its whole reach."""
     xp = backend.xp
-    bounds = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = backend.asnumpy(xp.flatnonzero((mask > 0).any(axis=other)))
-        if hit.size == 0:
-            return None
-        bounds.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(bounds)
-
-
-def _apply_paper_tumor(backend, t, image, label, s, timer):
-    """Paint one ``paper``/``paper-train`` tumor into the canvas (image float32 HU, label uint8) in
-    place, within its box. The canvas always contains the whole box (``synthesize`` builds it so)."""
-    xp = backend.xp
-    h, hs = _half_size(t, s), shape_half(t, s)
-    c = np.asarray(t.center)
-    sl = tuple(slice(int(v - h), int(v + h + 1)) for v in c)
-    img, lab = image[sl], label[sl]
-    shape_sl = tuple(slice(h - hs, h + hs + 1) for _ in range(3))
-    liver = (lab[shape_sl] >= LIVER).astype(xp.float32)
-    mask = xp.zeros(img.shape, xp.float32)
-    mask[shape_sl] = tumor_mask(backend, t, hs, s) * liver
+    hb = tumor_halves(t, s)
+    box_lo = np.asarray(center) - hb                       # the tumor box's corner (canvas)
+    r_lo = np.maximum(box_lo, work_lo)                     # R: where the tumor is painted
+    r_hi = np.minimum(box_lo + 2 * hb + 1, work_hi)
+    if np.any(r_hi <= r_lo):
+        return
+    pad = blur_radius(t, s)                                # S: R plus the blur's reach
+    s_lo = np.maximum(box_lo, r_lo - pad)
+    s_hi = np.minimum(box_lo + 2 * hb + 1, r_hi + pad)
+    inner = tuple(slice(int(a), int(b)) for a, b in zip(r_lo - s_lo, r_hi - s_lo))
+    m = tumor_mask(backend, t, s, s_lo - box_lo, s_hi - box_lo)[inner]
+    region = tuple(slice(int(a), int(b)) for a, b in zip(r_lo, r_hi))
+    m = m * (label[region] >= LIVER).astype(xp.float32)
     timer.mark("shape")
-    sub = _support(backend, mask)
-    if sub is not None:
-        m = mask[sub]
-        texture = paper_texture(backend, t, m.shape, s)
-        timer.mark("texture")
-        place(backend, img, lab, sub, m, texture)
-        timer.mark("place")
-    if t.mass_effect:
-        mass_effect(backend, t, img, lab, mask, h, s)
-        timer.mark("mass_effect")
-    if t.capsule:
-        capsule(backend, t, img, mask, s)
-        timer.mark("capsule")
+    texture = paper_texture(backend, t, tuple(2 * hb + 1), s, r_lo - box_lo, r_hi - box_lo)
+    timer.mark("texture")
+    place(backend, image, label, region, m, texture)
+    timer.mark("place")
+    if t.mass_effect or t.capsule:
+        work = tuple(slice(int(a), int(b)) for a, b in zip(work_lo, work_hi))
+        img, lab = image[work], label[work]
+        mask = xp.zeros(img.shape, xp.float32)
+        mask[tuple(slice(int(a), int(b)) for a, b in zip(r_lo - work_lo, r_hi - work_lo))] = m
+        if t.mass_effect:
+            mass_effect(backend, t, img, lab, mask, np.asarray(center) - work_lo, s)
+            timer.mark("mass_effect")
+        if t.capsule:
+            capsule(backend, t, img, mask, s)
+            timer.mark("capsule")
 
 
 def _paste_union(union, shape, lo) -> None:
@@ -153,27 +153,31 @@ def _paste_union(union, shape, lo) -> None:
     union[dst] |= shape[src] > 0
 
 
-def _synthesize_released(backend, scan, params, s, crop_lo, crop_hi, timer):
-    """The released recipe on the crop plus its blur margin; returns (image, label, crop slices)."""
+def _overlapping(lo, hi, canvas_lo, canvas_hi) -> np.ndarray:
+    """Which boxes [lo, hi) (rows) meet the canvas [canvas_lo, canvas_hi)."""
+    return np.all((lo < canvas_hi) & (canvas_lo < hi), axis=-1)
+
+
+def _released_crop(backend, scan, r, rows, s, crop_lo, crop_hi, timer):
+    """The released recipe on the crop plus its blur margin (``r``: the crop's row, ``rows``: its
+    tumors); returns (image, label, crop slices)."""
     xp = backend.xp
-    r = params.released
-    margin = int(math.ceil(3.0 * r.mask_blur_mm / s)) + 1 if r is not None else 0
+    margin = int(math.ceil(3.0 * float(r.mask_blur_mm) / s)) + 1 if len(rows) else 0
     lo, hi = crop_lo - margin, crop_hi + margin
     full_origin = np.asarray(scan.origin_vox)
     image_dev, label_dev = scan.on(backend)
     image = _extract(backend, image_dev, lo, hi, PAD_HU).astype(xp.float32)
     label = _extract(backend, label_dev, lo, hi, 0)
     timer.mark("canvas")
-    if r is not None and params.tumors:
-        union = xp.zeros(image.shape, bool)
-        for t in params.tumors:
-            blo, bhi = _box(t, full_origin, s)
-            if not _overlaps(blo, bhi, lo, hi):
-                continue
-            h = shape_half(t, s)
-            _paste_union(union, tumor_shape(backend, t, h, s), blo - lo)
-        timer.mark("shape")
-        if bool(union.any()):
+    if len(rows):
+        h = shape_halves(rows, s)
+        blo = np.asarray(rows.center) - full_origin - h
+        hit = _overlapping(blo, blo + 2 * h + 1, lo, hi)
+        if hit.any():
+            union = xp.zeros(image.shape, bool)
+            for n in np.flatnonzero(hit):
+                _paste_union(union, tumor_shape(backend, rows[n], s), blo[n] - lo)
+            timer.mark("shape")
             texture = released_texture(backend, r, image.shape, s)
             timer.mark("texture")
             darken(backend, r, image, label, union, texture, s)
@@ -182,43 +186,72 @@ def _synthesize_released(backend, scan, params, s, crop_lo, crop_hi, timer):
     return image, label, tuple(slice(int(x), int(y)) for x, y in zip(a, b))
 
 
-def synthesize(scan: PreparedScan, params: SampleParams, backend: Backend,
-               timer: Timer | None = None) -> Crop:
-    """The crop of ``params`` with its tumors painted in, as host (NumPy) ``(Z, Y, X)`` arrays.
+def _paper_crop(backend, scan, rows, s, crop_lo, crop_hi, timer):
+    """The paper's recipe: each tumor that reaches the crop is painted on its work box (its tumor
+    box cut to the crop; with post-processing, its whole reach, which the canvas then holds);
+    returns (image, label, crop slices)."""
+    xp = backend.xp
+    centers = np.asarray(rows.center).reshape(-1, 3) - np.asarray(scan.origin_vox)
+    h = tumor_reach(rows, s) if len(rows) else np.zeros((0, 3), np.int64)
+    hit = np.flatnonzero(_overlapping(centers - h, centers + h + 1, crop_lo, crop_hi))
+    post = np.asarray(rows.paper & (rows.mass_effect | rows.capsule)).reshape(-1)
+    work_lo = np.where(post[:, None], centers - h, np.maximum(centers - h, crop_lo))
+    work_hi = np.where(post[:, None], centers + h + 1, np.minimum(centers + h + 1, crop_hi))
+    lo = np.minimum(crop_lo, work_lo[hit].min(0)) if len(hit) else crop_lo
+    hi = np.maximum(crop_hi, work_hi[hit].max(0)) if len(hit) else crop_hi
+    image_dev, label_dev = scan.on(backend)
+    image = _extract(backend, image_dev, lo, hi, PAD_HU).astype(xp.float32)
+    label = _extract(backend, label_dev, lo, hi, 0)
+    timer.mark("canvas")
+    for n in hit:
+        _apply_paper_tumor(backend, rows[n], centers[n] - lo, work_lo[n] - lo, work_hi[n] - lo,
+                           image, label, s, timer)
+    a, b = crop_lo - lo, crop_hi - lo
+    return image, label, tuple(slice(int(x), int(y)) for x, y in zip(a, b))
+
+
+def synthesize_batch(scans: Sequence[PreparedScan], packed: Packed, backend: Backend,
+                     timer: Timer | None = None) -> CropBatch:
+    """The crops of ``packed`` (``batch.pack`` with these ``scans``' ids, in this order) with their
+    tumors painted in, as host (NumPy) ``(B, Z, Y, X)`` arrays; every crop of a batch has the same
+    size. Written into one device buffer per array and copied to the host once.
 
     ``timer``, if given, gets ``start()`` and then ``mark(step)`` after each step (canvas, shape,
     texture, place, mass_effect, capsule, output)."""
     xp = backend.xp
     timer = _Untimed() if timer is None else timer
-    if params.scan_id != scan.scan_id:
-        raise ValueError(f"params are for scan {params.scan_id}, not {scan.scan_id}")
+    crops = packed.crops
+    if len(crops) == 0:
+        raise ValueError("synthesize_batch: the batch holds no crop")
+    size = np.asarray(crops.crop_size[0])
+    if not np.all(np.asarray(crops.crop_size) == size):
+        raise ValueError(f"synthesize_batch: crops of one batch share a size; found "
+                         f"{sorted({tuple(map(int, c)) for c in crops.crop_size})}")
     timer.start()
-    s = float(scan.spacing_mm[0])
-    full_origin = np.asarray(scan.origin_vox)
-    crop_lo = np.asarray(params.crop_origin) - full_origin
-    crop_hi = crop_lo + np.asarray(params.crop_size)
-    if params.profile == "released":
-        image, label, sl = _synthesize_released(backend, scan, params, s, crop_lo, crop_hi, timer)
-    else:
-        tumors = [t for t in params.tumors if _overlaps(*_box(t, full_origin, s), crop_lo, crop_hi)]
-        lo, hi = crop_lo.copy(), crop_hi.copy()
-        for t in tumors:
-            blo, bhi = _box(t, full_origin, s)
-            lo, hi = np.minimum(lo, blo), np.maximum(hi, bhi)
-        image_dev, label_dev = scan.on(backend)
-        image = _extract(backend, image_dev, lo, hi, PAD_HU).astype(xp.float32)
-        label = _extract(backend, label_dev, lo, hi, 0)
-        timer.mark("canvas")
-        for t in tumors:
-            center = tuple(int(v) for v in np.asarray(t.center) - full_origin - lo)
-            _apply_paper_tumor(backend, dataclasses.replace(t, center=center), image, label, s,
-                               timer)
-        a, b = crop_lo - lo, crop_hi - lo
-        sl = tuple(slice(int(x), int(y)) for x, y in zip(a, b))
-    out_img = ras_to_zyx(xp.clip(xp.rint(image[sl]), HU_MIN, HU_MAX).astype(xp.int16))
-    out_lab = ras_to_zyx(label[sl])
-    crop = Crop(np.ascontiguousarray(backend.asnumpy(out_img)),
-                np.ascontiguousarray(backend.asnumpy(out_lab)))
+    zyx = tuple(int(v) for v in size[::-1])
+    images = xp.empty((len(crops),) + zyx, xp.int16)
+    labels = xp.empty((len(crops),) + zyx, xp.uint8)
+    for b in range(len(crops)):
+        r = crops[b]
+        scan = scans[int(r.scan)]
+        s = float(scan.spacing_mm[0])
+        crop_lo = np.asarray(r.origin) - np.asarray(scan.origin_vox)
+        crop_hi = crop_lo + size
+        make = _released_crop if r.released else _paper_crop
+        args = (r,) if r.released else ()
+        image, label, sl = make(backend, scan, *args, packed.tumors_of(b), s, crop_lo, crop_hi,
+                                timer)
+        images[b] = ras_to_zyx(xp.clip(xp.rint(image[sl]), HU_MIN, HU_MAX).astype(xp.int16))
+        labels[b] = ras_to_zyx(label[sl])
+    out = CropBatch(np.ascontiguousarray(backend.asnumpy(images)),
+                    np.ascontiguousarray(backend.asnumpy(labels)))
     timer.mark("output")
-    return crop
+    return out
 
+
+def synthesize(scan: PreparedScan, params: SampleParams, backend: Backend,
+               timer: Timer | None = None) -> Crop:
+    """The crop of ``params`` with its tumors painted in, as host (NumPy) ``(Z, Y, X)`` arrays: a
+    batch of one (:func:`synthesize_batch`)."""
+    out = synthesize_batch([scan], pack([params], [scan.scan_id]), backend, timer)
+    return Crop(out.images[0], out.labels[0])

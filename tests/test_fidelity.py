@@ -113,25 +113,28 @@ def _full(prepared, vox):
 
 
 def test_lesion_cut_by_the_liver_edge_has_inside_share_below_one(box):
-    """Released records carry no inside share: it is measured from the drawn shape on the
-    prepared scan. Paper records carry their own, which is reported as recorded."""
+    """The inside share is measured from the drawn shape on the prepared scan, for released
+    records (which carry none) and paper records (whose own counts their location region)."""
     from tumorforge.generator.params import ReleasedTumor
     prepared, margin = box
     edge = ReleasedTumor(kind="small", center=(margin, 50, 50), radius_mm=8.0,
                          half_axes_mm=(8.0, 8.0, 8.0), sigma_e_mm=0.0, deform_seed=3)
     deep = dataclasses.replace(edge, center=(50, 50, 50))
-    inside, _, from_record = fd.drawn_inside(prepared, edge)
-    assert not from_record and 0.35 < inside < 0.65            # half the sphere is outside
-    assert fd.drawn_inside(prepared, deep)[:2] == (1.0, 0)
-    recorded = paper_tumor((50, 50, 50), inside_fraction=0.93, vessel_voxels=7)
-    assert fd.drawn_inside(prepared, recorded) == (0.93, 7, True)
+    inside, _ = fd.drawn_inside(prepared, edge)
+    assert 0.35 < inside < 0.65                                # half the sphere is outside
+    assert fd.drawn_inside(prepared, deep) == (1.0, 0)
+    # A record's own counts (its location region) are not what the report measures.
+    recorded = paper_tumor((50, 50, 50), inside_fraction=0.5, vessel_voxels=7)
+    assert fd.drawn_inside(prepared, recorded) == (1.0, 0)
 
 
 def test_fallback_rates_and_dropped_satellites_are_counted(box):
     prepared, margin = box
-    large = paper_tumor((50, 50, 50), location_fallback=True, location_reason="vessels",
-                        inside_fraction=0.85)
-    sat = paper_tumor((50, 50, 30), kind="satellite", radius_mm=8.0, half_axes_mm=(8.0,) * 3,
+    # The large lesion sticks out of the liver's top face (z 55-95 against 20-80): less than 90 %
+    # of it inside, whatever its record says; the satellite sits 20 mm below it, inside.
+    large = paper_tumor((50, 50, 75), location_fallback=True, location_reason="vessels",
+                        inside_fraction=1.0)
+    sat = paper_tumor((50, 50, 55), kind="satellite", radius_mm=8.0, half_axes_mm=(8.0,) * 3,
                       mass_effect=False, capsule=False)      # 20 mm from the large one: 1.0 r
     params = dataclasses.replace(one_tumor(prepared, large), kind="satellite", tumors=(large, sat),
                                  notes=("satellite dropped: no spot in its shell",))
