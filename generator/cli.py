@@ -149,6 +149,9 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
     g.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND)
     g.add_argument("--samples", type=int, default=50)
     g.add_argument("--warmup", type=int, default=3)
+    g.add_argument("--batch", type=int, default=1,
+                   help="crops per synthesis call (synthesize_batch over packed records; the "
+                        "worker of a job uses 8)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--manifest", help="take the scan from this manifest (default: a phantom)")
     g.add_argument("--scan", help="scan_id in --manifest (default: the first healthy scan)")

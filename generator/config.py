@@ -73,6 +73,7 @@ class PaperParams:
     max_location_tries: int = 50              # location redraws before the fallback
     inside_share: float = 0.9                 # share of the drawn shape that must lie in the liver
     candidate_depth: float = 0.5              # centers drawn from liver voxels >= this x r deep
+    vessel_margin_sd: float = 0.5             # the vessel rule's region: half-axes + this x sigma_e
 
 
 @dataclass(frozen=True)

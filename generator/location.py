@@ -57,11 +57,12 @@ class Placement:
     placed: np.ndarray           # (n,) bool: False for a satellite with no room in its shell
 
 
-def _unit_boxes() -> tuple[np.ndarray, np.ndarray]:
+def _unit_boxes(cover: bool) -> tuple[np.ndarray, np.ndarray]:
     """The unit ball's boxes (lo, hi), each (REGION_BOXES, 3), in units of the half-axes: slabs of
-    equal height along k, each as wide as the ball's root-mean-square radius over it (so it holds
-    the ball's volume there), cut into strips of equal width along j, each as long along i as the
-    slab's disc is on average over the strip."""
+    equal height along k cut into strips of equal width along j. ``cover=False``: each slab as wide
+    as the ball's root-mean-square radius over it and each strip as long along i as the slab's disc
+    is on average over it, so the boxes hold the ball's volume; ``cover=True``: each as wide as the
+    ball's widest point in it, so the boxes cover the ball."""
     edges = np.linspace(-1.0, 1.0, 2 * REGION_SPLITS + 1)
 
     def mean_1_minus_t2(t0, t1):
@@ -71,26 +72,42 @@ def _unit_boxes() -> tuple[np.ndarray, np.ndarray]:
         f = lambda t: 0.5 * (t * math.sqrt(max(0.0, 1 - t * t)) + math.asin(t))
         return (f(t1) - f(t0)) / (t1 - t0)
 
+    def widest(t0, t1):
+        t = 0.0 if t0 < 0 < t1 else min(abs(t0), abs(t1))
+        return math.sqrt(max(0.0, 1 - t * t))
+
     lo, hi = [], []
     for k0, k1 in zip(edges[:-1], edges[1:]):
-        f = math.sqrt(mean_1_minus_t2(k0, k1))
+        f = widest(k0, k1) if cover else math.sqrt(mean_1_minus_t2(k0, k1))
         for j0, j1 in zip(edges[:-1], edges[1:]):
-            w = f * mean_sqrt_1_minus_t2(j0, j1)
+            w = f * (widest(j0, j1) if cover else mean_sqrt_1_minus_t2(j0, j1))
             lo.append((-w, f * j0, k0))
             hi.append((w, f * j1, k1))
     return np.array(lo), np.array(hi)
 
 
-_UNIT_LO, _UNIT_HI = _unit_boxes()
+_UNIT = {cover: _unit_boxes(cover) for cover in (False, True)}
+# Which sides of a covering box are the region's outer sides (closed: a voxel on them is in).
+_OUTER_HI = np.array([[True, j == 2 * REGION_SPLITS - 1, k == 2 * REGION_SPLITS - 1]
+                      for k in range(2 * REGION_SPLITS) for j in range(2 * REGION_SPLITS)])
 
 
-def region_boxes(half_axes_vox) -> tuple[np.ndarray, np.ndarray]:
+def region_boxes(half_axes_vox, cover: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Integer voxel offsets ``lo, hi`` (``(..., REGION_BOXES, 3)``, half-open, from the center)
     of the location region of ellipsoids with half-axes ``half_axes_vox`` (``(..., 3)`` voxels).
     A voxel at offset x lies in a box when lo <= x < hi; boxes are disjoint (neighbours share a
-    real-valued edge, and ceil keeps its order)."""
+    real-valued edge, and ceil keeps its order). ``cover=True``: the covering boxes, whose outer
+    sides are closed, so every voxel of the ellipsoid lies in one (the vessel rule's region)."""
     a = np.asarray(half_axes_vox, float)[..., None, :]
-    return np.ceil(_UNIT_LO * a).astype(np.int64), np.ceil(_UNIT_HI * a).astype(np.int64)
+    unit_lo, unit_hi = _UNIT[cover]
+    lo, hi_real = np.ceil(unit_lo * a), unit_hi * a
+    hi = np.where(_OUTER_HI, np.floor(hi_real) + 1, np.ceil(hi_real)) if cover else np.ceil(hi_real)
+    return lo.astype(np.int64), hi.astype(np.int64)
+
+
+# Inclusion-exclusion over a box's corners: + where an odd number of coordinates is the far side.
+_CORNER_SIGNS = np.array([[[1 if (ci + cj + ck) % 2 else -1 for ck in (0, 1)] for cj in (0, 1)]
+                          for ci in (0, 1)], dtype=np.int64)
 
 
 class LocationTables:
@@ -121,22 +138,18 @@ class LocationTables:
     def nbytes(self) -> int:
         return self.sums.nbytes + self.neg_depth.nbytes
 
-    def counts(self, centers, lo, hi) -> tuple[np.ndarray, np.ndarray]:
-        """(liver voxels, vessel voxels) in the region boxes ``lo, hi`` (``(..., B, 3)`` offsets)
-        placed at ``centers`` (``(..., 3)``): 8 table lookups per box."""
-        a = np.clip(np.asarray(centers)[..., None, :] + lo - self.lo, 0, self.dims - 1)
-        b = np.clip(np.asarray(centers)[..., None, :] + hi - self.lo, 0, self.dims - 1)
-        a, b = a * self.strides, b * self.strides
-        total = 0
-        for ci in (0, 1):
-            for cj in (0, 1):
-                for ck in (0, 1):
-                    flat = ((b if ci else a)[..., 0] + (b if cj else a)[..., 1]
-                            + (b if ck else a)[..., 2])
-                    sign = 1 if (ci + cj + ck) % 2 == 1 else -1
-                    total = total + sign * self.sums[flat]
-        total = total.sum(axis=-2)                       # over the boxes
-        return total[..., 0], total[..., 1]
+    def counts(self, centers, lo, hi) -> np.ndarray:
+        """(liver voxels, vessel voxels) in each of the boxes ``lo, hi`` (``(..., B, 3)`` offsets)
+        placed at ``centers`` (``(..., 3)``): ``(..., B, 2)``, 8 table lookups per box."""
+        at = np.asarray(centers)[..., None, :] - self.lo
+        a = np.clip(at + lo, 0, self.dims - 1) * self.strides
+        b = np.clip(at + hi, 0, self.dims - 1) * self.strides
+        # The 8 corners' flat indices at once: (2, 2, 2, ...) over (i, j, k) from a or b.
+        i = np.stack([a[..., 0], b[..., 0]])[:, None, None]
+        j = np.stack([a[..., 1], b[..., 1]])[None, :, None]
+        k = np.stack([a[..., 2], b[..., 2]])[None, None, :]
+        values = self.sums[i + j + k]                      # (2, 2, 2, ..., 2)
+        return np.tensordot(_CORNER_SIGNS, values, axes=3)
 
     def deep_count(self, depth_mm) -> np.ndarray:
         """How many liver voxels lie at least ``depth_mm`` below the surface (at least 1)."""
@@ -163,26 +176,44 @@ def tables(scan: PreparedScan) -> LocationTables:
     return got
 
 
-def region_counts(scan: PreparedScan, centers, half_axes_vox) -> tuple[np.ndarray, np.ndarray]:
-    """(share of the location region inside the liver, vessel voxels in it) for ellipsoids with
-    ``half_axes_vox`` at ``centers`` (voxels of the prepared arrays); what the location rules
-    test, and what the robustness benchmark records when it moves a tumor."""
-    lo, hi = region_boxes(half_axes_vox)
+def region_counts(scan: PreparedScan, centers, half_axes_vox, vessel_margin_vox=0.0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(share of the location region inside the liver, vessel voxels in the vessel region) for
+    ellipsoids with ``half_axes_vox`` at ``centers`` (voxels of the prepared arrays): the volume
+    boxes for the share, the covering boxes of the ellipsoid grown by ``vessel_margin_vox`` per
+    half-axis for the vessels. What the location rules test, and what the robustness benchmark
+    records when it moves a tumor."""
+    half = np.asarray(half_axes_vox, float)
+    lo, hi = region_boxes(half)
     volume = np.prod(np.maximum(hi - lo, 0), axis=-1).sum(axis=-1)
-    liver, vessels = tables(scan).counts(centers, lo, hi)
+    margin = np.asarray(vessel_margin_vox, float)
+    vlo, vhi = region_boxes(half + (margin[..., None] if margin.ndim else margin), cover=True)
+    shape = np.broadcast_shapes(lo.shape, vlo.shape)
+    both = tables(scan).counts(centers, np.concatenate([np.broadcast_to(lo, shape),
+                                                        np.broadcast_to(vlo, shape)], axis=-2),
+                               np.concatenate([np.broadcast_to(hi, shape),
+                                               np.broadcast_to(vhi, shape)], axis=-2))
+    liver = both[..., :REGION_BOXES, 0].sum(axis=-1)
+    vessels = both[..., REGION_BOXES:, 1].sum(axis=-1)
     return liver / np.maximum(volume, 1), vessels
 
 
-def region_counts_brute_force(scan: PreparedScan, center, half_axes_vox) -> tuple[float, int]:
+def region_counts_brute_force(scan: PreparedScan, center, half_axes_vox, vessel_margin_vox=0.0
+                              ) -> tuple[float, int]:
     """:func:`region_counts` for one tumor by counting the masks' voxels box by box (the test's
     reference)."""
-    lo, hi = region_boxes(half_axes_vox)
+    def boxes(half, cover):
+        lo, hi = region_boxes(half, cover)
+        for a, b in zip(lo + np.asarray(center), hi + np.asarray(center)):
+            yield int(np.prod(np.maximum(b - a, 0))), tuple(
+                slice(int(x), int(y)) for x, y in zip(np.clip(a, 0, scan.shape),
+                                                      np.clip(b, 0, scan.shape)))
+    half = np.asarray(half_axes_vox, float)
     volume = liver = vessels = 0
-    for a, b in zip(lo + np.asarray(center), hi + np.asarray(center)):
-        volume += int(np.prod(np.maximum(b - a, 0)))
-        a, b = np.clip(a, 0, scan.shape), np.clip(b, 0, scan.shape)
-        sl = tuple(slice(int(x), int(y)) for x, y in zip(a, b))
+    for n, sl in boxes(half, False):
+        volume += n
         liver += int(np.count_nonzero(scan.liver[sl]))
+    for _, sl in boxes(half + vessel_margin_vox, True):
         vessels += int(np.count_nonzero(scan.vessel[sl]))
     return liver / max(volume, 1), vessels
 
@@ -233,24 +264,26 @@ def _candidates(rng, scan, config, radius_mm, near, s, shape):
 
 
 def paper_locations(rng: np.random.Generator, scan: PreparedScan, config: GeneratorConfig,
-                    radius_mm, half_axes_mm: np.ndarray, avoid_vessels: bool, near=None
-                    ) -> Placement:
+                    radius_mm, half_axes_mm: np.ndarray, avoid_vessels: bool, near=None,
+                    sigma_e_mm=0.0) -> Placement:
     """Centers for ``n`` tumors at once (``half_axes_mm``: ``(n, 3)``; ``radius_mm``: their
-    nominal radius, scalar or ``(n,)``); see the module text. ``near`` is the large lesion
-    satellites are drawn around."""
+    nominal radius, scalar or ``(n,)``; ``sigma_e_mm``: their deformation sd, which grows the
+    vessel region); see the module text. ``near`` is the large lesion satellites are drawn
+    around."""
     p = config.paper
     s = float(scan.spacing_mm[0])
     n = len(half_axes_mm)
     radius = np.broadcast_to(np.asarray(radius_mm, float), (n,))
     half_vox = np.asarray(half_axes_mm, float) / s
+    margin = (np.broadcast_to(np.asarray(sigma_e_mm, float), (n,)) * p.vessel_margin_sd / s)[:, None]
     tries = p.max_location_tries
     first = min(FIRST_BLOCK, tries)
     c, usable = _candidates(rng, scan, config, radius, near, s, (n, first))
-    inside, vessels = region_counts(scan, c, half_vox[:, None, :])
+    inside, vessels = region_counts(scan, c, half_vox[:, None, :], margin)
     rest = np.flatnonzero(~_passes(inside, vessels, usable, p.inside_share, avoid_vessels).any(1))
     if len(rest) and tries > first:
         c2, usable2 = _candidates(rng, scan, config, radius[rest], near, s, (len(rest), tries - first))
-        inside2, vessels2 = region_counts(scan, c2, half_vox[rest][:, None, :])
+        inside2, vessels2 = region_counts(scan, c2, half_vox[rest][:, None, :], margin[rest])
         pad = lambda x, fill: np.concatenate([x, np.full((n, tries - first) + x.shape[2:], fill,
                                                          x.dtype)], axis=1)
         c, usable, inside, vessels = pad(c, 0), pad(usable, False), pad(inside, 0.0), pad(vessels, 0)

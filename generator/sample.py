@@ -197,7 +197,8 @@ def _paper_tumors(rng, scan, config, kind, preset: SizePreset, n: int, near
     eta = _rounded(rng.uniform(*p.eta, n))
     seeds = rng.integers(0, 2 ** 63, (n, 2)).tolist()
     full = config.profile == "paper"       # the Turing-test steps: vessels, mass effect, capsule
-    spots = paper_locations(rng, scan, config, r, half_axes, avoid_vessels=full, near=near)
+    spots = paper_locations(rng, scan, config, r, half_axes, avoid_vessels=full, near=near,
+                            sigma_e_mm=sigma_e)
     big = full and r >= config.post_min_radius_mm
     mass = (rng.random(n) < config.mass_effect_prob) if big else np.zeros(n, bool)
     caps = (rng.random(n) < config.capsule_prob) if big else np.zeros(n, bool)

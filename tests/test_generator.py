@@ -110,7 +110,8 @@ def test_paper_tumors_avoid_vessels_inside_their_location_region(scan):
     for i in range(4):
         for t in _params(scan, config, i).tumors:
             share, in_vessel = region_counts_brute_force(
-                scan, np.asarray(t.center) - scan.origin_vox, np.asarray(t.half_axes_mm))
+                scan, np.asarray(t.center) - scan.origin_vox, np.asarray(t.half_axes_mm),
+                vessel_margin_vox=t.sigma_e_mm)
             assert in_vessel == t.vessel_voxels                 # the record counts the region
             assert share == pytest.approx(t.inside_fraction, abs=1e-4)
             if not t.location_fallback:
@@ -129,24 +130,32 @@ def test_location_test_in_constant_time_equals_counting_voxels(scan):
     centers = np.concatenate([rng.integers(-20, shape + 20, (60, 3)),
                               np.array(np.unravel_index(small.liver_voxels[:20], small.shape)).T])
     half = rng.uniform(1.0, 30.0, (len(centers), 3))
-    fast_share, fast_vessels = region_counts(small, centers, half)
-    for c, h, fs, fv in zip(centers, half, fast_share, fast_vessels):
-        share, vessels = region_counts_brute_force(small, c, h)
+    margin = rng.uniform(0.0, 5.0, len(centers))
+    fast_share, fast_vessels = region_counts(small, centers, half, margin)
+    for c, h, m, fs, fv in zip(centers, half, margin, fast_share, fast_vessels):
+        share, vessels = region_counts_brute_force(small, c, h, m)
         assert fv == vessels and fs == pytest.approx(share, abs=1e-12)
     assert (fast_share > 0).any() and (fast_share == 0).any() and (fast_vessels > 0).any()
 
 
 def test_location_region_holds_the_ellipsoid_volume():
-    # 16 disjoint boxes, as large as the ellipsoid: within 8 % of its voxel count for r >= 6.
+    # 16 disjoint boxes, as large as the ellipsoid: within 8 % of its voxel count for r >= 6;
+    # the vessel rule's 16 covering boxes hold every voxel of it, also for tiny ones.
     from tumorforge.generator.location import region_boxes
     rng = np.random.default_rng(1)
-    for _ in range(20):
-        a = rng.uniform(6.0, 40.0, 3)
-        lo, hi = region_boxes(a)
+    for n in range(30):
+        a = rng.uniform(6.0, 40.0, 3) if n < 20 else rng.uniform(0.6, 6.0, 3)
         h = int(a.max()) + 2
         x = np.arange(-h, h + 1)
         grid = np.stack(np.meshgrid(x, x, x, indexing="ij"), -1)
         ellipsoid = ((grid / a) ** 2).sum(-1) <= 1
+        covered = np.zeros(ellipsoid.shape, int)
+        for b0, b1 in zip(*(v + h for v in region_boxes(a, cover=True))):
+            covered[b0[0]:b1[0], b0[1]:b1[1], b0[2]:b1[2]] += 1
+        assert covered.max() == 1 and covered[ellipsoid].min() == 1
+        if n >= 20:
+            continue
+        lo, hi = region_boxes(a)
         inside = np.zeros(ellipsoid.shape, int)
         for b0, b1 in zip(lo + h, hi + h):
             inside[b0[0]:b1[0], b0[1]:b1[1], b0[2]:b1[2]] += 1
