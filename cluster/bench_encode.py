@@ -1,7 +1,9 @@
-"""``tumorforge bench encode``: what a zarr shard costs to encode per crop, three ways, interleaved
-in one run on the same crops: the Blosc codec alone (the floor), tumorforge's direct encoder
-(``codecs.zarr_shard_objects``) and zarr-python's pipeline (``zarr_shard_objects_reference``, what
-0.2 used). CPU time per crop, best of the rounds; the two encoders' bytes are checked equal."""
+"""``tumorforge bench encode``: what a zarr shard costs to encode per crop, for each of the job
+spec's compressions, interleaved in one run on the same crops: the Blosc codec alone (the floor),
+tumorforge's direct encoder (``codecs.zarr_shard_objects``) and zarr-python's pipeline
+(``zarr_shard_objects_reference``, what 0.2 used), with the bytes per crop. CPU time per crop, best
+of the rounds, Blosc on one thread (as the writer's threads run it); the two encoders' bytes are
+checked equal."""
 
 from __future__ import annotations
 
@@ -21,30 +23,42 @@ def _crops(n: int, side: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def bench_encode(samples: int = 8, side: int = 96, rounds: int = 5) -> dict:
-    from numcodecs import Blosc
+    import numcodecs.blosc
     from tumorforge.manifests.dataset import codecs
     images, labels = _crops(samples, side)
     keys = [f"tfbench000000_{i:010d}" for i in range(samples)]
     prov = ['{"index":%d}' % i for i in range(samples)]
-    args = (0, images, labels, keys, range(samples), prov, samples)
+    ways = {}
+    for c in codecs.COMPRESSIONS:
+        args = (0, images, labels, keys, range(samples), prov, samples, c)
 
-    def codec_only():
-        for arrays, size in ((images, 2), (labels, 1)):
-            blosc = Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE, typesize=size)
-            for a in arrays:
-                blosc.encode(a)
-    ways = {"codec_only": codec_only, "direct": lambda: codecs.zarr_shard_objects(*args),
-            "zarr_python": lambda: codecs.zarr_shard_objects_reference(*args)}
+        def codec_only(c=c):
+            for image, label in zip(images, labels):
+                codecs.compress_sample(image, label, c)
+        ways[f"{c}/codec_only"] = codec_only
+        ways[f"{c}/direct"] = lambda args=args: codecs.zarr_shard_objects(*args)
+        ways[f"{c}/zarr_python"] = lambda args=args: codecs.zarr_shard_objects_reference(*args)
     best = {k: float("inf") for k in ways}
-    for _ in range(rounds):                       # interleaved: noise hits every way alike
-        for name, fn in ways.items():
-            t0 = time.process_time()
-            fn()
-            best[name] = min(best[name], time.process_time() - t0)
+    threads = numcodecs.blosc.get_nthreads()
+    numcodecs.blosc.set_nthreads(1)
+    try:
+        for _ in range(rounds):                       # interleaved: noise hits every way alike
+            for name, fn in ways.items():
+                t0 = time.process_time()
+                fn()
+                best[name] = min(best[name], time.process_time() - t0)
+    finally:
+        numcodecs.blosc.set_nthreads(threads)
     ms = {k: 1000.0 * v / samples for k, v in best.items()}
-    same = codecs.zarr_shard_objects(*args) == codecs.zarr_shard_objects_reference(*args)
-    return {"benchmark": "encode", "samples": samples, "crop": side, "rounds": rounds,
-            "ms_per_crop": {k: round(v, 3) for k, v in ms.items()},
-            "direct_over_codec": round(ms["direct"] / ms["codec_only"], 3),
-            "zarr_python_over_codec": round(ms["zarr_python"] / ms["codec_only"], 3),
-            "bytes_identical": same}
+    out = {"benchmark": "encode", "samples": samples, "crop": side, "rounds": rounds,
+           "compressions": list(codecs.COMPRESSIONS),
+           "ms_per_crop": {k: round(v, 3) for k, v in ms.items()}}
+    for c in codecs.COMPRESSIONS:
+        args = (0, images, labels, keys, range(samples), prov, samples, c)
+        direct = codecs.zarr_shard_objects(*args)
+        out[c] = {"direct_over_codec": round(ms[f"{c}/direct"] / ms[f"{c}/codec_only"], 3),
+                  "zarr_python_over_codec": round(ms[f"{c}/zarr_python"]
+                                                  / ms[f"{c}/codec_only"], 3),
+                  "mb_per_crop": round(sum(map(len, direct.values())) / samples / 1e6, 3),
+                  "bytes_identical": direct == codecs.zarr_shard_objects_reference(*args)}
+    return out

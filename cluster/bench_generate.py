@@ -1,5 +1,5 @@
 """``tumorforge bench generate``: a generation job end to end against the generator alone, in one
-run on the same plan.
+run on the same plan, and what the writer's host work costs per crop.
 
 - generator only: this process prepares the plan's scans, then makes every sample of the plan
   (parameters, synthesis, hashes and provenance: ``worker.make_samples``) with no encoding, no
@@ -10,19 +10,26 @@ run on the same plan.
   on an embedded Ray cluster started beforehand (its start-up is reported apart);
 - the share of each stage of the job's actor time (``actors x wall``): scan load and preparation,
   synthesis, encoding and writing (from the commit records), and the rest (Ray: actor start,
-  scheduling, transfers; the driver's index and checks).
+  scheduling, transfers; the driver's index and checks);
+- the writer's host work besides synthesis, in CPU ms per crop by stage (the commit records'
+  ``host_cpu_s``: CPU time of every thread, so other load on the machine hardly moves it),
+  against the budget of issue 16.
 
-Without ``--manifest`` it writes two BTCV-layout phantoms (simulated CT) to the temporary folder.
+``ray=False`` (``--no-ray``) skips the first two: one ``ShardWorker`` in this process writes the
+plan, which is enough for the host-work table and much cheaper. Without ``--manifest`` it writes
+two BTCV-layout phantoms (simulated CT) to the temporary folder.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
 import tempfile
 import time
+
+HOST_BUDGET_MS = 3.0           # issue 16: host work besides synthesis, CPU ms per crop
+HOST_STAGES = ("hash", "provenance", "compress", "zarr", "tar", "write", "record")
 
 
 def _phantom_manifest(folder: str) -> str:
@@ -34,74 +41,131 @@ def _phantom_manifest(folder: str) -> str:
     return path
 
 
-def bench_generate(manifest: str | None = None, samples: int = 128, samples_per_shard: int = 16,
-                   actors: int = 2, crop: int = 96, allow_roots=(), formats=("zarr",),
-                   log=print) -> dict:
-    from tumorforge.generator.backend import get_backend
-    from tumorforge.generator.config import GeneratorConfig
-    from tumorforge.generator.scans import load_prepared
+def host_work(commits, samples: int) -> dict:
+    """CPU ms per crop of each host stage, summed over ``commits`` (ShardCommit records) and
+    divided by ``samples``, with their total."""
+    ms = {stage: 1000.0 * sum(c.host_cpu_s.get(stage, 0.0) for c in commits) / samples
+          for stage in HOST_STAGES}
+    ms["total"] = sum(ms.values())
+    return {k: round(v, 3) for k, v in ms.items()}
+
+
+def _host_table(ms: dict, log) -> None:
+    log("host work besides synthesis, CPU ms per crop (every thread):")
+    for stage in HOST_STAGES:
+        log(f"  {stage:<11s} {ms[stage]:7.3f}")
+    verdict = "within" if ms["total"] <= HOST_BUDGET_MS else "over"
+    log(f"  {'total':<11s} {ms['total']:7.3f}   ({verdict} the {HOST_BUDGET_MS:g} ms budget)")
+
+
+def _commits(output: str) -> list:
     from tumorforge.manifests.dataset.records import ShardCommit
-    from .job import _init_ray, read_entries, run_job
+    folder = os.path.join(output, "_commits")
+    return [ShardCommit.from_json(json.loads(open(os.path.join(folder, name)).read()), name)
+            for name in sorted(os.listdir(folder))]
+
+
+def _ceiling(plan, actors: int, log) -> dict:
+    """The generator alone in this process: each scan prepared once, every sample made."""
+    from tumorforge.generator.backend import get_backend
+    from tumorforge.generator.scans import load_prepared
+    from .worker import make_samples
+    samples = plan.spec.samples
+    t0 = time.perf_counter()
+    scans = {sid: load_prepared(entry, plan.spec.generator) for sid, entry in plan.scans.items()}
+    prepare_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    make_samples(plan, scans, range(samples), get_backend("numpy"))
+    generator_s = time.perf_counter() - t0
+    lanes = max(1, min(actors, os.cpu_count() or 1))
+    # The work any run must do spread perfectly over the lanes: what a job is measured against.
+    ceiling = samples / ((prepare_s + generator_s) / lanes)
+    log(f"generator only: {samples / generator_s:.2f} samples/s in one process, plus "
+        f"{prepare_s:.1f} s preparing {len(plan.scans)} scans; ceiling with {lanes} "
+        f"actor(s): {ceiling:.2f} samples/s")
+    return {"generator_only_samples_per_s_one_process": round(samples / generator_s, 3),
+            "scan_preparation_s": round(prepare_s, 2), "ceiling_samples_per_s": round(ceiling, 3)}
+
+
+def _job(spec, actors: int, ceiling: float, log) -> dict:
+    """The plan as a regular job on an embedded Ray cluster, and each stage's share of the
+    actors' time."""
+    from .job import _init_ray, run_job
+    t0 = time.perf_counter()
+    _init_ray(None)
+    ray_start_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result = run_job(spec, progress=False, log=lambda m: None)
+    wall = time.perf_counter() - t0
+    if not result.ok:
+        raise RuntimeError(f"the benchmark job failed: {result.failed}")
+    stages = {k: sum(c.seconds.get(k, 0.0) for c in _commits(spec.output))
+              for k in ("load", "synthesize", "encode_write")}
+    shares = {k: v / (actors * wall) for k, v in stages.items()}
+    shares["ray_and_driver"] = max(0.0, 1.0 - sum(shares.values()))
+    rate = spec.samples / wall
+    log(f"end to end: {rate:.2f} samples/s ({wall:.1f} s for {spec.samples} samples, Ray "
+        f"started in {ray_start_s:.1f} s beforehand): {100 * rate / ceiling:.0f} % of the "
+        "ceiling")
+    return {"end_to_end_samples_per_s": round(rate, 3),
+            "end_to_end_over_ceiling": round(rate / ceiling, 3),
+            "job_wall_s": round(wall, 2), "ray_start_s": round(ray_start_s, 2),
+            "stage_share_of_actor_time": {k: round(v, 3) for k, v in shares.items()},
+            "largest_stage": max(shares, key=shares.get)}
+
+
+def _in_process(plan, log) -> dict:
+    """The plan written by one ``ShardWorker`` in this process (no Ray)."""
+    from .worker import ShardWorker
+    t0 = time.perf_counter()
+    worker = ShardWorker(plan)
+    for shard in plan.shards:
+        worker.write_shard(shard.index)
+    wall = time.perf_counter() - t0
+    samples = plan.spec.samples
+    log(f"in process (no Ray): {samples / wall:.2f} samples/s ({wall:.1f} s for {samples} "
+        f"samples, {len(plan.scans)} scans prepared)")
+    return {"in_process_samples_per_s": round(samples / wall, 3)}
+
+
+def bench_generate(manifest: str | None = None, samples: int = 128, samples_per_shard: int = 16,
+                   actors: int = 2, crop: int = 96, allow_roots=(), formats=None,
+                   compression: str | None = None, ray: bool = True, log=print) -> dict:
+    """Run the benchmark (see the module's text). ``formats`` and ``compression``: the job spec's
+    defaults when None."""
+    from tumorforge.generator.config import GeneratorConfig
+    from .job import read_entries
     from .plan import make_plan
     from .spec import JobSpec, Resources
-    from .worker import make_samples
     work = tempfile.mkdtemp(prefix="tumorforge-bench-generate-")
     try:
         simulated = manifest is None
         manifest = manifest or _phantom_manifest(work)
+        chosen = {k: v for k, v in (("formats", tuple(formats or ())),
+                                    ("compression", compression)) if v}
         spec = JobSpec(manifest=manifest, output=os.path.join(work, "dataset"), samples=samples,
                        samples_per_shard=samples_per_shard, backend="numpy",
-                       formats=tuple(formats), allow_roots=tuple(allow_roots),
+                       allow_roots=tuple(allow_roots),
                        generator=GeneratorConfig(crop_size=(crop, crop, crop)),
-                       resources=Resources(actors=actors))
+                       resources=Resources(actors=actors), **chosen)
         plan = make_plan(spec, read_entries(spec))
-        t0 = time.perf_counter()
-        scans = {sid: load_prepared(entry, spec.generator) for sid, entry in plan.scans.items()}
-        prepare_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        make_samples(plan, scans, range(samples), get_backend("numpy"))
-        generator_s = time.perf_counter() - t0
-        del scans
-        lanes = max(1, min(actors, os.cpu_count() or 1))
-        # The work any run must do (each scan prepared once, every sample made) spread perfectly
-        # over the lanes: the ceiling a job is measured against.
-        ceiling = samples / ((prepare_s + generator_s) / lanes)
-        log(f"generator only: {samples / generator_s:.2f} samples/s in one process, plus "
-            f"{prepare_s:.1f} s preparing {len(plan.scans)} scans; ceiling with {lanes} "
-            f"actor(s): {ceiling:.2f} samples/s")
-        t0 = time.perf_counter()
-        _init_ray(None)
-        ray_start_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        result = run_job(spec, progress=False, log=lambda m: None)
-        wall = time.perf_counter() - t0
-        if not result.ok:
-            raise RuntimeError(f"the benchmark job failed: {result.failed}")
-        commits = [ShardCommit.from_json(json.loads(open(os.path.join(spec.output, "_commits",
-                                                                        name)).read()), name)
-                   for name in sorted(os.listdir(os.path.join(spec.output, "_commits")))]
-        stages = {k: sum(c.seconds.get(k, 0.0) for c in commits)
-                  for k in ("load", "synthesize", "encode_write")}
-        actor_time = actors * wall
-        shares = {k: v / actor_time for k, v in stages.items()}
-        shares["ray_and_driver"] = max(0.0, 1.0 - sum(shares.values()))
-        rate = samples / wall
-        log(f"end to end: {rate:.2f} samples/s ({wall:.1f} s for {samples} samples, Ray started "
-            f"in {ray_start_s:.1f} s beforehand): {100 * rate / ceiling:.0f} % of the ceiling")
-        limiting = max(shares, key=shares.get)
-        return {"benchmark": "generate", "samples": samples,
-                "samples_per_shard": samples_per_shard, "actors": actors, "crop": crop,
-                "formats": list(formats),
-                "scans": len(plan.scans), "input": "built-in phantoms (simulated CT)"
-                if simulated else manifest,
-                "generator_only_samples_per_s_one_process": round(samples / generator_s, 3),
-                "scan_preparation_s": round(prepare_s, 2),
-                "ceiling_samples_per_s": round(ceiling, 3),
-                "end_to_end_samples_per_s": round(rate, 3),
-                "end_to_end_over_ceiling": round(rate / ceiling, 3),
-                "job_wall_s": round(wall, 2), "ray_start_s": round(ray_start_s, 2),
-                "stage_share_of_actor_time": {k: round(v, 3) for k, v in shares.items()},
-                "largest_stage": limiting,
-                "bytes_written": result.bytes}
+        report = {"benchmark": "generate", "samples": samples,
+                  "samples_per_shard": samples_per_shard, "actors": actors if ray else 1,
+                  "crop": crop, "formats": list(spec.formats), "compression": spec.compression,
+                  "ray": ray, "scans": len(plan.scans),
+                  "input": "built-in phantoms (simulated CT)" if simulated else manifest}
+        if ray:
+            report.update(_ceiling(plan, actors, log))
+            report.update(_job(spec, actors, report["ceiling_samples_per_s"], log))
+        else:
+            report.update(_in_process(plan, log))
+        commits = _commits(spec.output)
+        ms = host_work(commits, samples)
+        _host_table(ms, log)
+        written = sum(f.bytes for c in commits for f in c.files.values())
+        report.update({"host_cpu_ms_per_crop": ms, "host_budget_ms": HOST_BUDGET_MS,
+                       "host_within_budget": ms["total"] <= HOST_BUDGET_MS,
+                       "bytes_written": written, "bytes_per_sample": round(written / samples)})
+        return report
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -290,7 +290,7 @@ def _metadata_objects(plan: Plan) -> dict[str, bytes]:
     attrs = {"dataset_id": plan.dataset_id, "root_seed": plan.spec.root_seed,
              "samples_per_shard": plan.spec.samples_per_shard, "index": INDEX}
     return codecs.zarr_metadata(plan.spec.samples, plan.spec.samples_per_shard,
-                                plan.spec.generator.crop_size, attrs,
+                                plan.spec.generator.crop_size, attrs, plan.spec.compression,
                                 plan.spec.generator.target_spacing_mm)
 
 

@@ -43,6 +43,7 @@ class JobSpec:
     root_seed: int = 0
     backend: str = DEFAULT_BACKEND   # numpy | cupy | auto (resolved before planning)
     formats: tuple[str, ...] = FORMATS
+    compression: str = "lz4"         # Blosc codec: lz4 (fast) | zstd (18 % smaller, 4x the CPU)
     scans_per_shard: int = 2         # distinct scans one shard draws from
     allow_roots: tuple[str, ...] = ()
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
@@ -55,6 +56,10 @@ class JobSpec:
             raise SpecError(f"samples_per_shard must be 1..100000, got {self.samples_per_shard}")
         if not self.formats or set(self.formats) - set(FORMATS):
             raise SpecError(f"formats {list(self.formats)}: expected one or both of {FORMATS}")
+        from tumorforge.manifests.dataset.codecs import COMPRESSIONS
+        if self.compression not in COMPRESSIONS:
+            raise SpecError(f"compression {self.compression!r}: expected one of "
+                            f"{sorted(COMPRESSIONS)}")
         if self.backend not in BACKENDS:
             raise SpecError(f"backend {self.backend!r}: expected one of {BACKENDS}")
         if self.scans_per_shard < 1:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +22,10 @@ from tumorforge.generator import __version__ as GENERATOR_VERSION
 from tumorforge.generator.backend import get_backend
 from tumorforge.generator.prepare import PrepareError, PreparedScan
 from tumorforge.generator.preview import crop_affine
+from tumorforge.generator.params import SampleParams
 from tumorforge.generator.sample import sample_params, sample_seed
-from tumorforge.generator.synthesize import synthesize
+from tumorforge.generator.batch import pack
+from tumorforge.generator.synthesize import Crop, synthesize_batch
 from tumorforge.manifests.dataset import codecs, names
 from tumorforge.manifests.dataset.records import (Provenance, SampleHashes, ShardCommit,
                                                   ShardEntry, image_sha256, label_sha256)
@@ -70,60 +75,145 @@ class ScanCache:
         return scan
 
 
+class CpuClock:
+    """CPU seconds per named stage, of the thread that runs it (``time.thread_time``: what other
+    threads and processes run is not counted, though it may slow this one down)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0 = time.thread_time()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.thread_time() - t0
+
+    def add(self, seconds: dict[str, float]) -> None:
+        for stage, s in seconds.items():
+            self.seconds[stage] += s
+
+
 @dataclass
 class Samples:
     """Samples of one shard, made and hashed, ready to encode."""
 
-    images: list
-    labels: list
     keys: list
     provenance: list          # JSON text per sample
     hashes: list              # SampleHashes per sample
     indices: range
+    images: list              # (Z, Y, X) arrays; empty when ``frames`` hold them compressed
+    labels: list
+    frames: list              # (image, label) codecs.Frame per sample, when compressed
+    cpu_s: dict               # CPU seconds per host stage (hash, provenance, compress)
+
+
+# Threads that hash, describe and compress each finished crop while the next is synthesized
+# (sha256 and Blosc release the interpreter lock): about 4 CPU ms per 96^3 crop, so 2 keep up
+# with synthesis down to 2 ms per crop.
+FINISH_THREADS = 2
+
+
+# Crops per synthesis call: a packed batch (``synthesize_batch``), the unit a GPU backend works on.
+SYNTHESIS_BATCH = 8
+
+
+def synthesized(plan: Plan, scans: dict[str, PreparedScan], indices: range, backend,
+                shard: ShardPlan | None = None
+                ) -> Iterator[tuple[int, PreparedScan, SampleParams, Crop]]:
+    """(index, scan, params, crop) of the samples ``indices`` in order: parameters drawn from each
+    sample's seed, then synthesis on ``backend``, ``SYNTHESIS_BATCH`` crops per call over packed
+    records. The writer's only call into the generator."""
+    spec, config = plan.spec, plan.spec.generator
+    order = list(indices)
+    for first in range(0, len(order), SYNTHESIS_BATCH):
+        drawn = []
+        for i in order[first:first + SYNTHESIS_BATCH]:
+            where = shard if shard is not None else plan.shards[i // spec.samples_per_shard]
+            scan = scans[plan.scan_of(where, i)]
+            drawn.append((i, scan, sample_params(
+                np.random.default_rng(sample_seed(spec.root_seed, i)), scan, config)))
+        batch_scans = {scan.scan_id: scan for _, scan, _ in drawn}
+        made = synthesize_batch(list(batch_scans.values()),
+                                pack([p for _, _, p in drawn], list(batch_scans)), backend)
+        for n, (i, scan, params) in enumerate(drawn):
+            yield i, scan, params, Crop(made.images[n], made.labels[n])
 
 
 def make_samples(plan: Plan, scans: dict[str, PreparedScan], indices: range, backend,
-                 shard: ShardPlan | None = None, entries: dict | None = None) -> Samples:
-    """Synthesize the samples ``indices`` of ``plan`` from their prepared ``scans`` (by scan id):
-    parameters drawn from each sample's seed, synthesis on ``backend``, hashes and provenance.
-    ``shard`` and ``entries`` (the shard's manifest entries by scan id): given when ``plan`` is
-    a skeleton without shards and scans, as an actor holds it."""
+                 shard: ShardPlan | None = None, entries: dict | None = None,
+                 compress: bool = False) -> Samples:
+    """Synthesize the samples ``indices`` of ``plan`` from their prepared ``scans`` (by scan id)
+    (:func:`synthesized`); each crop's hashes, provenance and, with ``compress``, its compressed
+    arrays (then the arrays themselves are not kept) are made on a thread pool while the next
+    crop is synthesized. ``shard`` and ``entries`` (the shard's manifest entries by scan id):
+    given when ``plan`` is a skeleton without shards and scans, as an actor holds it."""
     spec, config = plan.spec, plan.spec.generator
     entries = plan.scans if entries is None else entries
-    out = Samples([], [], [], [], [], indices)
-    versions = backend.versions()
-    for i in indices:
-        where = shard if shard is not None else plan.shards[i // spec.samples_per_shard]
-        scan = scans[plan.scan_of(where, i)]
-        params = sample_params(np.random.default_rng(sample_seed(spec.root_seed, i)), scan, config)
-        crop = synthesize(scan, params, backend)
+    versions, config_json = backend.versions(), config.to_json()
+
+    def finish(i: int, scan: PreparedScan, params: SampleParams, crop: Crop):
+        clock = CpuClock()
         key = plan.key(i)
-        entry = entries[scan.scan_id]
-        out.hashes.append(SampleHashes(key, image_sha256(crop.image), label_sha256(crop.label)))
-        out.provenance.append(Provenance(
-            key=key, index=i, shard=i // spec.samples_per_shard, dataset_id=plan.dataset_id,
-            root_seed=spec.root_seed, spawn_key=(i,), scan_id=scan.scan_id,
-            scan_sha256=dict(entry.sha256), generator_version=GENERATOR_VERSION,
-            profile=config.profile, backend=backend.name, versions=versions,
-            generator_config=config.to_json(), params=params.to_json(),
-            image_sha256=out.hashes[-1].image_sha256, label_sha256=out.hashes[-1].label_sha256,
-            shape=tuple(crop.image.shape),
-            crop_affine=tuple(map(tuple, crop_affine(scan, params).tolist()))).to_json_text())
-        out.images.append(crop.image)
-        out.labels.append(crop.label)
-        out.keys.append(key)
+        with clock("hash"):
+            hashes = SampleHashes(key, image_sha256(crop.image), label_sha256(crop.label))
+        with clock("provenance"):
+            text = Provenance(
+                key=key, index=i, shard=i // spec.samples_per_shard, dataset_id=plan.dataset_id,
+                root_seed=spec.root_seed, spawn_key=(i,), scan_id=scan.scan_id,
+                scan_sha256=dict(entries[scan.scan_id].sha256),
+                generator_version=GENERATOR_VERSION, profile=config.profile,
+                backend=backend.name, versions=versions, generator_config=config_json,
+                params=params.to_json(), image_sha256=hashes.image_sha256,
+                label_sha256=hashes.label_sha256, shape=tuple(crop.image.shape),
+                crop_affine=tuple(map(tuple, crop_affine(scan, params).tolist()))).to_json_text()
+        frames = None
+        if compress:
+            with clock("compress"):
+                frames = codecs.compress_sample(crop.image, crop.label, spec.compression)
+        return key, hashes, text, frames, None if compress else crop, clock.seconds
+
+    out = Samples([], [], [], indices, [], [], [], {})
+    clock = CpuClock()
+    with ThreadPoolExecutor(FINISH_THREADS) as pool:
+        done = [pool.submit(finish, *made)
+                for made in synthesized(plan, scans, indices, backend, shard)]
+        for future in done:
+            key, hashes, text, frames, crop, seconds = future.result()
+            out.keys.append(key)
+            out.hashes.append(hashes)
+            out.provenance.append(text)
+            if frames is not None:
+                out.frames.append(frames)
+            else:
+                out.images.append(crop.image)
+                out.labels.append(crop.label)
+            clock.add(seconds)
+    out.cpu_s = dict(clock.seconds)
     return out
 
 
-def shard_objects(plan: Plan, k: int, made: Samples) -> dict[str, bytes]:
-    """The encoded objects of shard ``k`` (every format of the plan) from its samples."""
-    images, labels = np.stack(made.images), np.stack(made.labels)
+def shard_objects(plan: Plan, k: int, made: Samples, clock: CpuClock | None = None
+                  ) -> dict[str, bytes]:
+    """The encoded objects of shard ``k`` (every format of the plan) from its samples, whose
+    arrays are compressed once for both formats (here, unless :func:`make_samples` did)."""
+    spec = plan.spec
+    clock = clock or CpuClock()
+    frames = made.frames
+    if not frames:
+        with clock("compress"):
+            frames = [codecs.compress_sample(image, label, spec.compression)
+                      for image, label in zip(made.images, made.labels)]
     objects: dict[str, bytes] = {}
-    if "zarr" in plan.spec.formats:
-        objects.update(codecs.zarr_shard_objects(k, images, labels, made.keys, made.indices,
-                                                 made.provenance, plan.spec.samples_per_shard))
-    if "wds" in plan.spec.formats:
-        objects[names.tar_name(k)] = codecs.tar_shard(made.keys, images, labels, made.provenance)
+    if "zarr" in spec.formats:
+        with clock("zarr"):
+            objects.update(codecs.zarr_shard_from_frames(k, frames, made.keys, made.indices,
+                                                         made.provenance, spec.samples_per_shard))
+    if "wds" in spec.formats:
+        with clock("tar"):
+            objects[names.tar_name(k)] = codecs.tar_from_frames(made.keys, frames,
+                                                                made.provenance)
     return objects
 
 
@@ -189,16 +279,19 @@ class ShardWorker:
         scans = self._scans(shard.scans)
         t_load = time.perf_counter() - t0
         made = make_samples(self.plan, scans, range(shard.start, shard.start + shard.count),
-                            self.backend, shard, self.entries)
-        hashes = made.hashes
+                            self.backend, shard, self.entries, compress=True)
         t_synth = time.perf_counter() - t0 - t_load
-        objects = shard_objects(self.plan, k, made)
-        files = {key: self.out.put(key, data) for key, data in sorted(objects.items())}
+        clock = CpuClock()
+        clock.add(made.cpu_s)
+        objects = shard_objects(self.plan, k, made, clock)
+        with clock("write"):
+            files = {key: self.out.put(key, data) for key, data in sorted(objects.items())}
         # The shard's record (what readers check it against), then the commit that lists it.
-        entry = ShardEntry(dataset_id=self.plan.dataset_id, shard=k, start=shard.start,
-                           count=shard.count, scans=tuple(shard.scans), files=dict(files),
-                           samples=tuple(hashes))
-        files[names.record_key(k)] = self.out.put(names.record_key(k), entry.record_bytes())
+        with clock("record"):
+            entry = ShardEntry(dataset_id=self.plan.dataset_id, shard=k, start=shard.start,
+                               count=shard.count, scans=tuple(shard.scans), files=dict(files),
+                               samples=tuple(made.hashes))
+            files[names.record_key(k)] = self.out.put(names.record_key(k), entry.record_bytes())
         self._maybe_fault(k)
         record = ShardCommit(
             dataset_id=self.plan.dataset_id, shard=k, start=shard.start, count=shard.count,
@@ -206,7 +299,8 @@ class ShardWorker:
             seconds={"load": round(t_load, 3), "synthesize": round(t_synth, 3),
                      "encode_write": round(time.perf_counter() - t0 - t_load - t_synth, 3)},
             worker={"pid": os.getpid(), "backend": self.backend.name,
-                    "scan_loads": self.cache.loads, "scans_prepared": self.prepared})
+                    "scan_loads": self.cache.loads, "scans_prepared": self.prepared},
+            host_cpu_s={stage: round(s, 6) for stage, s in clock.seconds.items()})
         self.out.put(names.commit_key(k), pretty_json(record.to_json()))
         return record
 

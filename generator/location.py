@@ -176,16 +176,18 @@ def tables(scan: PreparedScan) -> LocationTables:
     return got
 
 
-def region_counts(scan: PreparedScan, centers, half_axes_vox, vessel_margin_vox=0.0
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def region_counts(scan: PreparedScan, centers, half_axes_vox, vessel_margin_vox=0.0,
+                  vessels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """(share of the location region inside the liver, vessel voxels in the vessel region) for
     ellipsoids with ``half_axes_vox`` at ``centers`` (voxels of the prepared arrays): the volume
     boxes for the share, the covering boxes of the ellipsoid grown by ``vessel_margin_vox`` per
     half-axis for the vessels. What the location rules test, and what the robustness benchmark
-    records when it moves a tumor."""
+    records when it moves a tumor. ``vessels=False``: the share only (half the table lookups)."""
     half = np.asarray(half_axes_vox, float)
     lo, hi = region_boxes(half)
     volume = np.prod(np.maximum(hi - lo, 0), axis=-1).sum(axis=-1)
+    if not vessels:
+        return tables(scan).counts(centers, lo, hi)[..., 0].sum(axis=-1) / np.maximum(volume, 1), None
     margin = np.asarray(vessel_margin_vox, float)
     vlo, vhi = region_boxes(half + (margin[..., None] if margin.ndim else margin), cover=True)
     shape = np.broadcast_shapes(lo.shape, vlo.shape)
@@ -194,8 +196,7 @@ def region_counts(scan: PreparedScan, centers, half_axes_vox, vessel_margin_vox=
                                np.concatenate([np.broadcast_to(hi, shape),
                                                np.broadcast_to(vhi, shape)], axis=-2))
     liver = both[..., :REGION_BOXES, 0].sum(axis=-1)
-    vessels = both[..., REGION_BOXES:, 1].sum(axis=-1)
-    return liver / np.maximum(volume, 1), vessels
+    return liver / np.maximum(volume, 1), both[..., REGION_BOXES:, 1].sum(axis=-1)
 
 
 def region_counts_brute_force(scan: PreparedScan, center, half_axes_vox, vessel_margin_vox=0.0
@@ -279,11 +280,18 @@ def paper_locations(rng: np.random.Generator, scan: PreparedScan, config: Genera
     tries = p.max_location_tries
     first = min(FIRST_BLOCK, tries)
     c, usable = _candidates(rng, scan, config, radius, near, s, (n, first))
-    inside, vessels = region_counts(scan, c, half_vox[:, None, :], margin)
+    # Without the vessel rule only the share decides; the vessels are counted at the chosen
+    # center alone, for the record.
+    inside, vessels = region_counts(scan, c, half_vox[:, None, :], margin, avoid_vessels)
+    if vessels is None:
+        vessels = np.zeros(inside.shape, np.int64)
     rest = np.flatnonzero(~_passes(inside, vessels, usable, p.inside_share, avoid_vessels).any(1))
     if len(rest) and tries > first:
         c2, usable2 = _candidates(rng, scan, config, radius[rest], near, s, (len(rest), tries - first))
-        inside2, vessels2 = region_counts(scan, c2, half_vox[rest][:, None, :], margin[rest])
+        inside2, vessels2 = region_counts(scan, c2, half_vox[rest][:, None, :], margin[rest],
+                                          avoid_vessels)
+        if vessels2 is None:
+            vessels2 = np.zeros(inside2.shape, np.int64)
         pad = lambda x, fill: np.concatenate([x, np.full((n, tries - first) + x.shape[2:], fill,
                                                          x.dtype)], axis=1)
         c, usable, inside, vessels = pad(c, 0), pad(usable, False), pad(inside, 0.0), pad(vessels, 0)
@@ -305,9 +313,14 @@ def paper_locations(rng: np.random.Generator, scan: PreparedScan, config: Genera
     placed = hit | (usable[rows, best] & (near is None or volume_ok[rows, best]))
     reason = ["" if h else ("vessels" if v else "volume")
               for h, v in zip(hit.tolist(), volume_ok[rows, best].tolist())]
-    return Placement(center=c[rows, pick], tries=np.where(hit, first_ok + 1, c.shape[1]),
+    center = c[rows, pick]
+    if avoid_vessels:
+        chosen_vessels = vessels[rows, pick]
+    else:
+        chosen_vessels = region_counts(scan, center, half_vox, margin[:, 0])[1]
+    return Placement(center=center, tries=np.where(hit, first_ok + 1, c.shape[1]),
                      fallback=~hit, reason=reason, inside_fraction=inside[rows, pick],
-                     vessel_voxels=vessels[rows, pick], placed=placed)
+                     vessel_voxels=chosen_vessels, placed=placed)
 
 
 def _passes(inside, vessels, usable, share, avoid_vessels):

@@ -88,9 +88,13 @@ class SampleParams:
     notes: tuple[str, ...] = ()                # e.g. a satellite that could not be placed
 
     def to_json(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["tumors"] = [dataclasses.asdict(t) for t in self.tumors]
-        return _lists(out)
+        """Plain JSON values (tuples as lists), built field by field: records hold only numbers,
+        strings, tuples and flat sub-records, so no ``dataclasses.asdict`` deep copy is needed."""
+        out = _shallow(self)
+        out["tumors"] = [_shallow(t) for t in self.tumors]
+        if self.released is not None:
+            out["released"] = _shallow(self.released)
+        return out
 
     @classmethod
     def from_json(cls, obj: dict) -> "SampleParams":
@@ -102,6 +106,10 @@ class SampleParams:
         if data.get("released") is not None:
             data["released"] = ReleasedSample(**_tuples(data["released"], ReleasedSample))
         return cls(tumors=tumors, **data)
+
+
+def _shallow(record) -> dict:
+    return {f.name: _lists(getattr(record, f.name)) for f in dataclasses.fields(record)}
 
 
 def _lists(x):

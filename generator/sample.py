@@ -156,25 +156,22 @@ def _counts(rng, config: GeneratorConfig, kind: str) -> list[tuple[str, int]]:
 
 
 def _draw_tumors(rng, scan, config, kind) -> tuple[tuple, tuple[str, ...]]:
-    """The sample's tumors, and notes on any that could not be placed (satellites). The tumors of
-    one size class are drawn together, in array operations (``paper`` profiles)."""
-    tumors, notes = [], []
-    for preset_name, n in _counts(rng, config, kind):
-        preset = config.sizes[preset_name]
-        if n <= 0:
-            continue
-        if config.profile not in PAPER_PROFILES:
-            tumors.extend(_released_tumor(rng, scan, config, preset_name, preset) for _ in range(n))
-            continue
-        near = tumors[0] if kind == "satellite" and preset_name == "small" else None
-        group = _paper_tumors(rng, scan, config, preset_name, preset, n, near)
-        placed = [t for t in group if t is not None]
-        notes.extend([f"satellite dropped: no spot in its {config.satellite_shell[0]}-"
-                      f"{config.satellite_shell[1]} r shell with "
-                      f"{config.paper.inside_share:.0%} of it inside the liver in "
-                      f"{config.paper.max_location_tries} draws"] * (n - len(placed)))
-        tumors.extend(placed)
-    return tuple(tumors), tuple(notes)
+    """The sample's tumors, and notes on any that could not be placed (satellites). ``paper``
+    profiles draw every tumor of the sample together, in array operations; satellites after the
+    large lesion they surround."""
+    counts = [(name, n) for name, n in _counts(rng, config, kind) if n > 0]
+    if config.profile not in PAPER_PROFILES:
+        return tuple(_released_tumor(rng, scan, config, name, config.sizes[name])
+                     for name, n in counts for _ in range(n)), ()
+    if kind != "satellite":
+        return tuple(_paper_tumors(rng, scan, config, counts, None)), ()
+    large = _paper_tumors(rng, scan, config, counts[:1], None)
+    group = _paper_tumors(rng, scan, config, counts[1:], large[0]) if len(counts) > 1 else []
+    placed = [t for t in group if t is not None]
+    notes = [f"satellite dropped: no spot in its {config.satellite_shell[0]}-"
+             f"{config.satellite_shell[1]} r shell with {config.paper.inside_share:.0%} of it "
+             f"inside the liver in {config.paper.max_location_tries} draws"] * (len(group) - len(placed))
+    return tuple(large + placed), tuple(notes)
 
 
 def _rounded(values) -> list:
@@ -182,15 +179,20 @@ def _rounded(values) -> list:
     return [round(float(v), 4) for v in np.asarray(values).ravel().tolist()]
 
 
-def _paper_tumors(rng, scan, config, kind, preset: SizePreset, n: int, near
+def _paper_tumors(rng, scan, config, counts: list[tuple[str, int]], near
                   ) -> list[PaperTumor | None]:
-    """``n`` tumors of one size class: every draw of the group in one array operation, then their
-    locations together (``location.paper_locations``); None for a satellite with no room."""
+    """The tumors of ``counts`` ((size class, how many) pairs): every draw of all of them in one
+    array operation each, then their locations together (``location.paper_locations``); None for
+    a satellite (``near``: the large lesion) with no room."""
     p = config.paper
-    r = preset.radius_mm
-    half_axes = np.array(_rounded(rng.uniform(p.axis_scale[0] * r, p.axis_scale[1] * r, (n, 3)))
+    names = [name for name, n in counts for _ in range(n)]
+    n = len(names)
+    r = np.array([config.sizes[name].radius_mm for name in names], float)
+    e_lo, e_hi = np.array([config.sizes[name].sigma_e_mm for name in names], float).reshape(n, 2).T
+    half_axes = np.array(_rounded(rng.uniform(p.axis_scale[0] * r[:, None],
+                                              p.axis_scale[1] * r[:, None], (n, 3)))
                          ).reshape(n, 3)
-    sigma_e = _rounded(rng.uniform(*preset.sigma_e_mm, n))
+    sigma_e = _rounded(rng.uniform(e_lo, e_hi))
     sigma_c = _rounded(rng.uniform(*p.sigma_c_mm, n))
     mu_hi = max(p.mu_t_low_hu, scan.parenchyma_mean_hu - p.mu_t_below_parenchyma_hu)
     mu_t = _rounded(rng.uniform(p.mu_t_low_hu, mu_hi, n))
@@ -198,26 +200,27 @@ def _paper_tumors(rng, scan, config, kind, preset: SizePreset, n: int, near
     seeds = rng.integers(0, 2 ** 63, (n, 2)).tolist()
     full = config.profile == "paper"       # the Turing-test steps: vessels, mass effect, capsule
     spots = paper_locations(rng, scan, config, r, half_axes, avoid_vessels=full, near=near,
-                            sigma_e_mm=sigma_e)
-    big = full and r >= config.post_min_radius_mm
-    mass = (rng.random(n) < config.mass_effect_prob) if big else np.zeros(n, bool)
-    caps = (rng.random(n) < config.capsule_prob) if big else np.zeros(n, bool)
+                            sigma_e_mm=np.asarray(sigma_e))
+    big = full & (r >= config.post_min_radius_mm)
+    mass = big & (rng.random(n) < config.mass_effect_prob) if big.any() else big
+    caps = big & (rng.random(n) < config.capsule_prob) if big.any() else big
     centers = (spots.center + np.asarray(scan.origin_vox)).tolist()
     inside = _rounded(spots.inside_fraction)
+    sigma_p = round(scan.parenchyma_sd_hu, 4)
     out = []
     for i in range(n):
         if not spots.placed[i]:
             out.append(None)
             continue
         out.append(PaperTumor(
-            kind="satellite" if near is not None else kind, center=tuple(centers[i]),
-            radius_mm=r, half_axes_mm=tuple(half_axes[i].tolist()), sigma_e_mm=sigma_e[i],
-            deform_seed=seeds[i][0], sigma_c_mm=sigma_c[i], mu_t=mu_t[i],
-            sigma_p=round(scan.parenchyma_sd_hu, 4), eta=eta[i], sigma_b_mm=p.sigma_b_mm,
-            texture_seed=seeds[i][1], location_tries=int(spots.tries[i]),
-            location_fallback=bool(spots.fallback[i]), location_reason=spots.reason[i],
-            inside_fraction=inside[i], vessel_voxels=int(spots.vessel_voxels[i]),
-            mass_effect=bool(mass[i]), gamma_max_mm=round(p.gamma_max_factor * r, 4),
+            kind="satellite" if near is not None else names[i], center=tuple(centers[i]),
+            radius_mm=float(r[i]), half_axes_mm=tuple(half_axes[i].tolist()),
+            sigma_e_mm=sigma_e[i], deform_seed=seeds[i][0], sigma_c_mm=sigma_c[i], mu_t=mu_t[i],
+            sigma_p=sigma_p, eta=eta[i], sigma_b_mm=p.sigma_b_mm, texture_seed=seeds[i][1],
+            location_tries=int(spots.tries[i]), location_fallback=bool(spots.fallback[i]),
+            location_reason=spots.reason[i], inside_fraction=inside[i],
+            vessel_voxels=int(spots.vessel_voxels[i]), mass_effect=bool(mass[i]),
+            gamma_max_mm=round(p.gamma_max_factor * float(r[i]), 4),
             intensity=p.mass_effect_intensity, capsule=bool(caps[i]),
             capsule_band=tuple(p.capsule_band), sigma_d_mm=p.sigma_d_mm, capsule_hu=p.capsule_hu))
     return out

@@ -81,11 +81,18 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
 TMP_MARK = ".tmp-"
 
 
+# Objects at least this large leave the page cache once they are on disk, so the next write
+# reuses their pages: a page cache that kept growing cost the shard writer 2.4 CPU ms per MB
+# written instead of 0.3 on a 2-core VM. A writer does not read its shards back.
+DROP_CACHE_BYTES = 1 << 20
+
+
 def write_atomic(uri: str, data: bytes) -> None:
     """Write ``data`` at ``uri`` in one go, so that a reader never sees half of it.
 
     Local disk: a temporary name in the same folder (``<name>.tmp-<random>``), fsync, then a rename
-    over the final name (atomic on POSIX). Object storage: one upload (a single PUT, or a multipart
+    over the final name (atomic on POSIX); objects of ``DROP_CACHE_BYTES`` or more are dropped
+    from the page cache once written. Object storage: one upload (a single PUT, or a multipart
     upload that S3 makes visible only when complete).
     """
     if is_remote(uri):
@@ -100,6 +107,8 @@ def write_atomic(uri: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            if len(data) >= DROP_CACHE_BYTES and hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         os.replace(tmp, final)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,15 +1,17 @@
 """The two shard formats, encoded to bytes in memory so that each object is written in one go.
 
 Zarr v3 (``dataset.zarr``): arrays ``image (N, Z, Y, X) int16`` HU and ``label (N, Z, Y, X) uint8``,
-one sample per chunk and S samples per shard (sharding codec; Blosc zstd level 3 with bitshuffle,
-then crc32c), and per-sample side arrays ``key`` (string), ``sample_index`` (int64) and
-``provenance`` (JSON string), chunked to S. A zarr shard's bytes do not depend on where the shard
-sits in the array, so a writer encodes its shard in a private in-memory store and copies the bytes
-to ``<array>/c/<k>/0/0/0``.
+one sample per chunk and S samples per shard (sharding codec; Blosc as the job spec's
+``compression`` says, see :data:`COMPRESSIONS`, then crc32c), and per-sample side arrays ``key``
+(string), ``sample_index`` (int64) and ``provenance`` (JSON string), chunked to S. A zarr shard's
+bytes do not depend on where the shard sits in the array, so a writer encodes its shard in memory
+and writes the bytes to ``<array>/c/<k>/0/0/0``.
 
-WebDataset (``wds/shard-000123.tar``): members ``<key>.image.npy``, ``<key>.label.npy`` and
+WebDataset (``wds/shard-000123.tar``): members ``<key>.image.bnpy``, ``<key>.label.bnpy`` and
 ``<key>.json`` in sample order; USTAR headers with mtime 0, uid/gid 0 and no user names, so a
-rewrite is byte-identical; ``.npy`` written without pickle.
+rewrite is byte-identical. A ``.bnpy`` member is an uncompressed ``.npy`` header followed by the
+array's data as one Blosc frame: the very frame the zarr chunk holds, so a sample is compressed
+once for both formats. Never pickled.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import struct
 import tarfile
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import zarr
@@ -29,10 +34,46 @@ from .. import storage
 from .names import ZARR_ROOT
 
 
-def _volume_codecs(dtype) -> dict:
+@dataclass(frozen=True)
+class BloscSettings:
+    """How one volume array's chunks are compressed: Blosc with this compressor, level and shuffle
+    (zarr's names: ``shuffle`` = byte shuffle, ``bitshuffle``, ``noshuffle``), the array's dtype
+    size as typesize and Blosc's automatic block size (zarr's defaults)."""
+
+    cname: str
+    clevel: int
+    shuffle: str
+
+    def numcodecs(self, typesize: int):
+        from numcodecs import Blosc
+        shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE,
+                   "bitshuffle": Blosc.BITSHUFFLE}[self.shuffle]
+        return Blosc(cname=self.cname, clevel=self.clevel, shuffle=shuffle, blocksize=0,
+                     typesize=typesize)
+
+    def zarr(self, typesize: int) -> BloscCodec:
+        return BloscCodec(cname=self.cname, clevel=self.clevel,
+                          shuffle=BloscShuffle(self.shuffle), typesize=typesize)
+
+
+# The job spec's ``compression``: Blosc settings of the ``image`` and ``label`` arrays. ``lz4``
+# (the spec's default) is the one near the writer's CPU budget: 1.27 CPU ms per 96^3 crop for
+# 0.99 MB, where ``zstd`` (the only codec before) takes 4.98 ms for 0.81 MB (README, Performance).
+# Byte shuffle suits int16 HU with lz4 (bitshuffle: 0.94 MB but 1.73 ms); labels take bitshuffle
+# (0.02 MB instead of 0.08 MB for 0.1 ms). Blosc frames name their codec, so a dataset reads
+# whatever it was written with.
+COMPRESSIONS = {
+    "lz4": {"image": BloscSettings("lz4", 5, "shuffle"),
+            "label": BloscSettings("lz4", 5, "bitshuffle")},
+    "zstd": {"image": BloscSettings("zstd", 3, "bitshuffle"),
+             "label": BloscSettings("zstd", 3, "bitshuffle")},
+}
+
+
+def _volume_codecs(name: str, compression: str) -> dict:
+    typesize = np.dtype(ZARR_ARRAYS[name]).itemsize
     return dict(serializer=BytesCodec(),
-                compressors=[BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.bitshuffle,
-                                        typesize=np.dtype(dtype).itemsize), Crc32cCodec()])
+                compressors=[COMPRESSIONS[compression][name].zarr(typesize), Crc32cCodec()])
 
 
 # The zarr arrays of a dataset that readers check against the index: the sample arrays' dtypes,
@@ -55,16 +96,16 @@ def volume_attributes(name: str, spacing_mm) -> dict:
     return out
 
 
-def _define(store, n: int, per_shard: int, crop: tuple[int, int, int], attrs: dict | None = None,
-            spacing_mm=None):
+def _define(store, n: int, per_shard: int, crop: tuple[int, int, int], compression: str,
+            attrs: dict | None = None, spacing_mm=None):
     """Create the group and its arrays for ``n`` samples in ``store`` (``spacing_mm``: the crops'
     spacing along R, A, S, recorded as array attributes when given)."""
     group = zarr.create_group(store, overwrite=True, attributes=attrs or {})
     for name in ("image", "label"):
-        dtype = ZARR_ARRAYS[name]
         group.create_array(name, shape=(n, *crop), chunks=(1, *crop),
-                           shards=(per_shard, *crop), dtype=dtype, fill_value=0,
-                           dimension_names=("sample", "z", "y", "x"), **_volume_codecs(dtype),
+                           shards=(per_shard, *crop), dtype=ZARR_ARRAYS[name], fill_value=0,
+                           dimension_names=("sample", "z", "y", "x"),
+                           **_volume_codecs(name, compression),
                            attributes=volume_attributes(name, spacing_mm)
                            if spacing_mm is not None else None)
     group.create_array("key", shape=(n,), chunks=(per_shard,), dtype=str,
@@ -86,11 +127,11 @@ def _store_items(store: MemoryStore) -> dict[str, bytes]:
     return asyncio.run(collect())
 
 
-def zarr_metadata(n: int, per_shard: int, crop, attrs: dict, spacing_mm=None
-                  ) -> dict[str, bytes]:
+def zarr_metadata(n: int, per_shard: int, crop, attrs: dict, compression: str,
+                  spacing_mm=None) -> dict[str, bytes]:
     """The ``zarr.json`` objects of the whole dataset (keys relative to the output root)."""
     store = MemoryStore()
-    _define(store, n, per_shard, tuple(crop), attrs, spacing_mm)
+    _define(store, n, per_shard, tuple(crop), compression, attrs, spacing_mm)
     return {f"{ZARR_ROOT}/{k}": v for k, v in _store_items(store).items() if k.endswith("zarr.json")}
 
 
@@ -102,30 +143,59 @@ def _crc32c(data: bytes) -> bytes:
     return np.uint32(google_crc32c.value(data)).tobytes()
 
 
-def _sharded_volume(arrays: np.ndarray, per_shard: int) -> bytes | None:
-    """One zarr v3 shard object of a (count, Z, Y, X) array, encoded as zarr-python 3.1 encodes it
-    (:func:`_define`'s codecs): each sample a chunk (raw little-endian C-order bytes, Blosc zstd 3
-    bitshuffle with the dtype's typesize, then crc32c), chunks in sample order, an all-zero chunk
-    (the fill value) not stored, then the index of (offset, length) uint64 pairs for ``per_shard``
-    chunks (absent ones 2^64-1) with its own crc32c at the end. None when no chunk is stored."""
-    from numcodecs import Blosc
-    dtype = np.dtype(arrays.dtype).newbyteorder("<")
-    blosc = Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE, blocksize=0,
-                  typesize=dtype.itemsize)
+@lru_cache(maxsize=None)
+def _blosc(compression: str, name: str):
+    return COMPRESSIONS[compression][name].numcodecs(np.dtype(ZARR_ARRAYS[name]).itemsize)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One sample's ``image`` or ``label``, compressed once for both formats: ``data`` is the
+    Blosc frame of its canonical bytes (C order, little-endian), ``shape`` its (Z, Y, X) and
+    ``fill`` whether it is all fill value (0), which zarr does not store as a chunk."""
+
+    name: str
+    data: bytes
+    shape: tuple[int, ...]
+    fill: bool
+
+
+def compress_volume(array: np.ndarray, name: str, compression: str) -> Frame:
+    """Compress one sample's ``image`` (int16 HU) or ``label`` (uint8) array, (Z, Y, X). On a
+    thread other than the main one, Blosc runs with one internal thread and without the
+    interpreter lock (numcodecs' rule)."""
+    raw = np.ascontiguousarray(array, dtype=np.dtype(ZARR_ARRAYS[name]).newbyteorder("<"))
+    data = _blosc(compression, name).encode(raw.view(np.uint8))
+    # An all-zero array compresses to a few hundredths of its size: only then is it tested.
+    fill = len(data) * 64 < raw.nbytes and not raw.any()
+    return Frame(name, bytes(data), tuple(raw.shape), bool(fill))
+
+
+def compress_sample(image: np.ndarray, label: np.ndarray, compression: str
+                    ) -> tuple[Frame, Frame]:
+    """A sample's (image, label) frames, what both formats are built from."""
+    return (compress_volume(image, "image", compression),
+            compress_volume(label, "label", compression))
+
+
+def _sharded_volume(frames: list[Frame], per_shard: int) -> bytes | None:
+    """One zarr v3 shard object of an array from its samples' frames, encoded as zarr-python 3.1
+    encodes it (:func:`_define`'s codecs): each sample a chunk (its Blosc frame, then crc32c),
+    chunks in sample order, a chunk of fill values not stored, then the index of (offset, length)
+    uint64 pairs for ``per_shard`` chunks (absent ones 2^64-1) with its own crc32c at the end.
+    None when no chunk is stored."""
     index = np.full((per_shard, 2), NO_CHUNK, dtype="<u8")
     parts, offset = [], 0
-    for n, chunk in enumerate(arrays):
-        if not chunk.any():
+    for n, frame in enumerate(frames):
+        if frame.fill:
             continue
-        encoded = blosc.encode(np.ascontiguousarray(chunk, dtype=dtype).view(np.uint8))
-        encoded = bytes(encoded) + _crc32c(encoded)
-        index[n] = (offset, len(encoded))
-        parts.append(encoded)
-        offset += len(encoded)
+        parts += (frame.data, _crc32c(frame.data))
+        index[n] = (offset, len(frame.data) + 4)
+        offset += len(frame.data) + 4
     if not parts:
         return None
     index_bytes = index.tobytes()
-    return b"".join(parts) + index_bytes + _crc32c(index_bytes)
+    return b"".join((*parts, index_bytes, _crc32c(index_bytes)))
 
 
 def _side_chunk(values, per_shard: int, fill) -> bytes:
@@ -158,28 +228,40 @@ def read_shard_index(tail: bytes, where: str) -> np.ndarray:
     return np.frombuffer(body, "<u8").reshape(-1, 2)
 
 
+def _decode_frame(frame, dtype, shape, where: str) -> np.ndarray:
+    """A Blosc frame (any codec: frames name theirs) -> a new (writable) array of ``dtype`` and
+    ``shape``; the size the frame's header declares is checked before anything is allocated."""
+    from numcodecs import Blosc
+    dtype = np.dtype(dtype)
+    want = int(np.prod(shape)) * dtype.itemsize
+    if len(frame) < 16:
+        raise ValueError(f"{where}: {len(frame)} bytes, too short for a Blosc frame")
+    nbytes, cbytes = struct.unpack_from("<I4xI", frame, 4)      # Blosc 1 header fields
+    if nbytes != want or cbytes > len(frame):
+        raise ValueError(f"{where}: Blosc frame of {nbytes} bytes ({cbytes} compressed, "
+                         f"{len(frame)} present); expected {want} bytes for {tuple(shape)} {dtype}")
+    out = np.empty(shape, dtype.newbyteorder("<"))
+    Blosc().decode(frame, out=out)
+    return out.astype(dtype, copy=False)
+
+
 def decode_volume_chunk(data: bytes, dtype: str, shape, where: str) -> np.ndarray:
     """One sample's chunk of a volume shard (as :func:`_sharded_volume` writes it) -> array."""
-    from numcodecs import Blosc
     body, crc = data[:-4], data[-4:]
     if _crc32c(body) != crc:
         raise ValueError(f"{where}: chunk checksum does not match")
-    raw = Blosc().decode(body)
-    want = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if len(raw) != want:
-        raise ValueError(f"{where}: chunk holds {len(raw)} bytes, expected {want}")
-    return np.frombuffer(raw, np.dtype(dtype).newbyteorder("<")).astype(dtype).reshape(shape)
+    return _decode_frame(body, dtype, shape, where)
 
 
-def zarr_shard_objects(shard: int, images, labels, keys, indices, provenance, per_shard: int
-                       ) -> dict[str, bytes]:
-    """Encoded objects of zarr shard ``shard`` (keys relative to the output root), made straight
-    through the codecs (zarr-python's pipeline cost 4x the codec work); the bytes are those
-    :func:`zarr_shard_objects_reference` makes (tested)."""
+def zarr_shard_from_frames(shard: int, frames: list[tuple[Frame, Frame]], keys, indices,
+                           provenance, per_shard: int) -> dict[str, bytes]:
+    """Encoded objects of zarr shard ``shard`` (keys relative to the output root) from its
+    samples' (image, label) frames, made straight through the codecs (zarr-python's pipeline cost
+    4x the codec work); the bytes are those :func:`zarr_shard_objects_reference` makes (tested)."""
     coords = f"c/{shard}"
     out = {}
-    for name, arrays in (("image", images), ("label", labels)):
-        data = _sharded_volume(np.asarray(arrays), per_shard)
+    for n, name in enumerate(("image", "label")):
+        data = _sharded_volume([f[n] for f in frames], per_shard)
         if data is not None:
             out[volume_object(name, shard)] = data
     out[f"{ZARR_ROOT}/key/{coords}"] = _side_chunk(keys, per_shard, "")
@@ -189,12 +271,19 @@ def zarr_shard_objects(shard: int, images, labels, keys, indices, provenance, pe
     return out
 
 
+def zarr_shard_objects(shard: int, images, labels, keys, indices, provenance, per_shard: int,
+                       compression: str) -> dict[str, bytes]:
+    """:func:`zarr_shard_from_frames` of (count, Z, Y, X) ``images`` and ``labels``."""
+    frames = [compress_sample(i, lb, compression) for i, lb in zip(images, labels)]
+    return zarr_shard_from_frames(shard, frames, keys, indices, provenance, per_shard)
+
+
 def zarr_shard_objects_reference(shard: int, images, labels, keys, indices, provenance,
-                                 per_shard: int) -> dict[str, bytes]:
+                                 per_shard: int, compression: str) -> dict[str, bytes]:
     """The same objects through zarr-python's own pipeline (the reference the tests compare
     :func:`zarr_shard_objects` with)."""
     store = MemoryStore()
-    group = _define(store, len(images), per_shard, tuple(images.shape[1:]))
+    group = _define(store, len(images), per_shard, tuple(images.shape[1:]), compression)
     group["image"][:] = images
     group["label"][:] = labels
     group["key"][:] = np.asarray(keys, dtype=object)
@@ -211,48 +300,79 @@ def zarr_shard_objects_reference(shard: int, images, labels, keys, indices, prov
     return out
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(array), version=(1, 0), allow_pickle=False)
-    return buf.getvalue()
-
-
-# WebDataset members of a sample: the arrays as .npy files compressed with Blosc (zstd level 3,
-# bitshuffle, the dtype's typesize), as the Zarr chunks are; shards written before 0.3 hold plain
-# .npy members and are still read.
+# WebDataset array members. ``.bnpy`` (issue 16): an uncompressed .npy header (version 1.0),
+# then the array's data as one Blosc frame, the zarr chunk's own frame. Read too: ``.npy.blosc``
+# (issue 14's members: a whole .npy file inside Blosc zstd 3) and plain ``.npy`` (before).
+BNPY = "bnpy"
 NPY_BLOSC = "npy.blosc"
 
 
-def encode_npy_blosc(array: np.ndarray) -> bytes:
-    """An array as a Blosc-compressed .npy file (the .npy header stays inside)."""
-    from numcodecs import Blosc
-    array = np.ascontiguousarray(array)
-    blosc = Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE, blocksize=0,
-                  typesize=array.dtype.itemsize)
-    return bytes(blosc.encode(np.frombuffer(npy_bytes(array), np.uint8)))
+@lru_cache(maxsize=64)
+def _npy_header(name: str, shape: tuple[int, ...]) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.dtype(ZARR_ARRAYS[name]).newbyteorder(
+        "<").str, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def decode_bnpy(data: bytes) -> np.ndarray:
+    """The array of a ``.bnpy`` member: its .npy header gives dtype and shape, its Blosc frame the
+    data; object dtypes and Fortran order are refused (nothing is ever unpickled). Plain
+    ``webdataset`` users register it:
+    ``WebDataset(url).decode(wds.handle_extension("bnpy", decode_bnpy))``."""
+    f = io.BytesIO(data)
+    version = np.lib.format.read_magic(f)
+    if version != (1, 0):
+        raise ValueError(f".bnpy member: .npy header version {version}, expected (1, 0)")
+    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    if dtype.hasobject or fortran:
+        raise ValueError(f".bnpy member: dtype {dtype}, fortran_order {fortran}; expected a "
+                         "plain numeric dtype in C order")
+    return _decode_frame(memoryview(data)[f.tell():], dtype, shape, ".bnpy member")
 
 
 def decode_npy_blosc(data: bytes) -> np.ndarray:
-    """The array of a ``.npy.blosc`` member; never unpickles. Plain ``webdataset`` users register
-    it: ``WebDataset(url).decode(wds.handle_extension("npy.blosc", decode_npy_blosc))``."""
+    """The array of a ``.npy.blosc`` member (tars written before issue 16); never unpickles."""
     from numcodecs import Blosc
     return np.load(io.BytesIO(Blosc().decode(data)), allow_pickle=False)
 
 
-def tar_shard(keys, images, labels, provenance) -> bytes:
-    """One WebDataset tar; identical bytes for identical samples."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, image, label, prov in zip(keys, images, labels, provenance):
-            for suffix, data in ((f"image.{NPY_BLOSC}", encode_npy_blosc(image)),
-                                 (f"label.{NPY_BLOSC}", encode_npy_blosc(label)),
-                                 ("json", prov.encode())):
-                info = tarfile.TarInfo(f"{key}.{suffix}")
-                info.size, info.mtime, info.mode = len(data), 0, 0o644
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+def _tar_bytes(members) -> bytes:
+    """A USTAR tar of ``members`` ((name, list of byte strings that make its content)), byte for
+    byte what :mod:`tarfile` writes (tested) with mtime 0, uid/gid 0 and no owner names, joined
+    once instead of copied through a file object."""
+    parts, offset = [], 0
+    for name, content in members:
+        size = sum(len(c) for c in content)
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = size, 0, 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        header = info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+        pad = -size % tarfile.BLOCKSIZE
+        parts += (header, *content, bytes(pad))
+        offset += len(header) + size + pad
+    offset += 2 * tarfile.BLOCKSIZE                       # the end-of-archive blocks
+    parts.append(bytes(2 * tarfile.BLOCKSIZE + (-offset % tarfile.RECORDSIZE)))
+    return b"".join(parts)
+
+
+def tar_from_frames(keys, frames: list[tuple[Frame, Frame]], provenance) -> bytes:
+    """One WebDataset tar from its samples' (image, label) frames; identical bytes for identical
+    samples."""
+    members = []
+    for key, pair, prov in zip(keys, frames, provenance):
+        for frame in pair:
+            members.append((f"{key}.{frame.name}.{BNPY}",
+                            (_npy_header(frame.name, frame.shape), frame.data)))
+        members.append((f"{key}.json", (prov.encode(),)))
+    return _tar_bytes(members)
+
+
+def tar_shard(keys, images, labels, provenance, compression: str) -> bytes:
+    """:func:`tar_from_frames` of (count, Z, Y, X) ``images`` and ``labels``."""
+    return tar_from_frames(keys, [compress_sample(i, lb, compression)
+                                  for i, lb in zip(images, labels)], provenance)
 
 
 def _tar_members(fileobj, total: int, wanted=lambda name: True):
@@ -275,8 +395,8 @@ def _tar_members(fileobj, total: int, wanted=lambda name: True):
 
 def iter_tar(fileobj, total: int):
     """Samples of a WebDataset shard streamed from ``fileobj`` as (key, image, label,
-    provenance), each as soon as its members are read; ``.npy.blosc`` and plain ``.npy`` members.
-    Never unpickles."""
+    provenance), each as soon as its members are read; ``.bnpy``, ``.npy.blosc`` and plain
+    ``.npy`` members. Never unpickles."""
     current, members = None, {}
 
     def finish(key, m):
@@ -297,11 +417,13 @@ def iter_tar(fileobj, total: int):
 
 
 def _member_array(key: str, m: dict, name: str) -> np.ndarray:
+    if f"{name}.{BNPY}" in m:
+        return decode_bnpy(m[f"{name}.{BNPY}"])
     if f"{name}.{NPY_BLOSC}" in m:
         return decode_npy_blosc(m[f"{name}.{NPY_BLOSC}"])
     if f"{name}.npy" in m:
         return np.load(io.BytesIO(m[f"{name}.npy"]), allow_pickle=False)
-    raise ValueError(f"sample {key}: tar lacks member(s) ['{name}.{NPY_BLOSC}']")
+    raise ValueError(f"sample {key}: tar lacks member(s) ['{name}.{BNPY}']")
 
 
 def read_tar(data: bytes) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:

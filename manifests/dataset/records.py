@@ -28,7 +28,9 @@ READABLE_PROVENANCE = (1, 2)
 
 
 def canonical_sha256(array: np.ndarray, dtype: str) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array, dtype=np.dtype(dtype)).tobytes()).hexdigest()
+    # Hashed in place (no copy) when the array already has the canonical layout, as crops do.
+    canonical = np.ascontiguousarray(array, dtype=np.dtype(dtype))
+    return hashlib.sha256(memoryview(canonical).cast("B")).hexdigest()
 
 
 def image_sha256(image: np.ndarray) -> str:
@@ -150,12 +152,16 @@ class ShardCommit:
     files: dict                                               # object name -> FileRecord
     seconds: dict = dataclasses.field(default_factory=dict)   # load, synthesize, encode_write
     worker: dict = dataclasses.field(default_factory=dict)    # pid, backend, scan loads
+    # CPU seconds (every thread) of the host stages besides synthesis, by stage: hash,
+    # provenance, compress, zarr, tar, write, record. Absent from commits written before it.
+    host_cpu_s: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"dataset_id": self.dataset_id, "shard": self.shard, "start": self.start,
                 "count": self.count, "scans": list(self.scans),
                 "files": {k: v.to_json() for k, v in self.files.items()},
-                "seconds": dict(self.seconds), "worker": dict(self.worker)}
+                "seconds": dict(self.seconds), "worker": dict(self.worker),
+                "host_cpu_s": dict(self.host_cpu_s)}
 
     @classmethod
     def from_json(cls, obj, where: str) -> "ShardCommit":
@@ -165,6 +171,10 @@ class ShardCommit:
         _need(isinstance(data["scans"], list) and all(isinstance(s, str) for s in data["scans"]),
               where, "scans as a list of scan ids", data["scans"])
         _need(isinstance(data["files"], dict), where, "files as an object", data["files"])
+        cpu = data.get("host_cpu_s", {})
+        _need(isinstance(cpu, dict) and all(isinstance(v, (int, float)) and not isinstance(
+            v, bool) and v >= 0 for v in cpu.values()), where,
+              "host_cpu_s as an object of CPU seconds >= 0", cpu)
         data["scans"] = tuple(data["scans"])
         data["files"] = {k: FileRecord.from_json(v, f"{where} file {k}")
                          for k, v in data["files"].items()}
