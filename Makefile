@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-out
 
-.PHONY: install demo test clean fidelity
+.PHONY: install demo test clean fidelity gpu-kit
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +48,16 @@ fidelity: $(STAMP)
 	$(BIN)/tumorforge stats $(FID)/paper-train $(FID)/paper $(FID)/released --real $(FID)/lits.jsonl \
 	  --post-effects 24 --out $(FID)/report
 	$(BIN)/tumorforge stats $(FID)/eta-1.1 $(FID)/eta-1.5 $(FID)/satellite --out $(FID)/report-eta
+
+# The GPU check's kit (issue 17): cp312 wheels of what the synthesis path imports besides NumPy,
+# SciPy, CuPy and torch (the GPU machine has those), at this venv's versions, into .gpu-kit/
+# (git-ignored; about 20 MB). Then, through the device tool with carry [".gpu-kit"]:
+#   bash tests/gpu/device_check.sh
+KIT_PKGS := zarr|numcodecs|donfig|google-crc32c|pyyaml|typing.extensions|packaging|fsspec|nibabel|pytest|pluggy|iniconfig|pygments|monai
+gpu-kit: $(STAMP)
+	mkdir -p .gpu-kit/wheels
+	$(BIN)/pip freeze | grep -iE '^($(KIT_PKGS))==' > .gpu-kit/requirements.txt
+	$(BIN)/pip download -q --only-binary=:all: --no-deps --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+	  -r .gpu-kit/requirements.txt -d .gpu-kit/wheels
+	ls .gpu-kit/wheels

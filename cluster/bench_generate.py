@@ -75,7 +75,7 @@ def _ceiling(plan, actors: int, log) -> dict:
     scans = {sid: load_prepared(entry, plan.spec.generator) for sid, entry in plan.scans.items()}
     prepare_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    make_samples(plan, scans, range(samples), get_backend("numpy"))
+    make_samples(plan, scans, range(samples), get_backend(plan.spec.backend))
     generator_s = time.perf_counter() - t0
     lanes = max(1, min(actors, os.cpu_count() or 1))
     # The work any run must do spread perfectly over the lanes: what a job is measured against.
@@ -123,16 +123,22 @@ def _in_process(plan, log) -> dict:
         worker.write_shard(shard.index)
     wall = time.perf_counter() - t0
     samples = plan.spec.samples
-    log(f"in process (no Ray): {samples / wall:.2f} samples/s ({wall:.1f} s for {samples} "
-        f"samples, {len(plan.scans)} scans prepared)")
-    return {"in_process_samples_per_s": round(samples / wall, 3)}
+    stages = {k: sum(c.seconds.get(k, 0.0) for c in _commits(plan.spec.output))
+              for k in ("load", "synthesize", "encode_write")}
+    shares = {k: round(v / wall, 3) for k, v in stages.items()}
+    log(f"in process (no Ray, backend {worker.backend.name}): {samples / wall:.2f} samples/s "
+        f"({wall:.1f} s for {samples} samples, {len(plan.scans)} scans prepared); wall time: "
+        + ", ".join(f"{k} {100 * v:.0f} %" for k, v in shares.items()))
+    return {"in_process_samples_per_s": round(samples / wall, 3),
+            "stage_share_of_wall": shares, "largest_stage": max(shares, key=shares.get)}
 
 
 def bench_generate(manifest: str | None = None, samples: int = 128, samples_per_shard: int = 16,
                    actors: int = 2, crop: int = 96, allow_roots=(), formats=None,
-                   compression: str | None = None, ray: bool = True, log=print) -> dict:
+                   compression: str | None = None, ray: bool = True, backend: str = "numpy",
+                   log=print) -> dict:
     """Run the benchmark (see the module's text). ``formats`` and ``compression``: the job spec's
-    defaults when None."""
+    defaults when None; ``backend``: the synthesis backend (``cupy`` on a GPU node)."""
     from tumorforge.generator.config import GeneratorConfig
     from .job import read_entries
     from .plan import make_plan
@@ -144,7 +150,7 @@ def bench_generate(manifest: str | None = None, samples: int = 128, samples_per_
         chosen = {k: v for k, v in (("formats", tuple(formats or ())),
                                     ("compression", compression)) if v}
         spec = JobSpec(manifest=manifest, output=os.path.join(work, "dataset"), samples=samples,
-                       samples_per_shard=samples_per_shard, backend="numpy",
+                       samples_per_shard=samples_per_shard, backend=backend,
                        allow_roots=tuple(allow_roots),
                        generator=GeneratorConfig(crop_size=(crop, crop, crop)),
                        resources=Resources(actors=actors), **chosen)
@@ -152,7 +158,7 @@ def bench_generate(manifest: str | None = None, samples: int = 128, samples_per_
         report = {"benchmark": "generate", "samples": samples,
                   "samples_per_shard": samples_per_shard, "actors": actors if ray else 1,
                   "crop": crop, "formats": list(spec.formats), "compression": spec.compression,
-                  "ray": ray, "scans": len(plan.scans),
+                  "ray": ray, "backend": backend, "scans": len(plan.scans),
                   "input": "built-in phantoms (simulated CT)" if simulated else manifest}
         if ray:
             report.update(_ceiling(plan, actors, log))

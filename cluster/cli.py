@@ -260,7 +260,7 @@ def _bench_generate(args) -> int:
         report = bench_generate(args.manifest, args.samples, args.samples_per_shard, args.actors,
                                 args.crop, args.allow_root,
                                 args.formats.split(",") if args.formats else None,
-                                args.compression, ray=not args.no_ray,
+                                args.compression, ray=not args.no_ray, backend=args.backend,
                                 log=lambda m: print(m, file=sys.stderr))
     except (JobError, RuntimeError) as exc:
         sys.exit(f"bench generate: {exc}")
@@ -283,6 +283,8 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
     ge.add_argument("--crop", type=int, default=96)
     ge.add_argument("--formats", help="zarr, wds or zarr,wds (default: the job spec's, both)")
     ge.add_argument("--compression", help="lz4 or zstd (default: the job spec's, lz4)")
+    ge.add_argument("--backend", choices=("numpy", "cupy", "auto"), default="numpy",
+                    help="synthesis backend of the job's actors (cupy: a GPU node)")
     ge.add_argument("--no-ray", action="store_true",
                     help="write the plan in this process only (no Ray, no generator-only run): "
                          "the host-work table at a fraction of the cost")
