@@ -143,9 +143,8 @@ def test_location_test_in_constant_time_equals_counting_voxels(scan):
     assert (fast_share > 0).any() and (fast_share == 0).any() and (fast_vessels > 0).any()
 
 
-def test_location_region_holds_the_ellipsoid_volume():
-    # 16 disjoint boxes, as large as the ellipsoid: within 8 % of its voxel count for r >= 6;
-    # the vessel rule's 16 covering boxes hold every voxel of it, also for tiny ones.
+def test_location_region_covers_the_ellipsoid_in_disjoint_boxes():
+    # 16 disjoint boxes holding every voxel of the ellipsoid, at most about 1.6 times its volume.
     from tumorforge.generator.location import region_boxes
     rng = np.random.default_rng(1)
     for n in range(30):
@@ -155,18 +154,11 @@ def test_location_region_holds_the_ellipsoid_volume():
         grid = np.stack(np.meshgrid(x, x, x, indexing="ij"), -1)
         ellipsoid = ((grid / a) ** 2).sum(-1) <= 1
         covered = np.zeros(ellipsoid.shape, int)
-        for b0, b1 in zip(*(v + h for v in region_boxes(a, cover=True))):
+        for b0, b1 in zip(*(v + h for v in region_boxes(a))):
             covered[b0[0]:b1[0], b0[1]:b1[1], b0[2]:b1[2]] += 1
         assert covered.max() == 1 and covered[ellipsoid].min() == 1
-        if n >= 20:
-            continue
-        lo, hi = region_boxes(a)
-        inside = np.zeros(ellipsoid.shape, int)
-        for b0, b1 in zip(lo + h, hi + h):
-            inside[b0[0]:b1[0], b0[1]:b1[1], b0[2]:b1[2]] += 1
-        assert inside.max() == 1                                  # disjoint
-        assert abs(inside.sum() / ellipsoid.sum() - 1) < 0.08
-        assert (inside.astype(bool) & ellipsoid).sum() / ellipsoid.sum() > 0.75
+        if n < 20:
+            assert covered.sum() / ellipsoid.sum() < 1.7
 
 
 @pytest.mark.parametrize("profile", ["paper", "paper-train"])

@@ -57,11 +57,11 @@ GOLDEN["0.4.0"] = GOLDEN["0.3.0"]
 # Box-Muller pairs.
 GOLDEN["0.5.0"] = {
     "paper-train/tiny": "df0478896d8206e57f33e65d945771d2a9aaf3a798a5259f2238217b2c5d76d4",
-    "paper-train/mix": "8db9e4b3c52a61e7544a23fdc8c5ad23733a997fcd49e34c81896642e14385aa",
+    "paper-train/mix": "a0c4def298e635d233275dee7d860fff130dd58e852ae71db2f286e50710ad97",
     "paper/tiny": "f79a8bd2fe2bbc2952150263888b04e39b3bb83126093f3a96fc31e2e421998d",
-    "paper/medium": "beacfe45ff4b567bb4c485e8819818d5652e1c69331c48e3c427716e7dd42ef2",
+    "paper/medium": "b3383f5c45d4bdfe15128a23a723f9ecc44010c0e6181be2c28d45870cf44628",
     "paper/large": "4de118b41d421dea6925073d82a9e8e5f8da60bbb4c8841c4493c9a88a6b9578",
-    "paper/mix": "8cfd1d9ab11da792ff011ce5c0a3d17761dbc81252f3a8a6ca44d77d69b797e5",
+    "paper/mix": "005f995f4cf117a3a7872d19a20e92231f182c87662474ad1e51dde8709d7f64",
     "released/small": "3e9df0771567c9a89d01fafa403cb60184f5ab04990169be5b6d33a97f634b59",
     "released/large": "3ad58d15bf091e775896d6f9eef4a012c94f2273e15653dfa0c7d2f34e331a8e",
 }
