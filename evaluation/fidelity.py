@@ -55,7 +55,7 @@ import scipy.ndimage as ndi
 
 from tumorforge.manifests.conventions import LIVER, TUMOR, zyx_to_ras
 
-from .metrics import CONNECTIVITY_26, lesions
+from .metrics import lesions
 
 RING_VOXELS = 3                       # width of the liver ring contrast is measured against
 INSIDE_TARGET = 0.9                   # a tumor "keeps its volume" with this share inside the liver

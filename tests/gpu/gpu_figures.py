@@ -79,7 +79,6 @@ def transform(out: str) -> dict:
         import torch
         from monai.data import MetaTensor
         from tumorforge.generator import TumorSynthesisd
-        from tumorforge.generator.transform import synthesis_record  # noqa: F401
     except Exception as exc:                      # MONAI or torch not carried: say so
         report = {"skipped": f"{type(exc).__name__}: {exc}"}
     else:
