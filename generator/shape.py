@@ -17,6 +17,8 @@ identical on every backend.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import noise
@@ -65,14 +67,19 @@ _LATTICE = 17                 # points per axis where max_displacement evaluates
 def max_displacement(row, s: float) -> np.ndarray:
     """The largest |displacement| (voxels) per axis that a ``paper`` tumor's control grid makes,
     evaluated on a 17^3 lattice spanning its box (host, float64; the field is a smooth quadratic,
-    the lattice step 1/8 of the half-box) plus half a voxel."""
-    grid = _control_points(int(row.deform_seed), (3, 3, 3, 3), float(row.sigma_e_mm) / s)
+    the lattice step 1/8 of the half-box) plus half a voxel. Kept for the last 4,096 grids: a
+    synthesis asks for a tumor's box several times."""
+    return np.array(_max_displacement(int(row.deform_seed), float(row.sigma_e_mm) / s))
+
+
+@functools.lru_cache(maxsize=4096)
+def _max_displacement(seed: int, sigma_vox: float) -> tuple[float, float, float]:
+    grid = _control_points(seed, (3, 3, 3, 3), sigma_vox)
     w = _lagrange3(np, np.linspace(-1.0, 1.0, _LATTICE))          # (L, 3)
     d = np.tensordot(grid, w, axes=([3], [1]))                   # (3, 3, 3, L): k -> z
     d = np.tensordot(d, w, axes=([2], [1]))                      # (3, 3, L, L): j -> y
     d = np.tensordot(d, w, axes=([1], [1]))                      # (3, L, L, L): i -> x
-    out = np.abs(d).reshape(3, -1).max(axis=1)
-    return out + 0.5
+    return tuple(float(v) + 0.5 for v in np.abs(d).reshape(3, -1).max(axis=1))
 
 
 def tumor_shape(backend: Backend, row, s: float, lo=None, hi=None):
