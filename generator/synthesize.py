@@ -11,9 +11,9 @@ crop; it is painted on the part of its tumor box inside the crop (shape and mask
 plus the blur's reach, texture on that part), or, with mass effect or capsule, on its whole reach,
 which the canvas then holds. Every step of a tumor is a function of its position in its own box,
 so the part gives the whole box's values (the texture up to float64 rounding in its matrix
-products, see ``texture``). ``released``: the canvas is the crop plus the reach of the sample's one mask blur; the
-binary shapes of the tumors that meet it are united there, and the texture is one field over that
-canvas. Tumors that miss the canvas are part of the record (tumors are drawn over the whole liver)
+products, see ``texture``). ``released``: the canvas is the crop plus the reach of the sample's one
+mask blur; the binary shapes of the tumors that meet it are united there, and the texture is one
+field over that canvas. Tumors that miss the canvas are part of the record (tumors are drawn over the whole liver)
 but cannot change the crop, so they are skipped. This definition is what audit regenerates, so it
 is exact by construction on one backend.
 
