@@ -132,15 +132,21 @@ def _control_points(seed: int, shape, sigma: float) -> np.ndarray:
     return noise.normal(np, shape, seed, stream=1).astype(np.float64) * sigma
 
 
+def control_grid(row, s: float) -> np.ndarray:
+    """A ``paper`` tumor's 3x3x3 control displacements ``g[axis, i, j, k]`` (voxels, float32, host)
+    from its deformation seed and sd: what ``_paper_shape`` and the GPU kernels interpolate."""
+    return _control_points(int(row.deform_seed), (3, 3, 3, 3),
+                           float(row.sigma_e_mm) / s).astype(np.float32)
+
+
 def _paper_shape(backend, t, grid_half, sub, s: float):
     """Ellipsoid with half-axes ``t.half_axes`` deformed by a smooth field interpolated from a
     3x3x3 grid of control displacements over the shape box (``grid_half``, tri-quadratic), as a
     float32 0/1 mask on the part ``sub`` (slices of the shape box)."""
     xp = backend.xp
-    grid = _control_points(int(t.deform_seed), (3, 3, 3, 3), float(t.sigma_e_mm) / s)
     weights = [_lagrange3(xp, xp.linspace(-1.0, 1.0, 2 * g + 1, dtype=xp.float32)[sl])
                for g, sl in zip(grid_half, sub)]
-    g = xp.asarray(grid, dtype=xp.float32)
+    g = xp.asarray(control_grid(t, s))
     wx, wy, wz = weights
     q = None
     for a in range(3):

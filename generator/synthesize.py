@@ -28,6 +28,7 @@ image int16 HU clipped to [-1024, 3071], label uint8 (0 background, 1 liver, 2 t
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -210,16 +211,35 @@ def _paper_crop(backend, scan, rows, s, crop_lo, crop_hi, timer):
     return image, label, tuple(slice(int(x), int(y)) for x, y in zip(a, b))
 
 
+def kernels_for(backend: Backend, kernels="auto"):
+    """The compiled kernel module ``synthesize_batch`` paints with: ``"auto"`` is the CUDA module
+    on the ``cupy`` backend (``TUMORFORGE_KERNELS=off`` turns it off) and none on ``numpy``;
+    ``"off"`` or None is none; a module (``kernels.paint.cpu_module()``) is used as given."""
+    if kernels is None or kernels == "off":
+        return None
+    if kernels != "auto":
+        return kernels
+    if backend.name != "cupy" or os.environ.get("TUMORFORGE_KERNELS", "on") == "off":
+        return None
+    from .kernels.paint import cuda_module
+    return cuda_module()
+
+
 def synthesize_batch(scans: Sequence[PreparedScan], packed: Packed, backend: Backend,
-                     timer: Timer | None = None) -> CropBatch:
+                     timer: Timer | None = None, kernels="auto") -> CropBatch:
     """The crops of ``packed`` (``batch.pack`` with these ``scans``' ids, in this order) with their
     tumors painted in, as host (NumPy) ``(B, Z, Y, X)`` arrays; every crop of a batch has the same
     size. Written into one device buffer per array and copied to the host once.
 
+    ``kernels`` (:func:`kernels_for`): with a kernel module, the crops it can paint
+    (``kernels.paint.eligible``: paper crops without mass effect or capsule) are painted by its
+    fused kernels in one pass for the batch, the others by the array code below.
+
     ``timer``, if given, gets ``start()`` and then ``mark(step)`` after each step (canvas, shape,
-    texture, place, mass_effect, capsule, output)."""
+    texture, place, mass_effect, capsule, plan, kernels, output)."""
     xp = backend.xp
     timer = _Untimed() if timer is None else timer
+    module = kernels_for(backend, kernels)
     crops = packed.crops
     if len(crops) == 0:
         raise ValueError("synthesize_batch: the batch holds no crop")
@@ -231,7 +251,12 @@ def synthesize_batch(scans: Sequence[PreparedScan], packed: Packed, backend: Bac
     zyx = tuple(int(v) for v in size[::-1])
     images = xp.empty((len(crops),) + zyx, xp.int16)
     labels = xp.empty((len(crops),) + zyx, xp.uint8)
-    for b in range(len(crops)):
+    fused = np.zeros(len(crops), bool)
+    if module is not None:
+        from .kernels import paint
+        fused = paint.eligible(scans, packed)
+        paint.paint(module, backend, scans, packed, np.flatnonzero(fused), images, labels, timer)
+    for b in np.flatnonzero(~fused):
         r = crops[b]
         scan = scans[int(r.scan)]
         s = float(scan.spacing_mm[0])

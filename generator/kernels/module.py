@@ -1,0 +1,149 @@
+"""Compiled kernel modules: CUDA source as a CuPy ``RawModule`` on a GPU, or the same source built
+as C++ for the CPU, behind one call ``module.launch(name, grid, block, args)``.
+
+The CPU build (``cpu_module``) exists so the kernels' own text runs in tests on machines without a
+GPU: a small C++ preamble defines CUDA's names (``__global__``, ``blockIdx``, ...; ``TF_CPU``
+selects plain arithmetic for the ``_rn`` intrinsics) and ``launch`` runs every block and thread of
+the grid one after another. That is faithful for kernels that, like tumorforge's, use neither
+shared memory nor ``__syncthreads``. It needs a C++ compiler (``$CXX`` or ``c++``); built once per
+source text into a cache folder.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
+
+_CPU_PREAMBLE = r"""
+#define TF_CPU 1
+#include <cmath>
+#include <cstring>
+#include <utility>
+#define __global__
+#define __device__ static
+#define __forceinline__ inline
+using std::sqrt; using std::log; using std::sin; using std::cos;
+struct tf_dim3 { unsigned x, y, z; };
+static tf_dim3 blockIdx, threadIdx, blockDim, gridDim;
+"""
+
+_CPU_LAUNCHER = r"""
+template <typename... A, std::size_t... I>
+static void tf_call(void (*k)(A...), void** args, std::index_sequence<I...>) {
+    k(*reinterpret_cast<A*>(args[I])...);
+}
+template <typename... A>
+static void tf_run(void (*k)(A...), unsigned gx, unsigned gy, unsigned bx, void** args) {
+    gridDim = {gx, gy, 1}; blockDim = {bx, 1, 1};
+    for (unsigned y = 0; y < gy; ++y)
+        for (unsigned x = 0; x < gx; ++x)
+            for (unsigned t = 0; t < bx; ++t) {
+                blockIdx = {x, y, 0}; threadIdx = {t, 0, 0};
+                tf_call(k, args, std::index_sequence_for<A...>{});
+            }
+}
+extern "C" int tf_launch(const char* name, unsigned gx, unsigned gy, unsigned bx, void** args) {
+%s
+    return 1;
+}
+"""
+
+
+class KernelError(RuntimeError):
+    pass
+
+
+def kernel_names(source: str) -> list[str]:
+    return _KERNEL.findall(source)
+
+
+class CudaModule:
+    """The source compiled by CuPy (NVRTC) for the current GPU."""
+
+    device = "cuda"
+
+    def __init__(self, source: str):
+        import cupy
+        self.xp = cupy
+        self._module = cupy.RawModule(code=source, options=("--std=c++14",))
+        self._kernels = {n: self._module.get_function(n) for n in kernel_names(source)}
+
+    def launch(self, name: str, grid: tuple[int, int], block: int, args: tuple) -> None:
+        self._kernels[name](tuple(int(g) for g in grid), (int(block),), args)
+
+    @staticmethod
+    def pointer(array) -> int:
+        return int(array.data.ptr)
+
+
+class CpuModule:
+    """The source built as C++ with the host compiler; arrays are NumPy arrays."""
+
+    device = "cpu"
+    xp = np
+
+    def __init__(self, source: str, cache: Path | None = None):
+        self._names = kernel_names(source)
+        cases = "\n".join(f'    if (!std::strcmp(name, "{n}")) {{ tf_run({n}, gx, gy, bx, args); '
+                          f'return 0; }}' for n in self._names)
+        text = _CPU_PREAMBLE + source + _CPU_LAUNCHER % cases
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        folder = Path(cache or os.environ.get("TUMORFORGE_KERNEL_CACHE")
+                      or Path(tempfile.gettempdir()) / "tumorforge-kernels")
+        lib = folder / f"paint-{digest}.so"
+        if not lib.exists():
+            _build(text, lib)
+        self._lib = ctypes.CDLL(str(lib))
+        self._lib.tf_launch.restype = ctypes.c_int
+
+    def launch(self, name: str, grid: tuple[int, int], block: int, args: tuple) -> None:
+        keep, ptrs = [], []
+        for a in args:
+            if isinstance(a, np.ndarray):
+                if not a.flags.c_contiguous:
+                    raise KernelError(f"{name}: array arguments must be C-contiguous")
+                holder = ctypes.c_void_p(a.ctypes.data)
+            elif isinstance(a, np.generic):
+                holder = np.ctypeslib.as_ctypes(np.asarray(a).reshape(1))
+            else:
+                raise KernelError(f"{name}: argument {a!r}: pass arrays or NumPy scalars")
+            keep.append(holder)
+            ptrs.append(ctypes.cast(ctypes.pointer(holder), ctypes.c_void_p))
+        arr = (ctypes.c_void_p * max(1, len(ptrs)))(*ptrs)
+        if self._lib.tf_launch(name.encode(), int(grid[0]), int(grid[1]), int(block), arr):
+            raise KernelError(f"no kernel named {name}")
+
+    @staticmethod
+    def pointer(array) -> int:
+        return int(array.ctypes.data)
+
+
+def compiler() -> str | None:
+    """The C++ compiler ``cpu_module`` would use, or None."""
+    return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+
+
+def _build(text: str, lib: Path) -> None:
+    cxx = compiler()
+    if cxx is None:
+        raise KernelError("building the kernels for the CPU needs a C++ compiler (set CXX)")
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    src = lib.with_suffix(".cpp")
+    src.write_text(text)
+    tmp = lib.with_name(lib.name + f".{os.getpid()}.tmp")
+    cmd = [cxx, "-std=c++17", "-O2", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC",
+           "-o", str(tmp), str(src)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise KernelError(f"{cxx} could not build {src}: {done.stderr.strip()[-2000:]}")
+    os.replace(tmp, lib)

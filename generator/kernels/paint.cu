@@ -1,0 +1,256 @@
+// tumorforge's synthesis kernels for the `paper` and `paper-train` recipes (generator/kernels/paint.py
+// launches them; generator/kernels/twins.py holds one NumPy twin per kernel).
+//
+// One launch covers a whole batch: blockIdx.y is the tumor (or crop), and a grid-stride loop walks
+// its box, so every kernel compiles once whatever the boxes' sizes. Per-tumor numbers come from
+// packed tables whose column names paint.py defines once and prepends here as #defines
+// (TI_* int32 columns of `ti`, TF_* float32 columns of `tf`, TD_* float64 columns of `td`).
+// Boxes, all (i, j, k) = (R, A, S) voxel boxes:
+//   crop  the output crop (crop voxels [0, size)); scan voxels = crop_lo + crop voxels
+//   R     where a tumor is painted: its tumor box cut to the crop (crop voxels)
+//   S     R plus the mask blur's reach, inside the tumor box: where shape and mask are computed
+// Floating point: products and sums use the _rn intrinsics, which a compiler may not contract into
+// fused multiply-adds, so each operation rounds as NumPy's does and the kernels give NumPy's float
+// results (the texture's sums run in another order than BLAS; Box-Muller's log/cos/sin are the
+// device's libm, within 2 ulp in float64).
+// The same text compiles as C++ on a CPU (TF_CPU, module.py): the tests run it there.
+
+#ifdef TF_CPU
+#define FMUL(a, b) ((a) * (b))
+#define FADD(a, b) ((a) + (b))
+#define FSUB(a, b) ((a) - (b))
+#define FDIV(a, b) ((a) / (b))
+#define DMUL(a, b) ((a) * (b))
+#define DADD(a, b) ((a) + (b))
+#else
+#define FMUL(a, b) __fmul_rn(a, b)
+#define FADD(a, b) __fadd_rn(a, b)
+#define FSUB(a, b) __fsub_rn(a, b)
+#define FDIV(a, b) __fdiv_rn(a, b)
+#define DMUL(a, b) __dmul_rn(a, b)
+#define DADD(a, b) __dadd_rn(a, b)
+#endif
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef long long i64;
+
+#define LIVER 1
+#define TUMOR 2
+
+// ---- grid-stride loop over n items of the block row blockIdx.y
+#define FOR_ITEMS(v, n) \
+    for (i64 v = (i64)blockIdx.x * blockDim.x + threadIdx.x; v < (i64)(n); \
+         v += (i64)gridDim.x * blockDim.x)
+
+__device__ __forceinline__ const int* row_i(const int* ti, int t) { return ti + (i64)t * TI_COLUMNS; }
+
+// ---- Philox4x32-10 (noise.py): counter (idx lo, idx hi, stream, 0), key = seed
+__device__ __forceinline__ void philox(u64 idx, u64 seed, u32 stream, u32* w0, u32* w1) {
+    u32 c0 = (u32)(idx & 0xFFFFFFFFull), c1 = (u32)(idx >> 32), c2 = stream, c3 = 0u;
+    u32 k0 = (u32)(seed & 0xFFFFFFFFull), k1 = (u32)(seed >> 32);
+    for (int r = 0; r < 10; ++r) {
+        u64 p0 = (u64)c0 * 0xD2511F53ull;
+        u64 p1 = (u64)c2 * 0xCD9E8D57ull;
+        u32 n0 = (u32)(p1 >> 32) ^ c1 ^ k0;
+        u32 n1 = (u32)p1;
+        u32 n2 = (u32)(p0 >> 32) ^ c3 ^ k1;
+        u32 n3 = (u32)p0;
+        c0 = n0; c1 = n1; c2 = n2; c3 = n3;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    *w0 = c0;
+    *w1 = c1;
+}
+
+// ---- shape (shape.py, _paper_shape): the deformed ellipsoid, 0/1, on S
+__device__ __forceinline__ void lagrange3(int idx, int g, float w[3]) {
+    // linspace(-1, 1, 2g + 1, float32)[idx] as NumPy makes it (float64, then rounded)
+    double step = 2.0 / (double)(2 * g);
+    float u = (idx == 2 * g) ? 1.0f : (float)DADD(DMUL((double)idx, step), -1.0);
+    u = fminf(fmaxf(u, -1.0f), 1.0f);
+    w[0] = FMUL(FMUL(0.5f, u), FSUB(u, 1.0f));
+    w[1] = FSUB(1.0f, FMUL(u, u));
+    w[2] = FMUL(FMUL(0.5f, u), FADD(u, 1.0f));
+}
+
+extern "C" __global__ void paint_shape(const int* ti, const float* tf, float* ws) {
+    const int t = blockIdx.y;
+    const int* r = row_i(ti, t);
+    const float* f = tf + (i64)t * TF_COLUMNS;
+    const int n0 = r[TI_S_HI0] - r[TI_S_LO0], n1 = r[TI_S_HI1] - r[TI_S_LO1],
+              n2 = r[TI_S_HI2] - r[TI_S_LO2];
+    float* out = ws + r[TI_WS];
+    FOR_ITEMS(v, (i64)n0 * n1 * n2) {
+        const int c[3] = {(int)(v / ((i64)n1 * n2)) + r[TI_SHAPE_OFF0],
+                          (int)((v / n2) % n1) + r[TI_SHAPE_OFF1],
+                          (int)(v % n2) + r[TI_SHAPE_OFF2]};
+        float wx[3], wy[3], wz[3];
+        lagrange3(c[0], r[TI_GRID_HALF0], wx);
+        lagrange3(c[1], r[TI_GRID_HALF1], wy);
+        lagrange3(c[2], r[TI_GRID_HALF2], wz);
+        float q = 0.0f;
+        for (int a = 0; a < 3; ++a) {
+            const float* ga = f + TF_GRID + 27 * a;          // control displacements g[a, i, j, k]
+            float d1[3][3];                                   // contract i (x)
+            for (int j = 0; j < 3; ++j)
+                for (int k = 0; k < 3; ++k)
+                    d1[j][k] = FADD(FADD(FMUL(wx[0], ga[0 * 9 + j * 3 + k]),
+                                         FMUL(wx[1], ga[1 * 9 + j * 3 + k])),
+                                    FMUL(wx[2], ga[2 * 9 + j * 3 + k]));
+            float d2[3];                                      // contract j (y)
+            for (int k = 0; k < 3; ++k)
+                d2[k] = FADD(FADD(FMUL(d1[0][k], wy[0]), FMUL(d1[1][k], wy[1])),
+                             FMUL(d1[2][k], wy[2]));
+            float d = FADD(FADD(FMUL(d2[0], wz[0]), FMUL(d2[1], wz[1])), FMUL(d2[2], wz[2]));
+            d = FADD(d, (float)c[a]);
+            d = FSUB(d, (float)r[TI_GRID_HALF0 + a]);
+            d = FDIV(d, f[TF_HALF_AXES + a]);
+            d = FMUL(d, d);
+            q = (a == 0) ? d : FADD(q, d);
+        }
+        out[v] = (q <= 1.0f) ? 1.0f : 0.0f;
+    }
+}
+
+// ---- mask blur (shape.py, tumor_mask): one axis of scipy's gaussian_filter, mode constant, on S.
+// Sums as scipy's correlate1d does for a symmetric kernel: the centre, then the pairs from the
+// outermost in, in float64; weights (float64, scipy's) from `wt` at TI_W_OFF, radius TI_RADIUS.
+extern "C" __global__ void paint_blur(const int* ti, const double* wt, const float* src,
+                                      float* dst, int axis) {
+    const int t = blockIdx.y;
+    const int* r = row_i(ti, t);
+    const int n[3] = {r[TI_S_HI0] - r[TI_S_LO0], r[TI_S_HI1] - r[TI_S_LO1],
+                      r[TI_S_HI2] - r[TI_S_LO2]};
+    const i64 stride = axis == 0 ? (i64)n[1] * n[2] : (axis == 1 ? n[2] : 1);
+    const int radius = r[TI_RADIUS];
+    const double* w = wt + r[TI_W_OFF] + radius;             // w[-radius .. radius]
+    const float* in = src + r[TI_WS];
+    float* out = dst + r[TI_WS];
+    FOR_ITEMS(v, (i64)n[0] * n[1] * n[2]) {
+        const int p = (int)((v / stride) % n[axis]);
+        double acc = DMUL((double)in[v], w[0]);
+        for (int j = -radius; j < 0; ++j) {
+            const double lo = (p + j >= 0) ? (double)in[v + j * stride] : 0.0;
+            const double hi = (p - j < n[axis]) ? (double)in[v - j * stride] : 0.0;
+            acc = DADD(acc, DMUL(DADD(lo, hi), w[j]));
+        }
+        out[v] = (float)acc;
+    }
+}
+
+// ---- texture noise (noise.py, normal): the block [z_lo, z_lo + z_dim) of the tumor's coarse
+// grid of Box-Muller normals (float32 values, stored as float64)
+extern "C" __global__ void paint_noise(const int* ti, const u64* seeds, double* zbuf) {
+    const int t = blockIdx.y;
+    const int* r = row_i(ti, t);
+    const int d1 = r[TI_Z_DIM1], d2 = r[TI_Z_DIM2];
+    const i64 c1 = r[TI_COARSE1], half = (r[TI_COARSE2] + 1) / 2;
+    double* out = zbuf + r[TI_Z_OFF];
+    FOR_ITEMS(v, (i64)r[TI_Z_DIM0] * d1 * d2) {
+        const i64 gi = v / ((i64)d1 * d2) + r[TI_Z_LO0];
+        const i64 gj = (v / d2) % d1 + r[TI_Z_LO1];
+        const i64 gk = v % d2 + r[TI_Z_LO2];
+        u32 w0, w1;
+        philox((u64)((gi * c1 + gj) * half + gk / 2), seeds[t], 0u, &w0, &w1);
+        const double u1 = DMUL((double)((w0 >> 11) + 1u), 4.76837158203125e-07);     // 2^-21
+        const double u2 = DMUL((double)(w1 >> 8), 5.9604644775390625e-08);           // 2^-24
+        const double radius = sqrt(DMUL(-2.0, log(u1)));
+        const double angle = DMUL(6.283185307179586, u2);
+        const float z = (float)DMUL(radius, (gk % 2) ? sin(angle) : cos(angle));
+        out[v] = (double)z;
+    }
+}
+
+// ---- texture field (texture.py, paper_texture): the three axis operators (float64 rows of the
+// R part, columns of the noise block) contracted as NumPy does: x, then z, then y; the last pass
+// writes mu_t + sigma_p * field (float32) on R. Sums run in column order.
+extern "C" __global__ void paint_texture(const int* ti, const double* td, const double* ops,
+                                         const double* src, double* dst, float* tex, int pass) {
+    const int t = blockIdx.y;
+    const int* r = row_i(ti, t);
+    const int m0 = r[TI_R_HI0] - r[TI_R_LO0], m1 = r[TI_R_HI1] - r[TI_R_LO1],
+              m2 = r[TI_R_HI2] - r[TI_R_LO2];
+    const int z0 = r[TI_Z_DIM0], z1 = r[TI_Z_DIM1], z2 = r[TI_Z_DIM2];
+    if (pass == 0) {            // (z0, z1, z2) -> (m0, z1, z2)
+        const double* op = ops + r[TI_OP_OFF0];
+        const double* in = src + r[TI_Z_OFF];
+        double* out = dst + r[TI_P1_OFF];
+        FOR_ITEMS(v, (i64)m0 * z1 * z2) {
+            const i64 i = v / ((i64)z1 * z2), jk = v % ((i64)z1 * z2);
+            double acc = 0.0;
+            for (int u = 0; u < z0; ++u)
+                acc = DADD(acc, DMUL(op[i * z0 + u], in[u * (i64)z1 * z2 + jk]));
+            out[v] = acc;
+        }
+    } else if (pass == 1) {     // (m0, z1, z2) -> (m0, z1, m2)
+        const double* op = ops + r[TI_OP_OFF2];
+        const double* in = src + r[TI_P1_OFF];
+        double* out = dst + r[TI_P2_OFF];
+        FOR_ITEMS(v, (i64)m0 * z1 * m2) {
+            const i64 ij = v / m2, k = v % m2;
+            double acc = 0.0;
+            for (int u = 0; u < z2; ++u)
+                acc = DADD(acc, DMUL(in[ij * z2 + u], op[k * z2 + u]));
+            out[v] = acc;
+        }
+    } else {                    // (m0, z1, m2) -> (m0, m1, m2), scaled to HU
+        const double* op = ops + r[TI_OP_OFF1];
+        const double* in = src + r[TI_P2_OFF];
+        float* out = tex + r[TI_TEX_OFF];
+        const double* d = td + (i64)t * TD_COLUMNS;
+        FOR_ITEMS(v, (i64)m0 * m1 * m2) {
+            const i64 i = v / ((i64)m1 * m2), j = (v / m2) % m1, k = v % m2;
+            double acc = 0.0;
+            for (int u = 0; u < z1; ++u)
+                acc = DADD(acc, DMUL(in[(i * z1 + u) * m2 + k], op[j * z1 + u]));
+            out[v] = (float)DADD(DMUL(acc, d[TD_SIGMA_P]), d[TD_MU_T]);
+        }
+    }
+}
+
+// ---- canvas, eq. 4 blend and label, output (synthesize.py, effects.place): one thread per output
+// voxel of a crop (blockIdx.y: the crop's row of `ci`). Reads the scan (air and background outside
+// it), paints the crop's tumors in their order (m = mask x liver, img = (1 - m) img + m texture,
+// tumor where m >= 0.5), writes int16 HU (rint, clipped) and uint8 labels in (Z, Y, X) order.
+extern "C" __global__ void paint_blend(const int* ci, const int* ti, const u64* scan_ptrs,
+                                       const int* scan_shapes, const float* mask, const float* tex,
+                                       short* images, unsigned char* labels,
+                                       int sx, int sy, int sz) {
+    const int* c = ci + (i64)blockIdx.y * CI_COLUMNS;
+    const int scan = c[CI_SCAN];
+    const short* vol = (const short*)scan_ptrs[2 * scan];
+    const unsigned char* lab_vol = (const unsigned char*)scan_ptrs[2 * scan + 1];
+    const int* shp = scan_shapes + 3 * scan;
+    const i64 n = (i64)sx * sy * sz;
+    short* out_img = images + (i64)c[CI_OUT] * n;
+    unsigned char* out_lab = labels + (i64)c[CI_OUT] * n;
+    FOR_ITEMS(o, n) {
+        const int i = (int)(o % sx), j = (int)((o / sx) % sy), k = (int)(o / ((i64)sx * sy));
+        const int a = i + c[CI_LO0], b = j + c[CI_LO1], e = k + c[CI_LO2];
+        float img = -1024.0f;
+        unsigned char lab = 0;
+        if (a >= 0 && b >= 0 && e >= 0 && a < shp[0] && b < shp[1] && e < shp[2]) {
+            const i64 at = ((i64)a * shp[1] + b) * shp[2] + e;
+            img = (float)vol[at];
+            lab = lab_vol[at];
+        }
+        for (int t = c[CI_T0]; t < c[CI_T1]; ++t) {
+            const int* r = row_i(ti, t);
+            if (i < r[TI_R_LO0] || i >= r[TI_R_HI0] || j < r[TI_R_LO1] || j >= r[TI_R_HI1] ||
+                k < r[TI_R_LO2] || k >= r[TI_R_HI2]) continue;
+            const int s1 = r[TI_S_HI1] - r[TI_S_LO1], s2 = r[TI_S_HI2] - r[TI_S_LO2];
+            float m = mask[r[TI_WS] + ((i64)(i - r[TI_S_LO0]) * s1 + (j - r[TI_S_LO1])) * s2
+                           + (k - r[TI_S_LO2])];
+            m = FMUL(m, lab >= LIVER ? 1.0f : 0.0f);
+            const int m1 = r[TI_R_HI1] - r[TI_R_LO1], m2 = r[TI_R_HI2] - r[TI_R_LO2];
+            const float x = tex[r[TI_TEX_OFF] + ((i64)(i - r[TI_R_LO0]) * m1 + (j - r[TI_R_LO1])) * m2
+                                + (k - r[TI_R_LO2])];
+            img = FADD(FMUL(FSUB(1.0f, m), img), FMUL(m, x));
+            if (m >= 0.5f) lab = TUMOR;
+        }
+        out_img[o] = (short)fminf(fmaxf(rintf(img), -1024.0f), 3071.0f);
+        out_lab[o] = lab;
+    }
+}
