@@ -261,6 +261,7 @@ def _bench_generate(args) -> int:
                                 args.crop, args.allow_root,
                                 args.formats.split(",") if args.formats else None,
                                 args.compression, ray=not args.no_ray, backend=args.backend,
+                                gpus_per_actor=args.gpus_per_actor,
                                 log=lambda m: print(m, file=sys.stderr))
     except (JobError, RuntimeError) as exc:
         sys.exit(f"bench generate: {exc}")
@@ -285,6 +286,9 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
     ge.add_argument("--compression", help="lz4 or zstd (default: the job spec's, lz4)")
     ge.add_argument("--backend", choices=("numpy", "cupy", "auto"), default="numpy",
                     help="synthesis backend of the job's actors (cupy: a GPU node)")
+    ge.add_argument("--gpus-per-actor", type=float, default=0.0,
+                    help="GPU share of each actor (0.5: two actors per GPU); with --no-ray, the "
+                         "share of the device's memory this process's pool may hold")
     ge.add_argument("--no-ray", action="store_true",
                     help="write the plan in this process only (no Ray, no generator-only run): "
                          "the host-work table at a fraction of the cost")

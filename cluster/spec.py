@@ -29,6 +29,7 @@ class Resources:
     actors: int = 2                  # writer actors
     gpus_per_actor: float = 0.0      # fractional allowed; > 0 needs the cupy backend
     cpus_per_actor: float = 1.0
+    gpu_memory_mb: int = 0           # GPU memory pool cap per actor; 0: its share of the device
     scan_cache_mb: int = 2048        # prepared scans an actor keeps (LRU by memory)
     scan_retries: int = 2            # re-tries of a scan that fails to load, before giving up
     shard_retries: int = 3           # re-runs of a shard whose actor died
@@ -65,9 +66,10 @@ class JobSpec:
         if self.scans_per_shard < 1:
             raise SpecError(f"scans_per_shard must be >= 1, got {self.scans_per_shard}")
         r = self.resources
-        if r.actors < 1 or r.gpus_per_actor < 0 or r.cpus_per_actor <= 0:
+        if (r.actors < 1 or r.gpus_per_actor < 0 or r.cpus_per_actor <= 0
+                or r.gpu_memory_mb < 0):
             raise SpecError(f"resources {r}: need actors >= 1, gpus_per_actor >= 0, "
-                            "cpus_per_actor > 0")
+                            "cpus_per_actor > 0, gpu_memory_mb >= 0")
         if r.gpus_per_actor > 0 and self.backend == "numpy":
             raise SpecError("gpus_per_actor > 0 needs backend cupy (or auto on a GPU node)")
 

@@ -230,6 +230,8 @@ class ShardWorker:
         self.prepared = 0                     # scans this actor prepared itself
         self.spec = plan.spec
         self.backend = get_backend(self.spec.backend)
+        res = self.spec.resources
+        self.backend.bound_memory(res.gpus_per_actor, res.gpu_memory_mb)
         self.out = Objects(self.spec.output)
         self.cache = ScanCache(self.spec.resources.scan_cache_mb << 20)
 
@@ -299,7 +301,9 @@ class ShardWorker:
             seconds={"load": round(t_load, 3), "synthesize": round(t_synth, 3),
                      "encode_write": round(time.perf_counter() - t0 - t_load - t_synth, 3)},
             worker={"pid": os.getpid(), "backend": self.backend.name,
-                    "scan_loads": self.cache.loads, "scans_prepared": self.prepared},
+                    "scan_loads": self.cache.loads, "scans_prepared": self.prepared,
+                    **({"gpu_memory": self.backend.memory()} if self.backend.name == "cupy"
+                       else {})},
             host_cpu_s={stage: round(s, 6) for stage, s in clock.seconds.items()})
         self.out.put(names.commit_key(k), pretty_json(record.to_json()))
         return record

@@ -35,6 +35,46 @@ class Backend:
     def asnumpy(self, a) -> np.ndarray:
         return a.get() if hasattr(a, "get") else np.asarray(a)
 
+    def to_host(self, *arrays) -> tuple[np.ndarray, ...]:
+        """Device arrays as C-ordered host (NumPy) arrays. On CuPy they are copied into
+        page-locked (pinned) host memory from CuPy's pinned pool, on a second stream that waits
+        for the work queued so far on the current one, and returned once the copies are done."""
+        if self.name != "cupy":
+            return tuple(np.ascontiguousarray(a) for a in arrays)
+        import cupyx
+        stream = _copy_stream()
+        stream.wait_event(self.xp.cuda.get_current_stream().record())
+        out = []
+        for a in arrays:
+            host = cupyx.empty_pinned(a.shape, a.dtype)
+            self.xp.ascontiguousarray(a).get(stream=stream, out=host, blocking=False)
+            out.append(host)
+        stream.synchronize()
+        return tuple(out)
+
+    def bound_memory(self, share: float, mb: int = 0) -> dict:
+        """Cap this process's GPU memory pool (CuPy): ``mb`` MiB, or when 0 the process's ``share``
+        of the device's memory (a Ray actor's fractional GPU); returns :meth:`memory`. No-op on
+        NumPy."""
+        if self.name != "cupy":
+            return {}
+        pool = self.xp.get_default_memory_pool()
+        if mb > 0:
+            pool.set_limit(size=int(mb) << 20)
+        elif 0 < share < 1:
+            pool.set_limit(fraction=float(share))
+        return self.memory()
+
+    def memory(self) -> dict:
+        """GPU memory of this process's CuPy pool in MiB: its limit (0: none), what it holds
+        (its high-water mark: the pool keeps freed blocks) and what is in use now. {} on NumPy."""
+        if self.name != "cupy":
+            return {}
+        pool = self.xp.get_default_memory_pool()
+        mib = lambda v: round(v / 2 ** 20, 1)
+        return {"limit_mb": mib(pool.get_limit()), "held_mb": mib(pool.total_bytes()),
+                "used_mb": mib(pool.used_bytes())}
+
     def versions(self) -> dict:
         import scipy
         out = {"numpy": np.__version__, "scipy": scipy.__version__}
@@ -43,6 +83,18 @@ class Backend:
             out["cuda_runtime"] = int(self.xp.cuda.runtime.runtimeGetVersion())
             out["gpu"] = self.xp.cuda.runtime.getDeviceProperties(0)["name"].decode()
         return out
+
+
+_COPY_STREAMS: dict = {}
+
+
+def _copy_stream():
+    """One non-blocking CuPy stream per device for device-to-host copies."""
+    import cupy
+    dev = cupy.cuda.Device().id
+    if dev not in _COPY_STREAMS:
+        _COPY_STREAMS[dev] = cupy.cuda.Stream(non_blocking=True)
+    return _COPY_STREAMS[dev]
 
 
 def _numpy() -> Backend:

@@ -9,6 +9,8 @@ across backends only to floating-point rounding.
 
 from __future__ import annotations
 
+import numpy as np
+
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
 _MASK32 = 0xFFFFFFFF
@@ -31,22 +33,28 @@ def philox4x32(xp, n, seed: int, stream: int = 0):
     return _philox(xp, idx, seed, stream)
 
 
-def _philox(xp, idx, seed: int, stream: int):
-    n = idx.shape
-    c0 = idx & xp.uint64(_MASK32)
-    c1 = idx >> xp.uint64(32)
-    c2 = xp.full(n, stream & _MASK32, dtype=xp.uint64)
-    c3 = xp.zeros(n, dtype=xp.uint64)
+def _philox(xp, idx, seed, stream: int):
+    """``seed``: a Python int, or a uint64 array of keys that broadcasts against ``idx``."""
     u64 = xp.uint64
     # Explicit uint64 scalars: array modules differ in how they promote bare Python ints.
     m0, m1, mask, shift = u64(_M0), u64(_M1), u64(_MASK32), u64(32)
-    k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+    if isinstance(seed, int):
+        k0, k1 = u64(seed & _MASK32), u64((seed >> 32) & _MASK32)
+        w0, w1 = u64(_W0), u64(_W1)
+    else:
+        k0, k1 = seed & mask, (seed >> shift) & mask
+        w0, w1 = u64(_W0), u64(_W1)
+        idx = idx + xp.zeros_like(k0)                   # the counters for every key
+    n = idx.shape
+    c0 = idx & mask
+    c1 = idx >> shift
+    c2 = xp.full(n, stream & _MASK32, dtype=xp.uint64)
+    c3 = xp.zeros(n, dtype=xp.uint64)
     for _ in range(10):
         p0 = c0 * m0
         p1 = c2 * m1
-        c0, c1, c2, c3 = ((p1 >> shift) ^ c1 ^ u64(k0), p1 & mask,
-                          (p0 >> shift) ^ c3 ^ u64(k1), p0 & mask)
-        k0, k1 = (k0 + _W0) & _MASK32, (k1 + _W1) & _MASK32
+        c0, c1, c2, c3 = ((p1 >> shift) ^ c1 ^ k0, p1 & mask, (p0 >> shift) ^ c3 ^ k1, p0 & mask)
+        k0, k1 = (k0 + w0) & mask, (k1 + w1) & mask
     return c0, c1, c2, c3
 
 
@@ -92,6 +100,26 @@ def normal(xp, shape, seed: int, stream: int = 0, lo=None, hi=None):
     values = pairs.reshape(rows + (2 * (p_hi - p_lo),))
     start = lo[-1] - 2 * p_lo
     return xp.ascontiguousarray(values[..., start:start + hi[-1] - lo[-1]])
+
+
+def normal_many(shape, seeds, stream: int = 0) -> np.ndarray:
+    """``normal(numpy, shape, seed, stream)`` for every seed of ``seeds`` at once (NumPy, host):
+    ``(len(seeds),) + shape`` float32, row ``n`` bit for bit ``normal(np, shape, seeds[n])``."""
+    shape = tuple(int(v) for v in shape)
+    seeds = np.asarray(seeds, np.uint64).reshape(-1, 1)
+    half = (shape[-1] + 1) // 2
+    rows = _size(shape[:-1]) if len(shape) > 1 else 1
+    counters = np.arange(rows * half, dtype=np.uint64)[None, :]
+    w0, w1, _, _ = _philox(np, counters, seeds, stream)
+    u1 = ((w0 >> np.uint64(11)) + np.uint64(1)).astype(np.float64) * 2.0 ** -21
+    u2 = (w1 >> np.uint64(8)).astype(np.float64) * 2.0 ** -24
+    radius = np.sqrt(-2.0 * np.log(u1))
+    angle = 2.0 * np.pi * u2
+    pairs = np.empty(w0.shape + (2,), np.float32)
+    pairs[..., 0] = radius * np.cos(angle)
+    pairs[..., 1] = radius * np.sin(angle)
+    values = pairs.reshape((len(seeds),) + shape[:-1] + (2 * half,))
+    return np.ascontiguousarray(values[..., :shape[-1]])
 
 
 def _size(shape) -> int:

@@ -17,7 +17,7 @@ identical on every backend.
 
 from __future__ import annotations
 
-import functools
+from collections import OrderedDict
 
 import numpy as np
 
@@ -42,44 +42,64 @@ def tumor_halves(rows, s) -> np.ndarray:
     """Half-widths (voxels, per axis) of the **tumor box**: where a tumor's binary shape, soft mask
     and texture are computed, from its row alone. ``released``: the shape box. ``paper``: each
     half-axis plus the largest displacement its own control grid makes along that axis
-    (:func:`max_displacement`, host-side from the seed) plus the mask blur's reach and a voxel,
+    (:func:`max_displacements`, host-side from the seed) plus the mask blur's reach and a voxel,
     within the shape box: about half the shape box's volume, since three sd is a bound few
-    deformations come near. ``rows``: a table (``(n, 3)``) or one row (``(3,)``)."""
+    deformations come near. ``rows``: a table (``(n, 3)``, computed in array operations) or one
+    row (``(3,)``)."""
     table = np.ndim(rows.sigma_e_mm) > 0
-    h = shape_halves(rows, s)
-    one = lambda r, hr, sr: _paper_halves(r, hr, sr) if r.paper else hr
     if not table:
-        return one(rows, h, float(np.asarray(s)))
-    ss = np.broadcast_to(np.asarray(s, float), (len(h),))
-    return np.array([one(rows[n], h[n], float(ss[n])) for n in range(len(h))],
-                    np.int64).reshape(-1, 3)
+        return tumor_halves(_as_table(rows), s)[0]
+    h = shape_halves(rows, s)
+    paper = np.asarray(rows.paper, bool)
+    if not paper.any():
+        return h
+    ss = np.broadcast_to(np.asarray(s, float), (len(h),))[paper]
+    p = rows[paper]
+    sigma_c = np.asarray(p.sigma_c_mm, float) / ss
+    reach = (np.asarray(p.half_axes_mm, float) / ss[:, None]
+             + max_displacements(p.deform_seed, np.asarray(p.sigma_e_mm, float) / ss)
+             + (4.0 * sigma_c + 0.5).astype(np.int64)[:, None] + 1.0)
+    out = h.copy()
+    out[paper] = np.minimum(h[paper], np.ceil(reach).astype(np.int64))
+    return out
 
 
-def _paper_halves(row, shape_half, s: float) -> np.ndarray:
-    reach = (np.asarray(row.half_axes_mm, float) / s + max_displacement(row, s)
-             + blur_radius(row, s) + 1.0)
-    return np.minimum(shape_half, np.ceil(reach).astype(np.int64))
+def _as_table(row):
+    """One packed row as a table of one."""
+    return np.rec.array(np.asarray(row).reshape(1))
 
 
-_LATTICE = 17                 # points per axis where max_displacement evaluates the field
+_LATTICE = 17                 # points per axis where max_displacements evaluates the field
+_MAX_DISPLACEMENT: OrderedDict = OrderedDict()
+MAX_DISPLACEMENT_CACHE = 8192
 
 
-def max_displacement(row, s: float) -> np.ndarray:
-    """The largest |displacement| (voxels) per axis that a ``paper`` tumor's control grid makes,
-    evaluated on a 17^3 lattice spanning its box (host, float64; the field is a smooth quadratic,
-    the lattice step 1/8 of the half-box) plus half a voxel. Kept for the last 4,096 grids: a
-    synthesis asks for a tumor's box several times."""
-    return np.array(_max_displacement(int(row.deform_seed), float(row.sigma_e_mm) / s))
-
-
-@functools.lru_cache(maxsize=4096)
-def _max_displacement(seed: int, sigma_vox: float) -> tuple[float, float, float]:
-    grid = _control_points(seed, (3, 3, 3, 3), sigma_vox)
-    w = _lagrange3(np, np.linspace(-1.0, 1.0, _LATTICE))          # (L, 3)
-    d = np.tensordot(grid, w, axes=([3], [1]))                   # (3, 3, 3, L): k -> z
-    d = np.tensordot(d, w, axes=([2], [1]))                      # (3, 3, L, L): j -> y
-    d = np.tensordot(d, w, axes=([1], [1]))                      # (3, L, L, L): i -> x
-    return tuple(float(v) + 0.5 for v in np.abs(d).reshape(3, -1).max(axis=1))
+def max_displacements(seeds, sigma_vox) -> np.ndarray:
+    """The largest |displacement| (voxels) per axis that each ``paper`` tumor's control grid makes
+    (``(n, 3)``; seeds and deformation sd in voxels, one per tumor), evaluated on a 17^3 lattice
+    spanning its box (host, float64; the field is a smooth quadratic, the lattice step 1/8 of the
+    half-box) plus half a voxel. The grids missing from a cache of the last 8,192 are computed
+    together: a synthesis asks for a tumor's box several times."""
+    keys = [(int(a), float(b)) for a, b in zip(np.asarray(seeds).reshape(-1),
+                                               np.asarray(sigma_vox, float).reshape(-1))]
+    missing = list(dict.fromkeys(k for k in keys if k not in _MAX_DISPLACEMENT))
+    w = _lagrange3(np, np.linspace(-1.0, 1.0, _LATTICE))              # (L, 3)
+    for a in range(0, len(missing), 16):          # 16 grids at a time: 1.9 MB of lattice
+        part = missing[a:a + 16]
+        grids = control_points(np.array([k[0] for k in part], np.uint64),
+                               np.array([k[1] for k in part]))               # (m, 3, 3, 3, 3)
+        d = np.tensordot(grids, w, axes=([4], [1]))                  # (m, 3, 3, 3, L): k -> z
+        d = np.tensordot(d, w, axes=([3], [1]))                      # (m, 3, 3, L, L): j -> y
+        d = np.tensordot(d, w, axes=([2], [1]))                      # (m, 3, L, L, L): i -> x
+        top = np.abs(d).reshape(len(part), 3, -1).max(axis=2) + 0.5
+        for k, v in zip(part, top):
+            _MAX_DISPLACEMENT[k] = v
+    out = np.array([_MAX_DISPLACEMENT[k] for k in keys]).reshape(-1, 3)
+    for k in keys:
+        _MAX_DISPLACEMENT.move_to_end(k)
+    while len(_MAX_DISPLACEMENT) > MAX_DISPLACEMENT_CACHE:
+        _MAX_DISPLACEMENT.popitem(last=False)
+    return out
 
 
 def tumor_shape(backend: Backend, row, s: float, lo=None, hi=None):
@@ -132,11 +152,21 @@ def _control_points(seed: int, shape, sigma: float) -> np.ndarray:
     return noise.normal(np, shape, seed, stream=1).astype(np.float64) * sigma
 
 
+def control_points(seeds, sigma_vox) -> np.ndarray:
+    """``paper`` control displacements ``(n, 3, 3, 3, 3)`` ~ N(0, sigma) (voxels, float64, host),
+    ``g[axis, i, j, k]`` per tumor, drawn with Philox from each deformation seed."""
+    grids = noise.normal_many((3, 3, 3, 3), seeds, stream=1).astype(np.float64)
+    return grids * np.asarray(sigma_vox, float).reshape(-1, 1, 1, 1, 1)
+
+
 def control_grid(row, s: float) -> np.ndarray:
     """A ``paper`` tumor's 3x3x3 control displacements ``g[axis, i, j, k]`` (voxels, float32, host)
-    from its deformation seed and sd: what ``_paper_shape`` and the GPU kernels interpolate."""
-    return _control_points(int(row.deform_seed), (3, 3, 3, 3),
-                           float(row.sigma_e_mm) / s).astype(np.float32)
+    from its deformation seed and sd: what ``_paper_shape`` and the GPU kernels interpolate.
+    ``row``: one row, or a table (``(n, 3, 3, 3, 3)``)."""
+    if np.ndim(row.sigma_e_mm) > 0:
+        s = np.broadcast_to(np.asarray(s, float), (len(row),))
+        return control_points(row.deform_seed, np.asarray(row.sigma_e_mm, float) / s).astype(np.float32)
+    return control_points([int(row.deform_seed)], [float(row.sigma_e_mm) / s])[0].astype(np.float32)
 
 
 def _paper_shape(backend, t, grid_half, sub, s: float):

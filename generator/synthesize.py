@@ -268,15 +268,14 @@ def synthesize_batch(scans: Sequence[PreparedScan], packed: Packed, backend: Bac
                                 timer)
         images[b] = ras_to_zyx(xp.clip(xp.rint(image[sl]), HU_MIN, HU_MAX).astype(xp.int16))
         labels[b] = ras_to_zyx(label[sl])
-    out = CropBatch(np.ascontiguousarray(backend.asnumpy(images)),
-                    np.ascontiguousarray(backend.asnumpy(labels)))
+    out = CropBatch(*backend.to_host(images, labels))
     timer.mark("output")
     return out
 
 
 def synthesize(scan: PreparedScan, params: SampleParams, backend: Backend,
-               timer: Timer | None = None) -> Crop:
+               timer: Timer | None = None, kernels="auto") -> Crop:
     """The crop of ``params`` with its tumors painted in, as host (NumPy) ``(Z, Y, X)`` arrays: a
     batch of one (:func:`synthesize_batch`)."""
-    out = synthesize_batch([scan], pack([params], [scan.scan_id]), backend, timer)
+    out = synthesize_batch([scan], pack([params], [scan.scan_id]), backend, timer, kernels)
     return Crop(out.images[0], out.labels[0])

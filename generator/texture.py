@@ -73,7 +73,7 @@ def axis_operator(n: int, c: int, sigma_vox: float) -> tuple[np.ndarray, np.ndar
 
 
 BAND = 1e-9
-OPERATOR_CACHE = 512
+OPERATOR_CACHE = 2048      # the default draws use ~750 (odd box sizes x grid sizes)
 _OPERATORS: OrderedDict = OrderedDict()
 
 

@@ -203,3 +203,21 @@ def test_kernels_compile_for_hopper_without_contracted_arithmetic(tmp_path):
         name = body.split("(")[0]
         if name != "paint_noise":
             assert " fma" not in body and "\tfma" not in body, name
+
+
+def test_cuda_kernels_paint_what_their_cpu_build_paints(scan):
+    cupy = pytest.importorskip("cupy")
+    try:
+        gpu = get_backend("cupy")
+    except Exception as exc:
+        pytest.skip(f"no usable GPU: {exc}")
+    for profile in ("paper-train", "paper"):
+        _, packed = _packed(scan, profile, 8, crop=96, size_mix={"small": 0.3, "medium": 0.3,
+                                                                  "large": 0.2, "mix": 0.2})
+        cpu = synthesize_batch([scan], packed, NUMPY, kernels=paint.cpu_module())
+        cuda = synthesize_batch([scan], packed, gpu, kernels="auto")
+        assert np.array_equal(cpu.labels, cuda.labels), profile
+        d = np.abs(cpu.images.astype(np.int32) - cuda.images)
+        assert d.max() <= 1 and (d > 0).mean() < 1e-4, (profile, int(d.max()), float((d > 0).mean()))
+        again = synthesize_batch([scan], packed, gpu, kernels="auto")
+        assert again.images.tobytes() == cuda.images.tobytes()       # deterministic on the GPU

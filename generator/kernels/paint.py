@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..shape import blur_radius, control_grid, tumor_halves
+from ..shape import control_grid, shape_halves, tumor_halves
 from ..texture import axis_operator
 
 SOURCE_FILE = Path(__file__).with_name("paint.cu")
@@ -113,7 +113,7 @@ class Plan:
         return len(self.ti)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=8192)
 def gaussian_weights(sigma: float, radius: int) -> np.ndarray:
     """scipy.ndimage.gaussian_filter1d's weights (order 0), float64, for ``sigma`` voxels."""
     x = np.arange(-radius, radius + 1)
@@ -121,93 +121,101 @@ def gaussian_weights(sigma: float, radius: int) -> np.ndarray:
     return phi / phi.sum()
 
 
+def _offsets(lengths) -> np.ndarray:
+    """Where each of consecutive blocks of ``lengths`` starts."""
+    lengths = np.asarray(lengths, np.int64)
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else lengths
+
+
 def plan(scans, packed, crops) -> Plan:
-    """The kernels' tables for the crops ``crops`` (indices into ``packed``, all ``eligible``)."""
-    col = {n: i for i, n in enumerate(TI)}
-    ci_rows, ti_rows, tf_rows, td_rows, seeds, weights, ops, which = [], [], [], [], [], [], [], []
-    sizes = dict(ws=0, z=0, p1=0, p2=0, tex=0)
-    w_len = op_len = 0
-    for out, b in enumerate(crops):
-        r = packed.crops[int(b)]
-        scan = scans[int(r.scan)]
-        s = float(scan.spacing_mm[0])
-        size = np.asarray(r.crop_size, np.int64)
-        crop_lo = np.asarray(r.origin, np.int64) - np.asarray(scan.origin_vox, np.int64)
-        t0 = len(ti_rows)
-        rows = packed.tumors_of(int(b))
-        if len(rows):
-            halves = tumor_halves(rows, s)
-            from ..shape import shape_halves
-            grid_halves = shape_halves(rows, s)
-        for n in range(len(rows)):
-            t = rows[n]
-            hb = halves[n]
-            box_lo = np.asarray(t.center, np.int64) - np.asarray(r.origin, np.int64) - hb
-            box_hi = box_lo + 2 * hb + 1
-            r_lo, r_hi = np.maximum(box_lo, 0), np.minimum(box_hi, size)
-            if np.any(r_hi <= r_lo):
-                continue
-            pad = blur_radius(t, s)
-            s_lo, s_hi = np.maximum(box_lo, r_lo - pad), np.minimum(box_hi, r_hi + pad)
-            row = np.zeros(len(TI), np.int64)
-
-            def put(name, values):
-                values = np.atleast_1d(values)
-                row[col[name if len(values) == 1 else name + "0"]:][:len(values)] = values
-
-            put("crop", out)
-            put("r_lo", r_lo), put("r_hi", r_hi), put("s_lo", s_lo), put("s_hi", s_hi)
-            put("shape_off", grid_halves[n] - hb + (s_lo - box_lo))
-            put("grid_half", grid_halves[n])
-            put("ws", sizes["ws"])
-            sizes["ws"] += int(np.prod(s_hi - s_lo))
-            sigma_c = float(t.sigma_c_mm) / s
-            w = gaussian_weights(sigma_c, pad)
-            put("radius", pad), put("w_off", w_len)
-            weights.append(w)
-            w_len += len(w)
-            # texture: the noise block the R part's operator rows read, and those rows
-            step = max(float(t.eta) / s, 1.0)
-            box = 2 * hb + 1
-            coarse = np.array([max(2, int(math.ceil(v / step))) for v in box])
-            z_lo, z_dim, offs = [], [], []
-            for a in range(3):
-                op, first, last = axis_operator(int(box[a]), int(coarse[a]), float(t.sigma_b_mm) / s)
-                lo, hi = int(r_lo[a] - box_lo[a]), int(r_hi[a] - box_lo[a])
-                w0, w1 = int(first[lo:hi].min()), int(last[lo:hi].max())
-                block = np.ascontiguousarray(op[lo:hi, w0:w1]).ravel()
-                z_lo.append(w0), z_dim.append(w1 - w0), offs.append(op_len)
-                ops.append(block)
-                op_len += block.size
-            put("z_lo", z_lo), put("z_dim", z_dim), put("coarse", coarse), put("op_off", offs)
-            m = r_hi - r_lo
-            put("z_off", sizes["z"]), put("p1_off", sizes["p1"]), put("p2_off", sizes["p2"])
-            put("tex_off", sizes["tex"])
-            sizes["z"] += int(np.prod(z_dim))
-            sizes["p1"] += int(m[0] * z_dim[1] * z_dim[2])
-            sizes["p2"] += int(m[0] * z_dim[1] * m[2])
-            sizes["tex"] += int(np.prod(m))
-            ti_rows.append(row)
-            f = np.zeros(TF["columns"], np.float32)
-            f[TF["half_axes"]:TF["half_axes"] + 3] = [np.float32(float(v) / s) for v in t.half_axes_mm]
-            f[TF["grid"]:TF["grid"] + 81] = control_grid(t, s).ravel()
-            tf_rows.append(f)
-            td_rows.append([float(t.mu_t), float(t.sigma_p)])
-            seeds.append(int(t.texture_seed))
-            which.append(int(packed.crops.first_tumor[int(b)]) + n)
-        ci_rows.append([int(r.scan), out, *crop_lo, t0, len(ti_rows)])
-    if len(ti_rows) >= 65535:
-        raise ValueError(f"a batch of {len(ti_rows)} tumors: the kernels take at most 65,534 per call")
-    big = max(sizes.values(), default=0) + op_len + w_len
-    if big >= 2 ** 31:
+    """The kernels' tables for the crops ``crops`` (indices into ``packed``, all ``eligible``), in
+    array operations over their tumors (a loop only to slice each tumor's texture operators)."""
+    crops = np.asarray(crops, np.int64)
+    cr = packed.crops[crops]
+    counts = np.asarray(cr.tumors, np.int64)
+    idx = (np.concatenate([np.arange(f, f + c) for f, c in zip(cr.first_tumor, counts)])
+           if counts.sum() else np.zeros(0, np.int64)).astype(np.int64)
+    rows = packed.tumors[idx]
+    pos = np.repeat(np.arange(len(crops)), counts)               # each tumor's crop (position)
+    s = np.array([float(scans[int(k)].spacing_mm[0]) for k in np.asarray(cr.scan)[pos]])
+    size = np.asarray(cr.crop_size[0], np.int64) if len(crops) else np.zeros(3, np.int64)
+    if len(rows):
+        hb = tumor_halves(rows, s)
+        gh = shape_halves(rows, s)
+        box_lo = np.asarray(rows.center, np.int64) - np.asarray(cr.origin, np.int64)[pos] - hb
+        box_hi = box_lo + 2 * hb + 1
+        r_lo, r_hi = np.maximum(box_lo, 0), np.minimum(box_hi, size)
+        keep = np.all(r_hi > r_lo, axis=1)                       # tumors that reach their crop
+    else:
+        keep = np.zeros(0, bool)
+    idx, rows, pos, s = idx[keep], rows[keep], pos[keep], s[keep]
+    T = len(rows)
+    kept = np.bincount(pos, minlength=len(crops)) if len(crops) else np.zeros(0, np.int64)
+    t1 = np.cumsum(kept)
+    crop_lo = np.asarray(cr.origin, np.int64) - np.array(
+        [scans[int(k)].origin_vox for k in cr.scan], np.int64).reshape(-1, 3)
+    ci = np.column_stack([np.asarray(cr.scan, np.int64), np.arange(len(crops)), crop_lo,
+                          t1 - kept, t1]).astype(np.int32).reshape(-1, len(CI))
+    empty = Plan(ci=ci, ti=np.zeros((0, len(TI)), np.int32),
+                 tf=np.zeros((0, TF["columns"]), np.float32), td=np.zeros((0, len(TD))),
+                 seeds=np.zeros(0, np.uint64), weights=np.zeros(0), ops=np.zeros(0),
+                 sizes=dict(ws=0, z=0, p1=0, p2=0, tex=0), rows=idx)
+    if T == 0:
+        return empty
+    if T >= 65535:
+        raise ValueError(f"a batch of {T} tumors: the kernels take at most 65,534 per call")
+    hb, gh, box_lo, box_hi = hb[keep], gh[keep], box_lo[keep], box_hi[keep]
+    r_lo, r_hi = r_lo[keep], r_hi[keep]
+    sigma_c = np.asarray(rows.sigma_c_mm, float) / s
+    pad = (4.0 * sigma_c + 0.5).astype(np.int64)                 # shape.blur_radius
+    s_lo = np.maximum(box_lo, r_lo - pad[:, None])
+    s_hi = np.minimum(box_hi, r_hi + pad[:, None])
+    m = r_hi - r_lo
+    weights = [gaussian_weights(float(a), int(b)) for a, b in zip(sigma_c, pad)]
+    # texture: the noise block the R part's operator rows read, and those rows
+    step = np.maximum(np.asarray(rows.eta, float) / s, 1.0)
+    box = 2 * hb + 1
+    coarse = np.maximum(2, np.ceil(box / step[:, None]).astype(np.int64))
+    sigma_b = np.asarray(rows.sigma_b_mm, float) / s
+    a_lo, a_hi = r_lo - box_lo, r_hi - box_lo
+    z_lo = np.zeros((T, 3), np.int64)
+    z_hi = np.zeros((T, 3), np.int64)
+    blocks = []
+    for n in range(T):
+        for a in range(3):
+            op, first, last = axis_operator(int(box[n, a]), int(coarse[n, a]), float(sigma_b[n]))
+            lo, hi = int(a_lo[n, a]), int(a_hi[n, a])
+            w0, w1 = int(first[lo:hi].min()), int(last[lo:hi].max())
+            z_lo[n, a], z_hi[n, a] = w0, w1
+            blocks.append(op[lo:hi, w0:w1].ravel())
+    z_dim = z_hi - z_lo
+    op_len = np.array([b.size for b in blocks], np.int64)
+    op_off = _offsets(op_len).reshape(T, 3)
+    sizes = {"ws": np.prod(s_hi - s_lo, axis=1), "z": np.prod(z_dim, axis=1),
+             "p1": m[:, 0] * z_dim[:, 1] * z_dim[:, 2], "p2": m[:, 0] * z_dim[:, 1] * m[:, 2],
+             "tex": np.prod(m, axis=1)}
+    cols = {"crop": pos, "r_lo": r_lo, "r_hi": r_hi, "s_lo": s_lo, "s_hi": s_hi,
+            "shape_off": gh - hb + (s_lo - box_lo), "grid_half": gh, "ws": _offsets(sizes["ws"]),
+            "radius": pad, "w_off": _offsets([len(w) for w in weights]), "z_lo": z_lo,
+            "z_dim": z_dim, "coarse": coarse, "z_off": _offsets(sizes["z"]),
+            "p1_off": _offsets(sizes["p1"]), "p2_off": _offsets(sizes["p2"]), "op_off": op_off,
+            "tex_off": _offsets(sizes["tex"])}
+    ti = np.zeros((T, len(TI)), np.int64)
+    for name, values in cols.items():
+        at = TI.index(name) if name in TI else TI.index(name + "0")
+        values = np.asarray(values).reshape(T, -1)
+        ti[:, at:at + values.shape[1]] = values
+    total = {k: int(v.sum()) for k, v in sizes.items()}
+    if max(max(total.values()), int(op_len.sum())) >= 2 ** 31:
         raise ValueError("a batch too large for the kernels' int32 offsets; use smaller batches")
-    cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)
-    return Plan(ci=np.asarray(ci_rows, np.int32).reshape(-1, len(CI)),
-                ti=np.asarray(ti_rows, np.int32).reshape(-1, len(TI)),
-                tf=np.asarray(tf_rows, np.float32).reshape(-1, TF["columns"]),
-                td=np.asarray(td_rows, np.float64).reshape(-1, len(TD)),
-                seeds=np.asarray(seeds, np.uint64), weights=cat(weights, np.float64),
-                ops=cat(ops, np.float64), sizes=sizes, rows=np.asarray(which, np.int64))
+    tf = np.zeros((T, TF["columns"]), np.float32)
+    tf[:, TF["half_axes"]:TF["half_axes"] + 3] = np.asarray(rows.half_axes_mm, float) / s[:, None]
+    tf[:, TF["grid"]:TF["grid"] + 81] = control_grid(rows, s).reshape(T, 81)
+    td = np.column_stack([np.asarray(rows.mu_t, float), np.asarray(rows.sigma_p, float)])
+    return Plan(ci=ci, ti=ti.astype(np.int32), tf=tf, td=td,
+                seeds=np.ascontiguousarray(rows.texture_seed, np.uint64),
+                weights=np.concatenate(weights),
+                ops=np.concatenate(blocks), sizes=total, rows=idx)
 
 
 def paint(module, backend, scans, packed, crops, images, labels, timer=None) -> None:

@@ -57,35 +57,54 @@ step 60 "${TF[@]}" manifest build --layout btcv "$WORK/btcv" -o "$WORK/btcv.json
 M="$WORK/btcv.jsonl"
 B=("${TF[@]}" bench generator --manifest "$M" --allow-root "$WORK")
 
+R="$WORK/results"; rm -rf "$R"; mkdir -p "$R"      # $OUT brings back 8 files: one summary
 log "1. bench generator --backend $GPU, cold kernel cache, 8 crops per call"
-step 120 "${B[@]}" --backend $GPU --samples $NC --warmup 0 --batch 8 --json "$OUT/gen_cold.json"
-log "2. the GPU parity test"
-step 120 "$PY" -m pytest -q -rA -p no:cacheprovider tests/test_generator.py -k gpu_matches_cpu 2>&1 | tail -6
-log "3. bench generator --backend $GPU, warm, batch 1 / 8 / 32"
-for b in 1 8 32; do step 60 "${B[@]}" --backend $GPU --samples $N --warmup 8 --batch $b --json "$OUT/gen_b$b.json"; done
-log "4. released profile, batch 8"
-step 60 "${B[@]}" --backend $GPU --profile released --samples $N --warmup 8 --batch 8 --json "$OUT/gen_released.json"
-log "5. CPU-GPU agreement per profile and size"
-step 120 "$PY" tests/gpu/gpu_figures.py parity "$M" "$OUT/parity.json" --samples $NP
+step 120 "${B[@]}" --backend $GPU --samples $NC --warmup 0 --batch 8 --json "$R/gen_cold.json"
+log "2. the GPU tests: parity with the CPU, the CUDA kernels against their CPU build"
+step 120 "$PY" -m pytest -q -rA -p no:cacheprovider tests/test_generator.py tests/test_kernels.py -k "gpu_matches_cpu or cuda" 2>&1 | tail -8
+log "3. bench generator --backend $GPU, warm: kernels at batch 1 / 8 / 32, the array code at 8"
+for b in 1 8 32; do step 60 "${B[@]}" --backend $GPU --samples $N --warmup 8 --batch $b --json "$R/gen_b$b.json"; done
+step 60 "${B[@]}" --backend $GPU --kernels off --samples $N --warmup 8 --batch 8 --json "$R/gen_b8_array.json"
+log "4. paper and released profiles, batch 8"
+step 60 "${B[@]}" --backend $GPU --profile paper --samples $N --warmup 8 --batch 8 --json "$R/gen_paper.json"
+step 60 "${B[@]}" --backend $GPU --profile released --samples $N --warmup 8 --batch 8 --json "$R/gen_released.json"
+log "5. CPU-GPU agreement per profile, size and path"
+step 120 "$PY" tests/gpu/gpu_figures.py parity "$M" "$R/parity.json" --samples $NP
 log "6. TumorSynthesisd on CUDA tensors (issue 15)"
-step 60 "$PY" tests/gpu/gpu_figures.py transform "$OUT/transform.json"
-log "7. the writer on this node: bench generate --no-ray --backend $GPU"
-step 120 "${TF[@]}" bench generate --no-ray --backend $GPU --manifest "$M" --allow-root "$WORK" --samples $NW --samples-per-shard 32 --json "$OUT/generate.json"
+step 60 "$PY" tests/gpu/gpu_figures.py transform "$R/transform.json"
+log "7. writers sharing the GPU: 1, 2, 4 processes of bench generate --no-ray, each 1/n of it"
+for n in 1 2 4; do
+  share=$("$PY" -c "print(round(1 / $n, 4) if '$GPU' == 'cupy' else 0)")
+  step 100 bash -c "for k in \$(seq $n); do ${TF[*]} bench generate --no-ray --backend $GPU --gpus-per-actor $share --manifest $M --allow-root $WORK --samples $NW --samples-per-shard 32 --json $R/writers${n}_\$k.json >/dev/null 2>&1 & done; wait"
+done
 log "8. bench generator --backend numpy on this machine's CPU, for the ratio"
-step 60 "${B[@]}" --backend numpy --samples 16 --warmup 2 --json "$OUT/gen_numpy.json"
+step 60 "${B[@]}" --backend numpy --samples 16 --warmup 2 --json "$R/gen_numpy.json"
 
 log "SUMMARY"
-"$PY" - "$OUT" <<'PY'
-import json, os, sys
-out = sys.argv[1]
-for name in sorted(os.listdir(out)):
-    r = json.load(open(os.path.join(out, name)))
+"$PY" - "$R" "$OUT/figures.json" <<'PY'
+import glob, json, os, sys
+res, out = sys.argv[1], sys.argv[2]
+allr = {os.path.basename(p)[:-5]: json.load(open(p)) for p in sorted(glob.glob(os.path.join(res, "*.json")))}
+json.dump(allr, open(out, "w"), indent=1)
+for name, r in allr.items():
     if name.startswith("gen_"):
-        print(f"{name:20s} {r['crops_per_second']:9.2f} crops/s  batch {r.get('batch')}  "
-              f"ms/crop " + ", ".join(f"{k} {v:.2f}" for k, v in r["ms_per_crop"].items()))
-    elif name == "parity.json":
+        print(f"{name:16s} {r['crops_per_second']:9.2f} crops/s, synthesis alone "
+              f"{r.get('synthesis_crops_per_second', 0):9.2f}  batch {r.get('batch')} kernels "
+              f"{r.get('kernels')}  ms/crop " + ", ".join(f"{k} {v:.3f}" for k, v in r["ms_per_crop"].items()))
+    elif name == "parity":
         print("parity:", r["summary"])
+        for row in r["rows"]:
+            print("  ", json.dumps(row))
+    elif name.startswith("writers"):
+        print(f"{name:12s} {r.get('in_process_samples_per_s_loaded')} samples/s loaded "
+              f"({r.get('in_process_samples_per_s')} with load), host ms/crop "
+              f"{r.get('host_cpu_ms_per_crop', {}).get('total')}, gpu {r.get('gpu_memory')}, "
+              f"largest stage {r.get('largest_stage')}")
     else:
-        print(name, json.dumps({k: v for k, v in r.items() if not isinstance(v, (list,))})[:600])
+        print(name, json.dumps({k: v for k, v in r.items() if not isinstance(v, list)})[:600])
+for n in (1, 2, 4):
+    rates = [r.get("in_process_samples_per_s_loaded", 0) for k, r in allr.items() if k.startswith(f"writers{n}_")]
+    if rates:
+        print(f"writers sharing one GPU: {n} -> {sum(rates):.1f} samples/s together ({len(rates)} reports)")
 PY
-echo "results in $OUT; $(( $(date +%s) - T0 )) s"
+echo "results in $OUT/figures.json; $(( $(date +%s) - T0 )) s"
