@@ -43,30 +43,40 @@ def _packed(scan, profile, n, crop=48, start=0, **kw):
     return params, pack(params, [scan.scan_id])
 
 
-@pytest.mark.parametrize("profile", ["paper-train", "paper"])
-def test_kernels_paint_what_the_array_path_paints(scan, profile):
-    params, packed = _packed(scan, profile, 6, size_mix={"small": 0.4, "medium": 0.3, "mix": 0.3})
-    fused = paint.eligible([scan], packed)
-    assert fused.sum() >= 2
+@pytest.mark.parametrize("profile,mix", [
+    ("paper-train", {"small": 0.4, "medium": 0.3, "mix": 0.3}),
+    ("paper", {"small": 0.3, "large": 0.4, "mix": 0.3}),        # mass effect and capsule
+])
+def test_kernels_paint_what_the_array_path_paints(scan, profile, mix):
+    params, packed = _packed(scan, profile, 5, size_mix=mix)
     a = synthesize_batch([scan], packed, NUMPY, kernels="off")
     b = synthesize_batch([scan], packed, NUMPY, kernels=paint.cpu_module())
+    c = synthesize_batch([scan], packed, NUMPY, kernels=twins.TwinModule())
     assert (a.labels == 2).sum() > 1000                       # tumors were painted
-    assert np.array_equal(a.labels, b.labels)                 # mask arithmetic is NumPy's, op by op
-    d = np.abs(a.images.astype(np.int32) - b.images)
-    # the texture's float64 sums run in another order than BLAS: at most 1 HU after rounding
-    assert d.max() <= 1 and (d > 0).mean() < 1e-4
+    canvas = paint.plan([scan], packed, np.arange(len(packed))).ci[:, paint.CI.index("canvas")]
+    assert canvas.any() == (profile == "paper")
+    for other in (b, c):
+        assert np.array_equal(a.labels, other.labels)         # mask arithmetic is NumPy's, op by op
+        d = np.abs(a.images.astype(np.int32) - other.images)
+        # the texture's float64 sums run in another order than BLAS: at most 1 HU after rounding
+        assert d.max() <= 1 and (d > 0).mean() < 1e-4
 
 
-def test_eligible_crops_are_paper_crops_without_mass_effect_or_capsule(scan):
-    params, packed = _packed(scan, "paper", 8, size_mix={"large": 1.0})
-    fused = paint.eligible([scan], packed)
-    for p, f in zip(params, fused):
-        post = any(t.mass_effect or t.capsule for t in p.tumors)
-        assert f == (not post)                 # every large tumor here reaches its 48^3 crop
+def test_crops_with_mass_effect_or_capsule_are_painted_on_a_canvas(scan):
+    params, packed = _packed(scan, "paper", 6, size_mix={"large": 0.5, "small": 0.5})
+    assert paint.eligible([scan], packed).all()
+    p = paint.plan([scan], packed, np.arange(len(packed)))
+    col = {n: i for i, n in enumerate(paint.CI)}
+    for b, (prm, c) in enumerate(zip(params, p.ci)):
+        post = any(t.mass_effect or t.capsule for t in prm.tumors)
+        assert bool(c[col["canvas"]]) == post   # every large tumor here reaches its 48^3 crop
+        dims = [c[col[f"cv_dim{a}"]] for a in range(3)]
+        if post:                                # the canvas holds the crop and the warp's reach
+            assert all(d > 48 for d in dims)
+        else:
+            assert dims == [48, 48, 48]
     _, released = _packed(scan, "released", 3)
     assert not paint.eligible([scan], released).any()
-    _, train = _packed(scan, "paper-train", 4)
-    assert paint.eligible([scan], train).all()
 
 
 def _tables(scan, n=4):
@@ -96,7 +106,8 @@ def test_each_kernel_equals_its_numpy_twin(scan):
         _run("paint_shape", get("paint_shape"), p.ti, p.tf, a)
         shape = a.copy()
         for axis, (src, dst) in enumerate([(a, b), (b, a), (a, b)]):
-            _run("paint_blur", get("paint_blur"), p.ti, p.weights, src, dst, np.int32(axis))
+            _run("paint_blur", get("paint_blur"), p.ti, paint.NULL, p.weights, src, dst,
+                 np.int32(axis), np.int32(0))
         z = np.zeros(p.sizes["z"])
         _run("paint_noise", get("paint_noise"), p.ti, p.seeds, z)
         p1, p2 = np.zeros(p.sizes["p1"]), np.zeros(p.sizes["p2"])
@@ -139,7 +150,7 @@ def test_twins_equal_the_array_path_they_replace(scan):
     tmp = np.zeros_like(mask)
     twins.paint_shape(p.ti, p.tf, mask)
     for axis, (src, dst) in enumerate([(mask, tmp), (tmp, mask), (mask, tmp)]):
-        twins.paint_blur(p.ti, p.weights, src, dst, axis)
+        twins.paint_blur(p.ti, None, p.weights, src, dst, axis, 0)
     z = np.zeros(p.sizes["z"])
     twins.paint_noise(p.ti, p.seeds, z)
     p1, p2 = np.zeros(p.sizes["p1"]), np.zeros(p.sizes["p2"])
@@ -175,7 +186,8 @@ def test_blur_kernel_is_scipys_gaussian_filter_bit_for_bit():
     w = paint.gaussian_weights(sigma, radius)
     a, b = x.ravel().copy(), np.zeros(x.size, np.float32)
     for axis, (src, dst) in enumerate([(a, b), (b, a), (a, b)]):
-        paint.cpu_module().launch("paint_blur", (2, 1), 4, (ti, w, src, dst, np.int32(axis)))
+        paint.cpu_module().launch("paint_blur", (2, 1), 4, (ti, paint.NULL, w, src, dst,
+                                                            np.int32(axis), np.int32(0)))
     assert np.array_equal(b.reshape(x.shape), ndi.gaussian_filter(x, sigma, mode="constant"))
 
 

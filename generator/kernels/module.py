@@ -32,7 +32,8 @@ _CPU_PREAMBLE = r"""
 #define __global__
 #define __device__ static
 #define __forceinline__ inline
-using std::sqrt; using std::log; using std::sin; using std::cos;
+#include <algorithm>
+using std::sqrt; using std::log; using std::sin; using std::cos; using std::min; using std::max;
 struct tf_dim3 { unsigned x, y, z; };
 static tf_dim3 blockIdx, threadIdx, blockDim, gridDim;
 """

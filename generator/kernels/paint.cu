@@ -114,27 +114,31 @@ extern "C" __global__ void paint_shape(const int* ti, const float* tf, float* ws
     }
 }
 
-// ---- mask blur (shape.py, tumor_mask): one axis of scipy's gaussian_filter, mode constant, on S.
-// Sums as scipy's correlate1d does for a symmetric kernel: the centre, then the pairs from the
-// outermost in, in float64; weights (float64, scipy's) from `wt` at TI_W_OFF, radius TI_RADIUS.
-extern "C" __global__ void paint_blur(const int* ti, const double* wt, const float* src,
-                                      float* dst, int axis) {
-    const int t = blockIdx.y;
-    const int* r = row_i(ti, t);
-    const int n[3] = {r[TI_S_HI0] - r[TI_S_LO0], r[TI_S_HI1] - r[TI_S_LO1],
-                      r[TI_S_HI2] - r[TI_S_LO2]};
+// ---- blurs: one axis of scipy's gaussian_filter, mode constant, in float64, summed as scipy's
+// correlate1d does for a symmetric kernel (the centre, then the pairs from the outermost in).
+// which 0: the mask blur (shape.py, tumor_mask) on S, sigma_c; which 1: the capsule's edge blur
+// (effects.capsule, eq. 7) on the work box W, sigma_d. Rows: every tumor (sel == 0) or the
+// tumors listed in sel. Weights (float64, scipy's) from `wt`.
+__device__ __forceinline__ int tumor_of(const int* sel) { return sel ? sel[blockIdx.y] : blockIdx.y; }
+
+extern "C" __global__ void paint_blur(const int* ti, const int* sel, const double* wt,
+                                      const float* src, float* dst, int axis, int which) {
+    const int* r = row_i(ti, tumor_of(sel));
+    const int* lo = r + (which ? TI_W_LO0 : TI_S_LO0);
+    const int* hi = r + (which ? TI_W_HI0 : TI_S_HI0);
+    const int n[3] = {hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]};
     const i64 stride = axis == 0 ? (i64)n[1] * n[2] : (axis == 1 ? n[2] : 1);
-    const int radius = r[TI_RADIUS];
-    const double* w = wt + r[TI_W_OFF] + radius;             // w[-radius .. radius]
-    const float* in = src + r[TI_WS];
-    float* out = dst + r[TI_WS];
+    const int radius = r[which ? TI_CAP_RADIUS : TI_RADIUS];
+    const double* w = wt + r[which ? TI_CAP_W_OFF : TI_W_OFF] + radius;   // w[-radius .. radius]
+    const float* in = src + r[which ? TI_WK_OFF : TI_WS];
+    float* out = dst + r[which ? TI_WK_OFF : TI_WS];
     FOR_ITEMS(v, (i64)n[0] * n[1] * n[2]) {
         const int p = (int)((v / stride) % n[axis]);
         double acc = DMUL((double)in[v], w[0]);
         for (int j = -radius; j < 0; ++j) {
-            const double lo = (p + j >= 0) ? (double)in[v + j * stride] : 0.0;
-            const double hi = (p - j < n[axis]) ? (double)in[v - j * stride] : 0.0;
-            acc = DADD(acc, DMUL(DADD(lo, hi), w[j]));
+            const double a = (p + j >= 0) ? (double)in[v + j * stride] : 0.0;
+            const double b = (p - j < n[axis]) ? (double)in[v - j * stride] : 0.0;
+            acc = DADD(acc, DMUL(DADD(a, b), w[j]));
         }
         out[v] = (float)acc;
     }
@@ -252,5 +256,191 @@ extern "C" __global__ void paint_blend(const int* ci, const int* ti, const u64* 
         }
         out_img[o] = (short)fminf(fmaxf(rintf(img), -1024.0f), 3071.0f);
         out_lab[o] = lab;
+    }
+}
+
+// ---- crops whose tumors have mass effect or capsule (synthesize.py, _paper_crop): painted on a
+// canvas (the crop and every work box that reaches it, CI_CV_*), tumor by tumor in their order;
+// each launch handles the tumors listed in sel (the k-th of their crop), blockIdx.y one of them.
+// Canvas coordinates: R, S, W and centre columns; W-sized buffers (mask_w, edge) at TI_WK_OFF.
+
+__device__ __forceinline__ i64 cv_at(const int* c, int i, int j, int k) {
+    return c[CI_CV_OFF] + ((i64)i * c[CI_CV_DIM1] + j) * c[CI_CV_DIM2] + k;
+}
+
+extern "C" __global__ void paint_canvas(const int* ci, const u64* scan_ptrs,
+                                        const int* scan_shapes, float* cimg, unsigned char* clab) {
+    const int* c = ci + (i64)blockIdx.y * CI_COLUMNS;
+    const short* vol = (const short*)scan_ptrs[2 * c[CI_SCAN]];
+    const unsigned char* lab_vol = (const unsigned char*)scan_ptrs[2 * c[CI_SCAN] + 1];
+    const int* shp = scan_shapes + 3 * c[CI_SCAN];
+    const int d0 = c[CI_CV_DIM0], d1 = c[CI_CV_DIM1], d2 = c[CI_CV_DIM2];
+    FOR_ITEMS(v, (i64)d0 * d1 * d2) {
+        const int i = (int)(v / ((i64)d1 * d2)), j = (int)((v / d2) % d1), k = (int)(v % d2);
+        const int a = i + c[CI_CV_LO0], b = j + c[CI_CV_LO1], e = k + c[CI_CV_LO2];
+        float img = -1024.0f;
+        unsigned char lab = 0;
+        if (a >= 0 && b >= 0 && e >= 0 && a < shp[0] && b < shp[1] && e < shp[2]) {
+            const i64 at = ((i64)a * shp[1] + b) * shp[2] + e;
+            img = (float)vol[at];
+            lab = lab_vol[at];
+        }
+        cimg[c[CI_CV_OFF] + v] = img;
+        clab[c[CI_CV_OFF] + v] = lab;
+    }
+}
+
+// eq. 4 on R of the canvas (effects.place); a tumor with post-processing also keeps its mask m
+// in mask_w (zero elsewhere in W), which mass effect and capsule then use
+extern "C" __global__ void paint_place(const int* ci, const int* ti, const int* sel,
+                                       const float* mask, const float* tex, float* cimg,
+                                       unsigned char* clab, float* mask_w) {
+    const int* r = row_i(ti, tumor_of(sel));
+    const int* c = ci + (i64)r[TI_CROP] * CI_COLUMNS;
+    const int m0 = r[TI_R_HI0] - r[TI_R_LO0], m1 = r[TI_R_HI1] - r[TI_R_LO1],
+              m2 = r[TI_R_HI2] - r[TI_R_LO2];
+    const int s1 = r[TI_S_HI1] - r[TI_S_LO1], s2 = r[TI_S_HI2] - r[TI_S_LO2];
+    const int w1 = r[TI_W_HI1] - r[TI_W_LO1], w2 = r[TI_W_HI2] - r[TI_W_LO2];
+    FOR_ITEMS(v, (i64)m0 * m1 * m2) {
+        const int i = (int)(v / ((i64)m1 * m2)) + r[TI_R_LO0], j = (int)((v / m2) % m1) + r[TI_R_LO1],
+                  k = (int)(v % m2) + r[TI_R_LO2];
+        const i64 at = cv_at(c, i, j, k);
+        float m = mask[r[TI_WS] + ((i64)(i - r[TI_S_LO0]) * s1 + (j - r[TI_S_LO1])) * s2
+                       + (k - r[TI_S_LO2])];
+        m = FMUL(m, clab[at] >= LIVER ? 1.0f : 0.0f);
+        cimg[at] = FADD(FMUL(FSUB(1.0f, m), cimg[at]), FMUL(m, tex[r[TI_TEX_OFF] + v]));
+        if (m >= 0.5f) clab[at] = TUMOR;
+        if (r[TI_POST])
+            mask_w[r[TI_WK_OFF] + ((i64)(i - r[TI_W_LO0]) * w1 + (j - r[TI_W_LO1])) * w2
+                   + (k - r[TI_W_LO2])] = m;
+    }
+}
+
+// eq. 5 (effects.mass_effect), first half: the cube of half-width g around the centre, as it is
+// before the warp (image, label and mask), into the tumor's cube buffers at TI_CUBE_OFF
+extern "C" __global__ void paint_warp_copy(const int* ci, const int* ti, const int* sel,
+                                           const float* cimg, const unsigned char* clab,
+                                           const float* mask_w, float* q_img,
+                                           unsigned char* q_lab, float* q_mask) {
+    const int* r = row_i(ti, tumor_of(sel));
+    const int* c = ci + (i64)r[TI_CROP] * CI_COLUMNS;
+    const int n = 2 * r[TI_CUBE] + 1;
+    const int w1 = r[TI_W_HI1] - r[TI_W_LO1], w2 = r[TI_W_HI2] - r[TI_W_LO2];
+    FOR_ITEMS(v, (i64)n * n * n) {
+        const int i = (int)(v / ((i64)n * n)) + r[TI_CENTER0] - r[TI_CUBE];
+        const int j = (int)((v / n) % n) + r[TI_CENTER1] - r[TI_CUBE];
+        const int k = (int)(v % n) + r[TI_CENTER2] - r[TI_CUBE];
+        const i64 at = cv_at(c, i, j, k);
+        q_img[r[TI_CUBE_OFF] + v] = cimg[at];
+        q_lab[r[TI_CUBE_OFF] + v] = clab[at];
+        q_mask[r[TI_CUBE_OFF] + v] = mask_w[r[TI_WK_OFF] + ((i64)(i - r[TI_W_LO0]) * w1
+                                            + (j - r[TI_W_LO1])) * w2 + (k - r[TI_W_LO2])];
+    }
+}
+
+// second half: each cube voxel samples the copy at the local scaling warp's coordinates
+// (effects._warp_coords, float32), linearly (image, mask) or at the nearest voxel (label), the
+// coordinates clamped to the cube (ndimage.map_coordinates, mode "nearest")
+__device__ __forceinline__ float linear3(const float* q, int n, const double x[3]) {
+    int b[3]; double w[3][2];
+    for (int a = 0; a < 3; ++a) {
+        double t = fmin(fmax(x[a], 0.0), (double)(n - 1));
+        b[a] = (int)floor(t);
+        w[a][1] = t - (double)b[a];
+        w[a][0] = 1.0 - w[a][1];
+    }
+    double acc = 0.0;
+    for (int p = 0; p < 2; ++p)
+        for (int e = 0; e < 2; ++e)
+            for (int f = 0; f < 2; ++f) {
+                const int i = min(b[0] + p, n - 1), j = min(b[1] + e, n - 1), k = min(b[2] + f, n - 1);
+                double v = (double)q[((i64)i * n + j) * n + k];
+                v = DMUL(DMUL(DMUL(v, w[0][p]), w[1][e]), w[2][f]);
+                acc = DADD(acc, v);
+            }
+    return (float)acc;
+}
+
+extern "C" __global__ void paint_warp(const int* ci, const int* ti, const int* sel,
+                                      const float* tf, float* cimg, unsigned char* clab,
+                                      float* mask_w, const float* q_img,
+                                      const unsigned char* q_lab, const float* q_mask) {
+    const int t = tumor_of(sel);
+    const int* r = row_i(ti, t);
+    const float* f = tf + (i64)t * TF_COLUMNS;
+    const int* c = ci + (i64)r[TI_CROP] * CI_COLUMNS;
+    const int g = r[TI_CUBE], n = 2 * g + 1;
+    const int w1 = r[TI_W_HI1] - r[TI_W_LO1], w2 = r[TI_W_HI2] - r[TI_W_LO2];
+    const float gamma = f[TF_GAMMA], inten = f[TF_INTENSITY], gf = (float)g;
+    const float* qi = q_img + r[TI_CUBE_OFF];
+    const unsigned char* ql = q_lab + r[TI_CUBE_OFF];
+    const float* qm = q_mask + r[TI_CUBE_OFF];
+    FOR_ITEMS(v, (i64)n * n * n) {
+        const int o[3] = {(int)(v / ((i64)n * n)), (int)((v / n) % n), (int)(v % n)};
+        float d[3];
+        for (int a = 0; a < 3; ++a) d[a] = FSUB((float)o[a], gf);
+        const float dist = sqrtf(FADD(FADD(FMUL(d[0], d[0]), FMUL(d[1], d[1])), FMUL(d[2], d[2])));
+        float scale = 1.0f;
+        if (dist < gamma) {
+            const float u = FSUB(1.0f, FDIV(dist, gamma));
+            scale = FSUB(1.0f, FMUL(FMUL(u, u), inten));
+        }
+        double x[3];
+        for (int a = 0; a < 3; ++a) x[a] = (double)FADD(gf, FMUL(d[a], scale));
+        const int i = o[0] + r[TI_CENTER0] - g, j = o[1] + r[TI_CENTER1] - g,
+                  k = o[2] + r[TI_CENTER2] - g;
+        const i64 at = cv_at(c, i, j, k);
+        cimg[at] = linear3(qi, n, x);
+        int b[3];
+        for (int a = 0; a < 3; ++a)
+            b[a] = min(max((int)floor(fmin(fmax(x[a], 0.0), (double)(n - 1)) + 0.5), 0), n - 1);
+        clab[at] = ql[((i64)b[0] * n + b[1]) * n + b[2]];
+        mask_w[r[TI_WK_OFF] + ((i64)(i - r[TI_W_LO0]) * w1 + (j - r[TI_W_LO1])) * w2
+               + (k - r[TI_W_LO2])] = linear3(qm, n, x);
+    }
+}
+
+// eqs. 6-8 (effects.capsule): the edge band lb <= m <= ub of the mask on W into `edge`; after
+// its blur (paint_blur, which 1), img += capsule_hu x blurred edge on W
+extern "C" __global__ void paint_band(const int* ti, const int* sel, const float* tf,
+                                      const float* mask_w, float* edge) {
+    const int t = tumor_of(sel);
+    const int* r = row_i(ti, t);
+    const float* f = tf + (i64)t * TF_COLUMNS;
+    const i64 n = (i64)(r[TI_W_HI0] - r[TI_W_LO0]) * (r[TI_W_HI1] - r[TI_W_LO1])
+                  * (r[TI_W_HI2] - r[TI_W_LO2]);
+    FOR_ITEMS(v, n) {
+        const float m = mask_w[r[TI_WK_OFF] + v];
+        edge[r[TI_WK_OFF] + v] = (m >= f[TF_BAND_LO] && m <= f[TF_BAND_HI]) ? 1.0f : 0.0f;
+    }
+}
+
+extern "C" __global__ void paint_capsule(const int* ci, const int* ti, const int* sel,
+                                         const float* tf, const float* blurred, float* cimg) {
+    const int t = tumor_of(sel);
+    const int* r = row_i(ti, t);
+    const float* f = tf + (i64)t * TF_COLUMNS;
+    const int* c = ci + (i64)r[TI_CROP] * CI_COLUMNS;
+    const int n1 = r[TI_W_HI1] - r[TI_W_LO1], n2 = r[TI_W_HI2] - r[TI_W_LO2];
+    FOR_ITEMS(v, (i64)(r[TI_W_HI0] - r[TI_W_LO0]) * n1 * n2) {
+        const int i = (int)(v / ((i64)n1 * n2)) + r[TI_W_LO0], j = (int)((v / n2) % n1) + r[TI_W_LO1],
+                  k = (int)(v % n2) + r[TI_W_LO2];
+        const i64 at = cv_at(c, i, j, k);
+        cimg[at] = FADD(cimg[at], FMUL(f[TF_CAPSULE_HU], blurred[r[TI_WK_OFF] + v]));
+    }
+}
+
+// the crop out of its canvas: int16 HU (rint, clipped) and uint8 labels in (Z, Y, X) order
+extern "C" __global__ void paint_output(const int* ci, const float* cimg, const unsigned char* clab,
+                                        short* images, unsigned char* labels,
+                                        int sx, int sy, int sz) {
+    const int* c = ci + (i64)blockIdx.y * CI_COLUMNS;
+    const i64 n = (i64)sx * sy * sz;
+    FOR_ITEMS(o, n) {
+        const int i = (int)(o % sx), j = (int)((o / sx) % sy), k = (int)(o / ((i64)sx * sy));
+        const i64 at = cv_at(c, i + c[CI_LO0] - c[CI_CV_LO0], j + c[CI_LO1] - c[CI_CV_LO1],
+                             k + c[CI_LO2] - c[CI_CV_LO2]);
+        images[(i64)c[CI_OUT] * n + o] = (short)fminf(fmaxf(rintf(cimg[at]), -1024.0f), 3071.0f);
+        labels[(i64)c[CI_OUT] * n + o] = clab[at];
     }
 }

@@ -39,10 +39,19 @@ def _triples(*names: str) -> tuple[str, ...]:
 # Columns of the kernels' tables, defined here once and given to the source as #defines.
 TI = (("crop",) + _triples("r_lo", "r_hi", "s_lo", "s_hi", "shape_off", "grid_half")
       + ("ws", "radius", "w_off") + _triples("z_lo", "z_dim", "coarse")
-      + ("z_off", "p1_off", "p2_off") + _triples("op_off") + ("tex_off",))
-TF = {"half_axes": 0, "grid": 3, "columns": 3 + 81}
+      + ("z_off", "p1_off", "p2_off") + _triples("op_off") + ("tex_off",)
+      # post-processing (mass effect, capsule): work box W, its buffers, the warp's cube
+      + ("post",) + _triples("w_lo", "w_hi", "center") + ("wk_off", "cap_radius", "cap_w_off",
+                                                           "cube", "cube_off"))
+TF = {"half_axes": 0, "grid": 3, "gamma": 84, "intensity": 85, "band_lo": 86, "band_hi": 87,
+      "capsule_hu": 88, "columns": 89}
 TD = ("mu_t", "sigma_p")
-CI = ("scan", "out", "lo0", "lo1", "lo2", "t0", "t1")
+# per crop: its scan, row of the output batch, corner (scan voxels), tumors [t0, t1), and its
+# canvas (corner in scan voxels, size, offset in the canvas buffer; the crop itself unless a
+# tumor with post-processing reaches it)
+CI = ("scan", "out", "lo0", "lo1", "lo2", "t0", "t1") + _triples("cv_lo", "cv_dim") + ("cv_off",
+                                                                                      "canvas")
+NULL = np.uint64(0)          # a null pointer argument (sel: every tumor)
 BLOCK = 256
 
 
@@ -68,32 +77,10 @@ def cpu_module():
     return CpuModule(source())
 
 
-def _post(rows) -> np.ndarray:
-    return np.asarray(rows.paper & (rows.mass_effect | rows.capsule), bool).reshape(-1)
-
-
 def eligible(scans, packed) -> np.ndarray:
-    """Per crop of ``packed``: whether the kernels paint it (a paper crop none of whose tumors
-    that reach it has mass effect or capsule)."""
-    from ..synthesize import tumor_reach
-    out = np.zeros(len(packed), bool)
-    size = np.asarray(packed.crops.crop_size[0]) if len(packed) else None
-    for b in range(len(packed)):
-        r = packed.crops[b]
-        if r.released:
-            continue
-        rows = packed.tumors_of(b)
-        post = _post(rows)
-        if post.any():
-            scan = scans[int(r.scan)]
-            s = float(scan.spacing_mm[0])
-            c = np.asarray(rows.center).reshape(-1, 3) - np.asarray(r.origin)
-            h = tumor_reach(rows[post], s)
-            c = c[post]
-            if np.any(np.all((c - h < size) & (0 < c + h + 1), axis=-1)):
-                continue
-        out[b] = True
-    return out
+    """Per crop of ``packed``: whether the kernels paint it (every ``paper`` / ``paper-train``
+    crop; ``released`` crops take the array code)."""
+    return ~np.asarray(packed.crops.released, bool).reshape(-1)
 
 
 @dataclass
@@ -129,7 +116,11 @@ def _offsets(lengths) -> np.ndarray:
 
 def plan(scans, packed, crops) -> Plan:
     """The kernels' tables for the crops ``crops`` (indices into ``packed``, all ``eligible``), in
-    array operations over their tumors (a loop only to slice each tumor's texture operators)."""
+    array operations over their tumors (a loop only to slice each tumor's texture operators).
+    Boxes as ``synthesize._paper_crop`` draws them: a tumor counts when its reach meets the crop;
+    its work box is its tumor box cut to the crop, or its whole reach with post-processing; the
+    canvas holds the crop and every work box; all boxes in canvas voxels."""
+    from ..synthesize import tumor_reach
     crops = np.asarray(crops, np.int64)
     cr = packed.crops[crops]
     counts = np.asarray(cr.tumors, np.int64)
@@ -139,39 +130,61 @@ def plan(scans, packed, crops) -> Plan:
     pos = np.repeat(np.arange(len(crops)), counts)               # each tumor's crop (position)
     s = np.array([float(scans[int(k)].spacing_mm[0]) for k in np.asarray(cr.scan)[pos]])
     size = np.asarray(cr.crop_size[0], np.int64) if len(crops) else np.zeros(3, np.int64)
-    if len(rows):
-        hb = tumor_halves(rows, s)
-        gh = shape_halves(rows, s)
-        box_lo = np.asarray(rows.center, np.int64) - np.asarray(cr.origin, np.int64)[pos] - hb
-        box_hi = box_lo + 2 * hb + 1
-        r_lo, r_hi = np.maximum(box_lo, 0), np.minimum(box_hi, size)
-        keep = np.all(r_hi > r_lo, axis=1)                       # tumors that reach their crop
-    else:
-        keep = np.zeros(0, bool)
-    idx, rows, pos, s = idx[keep], rows[keep], pos[keep], s[keep]
     T = len(rows)
+    hb = tumor_halves(rows, s) if T else np.zeros((0, 3), np.int64)
+    hr = tumor_reach(rows, s) if T else np.zeros((0, 3), np.int64)
+    post = (np.asarray(rows.paper & (rows.mass_effect | rows.capsule), bool).reshape(-1)
+            if T else np.zeros(0, bool))
+    c = np.asarray(rows.center, np.int64).reshape(-1, 3) - np.asarray(cr.origin, np.int64)[pos]
+    keep = np.all((c - hr < size) & (c + hr + 1 > 0), axis=1)   # reaches the crop
+    work_lo = np.where(post[:, None], c - hr, np.maximum(c - hr, 0))
+    work_hi = np.where(post[:, None], c + hr + 1, np.minimum(c + hr + 1, size))
+    idx, rows, pos, s, hb, c, post = idx[keep], rows[keep], pos[keep], s[keep], hb[keep], c[keep], post[keep]
+    work_lo, work_hi = work_lo[keep], work_hi[keep]
+    T = len(rows)
+    if T >= 65535:
+        raise ValueError(f"a batch of {T} tumors: the kernels take at most 65,534 per call")
+    # canvases: the crop and every work box of its tumors (the crop alone without post-processing)
+    cv_lo = np.zeros((len(crops), 3), np.int64)
+    cv_hi = np.tile(size, (len(crops), 1))
+    np.minimum.at(cv_lo, pos, work_lo)
+    np.maximum.at(cv_hi, pos, work_hi)
+    canvas = np.bincount(pos, weights=post, minlength=len(crops)) > 0 if len(crops) else np.zeros(0, bool)
+    cv_dim = cv_hi - cv_lo
+    cv_vol = np.where(canvas, np.prod(cv_dim, axis=1), 0)
     kept = np.bincount(pos, minlength=len(crops)) if len(crops) else np.zeros(0, np.int64)
     t1 = np.cumsum(kept)
     crop_lo = np.asarray(cr.origin, np.int64) - np.array(
         [scans[int(k)].origin_vox for k in cr.scan], np.int64).reshape(-1, 3)
     ci = np.column_stack([np.asarray(cr.scan, np.int64), np.arange(len(crops)), crop_lo,
-                          t1 - kept, t1]).astype(np.int32).reshape(-1, len(CI))
-    empty = Plan(ci=ci, ti=np.zeros((0, len(TI)), np.int32),
-                 tf=np.zeros((0, TF["columns"]), np.float32), td=np.zeros((0, len(TD))),
-                 seeds=np.zeros(0, np.uint64), weights=np.zeros(0), ops=np.zeros(0),
-                 sizes=dict(ws=0, z=0, p1=0, p2=0, tex=0), rows=idx)
+                          t1 - kept, t1, crop_lo + cv_lo, cv_dim, _offsets(cv_vol),
+                          canvas]).astype(np.int32).reshape(-1, len(CI))
+    sizes = dict(ws=0, z=0, p1=0, p2=0, tex=0, wk=0, cube=0, canvas=int(cv_vol.sum()))
     if T == 0:
-        return empty
-    if T >= 65535:
-        raise ValueError(f"a batch of {T} tumors: the kernels take at most 65,534 per call")
-    hb, gh, box_lo, box_hi = hb[keep], gh[keep], box_lo[keep], box_hi[keep]
-    r_lo, r_hi = r_lo[keep], r_hi[keep]
+        return Plan(ci=ci, ti=np.zeros((0, len(TI)), np.int32),
+                    tf=np.zeros((0, TF["columns"]), np.float32), td=np.zeros((0, len(TD))),
+                    seeds=np.zeros(0, np.uint64), weights=np.zeros(0), ops=np.zeros(0),
+                    sizes=sizes, rows=idx)
+    gh = shape_halves(rows, s)
+    shift = cv_lo[pos]                                           # crop -> canvas voxels
+    box_lo = c - hb
+    box_hi = box_lo + 2 * hb + 1
+    r_lo, r_hi = np.maximum(box_lo, work_lo), np.minimum(box_hi, work_hi)
     sigma_c = np.asarray(rows.sigma_c_mm, float) / s
     pad = (4.0 * sigma_c + 0.5).astype(np.int64)                 # shape.blur_radius
     s_lo = np.maximum(box_lo, r_lo - pad[:, None])
     s_hi = np.minimum(box_hi, r_hi + pad[:, None])
     m = r_hi - r_lo
     weights = [gaussian_weights(float(a), int(b)) for a, b in zip(sigma_c, pad)]
+    # post-processing: mass effect's cube, the capsule's blur
+    mass = post & np.asarray(rows.mass_effect, bool)
+    cap = post & np.asarray(rows.capsule, bool)
+    gamma = np.asarray(rows.gamma_max_mm, float) / s
+    cube = np.where(mass, np.ceil(gamma), 0).astype(np.int64)
+    sigma_d = np.asarray(rows.sigma_d_mm, float) / s
+    cap_radius = np.where(cap, (4.0 * sigma_d + 0.5).astype(np.int64), 0)
+    cap_weights = [gaussian_weights(float(a), int(b)) if f else np.zeros(0)
+                   for a, b, f in zip(sigma_d, cap_radius, cap)]
     # texture: the noise block the R part's operator rows read, and those rows
     step = np.maximum(np.asarray(rows.eta, float) / s, 1.0)
     box = 2 * hb + 1
@@ -190,32 +203,42 @@ def plan(scans, packed, crops) -> Plan:
             blocks.append(op[lo:hi, w0:w1].ravel())
     z_dim = z_hi - z_lo
     op_len = np.array([b.size for b in blocks], np.int64)
-    op_off = _offsets(op_len).reshape(T, 3)
-    sizes = {"ws": np.prod(s_hi - s_lo, axis=1), "z": np.prod(z_dim, axis=1),
-             "p1": m[:, 0] * z_dim[:, 1] * z_dim[:, 2], "p2": m[:, 0] * z_dim[:, 1] * m[:, 2],
-             "tex": np.prod(m, axis=1)}
-    cols = {"crop": pos, "r_lo": r_lo, "r_hi": r_hi, "s_lo": s_lo, "s_hi": s_hi,
-            "shape_off": gh - hb + (s_lo - box_lo), "grid_half": gh, "ws": _offsets(sizes["ws"]),
-            "radius": pad, "w_off": _offsets([len(w) for w in weights]), "z_lo": z_lo,
-            "z_dim": z_dim, "coarse": coarse, "z_off": _offsets(sizes["z"]),
-            "p1_off": _offsets(sizes["p1"]), "p2_off": _offsets(sizes["p2"]), "op_off": op_off,
-            "tex_off": _offsets(sizes["tex"])}
+    lengths = {"ws": np.prod(s_hi - s_lo, axis=1), "z": np.prod(z_dim, axis=1),
+               "p1": m[:, 0] * z_dim[:, 1] * z_dim[:, 2], "p2": m[:, 0] * z_dim[:, 1] * m[:, 2],
+               "tex": np.prod(m, axis=1),
+               "wk": np.where(post, np.prod(work_hi - work_lo, axis=1), 0),
+               "cube": (2 * cube + 1) ** 3 * mass}
+    all_w = weights + cap_weights
+    w_off = _offsets([len(w) for w in all_w])
+    cols = {"crop": pos, "r_lo": r_lo - shift, "r_hi": r_hi - shift, "s_lo": s_lo - shift,
+            "s_hi": s_hi - shift, "shape_off": gh - hb + (s_lo - box_lo), "grid_half": gh,
+            "ws": _offsets(lengths["ws"]), "radius": pad, "w_off": w_off[:T], "z_lo": z_lo,
+            "z_dim": z_dim, "coarse": coarse, "z_off": _offsets(lengths["z"]),
+            "p1_off": _offsets(lengths["p1"]), "p2_off": _offsets(lengths["p2"]),
+            "op_off": _offsets(op_len).reshape(T, 3), "tex_off": _offsets(lengths["tex"]),
+            "post": post, "w_lo": work_lo - shift, "w_hi": work_hi - shift, "center": c - shift,
+            "wk_off": _offsets(lengths["wk"]), "cap_radius": cap_radius, "cap_w_off": w_off[T:],
+            "cube": cube, "cube_off": _offsets(lengths["cube"])}
     ti = np.zeros((T, len(TI)), np.int64)
     for name, values in cols.items():
         at = TI.index(name) if name in TI else TI.index(name + "0")
         values = np.asarray(values).reshape(T, -1)
         ti[:, at:at + values.shape[1]] = values
-    total = {k: int(v.sum()) for k, v in sizes.items()}
-    if max(max(total.values()), int(op_len.sum())) >= 2 ** 31:
+    sizes.update({k: int(v.sum()) for k, v in lengths.items()})
+    if max(max(sizes.values()), int(op_len.sum())) >= 2 ** 31:
         raise ValueError("a batch too large for the kernels' int32 offsets; use smaller batches")
     tf = np.zeros((T, TF["columns"]), np.float32)
     tf[:, TF["half_axes"]:TF["half_axes"] + 3] = np.asarray(rows.half_axes_mm, float) / s[:, None]
     tf[:, TF["grid"]:TF["grid"] + 81] = control_grid(rows, s).reshape(T, 81)
+    tf[:, TF["gamma"]] = gamma
+    tf[:, TF["intensity"]] = np.asarray(rows.intensity, float) / 100.0
+    band = np.asarray(rows.capsule_band, float).reshape(T, 2)
+    tf[:, TF["band_lo"]], tf[:, TF["band_hi"]] = band[:, 0], band[:, 1]
+    tf[:, TF["capsule_hu"]] = np.asarray(rows.capsule_hu, float)
     td = np.column_stack([np.asarray(rows.mu_t, float), np.asarray(rows.sigma_p, float)])
     return Plan(ci=ci, ti=ti.astype(np.int32), tf=tf, td=td,
                 seeds=np.ascontiguousarray(rows.texture_seed, np.uint64),
-                weights=np.concatenate(weights),
-                ops=np.concatenate(blocks), sizes=total, rows=idx)
+                weights=np.concatenate(all_w), ops=np.concatenate(blocks), sizes=sizes, rows=idx)
 
 
 def paint(module, backend, scans, packed, crops, images, labels, timer=None) -> None:
@@ -239,8 +262,8 @@ def paint(module, backend, scans, packed, crops, images, labels, timer=None) -> 
         ptrs[2 * k], ptrs[2 * k + 1] = module.pointer(image), module.pointer(label)
         shapes[3 * k:3 * k + 3] = image.shape
     dev = lambda a: xp.ascontiguousarray(xp.asarray(a))
-    ti = dev(p.ti)
-    T = p.tumors
+    ti, tf, d_ci, d_ptrs, d_shapes = dev(p.ti), dev(p.tf), dev(ci), dev(ptrs), dev(shapes)
+    T, block = p.tumors, _block(module)
     if T:
         ws_a = xp.empty(p.sizes["ws"], xp.float32)
         ws_b = xp.empty(p.sizes["ws"], xp.float32)
@@ -248,29 +271,88 @@ def paint(module, backend, scans, packed, crops, images, labels, timer=None) -> 
         p1 = xp.empty(p.sizes["p1"], xp.float64)
         p2 = xp.empty(p.sizes["p2"], xp.float64)
         tex = xp.empty(p.sizes["tex"], xp.float32)
-        td, ops, wt, tf = dev(p.td), dev(p.ops), dev(p.weights), dev(p.tf)
-        gx = _grid(module, max(int(np.prod(p.ti[:, _cols("s_hi")] - p.ti[:, _cols("s_lo")], 1).max()),
-                               int(np.prod(p.ti[:, _cols("z_dim")], 1).max()),
-                               int(np.prod(p.ti[:, _cols("r_hi")] - p.ti[:, _cols("r_lo")], 1).max())))
-        block = _block(module)
+        td, ops, wt = dev(p.td), dev(p.ops), dev(p.weights)
+        gx = _grid(module, max(_most(p.ti, "s_lo", "s_hi"), _most(p.ti, "r_lo", "r_hi"),
+                               int(np.prod(p.ti[:, _cols("z_dim")], 1).max())))
         module.launch("paint_shape", (gx, T), block, (ti, tf, ws_a))
-        module.launch("paint_blur", (gx, T), block, (ti, wt, ws_a, ws_b, np.int32(0)))
-        module.launch("paint_blur", (gx, T), block, (ti, wt, ws_b, ws_a, np.int32(1)))
-        module.launch("paint_blur", (gx, T), block, (ti, wt, ws_a, ws_b, np.int32(2)))
+        for axis, (src, dst) in enumerate([(ws_a, ws_b), (ws_b, ws_a), (ws_a, ws_b)]):
+            module.launch("paint_blur", (gx, T), block, (ti, NULL, wt, src, dst, np.int32(axis),
+                                                         np.int32(0)))
         mask = ws_b
         module.launch("paint_noise", (gx, T), block, (ti, dev(p.seeds), zbuf))
-        module.launch("paint_texture", (gx, T), block, (ti, td, ops, zbuf, p1, tex, np.int32(0)))
-        module.launch("paint_texture", (gx, T), block, (ti, td, ops, p1, p2, tex, np.int32(1)))
-        module.launch("paint_texture", (gx, T), block, (ti, td, ops, p2, p2, tex, np.int32(2)))
+        for k, (src, dst) in enumerate([(zbuf, p1), (p1, p2), (p2, p2)]):
+            module.launch("paint_texture", (gx, T), block, (ti, td, ops, src, dst, tex, np.int32(k)))
     else:
         mask = tex = xp.zeros(1, xp.float32)
     sx, sy, sz = (int(v) for v in packed.crops.crop_size[crops[0]])
-    gx = _grid(module, sx * sy * sz)
-    module.launch("paint_blend", (gx, len(crops)), _block(module),
-                  (dev(ci), ti, dev(ptrs), dev(shapes), mask, tex, images, labels,
-                   np.int32(sx), np.int32(sy), np.int32(sz)))
+    on_canvas = p.ci[:, CI.index("canvas")] > 0
+    if (~on_canvas).any():                          # one fused pass per crop
+        module.launch("paint_blend", (_grid(module, sx * sy * sz), int((~on_canvas).sum())), block,
+                      (dev(ci[~on_canvas]), ti, d_ptrs, d_shapes, mask, tex, images, labels,
+                       np.int32(sx), np.int32(sy), np.int32(sz)))
+    if on_canvas.any():                             # tumor by tumor on canvases
+        _paint_canvases(module, p, ci, on_canvas, ti, tf, d_ci, d_ptrs, d_shapes, mask, tex,
+                        images, labels, (sx, sy, sz))
     if timer is not None:
         timer.mark("kernels")
+
+
+def _paint_canvases(module, p, ci, on_canvas, ti, tf, d_ci, d_ptrs, d_shapes, mask, tex, images,
+                    labels, size) -> None:
+    """Crops reached by a tumor with mass effect or capsule: canvas, then each crop's k-th tumor
+    for k = 0, 1, ... (place; mass effect; capsule), then the crop out of the canvas."""
+    xp, block = module.xp, _block(module)
+    dev = lambda a: xp.ascontiguousarray(xp.asarray(a))
+    rows = ci[on_canvas]
+    d_rows = dev(rows)
+    cimg = xp.empty(p.sizes["canvas"], xp.float32)
+    clab = xp.empty(p.sizes["canvas"], xp.uint8)
+    dims = rows[:, [CI.index(f"cv_dim{a}") for a in range(3)]].astype(np.int64)
+    module.launch("paint_canvas", (_grid(module, int(np.prod(dims, 1).max())), len(rows)), block,
+                  (d_rows, d_ptrs, d_shapes, cimg, clab))
+    mask_w = xp.zeros(max(p.sizes["wk"], 1), xp.float32)
+    edge = xp.empty(max(p.sizes["wk"], 1), xp.float32)
+    blurred = xp.empty(max(p.sizes["wk"], 1), xp.float32)
+    q_img = xp.empty(max(p.sizes["cube"], 1), xp.float32)
+    q_lab = xp.empty(max(p.sizes["cube"], 1), xp.uint8)
+    q_mask = xp.empty(max(p.sizes["cube"], 1), xp.float32)
+    wt = dev(p.weights)
+    t0, t1 = rows[:, CI.index("t0")], rows[:, CI.index("t1")]
+    col = lambda name: p.ti[:, TI.index(name)]
+    mass = (col("cube") > 0)
+    cap = (col("cap_radius") > 0) & (col("post") > 0)
+    for k in range(int((t1 - t0).max(initial=0))):
+        sel = (t0 + k)[t1 - t0 > k]
+        gx = _grid(module, _most(p.ti[sel], "r_lo", "r_hi"))
+        module.launch("paint_place", (gx, len(sel)), block,
+                      (d_ci, ti, dev(sel.astype(np.int32)), mask, tex, cimg, clab, mask_w))
+        m = sel[mass[sel]].astype(np.int32)
+        if len(m):
+            n = int((2 * col("cube")[m] + 1).max()) ** 3
+            d_m = dev(m)
+            module.launch("paint_warp_copy", (_grid(module, n), len(m)), block,
+                          (d_ci, ti, d_m, cimg, clab, mask_w, q_img, q_lab, q_mask))
+            module.launch("paint_warp", (_grid(module, n), len(m)), block,
+                          (d_ci, ti, d_m, tf, cimg, clab, mask_w, q_img, q_lab, q_mask))
+        c = sel[cap[sel]].astype(np.int32)
+        if len(c):
+            d_c = dev(c)
+            gx = _grid(module, _most(p.ti[c], "w_lo", "w_hi"))
+            module.launch("paint_band", (gx, len(c)), block, (ti, d_c, tf, mask_w, edge))
+            for axis, (src, dst) in enumerate([(edge, blurred), (blurred, edge), (edge, blurred)]):
+                module.launch("paint_blur", (gx, len(c)), block,
+                              (ti, d_c, wt, src, dst, np.int32(axis), np.int32(1)))
+            module.launch("paint_capsule", (gx, len(c)), block, (d_ci, ti, d_c, tf, blurred, cimg))
+    sx, sy, sz = size
+    module.launch("paint_output", (_grid(module, sx * sy * sz), len(rows)), block,
+                  (d_rows, cimg, clab, images, labels, np.int32(sx), np.int32(sy), np.int32(sz)))
+
+
+def _most(ti, lo: str, hi: str) -> int:
+    """The largest box volume between columns ``lo`` and ``hi`` of the rows ``ti``."""
+    if len(ti) == 0:
+        return 1
+    return int(np.prod(ti[:, _cols(hi)] - ti[:, _cols(lo)], axis=1).max())
 
 
 def _cols(name: str) -> list[int]:

@@ -42,13 +42,17 @@ def paint_shape(ti, tf, ws) -> None:
         ws[r[_C["ws"]]:r[_C["ws"]] + q.size] = (q <= 1.0).astype(np.float32).ravel()
 
 
-def paint_blur(ti, wt, src, dst, axis: int) -> None:
-    for r in ti:
-        n = tuple(_v(r, "s_hi") - _v(r, "s_lo"))
-        a, size = r[_C["ws"]], int(np.prod(n))
+def paint_blur(ti, sel, wt, src, dst, axis: int, which: int) -> None:
+    """``sel``: the tumors (rows of ``ti``), or 0 / None for every one."""
+    for t in (range(len(ti)) if sel is None or np.ndim(sel) == 0 else sel):
+        r = ti[t]
+        box, off, radius, w_off = (("w", "wk_off", "cap_radius", "cap_w_off") if which
+                                   else ("s", "ws", "radius", "w_off"))
+        n = tuple(_v(r, f"{box}_hi") - _v(r, f"{box}_lo"))
+        a, size = r[_C[off]], int(np.prod(n))
         x = np.moveaxis(src[a:a + size].reshape(n).astype(np.float64), axis, -1)
-        rad = int(r[_C["radius"]])
-        w = wt[r[_C["w_off"]]:r[_C["w_off"]] + 2 * rad + 1]
+        rad = int(r[_C[radius]])
+        w = wt[r[_C[w_off]]:r[_C[w_off]] + 2 * rad + 1]
         padded = np.concatenate([np.zeros(x.shape[:-1] + (rad,)), x,
                                  np.zeros(x.shape[:-1] + (rad,))], axis=-1)
         m = x.shape[-1]
@@ -85,29 +89,171 @@ def paint_texture(ti, td, ops, src, dst, tex, pass_: int) -> None:
             tex[r[_C["tex_off"]]:][:out.size] = out.ravel()
 
 
+_CI = {n: i for i, n in enumerate(CI)}
+
+
+def _rows(sel, n: int):
+    return range(n) if sel is None or np.ndim(sel) == 0 else [int(t) for t in sel]
+
+
+def _crop_in(volumes, c, lo_name: str, dims):
+    """The scan's (image float32, label) on a box with corner ``c[lo_name]`` (scan voxels) and
+    size ``dims``; air and background outside the scan."""
+    image, label = volumes[int(c[_CI["scan"]])]
+    lo = np.array([c[_CI[f"{lo_name}{a}"]] for a in range(3)])
+    hi = lo + dims
+    img = np.full(tuple(dims), -1024.0, np.float32)
+    lab = np.zeros(tuple(dims), np.uint8)
+    a, b = np.maximum(lo, 0), np.minimum(hi, image.shape)
+    if np.all(b > a):
+        dst = tuple(slice(int(x - o), int(y - o)) for x, y, o in zip(a, b, lo))
+        src = tuple(slice(int(x), int(y)) for x, y in zip(a, b))
+        img[dst], lab[dst] = image[src], label[src]
+    return img, lab
+
+
+def _box(r, lo: str, hi: str, origin=(0, 0, 0)):
+    return tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(_v(r, lo), _v(r, hi), origin))
+
+
+def _view(buf, off: int, shape):
+    return buf[int(off):int(off) + int(np.prod(shape))].reshape(tuple(int(v) for v in shape))
+
+
+def _place(img, lab, r, mask, tex):
+    """Eq. 4 for tumor row ``r`` on a canvas (img, lab); returns its m on R."""
+    s_dim, r_dim = _v(r, "s_hi") - _v(r, "s_lo"), _v(r, "r_hi") - _v(r, "r_lo")
+    m = _view(mask, r[_C["ws"]], s_dim)[_box(r, "r_lo", "r_hi", _v(r, "s_lo"))]
+    region = _box(r, "r_lo", "r_hi")
+    m = m * (lab[region] >= 1).astype(np.float32)
+    img[region] = (np.float32(1) - m) * img[region] + m * _view(tex, r[_C["tex_off"]], r_dim)
+    lab[region] = np.where(m >= 0.5, np.uint8(2), lab[region])
+    return m
+
+
+def _out(img, lab, images, labels, o, corner, size) -> None:
+    box = tuple(slice(int(a), int(a + n)) for a, n in zip(corner, size))
+    images[o] = np.clip(np.rint(img[box]), -1024, 3071).astype(np.int16).transpose(2, 1, 0)
+    labels[o] = lab[box].transpose(2, 1, 0)
+
+
 def paint_blend(ci, ti, volumes, mask, tex, images, labels, sx: int, sy: int, sz: int) -> None:
     """``volumes``: per scan, its (image int16, label uint8) arrays (the kernel gets pointers)."""
-    c_ = {n: i for i, n in enumerate(CI)}
     for c in ci:
-        image, label = volumes[c[c_["scan"]]]
-        lo = np.array([c[c_["lo0"]], c[c_["lo1"]], c[c_["lo2"]]])
-        hi = lo + (sx, sy, sz)
-        img = np.full((sx, sy, sz), -1024.0, np.float32)
-        lab = np.zeros((sx, sy, sz), np.uint8)
-        a, b = np.maximum(lo, 0), np.minimum(hi, image.shape)
-        if np.all(b > a):
-            dst = tuple(slice(int(x - o), int(y - o)) for x, y, o in zip(a, b, lo))
-            src = tuple(slice(int(x), int(y)) for x, y in zip(a, b))
-            img[dst], lab[dst] = image[src], label[src]
-        for r in ti[c[c_["t0"]]:c[c_["t1"]]]:
-            r_lo, r_hi, s_lo, s_hi = (_v(r, n) for n in ("r_lo", "r_hi", "s_lo", "s_hi"))
-            m_all = mask[r[_C["ws"]]:][:np.prod(s_hi - s_lo)].reshape(tuple(s_hi - s_lo))
-            m = m_all[tuple(slice(int(x), int(y)) for x, y in zip(r_lo - s_lo, r_hi - s_lo))]
-            x = tex[r[_C["tex_off"]]:][:np.prod(r_hi - r_lo)].reshape(tuple(r_hi - r_lo))
-            region = tuple(slice(int(x0), int(x1)) for x0, x1 in zip(r_lo, r_hi))
-            m = m * (lab[region] >= 1).astype(np.float32)
-            img[region] = (np.float32(1) - m) * img[region] + m * x
-            lab[region] = np.where(m >= 0.5, np.uint8(2), lab[region])
-        o = c[c_["out"]]
-        images[o] = np.clip(np.rint(img), -1024, 3071).astype(np.int16).transpose(2, 1, 0)
-        labels[o] = lab.transpose(2, 1, 0)
+        img, lab = _crop_in(volumes, c, "lo", np.array([sx, sy, sz]))
+        for r in ti[c[_CI["t0"]]:c[_CI["t1"]]]:
+            _place(img, lab, r, mask, tex)
+        _out(img, lab, images, labels, c[_CI["out"]], (0, 0, 0), (sx, sy, sz))
+
+
+def _canvas(c, cimg, clab):
+    dims = [int(c[_CI[f"cv_dim{a}"]]) for a in range(3)]
+    return _view(cimg, c[_CI["cv_off"]], dims), _view(clab, c[_CI["cv_off"]], dims)
+
+
+def paint_canvas(ci, volumes, cimg, clab) -> None:
+    for c in ci:
+        img, lab = _canvas(c, cimg, clab)
+        img[...], lab[...] = _crop_in(volumes, c, "cv_lo", np.array(img.shape))
+
+
+def paint_place(ci, ti, sel, mask, tex, cimg, clab, mask_w) -> None:
+    for t in _rows(sel, len(ti)):
+        r = ti[t]
+        img, lab = _canvas(ci[r[_C["crop"]]], cimg, clab)
+        m = _place(img, lab, r, mask, tex)
+        if r[_C["post"]]:
+            w = _view(mask_w, r[_C["wk_off"]], _v(r, "w_hi") - _v(r, "w_lo"))
+            w[_box(r, "r_lo", "r_hi", _v(r, "w_lo"))] = m
+
+
+def _cube(r, origin=(0, 0, 0)):
+    g = int(r[_C["cube"]])
+    return tuple(slice(int(c - o - g), int(c - o + g + 1)) for c, o in zip(_v(r, "center"), origin))
+
+
+def paint_warp_copy(ci, ti, sel, cimg, clab, mask_w, q_img, q_lab, q_mask) -> None:
+    for t in _rows(sel, len(ti)):
+        r = ti[t]
+        img, lab = _canvas(ci[r[_C["crop"]]], cimg, clab)
+        w = _view(mask_w, r[_C["wk_off"]], _v(r, "w_hi") - _v(r, "w_lo"))
+        n = (2 * int(r[_C["cube"]]) + 1,) * 3
+        _view(q_img, r[_C["cube_off"]], n)[...] = img[_cube(r)]
+        _view(q_lab, r[_C["cube_off"]], n)[...] = lab[_cube(r)]
+        _view(q_mask, r[_C["cube_off"]], n)[...] = w[_cube(r, _v(r, "w_lo"))]
+
+
+def paint_warp(ci, ti, sel, tf, cimg, clab, mask_w, q_img, q_lab, q_mask) -> None:
+    import scipy.ndimage as ndi
+    for t in _rows(sel, len(ti)):
+        r = ti[t]
+        img, lab = _canvas(ci[r[_C["crop"]]], cimg, clab)
+        w = _view(mask_w, r[_C["wk_off"]], _v(r, "w_hi") - _v(r, "w_lo"))
+        g = int(r[_C["cube"]])
+        n = (2 * g + 1,) * 3
+        v = np.meshgrid(*[np.arange(2 * g + 1, dtype=np.float32) - np.float32(g)] * 3, indexing="ij")
+        dist = np.sqrt(v[0] ** 2 + v[1] ** 2 + v[2] ** 2)
+        gamma, inten = tf[t, TF["gamma"]], tf[t, TF["intensity"]]
+        scale = np.where(dist < gamma, np.float32(1) - (np.float32(1) - dist / gamma) ** 2 * inten,
+                         np.float32(1))
+        coords = np.stack([np.float32(g) + vi * scale for vi in v])
+        img[_cube(r)] = ndi.map_coordinates(_view(q_img, r[_C["cube_off"]], n), coords, order=1,
+                                            mode="nearest")
+        lab[_cube(r)] = ndi.map_coordinates(_view(q_lab, r[_C["cube_off"]], n), coords, order=0,
+                                            mode="nearest")
+        w[_cube(r, _v(r, "w_lo"))] = ndi.map_coordinates(_view(q_mask, r[_C["cube_off"]], n),
+                                                          coords, order=1, mode="nearest")
+
+
+def paint_band(ti, sel, tf, mask_w, edge) -> None:
+    for t in _rows(sel, len(ti)):
+        r = ti[t]
+        size = int(np.prod(_v(r, "w_hi") - _v(r, "w_lo")))
+        m = mask_w[r[_C["wk_off"]]:][:size]
+        band = (m >= tf[t, TF["band_lo"]]) & (m <= tf[t, TF["band_hi"]])
+        edge[r[_C["wk_off"]]:][:size] = band.astype(np.float32)
+
+
+def paint_capsule(ci, ti, sel, tf, blurred, cimg) -> None:
+    for t in _rows(sel, len(ti)):
+        r = ti[t]
+        img, _ = _canvas(ci[r[_C["crop"]]], cimg, np.zeros(cimg.shape, np.uint8))
+        b = _view(blurred, r[_C["wk_off"]], _v(r, "w_hi") - _v(r, "w_lo"))
+        img[_box(r, "w_lo", "w_hi")] += tf[t, TF["capsule_hu"]] * b
+
+
+def paint_output(ci, cimg, clab, images, labels, sx: int, sy: int, sz: int) -> None:
+    for c in ci:
+        img, lab = _canvas(c, cimg, clab)
+        corner = [c[_CI[f"lo{a}"]] - c[_CI[f"cv_lo{a}"]] for a in range(3)]
+        _out(img, lab, images, labels, c[_CI["out"]], corner, (sx, sy, sz))
+
+
+class TwinModule:
+    """The twins behind ``module.launch``'s interface, so ``paint.paint`` runs on them whole
+    (``synthesize_batch(..., kernels=TwinModule())``). Pointers are handles to registered arrays."""
+
+    device = "twin"
+    xp = np
+
+    def __init__(self):
+        self._arrays: dict[int, np.ndarray] = {}
+
+    def pointer(self, array) -> int:
+        self._arrays[id(array)] = array
+        return id(array)
+
+    def launch(self, name: str, grid, block, args) -> None:
+        args = [a.item() if isinstance(a, np.generic) else a for a in args]
+        if name in ("paint_blend", "paint_canvas"):
+            ci, ptrs = args[0], args[2 if name == "paint_blend" else 1]
+            volumes = {int(c[_CI["scan"]]): (self._arrays[int(ptrs[2 * c[_CI["scan"]]])],
+                                             self._arrays[int(ptrs[2 * c[_CI["scan"]] + 1])])
+                       for c in ci}
+            if name == "paint_blend":
+                args = [ci, args[1], volumes] + args[4:]
+            else:
+                args = [ci, volumes] + args[3:]
+        if name == "paint_blur" and np.ndim(args[1]) == 0:
+            args[1] = None
+        globals()[name](*args)
