@@ -47,7 +47,10 @@ class Backend:
         out = []
         for a in arrays:
             host = cupyx.empty_pinned(a.shape, a.dtype)
-            self.xp.ascontiguousarray(a).get(stream=stream, out=host, blocking=False)
+            try:
+                self.xp.ascontiguousarray(a).get(stream=stream, out=host, blocking=False)
+            except TypeError:            # CuPy before 13: get() has no blocking flag
+                self.xp.ascontiguousarray(a).get(stream=stream, out=host)
             out.append(host)
         stream.synchronize()
         return tuple(out)

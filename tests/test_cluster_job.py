@@ -209,6 +209,14 @@ def test_example_job_file_and_flags(tmp_path):
     with pytest.raises(SpecError, match="needs backend cupy"):
         load_spec(None, {"manifest": "m", "output": "o", "samples": 1, "backend": "numpy",
                          "resources": {"gpus_per_actor": 1}})
+    with pytest.raises(SpecError, match="gpu_memory_mb >= 0"):
+        load_spec(None, {"manifest": "m", "output": "o", "samples": 1,
+                         "resources": {"gpu_memory_mb": -1}})
+    capped = load_spec(None, {"manifest": "m", "output": "o", "samples": 1, "backend": "cupy",
+                              "resources": {"gpus_per_actor": 0.25, "gpu_memory_mb": 4096}})
+    assert capped.resources.gpu_memory_mb == 4096
+    assert capped.identity() == load_spec(None, {"manifest": "m", "output": "o", "samples": 1,
+                                                 "backend": "cupy"}).identity()
 
 
 def test_second_run_into_the_same_output_is_refused_while_the_first_holds_it(reference, scans,
