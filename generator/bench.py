@@ -81,6 +81,11 @@ def bench_generator(args) -> int:
     prepare_s = time.perf_counter() - t0
     rng_of = lambda i: np.random.default_rng(sample_seed(args.seed, i))
     kernels = getattr(args, "kernels", "auto")
+    if kernels == "cpu":
+        if backend.name != "numpy":
+            sys.exit("bench generator: --kernels cpu runs with --backend numpy")
+        from .kernels.paint import cpu_module
+        kernels = cpu_module()
     for i in range(args.warmup):
         synthesize(scan, sample_params(rng_of(i), scan, config), backend, kernels=kernels)
     timer = StepTimer(backend)
@@ -105,7 +110,8 @@ def bench_generator(args) -> int:
               "prepare_seconds": round(prepare_s, 3), "samples": args.samples,
               "batch": batch, "kinds": kinds, "seconds": round(wall, 3),
               "sample_params_core_ms_per_crop": round(1000 * cpu_sample / args.samples, 3),
-              "kernels": kernels if backend.name == "cupy" else "off (numpy backend)",
+              "kernels": (getattr(args, "kernels", "auto") if backend.name == "cupy" or
+                          getattr(args, "kernels", "auto") == "cpu" else "off (numpy backend)"),
               "crops_per_second": round(args.samples / wall, 3),
               # synthesis alone (host plan, kernels or array code, copy to the host): the GPU's
               # rate when parameters are drawn elsewhere (the job's writer threads, other actors)

@@ -152,9 +152,11 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch", type=int, default=1,
                    help="crops per synthesis call (synthesize_batch over packed records; the "
                         "worker of a job uses 8)")
-    g.add_argument("--kernels", choices=("auto", "off"), default="auto",
+    g.add_argument("--kernels", choices=("auto", "off", "cpu"), default="auto",
                    help="auto: the fused CUDA kernels paint the crops they can on the cupy backend "
-                        "(generator/kernels); off: the array code alone (the baseline)")
+                        "(generator/kernels); off: the array code alone (the baseline); cpu: the "
+                        "kernels' text built for this CPU with --backend numpy (a check of the "
+                        "host plan's cost and the kernels' results, not a fast path)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--manifest", help="take the scan from this manifest (default: a phantom)")
     g.add_argument("--scan", help="scan_id in --manifest (default: the first healthy scan)")
