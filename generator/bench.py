@@ -61,6 +61,11 @@ def _bench_scan(args, config):
                         config=config), scan_id + f" (built-in phantom, scale {args.phantom_scale})"
 
 
+def _noise_precision() -> str:
+    from .kernels.paint import noise_precision
+    return noise_precision()
+
+
 def bench_generator(args) -> int:
     """``tumorforge bench generator``: crops per second and ms per crop for each step."""
     import numpy as np
@@ -112,6 +117,8 @@ def bench_generator(args) -> int:
               "sample_params_core_ms_per_crop": round(1000 * cpu_sample / args.samples, 3),
               "kernels": (getattr(args, "kernels", "auto") if backend.name == "cupy" or
                           getattr(args, "kernels", "auto") == "cpu" else "off (numpy backend)"),
+              **({"kernel_noise": _noise_precision()} if backend.name == "cupy" or
+                 getattr(args, "kernels", "auto") == "cpu" else {}),
               "crops_per_second": round(args.samples / wall, 3),
               # synthesis alone (host plan, kernels or array code, copy to the host): the GPU's
               # rate when parameters are drawn elsewhere (the job's writer threads, other actors)

@@ -91,7 +91,8 @@ def max_displacements(seeds, sigma_vox) -> np.ndarray:
         d = np.tensordot(grids, w, axes=([4], [1]))                  # (m, 3, 3, 3, L): k -> z
         d = np.tensordot(d, w, axes=([3], [1]))                      # (m, 3, 3, L, L): j -> y
         d = np.tensordot(d, w, axes=([2], [1]))                      # (m, 3, L, L, L): i -> x
-        top = np.abs(d).reshape(len(part), 3, -1).max(axis=2) + 0.5
+        d = d.reshape(len(part), 3, -1)
+        top = np.maximum(d.max(axis=2), -d.min(axis=2)) + 0.5     # max |d| without a temporary
         for k, v in zip(part, top):
             _MAX_DISPLACEMENT[k] = v
     out = np.array([_MAX_DISPLACEMENT[k] for k in keys]).reshape(-1, 3)

@@ -109,11 +109,11 @@ def test_each_kernel_equals_its_numpy_twin(scan):
             _run("paint_blur", get("paint_blur"), p.ti, paint.NULL, p.weights, src, dst,
                  np.int32(axis), np.int32(0))
         z = np.zeros(p.sizes["z"])
-        _run("paint_noise", get("paint_noise"), p.ti, p.seeds, z)
+        _run("paint_noise", get("paint_noise"), p.ti, p.seeds, z, np.int32(0))
         p1, p2 = np.zeros(p.sizes["p1"]), np.zeros(p.sizes["p2"])
         tex = np.zeros(p.sizes["tex"], np.float32)
         for k, (src, dst) in enumerate([(z, p1), (p1, p2), (p2, p2)]):
-            _run("paint_texture", get("paint_texture"), p.ti, p.td, p.ops, src, dst, tex,
+            _run("paint_texture", get("paint_texture"), p.ti, p.td, p.ops, p.bands, src, dst, tex,
                  np.int32(k))
         ws[who] = dict(shape=shape, mask=b.copy(), z=z, tex=tex)
     k, t = ws["kernel"], ws["twin"]
@@ -156,7 +156,7 @@ def test_twins_equal_the_array_path_they_replace(scan):
     p1, p2 = np.zeros(p.sizes["p1"]), np.zeros(p.sizes["p2"])
     tex = np.zeros(p.sizes["tex"], np.float32)
     for k, (src, dst) in enumerate([(z, p1), (p1, p2), (p2, p2)]):
-        twins.paint_texture(p.ti, p.td, p.ops, src, dst, tex, k)
+        twins.paint_texture(p.ti, p.td, p.ops, p.bands, src, dst, tex, k)
     col = {n: i for i, n in enumerate(paint.TI)}
     v = lambda r, n: np.array([r[col[f"{n}{a}"]] for a in range(3)])
     done = 0
@@ -233,3 +233,20 @@ def test_cuda_kernels_paint_what_their_cpu_build_paints(scan):
         assert d.max() <= 1 and (d > 0).mean() < 1e-4, (profile, int(d.max()), float((d > 0).mean()))
         again = synthesize_batch([scan], packed, gpu, kernels="auto")
         assert again.images.tobytes() == cuda.images.tobytes()       # deterministic on the GPU
+
+
+def test_float32_noise_stays_within_a_few_ulp_and_paints_the_same_crops(scan, monkeypatch):
+    packed, p = _tables(scan, n=3)
+    z64, z32 = np.zeros(p.sizes["z"]), np.zeros(p.sizes["z"])
+    paint.cpu_module().launch("paint_noise", (2, p.tumors), 3, (p.ti, p.seeds, z64, np.int32(0)))
+    paint.cpu_module().launch("paint_noise", (2, p.tumors), 3, (p.ti, p.seeds, z32, np.int32(1)))
+    assert np.abs(z32 - z64).max() < 1e-5 * max(1.0, np.abs(z64).max())
+    a = synthesize_batch([scan], packed, NUMPY, kernels="off")
+    monkeypatch.setenv("TUMORFORGE_KERNEL_NOISE", "float32")
+    b = synthesize_batch([scan], packed, NUMPY, kernels=paint.cpu_module())
+    assert np.array_equal(a.labels, b.labels)
+    d = np.abs(a.images.astype(np.int32) - b.images)
+    assert d.max() <= 1 and (d > 0).mean() < 1e-3
+    monkeypatch.setenv("TUMORFORGE_KERNEL_NOISE", "float16")
+    with pytest.raises(ValueError, match="TUMORFORGE_KERNEL_NOISE"):
+        synthesize_batch([scan], packed, NUMPY, kernels=paint.cpu_module())

@@ -34,6 +34,8 @@ _CPU_PREAMBLE = r"""
 #define __forceinline__ inline
 #include <algorithm>
 using std::sqrt; using std::log; using std::sin; using std::cos; using std::min; using std::max;
+static inline float sinpif(float x) { return (float)std::sin(3.141592653589793 * (double)x); }
+static inline float cospif(float x) { return (float)std::cos(3.141592653589793 * (double)x); }
 struct tf_dim3 { unsigned x, y, z; };
 static tf_dim3 blockIdx, threadIdx, blockDim, gridDim;
 """

@@ -145,8 +145,10 @@ extern "C" __global__ void paint_blur(const int* ti, const int* sel, const doubl
 }
 
 // ---- texture noise (noise.py, normal): the block [z_lo, z_lo + z_dim) of the tumor's coarse
-// grid of Box-Muller normals (float32 values, stored as float64)
-extern "C" __global__ void paint_noise(const int* ti, const u64* seeds, double* zbuf) {
+// grid of Box-Muller normals (float32 values, stored as float64). single 0: the transform in
+// float64 as NumPy computes it; single 1: in float32 (log, sqrt, sincospi), values within a few
+// float32 ulp of those, at a fraction of the float64 cost on a GPU
+extern "C" __global__ void paint_noise(const int* ti, const u64* seeds, double* zbuf, int single) {
     const int t = blockIdx.y;
     const int* r = row_i(ti, t);
     const int d1 = r[TI_Z_DIM1], d2 = r[TI_Z_DIM2];
@@ -158,57 +160,78 @@ extern "C" __global__ void paint_noise(const int* ti, const u64* seeds, double* 
         const i64 gk = v % d2 + r[TI_Z_LO2];
         u32 w0, w1;
         philox((u64)((gi * c1 + gj) * half + gk / 2), seeds[t], 0u, &w0, &w1);
-        const double u1 = DMUL((double)((w0 >> 11) + 1u), 4.76837158203125e-07);     // 2^-21
-        const double u2 = DMUL((double)(w1 >> 8), 5.9604644775390625e-08);           // 2^-24
-        const double radius = sqrt(DMUL(-2.0, log(u1)));
-        const double angle = DMUL(6.283185307179586, u2);
-        const float z = (float)DMUL(radius, (gk % 2) ? sin(angle) : cos(angle));
+        float z;
+        if (single) {
+            const float u1 = FMUL((float)((w0 >> 11) + 1u), 4.76837158203125e-07f);      // exact
+            const float u2 = FMUL((float)(w1 >> 8), 5.9604644775390625e-08f);            // exact
+            const float radius = sqrtf(FMUL(-2.0f, logf(u1)));
+            z = FMUL(radius, (gk % 2) ? sinpif(FMUL(2.0f, u2)) : cospif(FMUL(2.0f, u2)));
+        } else {
+            const double u1 = DMUL((double)((w0 >> 11) + 1u), 4.76837158203125e-07);     // 2^-21
+            const double u2 = DMUL((double)(w1 >> 8), 5.9604644775390625e-08);           // 2^-24
+            const double radius = sqrt(DMUL(-2.0, log(u1)));
+            const double angle = DMUL(6.283185307179586, u2);
+            z = (float)DMUL(radius, (gk % 2) ? sin(angle) : cos(angle));
+        }
         out[v] = (double)z;
     }
 }
 
-// ---- texture field (texture.py, paper_texture): the three axis operators (float64 rows of the
-// R part, columns of the noise block) contracted as NumPy does: x, then z, then y; the last pass
-// writes mu_t + sigma_p * field (float32) on R. Sums run in column order.
+// ---- texture field (texture.py, paper_texture): the three axis operators (float64, rows of
+// the R part: row i of axis a at ops[op_base_a + i * op_c_a], columns of the noise block from
+// z_lo_a) contracted as NumPy does: x, then z, then y; the last pass writes mu_t + sigma_p x field
+// (float32) on R. Each row sums over its band of non-zero columns (bands: first, last + 1 per
+// row, from band_row_a), in column order: the zeros left out add nothing.
+__device__ __forceinline__ void band_of(const int* bands, i64 row, int z_lo, int n, int* u0,
+                                        int* u1) {
+    *u0 = max(bands[2 * row] - z_lo, 0);
+    *u1 = min(bands[2 * row + 1] - z_lo, n);
+}
+
 extern "C" __global__ void paint_texture(const int* ti, const double* td, const double* ops,
-                                         const double* src, double* dst, float* tex, int pass) {
+                                         const int* bands, const double* src, double* dst,
+                                         float* tex, int pass) {
     const int t = blockIdx.y;
     const int* r = row_i(ti, t);
     const int m0 = r[TI_R_HI0] - r[TI_R_LO0], m1 = r[TI_R_HI1] - r[TI_R_LO1],
               m2 = r[TI_R_HI2] - r[TI_R_LO2];
     const int z0 = r[TI_Z_DIM0], z1 = r[TI_Z_DIM1], z2 = r[TI_Z_DIM2];
+    int u0, u1;
     if (pass == 0) {            // (z0, z1, z2) -> (m0, z1, z2)
-        const double* op = ops + r[TI_OP_OFF0];
         const double* in = src + r[TI_Z_OFF];
         double* out = dst + r[TI_P1_OFF];
         FOR_ITEMS(v, (i64)m0 * z1 * z2) {
             const i64 i = v / ((i64)z1 * z2), jk = v % ((i64)z1 * z2);
+            const double* op = ops + r[TI_OP_BASE0] + i * r[TI_OP_C0] + r[TI_Z_LO0];
+            band_of(bands, r[TI_BAND_ROW0] + i, r[TI_Z_LO0], z0, &u0, &u1);
             double acc = 0.0;
-            for (int u = 0; u < z0; ++u)
-                acc = DADD(acc, DMUL(op[i * z0 + u], in[u * (i64)z1 * z2 + jk]));
+            for (int u = u0; u < u1; ++u)
+                acc = DADD(acc, DMUL(op[u], in[u * (i64)z1 * z2 + jk]));
             out[v] = acc;
         }
     } else if (pass == 1) {     // (m0, z1, z2) -> (m0, z1, m2)
-        const double* op = ops + r[TI_OP_OFF2];
         const double* in = src + r[TI_P1_OFF];
         double* out = dst + r[TI_P2_OFF];
         FOR_ITEMS(v, (i64)m0 * z1 * m2) {
             const i64 ij = v / m2, k = v % m2;
+            const double* op = ops + r[TI_OP_BASE2] + k * r[TI_OP_C2] + r[TI_Z_LO2];
+            band_of(bands, r[TI_BAND_ROW2] + k, r[TI_Z_LO2], z2, &u0, &u1);
             double acc = 0.0;
-            for (int u = 0; u < z2; ++u)
-                acc = DADD(acc, DMUL(in[ij * z2 + u], op[k * z2 + u]));
+            for (int u = u0; u < u1; ++u)
+                acc = DADD(acc, DMUL(in[ij * z2 + u], op[u]));
             out[v] = acc;
         }
     } else {                    // (m0, z1, m2) -> (m0, m1, m2), scaled to HU
-        const double* op = ops + r[TI_OP_OFF1];
         const double* in = src + r[TI_P2_OFF];
         float* out = tex + r[TI_TEX_OFF];
         const double* d = td + (i64)t * TD_COLUMNS;
         FOR_ITEMS(v, (i64)m0 * m1 * m2) {
             const i64 i = v / ((i64)m1 * m2), j = (v / m2) % m1, k = v % m2;
+            const double* op = ops + r[TI_OP_BASE1] + j * r[TI_OP_C1] + r[TI_Z_LO1];
+            band_of(bands, r[TI_BAND_ROW1] + j, r[TI_Z_LO1], z1, &u0, &u1);
             double acc = 0.0;
-            for (int u = 0; u < z1; ++u)
-                acc = DADD(acc, DMUL(in[(i * z1 + u) * m2 + k], op[j * z1 + u]));
+            for (int u = u0; u < u1; ++u)
+                acc = DADD(acc, DMUL(in[(i * z1 + u) * m2 + k], op[u]));
             out[v] = (float)DADD(DMUL(acc, d[TD_SIGMA_P]), d[TD_MU_T]);
         }
     }

@@ -20,7 +20,7 @@ text runs on a CPU through ``module.CpuModule``.
 from __future__ import annotations
 
 import functools
-import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +39,7 @@ def _triples(*names: str) -> tuple[str, ...]:
 # Columns of the kernels' tables, defined here once and given to the source as #defines.
 TI = (("crop",) + _triples("r_lo", "r_hi", "s_lo", "s_hi", "shape_off", "grid_half")
       + ("ws", "radius", "w_off") + _triples("z_lo", "z_dim", "coarse")
-      + ("z_off", "p1_off", "p2_off") + _triples("op_off") + ("tex_off",)
+      + ("z_off", "p1_off", "p2_off") + _triples("op_base", "op_c", "band_row") + ("tex_off",)
       # post-processing (mass effect, capsule): work box W, its buffers, the warp's cube
       + ("post",) + _triples("w_lo", "w_hi", "center") + ("wk_off", "cap_radius", "cap_w_off",
                                                            "cube", "cube_off"))
@@ -53,6 +53,19 @@ CI = ("scan", "out", "lo0", "lo1", "lo2", "t0", "t1") + _triples("cv_lo", "cv_di
                                                                                       "canvas")
 NULL = np.uint64(0)          # a null pointer argument (sel: every tumor)
 BLOCK = 256
+
+
+NOISE_PRECISIONS = ("float64", "float32")
+
+
+def noise_precision() -> str:
+    """How ``paint_noise`` computes Box-Muller: ``float64`` (default: NumPy's arithmetic, the
+    array path's values up to the device's libm) or ``float32`` (values within a few float32 ulp,
+    far cheaper on a GPU, whose float64 log / sin / cos are slow); ``TUMORFORGE_KERNEL_NOISE``."""
+    value = os.environ.get("TUMORFORGE_KERNEL_NOISE", "float64")
+    if value not in NOISE_PRECISIONS:
+        raise ValueError(f"TUMORFORGE_KERNEL_NOISE={value!r}: expected one of {NOISE_PRECISIONS}")
+    return value
 
 
 def source() -> str:
@@ -83,6 +96,64 @@ def eligible(scans, packed) -> np.ndarray:
     return ~np.asarray(packed.crops.released, bool).reshape(-1)
 
 
+class OperatorTable:
+    """Every texture axis operator (``texture.axis_operator``) the kernels have used, in one flat
+    float64 array (row-major, one operator after another) with each row's first and last + 1
+    non-zero column (int32 pairs), kept on the host and mirrored once per change on a device, so a
+    batch's plan passes offsets instead of slicing operators per tumor. Cleared when it would pass
+    ``CAP_BYTES`` (the default draws need about 750 operators, ~15 MB)."""
+
+    CAP_BYTES = 256 << 20
+
+    def __init__(self):
+        self.version = 0
+        self.clear()
+
+    def clear(self) -> None:
+        self._index: dict = {}
+        self._ops: list = []
+        self._bands: list = []
+        self.values = self.rows = 0
+        self._flat = None
+        self._device: dict = {}
+        self.version += 1
+
+    def lookup(self, n: int, c: int, sigma: float) -> tuple[int, int]:
+        """(offset of the operator's first value, index of its first row) for (n, c, sigma)."""
+        key = (int(n), int(c), round(float(sigma), 12))
+        got = self._index.get(key)
+        if got is None:
+            op, first, last = axis_operator(*key)
+            got = self._index[key] = (self.values, self.rows)
+            self._ops.append(op.ravel())
+            self._bands.append(np.stack([first, last], axis=1).astype(np.int32).ravel())
+            self.values += op.size
+            self.rows += op.shape[0]
+            self._flat = None
+            self.version += 1
+        return got
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(operators float64, bands int32 (first, last) per row plus a sentinel row) on the host."""
+        if self._flat is None:
+            ops = np.concatenate(self._ops) if self._ops else np.zeros(1)
+            bands = np.concatenate(self._bands + [np.zeros(2, np.int32)])
+            self._flat = (ops, bands)
+        return self._flat
+
+    def on(self, module):
+        """The arrays on ``module``'s device, uploaded again only after a change."""
+        got = self._device.get(id(module))
+        if got is None or got[0] != self.version:
+            ops, bands = self.arrays()
+            xp = module.xp
+            got = self._device[id(module)] = (self.version, xp.asarray(ops), xp.asarray(bands))
+        return got[1], got[2]
+
+
+OPERATORS = OperatorTable()
+
+
 @dataclass
 class Plan:
     ci: np.ndarray        # (C, len(CI)) int32: per crop painted
@@ -91,7 +162,8 @@ class Plan:
     td: np.ndarray        # (T, len(TD)) float64
     seeds: np.ndarray     # (T,) uint64 texture seeds
     weights: np.ndarray   # float64 blur weights, per tumor 2 radius + 1 at w_off
-    ops: np.ndarray       # float64 texture operator blocks, per tumor and axis at op_off
+    ops: np.ndarray       # float64 texture operators (OPERATORS), rows at op_base, stride op_c
+    bands: np.ndarray     # int32 (first, last) non-zero column of each operator row (band_row)
     sizes: dict           # ws, z, p1, p2, tex: lengths of the work buffers
     rows: np.ndarray      # (T,) each tumor's row in ``packed.tumors``
 
@@ -163,8 +235,8 @@ def plan(scans, packed, crops) -> Plan:
     if T == 0:
         return Plan(ci=ci, ti=np.zeros((0, len(TI)), np.int32),
                     tf=np.zeros((0, TF["columns"]), np.float32), td=np.zeros((0, len(TD))),
-                    seeds=np.zeros(0, np.uint64), weights=np.zeros(0), ops=np.zeros(0),
-                    sizes=sizes, rows=idx)
+                    seeds=np.zeros(0, np.uint64), weights=np.zeros(0), ops=np.zeros(1),
+                    bands=np.zeros(2, np.int32), sizes=sizes, rows=idx)
     gh = shape_halves(rows, s)
     shift = cv_lo[pos]                                           # crop -> canvas voxels
     box_lo = c - hb
@@ -185,24 +257,26 @@ def plan(scans, packed, crops) -> Plan:
     cap_radius = np.where(cap, (4.0 * sigma_d + 0.5).astype(np.int64), 0)
     cap_weights = [gaussian_weights(float(a), int(b)) if f else np.zeros(0)
                    for a, b, f in zip(sigma_d, cap_radius, cap)]
-    # texture: the noise block the R part's operator rows read, and those rows
+    # texture: the operators' rows for R (OPERATORS) and the noise block they read
     step = np.maximum(np.asarray(rows.eta, float) / s, 1.0)
     box = 2 * hb + 1
     coarse = np.maximum(2, np.ceil(box / step[:, None]).astype(np.int64))
     sigma_b = np.asarray(rows.sigma_b_mm, float) / s
     a_lo, a_hi = r_lo - box_lo, r_hi - box_lo
-    z_lo = np.zeros((T, 3), np.int64)
-    z_hi = np.zeros((T, 3), np.int64)
-    blocks = []
-    for n in range(T):
-        for a in range(3):
-            op, first, last = axis_operator(int(box[n, a]), int(coarse[n, a]), float(sigma_b[n]))
-            lo, hi = int(a_lo[n, a]), int(a_hi[n, a])
-            w0, w1 = int(first[lo:hi].min()), int(last[lo:hi].max())
-            z_lo[n, a], z_hi[n, a] = w0, w1
-            blocks.append(op[lo:hi, w0:w1].ravel())
+    if OPERATORS.values * 8 > OPERATORS.CAP_BYTES:
+        OPERATORS.clear()
+    keys = np.stack([box, coarse, np.repeat(sigma_b[:, None], 3, axis=1)], axis=-1).reshape(-1, 3)
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    where = np.array([OPERATORS.lookup(int(n), int(cc), float(sg)) for n, cc, sg in uniq],
+                     np.int64).reshape(-1, 2)[inverse.reshape(-1)]
+    op_row0 = where[:, 1].reshape(T, 3)
+    ops, bands = OPERATORS.arrays()
+    starts, ends = (op_row0 + a_lo).ravel(), (op_row0 + a_hi).ravel()
+    pairs = np.stack([starts, ends], axis=1).ravel()
+    z_lo = np.minimum.reduceat(bands[0::2], pairs)[0::2].reshape(T, 3).astype(np.int64)
+    z_hi = np.maximum.reduceat(bands[1::2], pairs)[0::2].reshape(T, 3).astype(np.int64)
     z_dim = z_hi - z_lo
-    op_len = np.array([b.size for b in blocks], np.int64)
+    op_base = where[:, 0].reshape(T, 3) + a_lo * coarse          # row lo of each operator
     lengths = {"ws": np.prod(s_hi - s_lo, axis=1), "z": np.prod(z_dim, axis=1),
                "p1": m[:, 0] * z_dim[:, 1] * z_dim[:, 2], "p2": m[:, 0] * z_dim[:, 1] * m[:, 2],
                "tex": np.prod(m, axis=1),
@@ -215,7 +289,8 @@ def plan(scans, packed, crops) -> Plan:
             "ws": _offsets(lengths["ws"]), "radius": pad, "w_off": w_off[:T], "z_lo": z_lo,
             "z_dim": z_dim, "coarse": coarse, "z_off": _offsets(lengths["z"]),
             "p1_off": _offsets(lengths["p1"]), "p2_off": _offsets(lengths["p2"]),
-            "op_off": _offsets(op_len).reshape(T, 3), "tex_off": _offsets(lengths["tex"]),
+            "op_base": op_base, "op_c": coarse, "band_row": op_row0 + a_lo,
+            "tex_off": _offsets(lengths["tex"]),
             "post": post, "w_lo": work_lo - shift, "w_hi": work_hi - shift, "center": c - shift,
             "wk_off": _offsets(lengths["wk"]), "cap_radius": cap_radius, "cap_w_off": w_off[T:],
             "cube": cube, "cube_off": _offsets(lengths["cube"])}
@@ -225,7 +300,7 @@ def plan(scans, packed, crops) -> Plan:
         values = np.asarray(values).reshape(T, -1)
         ti[:, at:at + values.shape[1]] = values
     sizes.update({k: int(v.sum()) for k, v in lengths.items()})
-    if max(max(sizes.values()), int(op_len.sum())) >= 2 ** 31:
+    if max(max(sizes.values()), int(ops.size)) >= 2 ** 31:
         raise ValueError("a batch too large for the kernels' int32 offsets; use smaller batches")
     tf = np.zeros((T, TF["columns"]), np.float32)
     tf[:, TF["half_axes"]:TF["half_axes"] + 3] = np.asarray(rows.half_axes_mm, float) / s[:, None]
@@ -238,7 +313,7 @@ def plan(scans, packed, crops) -> Plan:
     td = np.column_stack([np.asarray(rows.mu_t, float), np.asarray(rows.sigma_p, float)])
     return Plan(ci=ci, ti=ti.astype(np.int32), tf=tf, td=td,
                 seeds=np.ascontiguousarray(rows.texture_seed, np.uint64),
-                weights=np.concatenate(all_w), ops=np.concatenate(blocks), sizes=sizes, rows=idx)
+                weights=np.concatenate(all_w), ops=ops, bands=bands, sizes=sizes, rows=idx)
 
 
 def paint(module, backend, scans, packed, crops, images, labels, timer=None) -> None:
@@ -271,7 +346,8 @@ def paint(module, backend, scans, packed, crops, images, labels, timer=None) -> 
         p1 = xp.empty(p.sizes["p1"], xp.float64)
         p2 = xp.empty(p.sizes["p2"], xp.float64)
         tex = xp.empty(p.sizes["tex"], xp.float32)
-        td, ops, wt = dev(p.td), dev(p.ops), dev(p.weights)
+        td, wt = dev(p.td), dev(p.weights)
+        ops, bands = OPERATORS.on(module)
         gx = _grid(module, max(_most(p.ti, "s_lo", "s_hi"), _most(p.ti, "r_lo", "r_hi"),
                                int(np.prod(p.ti[:, _cols("z_dim")], 1).max())))
         module.launch("paint_shape", (gx, T), block, (ti, tf, ws_a))
@@ -279,9 +355,11 @@ def paint(module, backend, scans, packed, crops, images, labels, timer=None) -> 
             module.launch("paint_blur", (gx, T), block, (ti, NULL, wt, src, dst, np.int32(axis),
                                                          np.int32(0)))
         mask = ws_b
-        module.launch("paint_noise", (gx, T), block, (ti, dev(p.seeds), zbuf))
+        module.launch("paint_noise", (gx, T), block,
+                      (ti, dev(p.seeds), zbuf, np.int32(noise_precision() == "float32")))
         for k, (src, dst) in enumerate([(zbuf, p1), (p1, p2), (p2, p2)]):
-            module.launch("paint_texture", (gx, T), block, (ti, td, ops, src, dst, tex, np.int32(k)))
+            module.launch("paint_texture", (gx, T), block,
+                          (ti, td, ops, bands, src, dst, tex, np.int32(k)))
     else:
         mask = tex = xp.zeros(1, xp.float32)
     sx, sy, sz = (int(v) for v in packed.crops.crop_size[crops[0]])

@@ -62,18 +62,25 @@ def paint_blur(ti, sel, wt, src, dst, axis: int, which: int) -> None:
         dst[a:a + size] = np.moveaxis(acc, -1, axis).astype(np.float32).ravel()
 
 
-def paint_noise(ti, seeds, zbuf) -> None:
+def paint_noise(ti, seeds, zbuf, single: int = 0) -> None:
+    """``single``: the kernel's float32 transform; the twin computes NumPy's float64 one (the
+    kernel's float32 values lie within a few float32 ulp of these)."""
     for t, r in enumerate(ti):
         lo, dim = _v(r, "z_lo"), _v(r, "z_dim")
         z = noise.normal(np, tuple(_v(r, "coarse")), int(seeds[t]), lo=lo, hi=lo + dim)
         zbuf[r[_C["z_off"]]:r[_C["z_off"]] + z.size] = z.astype(np.float64).ravel()
 
 
-def paint_texture(ti, td, ops, src, dst, tex, pass_: int) -> None:
+def paint_texture(ti, td, ops, bands, src, dst, tex, pass_: int) -> None:
+    """The operators' rows for R as dense blocks (their zeros included: the same sums)."""
     for t, r in enumerate(ti):
         m = _v(r, "r_hi") - _v(r, "r_lo")
-        z = _v(r, "z_dim")
-        op = lambda a, rows: ops[r[_C[f"op_off{a}"]]:r[_C[f"op_off{a}"]] + rows * z[a]].reshape(rows, z[a])
+        z, z_lo, base, c = _v(r, "z_dim"), _v(r, "z_lo"), _v(r, "op_base"), _v(r, "op_c")
+
+        def op(a, rows):
+            full = ops[base[a]:base[a] + rows * c[a]].reshape(rows, c[a])
+            return full[:, z_lo[a]:z_lo[a] + z[a]]
+
         if pass_ == 0:
             x = src[r[_C["z_off"]]:][:z.prod()].reshape(z[0], z[1] * z[2])
             out = op(0, m[0]) @ x

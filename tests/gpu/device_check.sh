@@ -65,6 +65,7 @@ step 120 "$PY" -m pytest -q -rA -p no:cacheprovider tests/test_generator.py test
 log "3. bench generator --backend $GPU, warm: kernels at batch 1 / 8 / 32, the array code at 8"
 for b in 1 8 32; do step 60 "${B[@]}" --backend $GPU --samples $N --warmup 8 --batch $b --json "$R/gen_b$b.json"; done
 step 60 "${B[@]}" --backend $GPU --kernels off --samples $N --warmup 8 --batch 8 --json "$R/gen_b8_array.json"
+TUMORFORGE_KERNEL_NOISE=float32 step 60 "${B[@]}" --backend $GPU --samples $N --warmup 8 --batch 32 --json "$R/gen_b32_noise32.json"
 log "4. paper and released profiles, batch 8"
 step 60 "${B[@]}" --backend $GPU --profile paper --samples $N --warmup 8 --batch 8 --json "$R/gen_paper.json"
 step 60 "${B[@]}" --backend $GPU --profile released --samples $N --warmup 8 --batch 8 --json "$R/gen_released.json"

@@ -36,8 +36,11 @@ def parity(manifest: str, out: str, samples: int = 4) -> dict:
     entry = read_manifest(manifest, default_roots(manifest, ()))[0]
     rows, worst = [], {"tumor_dice": 1.0, "mean_abs_hu": 0.0, "max_abs_hu": 0.0}
     deterministic = True
-    for profile, kernels in (("paper-train", "auto"), ("paper-train", "off"), ("paper", "auto"),
-                             ("paper", "off"), ("released", "auto")):
+    for profile, kernels, precision in (
+            ("paper-train", "auto", "float64"), ("paper-train", "auto", "float32"),
+            ("paper-train", "off", ""), ("paper", "auto", "float64"), ("paper", "off", ""),
+            ("released", "auto", "")):
+        os.environ["TUMORFORGE_KERNEL_NOISE"] = precision or "float64"
         config = GeneratorConfig(profile=profile)
         scan = load_prepared(entry, config)
         for size in ("tiny", "small", "medium", "large", "mix"):
@@ -56,7 +59,8 @@ def parity(manifest: str, out: str, samples: int = 4) -> dict:
                                   and again.label.tobytes() == b.label.tobytes())
             # kernels auto: the fused kernels where they apply (generator/kernels), off: the
             # array code on CuPy alone
-            rows.append({"profile": profile, "size": size, "kernels": kernels, "crops": samples,
+            rows.append({"profile": profile, "size": size, "kernels": kernels,
+                         "noise": precision, "crops": samples,
                          "tumor_dice_min": round(min(dice), 5),
                          "mean_abs_hu_max": round(max(mae), 4),
                          "max_abs_hu": max(top), "within_tolerance": bool(ok)})
@@ -71,6 +75,7 @@ def parity(manifest: str, out: str, samples: int = 4) -> dict:
                          f"{worst['mean_abs_hu']:.4f}, largest |dHU| {worst['max_abs_hu']:.0f}; "
                          f"all within tolerance: {all(r['within_tolerance'] for r in rows)}; "
                          f"GPU deterministic: {deterministic}"}
+    os.environ.pop("TUMORFORGE_KERNEL_NOISE", None)
     with open(out, "w") as f:
         json.dump(report, f, indent=1)
     print(report["summary"])
