@@ -117,19 +117,23 @@ FINISH_THREADS = 2
 
 # Crops per synthesis call: a packed batch (``synthesize_batch``), the unit a GPU backend works on.
 SYNTHESIS_BATCH = 8
+# On a GPU (the fused kernels), 32: the host plan costs 0.11 ms per crop at 32 against 0.20 at 8.
+SYNTHESIS_BATCH_GPU = 32
 
 
 def synthesized(plan: Plan, scans: dict[str, PreparedScan], indices: range, backend,
                 shard: ShardPlan | None = None
                 ) -> Iterator[tuple[int, PreparedScan, SampleParams, Crop]]:
     """(index, scan, params, crop) of the samples ``indices`` in order: parameters drawn from each
-    sample's seed, then synthesis on ``backend``, ``SYNTHESIS_BATCH`` crops per call over packed
+    sample's seed, then synthesis on ``backend``, ``SYNTHESIS_BATCH`` crops per call
+    (``SYNTHESIS_BATCH_GPU`` on CuPy; the bytes do not depend on it) over packed
     records. The writer's only call into the generator."""
     spec, config = plan.spec, plan.spec.generator
     order = list(indices)
-    for first in range(0, len(order), SYNTHESIS_BATCH):
+    size = SYNTHESIS_BATCH_GPU if backend.name == "cupy" else SYNTHESIS_BATCH
+    for first in range(0, len(order), size):
         drawn = []
-        for i in order[first:first + SYNTHESIS_BATCH]:
+        for i in order[first:first + size]:
             where = shard if shard is not None else plan.shards[i // spec.samples_per_shard]
             scan = scans[plan.scan_of(where, i)]
             drawn.append((i, scan, sample_params(

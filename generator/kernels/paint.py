@@ -135,10 +135,18 @@ class OperatorTable:
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(operators float64, bands int32 (first, last) per row plus a sentinel row) on the host."""
+        return self._arrays()[:2]
+
+    def first_last(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's first and last + 1 non-zero column (contiguous int32, a sentinel row)."""
+        return self._arrays()[2:]
+
+    def _arrays(self):
         if self._flat is None:
             ops = np.concatenate(self._ops) if self._ops else np.zeros(1)
             bands = np.concatenate(self._bands + [np.zeros(2, np.int32)])
-            self._flat = (ops, bands)
+            self._flat = (ops, bands, np.ascontiguousarray(bands[0::2]),
+                          np.ascontiguousarray(bands[1::2]))
         return self._flat
 
     def on(self, module):
@@ -273,8 +281,9 @@ def plan(scans, packed, crops) -> Plan:
     ops, bands = OPERATORS.arrays()
     starts, ends = (op_row0 + a_lo).ravel(), (op_row0 + a_hi).ravel()
     pairs = np.stack([starts, ends], axis=1).ravel()
-    z_lo = np.minimum.reduceat(bands[0::2], pairs)[0::2].reshape(T, 3).astype(np.int64)
-    z_hi = np.maximum.reduceat(bands[1::2], pairs)[0::2].reshape(T, 3).astype(np.int64)
+    first, last = OPERATORS.first_last()
+    z_lo = np.minimum.reduceat(first, pairs)[0::2].reshape(T, 3).astype(np.int64)
+    z_hi = np.maximum.reduceat(last, pairs)[0::2].reshape(T, 3).astype(np.int64)
     z_dim = z_hi - z_lo
     op_base = where[:, 0].reshape(T, 3) + a_lo * coarse          # row lo of each operator
     lengths = {"ws": np.prod(s_hi - s_lo, axis=1), "z": np.prod(z_dim, axis=1),
