@@ -25,7 +25,7 @@ from tumorforge.generator.preview import crop_affine
 from tumorforge.generator.params import SampleParams
 from tumorforge.generator.sample import sample_params, sample_seed
 from tumorforge.generator.batch import pack
-from tumorforge.generator.synthesize import Crop, synthesize_batch
+from tumorforge.generator.synthesize import Crop, start_batch
 from tumorforge.manifests.dataset import codecs, names
 from tumorforge.manifests.dataset.records import (Provenance, SampleHashes, ShardCommit,
                                                   ShardEntry, image_sha256, label_sha256)
@@ -131,6 +131,7 @@ def synthesized(plan: Plan, scans: dict[str, PreparedScan], indices: range, back
     spec, config = plan.spec, plan.spec.generator
     order = list(indices)
     size = SYNTHESIS_BATCH_GPU if backend.name == "cupy" else SYNTHESIS_BATCH
+    in_flight = None              # one batch on the GPU while the next one's parameters are drawn
     for first in range(0, len(order), size):
         drawn = []
         for i in order[first:first + size]:
@@ -139,10 +140,19 @@ def synthesized(plan: Plan, scans: dict[str, PreparedScan], indices: range, back
             drawn.append((i, scan, sample_params(
                 np.random.default_rng(sample_seed(spec.root_seed, i)), scan, config)))
         batch_scans = {scan.scan_id: scan for _, scan, _ in drawn}
-        made = synthesize_batch(list(batch_scans.values()),
-                                pack([p for _, _, p in drawn], list(batch_scans)), backend)
-        for n, (i, scan, params) in enumerate(drawn):
-            yield i, scan, params, Crop(made.images[n], made.labels[n])
+        pending = start_batch(list(batch_scans.values()),
+                              pack([p for _, _, p in drawn], list(batch_scans)), backend)
+        if in_flight is not None:
+            yield from _collected(*in_flight)
+        in_flight = (drawn, pending)
+    if in_flight is not None:
+        yield from _collected(*in_flight)
+
+
+def _collected(drawn, pending):
+    made = pending.result()
+    for n, (i, scan, params) in enumerate(drawn):
+        yield i, scan, params, Crop(made.images[n], made.labels[n])
 
 
 def make_samples(plan: Plan, scans: dict[str, PreparedScan], indices: range, backend,

@@ -36,11 +36,16 @@ class Backend:
         return a.get() if hasattr(a, "get") else np.asarray(a)
 
     def to_host(self, *arrays) -> tuple[np.ndarray, ...]:
-        """Device arrays as C-ordered host (NumPy) arrays. On CuPy they are copied into
-        page-locked (pinned) host memory from CuPy's pinned pool, on a second stream that waits
-        for the work queued so far on the current one, and returned once the copies are done."""
+        """Device arrays as C-ordered host (NumPy) arrays, once copied (:meth:`to_host_async`)."""
+        return self.to_host_async(*arrays).result()
+
+    def to_host_async(self, *arrays) -> "HostCopy":
+        """Start copying device arrays to the host. On CuPy they go into page-locked (pinned)
+        host memory from CuPy's pinned pool, on a second stream that first waits for the work
+        queued so far on the current one, so the host can go on (draw the next batch) while the
+        GPU computes and copies; ``result()`` waits for the copies. On NumPy: done at once."""
         if self.name != "cupy":
-            return tuple(np.ascontiguousarray(a) for a in arrays)
+            return HostCopy(tuple(np.ascontiguousarray(a) for a in arrays))
         import cupyx
         stream = _copy_stream()
         stream.wait_event(self.xp.cuda.get_current_stream().record())
@@ -52,8 +57,7 @@ class Backend:
             except TypeError:            # CuPy before 13: get() has no blocking flag
                 self.xp.ascontiguousarray(a).get(stream=stream, out=host)
             out.append(host)
-        stream.synchronize()
-        return tuple(out)
+        return HostCopy(tuple(out), stream.record(), keep=arrays)
 
     def bound_memory(self, share: float, mb: int = 0) -> dict:
         """Cap this process's GPU memory pool (CuPy): ``mb`` MiB, or when 0 the process's ``share``
@@ -86,6 +90,20 @@ class Backend:
             out["cuda_runtime"] = int(self.xp.cuda.runtime.runtimeGetVersion())
             out["gpu"] = self.xp.cuda.runtime.getDeviceProperties(0)["name"].decode()
         return out
+
+
+class HostCopy:
+    """Host arrays being filled by device-to-host copies; ``result()`` waits for them."""
+
+    def __init__(self, arrays: tuple, done=None, keep: tuple = ()):
+        self._arrays, self._done = arrays, done
+        self._keep = keep                 # the device arrays stay alive until the copy is done
+
+    def result(self) -> tuple[np.ndarray, ...]:
+        if self._done is not None:
+            self._done.synchronize()
+            self._done, self._keep = None, ()
+        return self._arrays
 
 
 _COPY_STREAMS: dict = {}

@@ -225,8 +225,26 @@ def kernels_for(backend: Backend, kernels="auto"):
     return cuda_module()
 
 
+class PendingBatch:
+    """A batch whose crops are on their way to the host (:func:`start_batch`)."""
+
+    def __init__(self, copy, timer):
+        self._copy, self._timer = copy, timer
+
+    def result(self) -> CropBatch:
+        out = CropBatch(*self._copy.result())
+        self._timer.mark("output")
+        return out
+
+
 def synthesize_batch(scans: Sequence[PreparedScan], packed: Packed, backend: Backend,
                      timer: Timer | None = None, kernels="auto") -> CropBatch:
+    """:func:`start_batch`, waited for: the batch's crops as host arrays."""
+    return start_batch(scans, packed, backend, timer, kernels).result()
+
+
+def start_batch(scans: Sequence[PreparedScan], packed: Packed, backend: Backend,
+                timer: Timer | None = None, kernels="auto") -> PendingBatch:
     """The crops of ``packed`` (``batch.pack`` with these ``scans``' ids, in this order) with their
     tumors painted in, as host (NumPy) ``(B, Z, Y, X)`` arrays; every crop of a batch has the same
     size. Written into one device buffer per array and copied to the host once.
@@ -236,7 +254,11 @@ def synthesize_batch(scans: Sequence[PreparedScan], packed: Packed, backend: Bac
     fused kernels in one pass for the batch, the others by the array code below.
 
     ``timer``, if given, gets ``start()`` and then ``mark(step)`` after each step (canvas, shape,
-    texture, place, mass_effect, capsule, plan, kernels, output)."""
+    texture, place, mass_effect, capsule, plan, kernels, output).
+
+    Returns once the batch is queued: on a GPU its kernels and the copy to the host run on while
+    the caller goes on; ``result()`` of the returned :class:`PendingBatch` waits for them (the
+    worker draws the next batch meanwhile). On NumPy the work is done before it returns."""
     xp = backend.xp
     timer = _Untimed() if timer is None else timer
     module = kernels_for(backend, kernels)
@@ -268,9 +290,7 @@ def synthesize_batch(scans: Sequence[PreparedScan], packed: Packed, backend: Bac
                                 timer)
         images[b] = ras_to_zyx(xp.clip(xp.rint(image[sl]), HU_MIN, HU_MAX).astype(xp.int16))
         labels[b] = ras_to_zyx(label[sl])
-    out = CropBatch(*backend.to_host(images, labels))
-    timer.mark("output")
-    return out
+    return PendingBatch(backend.to_host_async(images, labels), timer)
 
 
 def synthesize(scan: PreparedScan, params: SampleParams, backend: Backend,
