@@ -250,3 +250,25 @@ def test_float32_noise_stays_within_a_few_ulp_and_paints_the_same_crops(scan, mo
     monkeypatch.setenv("TUMORFORGE_KERNEL_NOISE", "float16")
     with pytest.raises(ValueError, match="TUMORFORGE_KERNEL_NOISE"):
         synthesize_batch([scan], packed, NUMPY, kernels=paint.cpu_module())
+
+
+def test_cuda_backend_copies_through_pinned_memory_and_caps_its_pool():
+    cupy = pytest.importorskip("cupy")
+    try:
+        gpu = get_backend("cupy")
+    except Exception as exc:
+        pytest.skip(f"no usable GPU: {exc}")
+    a = cupy.arange(1000, dtype=cupy.int16).reshape(10, 100)
+    pending = gpu.to_host_async(a, a[:, ::2])
+    host, strided = pending.result()
+    assert np.array_equal(host, np.arange(1000, dtype=np.int16).reshape(10, 100))
+    assert np.array_equal(strided, host[:, ::2]) and strided.flags.c_contiguous
+    pool = cupy.get_default_memory_pool()
+    before = pool.get_limit()
+    try:
+        report = gpu.bound_memory(0.0, 256)
+        assert report["limit_mb"] == 256.0 and report["held_mb"] >= 0
+        with pytest.raises(cupy.cuda.memory.OutOfMemoryError):
+            cupy.empty(512 << 20, cupy.uint8)
+    finally:
+        pool.set_limit(size=before)
