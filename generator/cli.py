@@ -157,6 +157,10 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
                         "(generator/kernels); off: the array code alone (the baseline); cpu: the "
                         "kernels' text built for this CPU with --backend numpy (a check of the "
                         "host plan's cost and the kernels' results, not a fast path)")
+    g.add_argument("--draw-processes", type=int, default=0,
+                   help="draw parameters in this many forked processes beside synthesis (as a "
+                        "job's other actors do), so the rate is synthesis's when they keep up; "
+                        "0: in the loop, before each batch")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--manifest", help="take the scan from this manifest (default: a phantom)")
     g.add_argument("--scan", help="scan_id in --manifest (default: the first healthy scan)")

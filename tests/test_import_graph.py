@@ -81,10 +81,13 @@ HEAVY = ("ray", "monai", "webdataset", "s3fs", "matplotlib", "torch", "moto", "b
 
 
 def test_the_gpu_synthesis_path_runs_without_the_heavy_packages():
-    """``bench generator`` (built-in phantom, prepare, parameters, batched synthesis) with ray,
+    """``bench generator`` (built-in phantom, prepare, parameters drawn by a forked process,
+    batched synthesis through the GPU kernels' CPU build where a C++ compiler exists) with ray,
     monai, webdataset, s3fs, matplotlib, torch, moto, boto3 and pydicom made unimportable."""
     import subprocess
     import sys
+    from tumorforge.generator.kernels.module import compiler
+    kernels = "cpu" if compiler() else "off"
     code = (
         "import importlib.abc, sys\n"
         f"HEAVY = {HEAVY!r}\n"
@@ -96,8 +99,10 @@ def test_the_gpu_synthesis_path_runs_without_the_heavy_packages():
         "from tumorforge.cluster.front_door import main\n"
         "sys.exit(main(['bench', 'generator', '--backend', 'numpy', '--samples', '2',\n"
         "               '--warmup', '0', '--batch', '2', '--phantom-scale', '0.2',\n"
-        "               '--crop-size', '32,32,32']))\n")
+        "               '--crop-size', '32,32,32', '--draw-processes', '1',\n"
+        f"               '--kernels', '{kernels}']))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "crops/s" in done.stdout
+    assert "crops/s" in done.stdout and "parameters drawn by 1 processes" in done.stdout
+    assert f"kernels: {kernels}" in done.stdout or kernels == "off"
