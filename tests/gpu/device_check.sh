@@ -29,7 +29,7 @@ step() {          # step SECONDS cmd...: at most SECONDS, and never past DEADLIN
   [ $rc -ne 0 ] && echo "!!! rc=$rc (124: its ${t} s ran out): $*"
   return 0
 }
-GPU=cupy; N=96; NC=32; NW=128; NP=3; SCALE=0.5; DP=8; NF=1024
+GPU=cupy; N=96; NC=32; NW=256; NP=3; SCALE=0.5; DP=8; NF=1024
 if [ "${DRY:-0}" = 1 ]; then GPU=numpy; N=4; NC=4; NW=8; NP=1; SCALE=0.2; DP=1; NF=8; fi
 export TUMORFORGE_CHECK_BACKEND=$GPU
 
@@ -75,10 +75,10 @@ log "5. CPU-GPU agreement per profile, size and path"
 step 120 "$PY" tests/gpu/gpu_figures.py parity "$M" "$R/parity.json" --samples $NP
 log "6. TumorSynthesisd on CUDA tensors (issue 15)"
 step 60 "$PY" tests/gpu/gpu_figures.py transform "$R/transform.json"
-log "7. writers sharing the GPU: 1, 2, 4 processes of bench generate --no-ray, each 1/n of it"
-for n in 1 2 4; do
+log "7. writers into local Zarr shards sharing the GPU: 1, 2, 4, 8 processes of bench generate --no-ray, each 1/n of it"
+for n in 1 2 4 8; do
   share=$("$PY" -c "print(round(1 / $n, 4) if '$GPU' == 'cupy' else 0)")
-  step 100 bash -c "for k in \$(seq $n); do ${TF[*]} bench generate --no-ray --backend $GPU --gpus-per-actor $share --manifest $M --allow-root $WORK --samples $NW --samples-per-shard 32 --json $R/writers${n}_\$k.json >/dev/null 2>&1 & done; wait"
+  step 90 bash -c "for k in \$(seq $n); do ${TF[*]} bench generate --no-ray --backend $GPU --gpus-per-actor $share --formats zarr --manifest $M --allow-root $WORK --samples $NW --samples-per-shard 32 --json $R/writers${n}_\$k.json >/dev/null 2>&1 & done; wait"
 done
 log "8. bench generator --backend numpy on this machine's CPU, for the ratio"
 step 60 "${B[@]}" --backend numpy --samples 16 --warmup 2 --json "$R/gen_numpy.json"
@@ -105,7 +105,7 @@ for name, r in allr.items():
               f"largest stage {r.get('largest_stage')}")
     else:
         print(name, json.dumps({k: v for k, v in r.items() if not isinstance(v, list)})[:600])
-for n in (1, 2, 4):
+for n in (1, 2, 4, 8):
     rates = [r.get("in_process_samples_per_s_loaded", 0) for k, r in allr.items() if k.startswith(f"writers{n}_")]
     if rates:
         print(f"writers sharing one GPU: {n} -> {sum(rates):.1f} samples/s together ({len(rates)} reports)")
