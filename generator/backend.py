@@ -6,6 +6,7 @@ CuPy is optional (``pip install tumorforge[gpu]``) and imported only when a GPU 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -20,6 +21,21 @@ DEFAULT_BACKEND = "numpy"
 
 class BackendError(RuntimeError):
     pass
+
+
+# Settings of the GPU kernels (generator/kernels), from the environment: developer knobs that the
+# GPU check flips, named here so a wrong value stops a command at start in one line.
+KERNEL_SETTINGS = {"TUMORFORGE_KERNELS": ("on", "off"),
+                   "TUMORFORGE_KERNEL_NOISE": ("float64", "float32")}
+
+
+def kernel_setting(name: str) -> str:
+    """The value of kernel setting ``name`` (its first allowed value when unset)."""
+    allowed = KERNEL_SETTINGS[name]
+    value = os.environ.get(name, allowed[0])
+    if value not in allowed:
+        raise BackendError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -130,6 +146,8 @@ def _cupy() -> Backend:
         if cupy.cuda.runtime.getDeviceCount() < 1:
             raise BackendError("CuPy found no CUDA device")
         cupy.zeros(1).sum().item()       # fails here, not mid-job, if the driver is unusable
+        for name in KERNEL_SETTINGS:
+            kernel_setting(name)
     except BackendError:
         raise
     except Exception as exc:

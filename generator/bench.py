@@ -88,7 +88,7 @@ def _noise_precision() -> str:
 def bench_generator(args) -> int:
     """``tumorforge bench generator``: crops per second and ms per crop for each step."""
     import numpy as np
-    from .backend import BackendError, get_backend
+    from .backend import KERNEL_SETTINGS, BackendError, get_backend, kernel_setting
     from .options import config_from_args
     from .batch import pack
     from .sample import sample_params, sample_seed
@@ -105,6 +105,11 @@ def bench_generator(args) -> int:
     prepare_s = time.perf_counter() - t0
     rng_of = lambda i: np.random.default_rng(sample_seed(args.seed, i))
     kernels = getattr(args, "kernels", "auto")
+    try:
+        for name in KERNEL_SETTINGS:
+            kernel_setting(name)
+    except BackendError as exc:
+        sys.exit(f"bench generator: {exc}")
     if kernels == "cpu":
         if backend.name != "numpy":
             sys.exit("bench generator: --kernels cpu runs with --backend numpy")

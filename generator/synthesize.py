@@ -28,7 +28,6 @@ image int16 HU clipped to [-1024, 3071], label uint8 (0 background, 1 liver, 2 t
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -36,7 +35,7 @@ import numpy as np
 
 from tumorforge.manifests.conventions import LIVER, ras_to_zyx
 
-from .backend import Backend
+from .backend import Backend, kernel_setting
 from .batch import Packed, pack
 from .effects import capsule, darken, mass_effect, place
 from .params import SampleParams
@@ -219,7 +218,7 @@ def kernels_for(backend: Backend, kernels="auto"):
         return None
     if kernels != "auto":
         return kernels
-    if backend.name != "cupy" or os.environ.get("TUMORFORGE_KERNELS", "on") == "off":
+    if backend.name != "cupy" or kernel_setting("TUMORFORGE_KERNELS") == "off":
         return None
     from .kernels.paint import cuda_module
     return cuda_module()

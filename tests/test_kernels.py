@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from tumorforge.generator.backend import get_backend
+from tumorforge.generator.backend import BackendError, get_backend
 from tumorforge.generator.batch import pack
 from tumorforge.generator.config import GeneratorConfig
 from tumorforge.generator.kernels import module as kmodule
@@ -248,8 +248,19 @@ def test_float32_noise_stays_within_a_few_ulp_and_paints_the_same_crops(scan, mo
     d = np.abs(a.images.astype(np.int32) - b.images)
     assert d.max() <= 1 and (d > 0).mean() < 1e-3
     monkeypatch.setenv("TUMORFORGE_KERNEL_NOISE", "float16")
-    with pytest.raises(ValueError, match="TUMORFORGE_KERNEL_NOISE"):
+    with pytest.raises(BackendError, match="TUMORFORGE_KERNEL_NOISE='float16': expected one of"):
         synthesize_batch([scan], packed, NUMPY, kernels=paint.cpu_module())
+
+
+def test_a_wrong_kernel_setting_stops_bench_generator_in_one_line():
+    import os
+    import sys
+    env = dict(os.environ, TUMORFORGE_KERNELS="maybe")
+    done = subprocess.run([sys.executable, "-m", "tumorforge.cluster", "bench", "generator",
+                           "--samples", "1"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == ("bench generator: TUMORFORGE_KERNELS='maybe': expected one of "
+                                   "on, off")
 
 
 def test_cuda_backend_copies_through_pinned_memory_and_caps_its_pool():

@@ -20,12 +20,12 @@ text runs on a CPU through ``module.CpuModule``.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..backend import kernel_setting
 from ..shape import control_grid, shape_halves, tumor_halves
 from ..texture import axis_operator
 
@@ -55,17 +55,12 @@ NULL = np.uint64(0)          # a null pointer argument (sel: every tumor)
 BLOCK = 256
 
 
-NOISE_PRECISIONS = ("float64", "float32")
-
-
 def noise_precision() -> str:
-    """How ``paint_noise`` computes Box-Muller: ``float64`` (default: NumPy's arithmetic, the
-    array path's values up to the device's libm) or ``float32`` (values within a few float32 ulp,
-    far cheaper on a GPU, whose float64 log / sin / cos are slow); ``TUMORFORGE_KERNEL_NOISE``."""
-    value = os.environ.get("TUMORFORGE_KERNEL_NOISE", "float64")
-    if value not in NOISE_PRECISIONS:
-        raise ValueError(f"TUMORFORGE_KERNEL_NOISE={value!r}: expected one of {NOISE_PRECISIONS}")
-    return value
+    """How ``paint_noise`` computes Box-Muller (``TUMORFORGE_KERNEL_NOISE``): ``float64``
+    (default: NumPy's arithmetic, the array path's values up to the device's libm) or ``float32``
+    (values within a few float32 ulp, far cheaper on a GPU, whose float64 log / sin / cos are
+    slow)."""
+    return kernel_setting("TUMORFORGE_KERNEL_NOISE")
 
 
 def source() -> str:
