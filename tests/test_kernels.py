@@ -218,7 +218,7 @@ def test_kernels_compile_for_hopper_without_contracted_arithmetic(tmp_path):
 
 
 def test_cuda_kernels_paint_what_their_cpu_build_paints(scan):
-    cupy = pytest.importorskip("cupy")
+    pytest.importorskip("cupy")
     try:
         gpu = get_backend("cupy")
     except Exception as exc:
