@@ -98,6 +98,8 @@ def bench_generator(args) -> int:
     config = config_from_args(args)
     try:
         backend = get_backend(args.backend)
+        for name in KERNEL_SETTINGS:
+            kernel_setting(name)
     except BackendError as exc:
         sys.exit(f"bench generator: {exc}")
     t0 = time.perf_counter()
@@ -105,11 +107,6 @@ def bench_generator(args) -> int:
     prepare_s = time.perf_counter() - t0
     rng_of = lambda i: np.random.default_rng(sample_seed(args.seed, i))
     kernels = getattr(args, "kernels", "auto")
-    try:
-        for name in KERNEL_SETTINGS:
-            kernel_setting(name)
-    except BackendError as exc:
-        sys.exit(f"bench generator: {exc}")
     if kernels == "cpu":
         if backend.name != "numpy":
             sys.exit("bench generator: --kernels cpu runs with --backend numpy")

@@ -48,7 +48,7 @@ def _packed(scan, profile, n, crop=48, start=0, **kw):
     ("paper", {"small": 0.3, "large": 0.4, "mix": 0.3}),        # mass effect and capsule
 ])
 def test_kernels_paint_what_the_array_path_paints(scan, profile, mix):
-    params, packed = _packed(scan, profile, 5, size_mix=mix)
+    params, packed = _packed(scan, profile, 4, size_mix=mix)
     a = synthesize_batch([scan], packed, NUMPY, kernels="off")
     b = synthesize_batch([scan], packed, NUMPY, kernels=paint.cpu_module())
     c = synthesize_batch([scan], packed, NUMPY, kernels=twins.TwinModule())
