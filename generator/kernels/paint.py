@@ -1,20 +1,22 @@
-"""The fused synthesis path: a whole batch of ``paper`` / ``paper-train`` crops painted by five
-kernels (``paint.cu``) from packed tables, with one host plan per batch.
+"""The fused synthesis path: a whole batch of ``paper`` / ``paper-train`` crops painted by the
+kernels of ``paint.cu`` from packed tables, with one host plan per batch.
 
 ``plan(scans, packed, crops)`` turns the crops' packed rows (``batch``) into the kernels' tables:
-one int32 row per tumor that reaches its crop (its boxes R and S, workspace offsets, texture block
-and operators), its float32 control grid and half-axes, float64 texture mean and sd, its texture
-seed, and one row per crop. ``paint(module, backend, scans, packed, crops, images, labels)`` runs
-them: shape on S, the mask blur along each axis, the texture's noise block and three operator
-passes on R, then one pass over every output voxel that reads the scan, blends the crop's tumors in
-their order (eq. 4), sets labels and writes int16 / uint8 in (Z, Y, X) order into ``images`` /
-``labels`` (device buffers ``(B, Z, Y, X)``).
+one int32 row per tumor that reaches its crop (its boxes R, S and work box W in canvas voxels,
+buffer offsets, texture noise block and operator rows in ``OPERATORS``), its float32 control grid,
+half-axes and post-processing constants, float64 texture mean and sd, its texture seed, and one row
+per crop (its scan, corner, tumors and canvas). ``paint(module, backend, scans, packed, crops,
+images, labels)`` runs them: shape on S, the mask blur along each axis, the texture's noise block
+and three operator passes on R; then for a crop no tumor with mass effect or capsule reaches, one
+pass over its output voxels that reads the scan, blends its tumors in their order (eq. 4), sets
+labels and writes int16 / uint8 in (Z, Y, X) order into ``images`` / ``labels`` (device buffers
+``(B, Z, Y, X)``); for the others, a canvas painted tumor by tumor (eq. 4, eq. 5's warp, eqs. 6-8)
+and the crop cut out of it.
 
-A crop takes this path when it is a ``paper`` / ``paper-train`` crop none of whose reaching tumors
-has mass effect or capsule (``eligible``): all of ``paper-train``'s and the small tumors of
-``paper``. Other crops take the array path (``synthesize``). The result equals the array path's
-up to the texture's float64 summation order (tests: ``tests/test_kernels.py``), and the kernels'
-text runs on a CPU through ``module.CpuModule``.
+Every ``paper`` / ``paper-train`` crop takes this path (``eligible``); ``released`` crops take the
+array code (``synthesize``). The result equals the array code's up to the texture's float64
+summation order (``tests/test_kernels.py``: bit-identical on every crop tried), and the kernels'
+text runs on a CPU through ``module.CpuModule``, their NumPy twins through ``twins.TwinModule``.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ class OperatorTable:
     float64 array (row-major, one operator after another) with each row's first and last + 1
     non-zero column (int32 pairs), kept on the host and mirrored once per change on a device, so a
     batch's plan passes offsets instead of slicing operators per tumor. Cleared when it would pass
-    ``CAP_BYTES`` (the default draws need about 750 operators, ~15 MB)."""
+    ``CAP_BYTES`` (the default draws need about 1,000 operators, ~15 MB)."""
 
     CAP_BYTES = 256 << 20
 
