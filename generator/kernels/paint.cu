@@ -237,6 +237,19 @@ extern "C" __global__ void paint_texture(const int* ti, const double* td, const 
     }
 }
 
+// ---- one voxel of a crop's scan (scan voxel a, b, e): HU and label; air and background outside
+__device__ __forceinline__ void scan_voxel(const u64* scan_ptrs, const int* scan_shapes, int scan,
+                                           int a, int b, int e, float* img, unsigned char* lab) {
+    const int* shp = scan_shapes + 3 * scan;
+    *img = -1024.0f;
+    *lab = 0;
+    if (a >= 0 && b >= 0 && e >= 0 && a < shp[0] && b < shp[1] && e < shp[2]) {
+        const i64 at = ((i64)a * shp[1] + b) * shp[2] + e;
+        *img = (float)((const short*)scan_ptrs[2 * scan])[at];
+        *lab = ((const unsigned char*)scan_ptrs[2 * scan + 1])[at];
+    }
+}
+
 // ---- canvas, eq. 4 blend and label, output (synthesize.py, effects.place): one thread per output
 // voxel of a crop (blockIdx.y: the crop's row of `ci`). Reads the scan (air and background outside
 // it), paints the crop's tumors in their order (m = mask x liver, img = (1 - m) img + m texture,
@@ -247,22 +260,15 @@ extern "C" __global__ void paint_blend(const int* ci, const int* ti, const u64* 
                                        int sx, int sy, int sz) {
     const int* c = ci + (i64)blockIdx.y * CI_COLUMNS;
     const int scan = c[CI_SCAN];
-    const short* vol = (const short*)scan_ptrs[2 * scan];
-    const unsigned char* lab_vol = (const unsigned char*)scan_ptrs[2 * scan + 1];
-    const int* shp = scan_shapes + 3 * scan;
     const i64 n = (i64)sx * sy * sz;
     short* out_img = images + (i64)c[CI_OUT] * n;
     unsigned char* out_lab = labels + (i64)c[CI_OUT] * n;
     FOR_ITEMS(o, n) {
         const int i = (int)(o % sx), j = (int)((o / sx) % sy), k = (int)(o / ((i64)sx * sy));
-        const int a = i + c[CI_LO0], b = j + c[CI_LO1], e = k + c[CI_LO2];
-        float img = -1024.0f;
-        unsigned char lab = 0;
-        if (a >= 0 && b >= 0 && e >= 0 && a < shp[0] && b < shp[1] && e < shp[2]) {
-            const i64 at = ((i64)a * shp[1] + b) * shp[2] + e;
-            img = (float)vol[at];
-            lab = lab_vol[at];
-        }
+        float img;
+        unsigned char lab;
+        scan_voxel(scan_ptrs, scan_shapes, scan, i + c[CI_LO0], j + c[CI_LO1], k + c[CI_LO2],
+                   &img, &lab);
         for (int t = c[CI_T0]; t < c[CI_T1]; ++t) {
             const int* r = row_i(ti, t);
             if (i < r[TI_R_LO0] || i >= r[TI_R_HI0] || j < r[TI_R_LO1] || j >= r[TI_R_HI1] ||
@@ -294,22 +300,11 @@ __device__ __forceinline__ i64 cv_at(const int* c, int i, int j, int k) {
 extern "C" __global__ void paint_canvas(const int* ci, const u64* scan_ptrs,
                                         const int* scan_shapes, float* cimg, unsigned char* clab) {
     const int* c = ci + (i64)blockIdx.y * CI_COLUMNS;
-    const short* vol = (const short*)scan_ptrs[2 * c[CI_SCAN]];
-    const unsigned char* lab_vol = (const unsigned char*)scan_ptrs[2 * c[CI_SCAN] + 1];
-    const int* shp = scan_shapes + 3 * c[CI_SCAN];
     const int d0 = c[CI_CV_DIM0], d1 = c[CI_CV_DIM1], d2 = c[CI_CV_DIM2];
     FOR_ITEMS(v, (i64)d0 * d1 * d2) {
         const int i = (int)(v / ((i64)d1 * d2)), j = (int)((v / d2) % d1), k = (int)(v % d2);
-        const int a = i + c[CI_CV_LO0], b = j + c[CI_CV_LO1], e = k + c[CI_CV_LO2];
-        float img = -1024.0f;
-        unsigned char lab = 0;
-        if (a >= 0 && b >= 0 && e >= 0 && a < shp[0] && b < shp[1] && e < shp[2]) {
-            const i64 at = ((i64)a * shp[1] + b) * shp[2] + e;
-            img = (float)vol[at];
-            lab = lab_vol[at];
-        }
-        cimg[c[CI_CV_OFF] + v] = img;
-        clab[c[CI_CV_OFF] + v] = lab;
+        scan_voxel(scan_ptrs, scan_shapes, c[CI_SCAN], i + c[CI_CV_LO0], j + c[CI_CV_LO1],
+                   k + c[CI_CV_LO2], cimg + c[CI_CV_OFF] + v, clab + c[CI_CV_OFF] + v);
     }
 }
 
