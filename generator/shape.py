@@ -55,10 +55,9 @@ def tumor_halves(rows, s) -> np.ndarray:
         return h
     ss = np.broadcast_to(np.asarray(s, float), (len(h),))[paper]
     p = rows[paper]
-    sigma_c = np.asarray(p.sigma_c_mm, float) / ss
     reach = (np.asarray(p.half_axes_mm, float) / ss[:, None]
              + max_displacements(p.deform_seed, np.asarray(p.sigma_e_mm, float) / ss)
-             + (4.0 * sigma_c + 0.5).astype(np.int64)[:, None] + 1.0)
+             + blur_radius(p, ss)[:, None] + 1.0)
     out = h.copy()
     out[paper] = np.minimum(h[paper], np.ceil(reach).astype(np.int64))
     return out
@@ -119,9 +118,11 @@ def tumor_shape(backend: Backend, row, s: float, lo=None, hi=None):
     return _paper_shape(backend, row, grid_half, sub, s)
 
 
-def blur_radius(row, s: float) -> int:
-    """Voxels the mask blur reaches (``gaussian_filter``'s radius at truncate 4)."""
-    return int(4.0 * float(row.sigma_c_mm) / s + 0.5)
+def blur_radius(rows, s):
+    """Voxels the mask blur reaches (``gaussian_filter``'s radius at truncate 4): an int for one
+    row, ``(n,)`` int64 for a table (``s`` scalar or one per row)."""
+    r = (4.0 * np.asarray(rows.sigma_c_mm, float) / np.asarray(s, float) + 0.5).astype(np.int64)
+    return int(r) if np.ndim(r) == 0 else r
 
 
 def tumor_mask(backend: Backend, row, s: float, lo=None, hi=None):

@@ -62,6 +62,22 @@ def test_kernels_paint_what_the_array_path_paints(scan, profile, mix):
         assert d.max() <= 1 and (d > 0).mean() < 1e-4
 
 
+def test_kernels_follow_the_array_path_on_a_coarser_grid():
+    """1.3 mm voxels: every mm length of a record becomes voxels the same way in both paths."""
+    image, label, affine = liver_volume()
+    config = GeneratorConfig(profile="paper", negative_fraction=0.0, crop_size=(40,) * 3,
+                             target_spacing_mm=(1.3,) * 3, size_mix={"small": 0.5, "large": 0.5})
+    coarse = prepare_scan("toy-1.3", image, label, affine, organ_values=(1,), config=config)
+    params = [sample_params(np.random.default_rng(sample_seed(4, i)), coarse, config)
+              for i in range(3)]
+    packed = pack(params, [coarse.scan_id])
+    a = synthesize_batch([coarse], packed, NUMPY, kernels="off")
+    b = synthesize_batch([coarse], packed, NUMPY, kernels=paint.cpu_module())
+    assert (a.labels == 2).sum() > 100 and np.array_equal(a.labels, b.labels)
+    d = np.abs(a.images.astype(np.int32) - b.images)
+    assert d.max() <= 1 and (d > 0).mean() < 1e-4
+
+
 def test_crops_with_mass_effect_or_capsule_are_painted_on_a_canvas(scan):
     params, packed = _packed(scan, "paper", 6, size_mix={"large": 0.5, "small": 0.5})
     assert paint.eligible([scan], packed).all()

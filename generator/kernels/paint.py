@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import kernel_setting
-from ..shape import control_grid, shape_halves, tumor_halves
+from ..shape import blur_radius, control_grid, shape_halves, tumor_halves
 from ..texture import axis_operator
 
 SOURCE_FILE = Path(__file__).with_name("paint.cu")
@@ -177,6 +177,11 @@ class Plan:
         return len(self.ti)
 
 
+def _filter_radius(sigma_vox) -> np.ndarray:
+    """``ndimage.gaussian_filter``'s radius for each sd (voxels) at its default truncate 4."""
+    return (4.0 * np.asarray(sigma_vox, float) + 0.5).astype(np.int64)
+
+
 @functools.lru_cache(maxsize=8192)
 def gaussian_weights(sigma: float, radius: int) -> np.ndarray:
     """scipy.ndimage.gaussian_filter1d's weights (order 0), float64, for ``sigma`` voxels."""
@@ -248,18 +253,19 @@ def plan(scans, packed, crops) -> Plan:
     box_hi = box_lo + 2 * hb + 1
     r_lo, r_hi = np.maximum(box_lo, work_lo), np.minimum(box_hi, work_hi)
     sigma_c = np.asarray(rows.sigma_c_mm, float) / s
-    pad = (4.0 * sigma_c + 0.5).astype(np.int64)                 # shape.blur_radius
+    pad = blur_radius(rows, s)                                   # S: R plus the blur's reach
+    radius = _filter_radius(sigma_c)                             # the blur's own (scipy's)
     s_lo = np.maximum(box_lo, r_lo - pad[:, None])
     s_hi = np.minimum(box_hi, r_hi + pad[:, None])
     m = r_hi - r_lo
-    weights = [gaussian_weights(float(a), int(b)) for a, b in zip(sigma_c, pad)]
+    weights = [gaussian_weights(float(a), int(b)) for a, b in zip(sigma_c, radius)]
     # post-processing: mass effect's cube, the capsule's blur
     mass = post & np.asarray(rows.mass_effect, bool)
     cap = post & np.asarray(rows.capsule, bool)
     gamma = np.asarray(rows.gamma_max_mm, float) / s
     cube = np.where(mass, np.ceil(gamma), 0).astype(np.int64)
     sigma_d = np.asarray(rows.sigma_d_mm, float) / s
-    cap_radius = np.where(cap, (4.0 * sigma_d + 0.5).astype(np.int64), 0)
+    cap_radius = np.where(cap, _filter_radius(sigma_d), 0)
     cap_weights = [gaussian_weights(float(a), int(b)) if f else np.zeros(0)
                    for a, b, f in zip(sigma_d, cap_radius, cap)]
     # texture: the operators' rows for R (OPERATORS) and the noise block they read
@@ -292,7 +298,7 @@ def plan(scans, packed, crops) -> Plan:
     w_off = _offsets([len(w) for w in all_w])
     cols = {"crop": pos, "r_lo": r_lo - shift, "r_hi": r_hi - shift, "s_lo": s_lo - shift,
             "s_hi": s_hi - shift, "shape_off": gh - hb + (s_lo - box_lo), "grid_half": gh,
-            "ws": _offsets(lengths["ws"]), "radius": pad, "w_off": w_off[:T], "z_lo": z_lo,
+            "ws": _offsets(lengths["ws"]), "radius": radius, "w_off": w_off[:T], "z_lo": z_lo,
             "z_dim": z_dim, "coarse": coarse, "z_off": _offsets(lengths["z"]),
             "p1_off": _offsets(lengths["p1"]), "p2_off": _offsets(lengths["p2"]),
             "op_base": op_base, "op_c": coarse, "band_row": op_row0 + a_lo,
