@@ -80,6 +80,12 @@ def _draw(bounds):
             for i in range(*bounds)]
 
 
+def _operators() -> int:
+    """Texture operators the kernels' table holds (each built once per process on the host)."""
+    from .kernels.paint import OPERATORS
+    return OPERATORS.count
+
+
 def _noise_precision() -> str:
     from .kernels.paint import noise_precision
     return noise_precision()
@@ -150,8 +156,8 @@ def bench_generator(args) -> int:
                                                  round(1000 * cpu_sample / args.samples, 3)),
               "kernels": (getattr(args, "kernels", "auto") if backend.name == "cupy" or
                           getattr(args, "kernels", "auto") == "cpu" else "off (numpy backend)"),
-              **({"kernel_noise": _noise_precision()} if backend.name == "cupy" or
-                 getattr(args, "kernels", "auto") == "cpu" else {}),
+              **({"kernel_noise": _noise_precision(), "kernel_operators": _operators()}
+                 if backend.name == "cupy" or getattr(args, "kernels", "auto") == "cpu" else {}),
               "crops_per_second": round(args.samples / wall, 3),
               # synthesis alone (host plan, kernels or array code, copy to the host): the GPU's
               # rate when parameters are drawn elsewhere (the job's writer threads, other actors)

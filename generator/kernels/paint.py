@@ -115,6 +115,10 @@ class OperatorTable:
         self._device: dict = {}
         self.version += 1
 
+    @property
+    def count(self) -> int:
+        return len(self._index)
+
     def lookup(self, n: int, c: int, sigma: float) -> tuple[int, int]:
         """(offset of the operator's first value, index of its first row) for (n, c, sigma)."""
         key = (int(n), int(c), round(float(sigma), 12))
