@@ -153,9 +153,10 @@ def paint_blend(ci, ti, volumes, mask, tex, images, labels, sx: int, sy: int, sz
         _out(img, lab, images, labels, c[_CI["out"]], (0, 0, 0), (sx, sy, sz))
 
 
-def _canvas(c, cimg, clab):
+def _canvas(c, *buffers):
+    """The canvas of crop row ``c`` in each buffer (image, label)."""
     dims = [int(c[_CI[f"cv_dim{a}"]]) for a in range(3)]
-    return _view(cimg, c[_CI["cv_off"]], dims), _view(clab, c[_CI["cv_off"]], dims)
+    return tuple(_view(b, c[_CI["cv_off"]], dims) for b in buffers)
 
 
 def paint_canvas(ci, volumes, cimg, clab) -> None:
@@ -224,7 +225,7 @@ def paint_band(ti, sel, tf, mask_w, edge) -> None:
 def paint_capsule(ci, ti, sel, tf, blurred, cimg) -> None:
     for t in _rows(sel, len(ti)):
         r = ti[t]
-        img, _ = _canvas(ci[r[_C["crop"]]], cimg, np.zeros(cimg.shape, np.uint8))
+        img, = _canvas(ci[r[_C["crop"]]], cimg)
         b = _view(blurred, r[_C["wk_off"]], _v(r, "w_hi") - _v(r, "w_lo"))
         img[_box(r, "w_lo", "w_hi")] += tf[t, TF["capsule_hu"]] * b
 
