@@ -90,12 +90,7 @@ def normal(xp, shape, seed: int, stream: int = 0, lo=None, hi=None):
     step = CHUNK if xp.__name__ == "numpy" else max(1, counters.size)
     for a in range(0, counters.size, step):          # NumPy: in cache-sized passes
         w0, w1, _, _ = philox4x32(xp, counters[a:a + step], seed, stream)
-        u1 = ((w0 >> xp.uint64(11)) + xp.uint64(1)).astype(xp.float64) * 2.0 ** -21   # (0, 1]
-        u2 = (w1 >> xp.uint64(8)).astype(xp.float64) * 2.0 ** -24                     # [0, 1)
-        radius = xp.sqrt(-2.0 * xp.log(u1))
-        angle = 2.0 * xp.pi * u2
-        pairs[a:a + step, 0] = radius * xp.cos(angle)
-        pairs[a:a + step, 1] = radius * xp.sin(angle)
+        _box_muller(xp, w0, w1, pairs[a:a + step])
     rows = tuple(b - a for a, b in zip(lo[:-1], hi[:-1]))
     values = pairs.reshape(rows + (2 * (p_hi - p_lo),))
     start = lo[-1] - 2 * p_lo
@@ -111,15 +106,21 @@ def normal_many(shape, seeds, stream: int = 0) -> np.ndarray:
     rows = _size(shape[:-1]) if len(shape) > 1 else 1
     counters = np.arange(rows * half, dtype=np.uint64)[None, :]
     w0, w1, _, _ = _philox(np, counters, seeds, stream)
-    u1 = ((w0 >> np.uint64(11)) + np.uint64(1)).astype(np.float64) * 2.0 ** -21
-    u2 = (w1 >> np.uint64(8)).astype(np.float64) * 2.0 ** -24
-    radius = np.sqrt(-2.0 * np.log(u1))
-    angle = 2.0 * np.pi * u2
     pairs = np.empty(w0.shape + (2,), np.float32)
-    pairs[..., 0] = radius * np.cos(angle)
-    pairs[..., 1] = radius * np.sin(angle)
+    _box_muller(np, w0, w1, pairs)
     values = pairs.reshape((len(seeds),) + shape[:-1] + (2 * half,))
     return np.ascontiguousarray(values[..., :shape[-1]])
+
+
+def _box_muller(xp, w0, w1, pairs) -> None:
+    """Two Philox words per counter -> a pair of standard normals (float64 inside) written into
+    ``pairs[..., 0]`` (cosine half) and ``pairs[..., 1]`` (sine half)."""
+    u1 = ((w0 >> xp.uint64(11)) + xp.uint64(1)).astype(xp.float64) * 2.0 ** -21   # (0, 1]
+    u2 = (w1 >> xp.uint64(8)).astype(xp.float64) * 2.0 ** -24                     # [0, 1)
+    radius = xp.sqrt(-2.0 * xp.log(u1))
+    angle = 2.0 * xp.pi * u2
+    pairs[..., 0] = radius * xp.cos(angle)
+    pairs[..., 1] = radius * xp.sin(angle)
 
 
 def _size(shape) -> int:

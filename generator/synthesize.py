@@ -275,7 +275,7 @@ def start_batch(scans: Sequence[PreparedScan], packed: Packed, backend: Backend,
     fused = np.zeros(len(crops), bool)
     if module is not None:
         from .kernels import paint
-        fused = paint.eligible(scans, packed)
+        fused = paint.eligible(packed)
         paint.paint(module, backend, scans, packed, np.flatnonzero(fused), images, labels, timer)
     for b in np.flatnonzero(~fused):
         r = crops[b]

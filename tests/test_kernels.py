@@ -80,7 +80,7 @@ def test_kernels_follow_the_array_path_on_a_coarser_grid():
 
 def test_crops_with_mass_effect_or_capsule_are_painted_on_a_canvas(scan):
     params, packed = _packed(scan, "paper", 6, size_mix={"large": 0.5, "small": 0.5})
-    assert paint.eligible([scan], packed).all()
+    assert paint.eligible(packed).all()
     p = paint.plan([scan], packed, np.arange(len(packed)))
     col = {n: i for i, n in enumerate(paint.CI)}
     for b, (prm, c) in enumerate(zip(params, p.ci)):
@@ -92,7 +92,7 @@ def test_crops_with_mass_effect_or_capsule_are_painted_on_a_canvas(scan):
         else:
             assert dims == [48, 48, 48]
     _, released = _packed(scan, "released", 3)
-    assert not paint.eligible([scan], released).any()
+    assert not paint.eligible(released).any()
 
 
 def _tables(scan, n=4):

@@ -87,7 +87,7 @@ def cpu_module():
     return CpuModule(source())
 
 
-def eligible(scans, packed) -> np.ndarray:
+def eligible(packed) -> np.ndarray:
     """Per crop of ``packed``: whether the kernels paint it (every ``paper`` / ``paper-train``
     crop; ``released`` crops take the array code)."""
     return ~np.asarray(packed.crops.released, bool).reshape(-1)
