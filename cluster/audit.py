@@ -8,9 +8,10 @@ import numpy as np
 from tumorforge.manifests.conventions import TUMOR, dice
 from tumorforge.manifests.dataset import names
 from tumorforge.manifests.dataset.names import COMMITS, TOP_LEVEL, commit_key
-from tumorforge.manifests.dataset.reader import Dataset, DatasetError
+from tumorforge.manifests.dataset.reader import (COMMIT_MAX_BYTES, PLAN_MAX_BYTES, Dataset,
+                                                 DatasetError)
 from tumorforge.manifests.dataset.records import (Provenance, ShardCommit, ShardEntry,
-                                                  image_sha256, label_sha256)
+                                                  image_digest, label_digest)
 from tumorforge.manifests.records import RecordError, loads
 
 # How closely crops from different backends (NumPy vs CuPy) must agree; same backend is bit-exact.
@@ -45,7 +46,8 @@ def describe(p: Provenance) -> str:
     for n, t in enumerate(params["tumors"]):
         fields = ", ".join(f"{k}={v}" for k, v in t.items() if k not in ("kind", "center"))
         lines.append(f"    {n + 1:2d}. {t['kind']:9s} center {tuple(t['center'])}  {fields}")
-    lines.append(f"  image sha256 {p.image_sha256}\n  label sha256 {p.label_sha256}")
+    lines.append(f"  image {p.sample_digest} {p.image_digest}\n"
+                 f"  label {p.sample_digest} {p.label_digest}")
     return "\n".join(lines)
 
 
@@ -78,23 +80,23 @@ def regenerate(ds: Dataset, p: Provenance, backend_name: str | None, manifest: s
     image, label, _ = ds.sample(p.index)
     out = {"params_match": params.to_json() == p.params, "backend": backend.name,
            "same_backend": backend.name == p.backend,
-           "image_match": image_sha256(crop.image) == p.image_sha256,
-           "label_match": label_sha256(crop.label) == p.label_sha256,
-           "stored_matches_provenance": image_sha256(image) == p.image_sha256
-           and label_sha256(label) == p.label_sha256}
+           "image_match": image_digest(crop.image, p.sample_digest) == p.image_digest,
+           "label_match": label_digest(crop.label, p.sample_digest) == p.label_digest,
+           "stored_matches_provenance": image_digest(image, p.sample_digest) == p.image_digest
+           and label_digest(label, p.sample_digest) == p.label_digest}
     out.update(agreement(image, label, crop.image, crop.label))
     return out
 
 
 def _commit_problems(ds: Dataset, shard: ShardEntry) -> list[tuple[str, str]]:
     """A shard's commit record must exist, parse, and say what the index (format 1) or the
-    shard's record (format 2) says of the shard."""
+    shard's record (formats 2-3) says of the shard."""
     key = commit_key(shard.shard)
     try:
-        data = loads(ds.objects.get(key), key)
+        data = loads(ds.read(key, COMMIT_MAX_BYTES), key)
     except FileNotFoundError:
         return [(key, "missing commit record")]
-    except RecordError as exc:
+    except (RecordError, DatasetError) as exc:
         return [(key, f"unreadable commit record: {exc}")]
     if ds.index.table is None:       # format 1: the index entry, plus how the shard was made
         if not isinstance(data, dict) or {k: v for k, v in data.items()
@@ -119,8 +121,9 @@ def _committed_files(ds: Dataset, k: int) -> list[str]:
     """The objects shard ``k``'s commit lists (for a shard whose record is bad: its objects are
     then not 'extra')."""
     try:
-        return list(loads(ds.objects.get(commit_key(k)), "commit").get("files", {}))
-    except Exception:
+        return list(ShardCommit.from_json(loads(ds.read(commit_key(k), COMMIT_MAX_BYTES),
+                                                commit_key(k)), commit_key(k)).files)
+    except (FileNotFoundError, RecordError, DatasetError):
         return []
 
 
@@ -129,10 +132,10 @@ def _plan_problems(ds: Dataset) -> list[tuple[str, str]]:
     index's spec and shard layout."""
     from .plan import plan_id
     try:
-        plan = loads(ds.objects.get(names.PLAN), names.PLAN)
+        plan = loads(ds.read(names.PLAN, PLAN_MAX_BYTES), names.PLAN)
     except FileNotFoundError:
         return [(names.PLAN, "missing")]
-    except RecordError as exc:
+    except (RecordError, DatasetError) as exc:
         return [(names.PLAN, str(exc))]
     if not isinstance(plan, dict) or plan_id(plan) != plan.get("dataset_id"):
         return [(names.PLAN, "its dataset_id is not the hash of its contents (edited)")]
@@ -164,7 +167,7 @@ def verify(ds: Dataset) -> list[tuple[str, str]]:
     shards = []
     for k in range(ds.index.shard_count):
         try:
-            shards.append(ds.shard(k))          # format 2: the record, checked against the index
+            shards.append(ds.shard(k))          # formats 2-3: the record, checked against the index
         except DatasetError as exc:
             problems.append((names.record_key(k), str(exc)))
             listed.update(_committed_files(ds, k))
@@ -174,14 +177,9 @@ def verify(ds: Dataset) -> list[tuple[str, str]]:
                     *ds.index.metadata.items()]
     for key, want in listed_files:
         listed.add(key)
-        try:
-            size, digest = ds.file_sha256(key)
-        except FileNotFoundError:
-            problems.append((key, "missing"))
-            continue
-        if size != want.bytes or digest != want.sha256:
-            problems.append((key, f"corrupt: {size} bytes sha256 {digest[:12]}..., index says "
-                                  f"{want.bytes} bytes {want.sha256[:12]}..."))
+        problem = ds.object_problem(key, want)
+        if problem:
+            problems.append((key, problem))
     for shard in shards:
         problems += _commit_problems(ds, shard)
     unlisted_metadata_ok = not ds.index.metadata        # indexes from before it was listed
@@ -212,7 +210,8 @@ def verify(ds: Dataset) -> list[tuple[str, str]]:
                 if want is None:
                     problems.append((f"{key} ({fmt})", "sample not listed in the index"))
                 elif not want.matches(image, label):
-                    problems.append((f"{key} ({fmt})", "sample hash differs from the index"))
+                    problems.append((f"{key} ({fmt})", f"sample's {want.digest} digest differs "
+                                                       "from the index"))
             if len(found) != len(expected):
                 problems.append((f"shard {shard.shard} ({fmt})",
                                  f"{len(found)} samples, index lists {len(expected)}"))

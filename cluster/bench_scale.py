@@ -61,24 +61,26 @@ def _fake_shard(plan, shard) -> dict[str, bytes]:
     """The shard's record and commit as a worker writes them, with made-up data objects and
     hashes: {object name: bytes}."""
     from tumorforge.manifests.dataset import names
-    from tumorforge.manifests.dataset.records import (FileRecord, SampleHashes, ShardCommit,
-                                                      ShardEntry)
+    from tumorforge.manifests.dataset.records import (FORMAT_CHECKS, FileRecord, SampleHashes,
+                                                      ShardCommit, ShardEntry, hex_digest)
     from tumorforge.manifests.records import pretty_json
-    digest = lambda text: hashlib.sha256(text.encode()).hexdigest()
+    fmt = plan.spec.dataset_format
+    check, sample_digest = FORMAT_CHECKS[fmt]
+    digest = lambda text, by: hex_digest(text.encode(), by)
     files = {}
     for name in ("image", "label"):
         key = f"{names.ZARR_ROOT}/{name}/c/{shard.index}/0/0/0"
-        files[key] = FileRecord(700_000 * shard.count, digest(key))
+        files[key] = FileRecord(700_000 * shard.count, digest(key, check), check)
     for name in ("key", "sample_index", "provenance"):
         key = f"{names.ZARR_ROOT}/{name}/c/{shard.index}"
-        files[key] = FileRecord(2_000 * shard.count, digest(key))
-    samples = tuple(SampleHashes(plan.key(i), digest(f"i{i}"), digest(f"l{i}"))
+        files[key] = FileRecord(2_000 * shard.count, digest(key, check), check)
+    samples = tuple(SampleHashes(plan.key(i), digest(f"i{i}", sample_digest),
+                                 digest(f"l{i}", sample_digest), sample_digest)
                     for i in range(shard.start, shard.start + shard.count))
-    record = ShardEntry(dataset_id=plan.dataset_id, shard=shard.index, start=shard.start,
-                        count=shard.count, scans=tuple(shard.scans), files=dict(files),
-                        samples=samples).record_bytes()
-    files[names.record_key(shard.index)] = FileRecord(len(record),
-                                                      hashlib.sha256(record).hexdigest())
+    record = ShardEntry.build(fmt, dataset_id=plan.dataset_id, shard=shard.index,
+                              start=shard.start, count=shard.count, scans=tuple(shard.scans),
+                              files=dict(files), samples=samples).record_bytes()
+    files[names.record_key(shard.index)] = FileRecord.of(record)
     commit = ShardCommit(dataset_id=plan.dataset_id, shard=shard.index, start=shard.start,
                          count=shard.count, scans=tuple(shard.scans), files=files,
                          seconds={"load": 0.0, "synthesize": 0.0, "encode_write": 0.0},

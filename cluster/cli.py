@@ -11,6 +11,8 @@ import os
 import shlex
 import sys
 
+from tumorforge.manifests.errors import UserError, one_line
+
 MODULE_ENTRY = "tumorforge.cluster"      # python -m tumorforge.cluster == the tumorforge script
 
 
@@ -25,29 +27,16 @@ def _spec_overrides(args) -> dict:
     return {k: v for k, v in out.items() if v not in (None, {})}
 
 
-def operator_exit(command: str, message: str) -> int:
-    """What an operator must fix outside the job (cluster, bucket, dataset missing): one line on
-    stderr, exit 2, no traceback."""
-    print(f"{command}: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def _cmd_generate(args) -> int:
-    from .job import JobError, OperatorError, run_job
-    from .plan import PlanError
-    from .spec import SpecError, load_spec
-    try:
-        spec = load_spec(args.job, _spec_overrides(args))
-        if args.dry_run:
-            return _dry_run(spec)
-        redo = frozenset()
-        if args.repair:
-            redo = frozenset(_repair_plan(spec))
-        result = run_job(spec, address=args.address, progress=not args.no_progress, redo=redo)
-    except OperatorError as exc:
-        return operator_exit("generate", str(exc))
-    except (SpecError, JobError, PlanError) as exc:
-        sys.exit(f"generate: {exc}")
+    from .job import run_job
+    from .spec import load_spec
+    spec = load_spec(args.job, _spec_overrides(args))
+    if args.dry_run:
+        return _dry_run(spec)
+    redo = frozenset()
+    if args.repair:
+        redo = frozenset(_repair_plan(spec))
+    result = run_job(spec, address=args.address, progress=not args.no_progress, redo=redo)
     rate = result.samples / max(result.seconds, 1e-9)
     print(f"dataset {result.dataset_id} at {result.output}")
     print(f"  shards: {result.shards} total, {result.committed_before} already committed, "
@@ -83,15 +72,13 @@ def _repair_plan(spec) -> list[int]:
 
 
 def _dry_run(spec) -> int:
-    from tumorforge.generator.backend import BackendError
-    from tumorforge.generator.prepare import PrepareError
-    from tumorforge.manifests.nifti import ScanError
     from .dry_run import dry_run
     from .job import read_entries
+    entries = read_entries(spec)
     try:
-        result = dry_run(spec, read_entries(spec))
-    except (ScanError, PrepareError, BackendError, OSError) as exc:
-        sys.exit(f"generate --dry-run: calibration failed: {exc}")
+        result = dry_run(spec, entries)
+    except (UserError, OSError) as exc:
+        raise UserError(f"--dry-run: calibration failed: {one_line(exc)}") from None
     print("\n".join(result.lines()))
     return 0
 
@@ -112,23 +99,20 @@ def _cmd_submit(args) -> int:
     from .job import OperatorError, check_reachable
     job = os.path.abspath(args.job)
     if not os.path.isfile(job):
-        sys.exit(f"submit: {args.job}: no such job file")
+        raise UserError(f"{args.job}: no such job file")
     # The cluster runs the job with its own environment, which must have tumorforge installed
     # (the image of a KubeRay cluster, or --pip).
     entrypoint = submit_entrypoint(os.path.basename(job), args.python)
     runtime_env = {"working_dir": os.path.dirname(job)}
     if args.pip:
         runtime_env["pip"] = args.pip
+    check_reachable(args.address)
     try:
-        check_reachable(args.address)
         client = JobSubmissionClient(args.address)
         job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
-    except OperatorError as exc:
-        return operator_exit("submit", str(exc))
     except Exception as exc:       # the Jobs API's refusals (auth, version, bad address)
-        text = str(exc).splitlines()[0] if str(exc) else ""
-        return operator_exit("submit", f"the Ray Jobs API at {args.address} refused the job "
-                                       f"({type(exc).__name__}: {text})")
+        raise OperatorError(f"the Ray Jobs API at {args.address} refused the job "
+                            f"({type(exc).__name__}: {one_line(exc)})") from None
     print(f"submitted {job_id} to {args.address}: {entrypoint}")
     if not args.wait:
         print(f"follow it with: ray job logs --address {args.address} --follow {job_id}")
@@ -163,31 +147,28 @@ def _follow(client, job_id: str, poll_s: float = 1.0) -> int:
 def _cmd_audit(args) -> int:
     from tumorforge.manifests.dataset.reader import Dataset, DatasetError
     from .audit import describe, regenerate
-    try:
-        ds = Dataset(args.dataset)
-        index = ds.index_of(args.key) if args.key else args.index
-        copies = ds.copies(index)
-        bad = {fmt: state for fmt, state in copies.items() if state != "ok"}
-        if bad:
-            sys.exit(f"audit: sample {index} of {args.dataset} is corrupt: " + "; ".join(
-                f"{fmt} copy {state}" for fmt, state in copies.items()))
-        _, _, p = ds.sample(index)
-    except DatasetError as exc:
-        sys.exit(f"audit: {exc}")
+    ds = Dataset(args.dataset)
+    index = ds.index_of(args.key) if args.key else args.index
+    copies = ds.copies(index)
+    bad = {fmt: state for fmt, state in copies.items() if state != "ok"}
+    if bad:
+        raise DatasetError(f"sample {index} of {args.dataset} is corrupt: " + "; ".join(
+            f"{fmt} copy {state}" for fmt, state in copies.items()))
+    _, _, p = ds.sample(index)
     print(describe(p))
     print(f"  stored      {', '.join(f'{fmt} copy matches the index' for fmt in copies)}")
     if args.no_regenerate:
         return 0
     try:
         r = regenerate(ds, p, args.backend, args.manifest, args.allow_root)
-    except (DatasetError, ValueError, OSError) as exc:
-        sys.exit(f"audit: cannot regenerate: {exc}")
+    except (UserError, ValueError, OSError) as exc:
+        raise UserError(f"cannot regenerate: {one_line(exc)}") from None
     print(f"regenerated on {r['backend']}: parameters {'match' if r['params_match'] else 'DIFFER'}; "
           f"image {'match' if r['image_match'] else 'differs'}, "
-          f"label {'match' if r['label_match'] else 'differs'} (sha256); "
+          f"label {'match' if r['label_match'] else 'differs'} ({p.sample_digest}); "
           f"tumor Dice {r['tumor_dice']:.4f}, mean |dHU| {r['mean_abs_hu']:.3f}")
     if not r["stored_matches_provenance"]:
-        print("the stored sample does not match its own provenance hashes: the shard is corrupt")
+        print("the stored sample does not match its own provenance digests: the shard is corrupt")
         return 1
     if r["same_backend"]:
         ok = r["params_match"] and r["image_match"] and r["label_match"]
@@ -203,13 +184,10 @@ def _cmd_audit(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from tumorforge.manifests.dataset.reader import Dataset, DatasetError
+    from tumorforge.manifests.dataset.reader import Dataset
     from .audit import verify
-    try:
-        ds = Dataset(args.dataset)
-        problems = verify(ds)
-    except DatasetError as exc:
-        sys.exit(f"verify: {exc}")
+    ds = Dataset(args.dataset)
+    problems = verify(ds)
     if problems:
         from tumorforge.manifests.cli import format_table
         print(format_table(["object", "problem"], problems))
@@ -223,12 +201,8 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
-    from tumorforge.manifests.dataset.reader import DatasetError
     from .inspect_dataset import inspect, lines
-    try:
-        summary = inspect(args.dataset, args.out, args.max_samples, args.montage)
-    except DatasetError as exc:
-        sys.exit(f"inspect: {exc}")
+    summary = inspect(args.dataset, args.out, args.max_samples, args.montage)
     print("\n".join(lines(summary)))
     for path in summary.get("files", []):
         print(f"  wrote {path}")
@@ -255,16 +229,13 @@ def _bench_scale(args) -> int:
 def _bench_generate(args) -> int:
     from tumorforge.manifests.bench_report import finish_report
     from .bench_generate import bench_generate
-    from .job import JobError
-    try:
-        report = bench_generate(args.manifest, args.samples, args.samples_per_shard, args.actors,
-                                args.crop, args.allow_root,
-                                args.formats.split(",") if args.formats else None,
-                                args.compression, ray=not args.no_ray, backend=args.backend,
-                                gpus_per_actor=args.gpus_per_actor,
-                                log=lambda m: print(m, file=sys.stderr))
-    except (JobError, RuntimeError) as exc:
-        sys.exit(f"bench generate: {exc}")
+    report = bench_generate(args.manifest, args.samples, args.samples_per_shard, args.actors,
+                            args.crop, args.allow_root,
+                            args.formats.split(",") if args.formats else None,
+                            args.compression, ray=not args.no_ray, backend=args.backend,
+                            gpus_per_actor=args.gpus_per_actor,
+                            dataset_formats=args.dataset_format, rounds=args.rounds,
+                            log=lambda m: print(m, file=sys.stderr))
     return finish_report(report, args.json)
 
 
@@ -292,6 +263,13 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
     ge.add_argument("--no-ray", action="store_true",
                     help="write the plan in this process only (no Ray, no generator-only run): "
                          "the host-work table at a fraction of the cost")
+    ge.add_argument("--dataset-format", default=None, metavar="2,3",
+                    type=lambda text: [int(f) for f in text.split(",")],
+                    help="dataset format(s) to write the plan in, in turn (default: the job "
+                         "spec's, 3); 2,3 compares sha256 throughout with BLAKE3 and crc32c")
+    ge.add_argument("--rounds", type=int, default=1,
+                    help="write each dataset format this many times, interleaved; stages are "
+                         "averaged")
     add_allow_root(ge)
     ge.add_argument("--json", help="also write the report as JSON here")
     ge.set_defaults(func=_bench_generate)

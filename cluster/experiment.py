@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from tumorforge.manifests.records import RecordError, canonical_json, check_fields
+from tumorforge.manifests.records import RecordError, canonical_json, typed_fields
+from tumorforge.manifests.errors import UserError, one_line
 
 RESULT = "experiment.json"
 
 
-class ExperimentError(ValueError):
+class ExperimentError(UserError, ValueError):
     """A spec or an input the experiment cannot use; the message names it."""
 
 
@@ -99,16 +100,12 @@ def load_spec(path: str, out: str | None = None) -> ExperimentSpec:
     except (OSError, yaml.YAMLError) as exc:
         raise ExperimentError(f"{path}: cannot read the experiment spec ({exc})") from None
     try:
-        obj = check_fields(ExperimentSpec, obj, path)
-        arms = [check_fields(Arm, a, f"{path} arm {n}") for n, a in enumerate(obj["arms"] or [])]
+        fields = typed_fields(ExperimentSpec, obj, path)       # the arms too, field by field
     except RecordError as exc:
         raise ExperimentError(str(exc)) from None
-    obj["arms"] = tuple(Arm(**{**a, "mix": tuple(a.get("mix", ()))}) for a in arms)
-    obj["folds"] = tuple(int(k) for k in obj["folds"])
-    obj["allow_roots"] = tuple(obj.get("allow_roots", ()))
     if out:
-        obj["out"] = out
-    spec = ExperimentSpec(**obj)
+        fields["out"] = out
+    spec = ExperimentSpec(**fields)
     _check(spec, path)
     return spec
 
@@ -124,8 +121,15 @@ def _check(spec: ExperimentSpec, where: str) -> None:
         if unknown:
             raise ExperimentError(f"{where}: arm {a.name!r} mixes {unknown}, which are not "
                                   f"arms with a profile")
+    from tumorforge.generator.config import GeneratorConfig
     from tumorforge.trainer.config import ConfigError, load_config
-    for a in spec.arms:                 # a bad training field fails now, not after generation
+    for a in spec.arms:     # a bad generator or training field fails now, not after other arms ran
+        if a.profile:
+            try:
+                GeneratorConfig.from_json({**spec.generator, **a.generator, "profile": a.profile},
+                                          f"{where}: arm {a.name!r}: generator")
+            except UserError as exc:
+                raise ExperimentError(str(exc)) from None
         try:
             load_config(None, {**spec.train, **a.train, "sources": [{"url": "-"}], "out": "-"})
         except ConfigError as exc:
@@ -204,8 +208,8 @@ def _generate(spec: ExperimentSpec, arm: Arm, manifest: str, output: str, log) -
     except DatasetError:
         done = None
     if done is not None:                  # finished before: reuse it if this spec made it
-        want = {k: v for k, v in job.to_json().items()
-                if k not in ("output", "resources", "backend")}
+        want = {k: v for k, v in job.to_json().items()      # the format is how it is checked
+                if k not in ("output", "resources", "backend", "dataset_format")}
         found = {k: v for k, v in done.index.spec.items() if k != "backend"}
         if found != want:
             raise ExperimentError(f"{output} holds a dataset made with other settings than arm "
@@ -248,6 +252,7 @@ def _evaluate(spec: ExperimentSpec, checkpoint: str, test: str, folder: str, log
         inference = done.get("inference", {})
         if (done.get("checkpoint_sha256") == file_sha256(checkpoint)
                 and done.get("detection_rule") == rule
+                and inference.get("roi_override", "unrecorded") == kw.get("roi")
                 and inference.get("overlap") == kw.get("overlap", 0.75)
                 and inference.get("test_time_flips") == bool(kw.get("flips", False))
                 and inference.get("min_liver_contact", 0.0) == contact
@@ -401,17 +406,11 @@ def _report(out: str, result: dict) -> None:
 
 def _cmd(args) -> int:
     import sys
-    from tumorforge.cluster.job import JobError
-    from tumorforge.manifests.dataset.reader import DatasetError
-    from tumorforge.manifests.schema import ManifestError
-    from tumorforge.trainer.config import ConfigError
-    from tumorforge.trainer.train import TrainError
+    spec = load_spec(args.spec, args.out)
     try:
-        spec = load_spec(args.spec, args.out)
         run(spec, log=lambda m: print(m, file=sys.stderr))
-    except (ExperimentError, ManifestError, ConfigError, JobError, TrainError, DatasetError,
-            OSError) as exc:
-        sys.exit("experiment: " + "; ".join(x.strip() for x in str(exc).splitlines() if x.strip()))
+    except OSError as exc:          # a folder it cannot write, a file it cannot read
+        raise ExperimentError(one_line(exc)) from None
     print(open(os.path.join(spec.out, "report.md")).read())
     print(f"wrote {os.path.join(spec.out, RESULT)}, report.md and report.html")
     return 0

@@ -10,8 +10,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import metadata
 
-from tumorforge.generator import __version__
+from tumorforge.generator import GENERATOR_VERSION
+from tumorforge.manifests.errors import UserError, one_line
+
+
+def version_text() -> str:
+    """The package's one version (pyproject.toml, as installed) and the generator's output version
+    (what dataset ids and golden hashes depend on)."""
+    try:
+        package = metadata.version("tumorforge")
+    except metadata.PackageNotFoundError:          # run from a source tree without installing
+        package = "(not installed)"
+    return f"tumorforge {package} (generator output version {GENERATOR_VERSION})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tumorforge",
         description="Synthetic liver tumors at cluster scale: phantoms and scan manifests, tumor "
                     "synthesis, sharded generation, training and evaluation.")
-    parser.add_argument("--version", action="version", version=f"tumorforge {__version__}")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo.register(sub)
     experiment.register(sub)
@@ -45,9 +57,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_words(parser: argparse.ArgumentParser, argv: list[str]) -> str:
+    """The subcommand path of ``argv`` ("generate", "manifest validate", "bench loader")."""
+    words = []
+    for token in argv:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None or token not in sub.choices:
+            break
+        words.append(token)
+        parser = sub.choices[token]
+    return " ".join(words)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    """Run one command. The one error boundary: a :class:`UserError` from any stage is printed as
+    ``<command>: <message>`` on one line of stderr and the command exits with its code (2); any
+    other exception is a bug and keeps its traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv                 # what a command that re-launches itself passes on
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"{command_words(parser, argv)}: {one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

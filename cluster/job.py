@@ -8,27 +8,33 @@ a different ``dataset_id`` and is refused.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from tumorforge.generator import __version__ as GENERATOR_VERSION
+from tumorforge.generator import GENERATOR_VERSION
 from tumorforge.manifests.schema import ManifestError, default_roots, read_manifest
 
 from tumorforge.manifests.dataset import codecs
-from tumorforge.manifests.dataset.names import (COMMITS, INDEX, LOCK, PLAN, REPORT, ZARR_ROOT,
-                                                commit_key, record_key, sample_index, tar_name)
-from tumorforge.manifests.dataset.records import (INDEX_FORMAT, DatasetIndex, FileRecord,
+from tumorforge.manifests.dataset.names import (COMMITS, INDEX, LOCK, PLAN, REPORT, commit_key,
+                                                record_key, sample_index, tar_name)
+from tumorforge.manifests.dataset.reader import COMMIT_MAX_BYTES
+from tumorforge.manifests.dataset.records import (FORMAT_CHECKS, FORMAT_NAMES, WRITABLE_FORMATS,
+                                                  DatasetIndex, FileRecord, Provenance,
                                                   ShardCommit, ShardEntry, ShardTable)
-from tumorforge.manifests.dataset.store import LockHeld, Objects, OutputLock
+from tumorforge.manifests.dataset.store import (LockHeld, Objects, ObjectTooLarge, OutputLock,
+                                                owner_is_dead, process_record)
+from tumorforge.manifests.errors import UserError
 from tumorforge.manifests.records import RecordError, loads, pretty_json
 
 from .plan import Plan, make_plan
@@ -41,7 +47,7 @@ RESUME_CHECK_THREADS = 8      # objects hashed at once when a rerun checks commi
 AUTH_MODE, AUTH_TOKEN = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"   # Ray's token authentication
 
 
-class JobError(RuntimeError):
+class JobError(UserError, RuntimeError):
     pass
 
 
@@ -164,21 +170,189 @@ def _quietly(call) -> tuple[BaseException | None, str]:
         return failure, captured.read().decode("utf-8", errors="replace")
 
 
-def start_embedded(ray) -> None:
-    """Start the embedded single-machine cluster with Ray's token authentication on, with the
-    token in ``RAY_AUTH_TOKEN`` or else a fresh random one made for this process (never written
-    to disk or logged).
+def start_embedded(ray, dashboard: bool = False) -> None:
+    """Start the embedded single-machine cluster: every Ray server on the loopback interface,
+    Ray's token authentication on (the token in ``RAY_AUTH_TOKEN``, or else a fresh random one made
+    for this process, never written to disk or logged), the dashboard off unless ``dashboard``,
+    Ray's files in a folder only this user can enter, and no fixed port (two embedded jobs on one
+    host run side by side).
 
-    Ray 2.60's gRPC servers listen on every interface of the host whatever address is asked for
-    (measured with ``ss -ltnp``), so the token is what keeps other users and hosts out: a process
-    without it cannot connect (tested). The token lives in this process's environment, which Ray's
-    processes inherit, for as long as the process runs.
+    Loopback keeps other hosts out; other users of this host can still reach loopback ports, and
+    the token is what refuses them (tested). The token lives in this process's environment, which
+    Ray's processes inherit, for as long as the process runs.
+
+    How (Ray 2.60, read from its source): Ray rewrites the node address ``127.0.0.1`` to the host's
+    address while ``ray._private.ray_constants.ENABLE_RAY_CLUSTER`` is true (env
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``, read once at ``import ray``; ``services.py`` reads it as
+    ``ray_constants.ENABLE_RAY_CLUSTER`` at call time, no module copies it). With it false the node
+    address stays ``127.0.0.1`` and every server binds loopback (its C++ servers bind loopback
+    exactly when the node address is ``"127.0.0.1"``). After ``ray.init`` the addresses Ray reports
+    and the listening sockets of the processes it started are checked; anything but loopback
+    shuts the cluster down and raises :class:`JobError` (fail closed).
     """
+    import ray._private.ray_constants as ray_constants
     os.environ[AUTH_MODE] = "token"
     if not os.environ.get(AUTH_TOKEN):
         os.environ[AUTH_TOKEN] = secrets.token_hex(32)
     refresh_ray_config()
-    ray.init(include_dashboard=False, log_to_driver=False)
+    # Fixed ports Ray does not take from ray.init: the autoscaler's and the dashboard head's
+    # Prometheus ports (44217, 44227; read from the environment by those child processes).
+    # RAY_ADDRESS would make ray.init join that cluster instead (--address is the way to do that).
+    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_ADDRESS": None,
+           "AUTOSCALER_METRIC_PORT": str(_free_loopback_port()),
+           "DASHBOARD_METRIC_PORT": str(_free_loopback_port())}
+    options = dict(include_dashboard=dashboard, log_to_driver=False,
+                   _node_ip_address=LOOPBACK, _temp_dir=private_ray_dir())
+    if dashboard:
+        options.update(dashboard_host=LOOPBACK, dashboard_port=_free_loopback_port())
+    switch = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        with _environ(env), _any_agent_http_port():
+            ray.init(**options)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = switch
+    try:
+        _check_loopback(ray)
+    except JobError:
+        ray.shutdown()
+        raise
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def _check_loopback(ray) -> None:
+    """Fail closed: the node, GCS and raylet addresses Ray reports are 127.0.0.1, and no process
+    Ray started so far (GCS, raylet, monitor, dashboard and their descendants: agents, workers)
+    listens on anything but loopback. (This process's own sockets are not looked at: a caller's
+    server is not Ray's; the driver's core worker binds the node address checked here.)"""
+    node = ray._private.worker._global_node
+    gcs_host = ray.get_runtime_context().gcs_address.rsplit(":", 1)[0]
+    nodes = ray.nodes()
+    found = {"node": getattr(node, "node_ip_address", None), "gcs": gcs_host,
+             "raylet": nodes[0].get("NodeManagerAddress") if nodes else None}
+    wrong = {k: v for k, v in found.items() if v != LOOPBACK}
+    started = [info.process.pid for infos in getattr(node, "all_processes", {}).values()
+               for info in infos if getattr(info, "process", None) is not None]
+    wrong.update({f"pid {pid} ({name})": f"{ip}:{port}"
+                  for started_pid in started
+                  for pid, name, ip, port in listening_sockets(started_pid)
+                  if not is_loopback(ip)})
+    if not started:
+        wrong["Ray's processes"] = "none found to check"
+    if wrong:
+        raise JobError("the embedded Ray cluster is not confined to loopback ("
+                       + ", ".join(f"{k}: {v}" for k, v in sorted(wrong.items()))
+                       + "); refusing to run (this Ray release may bind differently: pin "
+                         "ray 2.60 or use --address with a cluster you have secured)")
+
+
+def is_loopback(ip: str) -> bool:
+    """127.0.0.0/8, ::1, or 127.x as an IPv4-mapped IPv6 address (``::ffff:127.0.0.1``: how
+    gRPC binds 127.0.0.1 on a dual-stack socket; it accepts IPv4 loopback connections only)."""
+    import ipaddress
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
+
+
+def listening_sockets(pid: int) -> list[tuple[int, str, str, int]]:
+    """(pid, process name, address, port) of every listening TCP socket of process ``pid`` and
+    its descendants (psutil; processes that vanish meanwhile are skipped)."""
+    import psutil
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for proc in procs:
+        try:
+            name = proc.name()
+            for conn in proc.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.append((proc.pid, name, conn.laddr.ip, conn.laddr.port))
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _environ(updates: dict):
+    """``os.environ`` with ``updates`` (None: unset) for the block (Ray's child processes inherit
+    it), restored after."""
+    saved = {k: os.environ.get(k) for k in updates}
+    for k, v in updates.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _any_agent_http_port():
+    """The dashboard agent's HTTP port is fixed at 52365 by ``RayParams``' default, and ray.init
+    has no argument for it (``ray start --dashboard-agent-listen-port`` has). Ray's node takes 0 as
+    "any free port" (the agent records the port it bound in the session). ray.init builds its
+    ``RayParams`` through the module attribute, so a subclass with that default stands in for the
+    call."""
+    from ray._private import parameter
+    original = parameter.RayParams
+
+    class RayParams(original):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("dashboard_agent_listen_port", 0)
+            super().__init__(*args, **kwargs)
+
+    parameter.RayParams = RayParams
+    try:
+        yield
+    finally:
+        parameter.RayParams = original
+
+
+RAY_DIR_BUDGET = 40   # Ray's longest Unix socket path adds ~67 bytes; AF_UNIX allows 107
+
+
+def private_ray_dir() -> str:
+    """Where the embedded cluster keeps its sessions: ``<tmp>/tumorforge-<uid>/ray``. Ray makes
+    every folder it creates 0777 (``try_make_directory_shared``); the parent is this user's, 0700,
+    so no other user can enter. A parent owned by someone else, or a symlink, is refused. ``/tmp``
+    is used when the temporary folder's path is too long for Ray's socket paths."""
+    import stat
+    base = tempfile.gettempdir()
+    if len(base) + len(f"/tumorforge-{os.getuid()}/ray") > RAY_DIR_BUDGET:
+        base = "/tmp"
+    parent = os.path.join(base, f"tumorforge-{os.getuid()}")
+    try:
+        os.mkdir(parent, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(parent)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise OperatorError(f"{parent} is not a folder of this user (uid {os.getuid()}); "
+                            "remove it or set TMPDIR elsewhere")
+    if st.st_mode & 0o077:
+        os.chmod(parent, 0o700)
+    return os.path.join(parent, "ray")
 
 
 def refresh_ray_config() -> None:
@@ -236,51 +410,70 @@ def prepare_output(plan: Plan, out: Objects) -> set[int]:
         records = [r for r in pool.map(lambda key: _read_commit(out, key), out.list(COMMITS))
                    if r is not None]
     with ThreadPoolExecutor(max_workers=RESUME_CHECK_THREADS) as pool:
-        zarr_only = "wds" not in plan.spec.formats and bool(records)
-        provenance = codecs.open_zarr(out.url(ZARR_ROOT))["provenance"] if zarr_only else None
-        intact = list(pool.map(lambda r: _commit_holds(plan, out, r, provenance), records))
+        intact = list(pool.map(lambda r: _commit_holds(plan, out, r), records))
     return {r.shard for r, ok in zip(records, intact) if ok}
 
 
-def _commit_holds(plan: Plan, out: Objects, record: ShardCommit, provenance=None) -> bool:
+def keep_output_format(plan: Plan, out: Objects, log=print) -> Plan:
+    """``plan`` writing the dataset format its output was started in, so that a dataset is
+    resumed and grown in its own format (plan.json names it; one written before format 3 names
+    none: format 2); a new output, or another dataset's, gets the spec's."""
+    try:
+        old = loads(out.get(PLAN), out.url(PLAN))
+    except (FileNotFoundError, RecordError):
+        return plan                       # nothing there, or prepare_output names the problem
+    if not isinstance(old, dict) or old.get("dataset_id") != plan.dataset_id:
+        return plan
+    fmt = old.get("dataset_format", 2)
+    if fmt == plan.spec.dataset_format or fmt not in WRITABLE_FORMATS:
+        return plan
+    log(f"{out.url(PLAN)}: this dataset was started in format {fmt}; it is written in format "
+        f"{fmt}, not {plan.spec.dataset_format}")
+    return replace(plan, spec=replace(plan.spec, dataset_format=fmt))
+
+
+def _commit_holds(plan: Plan, out: Objects, record: ShardCommit) -> bool:
     """A commit counts only if it is this plan's shard, every object it lists is there with its
-    recorded size and sha256 (a flipped bit or a truncated object makes the shard be redone), its
-    shard record is the one those objects and the plan give, and the record's sample hashes are
-    those the stored provenance recorded (the tar's JSON members, or ``provenance``, the zarr
-    provenance array, for zarr-only datasets)."""
+    recorded size and checksum (sha256, or crc32c for a format 3 shard's data objects: a flipped
+    bit or a truncated object makes the shard be redone), its shard record is the one those
+    objects and the plan give, in the plan's dataset format, and the record's sample digests are
+    those the stored provenance recorded (the tar's JSON members, or the zarr provenance array)."""
     if record.dataset_id != plan.dataset_id or not 0 <= record.shard < len(plan.shards):
         return False
     want = plan.shards[record.shard]
     if (record.start, record.count, tuple(record.scans)) != (want.start, want.count, want.scans):
         return False
+    k, fmt = record.shard, plan.spec.dataset_format
+    kept = (tar_name(k), record_key(k), codecs.side_object("provenance", k))
     stored = {}
     for key, f in record.files.items():
         try:
-            data = out.get(key)
-        except FileNotFoundError:
+            data = out.get(key, f.bytes)
+        except (OSError, ObjectTooLarge):  # missing, not a regular file, larger than recorded
             return False
-        if len(data) != f.bytes or hashlib.sha256(data).hexdigest() != f.sha256:
+        if f.problem(data):
             return False
-        if key in (tar_name(record.shard), record_key(record.shard)):
+        if key in kept:
             stored[key] = data
-    # The record's sample hashes (what readers check samples against) are checked against the
+    # The record's sample digests (what readers check samples against) are checked against the
     # stored provenance, and its objects against the commit: an edited one is redone, not trusted.
     try:
-        entry = ShardEntry.from_json(loads(stored[record_key(record.shard)], "record"), "record")
-        if tar_name(record.shard) in stored:
-            found = codecs.tar_provenance(stored[tar_name(record.shard)])
+        entry = ShardEntry.from_json(loads(stored[record_key(k)], "record"), "record", fmt)
+        if tar_name(k) in stored:
+            found = codecs.tar_provenance(stored[tar_name(k)])
         else:
-            found = [(p["key"], p) for p in (json.loads(str(t)) for t in
-                                             provenance[record.start:record.start + record.count])]
+            texts = codecs.decode_side_chunk(stored[kept[2]], plan.spec.samples_per_shard,
+                                             kept[2])[:record.count]
+            found = [(p["key"], p) for p in map(json.loads, texts)]
+        stored_digests = [(key, *Provenance.digests(p)) for key, p in found]
     except Exception:                 # no record, unreadable record or provenance: redo the shard
         return False
-    data_files = {k: f for k, f in record.files.items() if k != record_key(record.shard)}
-    if (entry.dataset_id, entry.shard, entry.start, entry.count, entry.scans, entry.files) != \
-            (record.dataset_id, record.shard, record.start, record.count, record.scans,
-             data_files):
+    data_files = {key: f for key, f in record.files.items() if key != record_key(k)}
+    if (entry.dataset_id, entry.shard, entry.start, entry.count, entry.scans, entry.files,
+            entry.checks) != (record.dataset_id, k, record.start, record.count, record.scans,
+                              data_files, FORMAT_CHECKS[fmt]):
         return False
-    return [(s.key, s.image_sha256, s.label_sha256) for s in entry.samples] == \
-        [(k, p.get("image_sha256"), p.get("label_sha256")) for k, p in found]
+    return [(s.key, s.digest, s.image, s.label) for s in entry.samples] == stored_digests
 
 
 def _metadata_objects(plan: Plan) -> dict[str, bytes]:
@@ -297,27 +490,27 @@ def _metadata_objects(plan: Plan) -> dict[str, bytes]:
 def _read_commit(out: Objects, key: str) -> ShardCommit | None:
     """A commit record, or None if it is unreadable (its shard is then redone)."""
     try:
-        return ShardCommit.from_json(loads(out.get(key), out.url(key)), out.url(key))
-    except (RecordError, FileNotFoundError):
+        return ShardCommit.from_json(loads(out.get(key, COMMIT_MAX_BYTES), out.url(key)),
+                                     out.url(key))
+    except (RecordError, FileNotFoundError, ObjectTooLarge):
         return None
 
 
 def _write_index(plan: Plan, out: Objects, versions: dict) -> DatasetIndex:
-    """index.json (format 2) from the commits: each shard's record (size, sha256) and scans.
+    """index.json (the plan's dataset format, 2 or 3) from the commits: each shard's record
+    (size, sha256) and scans.
 
-    Only what the index needs is taken from each commit (its shard record's size and sha256, for
-    this dataset and shard); the commits were checked in full when the run resumed or wrote
-    them. On S3 the commits are read on a thread pool (each a round trip); on local disk one by
-    one, which is faster than threads contending for the interpreter (10 million samples:
+    Each commit is read through its typed record and only its shard record's size and sha256 are
+    taken, for this dataset and shard; the commits were checked in full when the run resumed or
+    wrote them. On S3 the commits are read on a thread pool (each a round trip); on local disk one
+    by one, which is faster than threads contending for the interpreter (10 million samples:
     156,250 commits)."""
     def listed(k: int) -> FileRecord | None:
-        try:
-            obj = json.loads(out.get(commit_key(k)))
-            if obj.get("dataset_id") != plan.dataset_id or obj.get("shard") != k:
-                return None
-            return FileRecord.from_json(obj["files"][record_key(k)], commit_key(k))
-        except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError, RecordError):
+        commit = _read_commit(out, commit_key(k))
+        if commit is None or (commit.dataset_id, commit.shard) != (plan.dataset_id, k):
             return None
+        record = commit.files.get(record_key(k))
+        return record if record is not None and record.check == "sha256" else None
     shards = [s.index for s in plan.shards]
     if out.remote:
         with ThreadPoolExecutor(max_workers=RESUME_CHECK_THREADS) as pool:
@@ -328,14 +521,16 @@ def _write_index(plan: Plan, out: Objects, versions: dict) -> DatasetIndex:
         if record is None:
             raise JobError(f"{out.url(commit_key(k))}: commit record missing or unreadable; "
                            "rerun the job to redo that shard")
-    # Where it was written and how it ran are not part of the dataset (it may be copied or moved).
-    spec = {k: v for k, v in plan.spec.to_json().items() if k not in ("output", "resources")}
-    index = DatasetIndex(format=INDEX_FORMAT, dataset_id=plan.dataset_id, spec=spec,
+    # Where it was written and how it ran are not part of the dataset (it may be copied or moved);
+    # its format is the index's own.
+    spec = {k: v for k, v in plan.spec.to_json().items()
+            if k not in ("output", "resources", "dataset_format")}
+    index = DatasetIndex(format=FORMAT_NAMES[plan.spec.dataset_format],
+                         dataset_id=plan.dataset_id, spec=spec,
                          samples=plan.spec.samples, samples_per_shard=plan.spec.samples_per_shard,
                          formats=tuple(plan.spec.formats), versions=versions, plan=PLAN,
                          shards=(), table=ShardTable.build(files, [s.scans for s in plan.shards]),
-                         metadata={k: FileRecord(len(v), hashlib.sha256(v).hexdigest())
-                                   for k, v in _metadata_objects(plan).items()})
+                         metadata={k: FileRecord.of(v) for k, v in _metadata_objects(plan).items()})
     out.put(INDEX, index.to_bytes())
     return index
 
@@ -393,9 +588,12 @@ def run_job(spec: JobSpec, address: str | None = None, progress: bool = True,
         lock = OutputLock(out, LOCK).acquire()    # one run per output, local disk or S3
     except LockHeld as exc:
         raise JobError(str(exc)) from None
+    if lock.replaced is not None:
+        log(f"took over the output lock of a dead run ({lock.replaced.get('owner', 'unknown')})")
     # Prepared scans are shared by the job's actors on a node through this folder (one
-    # preparation per scan per node, not per actor); removed with the job.
-    prepared_dir = tempfile.mkdtemp(prefix="tumorforge-prepared-")
+    # preparation per scan per node, not per actor); removed with the job, or by the next run on
+    # this host if this process is killed.
+    prepared_dir = make_prepared_dir(log)
     try:
         return _run_locked(spec, plan, out, ray, progress, log, actor_env, t0, redo,
                            prepared_dir)
@@ -404,11 +602,67 @@ def run_job(spec: JobSpec, address: str | None = None, progress: bool = True,
         shutil.rmtree(prepared_dir, ignore_errors=True)
 
 
+PREPARED_PREFIX = "tumorforge-prepared-"
+
+
+def _owner_tag() -> str:
+    """``<host>-<pid>-<start>`` of this process for a folder's name: the host as 8 hex digits of
+    its boot id and pid namespace (a folder made on another node by this job's actors is never
+    judged here), the start in kernel clock ticks (or centiseconds of wall time without /proc)."""
+    me = process_record()
+    host = hashlib.sha256(f"{me['host']}/{me['machine']}".encode()).hexdigest()[:8]
+    start = me.get("start_ticks")
+    return f"{host}-{me['pid']}-{start if start is not None else 't%d' % (me['started'] * 100)}"
+
+
+def make_prepared_dir(log=print, base: str | None = None) -> str:
+    """A new folder (0700) for this job's prepared scans, named after this process, once the
+    folders of dead drivers of this user on this host are removed."""
+    removed = remove_dead_prepared_dirs(base)
+    if removed:
+        log(f"removed {removed} prepared-scan folder(s) left by killed run(s)")
+    return tempfile.mkdtemp(prefix=f"{PREPARED_PREFIX}{_owner_tag()}-", dir=base)
+
+
+def remove_dead_prepared_dirs(base: str | None = None) -> int:
+    """Remove this user's ``tumorforge-prepared-<host>-<pid>-<start>-*`` folders of this host whose
+    process is dead (gone, or the pid reused by a process with another start). Folders of live
+    runs, of other hosts and users, and older unnamed ones are left alone."""
+    import re
+    base = base or tempfile.gettempdir()
+    host = _owner_tag().split("-", 1)[0]
+    pattern = re.compile(rf"{re.escape(PREPARED_PREFIX)}([0-9a-f]{{8}})-(\d+)-(t?)(\d+)-.+")
+    removed = 0
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return 0
+    for name in names:
+        m = pattern.fullmatch(name)
+        if not m or m.group(1) != host:
+            continue
+        path = os.path.join(base, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not os.path.isdir(path) or os.path.islink(path) or st.st_uid != os.getuid():
+            continue
+        pid, wall, start = int(m.group(2)), m.group(3), int(m.group(4))
+        owner = {"host": socket.gethostname(), "pid": pid,
+                 **({"started": start / 100} if wall else {"start_ticks": start})}
+        if owner_is_dead(owner):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def _run_locked(spec: JobSpec, plan: Plan, out: Objects, ray, progress: bool, log, actor_env,
                 t0: float, redo: frozenset = frozenset(), prepared_dir: str | None = None
                 ) -> JobResult:
     """The job once it holds the output's lock."""
     from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+    plan = keep_output_format(plan, out, log)
     committed = prepare_output(plan, out) - set(redo)
     pending = [s.index for s in plan.shards if s.index not in committed]
     result = JobResult(plan.dataset_id, spec.output, len(plan.shards), len(committed), 0)

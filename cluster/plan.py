@@ -22,18 +22,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tumorforge.generator import __version__ as GENERATOR_VERSION
+from tumorforge.generator import GENERATOR_VERSION
 from tumorforge.generator.sample import draws_negative
 from tumorforge.manifests.dataset.names import sample_key, shard_name
 from tumorforge.manifests.records import canonical_json
 from tumorforge.manifests.schema import ScanEntry
 
 from .spec import JobSpec
+from tumorforge.manifests.errors import UserError
 
 PLAN_VERSION = 2       # 2: the dataset id leaves out `samples` (datasets grow); 1 had it
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     pass
 
 
@@ -66,6 +67,9 @@ class Plan:
         return {"plan_version": PLAN_VERSION, "dataset_id": self.dataset_id,
                 "generator_version": GENERATOR_VERSION, "identity": self.spec.identity(),
                 "samples": self.spec.samples,
+                # Format 2's plans (written before format 3) name none: keep them as they were.
+                **({"dataset_format": self.spec.dataset_format}
+                   if self.spec.dataset_format != 2 else {}),
                 "scans": {sid: e.sha256 for sid, e in sorted(self.scans.items())},
                 "shards": [{"index": s.index, "start": s.start, "count": s.count,
                             "scans": list(s.scans),

@@ -16,11 +16,13 @@ import yaml
 from tumorforge.generator.backend import BACKENDS, DEFAULT_BACKEND
 from tumorforge.generator.config import GeneratorConfig
 from tumorforge.manifests.flags import merged
+from tumorforge.manifests.records import RecordError, from_fields
+from tumorforge.manifests.errors import UserError
 
 FORMATS = ("zarr", "wds")
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     pass
 
 
@@ -46,6 +48,8 @@ class JobSpec:
     formats: tuple[str, ...] = FORMATS
     compression: str = "lz4"         # Blosc codec: lz4 (fast) | zstd (18 % smaller, 4x the CPU)
     scans_per_shard: int = 2         # distinct scans one shard draws from
+    # Not part of the dataset id: the samples are the same in both (see identity()).
+    dataset_format: int = 3          # 3: BLAKE3 + crc32c | 2: sha256; an output keeps its own
     allow_roots: tuple[str, ...] = ()
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     resources: Resources = field(default_factory=Resources)
@@ -61,6 +65,10 @@ class JobSpec:
         if self.compression not in COMPRESSIONS:
             raise SpecError(f"compression {self.compression!r}: expected one of "
                             f"{sorted(COMPRESSIONS)}")
+        from tumorforge.manifests.dataset.records import WRITABLE_FORMATS
+        if self.dataset_format not in WRITABLE_FORMATS:
+            raise SpecError(f"dataset_format {self.dataset_format!r}: expected one of "
+                            f"{list(WRITABLE_FORMATS)}")
         if self.backend not in BACKENDS:
             raise SpecError(f"backend {self.backend!r}: expected one of {BACKENDS}")
         if self.scans_per_shard < 1:
@@ -85,39 +93,33 @@ class JobSpec:
         return out
 
     def identity(self) -> dict:
-        """What determines the dataset's bytes: everything but where it goes, how it runs and how
+        """What determines the dataset's samples: everything but where it goes, how it runs, how
         many samples it holds (sample i is the same whatever the total, so a dataset can grow
-        under the same id)."""
+        under the same id) and how its integrity is checked (``dataset_format``: the samples'
+        arrays, keys and parameters are the same in formats 2 and 3; only the digests recorded
+        beside them differ)."""
         out = self.to_json()
-        for key in ("output", "resources", "allow_roots", "manifest", "samples"):
+        for key in ("output", "resources", "allow_roots", "manifest", "samples", "dataset_format"):
             out.pop(key)
         return out
 
     @classmethod
     def from_json(cls, obj: dict, where: str = "job spec") -> "JobSpec":
+        """Read through the strict-record checker: every field, the ``generator`` section (at any
+        depth) and ``resources`` checked by name and type, and the whole spec checked, before any
+        work starts. Anything wrong is one :class:`SpecError` naming ``where`` and the field."""
         if not isinstance(obj, dict):
             raise SpecError(f"{where}: expected a mapping, found {type(obj).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(obj) - known)
-        if unknown:
-            raise SpecError(f"{where}: unknown field(s) {unknown}; expected {sorted(known)}")
-        missing = sorted({"manifest", "output", "samples"} - set(obj))
-        if missing:
-            raise SpecError(f"{where}: missing field(s) {missing}")
-        data = dict(obj)
         try:
-            data["generator"] = GeneratorConfig.from_json(obj.get("generator") or {})
-            res = obj.get("resources") or {}
-            unknown = sorted(set(res) - {f.name for f in dataclasses.fields(Resources)})
-            if unknown:
-                raise SpecError(f"{where}: unknown resources field(s) {unknown}")
-            data["resources"] = Resources(**res)
-            for key in ("formats", "allow_roots"):
-                if key in data:
-                    data[key] = tuple(data[key])
-            return cls(**data)
-        except (TypeError, ValueError) as exc:
-            raise SpecError(f"{where}: {exc}") from exc
+            data = dict(obj)
+            data["generator"] = GeneratorConfig.from_json(obj.get("generator") or {},
+                                                          f"{where}: generator")
+            data["resources"] = obj.get("resources") or {}
+            return from_fields(cls, data, where)
+        except SpecError as exc:
+            raise SpecError(f"{where}: {exc}") from None
+        except RecordError as exc:
+            raise SpecError(str(exc)) from None
 
 
 def load_spec(path: str | None, overrides: dict) -> JobSpec:

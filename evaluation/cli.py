@@ -14,6 +14,7 @@ import os
 import sys
 
 from tumorforge.generator.options import add_generator_options, generator_overrides, parse_mix
+from tumorforge.manifests.errors import UserError, one_line
 from tumorforge.manifests.flags import add_allow_root
 from tumorforge.trainer.config import DEVICES
 
@@ -81,7 +82,7 @@ def _register_evaluate(sub) -> None:
 def _evaluate(args) -> int:
     from .evaluate import evaluate
     if args.roi is not None and (args.roi < 16 or args.roi % 16):
-        sys.exit(f"evaluate: --roi {args.roi}: expected a multiple of 16 voxels")
+        raise UserError(f"--roi {args.roi}: expected a multiple of 16 voxels")
     try:
         summary = evaluate(args.checkpoint, args.manifest, args.out, allow_roots=args.allow_root,
                            fold=args.fold, limit=args.limit, overlap=args.overlap,
@@ -90,7 +91,7 @@ def _evaluate(args) -> int:
                            min_dice=args.detection_min_dice, progress=not args.no_progress,
                            flips=args.flips, min_liver_contact=args.min_liver_contact)
     except (ValueError, OSError) as exc:
-        sys.exit(f"evaluate: {exc}")
+        raise UserError(one_line(exc)) from None
     agg = summary["aggregate"]
     ci = agg["tumor_dice"]["ci95"]
     det = agg["detection"]["all"]
@@ -124,7 +125,7 @@ def _compare(args) -> int:
     try:
         result = compare(args.a, args.b)
     except (ValueError, OSError, KeyError) as exc:
-        sys.exit(f"compare: {exc}")
+        raise UserError(one_line(exc)) from None
     w, m = result["wilcoxon_tumor_dice"], result["mcnemar_lesions"]
     print(f"{result['shared_cases']} shared case(s), matched by {result['matched_by']}; mean "
           f"tumor DSC A {_fmt(result['tumor_dice_mean']['a'])} vs B "
@@ -178,26 +179,25 @@ def _register_robustness(sub) -> None:
 
 
 def _robustness(args) -> int:
-    from tumorforge.generator.backend import BackendError
     from .robustness import benchmark, check_dimensions
     try:
         dimensions = check_dimensions([d.strip() for d in args.dimensions.split(",") if d.strip()])
     except ValueError as exc:
-        sys.exit(f"robustness: --dimensions {exc}")
+        raise UserError(f"--dimensions {one_line(exc)}") from None
     if args.cases_per_level < 1:
-        sys.exit(f"robustness: --cases-per-level must be >= 1, got {args.cases_per_level}")
+        raise UserError(f"--cases-per-level must be >= 1, got {args.cases_per_level}")
     if not 0 <= args.sigmas <= 10:
-        sys.exit(f"robustness: --sigmas must be in 0..10, got {args.sigmas}")
+        raise UserError(f"--sigmas must be in 0..10, got {args.sigmas}")
     if args.prior_samples < 1:
-        sys.exit(f"robustness: --prior-samples must be >= 1, got {args.prior_samples}")
+        raise UserError(f"--prior-samples must be >= 1, got {args.prior_samples}")
     try:
         paths = benchmark(args.checkpoint, args.manifest, args.out, generator_overrides(args),
                           dimensions=dimensions, sigmas=args.sigmas,
                           cases_per_level=args.cases_per_level, seed=args.seed,
                           prior_samples=args.prior_samples, device=args.device,
                           backend=args.backend, allow_roots=args.allow_root)
-    except (ValueError, OSError, BackendError) as exc:
-        sys.exit(f"robustness: {exc}")
+    except (UserError, ValueError, OSError) as exc:
+        raise UserError(one_line(exc)) from None
     print("\n".join(paths.values()))
     return 0
 
@@ -263,17 +263,11 @@ def _register_vtt(sub) -> None:
 
 
 def _vtt_make(args) -> int:
-    from tumorforge.generator.prepare import PrepareError
-    from tumorforge.manifests.nifti import ScanError
-    from tumorforge.manifests.schema import ManifestError
-    from .vtt import VTTError, make_packet
-    try:
-        summary = make_packet(args.real, args.healthy, args.out, args.n_real, args.n_synthetic,
-                              args.seed, profile=args.profile, size_mix=args.size_mix,
-                              allow_roots=args.allow_root, margin_mm=args.margin,
-                              reuse_healthy=args.reuse_healthy)
-    except (VTTError, ManifestError, ScanError, PrepareError) as exc:
-        sys.exit(f"vtt make: {exc}")
+    from .vtt import make_packet
+    summary = make_packet(args.real, args.healthy, args.out, args.n_real, args.n_synthetic,
+                          args.seed, profile=args.profile, size_mix=args.size_mix,
+                          allow_roots=args.allow_root, margin_mm=args.margin,
+                          reuse_healthy=args.reuse_healthy)
     print(f"packet: {summary['out']} ({summary['cases']} cases: {summary['n_real']} real, "
           f"{summary['n_synthetic']} synthetic)")
     print(f"give readers: {os.path.join(summary['out'], 'cases')}, answer_sheet.csv, README.txt, "
@@ -284,16 +278,13 @@ def _vtt_make(args) -> int:
 
 
 def _vtt_score(args) -> int:
-    from .vtt import (VTTError, answers_of, fleiss_kappa, format_report, load_key, read_answers,
+    from .vtt import (answers_of, fleiss_kappa, format_report, load_key, read_answers,
                       score_answers, sha256_file)
-    try:
-        key = load_key(args.key, args.expect_sha256)
-        sheets = {path: read_answers(path) for path in args.answers}
-        results = {path: score_answers(rows, key, source=path) for path, rows in sheets.items()}
-        agreement = fleiss_kappa([answers_of(rows) for rows in sheets.values()]) \
-            if len(sheets) > 1 else None
-    except VTTError as exc:
-        sys.exit(f"vtt score: {exc}")
+    key = load_key(args.key, args.expect_sha256)
+    sheets = {path: read_answers(path) for path in args.answers}
+    results = {path: score_answers(rows, key, source=path) for path, rows in sheets.items()}
+    agreement = fleiss_kappa([answers_of(rows) for rows in sheets.values()]) \
+        if len(sheets) > 1 else None
     if args.expect_sha256 is None:
         print(f"key {args.key}: sha256 {sha256_file(args.key)} (not checked; pass --expect-sha256)")
     else:
@@ -356,7 +347,7 @@ def _register_stats(sub) -> None:
 
 def _stats(args) -> int:
     import shlex
-    from .fidelity import FidelityError, format_table, run
+    from .fidelity import format_table, run
     command = ["tumorforge", "stats", *args.inputs]
     for flag, value in (("--samples", args.samples), ("--manifest", args.manifest),
                         ("--post-effects", args.post_effects), ("--backend", args.backend),
@@ -366,13 +357,10 @@ def _stats(args) -> int:
     for flag, values in (("--real", args.real), ("--allow-root", args.allow_root)):
         for value in values:
             command += [flag, value]
-    try:
-        result = run(args.inputs, args.real, samples=args.samples, manifest=args.manifest,
-                     allow_roots=args.allow_root, backend=args.backend,
-                     post_effects_max=args.post_effects, out_dir=args.out,
-                     command=shlex.join(command), log=lambda msg: print(msg, file=sys.stderr))
-    except FidelityError as exc:
-        sys.exit(f"stats: {exc}")
+    result = run(args.inputs, args.real, samples=args.samples, manifest=args.manifest,
+                 allow_roots=args.allow_root, backend=args.backend,
+                 post_effects_max=args.post_effects, out_dir=args.out,
+                 command=shlex.join(command), log=lambda msg: print(msg, file=sys.stderr))
     print(format_table(result["groups"], result["post_effects"], result["versus_real"]))
     if args.out:
         print(f"wrote {os.path.join(args.out, 'stats.json')} and "
@@ -418,17 +406,15 @@ def register_manifest(msub: argparse._SubParsersAction) -> None:
 
 
 def _label_liver(args) -> int:
-    from tumorforge.manifests.nifti import ScanError
-    from tumorforge.manifests.schema import ManifestError
-    from .label_liver import LabelLiverError, label_liver
+    from .label_liver import label_liver
     try:
         result = label_liver(args.images, args.output, checkpoint=args.checkpoint,
                              masks=args.masks, allow_roots=args.allow_root, device=args.device,
                              overlap=args.overlap, min_ml=args.min_ml, max_ml=args.max_ml,
                              min_largest_fraction=args.min_largest_fraction,
                              min_confidence=args.min_confidence, truth=args.truth)
-    except (LabelLiverError, ManifestError, ScanError, ValueError, OSError) as exc:
-        sys.exit(f"manifest label-liver: {str(exc).splitlines()[0]}")
+    except (UserError, ValueError, OSError) as exc:
+        raise UserError(one_line(exc)) from None
     print(f"{result.manifest}: {len(result.entries)} scan(s) with liver masks")
     scored = {k: v["liver_dice_vs_truth"] for k, v in result.checks.items()
               if "liver_dice_vs_truth" in v}

@@ -150,7 +150,8 @@ def _model_segmenter(checkpoint: str, device: str, roi: int | None, overlap: flo
                                                             "format", "weight")}
                                    for src in trained.config.get("sources", [])]}
     inference = {"spacing_mm": list(prep.spacing_mm), "window_hu": list(prep.window_hu),
-                 "roi_zyx": list(window_zyx), "overlap": overlap, "mode": "gaussian",
+                 "roi_zyx": list(window_zyx), "roi_override": roi, "overlap": overlap,
+                 "mode": "gaussian",
                  "test_time_flips": flips, "min_tumor_radius_mm": MIN_TUMOR_RADIUS_MM,
                  "min_liver_contact": contact,
                  "postprocess": f"largest liver component; tumor within the liver dilated by "

@@ -56,6 +56,7 @@ import scipy.ndimage as ndi
 from tumorforge.manifests.conventions import LIVER, TUMOR, zyx_to_ras
 
 from .metrics import lesions
+from tumorforge.manifests.errors import UserError
 
 RING_VOXELS = 3                       # width of the liver ring contrast is measured against
 INSIDE_TARGET = 0.9                   # a tumor "keeps its volume" with this share inside the liver
@@ -117,7 +118,7 @@ DEFINITIONS = {
 }
 
 
-class FidelityError(ValueError):
+class FidelityError(UserError, ValueError):
     """Bad input to the fidelity report; the message names the input."""
 
 
@@ -870,8 +871,8 @@ def plot_histograms(inputs: list[Measured], out_dir: str) -> list[str]:
 def versions() -> dict:
     import matplotlib
     import scipy
-    from tumorforge.generator import __version__
-    return {"tumorforge_generator": __version__, "numpy": np.__version__,
+    from tumorforge.generator import GENERATOR_VERSION
+    return {"tumorforge_generator": GENERATOR_VERSION, "numpy": np.__version__,
             "scipy": scipy.__version__, "matplotlib": matplotlib.__version__,
             "python": platform.python_version()}
 

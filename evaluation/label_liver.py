@@ -37,6 +37,7 @@ from tumorforge.manifests.layouts import Candidate
 from tumorforge.manifests.nifti import ScanError, read_volume
 from tumorforge.manifests.schema import (ImageEntry, LabelMap, Rejection, ScanEntry,
                                          default_roots, read_images, rejected_path, write_jsonl)
+from tumorforge.manifests.errors import UserError
 
 MIN_LIVER_ML = 600.0          # adult livers: about 1,000-2,500 mL; below or above is a bad mask
 MAX_LIVER_ML = 4000.0
@@ -48,7 +49,7 @@ MASK_FOLDER = "liver-masks"
 LiverSegmenter = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, dict]]
 
 
-class LabelLiverError(ValueError):
+class LabelLiverError(UserError, ValueError):
     pass
 
 

@@ -15,9 +15,10 @@ from tumorforge.manifests.conventions import LABEL_NAMES
 from tumorforge.manifests.records import loads
 from tumorforge.trainer.augment import window
 from tumorforge.trainer.preprocessing import Preprocessing
+from tumorforge.manifests.errors import UserError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used for evaluation; the message names the file."""
 
 

@@ -32,6 +32,7 @@ import json
 import os
 
 from tumorforge.manifests.conventions import DISPLAY_WINDOW_HU, TUMOR, zyx_to_ras
+from tumorforge.manifests.errors import UserError
 
 ANSWERS = ("real", "synthetic", "unsure")
 TRUTHS = ("real", "synthetic")
@@ -57,7 +58,7 @@ from when the packet was made, so any later change to the key can be detected.
 """
 
 
-class VTTError(ValueError):
+class VTTError(UserError, ValueError):
     """Bad input to the Visual Turing Test: names the file, row or case, expected and found."""
 
 
@@ -166,7 +167,7 @@ def make_packet(real_manifest: str, healthy_manifest: str, out_dir: str, n_real:
 
     from tumorforge.generator.options import parse_mix
     from tumorforge.generator.scans import load_prepared
-    from tumorforge.generator import __version__
+    from tumorforge.generator import GENERATOR_VERSION
     from tumorforge.generator.backend import get_backend
     from tumorforge.generator.config import SYNTHETIC_PROFILES, GeneratorConfig
     from tumorforge.generator.sample import sample_params, sample_seed
@@ -284,7 +285,7 @@ def make_packet(real_manifest: str, healthy_manifest: str, out_dir: str, n_real:
                                                     if v["truth"] == "real"),
                                "synthetic_cases": _count(v["source_scan"] for v in key.values()
                                                          if v["truth"] == "synthetic")},
-                   "generator_version": __version__, "config": config.to_json()},
+                   "generator_version": GENERATOR_VERSION, "config": config.to_json()},
                   f, indent=1, sort_keys=True)
     _overview_png(overview, os.path.join(out_dir, "key", "overview.png"))
     key_path = os.path.join(out_dir, "key", "answer_key.json")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
+from tumorforge.manifests.errors import UserError
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "numpy", "cupy")
@@ -19,7 +20,7 @@ BACKENDS = ("auto", "numpy", "cupy")
 DEFAULT_BACKEND = "numpy"
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError, RuntimeError):
     pass
 
 

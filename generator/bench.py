@@ -9,10 +9,11 @@ Heavy imports happen inside the command, so building the command-line parser sta
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import defaultdict
 from typing import TYPE_CHECKING
+
+from tumorforge.manifests.errors import UserError
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -94,7 +95,7 @@ def _noise_precision() -> str:
 def bench_generator(args) -> int:
     """``tumorforge bench generator``: crops per second and ms per crop for each step."""
     import numpy as np
-    from .backend import KERNEL_SETTINGS, BackendError, get_backend, kernel_setting
+    from .backend import KERNEL_SETTINGS, get_backend, kernel_setting
     from .options import config_from_args
     from .batch import pack
     from .sample import sample_params, sample_seed
@@ -102,12 +103,9 @@ def bench_generator(args) -> int:
     from tumorforge.manifests.bench_report import finish_report
 
     config = config_from_args(args)
-    try:
-        backend = get_backend(args.backend)
-        for name in KERNEL_SETTINGS:
-            kernel_setting(name)
-    except BackendError as exc:
-        sys.exit(f"bench generator: {exc}")
+    backend = get_backend(args.backend)
+    for name in KERNEL_SETTINGS:
+        kernel_setting(name)
     t0 = time.perf_counter()
     scan, described = _bench_scan(args, config)
     prepare_s = time.perf_counter() - t0
@@ -115,7 +113,7 @@ def bench_generator(args) -> int:
     kernels = getattr(args, "kernels", "auto")
     if kernels == "cpu":
         if backend.name != "numpy":
-            sys.exit("bench generator: --kernels cpu runs with --backend numpy")
+            raise UserError("--kernels cpu runs with --backend numpy")
         from .kernels.paint import cpu_module
         kernels = cpu_module()
     for i in range(args.warmup):

@@ -7,31 +7,26 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tumorforge.manifests.errors import UserError
+
 
 def _cmd_preview(args) -> int:
-    from .backend import BackendError, get_backend
-    from tumorforge.manifests.nifti import ScanError
-    from tumorforge.manifests.schema import ManifestError, default_roots, read_manifest
+    from .backend import get_backend
+    from tumorforge.manifests.schema import default_roots, read_manifest
     from .options import config_from_args
     from .preview import write_preview
     from .scans import load_prepared
 
     config = config_from_args(args)
-    try:
-        entries = read_manifest(args.manifest, default_roots(args.manifest, args.allow_root))
-        backend = get_backend(args.backend)
-    except (ManifestError, BackendError) as exc:
-        sys.exit(f"preview: {exc}")
+    entries = read_manifest(args.manifest, default_roots(args.manifest, args.allow_root))
+    backend = get_backend(args.backend)
     pool = {e.scan_id: e for e in entries if args.scan or e.role == "healthy"}
     if not pool:
-        sys.exit(f"preview: {args.manifest} has no healthy scan to put tumors in")
+        raise UserError(f"{args.manifest} has no healthy scan to put tumors in")
     scan_id = args.scan or sorted(pool)[0]
     if scan_id not in pool:
-        sys.exit(f"preview: scan {scan_id!r} is not in {args.manifest}")
-    try:
-        scan = load_prepared(pool[scan_id], config)
-    except ScanError as exc:
-        sys.exit(f"preview: {exc}")
+        raise UserError(f"scan {scan_id!r} is not in {args.manifest}")
+    scan = load_prepared(pool[scan_id], config)
     print(f"backend: {backend.name} ({backend.why})")
     print("\n".join(write_preview(scan, config, args.seed, args.index, args.out, backend)))
     return 0
@@ -39,48 +34,36 @@ def _cmd_preview(args) -> int:
 
 def _cmd_synthesize(args) -> int:
     import shlex
-    from .backend import BackendError, get_backend
-    from tumorforge.manifests.schema import ManifestError, default_roots, read_manifest
-    from .options import generator_overrides
-    from .config import GeneratorConfig
-    from .whole_scan import SynthesizeError, run_synthesize
+    from .backend import get_backend
+    from tumorforge.manifests.schema import default_roots, read_manifest
+    from .options import config_from_args
+    from .whole_scan import run_synthesize
 
-    overrides = generator_overrides(args)
     # A whole scan without a tumor is no use here: negatives only when asked for.
-    overrides.setdefault("negative_fraction", 0.0)
-    try:
-        config = GeneratorConfig.from_json(overrides)
-    except (TypeError, ValueError) as exc:
-        sys.exit(f"synthesize: generator configuration: {exc}")
+    config = config_from_args(args, negative_fraction=0.0)
     if config.profile == "real":
-        sys.exit("synthesize: profile 'real' paints no tumor; choose paper-train, paper or released")
-    try:
-        entries = read_manifest(args.manifest, default_roots(args.manifest, args.allow_root))
-        backend = get_backend(args.backend)
-    except (ManifestError, BackendError) as exc:
-        sys.exit(f"synthesize: {exc}")
+        raise UserError("profile 'real' paints no tumor; choose paper-train, paper or released")
+    entries = read_manifest(args.manifest, default_roots(args.manifest, args.allow_root))
+    backend = get_backend(args.backend)
     by_id = {e.scan_id: e for e in entries}
     missing = [s for s in args.scan if s not in by_id]
     if missing:
-        sys.exit(f"synthesize: scan(s) {missing} not in {args.manifest}")
+        raise UserError(f"scan(s) {missing} not in {args.manifest}")
     chosen = [by_id[s] for s in args.scan] if args.scan else \
         [e for e in entries if e.role == "healthy"]
     if not chosen:
-        sys.exit(f"synthesize: {args.manifest} has no healthy scan (name scans with --scan)")
+        raise UserError(f"{args.manifest} has no healthy scan (name scans with --scan)")
     # The generator configuration is recorded whole in synthesize.json; the command names the rest.
     command = ["tumorforge", "synthesize", "--manifest", args.manifest, "--count", str(args.count),
                "--seed", str(args.seed), "--grid", args.grid, "--format", args.format,
                "--profile", config.profile, "--out", args.out]
     command += [a for s in args.scan for a in ("--scan", s)]
     command = shlex.join(command)
-    try:
-        folder, run = run_synthesize(
-            chosen, config, out=args.out, manifest=args.manifest, allow_roots=args.allow_root,
-            count=args.count, root_seed=args.seed, grid=args.grid, output_format=args.format,
-            backend=backend, command=command, dataset_id=args.dataset_id,
-            dataset_name=args.dataset_name, log=lambda m: print(m, file=sys.stderr))
-    except SynthesizeError as exc:
-        sys.exit(f"synthesize: {exc}")
+    folder, run = run_synthesize(
+        chosen, config, out=args.out, manifest=args.manifest, allow_roots=args.allow_root,
+        count=args.count, root_seed=args.seed, grid=args.grid, output_format=args.format,
+        backend=backend, command=command, dataset_id=args.dataset_id,
+        dataset_name=args.dataset_name, log=lambda m: print(m, file=sys.stderr))
     print(f"wrote {len(run.cases)} case(s) to {folder} (grid {run.grid}, format {run.output_format}, "
           f"profile {config.profile}, backend {backend.name}); {len(run.rejected)} scan(s) skipped")
     return 0

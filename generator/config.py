@@ -24,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from tumorforge.manifests.records import from_fields, typed_fields, typed_value
+
 PROFILES = ("paper-train", "paper", "released", "real")
 PAPER_PROFILES = ("paper-train", "paper")            # tumors are PaperTumor records
 SYNTHETIC_PROFILES = ("paper-train", "paper", "released")
@@ -155,27 +157,27 @@ class GeneratorConfig:
         return _jsonable(dataclasses.asdict(self))
 
     @classmethod
-    def from_json(cls, obj: dict) -> "GeneratorConfig":
-        obj = dict(obj)
-        if "paper" in obj:
-            obj["paper"] = PaperParams(**_tuples(obj["paper"]))
-        if "released" in obj:
-            obj["released"] = ReleasedParams(**_tuples(obj["released"]))
-        if "sizes" in obj:
-            obj["sizes"] = {k: SizePreset(v["radius_mm"], tuple(v["sigma_e_mm"]), tuple(v["count"]))
-                            for k, v in obj["sizes"].items()}
-        if "multifocal_counts" in obj:
-            obj["multifocal_counts"] = {k: tuple(v) for k, v in obj["multifocal_counts"].items()}
-        for key in ("crop_size", "target_spacing_mm", "satellite_count", "satellite_shell"):
-            if key in obj:
-                obj[key] = tuple(obj[key])
-        return cls(**obj)
+    def from_json(cls, obj: dict, where: str = "generator configuration") -> "GeneratorConfig":
+        """Read through the strict-record checker: an unknown, missing or mistyped field (at any
+        depth: ``paper``, ``released``, each size preset and count range) or a value the
+        configuration refuses is a :class:`RecordError` naming ``where`` and the field."""
+        data = typed_fields(cls, obj, where)          # reads paper and released too
+        if "released" in data:
+            released = data["released"]
+            data["released"] = dataclasses.replace(released, counts=_count_table(
+                released.counts, f"{where}: released: counts"))
+        if "sizes" in data:
+            data["sizes"] = {str(k): from_fields(SizePreset, v, f"{where}: sizes: {k}")
+                             for k, v in data["sizes"].items()}
+        if "multifocal_counts" in data:
+            data["multifocal_counts"] = _count_table(data["multifocal_counts"],
+                                                     f"{where}: multifocal_counts")
+        return from_fields(cls, data, where)
 
 
-def _tuples(d: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else
-            ({kk: tuple(vv) for kk, vv in v.items()} if isinstance(v, dict) else v)
-            for k, v in d.items()}
+def _count_table(table: dict, where: str) -> dict:
+    """A size type -> (lo, hi) count table with each pair checked."""
+    return {str(k): typed_value(v, tuple[int, int], f"{where}: {k}") for k, v in table.items()}
 
 
 def _jsonable(x):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from tumorforge.manifests.errors import UserError, one_line
 from tumorforge.manifests.flags import add_config_flags, config_overrides, merged
 
 from .config import PROFILES, SCENARIOS, SIZE_TYPES, GeneratorConfig
@@ -61,9 +62,11 @@ def generator_overrides(args) -> dict:
             with open(args.generator_config) as f:
                 out = yaml.safe_load(f) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise SystemExit(f"{args.generator_config}: cannot read the generator config ({exc})")
+            raise UserError(f"{args.generator_config}: cannot read the generator config "
+                            f"({one_line(exc)})") from None
         if not isinstance(out, dict):
-            raise SystemExit(f"{args.generator_config}: expected a mapping of GeneratorConfig fields")
+            raise UserError(f"{args.generator_config}: expected a mapping of GeneratorConfig "
+                            f"fields, found {type(out).__name__}")
     flags = config_overrides(args, "generator.")
     mix = flags.pop("size_mix", None)
     if mix is not None:
@@ -72,8 +75,9 @@ def generator_overrides(args) -> dict:
     return merged(out, flags, sections=("paper", "released"))
 
 
-def config_from_args(args) -> GeneratorConfig:
-    try:
-        return GeneratorConfig.from_json(generator_overrides(args))
-    except (TypeError, ValueError) as exc:
-        raise SystemExit(f"generator configuration: {exc}")
+def config_from_args(args, **defaults) -> GeneratorConfig:
+    """The configuration the flags and ``--generator-config`` describe (``defaults`` fill fields
+    neither names); checked by the strict-record reader, so a bad field is a one-line error."""
+    where = (f"generator configuration ({args.generator_config} and flags)"
+             if args.generator_config else "generator configuration")
+    return GeneratorConfig.from_json({**defaults, **generator_overrides(args)}, where)

@@ -14,11 +14,12 @@ import scipy.ndimage as ndi
 from tumorforge.manifests.conventions import BACKGROUND, LIVER, TUMOR, to_ras
 
 from .config import GeneratorConfig
+from tumorforge.manifests.errors import UserError
 
 PAD_HU = -1024          # what lies outside the scan (air)
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError, ValueError):
     pass
 
 

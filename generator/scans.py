@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -10,7 +11,7 @@ import uuid
 
 import numpy as np
 
-from . import __version__
+from . import GENERATOR_VERSION
 from .config import GeneratorConfig
 from .prepare import PreparedScan, prepare_scan
 from tumorforge.manifests.build import check_pair
@@ -54,37 +55,44 @@ def load_prepared_shared(entry: ScanEntry, config: GeneratorConfig, cache_dir: s
                          wait: bool = True) -> tuple[PreparedScan | None, bool]:
     """:func:`load_prepared`, shared between processes; returns (scan, whether it was prepared
     here). With ``cache_dir``, processes share preparations: the first to want a scan prepares it
-    (holding ``<key>.lock``, created exclusively) and saves it as ``<key>.npz``; the others wait
-    for that file (up to ``CACHE_WAIT_S``, then prepare it themselves) and load it. The key hashes
-    the scan's files (sha256), its label map, the generator configuration and version, so a
-    cached scan is only ever the one this job would prepare."""
+    (holding an ``flock`` on ``<key>.npz.lock``) and saves it as ``<key>.npz``; the others wait
+    for that file (up to ``CACHE_WAIT_S``, then prepare it themselves) and load it. The kernel
+    releases the flock when its holder dies, so a worker killed while preparing leaves no lock
+    behind: the next one to want the scan prepares it at once (a lock *file* removed only in a
+    ``finally`` made the others wait ``CACHE_WAIT_S``). The key hashes the scan's files (sha256),
+    its label map, the generator configuration and version, so a cached scan is only ever the one
+    this job would prepare."""
     if cache_dir is None:
         return load_prepared(entry, config), True
     key = hashlib.sha256(json.dumps(
         {"scan": entry.sha256, "label_map": str(entry.label_map), "config": config.to_json(),
-         "version": __version__}, sort_keys=True).encode()).hexdigest()[:32]
+         "version": GENERATOR_VERSION}, sort_keys=True).encode()).hexdigest()[:32]
     os.makedirs(cache_dir, mode=0o700, exist_ok=True)
     path = os.path.join(cache_dir, f"{key}.npz")
-    lock = path + ".lock"
     deadline = time.monotonic() + CACHE_WAIT_S
-    while True:
-        if os.path.exists(path):
-            return _load_cached(path, entry.scan_id), False
-        try:
-            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        except FileExistsError:          # another process is preparing it
-            if not wait:
-                return None, False
-            if time.monotonic() > deadline:
-                return prepare_volumes(entry, *read_scan(entry), config), True
-            time.sleep(0.1)
-            continue
-        try:
+    # The lock file stays (the folder goes with the job): removing it would let a waiter that
+    # opened it lock a name nobody else sees. Closing it (or dying) releases the flock.
+    fd = os.open(path + ".lock", os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+    try:
+        while True:
+            if os.path.exists(path):
+                return _load_cached(path, entry.scan_id), False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:      # a live process is preparing it
+                if not wait:
+                    return None, False
+                if time.monotonic() > deadline:
+                    return prepare_volumes(entry, *read_scan(entry), config), True
+                time.sleep(0.1)
+                continue
+            if os.path.exists(path):     # saved while we took the lock
+                return _load_cached(path, entry.scan_id), False
             scan = prepare_volumes(entry, *read_scan(entry), config)
             _save_cached(path, scan)
             return scan, True
-        finally:
-            os.remove(lock)
+    finally:
+        os.close(fd)
 
 
 CACHE_WAIT_S = 600.0

@@ -35,7 +35,7 @@ from tumorforge.manifests.conventions import from_ras, to_ras
 from tumorforge.manifests.records import canonical_json
 from tumorforge.manifests.schema import LabelMap
 
-from . import __version__
+from . import GENERATOR_VERSION
 from .backend import get_backend
 from .config import GeneratorConfig
 from .params import SampleParams
@@ -151,7 +151,7 @@ class TumorSynthesisd(Randomizable, MapTransform):
         d[label_key] = _like(label, whole.label.astype(np.float32))
         return self._record(d, {"applied": True, "seed": seed, "params": params.to_json(),
                                 "config": self.config.to_json(),
-                                "generator_version": __version__, "backend": backend.name})
+                                "generator_version": GENERATOR_VERSION, "backend": backend.name})
 
 
 def synthesis_record(image) -> dict | None:

@@ -43,13 +43,14 @@ from tumorforge.manifests import storage
 from tumorforge.manifests.conventions import BACKGROUND, LIVER, TUMOR, from_ras, to_ras, zyx_to_ras
 from tumorforge.manifests.records import RecordError, check_fields, loads, pretty_json
 
-from . import __version__
+from . import GENERATOR_VERSION
 from .backend import Backend
 from .config import GeneratorConfig
 from .params import SampleParams
 from .prepare import PAD_HU, PreparedScan, Regrid
 from .sample import sample_params, sample_seed
 from .synthesize import HU_MAX, HU_MIN, synthesize
+from tumorforge.manifests.errors import UserError, one_line
 
 GRIDS = ("prepared", "native")
 FORMATS = ("nifti", "nnunet")
@@ -59,7 +60,7 @@ RUN_VERSION = 1
 NNUNET_LABELS = {"background": BACKGROUND, "liver": LIVER, "tumor": TUMOR}
 
 
-class SynthesizeError(ValueError):
+class SynthesizeError(UserError, ValueError):
     """A synthesize request or output that cannot be used; the message names it."""
 
 
@@ -368,7 +369,7 @@ def run_synthesize(entries, config: GeneratorConfig, *, out: str, manifest: str,
             scan = prepare_volumes(entry, image_vol, label_vol, config)
             out_grid = output_grid(grid, image_vol, label_vol, entry, scan)
         except (ScanError, PrepareError) as exc:
-            rejected.append({"scan_id": entry.scan_id, "reason": str(exc).splitlines()[0]})
+            rejected.append({"scan_id": entry.scan_id, "reason": one_line(exc)})
             log(f"synthesize: skipped scan {entry.scan_id}: {rejected[-1]['reason']}")
             continue
         for n in range(count):
@@ -390,7 +391,7 @@ def run_synthesize(entries, config: GeneratorConfig, *, out: str, manifest: str,
             log(f"synthesize: {case}: {len(params.tumors)} tumor(s) ({params.kind}), "
                 f"{tumors} tumor voxels")
             cases.append(record)
-    run = SynthesizeRun(format=RUN_FORMAT, version=RUN_VERSION, generator_version=__version__,
+    run = SynthesizeRun(format=RUN_FORMAT, version=RUN_VERSION, generator_version=GENERATOR_VERSION,
                         generator_config=config.to_json(), manifest=manifest,
                         allow_roots=tuple(allow_roots), backend=backend.name, grid=grid,
                         output_format=output_format, root_seed=root_seed, command=command,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import storage
+from .errors import one_line
 from .layouts import Candidate, Discovery, discover
 from .nifti import ScanError, Volume, read_volume
 from .schema import (ImageEntry, LabelMap, Rejection, ScanEntry, default_roots, parse_manifest,
@@ -163,7 +164,7 @@ def _inspect_all(candidates, workers: int):
             return exc
         except Exception as exc:       # MemoryError included: one scan never stops the others
             return ScanError(c.image, f"could not be inspected ({type(exc).__name__}: "
-                                      f"{str(exc).splitlines()[0] if str(exc) else 'no message'})")
+                                      f"{one_line(exc)})")
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return list(pool.map(one, candidates))
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+
+from .errors import UserError
 
 
 def format_table(headers: list[str], rows: list[tuple], max_width: int = 100) -> str:
@@ -30,15 +31,15 @@ def _cmd_build(args) -> int:
         return _build_images(args)
     if args.layout == "generic":
         if not (args.image_pattern and args.label_pattern and args.label_map):
-            sys.exit("manifest build --layout generic needs --image-pattern, and --label-pattern "
-                     "with --label-map (or no label pattern for an image-only list)")
+            raise UserError("--layout generic needs --image-pattern, and --label-pattern with "
+                            "--label-map (or no label pattern for an image-only list)")
         generic = dict(image_pattern=args.image_pattern, label_pattern=args.label_pattern,
                        label_map=LabelMap.parse(args.label_map), source=args.source)
     try:
         result = build_manifest(args.layout, args.root, args.output, workers=args.workers,
                                 allowed_roots=args.allow_root, **generic)
-    except (FileNotFoundError, ValueError) as exc:
-        sys.exit(f"manifest build: {exc}")
+    except (FileNotFoundError, ValueError) as exc:     # a missing root, an unknown layout
+        raise UserError(str(exc)) from None
     healthy = sum(e.role == "healthy" for e in result.entries)
     return _report_build(result, f"{len(result.entries)} scan(s) ({healthy} healthy, "
                                  f"{len(result.entries) - healthy} with tumor)")
@@ -61,7 +62,7 @@ def _build_images(args) -> int:
         result = build_images(args.root, args.output, args.image_pattern, args.source,
                               workers=args.workers, allowed_roots=args.allow_root)
     except (FileNotFoundError, ValueError) as exc:
-        sys.exit(f"manifest build: {exc}")
+        raise UserError(str(exc)) from None
     return _report_build(result, f"{len(result.entries)} image(s) without labels (an image "
                                  f"list: `tumorforge manifest label-liver {result.manifest} ...` "
                                  f"makes it a manifest)")
@@ -69,12 +70,8 @@ def _build_images(args) -> int:
 
 def _cmd_validate(args) -> int:
     from .build import validate_manifest
-    from .schema import ManifestError
-    try:
-        entries, problems = validate_manifest(args.manifest, allowed_roots=args.allow_root,
-                                              workers=args.workers)
-    except ManifestError as exc:
-        sys.exit(f"manifest validate: {exc}")
+    entries, problems = validate_manifest(args.manifest, allowed_roots=args.allow_root,
+                                          workers=args.workers)
     if problems:
         print(format_table(["scan", "file", "problem"], problems))
         print(f"{args.manifest}: {len(problems)} problem(s) in {len(entries)} scan(s)")
@@ -84,13 +81,13 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_split(args) -> int:
-    from .schema import ManifestError, default_roots, read_manifest, write_jsonl
+    from .schema import default_roots, read_manifest, write_jsonl
     from .split import assign_folds
+    entries = read_manifest(args.manifest, default_roots(args.manifest, args.allow_root))
     try:
-        entries = read_manifest(args.manifest, default_roots(args.manifest, args.allow_root))
         assigned = assign_folds(entries, args.folds, args.seed)
-    except (ManifestError, ValueError) as exc:
-        sys.exit(f"manifest split: {exc}")
+    except ValueError as exc:                         # more folds than scans
+        raise UserError(str(exc)) from None
     out = args.manifest if args.in_place else args.output
     write_jsonl(out, assigned)
     sizes = [sum(e.fold == k for e in assigned) for k in range(args.folds)]
@@ -101,20 +98,17 @@ def _cmd_split(args) -> int:
 def _cmd_merge(args) -> int:
     from .schema import ManifestError, default_roots, read_manifest, write_jsonl
     merged, seen = [], {}
-    try:
-        for path in args.manifests:
-            for e in read_manifest(path, default_roots(path, args.allow_root)):
-                if args.role and e.role != args.role:
-                    continue
-                if e.scan_id in seen:
-                    raise ManifestError(f"scan_id {e.scan_id} is in both {seen[e.scan_id]} and {path}")
-                seen[e.scan_id] = path
-                merged.append(e)
-    except ManifestError as exc:
-        sys.exit(f"manifest merge: {exc}")
+    for path in args.manifests:
+        for e in read_manifest(path, default_roots(path, args.allow_root)):
+            if args.role and e.role != args.role:
+                continue
+            if e.scan_id in seen:
+                raise ManifestError(f"scan_id {e.scan_id} is in both {seen[e.scan_id]} and {path}")
+            seen[e.scan_id] = path
+            merged.append(e)
     if not merged:
-        sys.exit(f"manifest merge: no scans{' with role ' + args.role if args.role else ''} in "
-                 f"{', '.join(args.manifests)}")
+        raise UserError(f"no scans{' with role ' + args.role if args.role else ''} in "
+                        f"{', '.join(args.manifests)}")
     write_jsonl(args.output, merged)
     print(f"{args.output}: {len(merged)} scan(s) from {len(args.manifests)} manifest(s)")
     return 0
@@ -125,7 +119,7 @@ def _cmd_phantoms(args) -> int:
     layouts = [s.strip() for s in args.layout.split(",") if s.strip()]
     unknown = sorted(set(layouts) - set(LAYOUTS))
     if unknown:
-        sys.exit(f"phantoms: unknown layout(s) {unknown}; expected some of {list(LAYOUTS)}")
+        raise UserError(f"unknown layout(s) {unknown}; expected some of {list(LAYOUTS)}")
     for layout in layouts:
         folder = os.path.join(args.out, layout)
         cases = write_layout(layout, folder, args.cases, seed=args.seed, scale=args.scale)

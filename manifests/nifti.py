@@ -1,8 +1,9 @@
 """Reading NIfTI-1 scans defensively, from local disk or object storage.
 
 The header is parsed and checked before any voxel buffer is allocated, so a corrupt or hostile file
-with absurd dimensions is refused instead of exhausting memory, and a ``.nii.gz`` is decompressed
-only up to the size its (checked) header promises. A ``.nii.gz`` is then read to its end, so its CRC
+with absurd dimensions or voxel bytes (``MAX_VOXEL_BYTES``) is refused instead of exhausting memory,
+and a ``.nii.gz`` is decompressed, chunk by chunk, straight into the one voxel array, only up to
+the size its (checked) header promises. A ``.nii.gz`` is then read to its end, so its CRC
 is checked and a flipped bit is caught. Every failure raises :class:`ScanError` naming the file, what
 was expected and what was found.
 """
@@ -19,15 +20,23 @@ import nibabel as nib
 import numpy as np
 
 from . import storage
+from .errors import UserError
 
 HEADER_BYTES = 348
 MAX_AXIS = 4096            # voxels along one axis; real CT stays below ~2000 slices
-MAX_VOXELS = 1 << 30       # 1 Gi voxels (2-4 GiB as int16/float32); LiTS tops out near 0.26 Gi
+MAX_VOXELS = 1 << 30       # 1 Gi voxels; LiTS tops out near 0.26 Gi (512 x 512 x 987)
+# Voxel bytes one read may hold: the stored array and the returned one (float32 when scl_slope /
+# scl_inter apply) must each fit. 1 GiB holds the largest LiTS volume twice over as int16 (0.48
+# GiB) and its float32 scaled form (0.96 GiB); a compressed file that declares more (a 1 MB
+# .nii.gz can declare 512^3 float64 zeros) is refused from its header, before any allocation.
+MAX_VOXEL_BYTES = 1 << 30
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+READ_CHUNK = 4 << 20             # voxel bytes decompressed (and scaled) per step into the array
 MAX_EXTENSION_BYTES = 16 << 20   # header extensions before the voxels (vox_offset - 348)
 MAX_TRAILING_BYTES = 1 << 20     # bytes after the voxel data that a file may carry
 
 
-class ScanError(ValueError):
+class ScanError(UserError, ValueError):
     """A scan file that cannot be used, with the file and the reason."""
 
     def __init__(self, uri: str, problem: str):
@@ -83,7 +92,37 @@ def _parse_header(uri: str, block: bytes) -> nib.Nifti1Header:
         raise ScanError(uri, f"invalid NIfTI-1 header: {exc}") from exc
 
 
-def _checked_info(uri: str, header: nib.Nifti1Header, max_voxels: int) -> VolumeInfo:
+def _scaling(uri: str, header: nib.Nifti1Header, dtype: np.dtype) -> tuple[float, float] | None:
+    """``(slope, inter)`` when the header's scl_slope / scl_inter change the voxel values, else None
+    (slope 0 or NaN means unscaled, as nibabel writes it). Refused, in one line and before any
+    arithmetic can warn: an infinite slope, a non-finite intercept, or a scaling that takes the
+    stored type's range (the stored values, for float types, are checked as they are scaled)
+    beyond float32, the type the scaled volume is returned in."""
+    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    if np.isnan(slope) or slope == 0:
+        return None
+    if not np.isfinite(slope):
+        raise ScanError(uri, f"scl_slope {slope}: expected a finite scale factor (or 0 / NaN for "
+                             "none)")
+    if not np.isfinite(inter):
+        raise ScanError(uri, f"scl_inter {inter} with scl_slope {slope:g}: expected a finite "
+                             "intercept")
+    if slope == 1 and inter == 0:
+        return None
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        reach = abs(slope) * max(abs(float(info.min)), float(info.max)) + abs(inter)
+        if not reach <= FLOAT32_MAX:
+            raise ScanError(uri, f"scl_slope {slope:g} and scl_inter {inter:g} take {dtype} values "
+                                 f"up to {reach:.3g}, beyond float32 (max {FLOAT32_MAX:.3g}); "
+                                 "expected a scaling that fits")
+    elif abs(inter) > FLOAT32_MAX:
+        raise ScanError(uri, f"scl_inter {inter:g} is beyond float32 (max {FLOAT32_MAX:.3g})")
+    return slope, inter
+
+
+def _checked_info(uri: str, header: nib.Nifti1Header, max_voxels: int,
+                  max_bytes: int = MAX_VOXEL_BYTES) -> VolumeInfo:
     dim = [int(d) for d in header["dim"]]
     ndim = dim[0]
     if not 3 <= ndim <= 7:
@@ -105,12 +144,22 @@ def _checked_info(uri: str, header: nib.Nifti1Header, max_voxels: int) -> Volume
         raise ScanError(uri, f"unsupported voxel datatype code {int(header['datatype'])}") from exc
     if dtype.kind not in "iuf" or dtype.itemsize > 8:
         raise ScanError(uri, f"expected an integer or float voxel type, found {dtype}")
+    out_itemsize = 4 if _scaling(uri, header, dtype) is not None else dtype.itemsize
+    nbytes = voxels * max(dtype.itemsize, out_itemsize)
+    if nbytes > max_bytes:
+        raise ScanError(uri, f"header dimensions {tuple(shape)} of {dtype}"
+                             f"{' scaled to float32' if out_itemsize != dtype.itemsize else ''}: "
+                             f"{nbytes} bytes of voxels exceed the limit of {max_bytes}; "
+                             "refusing to allocate")
     zooms = tuple(float(z) for z in header.get_zooms()[:3])
     if not all(np.isfinite(z) and z > 0 for z in zooms):
         raise ScanError(uri, f"expected positive voxel spacing, header says {zooms}")
     affine = header.get_best_affine()
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        raise ScanError(uri, f"the header's affine is singular or not finite:\n{affine}")
+    with np.errstate(all="ignore"):
+        det = float(np.linalg.det(affine[:3, :3])) if np.all(np.isfinite(affine)) else np.nan
+    if not np.isfinite(det) or abs(det) < 1e-9:
+        rows = "; ".join(" ".join(f"{v:.6g}" for v in row) for row in affine[:3])
+        raise ScanError(uri, f"the header's affine is singular or not finite (rows {rows})")
     return VolumeInfo(shape=tuple(shape), spacing_mm=zooms, affine=affine,
                       orientation="".join(nib.aff2axcodes(affine)), dtype=dtype)
 
@@ -140,8 +189,64 @@ def _read_exactly(uri: str, stream, n: int) -> bytes:
     return _pull(uri, stream, n, keep=True)[0]
 
 
+def _fill(uri: str, stream, into: memoryview) -> int:
+    """Read ``stream`` into ``into`` (to its end or the stream's); how many bytes came. Gzip
+    errors, CRC failures included, become :class:`ScanError`."""
+    seen, n = 0, len(into)
+    try:
+        while seen < n:
+            got = stream.readinto(into[seen:min(n, seen + READ_CHUNK)])
+            if not got:
+                break
+            seen += got
+    except EOFError as exc:
+        raise ScanError(uri, f"truncated .nii.gz: the compressed stream ends after {seen} of "
+                             f"{n} expected bytes") from exc
+    except (zlib.error, gzip.BadGzipFile, OSError) as exc:
+        raise ScanError(uri, f"corrupt gzip stream: {exc}") from exc
+    return seen
+
+
+def _read_voxels(uri: str, stream, info: VolumeInfo, scale: tuple[float, float] | None,
+                 kind: str) -> np.ndarray:
+    """The voxels in file order, decoded straight into the one array that is returned: the
+    stored type, or float32 scaled chunk by chunk (``READ_CHUNK`` stored bytes at a time)."""
+    dtype = info.dtype
+    voxels = int(np.prod(info.shape, dtype=np.int64))
+    nbytes = voxels * dtype.itemsize
+    if scale is None:
+        out = np.empty(voxels, dtype)
+        got = _fill(uri, stream, memoryview(out.view(np.uint8)))
+    else:
+        out = np.empty(voxels, np.float32)
+        step = max(1, READ_CHUNK // dtype.itemsize)
+        part = np.empty(min(step, voxels), dtype)
+        slope, inter = np.float32(scale[0]), np.float32(scale[1])
+        got = 0
+        for start in range(0, voxels, step):
+            n = min(step, voxels - start)
+            came = _fill(uri, stream, memoryview(part.view(np.uint8))[:n * dtype.itemsize])
+            got += came
+            if came < n * dtype.itemsize:
+                break
+            seg = out[start:start + n]
+            try:
+                with np.errstate(over="raise", invalid="raise"):
+                    seg[...] = part[:n]          # as astype(float32) * slope + inter, in place
+                    seg *= slope
+                    seg += inter
+            except FloatingPointError:
+                raise ScanError(uri, f"scl_slope {scale[0]:g} and scl_inter {scale[1]:g} take the "
+                                     f"stored {dtype} values beyond float32; expected a scaling "
+                                     "that fits") from None
+    if got < nbytes:
+        raise ScanError(uri, f"truncated {kind}: expected {nbytes} bytes of voxel data for shape "
+                             f"{info.shape} {dtype}, found {got}")
+    return out
+
+
 def read_volume(uri: str, *, max_voxels: int = MAX_VOXELS, with_data: bool = True,
-                like: Volume | None = None) -> Volume:
+                like: Volume | None = None, max_bytes: int = MAX_VOXEL_BYTES) -> Volume:
     """Read, hash and check one scan or label, local or ``s3://``: a NIfTI-1 file (``.nii`` or
     ``.nii.gz``), a DICOM series folder, or a folder of PNG masks on the grid of ``like`` (its
     DICOM series; see :mod:`dicom`)."""
@@ -161,7 +266,7 @@ def read_volume(uri: str, *, max_voxels: int = MAX_VOXELS, with_data: bool = Tru
     compressed = raw[:2] == b"\x1f\x8b"
     stream = gzip.GzipFile(fileobj=io.BytesIO(raw)) if compressed else io.BytesIO(raw)
     header = _parse_header(uri, _read_exactly(uri, stream, HEADER_BYTES))
-    info = _checked_info(uri, header, max_voxels)
+    info = _checked_info(uri, header, max_voxels, max_bytes)
     if not with_data:
         return Volume(info=info, data=np.empty((0,)), sha256=digest)
     offset = float(header["vox_offset"])
@@ -171,23 +276,25 @@ def read_volume(uri: str, *, max_voxels: int = MAX_VOXELS, with_data: bool = Tru
     if offset - HEADER_BYTES > MAX_EXTENSION_BYTES:
         raise ScanError(uri, f"vox_offset {offset}: expected at most {MAX_EXTENSION_BYTES} bytes of "
                              f"header extensions before the voxels; refusing to read them")
-    nbytes = int(np.prod(info.shape, dtype=np.int64)) * info.dtype.itemsize
+    voxels = int(np.prod(info.shape, dtype=np.int64))
+    nbytes = voxels * info.dtype.itemsize
     kind = ".nii.gz" if compressed else ".nii"
     if not compressed and offset + nbytes > len(raw):
         raise ScanError(uri, f"truncated .nii: vox_offset {offset} + {nbytes} bytes of voxel data "
                              f"for shape {info.shape} {info.dtype} exceed the file's {len(raw)} bytes")
+    scale = _scaling(uri, header, info.dtype)
     _pull(uri, stream, offset - HEADER_BYTES, keep=False)   # header extensions, unused
-    body = _read_exactly(uri, stream, nbytes)
-    if len(body) < nbytes:
-        raise ScanError(uri, f"truncated {kind}: expected {nbytes} bytes of voxel data for shape "
-                             f"{info.shape} {info.dtype}, found {len(body)}")
+    if not compressed and scale is None:        # the file is in memory already: a view of it
+        flat = np.frombuffer(raw, dtype=info.dtype, count=voxels, offset=offset)
+        stream.seek(offset + nbytes)
+    else:
+        flat = _read_voxels(uri, stream, info, scale, kind)
     # Read to the end: gzip checks its CRC there; bounded, so a bomb is refused, not inflated.
     _, extra = _pull(uri, stream, MAX_TRAILING_BYTES + 1, keep=False)
     if extra > MAX_TRAILING_BYTES:
         raise ScanError(uri, f"more than {MAX_TRAILING_BYTES} bytes after the voxel data of shape "
                              f"{info.shape} {info.dtype}; expected the file to end there")
-    data = np.frombuffer(body, dtype=info.dtype).reshape(info.shape, order="F")
-    slope, inter = header.get_slope_inter()
-    if slope is not None and (slope != 1 or (inter or 0) != 0):
-        data = data.astype(np.float32) * np.float32(slope) + np.float32(inter or 0)
+    if scale is None:
+        flat.flags.writeable = False           # as a view of the file's bytes is (as before)
+    data = flat.reshape(info.shape, order="F")
     return Volume(info=info, data=data, sha256=digest)

@@ -9,18 +9,40 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 from typing import Iterable
 
 from . import storage
 from .records import RecordError, loads
+from .errors import UserError
 
 SCHEMA_VERSION = 1
 ROLES = ("healthy", "tumor")
 MAX_LINE_CHARS = 1 << 16       # one manifest entry is well under 2 KB
 
 
-class ManifestError(ValueError):
+# Bidirectional embeddings, overrides and isolates: they reorder how a log line or table reads.
+_BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def scan_id_problem(value) -> str | None:
+    """Why ``value`` cannot be a scan_id, or None. A scan_id names files and appears in logs and
+    tables, so it is a non-empty string without '/', not starting with '.', and without control
+    characters (C0, DEL, C1), line or paragraph separators or bidi controls: one of those could
+    start a new log line, move the cursor or recolor a terminal."""
+    if not isinstance(value, str) or not value:
+        return "must be a non-empty string"
+    if "/" in value or value.startswith("."):
+        return "must not contain '/' or start with '.'"
+    bad = sorted({c for c in value if unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in _BIDI})
+    if bad:
+        return ("must not contain control characters ("
+                + ", ".join(f"U+{ord(c):04X}" for c in bad) + ")")
+    return None
+
+
+class ManifestError(UserError, ValueError):
     """A manifest file or one of its lines does not follow the contract."""
 
 
@@ -133,8 +155,10 @@ class ScanEntry:
         def is_number(v):
             return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-        scan_id = need("scan_id", lambda v: isinstance(v, str) and v and "/" not in v
-                       and not v.startswith("."), "a non-empty string without '/'")
+        problem = scan_id_problem(obj["scan_id"])
+        if problem:
+            raise ManifestError(f"{where}: scan_id {problem}; found {obj['scan_id']!r}")
+        scan_id = obj["scan_id"]
         where = f"{where} (scan {scan_id})"
         return cls(
             scan_id=scan_id,
@@ -292,8 +316,10 @@ class ImageEntry:
         known = {f.name for f in fields(cls)}
         if set(obj) != known:
             raise ManifestError(f"{where}: fields {sorted(obj)}; expected {sorted(known)}")
-        ok = (isinstance(obj["scan_id"], str) and obj["scan_id"] and "/" not in obj["scan_id"]
-              and not obj["scan_id"].startswith(".") and isinstance(obj["image"], str)
+        problem = scan_id_problem(obj["scan_id"])
+        if problem:
+            raise ManifestError(f"{where}: scan_id {problem}; found {obj['scan_id']!r}")
+        ok = (isinstance(obj["image"], str)
               and obj["image"] and isinstance(obj["sha256"], str) and len(obj["sha256"]) == 64
               and isinstance(obj["shape"], list) and len(obj["shape"]) == 3
               and isinstance(obj["spacing_mm"], list) and len(obj["spacing_mm"]) == 3)

@@ -16,6 +16,21 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
+def user_error(capsys, argv: list[str]) -> str:
+    """Run ``tumorforge ARGV`` in this process expecting a user error: the front door returns
+    exit code 2 and its last line of stderr is the message (earlier lines are progress), with no
+    traceback. Returns that line."""
+    from tumorforge.cluster.front_door import main
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, (argv, code, err[-2000:])
+    assert "Traceback" not in err, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines, f"{argv}: exit 2 without a message"
+    return lines[-1]
+
+
 def write_nifti(path, data, affine=None, gz=None):
     """Write ``data`` as NIfTI-1 (gzip if the name ends in .gz); returns the path as str."""
     affine = np.diag([0.8, 0.8, 2.5, 1.0]) if affine is None else affine

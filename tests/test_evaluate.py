@@ -18,6 +18,7 @@ from tumorforge.evaluation.evaluate import evaluate
 from tumorforge.evaluation.infer import postprocess, segment
 from tumorforge.manifests.conventions import LABEL_NAMES, LIVER, TRAINING_WINDOW_HU, TUMOR
 from tumorforge.trainer.preprocessing import Preprocessing
+from conftest import user_error
 
 PREP = Preprocessing(spacing_mm=(1.0, 1.0, 1.0), crop_size=(32, 32, 32),
                      window_hu=TRAINING_WINDOW_HU, class_names=LABEL_NAMES, dataset_ids=("ds-test",))
@@ -214,7 +215,8 @@ def test_evaluate_runs_a_checkpoint_with_its_preprocessing(lits_manifest, tmp_pa
     ("fold", "no scans to evaluate (fold 7)"),
     ("contact", "min_liver_contact 1.5: expected a fraction in [0, 1]"),
 ])
-def test_evaluate_command_refuses_bad_input_with_one_line(lits_manifest, tmp_path, case, message):
+def test_evaluate_command_refuses_bad_input_with_one_line(lits_manifest, tmp_path, case, message,
+                                                          capsys):
     checkpoint = str(tmp_path / "missing.pt")
     extra = {"roi": ["--roi", "40"], "fold": ["--fold", "7"],
              "contact": ["--min-liver-contact", "1.5"]}.get(case, [])
@@ -222,10 +224,9 @@ def test_evaluate_command_refuses_bad_input_with_one_line(lits_manifest, tmp_pat
         # A checkpoint from before preprocessing records; no model is built to refuse it.
         checkpoint = str(tmp_path / "step-000000000.pt")
         torch.save({"model": {}, "config": json.dumps({"model": "unet"}), "step": 0}, checkpoint)
-    with pytest.raises(SystemExit) as exc:
-        main(["evaluate", "--checkpoint", checkpoint, "--manifest", str(lits_manifest),
-              "--out", str(tmp_path / "eval"), "--device", "cpu", *extra])
-    text = str(exc.value)
-    assert text.startswith("evaluate: ") and message in text and "\n" not in text
+    text = user_error(capsys, ["evaluate", "--checkpoint", checkpoint, "--manifest",
+                               str(lits_manifest), "--out", str(tmp_path / "eval"), "--device",
+                               "cpu", *extra])
+    assert text.startswith("evaluate: ") and message in text
     if case == "old":
         assert checkpoint in text

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tumorforge.cluster.front_door import main
+from conftest import user_error
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +109,8 @@ def test_experiment_runs_every_arm_reports_and_resumes(inputs, capsys):
         changed["samples"] = 12
         other = work / "changed.yaml"
         other.write_text(yaml.safe_dump(changed))
-        with pytest.raises(SystemExit) as exc:
-            main(["experiment", str(other), "--out", str(out)])
-        assert "made with other settings" in str(exc.value.code)
+        assert "made with other settings" in user_error(
+            capsys, ["experiment", str(other), "--out", str(out)])
     finally:
         ray.shutdown()
 
@@ -119,12 +119,10 @@ def test_experiment_runs_every_arm_reports_and_resumes(inputs, capsys):
     ([{"name": "both", "mix": ["nope"]}], ["nope"]),
     ([{"name": "syn", "profile": "paper-train"},
       {"name": "syn-swin", "mix": ["syn"], "train": {"model": "swin"}}], ["syn-swin", "swin"])])
-def test_bad_spec_is_one_line(tmp_path, arms, names):
+def test_bad_spec_is_one_line(tmp_path, arms, names, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"name": "x", "annotated": "a.jsonl", "healthy": "h.jsonl",
                                    "folds": [0], "arms": arms}))
-    with pytest.raises(SystemExit) as exc:
-        main(["experiment", str(bad)])
-    message = str(exc.value.code)
-    assert message.startswith("experiment: ") and "\n" not in message
+    message = user_error(capsys, ["experiment", str(bad)])
+    assert message.startswith("experiment: ")
     assert all(n in message for n in names)

@@ -13,6 +13,7 @@ import pytest
 from conftest import write_nifti
 from tumorforge.evaluation import fidelity as fd
 from tumorforge.manifests.conventions import LIVER, TUMOR
+from conftest import user_error
 
 SPACING = (1.0, 1.0, 2.0)          # anisotropic on purpose: every length must be physical
 CENTER = (30, 40, 20)              # voxel; (30, 40, 40) mm
@@ -273,21 +274,15 @@ def test_stats_reports_every_size_type_and_writes_json_and_pngs(dataset, tmp_pat
     ([], "no input"),
 ])
 def test_bad_input_is_one_line_naming_it(argv, names, capsys):
-    with pytest.raises(SystemExit) as exc:
-        stats(argv, capsys)
-    message = str(exc.value.code)
-    assert message.startswith("stats: ") and names in message and "\n" not in message
-    assert "Traceback" not in capsys.readouterr().err
+    message = user_error(capsys, ["stats", *argv])
+    assert message.startswith("stats: ") and names in message
 
 
 def test_folder_that_is_no_input_and_manifest_without_lesions(tmp_path, capsys):
     from cluster_fixtures import healthy_manifest
     manifest = healthy_manifest(tmp_path, 1)
     for argv in ([str(tmp_path / "ct")], ["--real", str(manifest)]):
-        with pytest.raises(SystemExit) as exc:
-            stats(argv, capsys)
-        message = str(exc.value.code)
-        assert argv[-1] in message and "\n" not in message
+        assert argv[-1] in user_error(capsys, ["stats", *argv])
 
 
 def test_versus_real_ks_tells_same_from_shifted_distributions():

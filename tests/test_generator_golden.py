@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from tumorforge.generator import __version__
+from tumorforge.generator import GENERATOR_VERSION
 from tumorforge.generator.backend import get_backend
 from tumorforge.generator.config import GeneratorConfig
 from tumorforge.generator.prepare import prepare_scan
@@ -90,13 +90,13 @@ def test_generator_output_is_pinned_to_its_version(scan, case):
     params = sample_params(np.random.default_rng(sample_seed(11, 0)), scan, config)
     crop = synthesize(scan, params, get_backend("numpy"))
     digest = hashlib.sha256(crop.image.tobytes() + crop.label.tobytes()).hexdigest()
-    recorded = GOLDEN.get(__version__)
+    recorded = GOLDEN.get(GENERATOR_VERSION)
     assert recorded is not None, (
-        f"no golden hashes for generator version {__version__}: when generator output changes, "
-        f"bump tumorforge.generator.__version__ and record the new hashes under it in GOLDEN of "
-        f"{__file__} ({case}: {digest})")
-    assert case in recorded, f"no golden hash for {case} in version {__version__} ({digest})"
+        f"no golden hashes for generator version {GENERATOR_VERSION}: when generator output "
+        f"changes, bump tumorforge.generator.GENERATOR_VERSION and record the new hashes under it "
+        f"in GOLDEN of {__file__} ({case}: {digest})")
+    assert case in recorded, f"no golden hash for {case} in version {GENERATOR_VERSION} ({digest})"
     assert digest == recorded[case], (
         f"generator output changed for {case} (sha256 {digest}, recorded {recorded[case]} for "
-        f"version {__version__}): bump tumorforge.generator.__version__ and record the new "
-        f"hashes under the new version in GOLDEN of {__file__}")
+        f"version {GENERATOR_VERSION}): bump tumorforge.generator.GENERATOR_VERSION and record the "
+        f"new hashes under the new version in GOLDEN of {__file__}")

@@ -15,6 +15,7 @@ import pytest
 from tumorforge.cluster.front_door import main
 from tumorforge.evaluation.label_liver import label_liver
 from tumorforge.manifests.schema import default_roots, read_images, read_manifest
+from conftest import user_error
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +112,6 @@ def test_masks_from_another_tool_and_one_line_errors(images, tmp_path, capsys):
         == ["pct-0001"]
     for args, words in (([], "exactly one of --checkpoint"),
                         (["--masks", str(tmp_path / "nope")], "no such folder")):
-        with pytest.raises(SystemExit) as exc:
-            main(["manifest", "label-liver", str(path), "-o", str(out), "--allow-root",
-                  str(root), *args])
-        message = str(exc.value.code)
+        message = user_error(capsys, ["manifest", "label-liver", str(path), "-o", str(out),
+                                      "--allow-root", str(root), *args])
         assert message.startswith("manifest label-liver: ") and words in message
-        assert "\n" not in message

@@ -10,6 +10,7 @@ from tumorforge.cluster.front_door import build_parser, main
 from tumorforge.manifests.build import build_manifest, validate_manifest
 from tumorforge.manifests.schema import LabelMap, ManifestError, read_manifest
 from tumorforge.manifests.split import assign_folds
+from conftest import user_error
 
 
 @pytest.fixture
@@ -112,8 +113,8 @@ def test_split_command_writes_folds(manifest, capsys):
     assert main(["manifest", "split", str(manifest), "--folds", "3", "--seed", "1",
                  "--in-place"]) == 0
     assert manifest.read_bytes() == out.read_bytes()
-    with pytest.raises(SystemExit, match="more than the 3 scans"):
-        main(["manifest", "split", str(manifest), "--folds", "4", "--in-place"])
+    assert "more than the 3 scans" in user_error(
+        capsys, ["manifest", "split", str(manifest), "--folds", "4", "--in-place"])
 
 
 def test_validate_command_prints_problem_table_and_fails(manifest, tiny_lits, capsys):
@@ -162,9 +163,9 @@ def test_generic_layout_pairs_by_placeholder(tmp_path):
     assert "mine-orphan" in rejected and "no label matching" in rejected
 
 
-def test_merge_keeps_one_role_and_refuses_duplicate_ids(manifest, tmp_path):
+def test_merge_keeps_one_role_and_refuses_duplicate_ids(manifest, tmp_path, capsys):
     out = manifest.parent / "healthy.jsonl"
     assert main(["manifest", "merge", str(manifest), "-o", str(out), "--role", "healthy"]) == 0
     assert [e.scan_id for e in read_manifest(str(out))] == ["lits-2"]
-    with pytest.raises(SystemExit, match="lits-0 is in both"):
-        main(["manifest", "merge", str(manifest), str(manifest), "-o", str(out)])
+    assert "lits-0 is in both" in user_error(
+        capsys, ["manifest", "merge", str(manifest), str(manifest), "-o", str(out)])

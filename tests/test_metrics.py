@@ -9,6 +9,7 @@ import pytest
 
 from tumorforge.evaluation.evaluate import compare
 from tumorforge.evaluation.metrics import case_metrics, dice, lesions, nsd, summarize
+from conftest import user_error
 
 
 def ball(shape, center, radius_mm, spacing):
@@ -188,9 +189,7 @@ def test_compare_matches_scans_by_content_and_refuses_same_ids_with_other_conten
     with pytest.raises(ValueError) as exc:
         compare(a, other)
     assert "['lits-1', 'lits-2']" in str(exc.value)
-    with pytest.raises(SystemExit) as exc:
-        main(["compare", a, other])
-    assert "same scan id but other contents" in str(exc.value.code)
+    assert "same scan id but other contents" in user_error(capsys, ["compare", a, other])
     legacy = tmp_path / "legacy.json"
     legacy.write_text(json.dumps({"cases": [{k: v for k, v in c.items() if k != "scan_sha256"}
                                             for c in json.loads(open(a).read())["cases"]]}))

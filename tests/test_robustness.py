@@ -16,6 +16,7 @@ from tumorforge.evaluation import robustness as rb
 from tumorforge.generator.config import GeneratorConfig
 from tumorforge.generator.synthesize import synthesize
 from tumorforge.generator.backend import get_backend
+from tumorforge.manifests.errors import UserError
 
 CROP = 48
 CONFIG = GeneratorConfig(crop_size=(CROP,) * 3)
@@ -220,7 +221,7 @@ def test_cli_end_to_end_with_an_untrained_checkpoint(healthy, tmp_path):
 ])
 def test_cli_refuses_a_checkpoint_that_does_not_fit(healthy, tmp_path, checkpoint, argv, message):
     path = _checkpoint(tmp_path / "run", **checkpoint)
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(UserError) as exc:
         _cli(["--checkpoint", path, "--manifest", healthy["manifest"], "--out",
               str(tmp_path / "out"), "--device", "cpu", *argv])
     assert message in str(exc.value) and "\n" not in str(exc.value)
@@ -237,6 +238,6 @@ def test_cli_refuses_bad_input_with_a_clear_message(tmp_path, argv, message):
     base = {"--checkpoint": str(tmp_path / "missing.pt"), "--manifest": str(tmp_path / "m.jsonl"),
             "--out": str(tmp_path / "out"), "--crop-size": "48"}
     base.update(dict(zip(argv[::2], argv[1::2])))
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises((UserError, SystemExit)) as exc:     # SystemExit: argparse refused it
         _cli([x for kv in base.items() for x in kv])
     assert message in str(exc.value)

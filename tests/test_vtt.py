@@ -262,10 +262,10 @@ def test_score_cli_checks_the_key_hash_and_writes_json(packet, tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["accuracy"]["k"] == len(key) and result["confusion"]["real"]["real"] == N_REAL
 
-    with pytest.raises(SystemExit, match="differs from the expected"):
+    with pytest.raises(vtt.VTTError, match="differs from the expected"):
         _cli(["vtt", "score", str(answers), "--key", key_path, "--expect-sha256", "0" * 64])
     answers.write_text(answers.read_text().replace(",real,", ",fake,", 1))
-    with pytest.raises(SystemExit, match=r"reader.csv row \d+ \(line \d+\): .*answer 'fake'"):
+    with pytest.raises(vtt.VTTError, match=r"reader.csv row \d+ \(line \d+\): .*answer 'fake'"):
         _cli(["vtt", "score", str(answers), "--key", key_path])
 
 

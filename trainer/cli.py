@@ -4,27 +4,38 @@ front door's ``bench`` group)."""
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 
 from .config import DEVICES
 
 
 def _cmd_train(args) -> int:
-    from tumorforge.manifests.dataset.reader import DatasetError
     from tumorforge.manifests.flags import config_overrides
-    from .config import ConfigError, load_config
-    from .train import TrainError, train
-    try:
-        cfg = load_config(args.config, config_overrides(args, "train."))
-        summary = train(cfg, resume=args.resume)
-    except (ConfigError, DatasetError, TrainError) as exc:
-        sys.exit(f"train: {exc}")
+    from .config import load_config
+    from .train import launch_local, train
+    cfg = load_config(args.config, config_overrides(args, "train."))
+    if args.nproc_per_node > 1 and "RANK" not in os.environ:
+        return launch_local(args.nproc_per_node, without_flag(args.argv, "--nproc-per-node"))
+    summary = train(cfg, resume=args.resume)
     if summary["rank"] != 0:
         return 0
     print(f"finished at step {summary['step']} in {summary['seconds']} s "
           f"({summary['samples_per_s']} samples/s), {summary['corrupt']} corrupt sample(s) "
           f"skipped; checkpoints and metrics in {cfg.out}")
     return 0
+
+
+def without_flag(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag VALUE`` / ``flag=VALUE`` (what the ranks of a local launch run)."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == flag:
+            skip = True
+        elif not token.startswith(flag + "="):
+            out.append(token)
+    return out
 
 
 def _source_flag(text: str) -> dict:
@@ -54,6 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                 "help": "held-out dataset for a periodic validation Dice"},
         "model": {"choices": MODELS}, "device": {"choices": DEVICES}})
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    t.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                   help="DDP ranks on this machine (CPU gloo or one GPU each), with the "
+                        "rendezvous store and the ranks' sockets on 127.0.0.1 only; use this "
+                        "instead of `torchrun --standalone`, whose store listens on every "
+                        "interface (default 1)")
     t.set_defaults(func=_cmd_train)
 
 
@@ -82,13 +98,7 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
 
 def _bench_loader(args) -> int:
     from tumorforge.manifests.bench_report import finish_report
-    from tumorforge.manifests.dataset.reader import Dataset, DatasetError
     from .bench import bench_loader
-    try:
-        Dataset(args.dataset)
-    except DatasetError as exc:          # nothing to measure: one line, exit 2 (operator error)
-        print(f"bench loader: {exc}", file=sys.stderr)
-        return 2
     print(f"loader benchmark: {args.dataset} ({args.format}), {args.workers} worker(s)")
     return finish_report(bench_loader(args.dataset, args.format, args.workers, args.batch_size,
                                       args.batches), args.json)

@@ -8,13 +8,16 @@ from dataclasses import dataclass
 
 import yaml
 
+from tumorforge.manifests.errors import UserError
+from tumorforge.manifests.records import RecordError, typed_fields
+
 from .models import MODELS
 
 FORMATS = ("zarr", "wds")
 DEVICES = ("auto", "cpu", "cuda")     # where a model runs: auto takes CUDA when torch sees it
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     pass
 
 
@@ -126,17 +129,12 @@ def parse_source(text: str) -> dict:
     return out
 
 
-def _source(obj, where) -> Source:
-    if isinstance(obj, str):
-        obj = {"url": obj}
-    unknown = set(obj) - {f.name for f in dataclasses.fields(Source)}
-    if unknown:
-        raise ConfigError(f"{where}: unknown source field(s) {sorted(unknown)}")
-    return Source(**obj)
-
-
 def load_config(path: str | None, overrides: dict) -> TrainConfig:
+    """The training configuration from ``path`` (YAML, optional) with ``overrides`` (flags) on top,
+    read through the strict-record checker: an unknown or mistyped field, at any depth, is one
+    :class:`ConfigError` naming the file and the field. A source may be written as its URL alone."""
     obj: dict = {}
+    where = path or "training config"
     if path:
         try:
             with open(path) as f:
@@ -146,16 +144,15 @@ def load_config(path: str | None, overrides: dict) -> TrainConfig:
         if not isinstance(obj, dict):
             raise ConfigError(f"{path}: expected a mapping of training config fields, found "
                               f"{type(obj).__name__}")
-    obj.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(obj) - known)
-    if unknown:
-        raise ConfigError(f"{path or 'config'}: unknown field(s) {unknown}")
-    where = path or "config"
-    obj["sources"] = tuple(_source(s, where) for s in obj.get("sources") or ())
-    if obj.get("val"):
-        obj["val"] = _source(obj["val"], where)
+    obj = {**obj, **{k: v for k, v in overrides.items() if v is not None}}
+    if isinstance(obj.get("sources"), (list, tuple)):
+        obj["sources"] = [{"url": s} if isinstance(s, str) else s for s in obj["sources"]]
+    elif obj.get("sources") is None:
+        obj["sources"] = ()
+    if isinstance(obj.get("val"), str):
+        obj["val"] = {"url": obj["val"]}
     try:
-        return TrainConfig(**obj)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
+        fields = typed_fields(TrainConfig, obj, where)
+    except RecordError as exc:
+        raise ConfigError(str(exc)) from None
+    return TrainConfig(**fields)

@@ -10,8 +10,9 @@ Two readers over the dataset contract of ``manifests/dataset/``:
   in which ranks and then workers split the shards; then a seeded shuffle buffer.
 
 Several sources mix by weight: per sample, a seeded draw picks the source. Every sample is checked
-against the index (shape, dtype, sha256 of image and label); a bad one is passed on marked corrupt
-with its key, so the trainer can skip and count it without the stream losing its place.
+against the index (shape, dtype, digests of image and label: sha256, or BLAKE3 in format 3); a
+bad one is passed on marked corrupt with its key, so the trainer can skip and count it without
+the stream losing its place.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def open_source(src: Source) -> Dataset:
 
 
 class _Checker:
-    """Per-sample integrity against the index (format 2: the sample's shard record)."""
+    """Per-sample integrity against the index (formats 2-3: the sample's shard record)."""
 
     def __init__(self, ds: Dataset):
         self.ds = ds

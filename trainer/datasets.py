@@ -8,7 +8,7 @@ give a scan, so MONAI dictionary transforms apply unchanged. The MetaTensors car
 affine (voxel -> RAS+ world mm of its scan, from the sample's provenance; datasets written before
 provenance version 2 get the crop's spacing and its origin in the resampled scan instead) and, in
 ``meta``, the sample's key, index, dataset id, scan id and spacing. Every sample is checked
-against the index's hashes before it is handed out; a corrupt one raises :class:`DatasetError`
+against the index's digests before it is handed out; a corrupt one raises :class:`DatasetError`
 naming it (``skip_corrupt=True`` skips it in the iterable instead).
 
 - :class:`CropDataset`: map-style (``ds[i]``), zarr, local or ``s3://``; random access costs the
@@ -52,7 +52,7 @@ def as_item(dataset: Dataset, key: str, image: np.ndarray, label: np.ndarray, pr
     if want is None or image.shape != dataset.crop_shape or label.shape != dataset.crop_shape \
             or not want.matches(image, label):
         raise DatasetError(f"{dataset.url} sample {key}: its arrays do not match the index's "
-                           f"hashes (corrupt)")
+                           f"digests (corrupt)")
     affine = torch.as_tensor(_affine(dataset, prov))
     meta = {"key": key, "index": int(prov["index"]), "dataset_id": dataset.dataset_id,
             "scan_id": prov["scan_id"], "spacing_mm": list(dataset.index.spacing_mm)}
@@ -131,7 +131,7 @@ class CropStream(IterableDataset):
             else:
                 provs = ds.shard_provenance(shard)
                 found = ((key, image, label, prov) for (key, image, label), prov
-                         in zip(ds.zarr_range(shard.start, shard.start + shard.count), provs))
+                         in zip(ds.shard_samples(shard, "zarr"), provs))
             for key, image, label, prov in found:
                 try:
                     yield as_item(ds, key, image, label, prov)

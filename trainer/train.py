@@ -9,10 +9,15 @@ an uninterrupted run's.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import math
 import os
 import random
+import socket
+import subprocess
+import sys
 import time
 from functools import partial
 
@@ -28,11 +33,12 @@ from .config import TrainConfig
 from .data import MixedStream, Source, ZarrStream, collate, open_source
 from .models import build_model
 from .preprocessing import Preprocessing
+from tumorforge.manifests.errors import UserError
 
 METRICS = "metrics.jsonl"
 
 
-class TrainError(RuntimeError):
+class TrainError(UserError, RuntimeError):
     pass
 
 
@@ -42,19 +48,148 @@ def _warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
+LOOPBACK = "127.0.0.1"
+
+
 def _distributed(device: str) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     if device == "cuda" and not torch.cuda.is_available():
         raise TrainError("device cuda asked for, but torch sees no CUDA device")
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
     rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not torch.distributed.is_initialized():
+        _init_process_group("nccl" if cuda else "gloo", rank, world)
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         return rank, world, torch.device("cuda", local)
     return rank, world, torch.device("cpu")
+
+
+def _is_loopback(addr: str) -> bool:
+    import ipaddress
+    if addr == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_interface() -> str:
+    """The name of the interface that holds 127.0.0.1 (``lo`` on Linux, ``lo0`` on macOS)."""
+    try:
+        import psutil
+        for name, addrs in psutil.net_if_addrs().items():
+            if any(a.family == socket.AF_INET and a.address == LOOPBACK for a in addrs):
+                return name
+    except Exception:            # no psutil, or no interface list: the usual name
+        pass
+    return "lo0" if sys.platform == "darwin" else "lo"
+
+
+def _pin_to_loopback(env) -> None:
+    """Gloo's and NCCL's own sockets (the ranks' connections to each other) listen on the
+    interface these name; on one node that is loopback, unless the operator chose otherwise."""
+    lo = _loopback_interface()
+    env.setdefault("GLOO_SOCKET_IFNAME", lo)
+    env.setdefault("NCCL_SOCKET_IFNAME", lo)
+
+
+def _loopback_listener(port: int) -> tuple[int, int]:
+    """A listening TCP socket on 127.0.0.1:``port`` (0: any free port), detached: its file
+    descriptor, for ``TCPStore(master_listen_fd=...)``, and its port. torch's store otherwise
+    binds every interface whatever host name it is given."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((LOOPBACK, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise TrainError(f"cannot listen on {LOOPBACK}:{port} for the ranks' rendezvous "
+                         f"({exc.strerror}); set MASTER_PORT to a free port") from None
+    return sock.getsockname()[1], sock.detach()
+
+
+def _loopback_store(port: int, world: int, host: bool, **kw):
+    from torch.distributed import TCPStore
+    timeout = datetime.timedelta(minutes=30)     # torch's default process-group timeout
+    if host:
+        _, fd = _loopback_listener(port)
+        return TCPStore(LOOPBACK, port, world, True, timeout=timeout, master_listen_fd=fd,
+                        use_libuv=True, **kw)
+    return TCPStore(LOOPBACK, port, world, False, timeout=timeout)
+
+
+def _init_process_group(backend: str, rank: int, world: int) -> None:
+    """Join the ranks. Single-node runs stay on loopback:
+
+    - under ``launch_local`` (``python -m tumorforge.trainer.train --nproc-per-node N ...``) or
+      ``torchrun`` the launcher hosts the store (``TORCHELASTIC_USE_AGENT_STORE``); ours listens
+      on 127.0.0.1, torchrun's on every interface (torch has no option to change that);
+    - started by hand (``WORLD_SIZE``/``RANK`` set, no launcher), ``MASTER_ADDR`` defaults to
+      127.0.0.1 and rank 0 hosts the store on 127.0.0.1:``MASTER_PORT`` only;
+    - on one node (``LOCAL_WORLD_SIZE`` = ``WORLD_SIZE``, or a loopback ``MASTER_ADDR``) the
+      backends' own sockets are pinned to the loopback interface unless GLOO_SOCKET_IFNAME /
+      NCCL_SOCKET_IFNAME say otherwise.
+    A multi-node run uses the operator's ``MASTER_ADDR`` as given; securing that address
+    (a private network, a firewall) is the operator's job: the store has no authentication."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        if os.environ.get("LOCAL_WORLD_SIZE") == str(world):
+            _pin_to_loopback(os.environ)
+        torch.distributed.init_process_group(backend=backend)
+        return
+    addr = os.environ.setdefault("MASTER_ADDR", LOOPBACK)
+    if not _is_loopback(addr):
+        torch.distributed.init_process_group(backend=backend)
+        return
+    _pin_to_loopback(os.environ)
+    port = int(os.environ.get("MASTER_PORT", "29500"))
+    store = _loopback_store(port, world, rank == 0, multi_tenant=True)
+    torch.distributed.init_process_group(backend=backend, store=store, rank=rank,
+                                         world_size=world)
+
+
+def launch_local(nproc: int, argv: list[str], env: dict | None = None) -> int:
+    """Run ``python -m tumorforge.cluster ARGV`` as ``nproc`` DDP ranks on this machine, as
+    ``torchrun --standalone`` does, but with the rendezvous store (hosted here) and the ranks'
+    sockets on 127.0.0.1 only. Returns the first non-zero exit status of a rank (the others are
+    stopped then), or 0."""
+    if nproc < 1:
+        raise TrainError(f"--nproc-per-node {nproc}: expected at least 1")
+    port, fd = _loopback_listener(0)
+    from torch.distributed import TCPStore
+    store = TCPStore(LOOPBACK, port, nproc, True, timeout=datetime.timedelta(minutes=30),
+                     master_listen_fd=fd, use_libuv=True, wait_for_workers=False,
+                     multi_tenant=True)
+    base = dict(os.environ if env is None else env)
+    base.update(WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR=LOOPBACK,
+                MASTER_PORT=str(port), TORCHELASTIC_USE_AGENT_STORE="True")
+    base.setdefault("OMP_NUM_THREADS", "1")      # as torchrun: ranks do not oversubscribe
+    _pin_to_loopback(base)
+    procs = [subprocess.Popen([sys.executable, "-m", "tumorforge.cluster", *argv],
+                              env={**base, "RANK": str(r), "LOCAL_RANK": str(r)})
+             for r in range(nproc)]
+    status = 0
+    try:
+        while procs:
+            for p in list(procs):
+                code = p.poll()
+                if code is None:
+                    continue
+                procs.remove(p)
+                if code and not status:
+                    status = code
+                    for other in procs:
+                        other.terminate()
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        del store
+    return status
 
 
 @torch.no_grad()
@@ -158,16 +293,31 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
                     metrics.write(json.dumps({"event": "corrupt_sample", "key": key,
                                               "step": step + 1}) + "\n")
             keep = ~bad
+            # DDP: gradients are all-reduced in the last micro-batch's backward only, and every
+            # rank joins every forward and backward (buffers are broadcast in the forward,
+            # gradients reduced in the backward): a rank that skipped one would hang the rest.
+            sync = (net.no_sync() if world > 1 and micro < cfg.accumulate - 1
+                    else contextlib.nullcontext())
             if not keep.any():
+                if world == 1:
+                    continue
+                # All corrupt on this rank: a forward of its zero placeholder and a zero loss
+                # that still reaches every parameter, so this rank adds nothing but joins.
+                with sync:
+                    image = window(batch["image"][:1].to(device, non_blocking=True))
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                        logits = net(image)
+                    (logits.float().sum() * 0.0).backward()
                 continue
             image = window(batch["image"][keep].to(device, non_blocking=True))
             label = batch["label"][keep].to(device, non_blocking=True).long()
             image, label = augment(image, label, cfg.seed, step * cfg.accumulate + micro)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = net(image)
-            loss = loss_fn(logits.float(), label) / cfg.accumulate
+            with sync:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = net(image)
+                loss = loss_fn(logits.float(), label) / cfg.accumulate
+                loss.backward()
             shown = (image, label, logits)
-            loss.backward()
             loss_sum += loss.detach()
             seen += int(keep.sum())
         opt.step()
@@ -298,3 +448,4 @@ def plot_curves(metrics_path: str, out_png: str) -> str | None:
 def _tensorboard(out: str):
     from torch.utils.tensorboard import SummaryWriter
     return SummaryWriter(os.path.join(out, "tensorboard"))
+

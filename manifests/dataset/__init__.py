@@ -5,10 +5,10 @@ verify and evaluation read through it; nothing else knows the layout."""
 from .names import COMMITS, INDEX, PLAN, REPORT, WDS_DIR, ZARR_ROOT, commit_key, sample_key, tar_name
 from .reader import Dataset, DatasetError
 from .records import (INDEX_FORMAT, DatasetIndex, FileRecord, Provenance, SampleHashes,
-                      ShardCommit, ShardEntry, image_sha256, label_sha256)
+                      ShardCommit, ShardEntry, image_digest, label_digest)
 from .store import Objects
 
 __all__ = ["COMMITS", "INDEX", "PLAN", "REPORT", "WDS_DIR", "ZARR_ROOT", "commit_key",
            "sample_key", "tar_name", "Dataset", "DatasetError", "INDEX_FORMAT", "DatasetIndex",
            "FileRecord", "Provenance", "SampleHashes", "ShardCommit", "ShardEntry",
-           "image_sha256", "label_sha256", "Objects"]
+           "image_digest", "label_digest", "Objects"]

@@ -178,12 +178,12 @@ def compress_sample(image: np.ndarray, label: np.ndarray, compression: str
             compress_volume(label, "label", compression))
 
 
-def _sharded_volume(frames: list[Frame], per_shard: int) -> bytes | None:
-    """One zarr v3 shard object of an array from its samples' frames, encoded as zarr-python 3.1
-    encodes it (:func:`_define`'s codecs): each sample a chunk (its Blosc frame, then crc32c),
-    chunks in sample order, a chunk of fill values not stored, then the index of (offset, length)
-    uint64 pairs for ``per_shard`` chunks (absent ones 2^64-1) with its own crc32c at the end.
-    None when no chunk is stored."""
+def _sharded_volume(frames: list[Frame], per_shard: int) -> list[bytes] | None:
+    """One zarr v3 shard object of an array from its samples' frames, as the pieces that make it
+    (written without joining them), encoded as zarr-python 3.1 encodes it (:func:`_define`'s
+    codecs): each sample a chunk (its Blosc frame, then crc32c), chunks in sample order, a chunk
+    of fill values not stored, then the index of (offset, length) uint64 pairs for ``per_shard``
+    chunks (absent ones 2^64-1) with its own crc32c at the end. None when no chunk is stored."""
     index = np.full((per_shard, 2), NO_CHUNK, dtype="<u8")
     parts, offset = [], 0
     for n, frame in enumerate(frames):
@@ -195,7 +195,7 @@ def _sharded_volume(frames: list[Frame], per_shard: int) -> bytes | None:
     if not parts:
         return None
     index_bytes = index.tobytes()
-    return b"".join((*parts, index_bytes, _crc32c(index_bytes)))
+    return [*parts, index_bytes, _crc32c(index_bytes)]
 
 
 def _side_chunk(values, per_shard: int, fill) -> bytes:
@@ -210,6 +210,21 @@ def _side_chunk(values, per_shard: int, fill) -> bytes:
     return bytes(Zstd(level=3, checksum=False).encode(raw))
 
 
+def decode_side_chunk(data: bytes, per_shard: int, where: str) -> list[str]:
+    """The strings of a side array's chunk (``key`` or ``provenance``), as :func:`_side_chunk`
+    writes them: zstd, then vlen-utf8 of ``per_shard`` strings (padding included)."""
+    from numcodecs import VLenUTF8, Zstd
+    values = VLenUTF8().decode(Zstd().decode(data))
+    if len(values) != per_shard:
+        raise ValueError(f"{where}: {len(values)} values, expected {per_shard}")
+    return [str(v) for v in values]
+
+
+def side_object(name: str, shard: int) -> str:
+    """The object holding chunk ``shard`` of side array ``name`` (``key``, ``provenance``, ...)."""
+    return f"{ZARR_ROOT}/{name}/c/{shard}"
+
+
 def volume_object(name: str, shard: int) -> str:
     """The object holding zarr shard ``shard`` of the ``image`` or ``label`` array."""
     return f"{ZARR_ROOT}/{name}/c/{shard}/0/0/0"
@@ -220,12 +235,45 @@ def shard_index_bytes(per_shard: int) -> int:
     return per_shard * 16 + 4
 
 
-def read_shard_index(tail: bytes, where: str) -> np.ndarray:
-    """The (per_shard, 2) chunk table of a volume shard from its trailing index bytes."""
+def read_shard_index(tail: bytes, where: str, size: int | None = None) -> np.ndarray:
+    """The (per_shard, 2) chunk table of a volume shard from its trailing index bytes; with
+    ``size`` (the shard object's, as its record gives it), every stored chunk must lie before the
+    index."""
     body, crc = tail[:-4], tail[-4:]
     if _crc32c(body) != crc:
         raise ValueError(f"{where}: shard index checksum does not match")
-    return np.frombuffer(body, "<u8").reshape(-1, 2)
+    table = np.frombuffer(body, "<u8").reshape(-1, 2)
+    if size is not None:
+        stored, end = table[table[:, 0] != NO_CHUNK], max(0, size - len(tail))
+        if ((stored[:, 0] > end) | (stored[:, 1] > end)
+                | (stored[:, 0] + stored[:, 1] > end)).any():     # each <= end: no overflow
+            raise ValueError(f"{where}: its index points past the shard's {size} bytes")
+    return table
+
+
+def volume_chunks(data: bytes, dtype: str, shape, per_shard: int, count: int, where: str
+                  ) -> list[np.ndarray]:
+    """The first ``count`` samples of a whole volume shard object of ``per_shard`` chunks (as
+    :func:`_sharded_volume` writes it; a chunk not stored is all fill value), each chunk's crc32c
+    checked and its declared size checked before it is decoded."""
+    table = read_shard_index(data[-shard_index_bytes(per_shard):], where, len(data))
+    out = []
+    for j, (offset, length) in enumerate(table[:count].tolist()):
+        out.append(np.zeros(shape, dtype) if offset == NO_CHUNK else decode_volume_chunk(
+            data[offset:offset + length], dtype, shape, f"{where} chunk {j}"))
+    return out
+
+
+def _blosc_sizes(frame, low: int, high: int, where: str, what: str) -> None:
+    """Refuse a Blosc frame whose header declares other than ``low..high`` decompressed bytes, or
+    more compressed bytes than it holds: checked before Blosc allocates what it declares (a 32 KB
+    frame declaring 1e9 bytes cost 1 GB)."""
+    if len(frame) < 16:
+        raise ValueError(f"{where}: {len(frame)} bytes, too short for a Blosc frame")
+    nbytes, cbytes = struct.unpack_from("<I4xI", frame, 4)      # Blosc 1 header fields
+    if not low <= nbytes <= high or cbytes > len(frame):
+        raise ValueError(f"{where}: Blosc frame of {nbytes} bytes ({cbytes} compressed, "
+                         f"{len(frame)} present); expected {what}")
 
 
 def _decode_frame(frame, dtype, shape, where: str) -> np.ndarray:
@@ -234,15 +282,27 @@ def _decode_frame(frame, dtype, shape, where: str) -> np.ndarray:
     from numcodecs import Blosc
     dtype = np.dtype(dtype)
     want = int(np.prod(shape)) * dtype.itemsize
-    if len(frame) < 16:
-        raise ValueError(f"{where}: {len(frame)} bytes, too short for a Blosc frame")
-    nbytes, cbytes = struct.unpack_from("<I4xI", frame, 4)      # Blosc 1 header fields
-    if nbytes != want or cbytes > len(frame):
-        raise ValueError(f"{where}: Blosc frame of {nbytes} bytes ({cbytes} compressed, "
-                         f"{len(frame)} present); expected {want} bytes for {tuple(shape)} {dtype}")
+    _blosc_sizes(frame, want, want, where, f"{want} bytes for {tuple(shape)} {dtype}")
     out = np.empty(shape, dtype.newbyteorder("<"))
     Blosc().decode(frame, out=out)
     return out.astype(dtype, copy=False)
+
+
+def _read_npy_header(f, where: str, expect=None) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) of the .npy header at ``f``'s position, which is left after it. Object
+    dtypes and Fortran order are refused (nothing is ever unpickled); with ``expect`` ((shape,
+    dtype) the sample must have), any other shape or dtype too, before the data is allocated."""
+    version = np.lib.format.read_magic(f)
+    if version != (1, 0):
+        raise ValueError(f"{where}: .npy header version {version}, expected (1, 0)")
+    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    if dtype.hasobject or fortran:
+        raise ValueError(f"{where}: dtype {dtype}, fortran_order {fortran}; expected a plain "
+                         "numeric dtype in C order")
+    if expect is not None and (tuple(shape), dtype) != (tuple(expect[0]), np.dtype(expect[1])):
+        raise ValueError(f"{where}: .npy header says {tuple(shape)} {dtype}; the dataset's samples "
+                         f"are {tuple(expect[0])} {np.dtype(expect[1])}")
+    return shape, dtype
 
 
 def decode_volume_chunk(data: bytes, dtype: str, shape, where: str) -> np.ndarray:
@@ -253,22 +313,29 @@ def decode_volume_chunk(data: bytes, dtype: str, shape, where: str) -> np.ndarra
     return _decode_frame(body, dtype, shape, where)
 
 
-def zarr_shard_from_frames(shard: int, frames: list[tuple[Frame, Frame]], keys, indices,
-                           provenance, per_shard: int) -> dict[str, bytes]:
+def zarr_shard_parts(shard: int, frames: list[tuple[Frame, Frame]], keys, indices, provenance,
+                     per_shard: int) -> dict[str, list[bytes]]:
     """Encoded objects of zarr shard ``shard`` (keys relative to the output root) from its
-    samples' (image, label) frames, made straight through the codecs (zarr-python's pipeline cost
-    4x the codec work); the bytes are those :func:`zarr_shard_objects_reference` makes (tested)."""
-    coords = f"c/{shard}"
+    samples' (image, label) frames, each as the pieces that make it, made straight through the
+    codecs (zarr-python's pipeline cost 4x the codec work); joined, they are the bytes
+    :func:`zarr_shard_objects_reference` makes (tested)."""
     out = {}
     for n, name in enumerate(("image", "label")):
-        data = _sharded_volume([f[n] for f in frames], per_shard)
-        if data is not None:
-            out[volume_object(name, shard)] = data
-    out[f"{ZARR_ROOT}/key/{coords}"] = _side_chunk(keys, per_shard, "")
-    out[f"{ZARR_ROOT}/sample_index/{coords}"] = _side_chunk(
-        [int(i) for i in indices], per_shard, -1)
-    out[f"{ZARR_ROOT}/provenance/{coords}"] = _side_chunk(provenance, per_shard, "")
+        parts = _sharded_volume([f[n] for f in frames], per_shard)
+        if parts is not None:
+            out[volume_object(name, shard)] = parts
+    out[side_object("key", shard)] = [_side_chunk(keys, per_shard, "")]
+    out[side_object("sample_index", shard)] = [_side_chunk([int(i) for i in indices], per_shard,
+                                                           -1)]
+    out[side_object("provenance", shard)] = [_side_chunk(provenance, per_shard, "")]
     return out
+
+
+def zarr_shard_from_frames(shard: int, frames: list[tuple[Frame, Frame]], keys, indices,
+                           provenance, per_shard: int) -> dict[str, bytes]:
+    """:func:`zarr_shard_parts`, each object's pieces joined."""
+    return {k: b"".join(v) for k, v in zarr_shard_parts(shard, frames, keys, indices, provenance,
+                                                          per_shard).items()}
 
 
 def zarr_shard_objects(shard: int, images, labels, keys, indices, provenance, per_shard: int,
@@ -315,32 +382,50 @@ def _npy_header(name: str, shape: tuple[int, ...]) -> bytes:
     return buf.getvalue()
 
 
-def decode_bnpy(data: bytes) -> np.ndarray:
+def decode_bnpy(data: bytes, expect=None, where: str = ".bnpy member") -> np.ndarray:
     """The array of a ``.bnpy`` member: its .npy header gives dtype and shape, its Blosc frame the
-    data; object dtypes and Fortran order are refused (nothing is ever unpickled). Plain
-    ``webdataset`` users register it:
+    data; object dtypes and Fortran order are refused (nothing is ever unpickled), and with
+    ``expect`` ((shape, dtype)) any other array. Plain ``webdataset`` users register it:
     ``WebDataset(url).decode(wds.handle_extension("bnpy", decode_bnpy))``."""
     f = io.BytesIO(data)
-    version = np.lib.format.read_magic(f)
-    if version != (1, 0):
-        raise ValueError(f".bnpy member: .npy header version {version}, expected (1, 0)")
-    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-    if dtype.hasobject or fortran:
-        raise ValueError(f".bnpy member: dtype {dtype}, fortran_order {fortran}; expected a "
-                         "plain numeric dtype in C order")
-    return _decode_frame(memoryview(data)[f.tell():], dtype, shape, ".bnpy member")
+    shape, dtype = _read_npy_header(f, where, expect)
+    return _decode_frame(memoryview(data)[f.tell():], dtype, shape, where)
 
 
-def decode_npy_blosc(data: bytes) -> np.ndarray:
-    """The array of a ``.npy.blosc`` member (tars written before issue 16); never unpickles."""
+# A .npy file's header: 10 bytes, then at most 65,535 (version 1.0's length field).
+NPY_HEADER_MAX = 10 + 65535
+
+
+def decode_npy_blosc(data: bytes, expect=None, where: str = ".npy.blosc member") -> np.ndarray:
+    """The array of a ``.npy.blosc`` member (tars written before issue 16: a whole .npy file
+    inside Blosc); never unpickles. With ``expect`` ((shape, dtype) of the dataset's samples),
+    the size the Blosc header declares must be that array's plus a .npy header, checked before
+    anything is decompressed, and the .npy header must say that array."""
     from numcodecs import Blosc
-    return np.load(io.BytesIO(Blosc().decode(data)), allow_pickle=False)
+    if expect is not None:
+        want = int(np.prod(expect[0])) * np.dtype(expect[1]).itemsize
+        _blosc_sizes(data, want, want + NPY_HEADER_MAX, where,
+                     f"{want} to {want + NPY_HEADER_MAX} bytes for a .npy of "
+                     f"{tuple(expect[0])} {np.dtype(expect[1])}")
+    return _load_npy(Blosc().decode(data), expect, where)
 
 
-def _tar_bytes(members) -> bytes:
-    """A USTAR tar of ``members`` ((name, list of byte strings that make its content)), byte for
-    byte what :mod:`tarfile` writes (tested) with mtime 0, uid/gid 0 and no owner names, joined
-    once instead of copied through a file object."""
+def _load_npy(raw: bytes, expect, where: str) -> np.ndarray:
+    """The array of a .npy file held in ``raw``, its header checked
+    (:func:`_read_npy_header`) before the array is allocated."""
+    f = io.BytesIO(raw)
+    shape, dtype = _read_npy_header(f, where, expect)
+    count = int(np.prod(shape))
+    if len(raw) - f.tell() != count * dtype.itemsize:
+        raise ValueError(f"{where}: {len(raw) - f.tell()} data bytes; {tuple(shape)} {dtype} "
+                         f"needs {count * dtype.itemsize}")
+    return np.frombuffer(raw, dtype, count, f.tell()).reshape(shape).copy()
+
+
+def _tar_parts(members) -> list[bytes]:
+    """A USTAR tar of ``members`` ((name, list of byte strings that make its content)) as the
+    pieces that make it (written without joining them), byte for byte what :mod:`tarfile` writes
+    (tested) with mtime 0, uid/gid 0 and no owner names."""
     parts, offset = [], 0
     for name, content in members:
         size = sum(len(c) for c in content)
@@ -354,19 +439,24 @@ def _tar_bytes(members) -> bytes:
         offset += len(header) + size + pad
     offset += 2 * tarfile.BLOCKSIZE                       # the end-of-archive blocks
     parts.append(bytes(2 * tarfile.BLOCKSIZE + (-offset % tarfile.RECORDSIZE)))
-    return b"".join(parts)
+    return parts
 
 
-def tar_from_frames(keys, frames: list[tuple[Frame, Frame]], provenance) -> bytes:
-    """One WebDataset tar from its samples' (image, label) frames; identical bytes for identical
-    samples."""
+def tar_parts(keys, frames: list[tuple[Frame, Frame]], provenance) -> list[bytes]:
+    """One WebDataset tar from its samples' (image, label) frames, as the pieces that make it;
+    identical bytes for identical samples."""
     members = []
     for key, pair, prov in zip(keys, frames, provenance):
         for frame in pair:
             members.append((f"{key}.{frame.name}.{BNPY}",
                             (_npy_header(frame.name, frame.shape), frame.data)))
         members.append((f"{key}.json", (prov.encode(),)))
-    return _tar_bytes(members)
+    return _tar_parts(members)
+
+
+def tar_from_frames(keys, frames: list[tuple[Frame, Frame]], provenance) -> bytes:
+    """:func:`tar_parts`, joined."""
+    return b"".join(tar_parts(keys, frames, provenance))
 
 
 def tar_shard(keys, images, labels, provenance, compression: str) -> bytes:
@@ -393,15 +483,17 @@ def _tar_members(fileobj, total: int, wanted=lambda name: True):
             yield info.name, tar.extractfile(info).read()
 
 
-def iter_tar(fileobj, total: int):
+def iter_tar(fileobj, total: int, shape=None):
     """Samples of a WebDataset shard streamed from ``fileobj`` as (key, image, label,
     provenance), each as soon as its members are read; ``.bnpy``, ``.npy.blosc`` and plain
-    ``.npy`` members. Never unpickles."""
+    ``.npy`` members. Never unpickles. ``shape``: the dataset's crop shape (Z, Y, X); an array
+    member declaring another shape or dtype, or a Blosc frame declaring another size, is refused
+    before it is decompressed."""
     current, members = None, {}
 
     def finish(key, m):
-        image = _member_array(key, m, "image")
-        label = _member_array(key, m, "label")
+        image = _member_array(key, m, "image", shape)
+        label = _member_array(key, m, "label", shape)
         if "json" not in m:
             raise ValueError(f"sample {key}: tar lacks member(s) ['json']")
         return key, image, label, json.loads(m["json"])
@@ -416,19 +508,18 @@ def iter_tar(fileobj, total: int):
         yield finish(current, members)
 
 
-def _member_array(key: str, m: dict, name: str) -> np.ndarray:
-    if f"{name}.{BNPY}" in m:
-        return decode_bnpy(m[f"{name}.{BNPY}"])
-    if f"{name}.{NPY_BLOSC}" in m:
-        return decode_npy_blosc(m[f"{name}.{NPY_BLOSC}"])
-    if f"{name}.npy" in m:
-        return np.load(io.BytesIO(m[f"{name}.npy"]), allow_pickle=False)
+def _member_array(key: str, m: dict, name: str, shape=None) -> np.ndarray:
+    expect = None if shape is None else (tuple(shape), ZARR_ARRAYS[name])
+    for suffix, decode in ((BNPY, decode_bnpy), (NPY_BLOSC, decode_npy_blosc), ("npy", _load_npy)):
+        member = f"{name}.{suffix}"
+        if member in m:
+            return decode(m[member], expect, f"tar member {key}.{member}")
     raise ValueError(f"sample {key}: tar lacks member(s) ['{name}.{BNPY}']")
 
 
-def read_tar(data: bytes) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
+def read_tar(data: bytes, shape=None) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
     """Samples of a WebDataset shard held in memory (see :func:`iter_tar`)."""
-    return list(iter_tar(io.BytesIO(data), len(data)))
+    return list(iter_tar(io.BytesIO(data), len(data), shape))
 
 
 def tar_provenance(data: bytes) -> list[tuple[str, dict]]:

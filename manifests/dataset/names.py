@@ -7,7 +7,7 @@ them; nothing else spells them.
     job_report.json                 how the last run went (not part of the dataset's identity)
     _lock.json                      held by the run writing the dataset (owner, heartbeat)
     _commits/shard-000123.json      one commit record per finished shard
-    shards/shard-000123.json        the shard's record: its objects and samples' hashes (format 2)
+    shards/shard-000123.json        the shard's record: its objects and samples' digests (2-3)
     dataset.zarr/...                the Zarr v3 store
     wds/shard-000123.tar            one WebDataset tar per shard
 """
