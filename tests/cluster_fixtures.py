@@ -47,17 +47,43 @@ def small_spec(manifest, output, **kw):
     return JobSpec(**defaults)
 
 
+def tiny_job_spec(root, manifest, **fields):
+    """``root/job.yaml`` for ``tumorforge generate``: the numpy backend and small_spec's generator
+    (32^3 crops of tiny and small tumors), with ``fields`` (top-level spec fields; ``resources`` a
+    mapping) on top. Returns its path."""
+    import yaml
+    obj = {"manifest": str(manifest), "backend": "numpy",
+           "generator": {"crop_size": [32, 32, 32], "size_mix": {"tiny": 1.0, "small": 1.0},
+                         "negative_fraction": 0.2},
+           **fields}
+    path = root / "job.yaml"
+    path.write_text(yaml.safe_dump(obj, sort_keys=False))
+    return path
+
+
 def write_dataset(manifest, output, **spec_kw):
     """A finished dataset written without Ray (the writer and index code of a job, run inline)."""
+    return write_inline(small_spec(manifest, output, **spec_kw))
+
+
+def write_job_inline(job_yaml, output):
+    """The dataset the job file ``job_yaml`` (read as `tumorforge generate JOB --out OUTPUT` reads
+    it) makes, written without Ray; returns its dataset id."""
+    from tumorforge.cluster.spec import load_spec
+    return write_inline(load_spec(str(job_yaml), {"output": str(output)}))
+
+
+def write_inline(spec):
+    """The dataset of ``spec`` written by a job's writer and index code run in this process, shard
+    after shard (no Ray); returns its dataset id."""
     import dataclasses
     from tumorforge.cluster.job import _versions, _write_index, prepare_output
     from tumorforge.manifests.dataset.store import Objects
     from tumorforge.cluster.plan import make_plan
     from tumorforge.cluster.worker import ShardWorker
     from tumorforge.manifests.schema import read_manifest
-    spec = small_spec(manifest, output, **spec_kw)
-    plan = make_plan(dataclasses.replace(spec), read_manifest(str(manifest)))
-    out = Objects(str(output))
+    plan = make_plan(dataclasses.replace(spec), read_manifest(spec.manifest))
+    out = Objects(spec.output)
     prepare_output(plan, out)
     worker = ShardWorker(plan)
     for shard in plan.shards:

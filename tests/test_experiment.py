@@ -126,3 +126,35 @@ def test_bad_spec_is_one_line(tmp_path, arms, names, capsys):
     message = user_error(capsys, ["experiment", str(bad)])
     assert message.startswith("experiment: ")
     assert all(n in message for n in names)
+
+
+def test_resume_redoes_an_evaluation_made_with_another_roi(tmp_path, monkeypatch):
+    """A resumed experiment kept an evaluation made with another `roi` (issue 26); the summary
+    now records the override and a change redoes the evaluation, the same settings keep it."""
+    from tumorforge.cluster import experiment as X
+    from tumorforge.evaluation import evaluate as E
+    checkpoint = tmp_path / "step-1.pt"
+    checkpoint.write_bytes(b"weights")
+    folder = tmp_path / "evaluation"
+    folder.mkdir()
+    calls = []
+
+    def fake_evaluate(checkpoint, test, out, **kw):      # what evaluate() records, no model run
+        from tumorforge.evaluation.metrics import detection_rule_text
+        calls.append(kw["roi"])
+        summary = {"checkpoint_sha256": E.file_sha256(checkpoint), "nsd_tolerance_mm": 2.0,
+                   "detection_rule": detection_rule_text("dice", 0.2),
+                   "inference": {"roi_override": kw["roi"], "overlap": 0.75,
+                                 "test_time_flips": False,
+                                 "min_liver_contact": kw["min_liver_contact"]}}
+        (folder / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    monkeypatch.setattr(E, "evaluate", fake_evaluate)
+    base = dict(name="x", annotated="a.jsonl", healthy="h.jsonl", folds=(0,),
+                arms=(X.Arm(name="real", profile="real"),))
+    for roi, expected in ((None, [None]), (None, [None]), (64, [None, 64]), (64, [None, 64]),
+                          (None, [None, 64, None])):
+        spec = X.ExperimentSpec(**base, evaluate={"roi": roi} if roi else {})
+        X._evaluate(spec, str(checkpoint), "test.jsonl", str(folder), log=lambda m: None)
+        assert calls == expected, (roi, calls)
