@@ -71,12 +71,14 @@ def regenerate(ds: Dataset, p: Provenance, backend_name: str | None, manifest: s
     if entry.sha256 != p.scan_sha256:
         raise DatasetError(f"scan {p.scan_id} in {manifest} has other sha256 than the one the "
                            f"sample was made from: the scan changed, it cannot be regenerated")
-    config = GeneratorConfig.from_json(p.generator_config)
+    config = GeneratorConfig.from_json(p.generator_config,
+                                       f"sample {p.index}'s provenance: generator_config")
     scan = load_prepared(entry, config)
     params = sample_params(np.random.default_rng(sample_seed(p.root_seed, p.spawn_key[0])),
                            scan, config)
     backend = get_backend(backend_name or p.backend)
-    crop = synthesize(scan, SampleParams.from_json(p.params), backend)
+    crop = synthesize(scan, SampleParams.from_json(p.params, f"sample {p.index}'s provenance: "
+                                                             "params"), backend)
     image, label, _ = ds.sample(p.index)
     out = {"params_match": params.to_json() == p.params, "backend": backend.name,
            "same_backend": backend.name == p.backend,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from tumorforge.manifests.records import RecordError, from_fields, typed_fields
+
 from .config import PAPER_PROFILES
 
 
@@ -97,15 +99,19 @@ class SampleParams:
         return out
 
     @classmethod
-    def from_json(cls, obj: dict) -> "SampleParams":
-        if not isinstance(obj, dict) or "profile" not in obj:
-            raise ValueError("sample params: expected an object with a 'profile'")
+    def from_json(cls, obj: dict, where: str = "sample params") -> "SampleParams":
+        """Read through the strict-record checker: an unknown, missing or mistyped field of the
+        sample, a tumor or the released draws is a :class:`RecordError` naming ``where``."""
+        if not isinstance(obj, dict) or not isinstance(obj.get("profile"), str):
+            raise RecordError(f"{where}: expected an object with a 'profile'")
         tumor_cls = PaperTumor if obj["profile"] in PAPER_PROFILES else ReleasedTumor
-        tumors = tuple(tumor_cls(**_tuples(t, tumor_cls)) for t in obj.get("tumors", ()))
-        data = _tuples({k: v for k, v in obj.items() if k != "tumors"}, cls)
-        if data.get("released") is not None:
-            data["released"] = ReleasedSample(**_tuples(data["released"], ReleasedSample))
-        return cls(tumors=tumors, **data)
+        tumors = obj.get("tumors", [])
+        if not isinstance(tumors, list):
+            raise RecordError(f"{where}: tumors: expected a list, found {type(tumors).__name__}")
+        fields = typed_fields(cls, {**obj, "tumors": ()}, where)   # released read as its record
+        fields["tumors"] = tuple(from_fields(tumor_cls, t, f"{where}: tumors[{n}]")
+                                 for n, t in enumerate(tumors))
+        return cls(**fields)
 
 
 def _shallow(record) -> dict:
@@ -119,10 +125,3 @@ def _lists(x):
         return [_lists(v) for v in x]
     return x
 
-
-def _tuples(obj: dict, cls) -> dict:
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(obj) - set(names)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()}

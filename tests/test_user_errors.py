@@ -180,3 +180,27 @@ def test_bench_loader_on_damaged_zarr_metadata_is_one_line(tmp_path, capsys):
                  ["train", "--source", str(ds), "--steps", "1", "--out", str(tmp_path / "run")]):
         message = user_error(capsys, argv)
         assert "zarr.json" in message, message
+
+
+def test_sample_params_are_read_by_the_strict_checker():
+    """A provenance record's parameters (what audit and replay regenerate from) name the tumor
+    and field that is wrong, and a record written by the generator reads back equal."""
+    from tumorforge.generator.params import SampleParams
+    from tumorforge.manifests.records import RecordError
+    tumor = {"kind": "tiny", "center": [1, 2, 3], "radius_mm": 4.0, "half_axes_mm": [4, 4, 4],
+             "sigma_e_mm": 1, "deform_seed": 7}
+    record = {"scan_id": "s", "profile": "released", "kind": "tiny", "crop_origin": [0, 0, 0],
+              "crop_size": [32, 32, 32], "tumors": [tumor], "parenchyma_mean_hu": 100.0,
+              "parenchyma_sd_hu": 20.0}
+    params = SampleParams.from_json(record)
+    assert params.tumors[0].center == (1, 2, 3)
+    assert SampleParams.from_json(json.loads(json.dumps(params.to_json()))) == params
+    for bad, words in ((dict(record, tumors=[{**tumor, "center": [1, 2]}]),
+                        "tumors[0]: center: expected 3 values"),
+                       (dict(record, tumors=[{k: v for k, v in tumor.items() if k != "kind"}]),
+                        "tumors[0]: missing field(s) ['kind']"),
+                       (dict(record, crop_size="32"), "crop_size: expected a list"),
+                       (dict(record, extra=1), "unknown field(s) ['extra']")):
+        with pytest.raises(RecordError) as exc:
+            SampleParams.from_json(bad, "provenance of sample 3")
+        assert str(exc.value).startswith("provenance of sample 3: ") and words in str(exc.value)
