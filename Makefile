@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-out
 
-.PHONY: install demo test clean fidelity gpu-kit
+.PHONY: install demo test test-fast clean fidelity gpu-kit
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The development loop: every test not marked slow (no Ray cluster, training run, subprocess
+# launch or demo); about 3 minutes on 2 cores. `make test` runs them all.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

@@ -57,7 +57,7 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
     figures. Metrics are in the scans' physical spacing (NSD at ``tolerance_mm``). Returns the
     summary.
     """
-    from tumorforge.manifests.nifti import read_volume
+    from tumorforge.manifests.readers import read_volume
     from tumorforge.manifests.schema import default_roots, read_manifest
 
     entries = read_manifest(manifest, default_roots(manifest, allow_roots))

@@ -1013,7 +1013,7 @@ def measure_synthesize(path: str, name: str, samples: int | None, allow_roots, b
     from tumorforge.generator.whole_scan import SynthesizeError, output_grid, read_run
     from tumorforge.manifests import storage
     from tumorforge.manifests.conventions import to_ras
-    from tumorforge.manifests.nifti import read_volume
+    from tumorforge.manifests.readers import read_volume
     try:
         run = read_run(path)
     except SynthesizeError as exc:

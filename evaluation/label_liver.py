@@ -34,7 +34,7 @@ from tumorforge.manifests import storage
 from tumorforge.manifests.build import check_pair, entry_of
 from tumorforge.manifests.conventions import dice
 from tumorforge.manifests.layouts import Candidate
-from tumorforge.manifests.nifti import ScanError, read_volume
+from tumorforge.manifests.readers import ScanError, read_volume
 from tumorforge.manifests.schema import (ImageEntry, LabelMap, Rejection, ScanEntry,
                                          default_roots, read_images, rejected_path, write_jsonl)
 from tumorforge.manifests.errors import UserError

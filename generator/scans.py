@@ -15,7 +15,7 @@ from . import GENERATOR_VERSION
 from .config import GeneratorConfig
 from .prepare import PreparedScan, prepare_scan
 from tumorforge.manifests.build import check_pair
-from tumorforge.manifests.nifti import ScanError, Volume, read_volume
+from tumorforge.manifests.readers import ScanError, Volume, read_volume
 from tumorforge.manifests.schema import ScanEntry
 
 

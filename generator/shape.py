@@ -13,6 +13,11 @@ identical on every backend.
   over the box; the binary shape is blurred with sigma_c into the tumor's soft mask.
 - ``released``: the authors' three 2-D passes over axis pairs (0,1), (1,2), (0,2), each on a 3x3
   grid; the binary shapes of a sample are united and blurred once (``synthesize``).
+
+The boxes a tumor is painted in are defined here once, from its row alone, for both paths that
+paint ``paper`` crops: ``tumor_reach`` (everything a tumor touches) and ``work_boxes`` (which
+tumors a crop takes and where each is painted), used by the array code (``synthesize``) and by the
+kernels' plan (``kernels.paint``), so the two cannot disagree on a box.
 """
 
 from __future__ import annotations
@@ -61,6 +66,43 @@ def tumor_halves(rows, s) -> np.ndarray:
     out = h.copy()
     out[paper] = np.minimum(h[paper], np.ceil(reach).astype(np.int64))
     return out
+
+
+def tumor_reach(rows, s) -> np.ndarray:
+    """Half-widths (voxels, per axis) of everything each tumor touches, from its rows alone: its
+    tumor box (:func:`tumor_halves`), and for the paper's post-processing the mass-effect sphere
+    and the blurred capsule band."""
+    h = tumor_halves(rows, s)
+    post = np.asarray(rows.paper & (rows.mass_effect | rows.capsule))
+    reach = (np.asarray(rows.gamma_max_mm, float) / s + 2.0
+             + np.where(np.asarray(rows.capsule), 3.0 * np.asarray(rows.sigma_d_mm) / s + 1.0, 0.0))
+    reach = np.ceil(reach).astype(np.int64)
+    return np.where(post[..., None], np.maximum(h, reach[..., None]), h)
+
+
+def work_boxes(rows, s, centers, crop_lo, crop_hi):
+    """Which of a crop's tumors are painted and on what box, from their rows alone: returns
+    ``(meets, post, work_lo, work_hi)``, one entry per tumor. ``rows``: the tumors' packed rows (a
+    table); ``s``: voxel edge (mm), scalar or one per row; ``centers`` ``(n, 3)`` and the crop
+    ``[crop_lo, crop_hi)`` in one frame of voxels, whose work boxes come back in it too.
+
+    ``meets``: the tumor's reach (:func:`tumor_reach`) meets the crop; a tumor that misses it
+    cannot change the crop, so it is skipped. ``post``: it has the paper's post-processing (mass
+    effect or capsule). ``[work_lo, work_hi)``: its work box, the part of its reach inside the crop
+    (without post-processing the reach is the tumor box), or with post-processing its whole reach,
+    which the canvas around the crop then holds. The array code (``synthesize``) and the kernels'
+    plan (``kernels.paint.plan``) both take their boxes from here."""
+    centers = np.asarray(centers).reshape(-1, 3)
+    if len(centers) == 0:
+        empty = np.zeros((0, 3), np.int64)
+        return np.zeros(0, bool), np.zeros(0, bool), empty, empty.copy()
+    h = tumor_reach(rows, s)
+    lo, hi = centers - h, centers + h + 1
+    meets = np.all((lo < crop_hi) & (crop_lo < hi), axis=-1)
+    post = np.asarray(rows.paper & (rows.mass_effect | rows.capsule), bool).reshape(-1)
+    work_lo = np.where(post[:, None], lo, np.maximum(lo, crop_lo))
+    work_hi = np.where(post[:, None], hi, np.minimum(hi, crop_hi))
+    return meets, post, work_lo, work_hi
 
 
 def _as_table(row):

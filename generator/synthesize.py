@@ -40,7 +40,8 @@ from .batch import Packed, pack
 from .effects import capsule, darken, mass_effect, place
 from .params import SampleParams
 from .prepare import PAD_HU, PreparedScan
-from .shape import blur_radius, shape_halves, tumor_halves, tumor_mask, tumor_shape
+from .shape import (blur_radius, shape_halves, tumor_halves, tumor_mask, tumor_shape,
+                    work_boxes)
 from .texture import paper_texture, released_texture
 
 HU_MIN, HU_MAX = -1024, 3071
@@ -72,18 +73,6 @@ class Crop:
 class CropBatch:
     images: np.ndarray  # (B, Z, Y, X) int16 HU
     labels: np.ndarray  # (B, Z, Y, X) uint8
-
-
-def tumor_reach(rows, s) -> np.ndarray:
-    """Half-widths (voxels, per axis) of everything each tumor touches, from its rows alone: its
-    tumor box (``shape.tumor_halves``), and for the paper's post-processing the mass-effect sphere
-    and the blurred capsule band."""
-    h = tumor_halves(rows, s)
-    post = np.asarray(rows.paper & (rows.mass_effect | rows.capsule))
-    reach = (np.asarray(rows.gamma_max_mm, float) / s + 2.0
-             + np.where(np.asarray(rows.capsule), 3.0 * np.asarray(rows.sigma_d_mm) / s + 1.0, 0.0))
-    reach = np.ceil(reach).astype(np.int64)
-    return np.where(post[..., None], np.maximum(h, reach[..., None]), h)
 
 
 def _extract(backend: Backend, arr, lo, hi, fill):
@@ -188,15 +177,12 @@ def _released_crop(backend, scan, r, rows, s, crop_lo, crop_hi, timer):
 
 def _paper_crop(backend, scan, rows, s, crop_lo, crop_hi, timer):
     """The paper's recipe: each tumor that reaches the crop is painted on its work box (its tumor
-    box cut to the crop; with post-processing, its whole reach, which the canvas then holds);
-    returns (image, label, crop slices)."""
+    box cut to the crop; with post-processing, its whole reach, which the canvas then holds;
+    ``shape.work_boxes``, as the kernels' plan takes them); returns (image, label, crop slices)."""
     xp = backend.xp
     centers = np.asarray(rows.center).reshape(-1, 3) - np.asarray(scan.origin_vox)
-    h = tumor_reach(rows, s) if len(rows) else np.zeros((0, 3), np.int64)
-    hit = np.flatnonzero(_overlapping(centers - h, centers + h + 1, crop_lo, crop_hi))
-    post = np.asarray(rows.paper & (rows.mass_effect | rows.capsule)).reshape(-1)
-    work_lo = np.where(post[:, None], centers - h, np.maximum(centers - h, crop_lo))
-    work_hi = np.where(post[:, None], centers + h + 1, np.minimum(centers + h + 1, crop_hi))
+    meets, _, work_lo, work_hi = work_boxes(rows, s, centers, crop_lo, crop_hi)
+    hit = np.flatnonzero(meets)
     lo = np.minimum(crop_lo, work_lo[hit].min(0)) if len(hit) else crop_lo
     hi = np.maximum(crop_hi, work_hi[hit].max(0)) if len(hit) else crop_hi
     image_dev, label_dev = scan.on(backend)

@@ -17,7 +17,7 @@ import numpy as np
 from . import storage
 from .errors import one_line
 from .layouts import Candidate, Discovery, discover
-from .nifti import ScanError, Volume, read_volume
+from .readers import ScanError, Volume, read_volume
 from .schema import (ImageEntry, LabelMap, Rejection, ScanEntry, default_roots, parse_manifest,
                      rejected_path, write_jsonl)
 

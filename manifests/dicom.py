@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from . import storage
-from .nifti import MAX_AXIS, MAX_VOXELS, ScanError, Volume, VolumeInfo
+from .volume import MAX_AXIS, MAX_VOXELS, ScanError, Volume, VolumeInfo
 
 SLICE_SPACING_RTOL = 0.01        # gaps between slice positions may differ by 1 %
 

@@ -6,6 +6,9 @@ and a ``.nii.gz`` is decompressed, chunk by chunk, straight into the one voxel a
 the size its (checked) header promises. A ``.nii.gz`` is then read to its end, so its CRC
 is checked and a flipped bit is caught. Every failure raises :class:`ScanError` naming the file, what
 was expected and what was found.
+
+This module reads NIfTI only; :func:`readers.read_volume` is the entry point that also reads DICOM
+series and PNG mask folders (:mod:`dicom`, a sibling of this module, never imported here).
 """
 
 from __future__ import annotations
@@ -14,17 +17,20 @@ import gzip
 import hashlib
 import io
 import zlib
-from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
 
 from . import storage
-from .errors import UserError
+# The volume record, its error and the shared limits live in volume.py (both readers use them);
+# they stay importable from here.
+from .volume import MAX_AXIS, MAX_VOXELS, ScanError, Volume, VolumeInfo
 
+__all__ = ["MAX_AXIS", "MAX_VOXELS", "MAX_VOXEL_BYTES", "SUFFIXES", "ScanError", "Volume",
+           "VolumeInfo", "owns", "read_nifti"]
+
+SUFFIXES = (".nii", ".nii.gz", ".gz")   # what a uri read as a NIfTI file ends with
 HEADER_BYTES = 348
-MAX_AXIS = 4096            # voxels along one axis; real CT stays below ~2000 slices
-MAX_VOXELS = 1 << 30       # 1 Gi voxels; LiTS tops out near 0.26 Gi (512 x 512 x 987)
 # Voxel bytes one read may hold: the stored array and the returned one (float32 when scl_slope /
 # scl_inter apply) must each fit. 1 GiB holds the largest LiTS volume twice over as int16 (0.48
 # GiB) and its float32 scaled form (0.96 GiB); a compressed file that declares more (a 1 MB
@@ -34,35 +40,6 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 READ_CHUNK = 4 << 20             # voxel bytes decompressed (and scaled) per step into the array
 MAX_EXTENSION_BYTES = 16 << 20   # header extensions before the voxels (vox_offset - 348)
 MAX_TRAILING_BYTES = 1 << 20     # bytes after the voxel data that a file may carry
-
-
-class ScanError(UserError, ValueError):
-    """A scan file that cannot be used, with the file and the reason."""
-
-    def __init__(self, uri: str, problem: str):
-        super().__init__(f"{uri}: {problem}")
-        self.uri = uri
-        self.problem = problem
-
-
-@dataclass(frozen=True)
-class VolumeInfo:
-    """What a header says. ``shape``/``spacing_mm`` follow the file's voxel axes; ``affine`` maps
-    voxel indices to RAS+ world mm; ``orientation`` is the axis codes of those voxel axes."""
-
-    shape: tuple[int, int, int]
-    spacing_mm: tuple[float, float, float]
-    affine: np.ndarray
-    orientation: str
-    dtype: np.dtype
-
-
-@dataclass(frozen=True)
-class Volume:
-    info: VolumeInfo
-    data: np.ndarray        # voxel values after scl_slope/scl_inter, axes as in the file
-    sha256: str             # of the file bytes as stored (compressed if .gz); series: see dicom.py
-    slice_files: tuple[str, ...] = ()   # a DICOM series' file names in slice order (dicom.py)
 
 
 def _parse_header(uri: str, block: bytes) -> nib.Nifti1Header:
@@ -245,16 +222,16 @@ def _read_voxels(uri: str, stream, info: VolumeInfo, scale: tuple[float, float] 
     return out
 
 
-def read_volume(uri: str, *, max_voxels: int = MAX_VOXELS, with_data: bool = True,
-                like: Volume | None = None, max_bytes: int = MAX_VOXEL_BYTES) -> Volume:
-    """Read, hash and check one scan or label, local or ``s3://``: a NIfTI-1 file (``.nii`` or
-    ``.nii.gz``), a DICOM series folder, or a folder of PNG masks on the grid of ``like`` (its
-    DICOM series; see :mod:`dicom`)."""
-    if not uri.lower().endswith((".nii", ".nii.gz", ".gz")):
-        from . import dicom
-        folder = dicom.read_folder(uri, like, max_voxels)
-        if folder is not None:
-            return folder
+def owns(uri: str) -> bool:
+    """Whether ``uri`` names a NIfTI file by its suffix (``.nii``, ``.nii.gz``, ``.gz``), so no
+    other reader is asked about it."""
+    return uri.lower().endswith(SUFFIXES)
+
+
+def read_nifti(uri: str, *, max_voxels: int = MAX_VOXELS, with_data: bool = True,
+               max_bytes: int = MAX_VOXEL_BYTES) -> Volume:
+    """Read, hash and check one NIfTI-1 file (``.nii`` or ``.nii.gz``), local or ``s3://``.
+    ``with_data=False`` reads and checks the header only (the returned data is empty)."""
     try:
         with storage.open_binary(uri) as f:
             raw = f.read()

@@ -86,6 +86,7 @@ def _ranks_agree(out):
     return a
 
 
+@pytest.mark.slow
 def test_a_rank_with_only_corrupt_micro_batches_does_not_hang_the_others(dataset, tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
@@ -102,6 +103,7 @@ def test_a_rank_with_only_corrupt_micro_batches_does_not_hang_the_others(dataset
     _ranks_agree(out)
 
 
+@pytest.mark.slow
 def test_single_node_launch_listens_on_loopback_only(dataset, tmp_path, monkeypatch):
     """``launch_local`` hosts the rendezvous store on 127.0.0.1 and pins Gloo to the loopback
     interface; every listening socket of the launcher and of each rank (seen from inside the
@@ -135,6 +137,7 @@ def test_single_node_launch_listens_on_loopback_only(dataset, tmp_path, monkeypa
     assert listening() <= before                              # the store went with the launch
 
 
+@pytest.mark.slow
 def test_ranks_started_by_hand_rendezvous_on_loopback(tmp_path):
     """WORLD_SIZE/RANK set without a launcher and no MASTER_ADDR: rank 0 hosts the store on
     127.0.0.1 only (torch's default binds every interface)."""

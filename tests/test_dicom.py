@@ -16,7 +16,7 @@ pydicom = pytest.importorskip("pydicom")
 
 from tumorforge.cluster.front_door import main  # noqa: E402
 from tumorforge.manifests.conventions import to_ras  # noqa: E402
-from tumorforge.manifests.nifti import read_volume  # noqa: E402
+from tumorforge.manifests.readers import read_volume  # noqa: E402
 from tumorforge.manifests.schema import default_roots, read_images, read_manifest  # noqa: E402
 
 
@@ -80,6 +80,7 @@ def chaos_dicom(phantom_root, tmp_path_factory):
     return out, data, mask, nii.affine
 
 
+@pytest.mark.slow
 def test_a_chaos_case_as_distributed_enters_a_manifest(chaos_dicom, tmp_path):
     out, data, mask, affine = chaos_dicom
     manifest = tmp_path / "chaos.jsonl"

@@ -48,6 +48,7 @@ def inputs(phantom_root, tmp_path_factory):
     return work, path, tested.scan_id
 
 
+@pytest.mark.slow
 def test_experiment_runs_every_arm_reports_and_resumes(inputs, capsys):
     import ray
     work, spec, tested = inputs

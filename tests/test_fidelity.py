@@ -235,6 +235,7 @@ def stats(argv, capsys):
     return code, capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_stats_reports_every_size_type_and_writes_json_and_pngs(dataset, tmp_path, capsys):
     ds, real = dataset
     out = tmp_path / "report"

@@ -482,6 +482,7 @@ def test_texture_and_shape_on_part_of_a_box_equal_the_whole_box():
     assert abs(whole_tex.mean() - 60.0) < 3.0 and 0.8 < whole_tex.std() / 14.0 < 1.2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", ["paper-train", "paper", "released"])
 def test_a_batch_gives_the_bytes_of_its_crops_one_by_one(scan, profile):
     """Issue 16: one code path; a packed batch over two scans synthesizes to the bytes each crop's

@@ -83,6 +83,7 @@ def scan():
                         config=_config("paper", "mix"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_generator_output_is_pinned_to_its_version(scan, case):
     profile, size = case.split("/")

@@ -1,10 +1,13 @@
 """Imports point downstream only. Every import of every module (including those inside
-functions) is parsed and checked against the stage graph of the README's design section."""
+functions) is parsed and checked against the stage graph of the README's design section, and the
+modules together must form a DAG (a cycle hidden by a function-level import is still a cycle)."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("manifests", "generator", "cluster", "trainer", "evaluation")
@@ -35,18 +38,26 @@ def _imports(path: Path):
             else:
                 module = node.module
             yield node.lineno, module
-            if module == "tumorforge":          # from tumorforge import trainer
-                for alias in node.names:
-                    yield node.lineno, f"tumorforge.{alias.name}"
+            # ``from tumorforge import trainer``, ``from . import dicom``: the name may be a
+            # submodule, so it is yielded too (a name that is not a module is harmless: the stage
+            # check reads only the first part, the module graph the longest known prefix).
+            for alias in node.names:
+                if alias.name != "*":
+                    yield node.lineno, f"{module}.{alias.name}"
 
 
 def _violations():
-    found = []
+    found, seen = [], set()
     for stage in STAGES:
         for path in sorted((ROOT / stage).rglob("*.py")):
             rel = str(path.relative_to(ROOT))
             for line, module in _imports(path):
                 top, _, rest = module.partition(".")
+                # one report per import line and stage (``from x import a, b`` yields x, x.a, x.b)
+                key = (rel, line, top, "" if top in STAGES else rest.split(".")[0])
+                if key in seen:
+                    continue
+                seen.add(key)
                 if top in STAGES:
                     found.append(f"{rel}:{line}: imports top-level {module!r}; use tumorforge.{module}")
                     continue
@@ -76,10 +87,100 @@ def test_the_checker_sees_imports_inside_functions(tmp_path, monkeypatch):
     assert any("trainer/_import_probe.py:3: trainer -> generator" in v for v in found)
 
 
+def _modules(root: Path = ROOT) -> dict[str, Path]:
+    """Every tumorforge module of the five stage folders: dotted name -> file (a package is
+    named by its folder and read from its ``__init__.py``)."""
+    found = {}
+    for stage in STAGES:
+        for path in sorted((root / stage).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(["tumorforge", *parts])] = path
+    return found
+
+
+def _module_graph(root: Path = ROOT) -> dict[str, dict[str, int]]:
+    """module -> {imported module: first line}, from every import of every module (those inside
+    functions included). An imported name resolves to the longest prefix that is a module (``from
+    .nifti import Volume`` is an edge to ``nifti``). An edge from a module to a package that
+    contains it is left out: Python imports the parent package first anyway, and ``from . import
+    sibling`` names it only as the place the sibling lives; a package's ``__init__`` importing its
+    own submodules stays an edge like any other."""
+    modules = _modules(root)
+    graph: dict[str, dict[str, int]] = {}
+    for name, path in modules.items():
+        edges = graph.setdefault(name, {})
+        for line, module in _imports(path):
+            while module and module not in modules:
+                module = module.rpartition(".")[0]
+            if not module or module == name or name.startswith(module + "."):
+                continue
+            edges.setdefault(module, line)
+    return graph
+
+
+def _cycle(graph: dict[str, dict[str, int]]) -> list[str] | None:
+    """One cycle of ``graph`` as ``[a, b, ..., a]``, or None when it is a DAG (iterative
+    depth-first search, so a deep chain cannot hit the recursion limit)."""
+    state: dict[str, int] = {}                   # 1: on the current path, 2: done
+    for start in sorted(graph):
+        if start in state:
+            continue
+        path, stack = [start], [iter(sorted(graph[start]))]
+        state[start] = 1
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            elif nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(sorted(graph.get(nxt, ()))))
+    return None
+
+
+def _describe(graph, cycle):
+    """``a (line 12) -> b (line 40) -> a``: where each edge of ``cycle`` is written."""
+    steps = [f"{a} (line {graph[a][b]})" for a, b in zip(cycle, cycle[1:])]
+    return " -> ".join(steps + [cycle[-1]])
+
+
+def test_modules_import_one_another_without_cycles():
+    """The modules form a DAG: no module reaches itself through imports, counting those inside
+    functions (a function-level import hides a cycle from Python, not from the design)."""
+    graph = _module_graph()
+    cycle = _cycle(graph)
+    assert cycle is None, "import cycle: " + _describe(graph, cycle)
+
+
+def test_the_cycle_check_sees_a_cycle_hidden_inside_functions():
+    """Two probe modules that import each other only inside functions are reported as a cycle."""
+    a, b = ROOT / "manifests" / "_cycle_probe_a.py", ROOT / "manifests" / "_cycle_probe_b.py"
+    a.write_text("def f():\n    from . import _cycle_probe_b\n")
+    b.write_text("def g():\n    from ._cycle_probe_a import f\n")
+    try:
+        graph = _module_graph()
+    finally:
+        a.unlink()
+        b.unlink()
+    probe = {k: {t: n for t, n in v.items() if "_cycle_probe" in t}
+             for k, v in graph.items() if "_cycle_probe" in k}
+    cycle = _cycle(probe)
+    assert cycle is not None and set(cycle) == {"tumorforge.manifests._cycle_probe_a",
+                                                "tumorforge.manifests._cycle_probe_b"}
+    assert "(line 2)" in _describe(graph, cycle)
+    assert _cycle({"x": {"y": 1}, "y": {}, "z": {"x": 3}}) is None
+
+
 # What a GPU node is sent without (issue 17: the device check carries only small wheels).
 HEAVY = ("ray", "monai", "webdataset", "s3fs", "matplotlib", "torch", "moto", "boto3", "pydicom")
 
 
+@pytest.mark.slow
 def test_the_gpu_synthesis_path_runs_without_the_heavy_packages():
     """``bench generator`` (built-in phantom, prepare, parameters drawn by a forked process,
     batched synthesis through the GPU kernels' CPU build where a C++ compiler exists) with ray,

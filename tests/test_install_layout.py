@@ -29,6 +29,7 @@ def _run(argv, cwd):
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ["script", "module"])
 def test_runs_from_a_folder_that_shadows_the_stage_names(shadowing_folder, entry):
     base = [str(SCRIPT)] if entry == "script" else [sys.executable, "-m", "tumorforge.cluster"]

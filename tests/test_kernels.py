@@ -43,6 +43,7 @@ def _packed(scan, profile, n, crop=48, start=0, **kw):
     return params, pack(params, [scan.scan_id])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile,mix", [
     ("paper-train", {"small": 0.4, "medium": 0.3, "mix": 0.3}),
     ("paper", {"small": 0.3, "large": 0.4, "mix": 0.3}),        # mass effect and capsule

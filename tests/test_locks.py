@@ -108,6 +108,7 @@ def _contend(root: str, barrier, results) -> None:
     os._exit(0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("contenders", [2, 6])
 def test_contenders_taking_over_one_dead_lock_at_once_exactly_one_wins(tmp_path, contenders):
     """The stale takeover was read, delete, create: two runs that read the same dead lock could

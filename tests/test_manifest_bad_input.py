@@ -12,7 +12,7 @@ import pytest
 
 from conftest import tiny_scan, write_nifti
 from tumorforge.manifests.build import build_manifest, validate_manifest
-from tumorforge.manifests.nifti import ScanError, read_volume
+from tumorforge.manifests.readers import ScanError, read_volume
 
 
 def _good_case(root, n=0):

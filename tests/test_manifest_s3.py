@@ -6,7 +6,7 @@ import boto3
 import pytest
 
 from tumorforge.cluster.front_door import main
-from tumorforge.manifests.nifti import read_volume
+from tumorforge.manifests.readers import read_volume
 from tumorforge.manifests.schema import ManifestError, read_manifest, default_roots
 
 

@@ -61,6 +61,7 @@ def test_slices_thicker_than_in_plane(tmp_path):
     assert len({tuple(c["spacing_mm"]) for c in cases}) == 3    # spacing varies per case
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["lits", "msd", "btcv", "chaos"])
 def test_layout_is_deterministic(tmp_path, layout):
     a = write_layout(layout, tmp_path / "a", 2, seed=3, scale=0.12)

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tumorforge.manifests.nifti import ScanError, read_volume
+from tumorforge.manifests.readers import ScanError, read_volume
 from conftest import user_error
 
 
@@ -287,6 +287,7 @@ ray.shutdown()
 """
 
 
+@pytest.mark.slow
 def test_embedded_cluster_refuses_a_process_without_its_token():
     """0.2.0 turned Ray's auth off: a second process connected to the job's cluster, ran code and
     read the AWS secret from a worker. Now the cluster wants a token made for this job; loopback

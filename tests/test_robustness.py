@@ -44,6 +44,7 @@ def _key(image: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_prior_is_a_proper_distribution(healthy):
     prior = healthy["prior"]
     assert set(prior) == set(rb.DIMENSIONS)
@@ -52,6 +53,7 @@ def test_prior_is_a_proper_distribution(healthy):
     assert 4.0 < prior["size"].mu < 32.0                 # radii of Table 6
 
 
+@pytest.mark.slow
 def test_oracle_scores_one_at_every_level(healthy):
     scans, prior, depths = healthy["scans"], healthy["prior"], healthy["depths"]
     by_id = {s.scan_id: s for s in scans}
@@ -75,6 +77,7 @@ def test_oracle_scores_one_at_every_level(healthy):
     assert all(c["fp_voxels"] == 0 for c in cases)
 
 
+@pytest.mark.slow
 def test_threshold_model_is_sensitive_to_intensity(healthy):
     def dark_is_tumor(image):
         # Tumor wherever the CT is darker than parenchyma but not fat: tumors brighter than the
@@ -87,6 +90,7 @@ def test_threshold_model_is_sensitive_to_intensity(healthy):
     assert dice[-2] > dice[0] > dice[2], dice
 
 
+@pytest.mark.slow
 def test_shift_moves_one_dimension_only(healthy):
     scans, prior, depths = healthy["scans"], healthy["prior"], healthy["depths"]
     scan = scans[1]
@@ -143,6 +147,7 @@ def _sweep_to(out_dir, healthy, depths):
                            {"seed": 9}, examples)
 
 
+@pytest.mark.slow
 def test_outputs_are_complete_and_reproducible(healthy, tmp_path):
     first = _sweep_to(tmp_path / "a", healthy, healthy["depths"])
     again = _sweep_to(tmp_path / "b", healthy, {})        # fresh depth maps, same seed
@@ -198,6 +203,7 @@ def _checkpoint(folder, crop=32, spacing=1.0, preprocessing=True) -> str:
     return ckpt.save(str(folder), 0, state, keep=1)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_with_an_untrained_checkpoint(healthy, tmp_path):
     checkpoint = _checkpoint(tmp_path / "run", crop=32)
     out = tmp_path / "bench"
@@ -215,6 +221,7 @@ def test_cli_end_to_end_with_an_untrained_checkpoint(healthy, tmp_path):
     assert all((out / name).stat().st_size > 0 for name in ("cases.csv", "heatmap.png", "report.md"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoint, argv, message", [
     ({"preprocessing": False}, [], "predates preprocessing records"),
     ({"spacing": 1.0}, ["--spacing", "2"], "trained on crops at [1.0, 1.0, 1.0] mm"),

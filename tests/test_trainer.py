@@ -111,6 +111,7 @@ def _losses(out):
     return {r["step"]: r["loss"] for r in lines if "loss" in r}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_continues_exactly(datasets, tmp_path, workers):
     straight = tmp_path / "straight"
@@ -135,6 +136,7 @@ def test_resume_continues_exactly(datasets, tmp_path, workers):
             [Dataset(s["url"]).dataset_id for s in config["sources"]]
 
 
+@pytest.mark.slow
 def test_corrupt_samples_are_skipped_and_logged(datasets, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(datasets[0], broken)
@@ -200,6 +202,7 @@ def test_zarr_reader_makes_two_ranged_gets_per_sample_on_s3(datasets, s3_server)
     assert len(calls) == 2                                      # indexes cached
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_on_two_cpu_processes(datasets, tmp_path):
     import os
     import subprocess
@@ -285,6 +288,7 @@ def test_crop_datasets_yield_monai_dictionaries_with_the_crops_affine(datasets, 
         CropStream(str(datasets[0]), fmt="nifti")
 
 
+@pytest.mark.slow
 def test_training_run_explains_itself_and_takes_user_transforms(datasets, tmp_path, monkeypatch):
     """Issue 15: a start-up header (device, model and parameters, datasets and sizes, schedule), a
     warning for a warmup over 10 % of the run, the resolved configuration and loss curves in the

@@ -64,6 +64,7 @@ def test_paints_tumors_inside_the_liver_and_records_how(loaded):
     assert record["params"]["tumors"] and record["config"]["profile"] == "paper"
 
 
+@pytest.mark.slow
 def test_seeded_like_any_monai_randomizable_and_replayable(loaded):
     t, a = _paint(loaded, seed=11)
     _, b = _paint(loaded, seed=11)

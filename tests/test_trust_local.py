@@ -184,7 +184,7 @@ def _peak_mib(fn):
 def test_small_gz_declaring_a_huge_float64_volume_is_refused_before_allocating(tmp_path):
     """Red team 6: the cap is on voxel bytes, not voxels. 1024 x 1024 x 160 float64 voxels
     (1.25 GiB; 0.16 Gi voxels, well under the voxel cap) behind a gzip of a few hundred bytes."""
-    from tumorforge.manifests.nifti import MAX_VOXEL_BYTES, ScanError, read_volume
+    from tumorforge.manifests.readers import MAX_VOXEL_BYTES, ScanError, read_volume
     header = nib.Nifti1Header()
     header.set_data_dtype(np.float64)
     header.set_data_shape((1024, 1024, 160))
@@ -209,7 +209,7 @@ def test_small_gz_declaring_a_huge_float64_volume_is_refused_before_allocating(t
 
 
 def test_voxels_are_read_into_one_buffer_and_legit_files_still_read(tmp_path):
-    from tumorforge.manifests.nifti import read_volume
+    from tumorforge.manifests.readers import read_volume
     rng = np.random.default_rng(0)
     image = rng.integers(-1024, 1500, (160, 128, 96), dtype=np.int16).astype(np.float32)  # 7.5 MiB
     big = np.concatenate([image] * 4, axis=2)                                              # 30 MiB
@@ -245,7 +245,7 @@ def test_voxels_are_read_into_one_buffer_and_legit_files_still_read(tmp_path):
 ])
 def test_hostile_scaling_and_affine_are_refused_in_one_line_without_warnings(tmp_path, make,
                                                                             words):
-    from tumorforge.manifests.nifti import ScanError, read_volume
+    from tumorforge.manifests.readers import ScanError, read_volume
     kw = make(np.arange(24).reshape(4, 3, 2) + 1)
     data, affine = kw.pop("data"), kw.pop("affine", None)
     with warnings.catch_warnings():

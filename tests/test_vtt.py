@@ -67,6 +67,7 @@ def _key(out):
     return json.loads((out / "key" / "answer_key.json").read_text())
 
 
+@pytest.mark.slow
 def test_packet_mixes_real_and_synthetic_under_random_ids(packet):
     out, _ = packet
     ids = _case_ids(out)
@@ -84,6 +85,7 @@ def test_packet_mixes_real_and_synthetic_under_random_ids(packet):
     assert len({rec["source_scan"] for rec in key.values()}) == len(key)
 
 
+@pytest.mark.slow
 def test_every_case_has_tumor_voxels_and_labels_only_in_the_key(packet):
     out, _ = packet
     for case_id in _case_ids(out):
@@ -97,6 +99,7 @@ def test_every_case_has_tumor_voxels_and_labels_only_in_the_key(packet):
                             + [f"cases/{c}.nii.gz" for c in _case_ids(out)])
 
 
+@pytest.mark.slow
 def test_all_cases_share_one_grid(packet):
     out, _ = packet
     for case_id in _case_ids(out):
@@ -109,6 +112,7 @@ def test_all_cases_share_one_grid(packet):
         np.testing.assert_array_equal(img.header.get_qform(), np.eye(4))
 
 
+@pytest.mark.slow
 def test_headers_and_gzip_streams_carry_no_hint(packet, data):
     out, _ = packet
     scan_ids = [json.loads(line)["scan_id"] for m in ("lits.jsonl", "btcv.jsonl")
@@ -129,6 +133,7 @@ def test_headers_and_gzip_streams_carry_no_hint(packet, data):
         assert not any(word in head for word in forbidden), case_id
 
 
+@pytest.mark.slow
 def test_printed_hash_is_the_key_hash_and_the_sheet_lists_the_cases(packet):
     out, stdout = packet
     digest = hashlib.sha256((out / "key" / "answer_key.json").read_bytes()).hexdigest()
@@ -143,6 +148,7 @@ def test_printed_hash_is_the_key_hash_and_the_sheet_lists_the_cases(packet):
     assert "real, synthetic, unsure" in readme
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_packet(packet, data, tmp_path):
     out, _ = packet
     again = tmp_path / "again"
@@ -154,6 +160,7 @@ def test_same_seed_gives_identical_packet(packet, data, tmp_path):
     assert (again / "key_sha256.txt").read_text() == (out / "key_sha256.txt").read_text()
 
 
+@pytest.mark.slow
 def test_make_refuses_impossible_requests(data, tmp_path, packet):
     with pytest.raises(vtt.VTTError, match=r"lits.jsonl: 4 real cases asked for, but only 3"):
         vtt.make_packet(str(data / "lits.jsonl"), str(data / "btcv.jsonl"), str(tmp_path / "a"),
@@ -245,6 +252,7 @@ def test_bad_answers_are_refused_naming_the_row(edit, message):
         vtt.score_answers(rows, key)
 
 
+@pytest.mark.slow
 def test_score_cli_checks_the_key_hash_and_writes_json(packet, tmp_path):
     out, _ = packet
     key = _key(out)
@@ -269,6 +277,7 @@ def test_score_cli_checks_the_key_hash_and_writes_json(packet, tmp_path):
         _cli(["vtt", "score", str(answers), "--key", key_path])
 
 
+@pytest.mark.slow
 def test_packet_says_when_real_and_synthetic_come_from_other_datasets(packet):
     """Here every real case is LiTS and every synthetic one BTCV: the packet warns and records it."""
     out, stdout = packet
@@ -289,6 +298,7 @@ def test_comparable_pools_prefer_the_datasets_both_manifests_hold():
     assert not record["comparable"] and len(h) == 2 and "fewer than" in record["warning"]
 
 
+@pytest.mark.slow
 def test_several_readers_are_scored_with_their_agreement(packet, tmp_path):
     """Fleiss' kappa: two readers who agree on half of four cases, answering real and synthetic
     equally often, agree no better than chance (hand-worked: observed 0.5, chance 0.5, kappa 0);

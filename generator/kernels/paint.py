@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import kernel_setting
-from ..shape import blur_radius, control_grid, shape_halves, tumor_halves
+from ..shape import blur_radius, control_grid, shape_halves, tumor_halves, work_boxes
 from ..texture import axis_operator
 
 SOURCE_FILE = Path(__file__).with_name("paint.cu")
@@ -203,10 +203,10 @@ def _offsets(lengths) -> np.ndarray:
 def plan(scans, packed, crops) -> Plan:
     """The kernels' tables for the crops ``crops`` (indices into ``packed``, all ``eligible``), in
     array operations over their tumors (a loop only to slice each tumor's texture operators).
-    Boxes as ``synthesize._paper_crop`` draws them: a tumor counts when its reach meets the crop;
-    its work box is its tumor box cut to the crop, or its whole reach with post-processing; the
-    canvas holds the crop and every work box; all boxes in canvas voxels."""
-    from ..synthesize import tumor_reach
+    Boxes as the array code (``synthesize``) draws them, from the same ``shape.work_boxes``: a
+    tumor counts when its reach meets the crop; its work box is its tumor box cut to the crop, or
+    its whole reach with post-processing; the canvas holds the crop and every work box; all boxes
+    in canvas voxels."""
     crops = np.asarray(crops, np.int64)
     cr = packed.crops[crops]
     counts = np.asarray(cr.tumors, np.int64)
@@ -218,13 +218,8 @@ def plan(scans, packed, crops) -> Plan:
     size = np.asarray(cr.crop_size[0], np.int64) if len(crops) else np.zeros(3, np.int64)
     T = len(rows)
     hb = tumor_halves(rows, s) if T else np.zeros((0, 3), np.int64)
-    hr = tumor_reach(rows, s) if T else np.zeros((0, 3), np.int64)
-    post = (np.asarray(rows.paper & (rows.mass_effect | rows.capsule), bool).reshape(-1)
-            if T else np.zeros(0, bool))
     c = np.asarray(rows.center, np.int64).reshape(-1, 3) - np.asarray(cr.origin, np.int64)[pos]
-    keep = np.all((c - hr < size) & (c + hr + 1 > 0), axis=1)   # reaches the crop
-    work_lo = np.where(post[:, None], c - hr, np.maximum(c - hr, 0))
-    work_hi = np.where(post[:, None], c + hr + 1, np.minimum(c + hr + 1, size))
+    keep, post, work_lo, work_hi = work_boxes(rows, s, c, 0, size)   # crop voxels: [0, size)
     idx, rows, pos, s, hb, c, post = idx[keep], rows[keep], pos[keep], s[keep], hb[keep], c[keep], post[keep]
     work_lo, work_hi = work_lo[keep], work_hi[keep]
     T = len(rows)
