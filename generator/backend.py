@@ -49,13 +49,6 @@ class Backend:
     def asarray(self, a):
         return self.xp.asarray(a)
 
-    def asnumpy(self, a) -> np.ndarray:
-        return a.get() if hasattr(a, "get") else np.asarray(a)
-
-    def to_host(self, *arrays) -> tuple[np.ndarray, ...]:
-        """Device arrays as C-ordered host (NumPy) arrays, once copied (:meth:`to_host_async`)."""
-        return self.to_host_async(*arrays).result()
-
     def to_host_async(self, *arrays) -> "HostCopy":
         """Start copying device arrays to the host. On CuPy they go into page-locked (pinned)
         host memory from CuPy's pinned pool, on a second stream that first waits for the work

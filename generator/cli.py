@@ -87,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_generator_options(p)
     p.set_defaults(func=_cmd_preview)
 
-    from .whole_scan import FORMATS, GRIDS
+    from .whole_scan import GRIDS, OUTPUT_FORMATS
     w = sub.add_parser("synthesize", help="whole scans with synthetic tumors as NIfTI or an nnU-Net "
                                           "raw dataset",
                        description="Paint tumors into whole healthy scans: for each scan, --count "
@@ -103,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--grid", choices=GRIDS, default="prepared",
                    help="prepared: the whole scan on the generator's RAS grid at --spacing; "
                         "native: the scan's own grid and voxel order (default prepared)")
-    w.add_argument("--format", choices=FORMATS, default="nifti",
+    w.add_argument("--format", choices=OUTPUT_FORMATS, default="nifti",
                    help="nifti: images/, labels/, params/ under --out; nnunet: an nnU-Net v2 raw "
                         "dataset --out/Dataset<NNN>_<Name>/ (default nifti)")
     w.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset number NNN "

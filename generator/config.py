@@ -142,11 +142,6 @@ class GeneratorConfig:
             raise ValueError(f"paper.inside_share {self.paper.inside_share} is not in (0, 1]")
 
     @property
-    def voxel_mm(self) -> float:
-        """Edge of one voxel of the prepared (isotropic) grid, mm."""
-        return float(self.target_spacing_mm[0])
-
-    @property
     def effective_crop_policy(self) -> str:
         """``crop_policy``, or the profile's own: the authors' pos-neg 1:1 for ``released``."""
         if self.crop_policy:

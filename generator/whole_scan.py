@@ -53,7 +53,7 @@ from .synthesize import HU_MAX, HU_MIN, synthesize
 from tumorforge.manifests.errors import UserError, one_line
 
 GRIDS = ("prepared", "native")
-FORMATS = ("nifti", "nnunet")
+OUTPUT_FORMATS = ("nifti", "nnunet")   # synthesize --format: NIfTI folders | nnU-Net raw dataset
 RUN_RECORD = "synthesize.json"
 RUN_FORMAT = "tumorforge-synthesize"
 RUN_VERSION = 1
@@ -354,9 +354,9 @@ def run_synthesize(entries, config: GeneratorConfig, *, out: str, manifest: str,
     from .scans import prepare_volumes, read_scan
     if count < 1:
         raise SynthesizeError(f"--count {count}: expected at least 1")
-    if grid not in GRIDS or output_format not in FORMATS:
+    if grid not in GRIDS or output_format not in OUTPUT_FORMATS:
         raise SynthesizeError(f"grid {grid!r} / format {output_format!r}: expected {GRIDS} / "
-                              f"{FORMATS}")
+                              f"{OUTPUT_FORMATS}")
     folder = nnunet_folder(out, dataset_id, dataset_name) if output_format == "nnunet" else out
     if storage.exists(storage.join(folder, RUN_RECORD)):
         raise SynthesizeError(f"{folder} already holds a synthesize run ({RUN_RECORD}); choose "

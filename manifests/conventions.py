@@ -15,7 +15,6 @@ import numpy as np
 # Label values of generated crops, of model outputs and of ``truth_labels``.
 BACKGROUND, LIVER, TUMOR = 0, 1, 2
 LABEL_NAMES = ("background", "liver", "tumor")
-CROP_AXES = ("z", "y", "x")
 
 # HU -> [0, 1] window of the paper's training recipe, and the window pictures are shown in.
 TRAINING_WINDOW_HU = (-21.0, 189.0)

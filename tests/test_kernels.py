@@ -17,13 +17,14 @@ from tumorforge.generator.backend import BackendError, get_backend
 from tumorforge.generator.batch import pack
 from tumorforge.generator.config import GeneratorConfig
 from tumorforge.generator.kernels import module as kmodule
-from tumorforge.generator.kernels import paint, twins
+from tumorforge.generator.kernels import paint
 from tumorforge.generator.prepare import prepare_scan
 from tumorforge.generator.sample import sample_params, sample_seed
 from tumorforge.generator.shape import tumor_halves, tumor_mask
 from tumorforge.generator.synthesize import synthesize_batch
 from tumorforge.generator.texture import paper_texture
 
+import kernel_twins as twins
 from generator_fixtures import liver_volume
 
 NUMPY = get_backend("numpy")

@@ -13,7 +13,6 @@ from tumorforge.manifests.records import RecordError, typed_fields
 
 from .models import MODELS
 
-FORMATS = ("zarr", "wds")
 DEVICES = ("auto", "cpu", "cuda")     # where a model runs: auto takes CUDA when torch sees it
 
 

@@ -22,15 +22,15 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from tumorforge.manifests.dataset.names import parse_shard, tar_name
+from tumorforge.manifests.dataset.names import STORAGE_FORMATS, parse_shard, tar_name
 from tumorforge.manifests.dataset.reader import Dataset, DatasetError
 
-from .config import FORMATS, Source
+from .config import Source
 
 def open_source(src: Source) -> Dataset:
     """Open and check a source at start: it must exist, be complete and be the expected dataset."""
-    if src.format not in FORMATS:
-        raise DatasetError(f"{src.url}: format {src.format!r}, expected one of {FORMATS}")
+    if src.format not in STORAGE_FORMATS:
+        raise DatasetError(f"{src.url}: format {src.format!r}, expected one of {STORAGE_FORMATS}")
     ds = Dataset(src.url)
     if src.dataset_id and ds.dataset_id != src.dataset_id:
         raise DatasetError(f"{src.url} holds dataset {ds.dataset_id}, the configuration expects "

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import IterableDataset, get_worker_info
 
 from tumorforge.manifests.conventions import zyx_to_ras
+from tumorforge.manifests.dataset.names import STORAGE_FORMATS
 from tumorforge.manifests.dataset.reader import Dataset, DatasetError
 from tumorforge.manifests.dataset.records import Provenance
 
@@ -107,7 +108,7 @@ class CropStream(IterableDataset):
 
     def __init__(self, url: str, fmt: str = "wds", shuffle_buffer: int = 0, seed: int = 0,
                  rank: int = 0, world: int = 1, skip_corrupt: bool = False):
-        if fmt not in ("zarr", "wds"):
+        if fmt not in STORAGE_FORMATS:
             raise ValueError(f"format {fmt!r}: expected zarr or wds")
         self.url, self.fmt, self.shuffle_buffer, self.seed = url, fmt, shuffle_buffer, seed
         self.rank, self.world, self.skip_corrupt = rank, world, skip_corrupt

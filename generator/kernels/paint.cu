@@ -1,5 +1,5 @@
 // tumorforge's synthesis kernels for the `paper` and `paper-train` recipes (generator/kernels/paint.py
-// launches them; generator/kernels/twins.py holds one NumPy twin per kernel).
+// launches them; tests/kernel_twins.py holds one NumPy twin per kernel).
 //
 // One launch covers a whole batch: blockIdx.y is the tumor (or crop), and a grid-stride loop walks
 // its box, so every kernel compiles once whatever the boxes' sizes. Per-tumor numbers come from

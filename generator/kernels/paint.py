@@ -16,7 +16,8 @@ and the crop cut out of it.
 Every ``paper`` / ``paper-train`` crop takes this path (``eligible``); ``released`` crops take the
 array code (``synthesize``). The result equals the array code's up to the texture's float64
 summation order (``tests/test_kernels.py``: bit-identical on every crop tried), and the kernels'
-text runs on a CPU through ``module.CpuModule``, their NumPy twins through ``twins.TwinModule``.
+text runs on a CPU through ``module.CpuModule``, their NumPy twins (``tests/kernel_twins.py``)
+through ``TwinModule``.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ ZARR_ROOT = "dataset.zarr"
 WDS_DIR = "wds"
 RECORDS = "shards"
 TOP_LEVEL = (INDEX, PLAN, REPORT, LOCK)
+# How a dataset stores its samples: the Zarr store, WebDataset tars (a job writes one or both).
+STORAGE_FORMATS = ("zarr", "wds")
 
 _SHARD = re.compile(r"(?:^|/)shard-(\d{6,})(?:\.tar|\.json)?$")
 

@@ -18,6 +18,7 @@ import google_crc32c
 import numpy as np
 
 from ..records import RecordError, canonical_json, check_fields, pretty_json
+from .names import STORAGE_FORMATS
 
 # index.json's "format", by number. Format 3 (written since issue 26): each shard's record checks
 # its data objects by crc32c and its samples by BLAKE3 digests, and names both; index.json and the
@@ -486,7 +487,7 @@ class DatasetIndex:
         _need(isinstance(data["spec"], dict) and isinstance(data["spec"].get("generator"), dict),
               where, "spec as the job spec object", type(data["spec"]).__name__)
         _need(isinstance(data["formats"], list) and data["formats"]
-              and set(data["formats"]) <= {"zarr", "wds"}, where, "formats zarr and/or wds",
+              and set(data["formats"]) <= set(STORAGE_FORMATS), where, "formats zarr and/or wds",
               data["formats"])
         _need(isinstance(data.get("metadata", {}), dict), where, "metadata as an object",
               data.get("metadata"))

@@ -1,15 +1,16 @@
-"""NumPy twins of the kernels in ``paint.cu``: one function per kernel, with the kernel's name and
-arguments (the packed tables and work buffers of ``paint.plan``, written in place), computed with
-array operations, tumor by tumor. Tests hold each kernel (built for the CPU, ``module.CpuModule``)
-to its twin and each twin to the array path it replaces (``shape``, ``texture``, ``effects``), so
-a wrong index in either shows up on a machine without a GPU."""
+"""NumPy twins of the GPU kernels in ``generator/kernels/paint.cu`` (test code, not shipped): one
+function per kernel, with the kernel's name and arguments (the packed tables and work buffers of
+``paint.plan``, written in place), computed with array operations, tumor by tumor. Tests hold
+each kernel (built for the CPU, ``module.CpuModule``) to its twin and each twin to the array path
+it replaces (``shape``, ``texture``, ``effects``), so a wrong index in either shows up on a
+machine without a GPU."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .. import noise
-from .paint import CI, TD, TF, TI
+from tumorforge.generator import noise
+from tumorforge.generator.kernels.paint import CI, TD, TF, TI
 
 _C = {n: i for i, n in enumerate(TI)}
 
