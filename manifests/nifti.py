@@ -141,34 +141,30 @@ def _checked_info(uri: str, header: nib.Nifti1Header, max_voxels: int,
                       orientation="".join(nib.aff2axcodes(affine)), dtype=dtype)
 
 
-def _pull(uri: str, stream, n: int, keep: bool) -> tuple[bytes, int]:
-    """Up to ``n`` bytes of ``stream`` (fewer at its end) and how many were read; ``keep=False``
-    drops them as it goes, so skipping costs no memory. Gzip errors, CRC failures included,
-    become :class:`ScanError`."""
-    buf, seen = bytearray(), 0
-    try:
-        while seen < n:
-            chunk = stream.read(min(n - seen, 16 << 20))
-            if not chunk:
-                break
-            seen += len(chunk)
-            if keep:
-                buf += chunk
-    except EOFError as exc:
-        raise ScanError(uri, f"truncated .nii.gz: the compressed stream ends after {seen} of "
-                             f"{n} expected bytes") from exc
-    except (zlib.error, gzip.BadGzipFile, OSError) as exc:
-        raise ScanError(uri, f"corrupt gzip stream: {exc}") from exc
-    return bytes(buf), seen
-
-
 def _read_exactly(uri: str, stream, n: int) -> bytes:
-    return _pull(uri, stream, n, keep=True)[0]
+    """Up to ``n`` bytes of ``stream`` (fewer at its end); ``n`` is small (a header)."""
+    buf = bytearray(n)
+    return bytes(buf[:_fill(uri, stream, memoryview(buf))])
 
 
-def _fill(uri: str, stream, into: memoryview) -> int:
+def _skip(uri: str, stream, n: int) -> int:
+    """Read and drop up to ``n`` bytes of ``stream`` through one small buffer (skipping costs no
+    memory); how many there were."""
+    scratch = memoryview(bytearray(min(n, READ_CHUNK)))
+    seen = 0
+    while seen < n:
+        want = min(len(scratch), n - seen)
+        got = _fill(uri, stream, scratch[:want], before=seen, total=n)
+        seen += got
+        if got < want:
+            break
+    return seen
+
+
+def _fill(uri: str, stream, into: memoryview, before: int = 0, total: int | None = None) -> int:
     """Read ``stream`` into ``into`` (to its end or the stream's); how many bytes came. Gzip
-    errors, CRC failures included, become :class:`ScanError`."""
+    errors, CRC failures included, become :class:`ScanError` (``before`` bytes of ``total``
+    came earlier, for the message)."""
     seen, n = 0, len(into)
     try:
         while seen < n:
@@ -177,8 +173,8 @@ def _fill(uri: str, stream, into: memoryview) -> int:
                 break
             seen += got
     except EOFError as exc:
-        raise ScanError(uri, f"truncated .nii.gz: the compressed stream ends after {seen} of "
-                             f"{n} expected bytes") from exc
+        raise ScanError(uri, f"truncated .nii.gz: the compressed stream ends after "
+                             f"{before + seen} of {total or n} expected bytes") from exc
     except (zlib.error, gzip.BadGzipFile, OSError) as exc:
         raise ScanError(uri, f"corrupt gzip stream: {exc}") from exc
     return seen
@@ -260,14 +256,14 @@ def read_nifti(uri: str, *, max_voxels: int = MAX_VOXELS, with_data: bool = True
         raise ScanError(uri, f"truncated .nii: vox_offset {offset} + {nbytes} bytes of voxel data "
                              f"for shape {info.shape} {info.dtype} exceed the file's {len(raw)} bytes")
     scale = _scaling(uri, header, info.dtype)
-    _pull(uri, stream, offset - HEADER_BYTES, keep=False)   # header extensions, unused
+    _skip(uri, stream, offset - HEADER_BYTES)                 # header extensions, unused
     if not compressed and scale is None:        # the file is in memory already: a view of it
         flat = np.frombuffer(raw, dtype=info.dtype, count=voxels, offset=offset)
         stream.seek(offset + nbytes)
     else:
         flat = _read_voxels(uri, stream, info, scale, kind)
     # Read to the end: gzip checks its CRC there; bounded, so a bomb is refused, not inflated.
-    _, extra = _pull(uri, stream, MAX_TRAILING_BYTES + 1, keep=False)
+    extra = _skip(uri, stream, MAX_TRAILING_BYTES + 1)
     if extra > MAX_TRAILING_BYTES:
         raise ScanError(uri, f"more than {MAX_TRAILING_BYTES} bytes after the voxel data of shape "
                              f"{info.shape} {info.dtype}; expected the file to end there")
