@@ -108,7 +108,7 @@ def test_single_node_launch_listens_on_loopback_only(dataset, tmp_path, monkeypa
     """``launch_local`` hosts the rendezvous store on 127.0.0.1 and pins Gloo to the loopback
     interface; every listening socket of the launcher and of each rank (seen from inside the
     rank during training) is on 127.0.0.1. The same corrupt-on-one-rank run finishes."""
-    import psutil
+    from tumorforge.cluster.job import listening_sockets
     from tumorforge.trainer import train as T
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
@@ -125,8 +125,7 @@ def test_single_node_launch_listens_on_loopback_only(dataset, tmp_path, monkeypa
            if k not in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "MASTER_ADDR")}
 
     def listening():
-        return {(c.laddr.ip, c.laddr.port) for c in psutil.Process().net_connections(kind="inet")
-                if c.status == psutil.CONN_LISTEN}
+        return {(ip, port) for _, _, ip, port in listening_sockets(os.getpid())}
     before = listening()
     assert T.launch_local(2, ["train"], env=env) == 0
     _ranks_agree(out)
@@ -144,13 +143,13 @@ def test_ranks_started_by_hand_rendezvous_on_loopback(tmp_path):
     import socket
     script = tmp_path / "pg.py"
     script.write_text(textwrap.dedent('''
-        import os, sys, json, psutil, torch
+        import os, sys, json, torch
+        from tumorforge.cluster.job import listening_sockets
         from tumorforge.trainer.train import _distributed
         rank, world, _ = _distributed("cpu")
         t = torch.tensor([rank + 1.0])
         torch.distributed.all_reduce(t)
-        found = [f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.Process().net_connections("inet")
-                 if c.status == psutil.CONN_LISTEN]
+        found = [f"{ip}:{port}" for _, _, ip, port in listening_sockets(os.getpid())]
         torch.distributed.barrier()
         print(json.dumps({"sum": t.item(), "listen": found}))
         torch.distributed.destroy_process_group()
