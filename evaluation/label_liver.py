@@ -29,11 +29,11 @@ from typing import Callable
 
 import numpy as np
 
-from tumorforge.generator.whole_scan import nifti_bytes
 from tumorforge.manifests import storage
 from tumorforge.manifests.build import check_pair, entry_of
 from tumorforge.manifests.conventions import dice
 from tumorforge.manifests.layouts import Candidate
+from tumorforge.manifests.nifti import GZIP_OS_UNIX, write_nifti
 from tumorforge.manifests.readers import ScanError, read_volume
 from tumorforge.manifests.schema import (ImageEntry, LabelMap, Rejection, ScanEntry,
                                          default_roots, read_images, rejected_path, write_jsonl)
@@ -166,7 +166,7 @@ def label_liver(images: str, out: str, *, checkpoint: str | None = None,
             if problem:
                 raise ScanError(entry.image, problem)
             path = storage.join(folder, f"{entry.scan_id}.nii.gz")
-            storage.write_atomic(path, nifti_bytes(mask.astype(np.uint8), image.info.affine))
+            write_nifti(path, mask.astype(np.uint8), image.info.affine, gzip_os=GZIP_OS_UNIX)
             kept.append(entry_of(Candidate(entry.scan_id, entry.image, path, LabelMap(liver=(1,)),
                                            entry.source, (0, 1)), image, read_volume(path)))
             log(f"[{n}/{len(entries)}] {entry.scan_id}: liver {volume_ml:.0f} mL")

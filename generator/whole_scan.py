@@ -29,18 +29,17 @@ command writes the same bytes.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
 import json
 import re
 from dataclasses import dataclass
 
-import nibabel as nib
 import numpy as np
 import scipy.ndimage as ndi
 
 from tumorforge.manifests import storage
 from tumorforge.manifests.conventions import BACKGROUND, LIVER, TUMOR, from_ras, to_ras, zyx_to_ras
+from tumorforge.manifests.nifti import GZIP_OS_UNIX, nifti_bytes
 from tumorforge.manifests.records import RecordError, check_fields, loads, pretty_json
 
 from . import GENERATOR_VERSION
@@ -243,8 +242,8 @@ def prepared_region(scan: PreparedScan) -> tuple[slice, slice, slice]:
     return tuple(slice(int(a), int(a + n)) for a, n in zip(scan.origin_vox, scan.shape))
 
 
-def place(out: OutputGrid, scan: PreparedScan, region_image, region_label) -> WholeScan:
-    """A synthesized prepared region put on the output grid.
+def paste_region(out: OutputGrid, scan: PreparedScan, region_image, region_label) -> WholeScan:
+    """The whole scan on the output grid with a synthesized prepared region pasted in.
 
     Prepared grid: pasted at ``scan.origin_vox``. Native grid: the HU difference synthesis made
     (linear) is added to the original voxels, and the label takes the synthetic label (nearest)
@@ -278,27 +277,22 @@ def place(out: OutputGrid, scan: PreparedScan, region_image, region_label) -> Wh
     return WholeScan(from_ras(image, out.affine), from_ras(label, out.affine), out.affine)
 
 
+# The name generator/transform.py still imports; goes when that import says paste_region.
+place = paste_region
+
+
 def make_case(scan: PreparedScan, out: OutputGrid, config: GeneratorConfig, root_seed: int,
               index: int, backend: Backend) -> tuple[WholeScan, SampleParams]:
     """One case: parameters drawn for sample ``index`` of ``root_seed``, synthesized over the
     prepared region, put on the output grid."""
     params = whole_params(np.random.default_rng(sample_seed(root_seed, index)), scan, config)
     region_image, region_label = synthesize_region(scan, params, backend)
-    return place(out, scan, region_image, region_label), params
+    return paste_region(out, scan, region_image, region_label), params
 
 
 def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel spacing (mm) along the voxel axes of a voxel-to-world affine."""
     return tuple(float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
-
-
-def nifti_bytes(data: np.ndarray, affine: np.ndarray) -> bytes:
-    """A gzip-compressed NIfTI-1 file (zero gzip timestamp, so equal inputs give equal bytes)."""
-    img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
-    img.header.set_xyzt_units("mm")
-    img.header.set_qform(affine, code=1)
-    img.header.set_sform(affine, code=1)
-    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,8 +370,8 @@ def run_synthesize(entries, config: GeneratorConfig, *, out: str, manifest: str,
             index = position * count + n
             case = case_name(entry.scan_id, index)
             whole, params = make_case(scan, out_grid, config, root_seed, index, backend)
-            files = {"image": nifti_bytes(whole.image, whole.affine),
-                     "label": nifti_bytes(whole.label, whole.affine)}
+            files = {key: nifti_bytes(data, whole.affine, gzip_os=GZIP_OS_UNIX)
+                     for key, data in (("image", whole.image), ("label", whole.label))}
             record = CaseRecord(case=case, scan_id=entry.scan_id, scan_sha256=dict(entry.sha256),
                                 root_seed=root_seed, index=index, grid=grid,
                                 image=layout.image(case), label=layout.label(case),

@@ -1,4 +1,4 @@
-"""Reading NIfTI-1 scans defensively, from local disk or object storage.
+"""Reading NIfTI-1 scans defensively, from local disk or object storage, and writing them.
 
 The header is parsed and checked before any voxel buffer is allocated, so a corrupt or hostile file
 with absurd dimensions or voxel bytes (``MAX_VOXEL_BYTES``) is refused instead of exhausting memory,
@@ -7,7 +7,13 @@ the size its (checked) header promises. A ``.nii.gz`` is then read to its end, s
 is checked and a flipped bit is caught. Every failure raises :class:`ScanError` naming the file, what
 was expected and what was found.
 
-This module reads NIfTI only; :func:`readers.read_volume` is the entry point that also reads DICOM
+One writer, :func:`nifti_bytes` (:func:`write_nifti` for a file), serves every NIfTI file
+tumorforge writes (phantoms, synthesized scans, liver masks, predictions, previews, the Visual
+Turing Test packet): a header holding the affine, mm units and nothing the caller did not ask for,
+and a gzip stream without time stamp or name, so equal inputs give equal bytes on every machine
+(phantom bytes feed the demo's dataset id).
+
+This module handles NIfTI only; :func:`readers.read_volume` is the entry point that also reads DICOM
 series and PNG mask folders (:mod:`dicom`, a sibling of this module, never imported here).
 """
 
@@ -26,8 +32,9 @@ from . import storage
 # they stay importable from here.
 from .volume import MAX_AXIS, MAX_VOXELS, ScanError, Volume, VolumeInfo
 
-__all__ = ["MAX_AXIS", "MAX_VOXELS", "MAX_VOXEL_BYTES", "SUFFIXES", "ScanError", "Volume",
-           "VolumeInfo", "owns", "read_nifti"]
+__all__ = ["GZIP_OS_UNIX", "GZIP_OS_UNKNOWN", "MAX_AXIS", "MAX_VOXELS", "MAX_VOXEL_BYTES",
+           "SUFFIXES", "ScanError", "Volume", "VolumeInfo", "nifti_bytes", "owns", "read_nifti",
+           "write_nifti"]
 
 SUFFIXES = (".nii", ".nii.gz", ".gz")   # what a uri read as a NIfTI file ends with
 HEADER_BYTES = 348
@@ -40,6 +47,16 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 READ_CHUNK = 4 << 20             # voxel bytes decompressed (and scaled) per step into the array
 MAX_EXTENSION_BYTES = 16 << 20   # header extensions before the voxels (vox_offset - 348)
 MAX_TRAILING_BYTES = 1 << 20     # bytes after the voxel data that a file may carry
+# Writing: level 1 (nibabel's default), as noisy int16 CT barely compresses better at higher
+# levels, which cost about 6x the time.
+GZIP_LEVEL = 1
+# The OS byte of a written gzip header, set rather than left to zlib (whose value depends on the
+# platform it was built for), so the bytes are the same everywhere. Both values are in published
+# outputs and stay as they are: 255 ("unknown", as Python's GzipFile and nibabel write it) in
+# phantoms, predictions and previews; 3 ("Unix", as zlib writes it on Linux) in synthesized scans,
+# liver masks and the Visual Turing Test packet.
+GZIP_OS_UNKNOWN = 255
+GZIP_OS_UNIX = 3
 
 
 def _parse_header(uri: str, block: bytes) -> nib.Nifti1Header:
@@ -271,3 +288,39 @@ def read_nifti(uri: str, *, max_voxels: int = MAX_VOXELS, with_data: bool = True
         flat.flags.writeable = False           # as a view of the file's bytes is (as before)
     data = flat.reshape(info.shape, order="F")
     return Volume(info=info, data=data, sha256=digest)
+
+
+def nifti_bytes(array: np.ndarray, affine: np.ndarray, *, dtype=None, qform_code: int = 1,
+                sform_code: int = 1, description: str = "", gzip_os: int | None = None) -> bytes:
+    """One single-file NIfTI-1 image, header and voxels, as bytes.
+
+    ``array``: the voxels, its axes the file's (i, j, k); stored as ``dtype`` (cast to it) or, by
+    default, as its own type. ``affine``: voxel (i, j, k) -> world RAS+ mm, written to the qform
+    and the sform with ``qform_code`` / ``sform_code`` (1 scanner, 2 aligned, 0 unset); spatial
+    units mm. ``description`` goes to ``descrip``; nothing else is set (no intent, names or
+    extensions). ``gzip_os`` None: a plain ``.nii``; else a ``.nii.gz`` stream (level
+    ``GZIP_LEVEL``, time stamp 0, no file name) whose header's OS byte is ``gzip_os``.
+    """
+    data = np.asarray(array) if dtype is None else np.asarray(array, dtype=dtype)
+    img = nib.Nifti1Image(data, affine)
+    header = img.header
+    header.set_xyzt_units("mm")
+    if description:
+        header["descrip"] = description.encode()
+    header.set_qform(affine, code=qform_code)
+    header.set_sform(affine, code=sform_code)
+    raw = img.to_bytes()
+    if gzip_os is None:
+        return raw
+    stream = zlib.compress(raw, GZIP_LEVEL, wbits=31)     # gzip framing, time stamp 0, no name
+    return stream[:9] + bytes([gzip_os]) + stream[10:]
+
+
+def write_nifti(uri: str, array: np.ndarray, affine: np.ndarray, *,
+                gzip_os: int = GZIP_OS_UNKNOWN, **header) -> None:
+    """Write :func:`nifti_bytes` of ``array`` at ``uri`` (local or ``s3://``) in one go, so a
+    reader never sees half a file: gzip-compressed (OS byte ``gzip_os``) when ``uri`` ends in
+    ``.gz``, plain otherwise. ``header``: the header keywords of :func:`nifti_bytes`."""
+    compressed = str(uri).lower().endswith(".gz")
+    storage.write_atomic(str(uri), nifti_bytes(array, affine, gzip_os=gzip_os if compressed
+                                               else None, **header))

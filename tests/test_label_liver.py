@@ -14,6 +14,7 @@ import pytest
 
 from tumorforge.cluster.front_door import main
 from tumorforge.evaluation.label_liver import label_liver
+from tumorforge.manifests.phantoms.anatomy import LIVER_CODE
 from tumorforge.manifests.schema import default_roots, read_images, read_manifest
 from conftest import user_error
 
@@ -31,7 +32,7 @@ def images(phantom_root, tmp_path_factory):
 def _truth(entry, root):
     """The phantom's own liver (BTCV label 6), as a model that segments perfectly would give."""
     label = entry.image.replace("/img/img", "/label/label")
-    return np.asarray(nib.load(label).dataobj) == 6
+    return np.asarray(nib.load(label).dataobj) == LIVER_CODE
 
 
 def test_an_image_only_dataset_becomes_an_image_list(images):

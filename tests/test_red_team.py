@@ -20,7 +20,9 @@ from tumorforge.manifests.readers import ScanError, read_volume
 from conftest import user_error
 
 
-def nifti_bytes(data, affine=None, **header) -> bytes:
+def hostile_nifti_bytes(data, affine=None, **header) -> bytes:
+    """An uncompressed NIfTI-1 file whose header fields are set raw (no checks), so a test can
+    write what no honest writer would (zero pixdim, a huge vox_offset)."""
     img = nib.Nifti1Image(data, np.diag([0.8, 0.8, 3.66, 1.0]) if affine is None else affine)
     for key, value in header.items():
         img.header[key] = value
@@ -48,7 +50,7 @@ def volume():
 def test_gzip_crc_is_checked(tmp_path, volume):
     """A bit flipped in a .nii.gz is caught by the CRC at the end of the stream (reading only the
     size the header promises used to let it through)."""
-    raw = bytearray(gzip.compress(nifti_bytes(volume), mtime=0))
+    raw = bytearray(gzip.compress(hostile_nifti_bytes(volume), mtime=0))
     raw[-8] ^= 0x01                                   # CRC32 field of the gzip trailer
     path = tmp_path / "flipped.nii.gz"
     path.write_bytes(bytes(raw))
@@ -56,7 +58,7 @@ def test_gzip_crc_is_checked(tmp_path, volume):
         read_volume(str(path))
     assert str(path) in str(exc.value) and "CRC" in str(exc.value)
     good = tmp_path / "good.nii.gz"
-    good.write_bytes(gzip.compress(nifti_bytes(volume), mtime=0))
+    good.write_bytes(gzip.compress(hostile_nifti_bytes(volume), mtime=0))
     assert np.array_equal(read_volume(str(good)).data, volume)
 
 
@@ -66,7 +68,7 @@ def test_zero_or_nan_pixdim_is_refused(tmp_path, volume):
     for bad in (0.0, float("nan")):
         pixdim = [1.0, 0.8, 0.8, bad, 1, 1, 1, 1]
         path = tmp_path / f"pixdim-{bad}.nii"
-        path.write_bytes(nifti_bytes(volume, pixdim=pixdim))
+        path.write_bytes(hostile_nifti_bytes(volume, pixdim=pixdim))
         with pytest.raises(ScanError) as exc:
             read_volume(str(path))
         assert str(path) in str(exc.value) and "pixdim" in str(exc.value)
@@ -76,7 +78,7 @@ def test_huge_vox_offset_costs_no_memory(tmp_path, volume):
     """A 1 KB .nii.gz declaring vox_offset 1.5e9: refused before reading, a few MiB at most (it
     cost 3 GB before)."""
     path = tmp_path / "offset.nii.gz"
-    path.write_bytes(gzip.compress(nifti_bytes(volume, vox_offset=1.5e9)[:352], mtime=0))
+    path.write_bytes(gzip.compress(hostile_nifti_bytes(volume, vox_offset=1.5e9)[:352], mtime=0))
     out, peak = peak_mib(lambda: read_volume(str(path)))
     assert isinstance(out, ScanError) and "vox_offset" in str(out) and str(path) in str(out)
     assert peak < 8
@@ -87,7 +89,7 @@ def test_gzip_bomb_after_the_voxels_is_refused_with_bounded_memory(tmp_path, vol
     the bomb into memory."""
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as f:
-        f.write(nifti_bytes(volume))
+        f.write(hostile_nifti_bytes(volume))
         zeros = bytes(1 << 20)
         for _ in range(200):
             f.write(zeros)
@@ -101,7 +103,7 @@ def test_gzip_bomb_after_the_voxels_is_refused_with_bounded_memory(tmp_path, vol
 def test_truncated_uncompressed_file_is_refused_before_allocating(tmp_path):
     """A header declaring 512 x 512 x 400 int16 (200 MiB) on a 2 KB file."""
     data = np.zeros((4, 4, 4), np.int16)
-    raw = bytearray(nifti_bytes(data))
+    raw = bytearray(hostile_nifti_bytes(data))
     header = nib.Nifti1Header.from_fileobj(io.BytesIO(bytes(raw)))
     header.set_data_shape((512, 512, 400))
     path = tmp_path / "short.nii"

@@ -1,8 +1,9 @@
 """Realistic abdominal CT phantoms written in real dataset layouts (LiTS, MSD, BTCV, CHAOS)."""
 
-from .anatomy import ORGAN_CODES, Phantom, make_phantom
+from .anatomy import ORGAN_CODES
 from .layouts import LABEL_VALUES, LAYOUTS, write_layout
 from .lesions import Lesion
+from .phantom import Phantom, make_phantom
 
 __all__ = ["LABEL_VALUES", "LAYOUTS", "ORGAN_CODES", "Lesion", "Phantom", "make_phantom", "save_preview", "write_layout"]
 

@@ -22,7 +22,6 @@ timestamp or file name.
 
 from __future__ import annotations
 
-import gzip
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -30,16 +29,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .anatomy import LIVER, Phantom, make_phantom
+from ..nifti import GZIP_OS_UNKNOWN, write_nifti
+from .anatomy import LIVER_CODE
+from .phantom import Phantom, make_phantom
 
 LAYOUTS = ("lits", "msd", "btcv", "chaos")
 GENERATOR = "tumorforge phantoms v1"
 # (liver label values, tumor label values) in each layout's label files, for previews and checks.
-LABEL_VALUES = {"lits": ((1, 2), (2,)), "msd": ((1, 2), (2,)), "btcv": ((LIVER,), ()), "chaos": ((1,), ())}
+LABEL_VALUES = {"lits": ((1, 2), (2,)), "msd": ((1, 2), (2,)), "btcv": ((LIVER_CODE,), ()), "chaos": ((1,), ())}
 # The 20 CHAOS CT training ids; later cases continue with the same kind of gaps.
 CHAOS_CT_IDS = (1, 2, 5, 6, 8, 10, 14, 16, 18, 19, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30)
-# Level 1 (nibabel's default): noisy int16 CT barely compresses better at higher levels, which cost 6x the time.
-_GZIP_LEVEL = 1
 
 
 def case_rng(layout: str, seed: int, index: int) -> np.random.Generator:
@@ -73,32 +72,17 @@ def reorient(array: np.ndarray, affine: np.ndarray, axcodes: str) -> tuple[np.nd
     return out, affine @ ornt.inv_ornt_aff(xform, array.shape)
 
 
-def nifti_bytes(array: np.ndarray, affine: np.ndarray, dtype) -> bytes:
-    """A NIfTI-1 file with fixed header fields: qform = sform = affine (code 1), mm units."""
-    img = nib.Nifti1Image(np.asarray(array, dtype=dtype), affine)
-    img.header.set_data_dtype(dtype)
-    img.header.set_xyzt_units("mm")
-    img.header["descrip"] = b"tumorforge phantom"
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    return img.to_bytes()
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write data, gzip-compressed for *.gz with mtime 0 and no embedded name (reproducible bytes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".gz":
-        with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
-                                                     compresslevel=_GZIP_LEVEL) as gz:
-            gz.write(data)
-    else:
-        path.write_bytes(data)
+def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, dtype) -> None:
+    """One phantom NIfTI file (gzip-compressed for ``*.gz``) of ``array`` stored as ``dtype``:
+    qform = sform = affine (code 1), mm units, descrip "tumorforge phantom"."""
+    write_nifti(str(path), array, affine, dtype=dtype, description="tumorforge phantom",
+                gzip_os=GZIP_OS_UNKNOWN)
 
 
 def _label(layout: str, phantom: Phantom) -> np.ndarray:
     if layout == "btcv":
         return phantom.organs
-    label = (phantom.organs == LIVER).astype(np.uint8)
+    label = (phantom.organs == LIVER_CODE).astype(np.uint8)
     if layout in ("lits", "msd"):
         label[phantom.tumor] = 2
     return label
@@ -126,11 +110,11 @@ def _write_case(layout: str, out: Path, index: int, seed: int, scale: float, tes
     case, image_path, label_path = _paths(layout, index, test)
     axcodes = storage_axcodes(layout, index)
     image, affine = reorient(phantom.image, phantom.affine, axcodes)
-    write_bytes(out / image_path, nifti_bytes(image, affine, np.int16))
+    _write_nifti(out / image_path, image, affine, np.int16)
     record = {"case": case, "image": image_path}
     if not test:
         label, _ = reorient(_label(layout, phantom), phantom.affine, axcodes)
-        write_bytes(out / label_path, nifti_bytes(label, affine, np.uint8))
+        _write_nifti(out / label_path, label, affine, np.uint8)
         record["label"] = label_path
     record.update(
         has_tumor=bool(phantom.lesions),
