@@ -19,6 +19,7 @@ This module orchestrates every stage, as the demo does (it is allowed to import 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -268,7 +269,7 @@ def _evaluate(spec: ExperimentSpec, checkpoint: str, test: str, folder: str, log
 
 def run(spec: ExperimentSpec, log=print) -> dict:
     """Run (or finish) the experiment; returns what ``experiment.json`` holds."""
-    from tumorforge.evaluation.metrics import summarize
+    from tumorforge.evaluation.metric_table import summarize
     out = spec.out
     os.makedirs(out, exist_ok=True)
     profiled = [a for a in spec.arms if a.profile]
@@ -346,30 +347,30 @@ def _fmt(v, pct: bool = False) -> str:
     return f"{100 * v:.0f} %" if pct else f"{v:.3f}"
 
 
+def comparison_table(arms: dict) -> tuple[list[str], list[list[str]]]:
+    """The arms side by side: the header and a row per arm (``arms``: name -> a dict with the
+    arm's pooled ``aggregate``), a column for every figure of the metrics table that has a brief
+    name, each with its 95 % interval and note."""
+    from tumorforge.evaluation.metric_table import METRICS, with_interval
+    head, rows = ["arm"], []
+    for name, arm in arms.items():
+        cells = []
+        for metric in METRICS.values():
+            number = functools.partial(_fmt, pct=True) if metric.percent else \
+                (lambda v, digits=metric.digits: f"{v:.{digits}f}")
+            cells += [(f.brief, with_interval(f.value, f.ci95, number)
+                       + (f" ({f.note})" if f.note else ""))
+                      for f in metric.figures(arm["aggregate"]) if f.brief is not None]
+        if not rows:
+            head += [brief for brief, _ in cells]
+        rows.append([name, *(cell for _, cell in cells)])
+    return head, rows
+
+
 def _report(out: str, result: dict) -> None:
     """``report.md`` and a self-contained ``report.html``: one row per arm, the pair tests."""
     from tumorforge.evaluation.report import FROC_HEADER, froc_rows, html_page, plot_froc
-    head = ("arm", "tumor DSC", "NSD", "liver DSC", "sensitivity < 5 mm", "5-10 mm", "> 10 mm",
-            "FP lesions / scan", "specificity (healthy scans)")
-
-    def ci(value, interval, pct=False, digits=None):
-        fmt = (lambda v: f"{v:.{digits}f}") if digits is not None else \
-            (lambda v: _fmt(v, pct))
-        text = "n/a" if value is None else fmt(value)
-        return f"{text} [{fmt(interval[0])}, {fmt(interval[1])}]" if interval else text
-    rows = []
-    for name, arm in result["arms"].items():
-        agg = arm["aggregate"]
-        det = agg["detection"]
-        sens = [f"{ci(det[b]['sensitivity'], det[b]['ci95'], True)} "
-                f"({det[b]['detected']}/{det[b]['lesions']})" for b in ("<5", "5-10", ">10")]
-        rows.append((name, *(ci(agg[k]["mean"], agg[k]["ci95"])
-                             for k in ("tumor_dice", "tumor_nsd", "liver_dice")),
-                     *sens,
-                     ci(agg["false_positive_lesions_per_scan"],
-                        agg.get("false_positive_lesions_per_scan_ci95"), digits=1),
-                     ci(agg["specificity"]["value"], agg["specificity"].get("ci95"), True)
-                     + f" (n {agg['specificity']['healthy_scans']})"))
+    head, rows = comparison_table(result["arms"])
     pairs = [(f"{os.path.basename(p['a']).removesuffix('-cases.json')} vs "
               f"{os.path.basename(p['b']).removesuffix('-cases.json')}", str(p["shared_cases"]),
               _fmt(p["wilcoxon_tumor_dice"]["p_value"]),

@@ -15,16 +15,20 @@ import numpy as np
 from tumorforge.manifests.conventions import BACKGROUND, LIVER, TUMOR
 from tumorforge.manifests.records import json_safe
 
-from .metrics import (DEFAULT_MIN_DICE, EMPTY_RULE, MIN_LIVER_CONTACT, case_metrics,
-                      detection_rule_text, froc_points, summarize)
+from .metric_table import METRICS, Column, case_metrics, record_columns, summarize
+from .metrics import (DEFAULT_MIN_DICE, EMPTY_RULE, MIN_LIVER_CONTACT, detection_rule_text,
+                      froc_points)
 
 if TYPE_CHECKING:            # infer imports torch; compare and the commands' parsers need none
     from .infer import Segmenter
 
-CSV_FIELDS = ("scan_id", "role", "source", "fold", "tumor_dice", "tumor_nsd", "liver_dice",
-              "tumor_volume_true_ml", "tumor_volume_pred_ml", "tumor_volume_error_ml",
-              "lesions", "lesions_detected", "false_positive_lesions", "any_predicted_tumor",
-              "seconds")
+
+def csv_columns() -> list[Column]:
+    """The per-case CSV's columns (name, value from a case's record): the scan, every metric's
+    columns in the order of the metrics table, the seconds the case took."""
+    return [*record_columns("scan_id", "role", "source", "fold"),
+            *(column for metric in METRICS.values() for column in metric.columns),
+            *record_columns("seconds")]
 
 
 def truth_labels(label: np.ndarray, label_map) -> np.ndarray:
@@ -178,14 +182,12 @@ def file_sha256(path: str) -> str:
 
 
 def _write_csv(path: str, cases: list[dict]) -> None:
+    columns = csv_columns()
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        w.writeheader()
+        w = csv.writer(f)
+        w.writerow([name for name, _ in columns])
         for c in cases:
-            row = {k: c.get(k) for k in CSV_FIELDS}
-            row["lesions"] = len(c["lesions"])
-            row["lesions_detected"] = sum(l["detected"] for l in c["lesions"])
-            w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+            w.writerow(["" if v is None else v for v in (value(c) for _, value in columns)])
 
 
 def compare(a_path: str, b_path: str) -> dict:

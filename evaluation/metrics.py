@@ -1,4 +1,8 @@
-"""Segmentation and detection metrics in physical spacing.
+"""Segmentation and detection measures in physical spacing: Dice, NSD, lesions and their matching,
+the FROC points, bootstrap intervals, and the post-processing filters inference shares with them.
+
+What an evaluation reports per case and pools over cases is the table in ``metric_table.py``; this
+module holds the measures it is built from.
 
 Rules for empty masks (stated in every report):
 - Dice: both masks empty -> undefined (None), excluded from means; exactly one empty -> 0.
@@ -13,7 +17,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 # ``dice`` is the one Dice of tumorforge (same empty-mask rule everywhere); importable from here too.
-from tumorforge.manifests.conventions import LIVER, TUMOR, dice
+from tumorforge.manifests.conventions import TUMOR, dice
 
 CONNECTIVITY_26 = np.ones((3, 3, 3), bool)
 SIZE_BINS_MM = (("<5", 0.0, 5.0), ("5-10", 5.0, 10.0), (">10", 10.0, float("inf")))
@@ -135,11 +139,11 @@ def drop_specks(mask: np.ndarray, spacing, min_radius_mm: float) -> np.ndarray:
 MIN_LIVER_CONTACT = 0.6
 
 
-def drop_outside_liver(mask: np.ndarray, liver: np.ndarray, min_contact: float) -> np.ndarray:
+def drop_outside_organ(mask: np.ndarray, organ: np.ndarray, min_contact: float) -> np.ndarray:
     """``mask`` without its 26-connected components whose outer border (the voxels 26-adjacent to
-    the component) is less than ``min_contact`` liver: a lesion of the liver is mostly enclosed by
-    liver; a blob mostly bordered by fat, air or another organ is an extrahepatic false positive.
-    ``liver``: the liver without the tumor."""
+    the component) is less than ``min_contact`` ``organ``: a lesion of an organ is mostly enclosed
+    by it; a blob mostly bordered by fat, air or another organ is a false positive outside it.
+    ``organ``: the organ's voxels without the tumor, on ``mask``'s grid."""
     mask = np.asarray(mask, bool)
     if min_contact <= 0 or not mask.any():
         return mask
@@ -152,12 +156,16 @@ def drop_outside_liver(mask: np.ndarray, liver: np.ndarray, min_contact: float) 
     owner = ndi.grey_dilation(parts, footprint=np.ones((3, 3, 3), bool), mode="constant", cval=0)
     border = (owner > 0) & (parts == 0)
     total = np.bincount(owner[border], minlength=n + 1)
-    on_liver = np.bincount(owner[border & np.asarray(liver, bool)[box]], minlength=n + 1)
-    keep = on_liver >= min_contact * np.maximum(total, 1)
+    on_organ = np.bincount(owner[border & np.asarray(organ, bool)[box]], minlength=n + 1)
+    keep = on_organ >= min_contact * np.maximum(total, 1)
     keep[0] = False
     out = np.zeros_like(mask)
     out[box] = keep[parts]
     return out
+
+
+# The name ``evaluation/infer.py`` imports; goes once it imports ``drop_outside_organ``.
+drop_outside_liver = drop_outside_organ
 
 
 def _detections(scores: np.ndarray, n_pred: int, rule: str, min_dice: float
@@ -172,23 +180,19 @@ def _detections(scores: np.ndarray, n_pred: int, rule: str, min_dice: float
         int(n_pred - np.count_nonzero(matched))
 
 
-def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing, tolerance_mm: float = 2.0,
-                 rule: str = "dice", min_dice: float = DEFAULT_MIN_DICE) -> dict:
-    """Per-case metrics from label volumes (0 background, 1 liver, 2 tumor) on one grid.
+def lesion_detection(pred_tumor: np.ndarray, true_tumor: np.ndarray, spacing, rule: str = "dice",
+                     min_dice: float = DEFAULT_MIN_DICE) -> tuple[list[dict], int, int]:
+    """The true lesions of one case, matched against the predicted tumor's components.
 
-    Liver is liver or tumor voxels. Detection (``rule``, see :func:`detection_rule_text`): by
-    default a true lesion is detected when one predicted component matches it with Dice >=
-    ``min_dice``, so a blob of false positive tumor that merely touches a lesion does not detect
-    it; ``any-voxel`` is the lenient rule. Each true lesion records its size, center (voxel),
-    best match Dice and whether it was detected.
+    Detection (``rule``, see :func:`detection_rule_text`): by default a true lesion is detected
+    when one predicted component matches it with Dice >= ``min_dice``, so a blob of false positive
+    tumor that merely touches a lesion does not detect it; ``any-voxel`` is the lenient rule.
+    Returns each true lesion (its size as :func:`lesions` gives it, center in voxels, best match
+    Dice, whether it was detected, size bin; floats rounded to 4 decimals), the false-positive
+    components and all predicted components.
     """
-    if rule not in DETECTION_RULES:
-        raise ValueError(f"detection rule {rule!r}: expected one of {DETECTION_RULES}")
-    spacing = tuple(float(s) for s in spacing)
-    pt, tt = pred == TUMOR, truth == TUMOR
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    gt_labels, gt = lesions(tt, spacing)
-    pred_labels, predicted = lesions(pt, spacing)
+    gt_labels, gt = lesions(true_tumor, spacing)
+    pred_labels, predicted = lesions(pred_tumor, spacing)
     scores = match_lesions(gt_labels, len(gt), pred_labels, len(predicted))
     best, detected, fp = _detections(scores, len(predicted), rule, min_dice)
     centers = ndi.center_of_mass(np.ones_like(gt_labels), gt_labels, range(1, len(gt) + 1)) \
@@ -198,18 +202,8 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing, tolerance_mm: flo
         les["center_vox"] = [int(round(c)) for c in centers[n]]
         les["detected"] = bool(detected[n])
         les["size_bin"] = size_bin(les["radius_mm"])
-    return {"tumor_dice": dice(pt, tt), "tumor_nsd": nsd(pt, tt, spacing, tolerance_mm),
-            "liver_dice": dice(pred >= LIVER, truth >= LIVER),
-            "tumor_volume_true_ml": round(int(tt.sum()) * voxel_ml, 4),
-            "tumor_volume_pred_ml": round(int(pt.sum()) * voxel_ml, 4),
-            "tumor_volume_error_ml": round((int(pt.sum()) - int(tt.sum())) * voxel_ml, 4),
-            "tumor_overlap_voxels": int((pt & tt).sum()),
-            "tumor_voxels_true": int(tt.sum()), "tumor_voxels_pred": int(pt.sum()),
-            "lesions": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in les.items()}
-                        for les in gt],
-            "false_positive_lesions": fp, "predicted_lesions": len(predicted),
-            "any_predicted_tumor": bool(pt.any()),
-            "detection_rule": detection_rule_text(rule, min_dice)}
+    return ([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in les.items()}
+             for les in gt], fp, len(predicted))
 
 
 # Probability thresholds of the FROC-style curve (the argmax answer is the operating point).
@@ -244,7 +238,7 @@ def froc_points(probability: np.ndarray, region: np.ndarray, truth: np.ndarray, 
     for t in thresholds:
         pt = drop_specks((probability >= round(t * PROBABILITY_SCALE)) & region, spacing,
                          min_radius_mm)
-        pt = drop_outside_liver(pt, region & ~pt, min_liver_contact)
+        pt = drop_outside_organ(pt, region & ~pt, min_liver_contact)
         pred_labels, n_pred = ndi.label(pt, structure=CONNECTIVITY_26)
         scores = match_lesions(gt_labels, len(gt), pred_labels, n_pred)
         _, detected, fp = _detections(scores, n_pred, rule, min_dice)
@@ -292,56 +286,10 @@ def bootstrap_ci(values, statistic=np.mean, n_boot: int = 2000, seed: int = 0,
     return float(ci.low), float(ci.high)
 
 
-def summarize(cases: list[dict], seed: int = 0) -> dict:
-    """Aggregate per-case metrics: means with 95 % bootstrap intervals, global tumor Dice, lesion
-    sensitivity by size, false positives per scan, and specificity on healthy scans."""
-    tumor = [c for c in cases if c["tumor_voxels_true"] > 0]
-    healthy = [c for c in cases if c["tumor_voxels_true"] == 0]
-
-    def mean_ci(key, pool):
-        vals = [c[key] for c in pool if c[key] is not None]
-        ci = bootstrap_ci(vals, seed=seed)
-        return {"mean": float(np.mean(vals)) if vals else None, "n": len(vals),
-                "ci95": list(ci) if ci else None}
-
-    inter = sum(c["tumor_overlap_voxels"] for c in tumor)
-    total = sum(c["tumor_voxels_true"] + c["tumor_voxels_pred"] for c in tumor)
-    all_lesions = [(i, les) for i, c in enumerate(cases) for les in c["lesions"]]
-    fp_total = int(sum(c["false_positive_lesions"] for c in cases))   # beside every sensitivity
-    detection = {}
-    for name, _, _ in SIZE_BINS_MM + (("all", 0, 0),):
-        pool = [(i, les) for i, les in all_lesions if name == "all" or les["size_bin"] == name]
-        hits = sum(les["detected"] for _, les in pool)
-        ci = _case_bootstrap_sensitivity(pool, len(cases), seed) if pool else None
-        detection[name] = {"lesions": len(pool), "detected": hits,
-                           "sensitivity": hits / len(pool) if pool else None,
-                           "ci95": list(ci) if ci else None,
-                           "false_positive_lesions": fp_total}
-    fp_free = [not c["any_predicted_tumor"] for c in healthy]
-    fp_ci = bootstrap_ci([c["false_positive_lesions"] for c in cases], seed=seed)
-    spec_ci = bootstrap_ci([float(v) for v in fp_free], seed=seed)
-    return {
-        "cases": len(cases), "tumor_cases": len(tumor), "healthy_cases": len(healthy),
-        "tumor_dice": mean_ci("tumor_dice", tumor), "tumor_nsd": mean_ci("tumor_nsd", tumor),
-        "liver_dice": mean_ci("liver_dice", cases),
-        "tumor_volume_error_ml": mean_ci("tumor_volume_error_ml", tumor),
-        "global_tumor_dice": (2.0 * inter / total) if total else None,
-        "detection": detection,
-        "false_positive_lesions_per_scan": (float(np.mean([c["false_positive_lesions"]
-                                                          for c in cases])) if cases else None),
-        "false_positive_lesions_per_scan_ci95": list(fp_ci) if fp_ci else None,
-        "specificity": {"healthy_scans": len(healthy), "true_negatives": int(sum(fp_free)),
-                        "value": (sum(fp_free) / len(healthy)) if healthy else None,
-                        "ci95": list(spec_ci) if spec_ci else None},
-        "empty_mask_rule": EMPTY_RULE,
-        "detection_rule": next((c["detection_rule"] for c in cases if "detection_rule" in c),
-                               detection_rule_text()),
-        "froc": summarize_froc(cases),
-    }
-
-
-def _case_bootstrap_sensitivity(pool, n_cases: int, seed: int, n_boot: int = 2000):
-    """Lesion sensitivity interval resampling cases (lesions of one case stay together)."""
+def case_bootstrap_sensitivity(pool, n_cases: int, seed: int, n_boot: int = 2000
+                                ) -> tuple[float, float] | None:
+    """Percentile interval of lesion sensitivity resampling cases (the lesions of one case stay
+    together). ``pool``: (case index, lesion record with ``detected``) pairs."""
     by_case = np.zeros((n_cases, 2))
     for i, les in pool:
         by_case[i] += (les["detected"], 1)

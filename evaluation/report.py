@@ -1,8 +1,11 @@
-"""The evaluation report: Markdown and HTML with plots a person would rather look at than read."""
+"""The evaluation report: Markdown and HTML with plots a person would rather look at than read.
+
+Its metrics table has a row for every figure of the metrics table (``metric_table.METRICS``)."""
 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import os
 
@@ -10,6 +13,7 @@ import numpy as np
 
 from tumorforge.manifests.conventions import DISPLAY_WINDOW_HU, TUMOR, to_ras
 
+from .metric_table import METRICS, with_interval
 from .metrics import SIZE_BINS_MM
 
 
@@ -147,22 +151,9 @@ def write_report(out: str, summary: dict, examples: list) -> dict:
     if froc:
         figs["froc"] = plot_froc({"model": froc}, os.path.join(out, "froc.png"))
 
-    def ci(m, pct=False):
-        return (f"{_f(m['mean'], pct)} [{_f(m['ci95'][0], pct)}, {_f(m['ci95'][1], pct)}]"
-                if m["ci95"] else _f(m["mean"], pct))
-    metrics = [["tumor DSC (mean over tumor cases)", ci(agg["tumor_dice"]), agg["tumor_dice"]["n"]],
-               [f"tumor NSD ({summary['nsd_tolerance_mm']} mm)", ci(agg["tumor_nsd"]),
-                agg["tumor_nsd"]["n"]],
-               ["global tumor DSC", _f(agg["global_tumor_dice"]), agg["tumor_cases"]],
-               ["liver DSC", ci(agg["liver_dice"]), agg["liver_dice"]["n"]],
-               ["tumor volume error (mL)", ci(agg["tumor_volume_error_ml"]),
-                agg["tumor_volume_error_ml"]["n"]],
-               ["false-positive lesions per scan",
-                ci({"mean": agg["false_positive_lesions_per_scan"],
-                    "ci95": agg.get("false_positive_lesions_per_scan_ci95")}), agg["cases"]],
-               ["specificity (healthy scans)",
-                ci({"mean": agg["specificity"]["value"], "ci95": agg["specificity"].get("ci95")},
-                   True), agg["specificity"]["healthy_scans"]]]
+    metrics = [[f.label.format_map(summary),
+                with_interval(f.value, f.ci95, functools.partial(_f, pct=m.percent)), f.n]
+               for m in METRICS.values() if m.report_row for f in m.figures(agg)]
     det = [[n, f"{d['detected']}/{d['lesions']}", _f(d["sensitivity"], True),
             f"[{_f(d['ci95'][0], True)}, {_f(d['ci95'][1], True)}]" if d["ci95"] else "n/a",
             d.get("false_positive_lesions", "n/a")]

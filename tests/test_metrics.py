@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tumorforge.evaluation.evaluate import compare
-from tumorforge.evaluation.metrics import case_metrics, dice, lesions, nsd, summarize
+from tumorforge.evaluation.metric_table import case_metrics, summarize
+from tumorforge.evaluation.metrics import dice, lesions, nsd
 from conftest import user_error
 
 
