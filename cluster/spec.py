@@ -15,6 +15,7 @@ import yaml
 
 from tumorforge.generator.backend import BACKENDS, DEFAULT_BACKEND
 from tumorforge.generator.config import GeneratorConfig
+from tumorforge.generator.tumor_models import tumor_model
 from tumorforge.manifests.flags import merged
 from tumorforge.manifests.records import RecordError, from_fields
 from tumorforge.manifests.dataset.names import STORAGE_FORMATS
@@ -97,10 +98,14 @@ class JobSpec:
         many samples it holds (sample i is the same whatever the total, so a dataset can grow
         under the same id) and how its integrity is checked (``dataset_format``: the samples'
         arrays, keys and parameters are the same in formats 2 and 3; only the digests recorded
-        beside them differ)."""
+        beside them differ). A tumor model that is not built in adds its definition
+        (``TumorModel.identity``), so a registered model never shares a dataset id with another."""
         out = self.to_json()
         for key in ("output", "resources", "allow_roots", "manifest", "samples", "dataset_format"):
             out.pop(key)
+        model = tumor_model(self.generator.profile)
+        if not model.builtin:        # a built-in model's definition is the generator version's
+            out["tumor_model"] = model.identity()
         return out
 
     @classmethod

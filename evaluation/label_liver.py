@@ -167,7 +167,7 @@ def label_liver(images: str, out: str, *, checkpoint: str | None = None,
                 raise ScanError(entry.image, problem)
             path = storage.join(folder, f"{entry.scan_id}.nii.gz")
             write_nifti(path, mask.astype(np.uint8), image.info.affine, gzip_os=GZIP_OS_UNIX)
-            kept.append(entry_of(Candidate(entry.scan_id, entry.image, path, LabelMap(liver=(1,)),
+            kept.append(entry_of(Candidate(entry.scan_id, entry.image, path, LabelMap(organ=(1,)),
                                            entry.source, (0, 1)), image, read_volume(path)))
             log(f"[{n}/{len(entries)}] {entry.scan_id}: liver {volume_ml:.0f} mL")
         except ScanError as exc:

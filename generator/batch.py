@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from .params import PaperTumor, ReleasedTumor, SampleParams
+from .tumor_models import tumor_model
 
 CROP_DTYPE = np.dtype([
     ("scan", np.int64), ("origin", np.int64, 3), ("crop_size", np.int64, 3),
@@ -52,10 +53,12 @@ _RELEASED_SAMPLE = ["mask_blur_mm", "texture_sigma_mm", "texture_prob", "texture
 
 @dataclass(frozen=True)
 class Packed:
-    """A batch of crops: ``crops`` (``CROP_DTYPE`` rows) and ``tumors`` (``TUMOR_DTYPE`` rows)."""
+    """A batch of crops: ``crops`` (``CROP_DTYPE`` rows), ``tumors`` (``TUMOR_DTYPE`` rows) and
+    each crop's tumor model (``tumor_models.TumorModel``, from the profile its record names)."""
 
     crops: np.recarray
     tumors: np.recarray
+    models: tuple = ()
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -85,7 +88,7 @@ def pack(params: Sequence[SampleParams], scan_ids: Sequence[str]) -> Packed:
     the order ``synthesize_batch`` gets them (each record must name one of them)."""
     where = {sid: n for n, sid in enumerate(scan_ids)}
     crops = np.rec.array(np.zeros(len(params), CROP_DTYPE))
-    parts, first = [], 0
+    parts, first, models = [], 0, []
     for b, p in enumerate(params):
         if p.scan_id not in where:
             raise ValueError(f"params are for scan {p.scan_id}, not "
@@ -93,7 +96,8 @@ def pack(params: Sequence[SampleParams], scan_ids: Sequence[str]) -> Packed:
         crops.scan[b], crops.origin[b] = where[p.scan_id], p.crop_origin
         crops.crop_size[b] = p.crop_size
         crops.first_tumor[b], crops.tumors[b] = first, len(p.tumors)
-        if p.profile == "released":
+        models.append(tumor_model(p.profile, f"params of scan {p.scan_id}"))
+        if models[-1].family == "released":
             crops.released[b] = True
             if p.released is not None:
                 for name in _RELEASED_SAMPLE:
@@ -103,4 +107,4 @@ def pack(params: Sequence[SampleParams], scan_ids: Sequence[str]) -> Packed:
         parts.append(tumor_rows(p.tumors if crops.tumors[b] else (), crop=b))
         first += int(crops.tumors[b])
     tumors = np.rec.array(np.concatenate(parts) if parts else np.zeros(0, TUMOR_DTYPE))
-    return Packed(crops, tumors)
+    return Packed(crops, tumors, tuple(models))

@@ -24,33 +24,24 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from tumorforge.manifests.organs import DEFAULT_ORGAN, ORGANS, SizePreset, get_organ
 from tumorforge.manifests.records import from_fields, typed_fields, typed_value
 
-PROFILES = ("paper-train", "paper", "released", "real")
-PAPER_PROFILES = ("paper-train", "paper")            # tumors are PaperTumor records
-SYNTHETIC_PROFILES = ("paper-train", "paper", "released")
+from . import tumor_models
+from .tumor_models import tumor_model
+
+# The built-in profiles (tumor_models.TUMOR_MODELS, as shipped): command-line choices and docs.
+PROFILES = tumor_models.names()
+PAPER_PROFILES = tumor_models.names(family="paper")     # tumors are PaperTumor records
+SYNTHETIC_PROFILES = tumor_models.names(synthetic=True)
 DEFAULT_PROFILE = "paper-train"
 SIZE_TYPES = ("tiny", "small", "medium", "large", "mix")
 SCENARIOS = ("single", "multifocal", "satellite")
 CROP_POLICIES = ("tumor-centred", "pos-neg")
 
 
-@dataclass(frozen=True)
-class SizePreset:
-    """One tumor size class of Table 6: nominal radius r (mm), elastic deformation sigma_e range
-    (mm of control-point displacement), and the discrete uniform count range [lo, hi]."""
-
-    radius_mm: float
-    sigma_e_mm: tuple[float, float]
-    count: tuple[int, int]
-
-
-PAPER_SIZES = {
-    "tiny": SizePreset(4.0, (0.5, 1.0), (3, 10)),
-    "small": SizePreset(8.0, (1.0, 2.0), (3, 10)),
-    "medium": SizePreset(16.0, (3.0, 6.0), (2, 5)),
-    "large": SizePreset(32.0, (5.0, 10.0), (1, 3)),
-}
+_LIVER = ORGANS[DEFAULT_ORGAN]
+PAPER_SIZES = dict(_LIVER.sizes)       # Table 6: the liver organ's size presets
 
 
 @dataclass(frozen=True)
@@ -58,11 +49,11 @@ class PaperParams:
     """Table 1 of the paper (lengths in mm: the paper works at 1 mm, where voxels and mm coincide).
     ``mu_t`` is drawn from U(mu_t_low, mu_p - mu_t_below_parenchyma)."""
 
-    vessel_b_hu: float = 15.0                 # b of eq. 2: threshold T = mean liver HU + b
+    vessel_b_hu: float = _LIVER.vessel_b_hu   # b of eq. 2: threshold T = mean liver HU + b
     sigma_a_base_mm: float = 0.5              # sigma_a = base + slope * sigma_p (eq. 1 smoothing)
     sigma_a_slope_mm: float = 0.025           # mm per HU of sigma_p
-    mu_t_low_hu: float = 30.0
-    mu_t_below_parenchyma_hu: float = 10.0
+    mu_t_low_hu: float = _LIVER.tumor_prior.low_hu
+    mu_t_below_parenchyma_hu: float = _LIVER.tumor_prior.below_parenchyma_hu
     eta: tuple[float, float] = (1.1, 1.5)     # texture upscaling factor: noise grid spacing eta mm
     sigma_b_mm: float = 0.6                   # texture blur
     sigma_c_mm: tuple[float, float] = (0.6, 1.2)   # shape (mask) blur
@@ -73,7 +64,7 @@ class PaperParams:
     sigma_d_mm: float = 0.8                   # capsule edge blur (eq. 7)
     capsule_hu: float = 120.0                 # d of eq. 8
     max_location_tries: int = 50              # location redraws before the fallback
-    inside_share: float = 0.9                 # share of the drawn shape that must lie in the liver
+    inside_share: float = _LIVER.inside_share  # share of the drawn shape that must lie in the liver
     candidate_depth: float = 0.5              # centers drawn from liver voxels >= this x r deep
     vessel_margin_sd: float = 0.5             # the vessel rule's region: half-axes + this x sigma_e
 
@@ -87,7 +78,7 @@ class ReleasedParams:
     small_count_in_mix: tuple[int, int] = (5, 10)
     integer_sigma_e: tuple[str, ...] = ("small", "medium", "large")   # drawn as integers (randint)
     slice_range: tuple[float, float] = (0.3, 0.7)   # axial slice at 30-70 % of the liver's height
-    erosion_mm: float = 5.0                         # 5x5 in-plane erosion of that slice
+    erosion_mm: float = _LIVER.erosion_mm           # 5x5 in-plane erosion of that slice
     texture_sigmas_mm: tuple[float, ...] = (3.0, 6.0, 9.0, 12.0, 15.0)
     texture_prob: tuple[float, float] = (0.05, 0.26)  # salt-noise probability range
     texture_blur_mm: tuple[float, ...] = (4.0, 7.0)
@@ -102,6 +93,7 @@ class GeneratorConfig:
     """What a generation job asks of the generator. Serializable to JSON (``to_json``)."""
 
     profile: str = DEFAULT_PROFILE
+    organ: str = DEFAULT_ORGAN            # an entry of manifests.organs.ORGANS
     crop_size: tuple[int, int, int] = (96, 96, 96)
     target_spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     size_mix: dict = field(default_factory=lambda: {t: 0.2 for t in SIZE_TYPES})
@@ -120,8 +112,8 @@ class GeneratorConfig:
     sizes: dict = field(default_factory=lambda: dict(PAPER_SIZES))
 
     def __post_init__(self):
-        if self.profile not in PROFILES:
-            raise ValueError(f"profile {self.profile!r}: expected one of {PROFILES}")
+        get_organ(self.organ, "generator configuration")
+        tumor_model(self.profile, "generator configuration")
         weights = {**self.size_mix, **self.scenario_mix}
         unknown = set(weights) - set(SIZE_TYPES) - set(SCENARIOS)
         if unknown:
@@ -143,13 +135,30 @@ class GeneratorConfig:
 
     @property
     def effective_crop_policy(self) -> str:
-        """``crop_policy``, or the profile's own: the authors' pos-neg 1:1 for ``released``."""
-        if self.crop_policy:
-            return self.crop_policy
-        return "pos-neg" if self.profile == "released" else "tumor-centred"
+        """``crop_policy``, or the tumor model's own (the authors' pos-neg 1:1 for ``released``)."""
+        return self.crop_policy or tumor_model(self.profile).crop_policy
+
+    @classmethod
+    def for_organ(cls, name: str, **overrides) -> "GeneratorConfig":
+        """The configuration for tumors in organ ``name``: its size presets, tumor intensity prior,
+        vessel threshold, erosion and inside share from the organ's record, then ``overrides``."""
+        organ = get_organ(name)
+        paper = dataclasses.replace(
+            overrides.pop("paper", PaperParams()), vessel_b_hu=organ.vessel_b_hu,
+            mu_t_low_hu=organ.tumor_prior.low_hu, inside_share=organ.inside_share,
+            mu_t_below_parenchyma_hu=organ.tumor_prior.below_parenchyma_hu)
+        released = dataclasses.replace(overrides.pop("released", ReleasedParams()),
+                                       erosion_mm=organ.erosion_mm)
+        return cls(organ=name, paper=paper, released=released,
+                   sizes=overrides.pop("sizes", dict(organ.sizes)), **overrides)
 
     def to_json(self) -> dict:
-        return _jsonable(dataclasses.asdict(self))
+        """The configuration as JSON. ``organ`` is written only when it is not the liver, so the
+        records (and dataset ids) of liver jobs are what they were before organs were data."""
+        out = _jsonable(dataclasses.asdict(self))
+        if out["organ"] == DEFAULT_ORGAN:
+            del out["organ"]
+        return out
 
     @classmethod
     def from_json(cls, obj: dict, where: str = "generator configuration") -> "GeneratorConfig":

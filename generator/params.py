@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from tumorforge.manifests.records import RecordError, from_fields, typed_fields
 
-from .config import PAPER_PROFILES
+from .tumor_models import TumorModelError, tumor_model
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,11 @@ class SampleParams:
         sample, a tumor or the released draws is a :class:`RecordError` naming ``where``."""
         if not isinstance(obj, dict) or not isinstance(obj.get("profile"), str):
             raise RecordError(f"{where}: expected an object with a 'profile'")
-        tumor_cls = PaperTumor if obj["profile"] in PAPER_PROFILES else ReleasedTumor
+        try:
+            family = tumor_model(obj["profile"], f"{where}: profile").family
+        except TumorModelError as exc:
+            raise RecordError(str(exc)) from None
+        tumor_cls = PaperTumor if family == "paper" else ReleasedTumor
         tumors = obj.get("tumors", [])
         if not isinstance(tumors, list):
             raise RecordError(f"{where}: tumors: expected a list, found {type(tumors).__name__}")

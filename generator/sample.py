@@ -13,10 +13,11 @@ import math
 
 import numpy as np
 
-from .config import PAPER_PROFILES, SIZE_TYPES, GeneratorConfig, SizePreset
+from .config import SIZE_TYPES, GeneratorConfig, SizePreset
 from .location import liver_voxel, paper_locations, released_location
 from .params import PaperTumor, ReleasedSample, ReleasedTumor, SampleParams
 from .prepare import PreparedScan
+from .tumor_models import tumor_model
 
 PRESETS = ("tiny", "small", "medium", "large")
 
@@ -35,7 +36,8 @@ def draws_negative(root_seed: int, index: int, config: GeneratorConfig) -> bool:
 
 def sample_params(rng: np.random.Generator, scan: PreparedScan, config: GeneratorConfig
                   ) -> SampleParams:
-    if config.profile == "real":
+    model = tumor_model(config.profile)
+    if model.family == "none":
         return _real_params(rng, scan, config)
     tumors, notes, released = (), (), None
     if rng.random() < config.negative_fraction:
@@ -46,7 +48,7 @@ def sample_params(rng: np.random.Generator, scan: PreparedScan, config: Generato
         probs = np.array([weights[k] for k in names], float)
         kind = names[int(rng.choice(len(names), p=probs / probs.sum()))]
         tumors, notes = _draw_tumors(rng, scan, config, kind)
-        if config.profile == "released":
+        if model.family == "released":
             released = _released_sample(rng, config)
     center, anchor = _crop_center(rng, scan, config, tumors)
     return SampleParams(scan_id=scan.scan_id, profile=config.profile, kind=kind,
@@ -128,8 +130,9 @@ def _real_params(rng, scan, config) -> SampleParams:
 
 def _counts(rng, config: GeneratorConfig, kind: str) -> list[tuple[str, int]]:
     """(preset, how many) for a size type or a scenario."""
+    released = tumor_model(config.profile).family == "released"
     if kind in PRESETS:
-        if config.profile == "released":
+        if released:
             lo, hi = config.released.counts[kind]
         else:
             lo, hi = config.sizes[kind].count
@@ -137,7 +140,7 @@ def _counts(rng, config: GeneratorConfig, kind: str) -> list[tuple[str, int]]:
     if kind == "mix":
         out = []
         for preset in PRESETS:
-            if config.profile == "released":
+            if released:
                 lo, hi = (config.released.small_count_in_mix if preset == "small"
                           else config.released.counts[preset])
             else:
@@ -160,7 +163,7 @@ def _draw_tumors(rng, scan, config, kind) -> tuple[tuple, tuple[str, ...]]:
     profiles draw every tumor of the sample together, in array operations; satellites after the
     large lesion they surround."""
     counts = [(name, n) for name, n in _counts(rng, config, kind) if n > 0]
-    if config.profile not in PAPER_PROFILES:
+    if tumor_model(config.profile).family != "paper":
         return tuple(_released_tumor(rng, scan, config, name, config.sizes[name])
                      for name, n in counts for _ in range(n)), ()
     if kind != "satellite":
@@ -198,12 +201,13 @@ def _paper_tumors(rng, scan, config, counts: list[tuple[str, int]], near
     mu_t = _rounded(rng.uniform(p.mu_t_low_hu, mu_hi, n))
     eta = _rounded(rng.uniform(*p.eta, n))
     seeds = rng.integers(0, 2 ** 63, (n, 2)).tolist()
-    full = config.profile == "paper"       # the Turing-test steps: vessels, mass effect, capsule
-    spots = paper_locations(rng, scan, config, r, half_axes, avoid_vessels=full, near=near,
-                            sigma_e_mm=np.asarray(sigma_e))
-    big = full & (r >= config.post_min_radius_mm)
-    mass = big & (rng.random(n) < config.mass_effect_prob) if big.any() else big
-    caps = big & (rng.random(n) < config.capsule_prob) if big.any() else big
+    model = tumor_model(config.profile)     # its location rule and post-processing effects
+    spots = paper_locations(rng, scan, config, r, half_axes, avoid_vessels=model.avoids_vessels,
+                            near=near, sigma_e_mm=np.asarray(sigma_e))
+    big = r >= config.post_min_radius_mm
+    mass, caps = (big & ("mass-effect" in model.effects), big & ("capsule" in model.effects))
+    mass = mass & (rng.random(n) < config.mass_effect_prob) if mass.any() else mass
+    caps = caps & (rng.random(n) < config.capsule_prob) if caps.any() else caps
     centers = (spots.center + np.asarray(scan.origin_vox)).tolist()
     inside = _rounded(spots.inside_fraction)
     sigma_p = round(scan.parenchyma_sd_hu, 4)

@@ -42,7 +42,8 @@ from .params import SampleParams
 from .prepare import PAD_HU, PreparedScan
 from .shape import (blur_radius, shape_halves, tumor_halves, tumor_mask, tumor_shape,
                     work_boxes)
-from .texture import paper_texture, released_texture
+from .texture import released_texture
+from .tumor_models import TEXTURES
 
 HU_MIN, HU_MAX = -1024, 3071
 
@@ -91,7 +92,7 @@ def _extract(backend: Backend, arr, lo, hi, fill):
     return out
 
 
-def _apply_paper_tumor(backend, t, center, work_lo, work_hi, image, label, s, timer):
+def _apply_paper_tumor(backend, t, center, work_lo, work_hi, image, label, s, timer, texture_step):
     """Paint one ``paper``/``paper-train`` tumor (its row ``t``, at canvas voxel ``center``) into
     the canvas (image float32 HU, label uint8) in place, within its work box ``[work_lo, work_hi)``
     (canvas voxels; ``synthesize_batch`` builds the canvas to hold it): the part of its tumor box in
@@ -111,7 +112,7 @@ def _apply_paper_tumor(backend, t, center, work_lo, work_hi, image, label, s, ti
     region = tuple(slice(int(a), int(b)) for a, b in zip(r_lo, r_hi))
     m = m * (label[region] >= LIVER).astype(xp.float32)
     timer.mark("shape")
-    texture = paper_texture(backend, t, tuple(2 * hb + 1), s, r_lo - box_lo, r_hi - box_lo)
+    texture = texture_step(backend, t, tuple(2 * hb + 1), s, r_lo - box_lo, r_hi - box_lo)
     timer.mark("texture")
     place(backend, image, label, region, m, texture)
     timer.mark("place")
@@ -175,7 +176,7 @@ def _released_crop(backend, scan, r, rows, s, crop_lo, crop_hi, timer):
     return image, label, tuple(slice(int(x), int(y)) for x, y in zip(a, b))
 
 
-def _paper_crop(backend, scan, rows, s, crop_lo, crop_hi, timer):
+def _paper_crop(backend, scan, model, rows, s, crop_lo, crop_hi, timer):
     """The paper's recipe: each tumor that reaches the crop is painted on its work box (its tumor
     box cut to the crop; with post-processing, its whole reach, which the canvas then holds;
     ``shape.work_boxes``, as the kernels' plan takes them); returns (image, label, crop slices)."""
@@ -189,9 +190,10 @@ def _paper_crop(backend, scan, rows, s, crop_lo, crop_hi, timer):
     image = _extract(backend, image_dev, lo, hi, PAD_HU).astype(xp.float32)
     label = _extract(backend, label_dev, lo, hi, 0)
     timer.mark("canvas")
+    texture_step = TEXTURES[model.texture] if len(hit) else None
     for n in hit:
         _apply_paper_tumor(backend, rows[n], centers[n] - lo, work_lo[n] - lo, work_hi[n] - lo,
-                           image, label, s, timer)
+                           image, label, s, timer, texture_step)
     a, b = crop_lo - lo, crop_hi - lo
     return image, label, tuple(slice(int(x), int(y)) for x, y in zip(a, b))
 
@@ -270,7 +272,7 @@ def start_batch(scans: Sequence[PreparedScan], packed: Packed, backend: Backend,
         crop_lo = np.asarray(r.origin) - np.asarray(scan.origin_vox)
         crop_hi = crop_lo + size
         make = _released_crop if r.released else _paper_crop
-        args = (r,) if r.released else ()
+        args = (r,) if r.released else (packed.models[b],)
         image, label, sl = make(backend, scan, *args, packed.tumors_of(b), s, crop_lo, crop_hi,
                                 timer)
         images[b] = ras_to_zyx(xp.clip(xp.rint(image[sl]), HU_MIN, HU_MAX).astype(xp.int16))

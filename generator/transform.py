@@ -41,7 +41,7 @@ from .config import GeneratorConfig
 from .params import SampleParams
 from .prepare import PrepareError, Regrid, prepare_scan
 from .synthesize import HU_MAX, HU_MIN
-from .whole_scan import OutputGrid, organ_label, place, synthesize_region, whole_params
+from .whole_scan import OutputGrid, organ_label, paste_region, synthesize_region, whole_params
 
 META_KEY = "tumor_synthesis"
 
@@ -76,7 +76,7 @@ class TumorSynthesisd(Randomizable, MapTransform):
             changes["size_mix"] = dict(size_mix)
         self.config = dataclasses.replace(base, **changes)
         self.prob = float(prob)
-        self.label_map = LabelMap(liver=tuple(int(v) for v in liver_values),
+        self.label_map = LabelMap(organ=tuple(int(v) for v in liver_values),
                                   tumor=tuple(int(v) for v in tumor_values),
                                   vessel=tuple(int(v) for v in vessel_values))
         self.backend = backend
@@ -143,7 +143,7 @@ class TumorSynthesisd(Randomizable, MapTransform):
         out = OutputGrid("native", np.clip(np.rint(img_ras), HU_MIN, HU_MAX).astype(np.int16),
                          lab_ras, affine,
                          Regrid.of(ras_affine, img_ras.shape, scan.spacing_mm).factors)
-        whole = place(out, scan, region_image, region_label)
+        whole = paste_region(out, scan, region_image, region_label)
         # Untouched voxels keep their exact values (the int16 rounding is only where HU changed).
         changed = whole.image != from_ras(out.image, affine)
         new_img = np.where(changed, whole.image.astype(np.float32), img)

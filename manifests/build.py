@@ -86,7 +86,7 @@ def entry_of(c: Candidate, image: Volume, label: Volume) -> ScanEntry:
     present = tuple(sorted(counts))
     label_map = c.label_map
     if c.source == "chaos" and set(present) <= {0, 255}:
-        label_map = LabelMap(liver=(255,))      # CHAOS PNG masks use 255 for liver
+        label_map = LabelMap(organ=(255,))      # CHAOS PNG masks use 255 for liver
     elif c.allowed_values is not None and not set(present) <= set(c.allowed_values):
         unexpected = sorted(set(present) - set(c.allowed_values))
         raise ScanError(c.label, f"unexpected label value(s) {unexpected}; {c.source} defines "
@@ -95,10 +95,10 @@ def entry_of(c: Candidate, image: Volume, label: Volume) -> ScanEntry:
     def voxels(vals):
         return sum(counts.get(v, 0) for v in vals)
 
-    liver_voxels = voxels(label_map.organ_values())
-    if liver_voxels == 0:
-        raise ScanError(c.label, f"label has no liver voxel (liver values {list(label_map.liver)}, "
-                                 f"values present {list(present)})")
+    organ_voxels = voxels(label_map.organ_values())
+    if organ_voxels == 0:
+        raise ScanError(c.label, f"label has no {c.organ} voxel ({c.organ} values "
+                                 f"{list(label_map.organ)}, values present {list(present)})")
     tumor_voxels = voxels(label_map.tumor)
     voxel_ml = float(np.prod(image.info.spacing_mm)) / 1000.0
     return ScanEntry(
@@ -107,7 +107,7 @@ def entry_of(c: Candidate, image: Volume, label: Volume) -> ScanEntry:
         sha256={"image": image.sha256, "label": label.sha256},
         shape=image.info.shape, spacing_mm=tuple(round(s, 6) for s in image.info.spacing_mm),
         orientation=image.info.orientation,
-        liver_volume_ml=round(liver_voxels * voxel_ml, 3),
+        organ_volume_ml=round(organ_voxels * voxel_ml, 3), organ=c.organ,
         tumor_volume_ml=round(tumor_voxels * voxel_ml, 3),
     )
 
@@ -223,7 +223,7 @@ def validate_manifest(uri: str, *, allowed_roots=(), workers: int | None = None)
     problems = list(parsed.problems)
     if not parsed.entries and not problems:
         problems.append(("?", uri, "the manifest holds no scans; expected at least one"))
-    candidates = [Candidate(e.scan_id, e.image, e.label, e.label_map, e.source)
+    candidates = [Candidate(e.scan_id, e.image, e.label, e.label_map, e.source, organ=e.organ)
                   for e in parsed.entries]
     for entry, result in zip(parsed.entries, _inspect_all(candidates, workers or default_workers())):
         if isinstance(result, ScanError):
@@ -234,7 +234,7 @@ def validate_manifest(uri: str, *, allowed_roots=(), workers: int | None = None)
                 problems.append((entry.scan_id, getattr(entry, kind),
                                  f"sha256 mismatch: manifest has {entry.sha256[kind][:12]}..., "
                                  f"file has {result.sha256[kind][:12]}..."))
-        for name in ("shape", "spacing_mm", "orientation", "role", "liver_volume_ml",
+        for name in ("shape", "spacing_mm", "orientation", "role", "organ_volume_ml",
                      "tumor_volume_ml"):
             recorded, found = getattr(entry, name), getattr(result, name)
             if recorded != found:

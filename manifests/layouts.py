@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 
 from . import storage
+from .organs import DEFAULT_ORGAN
 from .schema import LabelMap
 
 LAYOUTS = ("lits", "msd", "btcv", "chaos", "generic", "dicom")
@@ -40,6 +41,7 @@ class Candidate:
     label_map: LabelMap
     source: str
     allowed_values: tuple[int, ...] | None = None   # label values the dataset defines, if known
+    organ: str = DEFAULT_ORGAN                       # the organ ``label_map.organ`` labels
 
 
 @dataclass
@@ -95,21 +97,21 @@ def _find_pairs(named, image_re, label_re, source, label_map, allowed, missing, 
 def find_lits(root: str, files: list[str]) -> Discovery:
     return _find_pairs([(f, f) for f in files], re.compile(rf"(?:^|/)volume-(\d+){NIFTI}$"),
                        re.compile(rf"(?:^|/)segmentation-(\d+){NIFTI}$"), "lits",
-                       LabelMap(liver=(1,), tumor=(2,)), (0, 1, 2),
+                       LabelMap(organ=(1,), tumor=(2,)), (0, 1, 2),
                        f"no segmentation-{{id}}.nii(.gz) found below {root}", key=int)
 
 
 def _msd_label_map(labels: dict, where: str) -> tuple[LabelMap, tuple[int, ...]]:
-    roles = {"liver": [], "tumor": [], "vessel": []}
+    roles = {"organ": [], "tumor": [], "vessel": []}
     for value, name in labels.items():
         lowered = str(name).lower()
         if "liver" in lowered:
-            roles["liver"].append(int(value))
+            roles["organ"].append(int(value))
         elif any(w in lowered for w in ("cancer", "tumor", "tumour", "lesion")):
             roles["tumor"].append(int(value))
         elif "vessel" in lowered:
             roles["vessel"].append(int(value))
-    if not roles["liver"]:
+    if not roles["organ"]:
         raise ValueError(f"{where}: its 'labels' {labels} name no liver class")
     return LabelMap(**{k: tuple(v) for k, v in roles.items()}), tuple(int(v) for v in labels)
 
@@ -148,7 +150,7 @@ def find_msd(root: str, files: list[str]) -> Discovery:
 def find_btcv(root: str, files: list[str]) -> Discovery:
     return _find_pairs([(f, f) for f in files], re.compile(rf"(?:^|/)img/img(\d+){NIFTI}$"),
                        re.compile(rf"(?:^|/)label/label(\d+){NIFTI}$"), "btcv",
-                       LabelMap(liver=(6,)), tuple(range(14)),
+                       LabelMap(organ=(6,)), tuple(range(14)),
                        f"no label/label{{id}}.nii.gz found below {root}")
 
 
@@ -164,7 +166,7 @@ def find_chaos(root: str, files: list[str]) -> Discovery:
     masks = "|".join(CHAOS_MASK_NAMES)
     nifti = _find_pairs(named, re.compile(rf"(?:^|/)([^/]+)/image{NIFTI}$"),
                         re.compile(rf"(?:^|/)([^/]+)/(?:{masks}){NIFTI}$"), "chaos",
-                        LabelMap(liver=(1,)), (0, 1),
+                        LabelMap(organ=(1,)), (0, 1),
                         "no liver mask (liver_mask, liver, mask or segmentation .nii(.gz)) beside it")
     # DICOM: one candidate per case folder holding DICOM_anon/ (the series) and Ground/ (PNGs).
     series = sorted({f.rsplit("/", 2)[0] for f in files
@@ -178,7 +180,7 @@ def find_chaos(root: str, files: list[str]) -> Discovery:
             problems.append((scan_id, f"{case}/DICOM_anon", "no Ground/ PNG masks beside it"))
             continue
         out.append(Candidate(scan_id, f"{case}/DICOM_anon", f"{case}/Ground",
-                             LabelMap(liver=(1,)), "chaos", (0, 1)))
+                             LabelMap(organ=(1,)), "chaos", (0, 1)))
     return Discovery(_dedupe(out, problems), problems)
 
 

@@ -16,8 +16,10 @@ from typing import Iterable
 from . import storage
 from .records import RecordError, loads
 from .errors import UserError
+from .organs import DEFAULT_ORGAN, OrganError, get_organ
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READ_VERSIONS = (1, 2)      # schema 1: liver only, ``label_map.liver`` and ``liver_volume_ml``
 ROLES = ("healthy", "tumor")
 MAX_LINE_CHARS = 1 << 16       # one manifest entry is well under 2 KB
 
@@ -48,50 +50,58 @@ class ManifestError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class LabelMap:
-    """Which integer label values mean liver, tumor and hepatic vessels in a scan's label file.
+    """Which integer label values mean the organ, tumor and the organ's vessels in a scan's label
+    file.
 
-    The liver organ, for synthesis, is the union of all three lists (tumor and vessel voxels sit
-    inside the liver). Lists may be empty except ``liver``.
+    The organ, for synthesis, is the union of all three lists (tumor and vessel voxels sit inside
+    the organ). Lists may be empty except ``organ``. Schema 2 writes ``{"organ": [...], "tumor":
+    [...], "vessel": [...]}``; schema 1 called the organ list ``liver``.
     """
 
-    liver: tuple[int, ...]
+    organ: tuple[int, ...]
     tumor: tuple[int, ...] = ()
     vessel: tuple[int, ...] = ()
 
     def organ_values(self) -> tuple[int, ...]:
-        return tuple(sorted(set(self.liver) | set(self.tumor) | set(self.vessel)))
+        return tuple(sorted(set(self.organ) | set(self.tumor) | set(self.vessel)))
 
     def to_json(self) -> dict:
-        return {"liver": list(self.liver), "tumor": list(self.tumor), "vessel": list(self.vessel)}
+        return {"organ": list(self.organ), "tumor": list(self.tumor), "vessel": list(self.vessel)}
 
     @classmethod
-    def from_json(cls, obj, where: str) -> "LabelMap":
-        if not isinstance(obj, dict) or set(obj) - {"liver", "tumor", "vessel"} or "liver" not in obj:
-            raise ManifestError(f"{where}: label_map must be an object with 'liver' and optional "
+    def from_json(cls, obj, where: str, version: int = SCHEMA_VERSION) -> "LabelMap":
+        """Schema ``version``'s label map: ``organ`` (``liver`` in schema 1), optional ``tumor``
+        and ``vessel``, each a list of label values."""
+        key = "organ" if version >= 2 else "liver"
+        if not isinstance(obj, dict) or set(obj) - {key, "tumor", "vessel"} or key not in obj:
+            raise ManifestError(f"{where}: label_map must be an object with {key!r} and optional "
                                 f"'tumor', 'vessel' lists; found {obj!r}")
         values = {}
-        for key, val in obj.items():
+        for name, val in obj.items():
             if not isinstance(val, list) or not all(isinstance(v, int) and not isinstance(v, bool)
                                                     and 0 <= v < 65536 for v in val):
-                raise ManifestError(f"{where}: label_map.{key} must be a list of label values "
+                raise ManifestError(f"{where}: label_map.{name} must be a list of label values "
                                     f"0..65535; found {val!r}")
-            values[key] = tuple(val)
-        if not values["liver"]:
-            raise ManifestError(f"{where}: label_map.liver is empty; a scan needs a liver label")
+            values["organ" if name == key else name] = tuple(val)
+        if not values["organ"]:
+            raise ManifestError(f"{where}: label_map.{key} is empty; a scan needs an organ label")
         return cls(**values)
 
     @classmethod
-    def parse(cls, text: str) -> "LabelMap":
-        """From the command-line form ``liver=1,tumor=2`` (a role may repeat: ``liver=1,liver=5``)."""
-        values: dict[str, list[int]] = {"liver": [], "tumor": [], "vessel": []}
+    def parse(cls, text: str, organ: str = DEFAULT_ORGAN) -> "LabelMap":
+        """From the command-line form ``liver=1,tumor=2``: roles are the organ (by its name, or
+        ``organ``), ``tumor`` and ``vessel``; a role may repeat (``liver=1,liver=5``)."""
+        values: dict[str, list[int]] = {"organ": [], "tumor": [], "vessel": []}
         for item in filter(None, (t.strip() for t in text.split(","))):
             role, _, value = item.partition("=")
+            role = "organ" if role.strip() == organ else role.strip()
             if role not in values or not value.strip().isdigit():
                 raise ValueError(f"label map item {item!r}: expected ROLE=VALUE with ROLE one of "
-                                 "liver, tumor, vessel and VALUE a non-negative integer")
+                                 f"{organ} (or organ), tumor, vessel and VALUE a non-negative "
+                                 "integer")
             values[role].append(int(value))
-        if not values["liver"]:
-            raise ValueError(f"label map {text!r} names no liver value")
+        if not values["organ"]:
+            raise ValueError(f"label map {text!r} names no {organ} value")
         return cls(**{k: tuple(v) for k, v in values.items()})
 
 
@@ -99,8 +109,10 @@ class LabelMap:
 class ScanEntry:
     """One scan: image and label files plus what was measured when the manifest was built.
 
-    ``shape`` and ``spacing_mm`` are in the file's own voxel axis order; ``orientation`` gives that
-    order as nibabel axis codes (``"LPS"``: first axis runs toward the patient's left, ...).
+    ``organ`` names an entry of ``manifests.organs.ORGANS`` (the organ tumors go into; its label
+    values are ``label_map.organ``). ``shape`` and ``spacing_mm`` are in the file's own voxel axis
+    order; ``orientation`` gives that order as nibabel axis codes (``"LPS"``: first axis runs
+    toward the patient's left, ...). Schema 1 lines (liver only) are read as ``organ`` liver.
     """
 
     scan_id: str
@@ -113,8 +125,9 @@ class ScanEntry:
     shape: tuple[int, int, int]
     spacing_mm: tuple[float, float, float]
     orientation: str
-    liver_volume_ml: float
+    organ_volume_ml: float
     tumor_volume_ml: float
+    organ: str = DEFAULT_ORGAN
     fold: int | None = None
     schema_version: int = SCHEMA_VERSION
 
@@ -135,9 +148,11 @@ class ScanEntry:
         if not isinstance(obj, dict):
             raise ManifestError(f"{where}: expected a JSON object, found {type(obj).__name__}")
         version = obj.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READ_VERSIONS or isinstance(version, bool):
             raise ManifestError(f"{where}: schema_version {version!r} is not supported "
-                                f"(this tumorforge reads version {SCHEMA_VERSION})")
+                                f"(this tumorforge reads versions {', '.join(map(str, READ_VERSIONS))})")
+        if version == 1:
+            obj = _from_schema_1(obj)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(obj) - known)
         if unknown:
@@ -160,11 +175,16 @@ class ScanEntry:
             raise ManifestError(f"{where}: scan_id {problem}; found {obj['scan_id']!r}")
         scan_id = obj["scan_id"]
         where = f"{where} (scan {scan_id})"
+        try:
+            organ = get_organ(obj["organ"], f"{where}: organ").name
+        except OrganError as exc:
+            raise ManifestError(str(exc)) from None
         return cls(
             scan_id=scan_id,
             image=need("image", lambda v: isinstance(v, str) and v, "a path or URI"),
             label=need("label", lambda v: isinstance(v, str) and v, "a path or URI"),
-            label_map=LabelMap.from_json(obj["label_map"], where),
+            label_map=LabelMap.from_json(obj["label_map"], where, version),
+            organ=organ,
             role=need("role", lambda v: v in ROLES, f"one of {ROLES}"),
             source=need("source", lambda v: isinstance(v, str) and v, "a dataset name"),
             sha256=need("sha256", lambda v: isinstance(v, dict) and set(v) == {"image", "label"}
@@ -177,7 +197,7 @@ class ScanEntry:
                              "three positive numbers (mm)")),
             orientation=need("orientation", lambda v: isinstance(v, str) and len(v) == 3,
                              "three axis codes such as 'LPS'"),
-            liver_volume_ml=float(need("liver_volume_ml", lambda v: is_number(v) and v >= 0,
+            organ_volume_ml=float(need("organ_volume_ml", lambda v: is_number(v) and v >= 0,
                                        "a non-negative number")),
             tumor_volume_ml=float(need("tumor_volume_ml", lambda v: is_number(v) and v >= 0,
                                        "a non-negative number")),
@@ -185,6 +205,14 @@ class ScanEntry:
                 "fold", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                 "a non-negative integer or null"),
         )
+
+
+def _from_schema_1(obj: dict) -> dict:
+    """A schema-1 line (liver only) in schema 2's field names; its label map keeps the ``liver``
+    key, which ``LabelMap.from_json`` reads as the organ's for version 1."""
+    out = {("organ_volume_ml" if k == "liver_volume_ml" else k): v for k, v in obj.items()}
+    out["organ"] = DEFAULT_ORGAN
+    return out
 
 
 @dataclass(frozen=True)
@@ -310,9 +338,10 @@ class ImageEntry:
     def from_json(cls, obj, where: str) -> "ImageEntry":
         if not isinstance(obj, dict) or obj.get("kind") != IMAGE_LIST_KIND:
             raise ManifestError(f"{where}: expected an image-list line (kind {IMAGE_LIST_KIND!r})")
-        if obj.get("schema_version") != SCHEMA_VERSION:
+        if obj.get("schema_version") not in READ_VERSIONS or isinstance(obj.get("schema_version"), bool):
             raise ManifestError(f"{where}: schema_version {obj.get('schema_version')!r} is not "
-                                f"supported (this tumorforge reads version {SCHEMA_VERSION})")
+                                f"supported (this tumorforge reads versions "
+                                f"{', '.join(map(str, READ_VERSIONS))})")
         known = {f.name for f in fields(cls)}
         if set(obj) != known:
             raise ManifestError(f"{where}: fields {sorted(obj)}; expected {sorted(known)}")

@@ -30,7 +30,7 @@ def healthy_manifest(root, n_scans: int = 3):
     manifest = root / "healthy.jsonl"
     build_manifest("generic", str(root), str(manifest), image_pattern="ct/{id}.nii.gz",
                    label_pattern="seg/{id}.nii.gz",
-                   label_map=LabelMap(liver=(1,)),
+                   label_map=LabelMap(organ=(1,)),
                    source="toy")
     return manifest
 

@@ -89,7 +89,7 @@ def test_a_chaos_case_as_distributed_enters_a_manifest(chaos_dicom, tmp_path):
     assert entry.scan_id == "chaos-21" and entry.label_map.liver == (255,)
     assert entry.image.endswith("DICOM_anon") and entry.label.endswith("Ground")
     voxel_ml = float(np.prod(np.sqrt((affine[:3, :3] ** 2).sum(0)))) / 1000
-    assert abs(entry.liver_volume_ml - mask.sum() * voxel_ml) < 0.01
+    assert abs(entry.organ_volume_ml - mask.sum() * voxel_ml) < 0.01
     image = read_volume(entry.image)
     label = read_volume(entry.label, like=image)
     # Geometry from the tags: the same voxels at the same world positions as the NIfTI.

@@ -48,7 +48,7 @@ def _checkpoint(folder, prep: Preprocessing | None, model="unet") -> str:
     from tumorforge.trainer import checkpoint as ckpt
     from tumorforge.trainer.models import build_model
     torch.manual_seed(0)
-    state = {"model": build_model(model).state_dict(), "config": json.dumps({"model": model})}
+    state = {"model": build_model(model, 3).state_dict(), "config": json.dumps({"model": model})}
     if prep is not None:
         state["preprocessing"] = json.dumps(prep.to_json())
     return ckpt.save(str(folder), 0, state, keep=1)

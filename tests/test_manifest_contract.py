@@ -35,19 +35,21 @@ def test_roundtrip_reads_what_build_wrote(manifest):
     entries = read_manifest(str(manifest))
     assert [e.scan_id for e in entries] == ["lits-0", "lits-1", "lits-2"]
     assert [e.role for e in entries] == ["tumor", "tumor", "healthy"]
-    assert entries[0].label_map == LabelMap(liver=(1,), tumor=(2,))
+    assert entries[0].label_map == LabelMap(organ=(1,), tumor=(2,))
     assert entries[0].shape == (24, 20, 10) and entries[0].spacing_mm == (0.8, 0.8, 2.5)
     assert entries[0].orientation == "RAS"
     assert entries[2].tumor_volume_ml == 0 and entries[0].tumor_volume_ml > 0
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(schema_version=2), "schema_version 2 is not supported"),
+    (dict(schema_version=3), "schema_version 3 is not supported"),
+    (dict(organ="spleen"), "unknown organ 'spleen'"),
     (dict(colour="red"), "unknown field(s) ['colour']"),
     (dict(role="sick"), "role must be one of"),
     (dict(shape=[24, 20]), "shape must be three positive integers"),
     (dict(sha256={"image": "abc"}), "sha256 must be"),
-    (dict(label_map={"liver": []}), "label_map.liver is empty"),
+    (dict(label_map={"organ": []}), "label_map.organ is empty"),
+    (dict(label_map={"liver": [1]}), "label_map must be an object with 'organ'"),
     (dict(spacing_mm=KeyError), "missing field(s) ['spacing_mm']"),
 ])
 def test_reader_rejects_what_it_does_not_understand(manifest, change, message):
@@ -79,10 +81,10 @@ def test_validate_detects_recorded_role_drift(manifest):
 
 def _entries(n_tumor, n_healthy, tmp_path):
     from tumorforge.manifests.schema import ScanEntry
-    return [ScanEntry(scan_id=f"s{i:02d}", image="a", label="b", label_map=LabelMap(liver=(1,)),
+    return [ScanEntry(scan_id=f"s{i:02d}", image="a", label="b", label_map=LabelMap(organ=(1,)),
                       role="tumor" if i < n_tumor else "healthy", source="lits",
                       sha256={"image": "0" * 64, "label": "0" * 64}, shape=(1, 1, 1),
-                      spacing_mm=(1.0, 1.0, 1.0), orientation="RAS", liver_volume_ml=1.0,
+                      spacing_mm=(1.0, 1.0, 1.0), orientation="RAS", organ_volume_ml=1.0,
                       tumor_volume_ml=0.0) for i in range(n_tumor + n_healthy)]
 
 
@@ -158,7 +160,7 @@ def test_generic_layout_pairs_by_placeholder(tmp_path):
                  "--label-map", "liver=5", "--source", "mine"]) == 0
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["scan_id"] for x in lines] == ["mine-caseA", "mine-caseB"]
-    assert lines[0]["label_map"]["liver"] == [5] and lines[0]["role"] == "healthy"
+    assert lines[0]["label_map"]["organ"] == [5] and lines[0]["organ"] == "liver" and lines[0]["role"] == "healthy"
     rejected = (tmp_path / "g.rejected.jsonl").read_text()
     assert "mine-orphan" in rejected and "no label matching" in rejected
 
@@ -169,3 +171,31 @@ def test_merge_keeps_one_role_and_refuses_duplicate_ids(manifest, tmp_path, caps
     assert [e.scan_id for e in read_manifest(str(out))] == ["lits-2"]
     assert "lits-0 is in both" in user_error(
         capsys, ["manifest", "merge", str(manifest), str(manifest), "-o", str(out)])
+
+
+def test_schema_1_lines_read_as_liver(manifest):
+    """A manifest written before organs were data (schema 1: ``label_map.liver``,
+    ``liver_volume_ml``) reads as the same scans in the liver, and writes back as schema 2."""
+    entries = read_manifest(str(manifest))
+    lines = [json.loads(t) for t in manifest.read_text().splitlines()]
+    old = []
+    for line in lines:
+        line = dict(line, schema_version=1, liver_volume_ml=line.pop("organ_volume_ml"))
+        line["label_map"] = {"liver" if k == "organ" else k: v for k, v in line["label_map"].items()}
+        del line["organ"]
+        old.append(json.dumps(line))
+    manifest.write_text("\n".join(old) + "\n")
+    again = read_manifest(str(manifest))
+    assert again == entries
+    assert {e.organ for e in again} == {"liver"} and again[0].to_json()["schema_version"] == 2
+    # A schema-1 line with schema 2's names is refused: the versions do not mix.
+    manifest.write_text(json.dumps(dict(json.loads(old[0]), label_map={"organ": [1]})) + "\n")
+    with pytest.raises(ManifestError, match="label_map must be an object with 'liver'"):
+        read_manifest(str(manifest))
+
+
+def test_label_map_parse_names_the_organ():
+    assert LabelMap.parse("liver=1,tumor=2") == LabelMap(organ=(1,), tumor=(2,))
+    assert LabelMap.parse("organ=3,vessel=4") == LabelMap(organ=(3,), vessel=(4,))
+    with pytest.raises(ValueError, match="names no liver value"):
+        LabelMap.parse("tumor=2")

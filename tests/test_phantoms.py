@@ -104,7 +104,7 @@ def test_each_layout_builds_and_validates(phantom_root, tmp_path, layout, n, hea
     assert result.rejections == []
     entries = read_manifest(str(out), default_roots(str(out), [str(root / layout)]))
     assert len(entries) == n and sum(e.role == "healthy" for e in entries) == healthy
-    assert all(1200 <= e.liver_volume_ml <= 2000 for e in entries)
+    assert all(1200 <= e.organ_volume_ml <= 2000 for e in entries)
     assert all(e.spacing_mm[2] > e.spacing_mm[0] for e in entries)
     by_image = {c["image"]: c for c in written[layout]}
     for e in entries:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from tumorforge.manifests.conventions import TRAINING_WINDOW_HU
 
-
-def window(image_hu: torch.Tensor, window_hu=TRAINING_WINDOW_HU) -> torch.Tensor:
-    """HU -> [0, 1] over ``window_hu`` (the paper's [-21, 189] HU by default), clipped."""
+def window(image_hu: torch.Tensor, window_hu: tuple[float, float]) -> torch.Tensor:
+    """HU -> [0, 1] over ``window_hu`` (the organ's training window, ``Preprocessing.window_hu``),
+    clipped."""
     lo, hi = window_hu
     return ((image_hu.float() - lo) / (hi - lo)).clamp_(0.0, 1.0)
 

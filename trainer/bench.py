@@ -31,11 +31,12 @@ def bench_train(model_name: str, batch_size: int, steps: int, crop: int, device:
                 warmup: int = 2) -> dict:
     """Training samples per second of one model on random crops (forward, DiceCE, backward, step)."""
     from monai.losses import DiceCELoss
+    from tumorforge.manifests.organs import DEFAULT_ORGAN, ORGANS
     from .models import build_model
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     torch.manual_seed(0)
-    model = build_model(model_name).to(dev)
+    model = build_model(model_name, len(ORGANS[DEFAULT_ORGAN].classes)).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     x = torch.rand(batch_size, 1, crop, crop, crop, device=dev)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tumorforge.manifests.conventions import LABEL_NAMES, TRAINING_WINDOW_HU
+from tumorforge.manifests.organs import get_organ
 from tumorforge.manifests.records import RecordError, check_fields
 
 PREPROCESSING_VERSION = 1
@@ -51,7 +51,8 @@ class Preprocessing:
 
     @classmethod
     def of_datasets(cls, datasets) -> "Preprocessing":
-        """The preprocessing of a training mix; every dataset must share spacing and crop size."""
+        """The preprocessing of a training mix: spacing and crop size from its datasets, class
+        names and window from their organ's record. Every dataset must share all three."""
         first = datasets[0]
         for ds in datasets[1:]:
             if (ds.index.spacing_mm, ds.index.crop_size) != (first.index.spacing_mm,
@@ -60,6 +61,11 @@ class Preprocessing:
                     f"{ds.url} has {ds.index.crop_size} crops at {ds.index.spacing_mm} mm but "
                     f"{first.url} has {first.index.crop_size} at {first.index.spacing_mm} mm: "
                     "the datasets of one training mix must share crop size and spacing")
+            if ds.index.organ != first.index.organ:
+                raise RecordError(f"{ds.url} holds {ds.index.organ} tumors but {first.url} "
+                                  f"holds {first.index.organ} tumors: the datasets of one "
+                                  "training mix must share their organ")
+        organ = get_organ(first.index.organ, first.url)
         return cls(spacing_mm=first.index.spacing_mm, crop_size=first.index.crop_size,
-                   window_hu=TRAINING_WINDOW_HU, class_names=LABEL_NAMES,
+                   window_hu=organ.training_window_hu, class_names=organ.classes,
                    dataset_ids=tuple(ds.dataset_id for ds in datasets))

@@ -193,20 +193,22 @@ def launch_local(nproc: int, argv: list[str], env: dict | None = None) -> int:
 
 
 @torch.no_grad()
-def validate(model, val: Source, n: int, device) -> dict:
-    """Mean liver and tumor Dice over the first ``n`` crops of the held-out dataset."""
+def validate(model, val: Source, n: int, device, prep: Preprocessing) -> dict:
+    """Mean organ and tumor Dice over the first ``n`` crops of the held-out dataset, keyed
+    ``val_dice_<class name>`` (the organ counts its tumor voxels: label >= ORGAN)."""
     stream = ZarrStream(open_source(val), seed=0, rank=0, world=1)
     model.eval()
-    scores: dict[str, list[float]] = {"liver": [], "tumor": []}
+    organ, tumor = prep.class_names[LIVER], prep.class_names[TUMOR]
+    scores: dict[str, list[float]] = {organ: [], tumor: []}
     for i in range(min(n, len(stream.ds))):
         s = stream.load(i)
         if s["corrupt"]:
             continue
-        image = window(torch.from_numpy(s["image"])[None, None].to(device))
+        image = window(torch.from_numpy(s["image"])[None, None].to(device), prep.window_hu)
         pred = model(image).argmax(1)[0].cpu()
         truth = torch.from_numpy(s["label"]).long()
-        for name, cls in (("liver", LIVER), ("tumor", TUMOR)):
-            d = dice(pred >= cls, truth >= cls) if name == "liver" else dice(pred == cls, truth == cls)
+        for name, cls in ((organ, LIVER), (tumor, TUMOR)):
+            d = dice(pred >= cls, truth >= cls) if cls == LIVER else dice(pred == cls, truth == cls)
             if d is not None:
                 scores[name].append(d)
     model.train()
@@ -226,23 +228,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
-    model = build_model(cfg.model).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, partial(_warmup_cosine, warmup=cfg.warmup_steps, total=cfg.steps))
     step, batches, corrupt = 0, 0, 0
     state = checkpoint.load_latest(ckpt_dir) if resume else None
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
         step, batches, corrupt = state["step"], state["batches"], state["corrupt"]
-        if state["loader"] != _loader_signature(cfg, world):
-            raise TrainError(f"checkpoint step {step} was made with loader {state['loader']}; "
-                             f"this run has {_loader_signature(cfg, world)}: exact resume needs "
-                             "the same sources, batch size, workers and world size")
-        log(f"resumed from step {step} ({batches} batches consumed)")
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     stream = MixedStream(list(cfg.sources), cfg.seed, rank, world, cfg.batch_size,
                          start_batches=batches, resample=cfg.resample,
                          shuffle_buffer=cfg.shuffle_buffer, transforms=cfg.transforms)
@@ -250,6 +239,22 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
         preprocessing = Preprocessing.of_datasets(stream.datasets)
     except RecordError as exc:
         raise TrainError(str(exc)) from None
+    # One output channel per class of the data's organ: the class names travel with the model.
+    model = build_model(cfg.model, len(preprocessing.class_names)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, partial(_warmup_cosine, warmup=cfg.warmup_steps, total=cfg.steps))
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if state["loader"] != _loader_signature(cfg, world):
+            raise TrainError(f"checkpoint step {step} was made with loader {state['loader']}; "
+                             f"this run has {_loader_signature(cfg, world)}: exact resume needs "
+                             "the same sources, batch size, workers and world size")
+        log(f"resumed from step {step} ({batches} batches consumed)")
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    hu = preprocessing.window_hu
     # Lineage: the checkpoint's config names each source's dataset id and size, as found when it
     # was opened (a dataset can grow under its id).
     saved_config = cfg.to_json()
@@ -304,12 +309,12 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
                 # All corrupt on this rank: a forward of its zero placeholder and a zero loss
                 # that still reaches every parameter, so this rank adds nothing but joins.
                 with sync:
-                    image = window(batch["image"][:1].to(device, non_blocking=True))
+                    image = window(batch["image"][:1].to(device, non_blocking=True), hu)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                         logits = net(image)
                     (logits.float().sum() * 0.0).backward()
                 continue
-            image = window(batch["image"][keep].to(device, non_blocking=True))
+            image = window(batch["image"][keep].to(device, non_blocking=True), hu)
             label = batch["label"][keep].to(device, non_blocking=True).long()
             image, label = augment(image, label, cfg.seed, step * cfg.accumulate + micro)
             with sync:
@@ -334,7 +339,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
                   "samples_per_s": round(seen * world / dt, 4), "data_wait_s": round(wait, 5),
                   "step_s": round(dt, 5), "corrupt_total": corrupt}
         if cfg.val is not None and step % cfg.val_every == 0:
-            record.update(validate(model, cfg.val, cfg.val_samples, device))
+            record.update(validate(model, cfg.val, cfg.val_samples, device, preprocessing))
         if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps or "val_dice_liver" in record):
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
@@ -419,8 +424,8 @@ def plot_curves(metrics_path: str, out_png: str) -> str | None:
                 rows.append(row)
     if not rows:
         return None
-    val = [r for r in rows if r.get("val_dice_tumor") is not None or
-           r.get("val_dice_liver") is not None]
+    names = sorted({k[len("val_dice_"):] for r in rows for k in r if k.startswith("val_dice_")})
+    val = [r for r in rows if any(r.get(f"val_dice_{n}") is not None for n in names)]
     fig, axes = plt.subplots(1, 2 if val else 1, figsize=(10 if val else 5, 3.5), squeeze=False)
     ax = axes[0][0]
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
@@ -429,7 +434,7 @@ def plot_curves(metrics_path: str, out_png: str) -> str | None:
     ax.set_title("training loss")
     if val:
         ax = axes[0][1]
-        for name in ("liver", "tumor"):
+        for name in names:
             pts = [(r["step"], r[f"val_dice_{name}"]) for r in val
                    if r.get(f"val_dice_{name}") is not None]
             if pts:

@@ -89,9 +89,10 @@ def cpu_module():
 
 
 def eligible(packed) -> np.ndarray:
-    """Per crop of ``packed``: whether the kernels paint it (every ``paper`` / ``paper-train``
-    crop; ``released`` crops take the array code)."""
-    return ~np.asarray(packed.crops.released, bool).reshape(-1)
+    """Per crop of ``packed``: whether the kernels paint it: the crops of tumor models that
+    declare themselves fused (``TumorModel.fused``: ``paper`` and ``paper-train``); the others
+    take the array code."""
+    return np.array([m.fused for m in packed.models], bool).reshape(-1)
 
 
 class OperatorTable:
