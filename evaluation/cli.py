@@ -2,8 +2,8 @@
 and ``stats``.
 
 Parsers only here, and thin handlers that call the library (``evaluate.py``, ``robustness.py``,
-``vtt.py``, ``fidelity.py``) and turn its errors into one-line messages; torch and the heavy work are imported when
-a command runs.
+``vtt.py``, ``fidelity/``) and turn its errors into one-line messages; torch and the heavy work are
+imported when a command runs.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import json
 import os
 import sys
 
-from tumorforge.generator.options import add_generator_options, generator_overrides, parse_mix
+from tumorforge.generator.api import (BACKENDS, DEFAULT_BACKEND, add_generator_options,
+                                      generator_overrides, parse_mix)
 from tumorforge.manifests.errors import UserError, one_line
 from tumorforge.manifests.flags import add_allow_root
 from tumorforge.trainer.config import DEVICES
@@ -143,7 +144,6 @@ def _compare(args) -> int:
 
 
 def _register_robustness(sub) -> None:
-    from tumorforge.generator.backend import BACKENDS, DEFAULT_BACKEND
     from .robustness import DIMENSIONS
     p = sub.add_parser(
         "robustness", help="score a model on synthetic tumors shifted one dimension at a time",
@@ -312,7 +312,6 @@ def _vtt_score(args) -> int:
 
 
 def _register_stats(sub) -> None:
-    from tumorforge.generator.backend import BACKENDS, DEFAULT_BACKEND
     from .fidelity import DEFAULT_POST_EFFECTS
     p = sub.add_parser(
         "stats", help="generator fidelity report: synthetic lesions measured against real ones",

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.ndimage as ndi
 import torch
 
-from tumorforge.generator.prepare import Regrid
+from tumorforge.generator.api import Regrid
 from tumorforge.manifests.conventions import (BACKGROUND, LIVER, TUMOR, from_ras, ras_to_zyx,
                                               to_ras, zyx_to_ras)
 from tumorforge.trainer.augment import window

@@ -43,10 +43,10 @@ Choices (where the paper says only "tuning hyperparameters of the generator"):
   number of predicted tumor voxels outside the true tumor. Per (dimension, level): mean Dice over
   cases with a defined Dice, detection rate over cases with a true tumor, and n.
 
-The core (:func:`plan_cases`, :func:`run_sweep`, :func:`summarize`, :func:`write_report`) takes any
-``predict(image_hu_zyx) -> labels_zyx`` callable, so it runs without a trained model;
-:func:`benchmark` (``tumorforge robustness``) plugs in a trainer checkpoint, whose preprocessing
-record gives the crops' spacing and default size and the HU window the model sees.
+The core (:func:`plan_cases`, :func:`run_sweep`, :func:`summarize_dimensions`,
+:func:`write_report`) takes any ``predict(image_hu_zyx) -> labels_zyx`` callable, so it runs without
+a trained model; :func:`benchmark` (``tumorforge robustness``) plugs in a trainer checkpoint, whose
+preprocessing record gives the crops' spacing and default size and the HU window the model sees.
 """
 
 from __future__ import annotations
@@ -62,10 +62,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tumorforge.generator.config import PAPER_PROFILES, GeneratorConfig
-from tumorforge.generator.location import region_counts
-from tumorforge.generator.params import PaperTumor, SampleParams
-from tumorforge.generator.prepare import PreparedScan
+from tumorforge.generator.api import (PAPER_PROFILES, GeneratorConfig, PaperTumor, PreparedScan,
+                                      SampleParams, get_backend, load_prepared, region_counts,
+                                      sample_params, sample_seed, synthesize)
 from tumorforge.manifests.conventions import TUMOR, dice
 from tumorforge.manifests.records import json_safe
 from tumorforge.trainer.preprocessing import Preprocessing
@@ -187,7 +186,6 @@ def estimate_prior(scan: PreparedScan, config: GeneratorConfig, samples: int = 4
                    depth: LiverDepth | None = None) -> dict[str, Prior]:
     """mu and sigma (population sd) of every dimension over the tumors that ``config`` draws on
     ``scan``: ``samples`` draws of ``sample_params`` with seeds (seed, 0..samples-1)."""
-    from tumorforge.generator.sample import sample_params, sample_seed
     _require_paper(config)
     depth = depth or LiverDepth(scan)
     values: dict[str, list[float]] = {d: [] for d in DIMENSIONS}
@@ -214,7 +212,6 @@ def _clip(dimension: str, value: float, depth: LiverDepth) -> float:
 def base_params(scan: PreparedScan, config: GeneratorConfig, seed: int, index: int) -> SampleParams:
     """Sample ``index`` of root ``seed`` from the single-lesion configuration, reduced to its first
     tumor with the crop centered on it: the unshifted case every level starts from."""
-    from tumorforge.generator.sample import sample_params, sample_seed
     params = sample_params(np.random.default_rng(sample_seed(seed, index)), scan,
                            single_lesion_config(config))
     return _centered(params, params.tumors[0])
@@ -320,8 +317,6 @@ def run_sweep(scans: Sequence[PreparedScan], predict: Predictor, config: Generat
     on ``scans[0]`` when not given. Returns one dict per case: Case fields plus the scores.
     ``examples``: a dict filled with the first case of each (dimension, level) as (axial image
     slice, true tumor, predicted tumor) through the tumor's center, for the report's picture."""
-    from tumorforge.generator.backend import get_backend
-    from tumorforge.generator.synthesize import synthesize
     backend = backend or get_backend("numpy")
     depths = {} if depths is None else depths
     if not scans:
@@ -354,8 +349,8 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def summarize(cases: Sequence[dict], prior: dict[str, Prior], dimensions: Sequence[str],
-              sigmas: int) -> list[dict]:
+def summarize_dimensions(cases: Sequence[dict], prior: dict[str, Prior],
+                         dimensions: Sequence[str], sigmas: int) -> list[dict]:
     """One row per (dimension, level k): mean Dice, detection rate, n, mean value used, mean
     predicted tumor voxels outside the true tumor."""
     rows = []
@@ -456,7 +451,7 @@ def write_report(out_dir: str, cases: Sequence[dict], prior: dict[str, Prior],
     ``examples`` from :func:`run_sweep`) and report.md into ``out_dir``; returns their paths by
     name."""
     os.makedirs(out_dir, exist_ok=True)
-    rows = summarize(cases, prior, dimensions, sigmas)
+    rows = summarize_dimensions(cases, prior, dimensions, sigmas)
     paths = {name: os.path.join(out_dir, name) for name in
              ("cases.csv", "cases.jsonl", "summary.json", "heatmap.png", "report.md")}
     if examples:
@@ -553,8 +548,6 @@ def benchmark(checkpoint: str, manifest: str, out: str, generator: dict | None =
     :func:`training_config`). Crops are windowed with the checkpoint's HU window. Inputs are
     checked (configuration, checkpoint file, manifest) before any scan is prepared.
     """
-    from tumorforge.generator.backend import get_backend
-    from tumorforge.generator.scans import load_prepared
     from tumorforge.manifests.schema import default_roots, read_manifest
     from .model import checkpoint_path, load_model, predict_crop
 

@@ -26,13 +26,21 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import gzip
 import hashlib
 import json
 import os
 
+import nibabel as nib
+import numpy as np
+
+from tumorforge.generator.api import (GENERATOR_VERSION, SYNTHETIC_PROFILES, GeneratorConfig,
+                                      get_backend, load_prepared, parse_mix, sample_params,
+                                      sample_seed, synthesize)
 from tumorforge.manifests.conventions import DISPLAY_WINDOW_HU, TUMOR, zyx_to_ras
 from tumorforge.manifests.errors import UserError
+from tumorforge.manifests.schema import default_roots, read_manifest
 
 ANSWERS = ("real", "synthetic", "unsure")
 TRUTHS = ("real", "synthetic")
@@ -70,9 +78,6 @@ def _packet_nifti(data_zyx, dtype) -> bytes:
     """Gzipped NIfTI-1 bytes of a (Z, Y, X) array on a 1 mm RAS grid whose first voxel is at
     world (0, 0, 0). Nothing else is in the header: no description, names, intent or extensions,
     and the gzip stream has neither file name nor time stamp."""
-    import nibabel as nib
-    import numpy as np
-
     # Identity: 1 mm RAS, no translation. The scanner origin and any obliquity of the source
     # affine would say which dataset (hospital, scanner) a case came from.
     affine = np.eye(4)
@@ -119,7 +124,6 @@ def _case_ids(rng, n: int) -> list[str]:
 def _whole_volume(scan, params):
     """``params`` widened to the whole prepared volume (the liver's box plus the margin), so the
     synthesized "crop" is that volume with every drawn tumor at its drawn position."""
-    import dataclasses
     return dataclasses.replace(params, crop_origin=tuple(scan.origin_vox), crop_size=tuple(scan.shape))
 
 
@@ -163,17 +167,6 @@ def make_packet(real_manifest: str, healthy_manifest: str, out_dir: str, n_real:
     Deterministic: the same inputs and ``seed`` give byte-identical files and the same case IDs.
     Returns a summary: case count, key path and its sha256.
     """
-    import numpy as np
-
-    from tumorforge.generator.options import parse_mix
-    from tumorforge.generator.scans import load_prepared
-    from tumorforge.generator import GENERATOR_VERSION
-    from tumorforge.generator.backend import get_backend
-    from tumorforge.generator.config import SYNTHETIC_PROFILES, GeneratorConfig
-    from tumorforge.generator.sample import sample_params, sample_seed
-    from tumorforge.generator.synthesize import synthesize
-    from tumorforge.manifests.schema import default_roots, read_manifest
-
     if n_real < 0 or n_synthetic < 0 or n_real + n_synthetic == 0:
         raise VTTError(f"need at least one case: n_real={n_real}, n_synthetic={n_synthetic}")
     if profile not in SYNTHETIC_PROFILES:

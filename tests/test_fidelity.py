@@ -1,4 +1,4 @@
-"""The generator fidelity report (evaluation/fidelity.py, ``tumorforge stats``): known answers on
+"""The generator fidelity report (evaluation/fidelity/, ``tumorforge stats``): known answers on
 hand-made volumes with a planted lesion, paired synthesis of mass effect and capsule on a box
 liver, and the command end to end on a small generated dataset and a real-lesion manifest."""
 
@@ -12,6 +12,10 @@ import pytest
 
 from conftest import write_nifti
 from tumorforge.evaluation import fidelity as fd
+from tumorforge.evaluation.fidelity.inputs import chosen, drawn_inside, record_tumors
+from tumorforge.evaluation.fidelity.lesions import Lesion, organ_depth, real_group
+from tumorforge.evaluation.fidelity.post_effects import capsule_rim, post_effects
+from tumorforge.evaluation.fidelity.prepared import Prepared, ScanCache
 from tumorforge.manifests.conventions import LIVER, TUMOR
 from conftest import user_error
 
@@ -47,7 +51,7 @@ def test_planted_sphere_measures_come_out_right():
     assert tuple(les["center"]) == pytest.approx(CENTER, abs=1)
     assert les["texture_ratio"] == pytest.approx(10 / 5, abs=0.25)       # sd 10 in sd-5 liver
     # The reference is where a random liver voxel lies: median depth of the box's voxels.
-    depth = fd.organ_depth(label >= LIVER, SPACING)
+    depth = organ_depth(label >= LIVER, SPACING)
     assert les["reference_depth_mm"] == pytest.approx(np.median(depth[label >= LIVER]))
     assert les["reference_depth_mm"] < les["depth_mm"]
 
@@ -78,7 +82,7 @@ def box_scan(size_mm: int = 60, margin: int = 20, seed: int = 0):
     config = GeneratorConfig(profile="paper", crop_size=(32, 32, 32))
     scan = prepare_scan("box", image.astype(np.int16), label, np.eye(4), organ_values=(1,),
                         config=config)
-    return fd.Prepared.of(scan), margin
+    return Prepared.of(scan), margin
 
 
 def paper_tumor(center, **kw):
@@ -121,12 +125,12 @@ def test_lesion_cut_by_the_liver_edge_has_inside_share_below_one(box):
     edge = ReleasedTumor(kind="small", center=(margin, 50, 50), radius_mm=8.0,
                          half_axes_mm=(8.0, 8.0, 8.0), sigma_e_mm=0.0, deform_seed=3)
     deep = dataclasses.replace(edge, center=(50, 50, 50))
-    inside, _ = fd.drawn_inside(prepared, edge)
+    inside, _ = drawn_inside(prepared, edge)
     assert 0.35 < inside < 0.65                                # half the sphere is outside
-    assert fd.drawn_inside(prepared, deep) == (1.0, 0)
+    assert drawn_inside(prepared, deep) == (1.0, 0)
     # A record's own counts (its location region) are not what the report measures.
     recorded = paper_tumor((50, 50, 50), inside_fraction=0.5, vessel_voxels=7)
-    assert fd.drawn_inside(prepared, recorded) == (1.0, 0)
+    assert drawn_inside(prepared, recorded) == (1.0, 0)
 
 
 def test_fallback_rates_and_dropped_satellites_are_counted(box):
@@ -140,9 +144,9 @@ def test_fallback_rates_and_dropped_satellites_are_counted(box):
     params = dataclasses.replace(one_tumor(prepared, large), kind="satellite", tumors=(large, sat),
                                  notes=("satellite dropped: no spot in its shell",))
     measured = fd.Measured("ds", "dataset", "ds")
-    fd.record_tumors(measured, prepared, params, "0", visible={0})
+    record_tumors(measured, prepared, params, "0", visible={0})
     assert (measured.satellites_placed, measured.satellites_dropped) == (1, 1)
-    rows = {r["type"]: r for r in fd.summarize([measured])}
+    rows = {r["type"]: r for r in fd.summarize_groups([measured])}
     assert rows["large"]["fallback"] == {"share": 1.0, "by_reason": {"vessels": 1.0}}
     assert rows["satellite"]["fallback"]["share"] == 0.0
     assert rows["all"]["fallback"] == {"share": 0.5, "by_reason": {"vessels": 0.5}}
@@ -150,7 +154,7 @@ def test_fallback_rates_and_dropped_satellites_are_counted(box):
     assert rows["satellite"]["measures"]["shell_r"]["median"] == pytest.approx(1.0)
     assert rows["satellite"]["in_shell_share"] == 0.0           # the default shell is 1.2-2.5 r
     assert rows["large"]["in_shell_share"] is None
-    result = fd.report([measured], "tumorforge stats ds", 0.0, fd.ScanCache(), fd.size_bins(), None)
+    result = fd.report([measured], "tumorforge stats ds", 0.0, ScanCache(), fd.size_bins(), None)
     assert result["inputs"][0]["satellites"] == {"placed": 1, "dropped": 1, "dropped_share": 0.5}
 
 
@@ -161,13 +165,13 @@ def test_mass_effect_moves_the_liver_margin_by_eq5(box):
     prepared, margin = box
     backend = get_backend("numpy")
     near = paper_tumor(_full(prepared, (margin + 8, 50, 50)))
-    mass, cap = fd.post_effects(prepared.scan, one_tumor(prepared, near), near, backend)
+    mass, cap = post_effects(prepared.scan, one_tumor(prepared, near), near, backend)
     assert mass["max_theory_mm"] == pytest.approx(4 / 27 * 26 * 0.3)
     assert 0.5 < mass["max_mm"] <= mass["max_theory_mm"] + 1.0   # voxel labels: within a voxel
     assert mass["surface_voxels"] > 0
     deep = paper_tumor(_full(prepared, (50, 50, 50)), radius_mm=10.0, half_axes_mm=(10.0,) * 3,
                        gamma_max_mm=13.0)
-    mass, cap = fd.post_effects(prepared.scan, one_tumor(prepared, deep), deep, backend)
+    mass, cap = post_effects(prepared.scan, one_tumor(prepared, deep), deep, backend)
     assert mass["max_mm"] == 0.0 and mass["surface_voxels"] == 0
     # The capsule brightens a thin band at the tumor's edge, by less than d = 120 HU.
     assert 20 < cap["peak_hu"] <= cap["max_hu"] <= 120
@@ -184,7 +188,7 @@ def test_capsule_rim_on_a_known_band():
                                                  indexing="ij")))
     tumor = g <= 8.0
     added = 50.0 * np.exp(-0.5 * (g - 8.5 - 1.0) ** 2)      # the voxel edge lies at about 8.5
-    rim = fd.capsule_rim(100.0 + added, np.full(shape, 100.0), tumor, (1.0,) * 3)
+    rim = capsule_rim(100.0 + added, np.full(shape, 100.0), tumor, (1.0,) * 3)
     assert rim["peak_hu"] == pytest.approx(50.0, abs=5.0) and rim["max_hu"] <= 50.0
     assert rim["width_mm"] == pytest.approx(2.355, abs=0.5)
     assert rim["offset_mm"] == pytest.approx(1.0, abs=0.5)
@@ -194,9 +198,9 @@ def test_capsule_rim_on_a_known_band():
 def test_size_bins_cut_between_table6_radii():
     bins = fd.size_bins()
     assert [b[0] for b in bins] == ["tiny", "small", "medium", "large"]
-    assert fd.real_group(4.0, bins) == "tiny" and fd.real_group(7.0, bins) == "small"
-    assert fd.real_group(16.0, bins) == "medium" and fd.real_group(40.0, bins) == "large"
-    assert fd.chosen(10, 4) == [0, 3, 6, 9] and fd.chosen(3, None) == [0, 1, 2]
+    assert real_group(4.0, bins) == "tiny" and real_group(7.0, bins) == "small"
+    assert real_group(16.0, bins) == "medium" and real_group(40.0, bins) == "large"
+    assert chosen(10, 4) == [0, 3, 6, 9] and chosen(3, None) == [0, 1, 2]
 
 
 # -- the command end to end --------------------------------------------------------------------
@@ -290,7 +294,7 @@ def test_versus_real_ks_tells_same_from_shifted_distributions():
     """KS of synthetic against real lesions of the same type: the same radii give p = 1, radii
     shifted by 3 mm give p < 0.001; mix lesions are tested against all real lesions."""
     def lesion(origin, group, radius):
-        return fd.Lesion(source=origin, origin=origin, group=group, scan_id="s", sample="0",
+        return Lesion(source=origin, origin=origin, group=group, scan_id="s", sample="0",
                          center=(0, 0, 0), voxels=1, volume_mm3=1.0, radius_mm=radius,
                          contrast_hu=-40.0, hu_drop_hu=None, depth_mm=10.0,
                          reference_depth_mm=10.0, depth_ratio=1.0, texture_sd_hu=10.0,

@@ -65,7 +65,7 @@ def test_oracle_scores_one_at_every_level(healthy):
     cases = rb.run_sweep(scans, lambda image: truth[_key(image)], CONFIG, rb.DIMENSIONS, 3, 1,
                          seed=5, prior=prior, depths=depths)
     assert len(cases) == len(rb.DIMENSIONS) * 7
-    rows = rb.summarize(cases, prior, rb.DIMENSIONS, 3)
+    rows = rb.summarize_dimensions(cases, prior, rb.DIMENSIONS, 3)
     assert all(r["n"] == 1 for r in rows)
     # A tumor shrunk to the floor r = 1.5 vanishes under the mask blur: nothing to score (n/a),
     # which the table must say instead of inventing a score. Every other level is perfect.
@@ -86,7 +86,8 @@ def test_threshold_model_is_sensitive_to_intensity(healthy):
 
     cases = rb.run_sweep(healthy["scans"], dark_is_tumor, CONFIG, ["intensity"], 2, 2, seed=1,
                          prior=healthy["prior"], depths=healthy["depths"])
-    dice = {r["k"]: r["mean_dice"] for r in rb.summarize(cases, healthy["prior"], ["intensity"], 2)}
+    rows = rb.summarize_dimensions(cases, healthy["prior"], ["intensity"], 2)
+    dice = {r["k"]: r["mean_dice"] for r in rows}
     assert dice[-2] > dice[0] > dice[2], dice
 
 
@@ -194,7 +195,7 @@ def _checkpoint(folder, crop=32, spacing=1.0, preprocessing=True) -> str:
     from tumorforge.trainer.models import build_model
     from tumorforge.trainer.preprocessing import Preprocessing
     torch.manual_seed(0)
-    state = {"model": build_model("unet").state_dict(), "config": json.dumps({"model": "unet"})}
+    state = {"model": build_model("unet", 3).state_dict(), "config": json.dumps({"model": "unet"})}
     if preprocessing:
         prep = Preprocessing(spacing_mm=(spacing,) * 3, crop_size=(crop,) * 3,
                              window_hu=TRAINING_WINDOW_HU, class_names=LABEL_NAMES,
