@@ -9,10 +9,10 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 
 from tumorforge.manifests.conventions import BACKGROUND, LIVER, TUMOR
+from tumorforge.manifests.nifti import write_nifti
 from tumorforge.manifests.records import json_safe
 
 from .metric_table import METRICS, Column, case_metrics, record_columns, summarize
@@ -89,9 +89,8 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
             answer, prob = answer
         pred = _checked(answer, image.data.shape, e)
         truth = truth_labels(np.asarray(label.data), e.label_map)
-        img = nib.Nifti1Image(pred, image.info.affine)
-        img.header.set_xyzt_units("mm")
-        nib.save(img, os.path.join(out, "predictions", f"{e.scan_id}.nii.gz"))
+        write_nifti(os.path.join(out, "predictions", f"{e.scan_id}.nii.gz"), pred,
+                    image.info.affine, qform_code=0, sform_code=2)
         m = case_metrics(pred, truth, image.info.spacing_mm, tolerance_mm, detection, min_dice)
         if prob is not None and np.shape(prob) == pred.shape:
             m["froc"] = froc_points(np.asarray(prob, np.uint8), pred >= LIVER, truth,

@@ -25,7 +25,7 @@ from tumorforge.manifests.conventions import (BACKGROUND, LIVER, TUMOR, from_ras
 from tumorforge.trainer.augment import window
 from tumorforge.trainer.preprocessing import Preprocessing
 
-from .metrics import (CONNECTIVITY_26, MIN_LIVER_CONTACT, PROBABILITY_SCALE, drop_outside_liver,
+from .metrics import (CONNECTIVITY_26, MIN_LIVER_CONTACT, PROBABILITY_SCALE, drop_outside_organ,
                       drop_specks)
 
 BODY_HU = -500.0
@@ -66,7 +66,7 @@ def postprocess(labels: np.ndarray, dilate_mm: float = DILATE_MM, spacing=(1.0, 
     out = np.where(keep, LIVER, BACKGROUND).astype(np.uint8)
     tumor = drop_specks((labels == TUMOR) & near, spacing, min_tumor_radius_mm)
     out[tumor] = TUMOR
-    kept = drop_outside_liver(tumor, out == LIVER, min_liver_contact)
+    kept = drop_outside_organ(tumor, out == LIVER, min_liver_contact)
     out[tumor & ~kept] = BACKGROUND
     return out
 

@@ -164,8 +164,6 @@ def drop_outside_organ(mask: np.ndarray, organ: np.ndarray, min_contact: float) 
     return out
 
 
-# The name ``evaluation/infer.py`` imports; goes once it imports ``drop_outside_organ``.
-drop_outside_liver = drop_outside_organ
 
 
 def _detections(scores: np.ndarray, n_pred: int, rule: str, min_dice: float

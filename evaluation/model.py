@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tumorforge.manifests.conventions import LABEL_NAMES
+from tumorforge.manifests.organs import DEFAULT_ORGAN, get_organ
 from tumorforge.manifests.records import loads
 from tumorforge.trainer.augment import window
 from tumorforge.trainer.preprocessing import Preprocessing
@@ -60,9 +60,11 @@ def checkpoint_path(checkpoint: str) -> str:
     return ckpt.path_for(folder, steps[-1])
 
 
-def load_model(checkpoint: str, device: torch.device | str = "auto") -> TrainedModel:
+def load_model(checkpoint: str, device: torch.device | str = "auto",
+               organ: str = DEFAULT_ORGAN) -> TrainedModel:
     """The model of a ``trainer`` checkpoint (``OUT/checkpoints/step-*.pt`` or a run folder, whose
-    newest checkpoint is taken) in eval mode on ``device``, with its preprocessing record."""
+    newest checkpoint is taken) in eval mode on ``device``, with its preprocessing record. Its
+    class names must be those of ``organ``'s record: a model of another organ is refused."""
     from tumorforge.trainer.models import build_model
     path = checkpoint_path(checkpoint)
     dev = pick_device(device) if isinstance(device, str) else device
@@ -82,10 +84,11 @@ def load_model(checkpoint: str, device: torch.device | str = "auto") -> TrainedM
         prep = Preprocessing.from_json(loads(state["preprocessing"], where), where)
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
-    if tuple(prep.class_names) != LABEL_NAMES:
+    expected = get_organ(organ).classes
+    if tuple(prep.class_names) != expected:
         raise CheckpointError(f"{path}: the model's classes are {list(prep.class_names)}; "
-                              f"evaluation expects {list(LABEL_NAMES)}")
-    model = build_model(config["model"])
+                              f"evaluation of the {organ} expects {list(expected)}")
+    model = build_model(config["model"], len(prep.class_names))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:

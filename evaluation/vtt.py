@@ -27,12 +27,10 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import gzip
 import hashlib
 import json
 import os
 
-import nibabel as nib
 import numpy as np
 
 from tumorforge.generator.api import (GENERATOR_VERSION, SYNTHETIC_PROFILES, GeneratorConfig,
@@ -40,6 +38,7 @@ from tumorforge.generator.api import (GENERATOR_VERSION, SYNTHETIC_PROFILES, Gen
                                       sample_seed, synthesize)
 from tumorforge.manifests.conventions import DISPLAY_WINDOW_HU, TUMOR, zyx_to_ras
 from tumorforge.manifests.errors import UserError
+from tumorforge.manifests.nifti import GZIP_OS_UNIX, nifti_bytes
 from tumorforge.manifests.schema import default_roots, read_manifest
 
 ANSWERS = ("real", "synthetic", "unsure")
@@ -47,7 +46,6 @@ TRUTHS = ("real", "synthetic")
 SHEET_COLUMNS = ("case_id", "answer", "confidence", "comment")
 MAX_DRAWS_PER_CASE = 20           # synthetic draws tried before a healthy scan is given up
 DEFAULT_MARGIN_MM = 40            # CT kept around the liver's box, on every side
-GZIP_LEVEL = 1                    # nibabel's default: ~4x faster than 6 for a few % more bytes
 README = """\
 Visual Turing Test: real or synthetic liver tumors?
 
@@ -80,22 +78,8 @@ def _packet_nifti(data_zyx, dtype) -> bytes:
     and the gzip stream has neither file name nor time stamp."""
     # Identity: 1 mm RAS, no translation. The scanner origin and any obliquity of the source
     # affine would say which dataset (hospital, scanner) a case came from.
-    affine = np.eye(4)
-    data = np.ascontiguousarray(zyx_to_ras(np.asarray(data_zyx)).astype(dtype))
-    header = nib.Nifti1Header()
-    header.set_data_dtype(dtype)
-    img = nib.Nifti1Image(data, affine, header=header)
-    hdr = img.header
-    hdr.set_xyzt_units("mm")
-    hdr.set_qform(affine, code=1)
-    hdr.set_sform(affine, code=1)
-    for field in ("descrip", "aux_file", "db_name", "intent_name", "data_type"):
-        hdr[field] = b""
-    hdr["intent_code"] = 0
-    hdr["cal_min"] = hdr["cal_max"] = 0
-    hdr["glmin"] = hdr["glmax"] = 0
-    hdr.extensions.clear()
-    return gzip.compress(img.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0)
+    return nifti_bytes(zyx_to_ras(np.asarray(data_zyx)), np.eye(4), dtype=dtype,
+                       gzip_os=GZIP_OS_UNIX)
 
 
 def _write_bytes(path: str, blob: bytes) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import nibabel as nib
 import numpy as np
 
 from tumorforge.manifests.conventions import DISPLAY_WINDOW_HU, LIVER, TUMOR, zyx_to_ras
+from tumorforge.manifests.nifti import write_nifti
 
 from .params import SampleParams
 from .prepare import PreparedScan
@@ -24,12 +24,8 @@ def save_nifti(image_zyx: np.ndarray, label_zyx: np.ndarray, affine: np.ndarray,
     """Write ``stem.image.nii.gz`` and ``stem.label.nii.gz`` from (Z, Y, X) crops."""
     paths = []
     for suffix, data in (("image", image_zyx), ("label", label_zyx)):
-        img = nib.Nifti1Image(np.ascontiguousarray(zyx_to_ras(data)), affine)
-        img.header.set_xyzt_units("mm")
-        img.header.set_qform(affine, code=1)
-        img.header.set_sform(affine, code=1)
         path = f"{stem}.{suffix}.nii.gz"
-        nib.save(img, path)
+        write_nifti(path, np.ascontiguousarray(zyx_to_ras(data)), affine)
         paths.append(path)
     return paths[0], paths[1]
 

@@ -277,10 +277,6 @@ def paste_region(out: OutputGrid, scan: PreparedScan, region_image, region_label
     return WholeScan(from_ras(image, out.affine), from_ras(label, out.affine), out.affine)
 
 
-# The name generator/transform.py still imports; goes when that import says paste_region.
-place = paste_region
-
-
 def make_case(scan: PreparedScan, out: OutputGrid, config: GeneratorConfig, root_seed: int,
               index: int, backend: Backend) -> tuple[WholeScan, SampleParams]:
     """One case: parameters drawn for sample ``index`` of ``root_seed``, synthesized over the

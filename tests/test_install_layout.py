@@ -66,4 +66,5 @@ def test_wheel_holds_only_the_tumorforge_namespace(tmp_path):
     assert "tumorforge/trainer/configs/cpu-small.yaml" in names
     assert "tumorforge/cluster/__main__.py" in names
     assert "tumorforge/manifests/dataset/reader.py" in names
+    assert "tumorforge/evaluation/fidelity/command.py" in names     # every subpackage listed
     assert not [n for n in names if "twins" in n], "the kernels' NumPy twins are test code"

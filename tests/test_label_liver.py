@@ -73,7 +73,7 @@ def test_model_masks_pass_or_are_rejected_with_the_reason(images, tmp_path):
     assert "low confidence: mean liver probability 0.55" in result.rejections[0].problem
     manifest = read_manifest(str(out), default_roots(str(out), [str(root)]))
     entry = manifest[0]
-    assert entry.role == "healthy" and entry.label_map.liver == (1,)
+    assert entry.role == "healthy" and entry.label_map.organ == (1,)
     assert abs(entry.organ_volume_ml - volumes["pct-0001"] / 1000) < 0.01
     mask = np.asarray(nib.load(entry.label).dataobj)
     assert np.array_equal(mask == 1, _truth(entries["pct-0001"], root))
