@@ -123,8 +123,8 @@ class LiverDepth:
     def __init__(self, scan: PreparedScan):
         import scipy.ndimage as ndi
         self.scan = scan
-        self.depth = ndi.distance_transform_edt(scan.liver, sampling=scan.spacing_mm).astype(np.float32)
-        self.liver_depths = self.depth.ravel()[scan.liver_voxels]
+        self.depth = ndi.distance_transform_edt(scan.organ, sampling=scan.spacing_mm).astype(np.float32)
+        self.liver_depths = self.depth.ravel()[scan.organ_voxels]
         self.range = (float(self.liver_depths.min()), float(self.liver_depths.max()))
         self._vessel_free: dict[int, np.ndarray] = {}
 
@@ -134,11 +134,11 @@ class LiverDepth:
         return float(self.depth[tuple(int(v) for v in c)])
 
     def _free(self, half: int) -> np.ndarray:
-        """For each liver voxel (order of ``scan.liver_voxels``): no vessel in the cube [c-h, c+h]."""
+        """For each liver voxel (order of ``scan.organ_voxels``): no vessel in the cube [c-h, c+h]."""
         if half not in self._vessel_free:
             import scipy.ndimage as ndi
             near = ndi.maximum_filter(self.scan.vessel, size=2 * half + 1, mode="constant", cval=0)
-            self._vessel_free[half] = ~near.ravel()[self.scan.liver_voxels]
+            self._vessel_free[half] = ~near.ravel()[self.scan.organ_voxels]
         return self._vessel_free[half]
 
     def pick(self, target_mm: float, radius_mm: float, rng: np.random.Generator,
@@ -158,7 +158,7 @@ class LiverDepth:
             else:
                 fallback = True
         ties = np.flatnonzero(candidates & (gap <= best + 1e-4))
-        flat = self.scan.liver_voxels[ties[int(rng.integers(len(ties)))]]
+        flat = self.scan.organ_voxels[ties[int(rng.integers(len(ties)))]]
         c = np.array(np.unravel_index(flat, self.scan.shape))
         center = tuple(int(v) for v in c + np.asarray(self.scan.origin_vox))
         return center, float(self.depth[tuple(c)]), fallback

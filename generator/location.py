@@ -108,21 +108,21 @@ class LocationTables:
     count of deeper voxels, the liver's axial range and each axial slice's eroded candidates."""
 
     def __init__(self, scan: PreparedScan):
-        idx = np.flatnonzero(scan.liver.any(axis=(1, 2)))
-        jdx = np.flatnonzero(scan.liver.any(axis=(0, 2)))
-        kdx = np.flatnonzero(scan.liver.any(axis=(0, 1)))
+        idx = np.flatnonzero(scan.organ.any(axis=(1, 2)))
+        jdx = np.flatnonzero(scan.organ.any(axis=(0, 2)))
+        kdx = np.flatnonzero(scan.organ.any(axis=(0, 1)))
         self.lo = np.array([idx[0], jdx[0], kdx[0]])
         self.hi = np.array([idx[-1], jdx[-1], kdx[-1]]) + 1
         box = tuple(slice(int(a), int(b)) for a, b in zip(self.lo, self.hi))
         counts = np.zeros(tuple(self.hi - self.lo + 1) + (2,), np.int32)
-        counts[1:, 1:, 1:, 0] = scan.liver[box]
+        counts[1:, 1:, 1:, 0] = scan.organ[box]
         counts[1:, 1:, 1:, 1] = scan.vessel[box]
         for axis in range(3):
             np.cumsum(counts, axis=axis, out=counts)
         self.sums = counts.reshape(-1, 2)
         self.dims = np.array(counts.shape[:3])
         self.strides = np.array([self.dims[1] * self.dims[2], self.dims[2], 1])
-        self.neg_depth = -scan.liver_depth_mm             # ascending: deep_count by bisection
+        self.neg_depth = -scan.organ_depth_mm             # ascending: deep_count by bisection
         self.k_range = (int(kdx[0]), int(kdx[-1]))
         self._slices: dict = {}
 
@@ -153,7 +153,7 @@ class LocationTables:
         slice's liver if the erosion empties it); computed once per slice."""
         got = self._slices.get((k, side))
         if got is None:
-            plane = scan.liver[:, :, k]
+            plane = scan.organ[:, :, k]
             eroded = ndi.binary_erosion(plane, structure=np.ones((side, side), bool))
             got = np.argwhere(eroded if eroded.any() else plane)
             self._slices[(k, side)] = got
@@ -205,7 +205,7 @@ def region_counts_brute_force(scan: PreparedScan, center, half_axes_vox, vessel_
     volume = liver = vessels = 0
     for n, sl in boxes(half):
         volume += n
-        liver += int(np.count_nonzero(scan.liver[sl]))
+        liver += int(np.count_nonzero(scan.organ[sl]))
     for _, sl in boxes(half + vessel_margin_vox):
         vessels += int(np.count_nonzero(scan.vessel[sl]))
     return liver / max(volume, 1), vessels
@@ -220,13 +220,13 @@ def drawn_shape_counts(scan: PreparedScan, tumor) -> tuple[float, int]:
                                                                - np.asarray(scan.origin_vox))
     ok = np.all((pos >= 0) & (pos < np.asarray(scan.shape)), axis=1)
     at = tuple(pos[ok].T)
-    return (int(np.count_nonzero(scan.liver[at])) / max(1, len(pos)),
+    return (int(np.count_nonzero(scan.organ[at])) / max(1, len(pos)),
             int(np.count_nonzero(scan.vessel[at])))
 
 
-def liver_voxel(rng: np.random.Generator, scan: PreparedScan) -> np.ndarray:
+def organ_voxel(rng: np.random.Generator, scan: PreparedScan) -> np.ndarray:
     """A uniformly drawn liver voxel ``(i, j, k)``."""
-    flat = scan.liver_voxels[int(rng.integers(len(scan.liver_voxels)))]
+    flat = scan.organ_voxels[int(rng.integers(len(scan.organ_voxels)))]
     return np.array(np.unravel_index(flat, scan.shape))
 
 
@@ -242,7 +242,7 @@ def _shell_spots(rng, scan: PreparedScan, config: GeneratorConfig, near, s: floa
     ok = np.all((c >= 0) & (c < np.asarray(scan.shape)), axis=-1)
     clipped = np.clip(c, 0, np.asarray(scan.shape) - 1)
     flat = np.ravel_multi_index((clipped[..., 0], clipped[..., 1], clipped[..., 2]), scan.shape)
-    return c, ok & scan.liver.ravel()[flat]
+    return c, ok & scan.organ.ravel()[flat]
 
 
 def _candidates(rng, scan, config, radius_mm, near, s, shape):
@@ -252,7 +252,7 @@ def _candidates(rng, scan, config, radius_mm, near, s, shape):
         return _shell_spots(rng, scan, config, near, s, shape)
     deep = tables(scan).deep_count(config.paper.candidate_depth * np.asarray(radius_mm))
     pick = rng.integers(0, np.broadcast_to(np.asarray(deep)[:, None], shape))
-    flat = scan.liver_voxels[pick]
+    flat = scan.organ_voxels[pick]
     return np.stack(np.unravel_index(flat, scan.shape), axis=-1), np.ones(shape, bool)
 
 
@@ -332,6 +332,6 @@ def released_location(rng: np.random.Generator, scan: PreparedScan, config: Gene
     side = max(1, int(round(rel.erosion_mm / s)))
     candidates = t.slice_candidates(scan, k, side)
     if len(candidates) == 0:
-        return liver_voxel(rng, scan)
+        return organ_voxel(rng, scan)
     i, j = candidates[int(rng.integers(len(candidates)))]
     return np.array([i, j, k])

@@ -33,19 +33,19 @@ class PreparedScan:
 
     scan_id: str
     image: np.ndarray            # int16 HU
-    liver: np.ndarray            # bool: liver organ (liver, tumor and vessel label values)
-    vessel: np.ndarray           # bool: eq. 1 vessel mask inside the liver (plus vessel labels)
+    organ: np.ndarray            # bool: the organ (its label values, and tumor and vessel ones)
+    vessel: np.ndarray           # bool: eq. 1 vessel mask inside the organ (plus vessel labels)
     tumor: np.ndarray            # bool: tumor voxels the scan's own label marks (real tumors)
     spacing_mm: tuple[float, float, float]
     affine: np.ndarray           # voxel (i, j, k) of these arrays -> RAS+ world mm
     origin_vox: tuple[int, int, int]
-    liver_mean_hu: float         # mean HU over the whole liver (eq. 2)
+    organ_mean_hu: float         # mean HU over the whole organ (eq. 2)
     vessel_threshold_hu: float   # T of eq. 2
     sigma_a_mm: float            # smoothing of eq. 1
-    parenchyma_mean_hu: float    # mu_p: liver without vessels
+    parenchyma_mean_hu: float    # mu_p: organ without vessels
     parenchyma_sd_hu: float      # sigma_p
-    liver_voxels: np.ndarray     # flat indices of liver voxels, deepest first (location sampling)
-    liver_depth_mm: np.ndarray   # float32: each one's distance to the liver's surface, descending
+    organ_voxels: np.ndarray     # flat indices of organ voxels, deepest first (location sampling)
+    organ_depth_mm: np.ndarray   # float32: each one's distance to the organ's surface, descending
     _device: dict = field(default_factory=dict, repr=False)
     _cache: dict = field(default_factory=dict, repr=False)     # host tables (``location.tables``)
 
@@ -54,18 +54,19 @@ class PreparedScan:
         return tuple(self.image.shape)
 
     def stats(self) -> dict:
-        return {"liver_mean_hu": round(self.liver_mean_hu, 3),
+        # "liver_mean_hu": the key provenance and reports have always read (a liver scan's value).
+        return {"liver_mean_hu": round(self.organ_mean_hu, 3),
                 "vessel_threshold_hu": round(self.vessel_threshold_hu, 3),
                 "sigma_a_mm": round(self.sigma_a_mm, 4),
                 "parenchyma_mean_hu": round(self.parenchyma_mean_hu, 3),
                 "parenchyma_sd_hu": round(self.parenchyma_sd_hu, 3),
-                "vessel_fraction": round(float(self.vessel.sum()) / max(1, len(self.liver_voxels)), 4),
+                "vessel_fraction": round(float(self.vessel.sum()) / max(1, len(self.organ_voxels)), 4),
                 "shape": list(self.shape), "origin_vox": list(self.origin_vox)}
 
     def label(self) -> np.ndarray:
         """uint8 BACKGROUND/LIVER/TUMOR of these arrays. The scan's own tumor voxels (``real``
         profile) lie inside its liver mask."""
-        return np.where(self.tumor, TUMOR, np.where(self.liver, LIVER, BACKGROUND)).astype(np.uint8)
+        return np.where(self.tumor, TUMOR, np.where(self.organ, LIVER, BACKGROUND)).astype(np.uint8)
 
     def on(self, backend):
         """(image, :meth:`label`) on the backend's device; copied once and cached."""
@@ -129,7 +130,8 @@ def prepare_scan(scan_id: str, image: np.ndarray, label: np.ndarray, affine: np.
 
     organ = np.isin(label, np.asarray(organ_values))
     if not organ.any():
-        raise PrepareError(f"scan {scan_id}: no liver voxel (liver values {list(organ_values)})")
+        raise PrepareError(f"scan {scan_id}: no {config.organ} voxel ({config.organ} values "
+                           f"{list(organ_values)})")
     # Crop (in output voxels) to the liver box plus half a crop, before resampling the image.
     idx = np.argwhere(organ)
     lo_in, hi_in = idx.min(0), idx.max(0)
@@ -171,8 +173,8 @@ def prepare_scan(scan_id: str, image: np.ndarray, label: np.ndarray, affine: np.
     order = np.argsort(-d, kind="stable")
     return PreparedScan(
         scan_id=scan_id, image=np.clip(np.rint(img), -32768, 32767).astype(np.int16),
-        liver=organ_r, vessel=vessel, tumor=tumor, spacing_mm=tuple(float(t) for t in target),
-        affine=out_affine, origin_vox=tuple(int(v) for v in lo), liver_mean_hu=liver_mean,
+        organ=organ_r, vessel=vessel, tumor=tumor, spacing_mm=tuple(float(t) for t in target),
+        affine=out_affine, origin_vox=tuple(int(v) for v in lo), organ_mean_hu=liver_mean,
         vessel_threshold_hu=threshold, sigma_a_mm=sigma_a,
         parenchyma_mean_hu=float(parenchyma.mean()), parenchyma_sd_hu=float(parenchyma.std()),
-        liver_voxels=flat[order], liver_depth_mm=d[order])
+        organ_voxels=flat[order], organ_depth_mm=d[order])

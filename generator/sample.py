@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from .config import SIZE_TYPES, GeneratorConfig, SizePreset
-from .location import liver_voxel, paper_locations, released_location
+from .location import organ_voxel, paper_locations, released_location
 from .params import PaperTumor, ReleasedSample, ReleasedTumor, SampleParams
 from .prepare import PreparedScan
 from .tumor_models import tumor_model
@@ -72,13 +72,13 @@ def _crop_center(rng, scan: PreparedScan, config: GeneratorConfig, tumors) -> tu
     crop = np.asarray(config.crop_size)
     if config.effective_crop_policy == "tumor-centred":
         if not tumors:
-            return liver_voxel(rng, scan), "organ"
+            return organ_voxel(rng, scan), "organ"
         anchor = tumors[int(rng.integers(len(tumors)))]
         j = int(round(config.crop_jitter_mm / float(scan.spacing_mm[0])))
         return (np.asarray(anchor.center) - np.asarray(scan.origin_vox)
                 + rng.integers(-j, j + 1, 3)), "tumor"
     if rng.random() < 0.5:
-        center, anchor = liver_voxel(rng, scan), "organ"
+        center, anchor = organ_voxel(rng, scan), "organ"
     else:
         center, anchor = _background_voxel(rng, scan, config.released.negative_threshold_hu), \
             "background"
@@ -93,9 +93,9 @@ def _background_voxel(rng, scan: PreparedScan, threshold_hu: float, tries: int =
     shape = np.asarray(scan.shape)
     for _ in range(tries):
         c = rng.integers(0, shape)
-        if not scan.liver[tuple(c)] and scan.image[tuple(c)] > threshold_hu:
+        if not scan.organ[tuple(c)] and scan.image[tuple(c)] > threshold_hu:
             return c
-    return liver_voxel(rng, scan)
+    return organ_voxel(rng, scan)
 
 
 def _real_params(rng, scan, config) -> SampleParams:
@@ -113,7 +113,7 @@ def _real_params(rng, scan, config) -> SampleParams:
     if config.effective_crop_policy == "pos-neg":
         center, anchor = _crop_center(rng, scan, config, ())
     elif kind == "negative":
-        center, anchor = liver_voxel(rng, scan), "organ"
+        center, anchor = organ_voxel(rng, scan), "organ"
     else:
         anchor = "tumor"
         center = np.array(np.unravel_index(tumor_voxels[int(rng.integers(tumor_voxels.size))],

@@ -96,8 +96,8 @@ def load_prepared_shared(entry: ScanEntry, config: GeneratorConfig, cache_dir: s
 
 
 CACHE_WAIT_S = 600.0
-_ARRAYS = ("image", "liver", "vessel", "tumor", "affine", "liver_voxels", "liver_depth_mm")
-_SCALARS = ("spacing_mm", "origin_vox", "liver_mean_hu", "vessel_threshold_hu", "sigma_a_mm",
+_ARRAYS = ("image", "organ", "vessel", "tumor", "affine", "organ_voxels", "organ_depth_mm")
+_SCALARS = ("spacing_mm", "origin_vox", "organ_mean_hu", "vessel_threshold_hu", "sigma_a_mm",
             "parenchyma_mean_hu", "parenchyma_sd_hu")
 
 

@@ -86,7 +86,7 @@ def test_a_chaos_case_as_distributed_enters_a_manifest(chaos_dicom, tmp_path):
     manifest = tmp_path / "chaos.jsonl"
     assert main(["manifest", "build", "--layout", "chaos", str(out), "-o", str(manifest)]) == 0
     [entry] = read_manifest(str(manifest), default_roots(str(manifest), [str(out)]))
-    assert entry.scan_id == "chaos-21" and entry.label_map.liver == (255,)
+    assert entry.scan_id == "chaos-21" and entry.label_map.organ == (255,)
     assert entry.image.endswith("DICOM_anon") and entry.label.endswith("Ground")
     voxel_ml = float(np.prod(np.sqrt((affine[:3, :3] ** 2).sum(0)))) / 1000
     assert abs(entry.organ_volume_ml - mask.sum() * voxel_ml) < 0.01
@@ -104,7 +104,7 @@ def test_a_chaos_case_as_distributed_enters_a_manifest(chaos_dicom, tmp_path):
     from tumorforge.generator.scans import load_prepared
     scan = load_prepared(entry, GeneratorConfig(crop_size=(32, 32, 32),
                                                 target_spacing_mm=(4.0, 4.0, 4.0)))
-    assert scan.liver.sum() > 100
+    assert scan.organ.sum() > 100
 
 
 def test_bad_series_are_rejected_with_the_file_and_reason(chaos_dicom, tmp_path):

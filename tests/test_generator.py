@@ -34,9 +34,9 @@ def test_prepare_reorients_resamples_and_finds_the_vessel(scan):
     assert scan.spacing_mm == (1.0, 1.0, 1.0)
     assert scan.affine[0, 0] > 0 and scan.affine[1, 1] > 0 and scan.affine[2, 2] > 0   # RAS
     assert 95 <= scan.parenchyma_mean_hu <= 105 and 8 <= scan.parenchyma_sd_hu <= 20
-    assert scan.vessel_threshold_hu == pytest.approx(scan.liver_mean_hu + 15)
+    assert scan.vessel_threshold_hu == pytest.approx(scan.organ_mean_hu + 15)
     # The tube (radius 4 mm at y=+10 mm, z=+5 mm) is found; LPS storage means +y is index-down.
-    frac = scan.vessel.sum() / scan.liver.sum()
+    frac = scan.vessel.sum() / scan.organ.sum()
     assert 0.004 < frac < 0.05
     image, label, affine = liver_volume()
     flipped = prepare_scan("toy", image[::-1, :, ::-1].copy(), label[::-1, :, ::-1].copy(),
@@ -72,7 +72,7 @@ def test_paper_draws_follow_table_1_and_table_6(scan, size):
             assert 30 <= t.mu_t <= scan.parenchyma_mean_hu - 10
             assert t.gamma_max_mm == pytest.approx(1.3 * t.radius_mm) and t.intensity == 30
             assert t.mass_effect == t.capsule == (preset.radius_mm >= 20)
-            assert scan.liver[tuple(np.asarray(t.center) - scan.origin_vox)]
+            assert scan.organ[tuple(np.asarray(t.center) - scan.origin_vox)]
 
 
 def test_paper_train_is_the_default_and_leaves_out_the_turing_test_steps(scan):
@@ -121,7 +121,7 @@ def test_location_test_in_constant_time_equals_counting_voxels(scan):
     rng = np.random.default_rng(0)
     shape = np.asarray(small.shape)
     centers = np.concatenate([rng.integers(-20, shape + 20, (60, 3)),
-                              np.array(np.unravel_index(small.liver_voxels[:20], small.shape)).T])
+                              np.array(np.unravel_index(small.organ_voxels[:20], small.shape)).T])
     half = rng.uniform(1.0, 30.0, (len(centers), 3))
     margin = rng.uniform(0.0, 5.0, len(centers))
     fast_share, fast_vessels = region_counts(small, centers, half, margin)
@@ -156,15 +156,15 @@ def test_tumors_lie_inside_the_liver_not_on_its_rim(scan, profile):
     # must lie in the liver, and centers are as deep as a uniformly drawn liver voxel or deeper.
     config = GeneratorConfig(profile=profile, size_mix={"mix": 1.0}, negative_fraction=0.0)
     depth = np.zeros(scan.shape, np.float32)
-    depth.ravel()[scan.liver_voxels] = scan.liver_depth_mm
+    depth.ravel()[scan.organ_voxels] = scan.organ_depth_mm
     centers, kept = [], []
     for i in range(3):
         for t in _params(scan, config, i).tumors:
             pos, ok = _shape_voxels(scan, t)      # the drawn (deformed) shape, not the region
-            kept.append(scan.liver[tuple(pos[ok].T)].sum() / len(pos))
+            kept.append(scan.organ[tuple(pos[ok].T)].sum() / len(pos))
             centers.append(depth[tuple(np.asarray(t.center) - scan.origin_vox)])
     assert np.mean(np.asarray(kept) >= 0.9) >= 0.9
-    assert np.median(centers) >= 0.8 * np.median(scan.liver_depth_mm)
+    assert np.median(centers) >= 0.8 * np.median(scan.organ_depth_mm)
 
 
 def test_paper_texture_has_the_parenchyma_sd_and_the_drawn_mean(scan):
@@ -263,7 +263,7 @@ def test_released_profile_is_the_authors_recipe(scan):
     config = GeneratorConfig(profile="released", size_mix={"small": 1.0}, negative_fraction=0.0,
                              crop_policy="tumor-centred")
     p = _params(scan, config, 0)
-    ks = np.flatnonzero(scan.liver.any(axis=(0, 1))) + scan.origin_vox[2]
+    ks = np.flatnonzero(scan.organ.any(axis=(0, 1))) + scan.origin_vox[2]
     lo, hi = ks[0] + 0.3 * (ks[-1] - ks[0]) - 1, ks[0] + 0.7 * (ks[-1] - ks[0]) + 1
     for t in p.tumors:
         assert lo <= t.center[2] <= hi
@@ -284,7 +284,7 @@ def test_released_profile_is_the_authors_recipe(scan):
         pos = drawn_offsets(t, 1.0) + (np.asarray(t.center) - scan.origin_vox)
         ok = np.all((pos >= 0) & (pos < scan.shape), axis=1)
         union[tuple(pos[ok].T)] = True
-    union = np.pad(union & scan.liver, 96)
+    union = np.pad(union & scan.organ, 96)
     o = np.asarray(p.crop_origin) - scan.origin_vox + 96
     window = union[o[0]:o[0] + 96, o[1]:o[1] + 96, o[2]:o[2] + 96].transpose(2, 1, 0)
     assert window.any() and np.array_equal(crop.label == 2, window)
@@ -301,7 +301,7 @@ def test_released_crops_are_positive_negative_one_to_one(scan):
         lo = np.asarray(p.crop_origin) - scan.origin_vox
         window = tuple(slice(int(a), int(a) + 32) for a in lo)
         if p.crop_anchor == "background":           # centred there, then shifted into the scan
-            assert (~scan.liver[window] & (scan.image[window] > -21)).any()
+            assert (~scan.organ[window] & (scan.image[window] > -21)).any()
         assert np.all(lo >= 0) and np.all(lo + 32 <= scan.shape)       # inside the scan
 
 

@@ -114,7 +114,7 @@ def test_shift_moves_one_dimension_only(healthy):
                 lo, hi = depths[scan.scan_id].range
                 assert depths[scan.scan_id].at(t.center) == pytest.approx(case.value, abs=1e-3)
                 assert case.value == pytest.approx(min(hi, max(lo, target)), abs=1.0)
-                assert scan.liver[tuple(np.asarray(t.center) - scan.origin_vox)]
+                assert scan.organ[tuple(np.asarray(t.center) - scan.origin_vox)]
             else:
                 lo, hi = rb.CLIP[dimension]
                 used = min(hi if hi is not None else np.inf, max(lo, target))

@@ -120,6 +120,7 @@ def test_the_readme_example_trains_a_plain_monai_unet(phantom_root, tmp_path, ca
     build_manifest("btcv", str(root / "btcv"), str(manifest))
     example = runpy.run_path(str(__import__("pathlib").Path(__file__).parents[1] / "cluster" /
                                  "examples" / "monai_transform_training.py"))
-    example["main"]([str(manifest), "--steps", "2", "--spacing", "4", "--crop", "32"])
+    example["main"]([str(manifest), "--steps", "2", "--spacing", "4", "--crop", "32",
+                     "--allow-root", str(root)])
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("step ")]
     assert len(lines) == 2 and any(int(l.rsplit(" ", 1)[1]) > 0 for l in lines)

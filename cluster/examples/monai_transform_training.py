@@ -11,7 +11,6 @@ plain MONAI and torch, which is the point: copy it into your own training code.
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 from monai.data import DataLoader, Dataset
@@ -21,6 +20,7 @@ from monai.transforms import (Compose, EnsureChannelFirstd, LoadImaged, Orientat
                               RandCropByPosNegLabeld, ScaleIntensityRanged, Spacingd)
 
 from tumorforge.generator import TumorSynthesisd
+from tumorforge.manifests.schema import default_roots, read_manifest
 
 
 def main(argv=None) -> None:
@@ -30,9 +30,11 @@ def main(argv=None) -> None:
     ap.add_argument("--spacing", type=float, default=2.0, help="mm (the paper: 1)")
     ap.add_argument("--crop", type=int, default=64, help="voxels (the paper: 96)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--allow-root", action="append", default=[],
+                    help="a folder the scans may lie in besides the manifest's own (repeatable)")
     args = ap.parse_args(argv)
-    scans = [json.loads(line) for line in open(args.manifest) if line.strip()]
-    liver = sorted({v for s in scans for v in s["label_map"]["liver"]})
+    scans = read_manifest(args.manifest, default_roots(args.manifest, args.allow_root))
+    liver = sorted({v for e in scans for v in e.label_map.organ})
     keys = ("image", "label")
     train = Compose([
         LoadImaged(keys), EnsureChannelFirstd(keys), Orientationd(keys, axcodes="RAS"),
@@ -47,7 +49,7 @@ def main(argv=None) -> None:
     ])
     train.set_random_state(args.seed)
     torch.manual_seed(args.seed)         # MONAI's DataLoader seeds the transforms from torch's RNG
-    loader = DataLoader(Dataset([{"image": s["image"], "label": s["label"]} for s in scans],
+    loader = DataLoader(Dataset([{"image": e.image, "label": e.label} for e in scans],
                                 transform=train), batch_size=1, shuffle=True, num_workers=0)
     model = UNet(3, 1, 3, channels=(8, 16, 32, 64), strides=(2, 2, 2))
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)

@@ -33,9 +33,9 @@ class Prepared:
     @classmethod
     def of(cls, scan) -> "Prepared":
         depth = np.zeros(scan.shape, np.float32)
-        depth.ravel()[scan.liver_voxels] = scan.liver_depth_mm       # prepare's own depth map
-        paren = scan.liver & ~scan.tumor & ~scan.vessel
-        return cls(scan, depth, float(np.median(scan.liver_depth_mm)),
+        depth.ravel()[scan.organ_voxels] = scan.organ_depth_mm       # prepare's own depth map
+        paren = scan.organ & ~scan.tumor & ~scan.vessel
+        return cls(scan, depth, float(np.median(scan.organ_depth_mm)),
                    float(scan.image[paren].std()) if paren.any() else float("nan"))
 
     def depth_at(self, full_vox) -> float | None:
