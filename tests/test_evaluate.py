@@ -16,12 +16,16 @@ from conftest import tiny_scan
 from tumorforge.cluster.front_door import main
 from tumorforge.evaluation.evaluate import evaluate
 from tumorforge.evaluation.infer import postprocess, segment
-from tumorforge.manifests.conventions import LABEL_NAMES, LIVER, TRAINING_WINDOW_HU, TUMOR
+from tumorforge.manifests.conventions import LIVER, TUMOR
+from tumorforge.manifests.organs import ORGANS
 from tumorforge.trainer.preprocessing import Preprocessing
 from conftest import user_error
 
+LABEL_NAMES = ORGANS["liver"].classes
+
 PREP = Preprocessing(spacing_mm=(1.0, 1.0, 1.0), crop_size=(32, 32, 32),
-                     window_hu=TRAINING_WINDOW_HU, class_names=LABEL_NAMES, dataset_ids=("ds-test",))
+                     window_hu=ORGANS["liver"].training_window_hu, class_names=LABEL_NAMES,
+                     dataset_ids=("ds-test",))
 
 
 class Threshold(torch.nn.Module):

@@ -190,7 +190,8 @@ def _checkpoint(folder, crop=32, spacing=1.0, preprocessing=True) -> str:
     """An untrained U-Net saved by the trainer's checkpoint writer, with the preprocessing record of
     crops of ``crop`` voxels at ``spacing`` mm (or, ``preprocessing=False``, without one)."""
     import torch
-    from tumorforge.manifests.conventions import LABEL_NAMES, TRAINING_WINDOW_HU
+    from tumorforge.manifests.organs import ORGANS
+    liver = ORGANS["liver"]
     from tumorforge.trainer import checkpoint as ckpt
     from tumorforge.trainer.models import build_model
     from tumorforge.trainer.preprocessing import Preprocessing
@@ -198,7 +199,7 @@ def _checkpoint(folder, crop=32, spacing=1.0, preprocessing=True) -> str:
     state = {"model": build_model("unet", 3).state_dict(), "config": json.dumps({"model": "unet"})}
     if preprocessing:
         prep = Preprocessing(spacing_mm=(spacing,) * 3, crop_size=(crop,) * 3,
-                             window_hu=TRAINING_WINDOW_HU, class_names=LABEL_NAMES,
+                             window_hu=liver.training_window_hu, class_names=liver.classes,
                              dataset_ids=("ds-robust",))
         state["preprocessing"] = json.dumps(prep.to_json())
     return ckpt.save(str(folder), 0, state, keep=1)

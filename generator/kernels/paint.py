@@ -166,7 +166,7 @@ OPERATORS = OperatorTable()
 
 
 @dataclass
-class Plan:
+class PaintPlan:
     ci: np.ndarray        # (C, len(CI)) int32: per crop painted
     ti: np.ndarray        # (T, len(TI)) int32: per tumor reaching its crop
     tf: np.ndarray        # (T, TF["columns"]) float32: half-axes (voxels), control grid
@@ -202,7 +202,7 @@ def _offsets(lengths) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else lengths
 
 
-def plan(scans, packed, crops) -> Plan:
+def plan(scans, packed, crops) -> PaintPlan:
     """The kernels' tables for the crops ``crops`` (indices into ``packed``, all ``eligible``), in
     array operations over their tumors (a loop only to slice each tumor's texture operators).
     Boxes as the array code (``synthesize``) draws them, from the same ``shape.work_boxes``: a
@@ -244,7 +244,7 @@ def plan(scans, packed, crops) -> Plan:
                           canvas]).astype(np.int32).reshape(-1, len(CI))
     sizes = dict(ws=0, z=0, p1=0, p2=0, tex=0, wk=0, cube=0, canvas=int(cv_vol.sum()))
     if T == 0:
-        return Plan(ci=ci, ti=np.zeros((0, len(TI)), np.int32),
+        return PaintPlan(ci=ci, ti=np.zeros((0, len(TI)), np.int32),
                     tf=np.zeros((0, TF["columns"]), np.float32), td=np.zeros((0, len(TD))),
                     seeds=np.zeros(0, np.uint64), weights=np.zeros(0), ops=np.zeros(1),
                     bands=np.zeros(2, np.int32), sizes=sizes, rows=idx)
@@ -324,7 +324,7 @@ def plan(scans, packed, crops) -> Plan:
     tf[:, TF["band_lo"]], tf[:, TF["band_hi"]] = band[:, 0], band[:, 1]
     tf[:, TF["capsule_hu"]] = np.asarray(rows.capsule_hu, float)
     td = np.column_stack([np.asarray(rows.mu_t, float), np.asarray(rows.sigma_p, float)])
-    return Plan(ci=ci, ti=ti.astype(np.int32), tf=tf, td=td,
+    return PaintPlan(ci=ci, ti=ti.astype(np.int32), tf=tf, td=td,
                 seeds=np.ascontiguousarray(rows.texture_seed, np.uint64),
                 weights=np.concatenate(all_w), ops=ops, bands=bands, sizes=sizes, rows=idx)
 
