@@ -7,6 +7,7 @@ import numpy as np
 
 from tumorforge.manifests.conventions import TUMOR, dice
 from tumorforge.manifests.dataset import names
+from tumorforge.manifests.dataset.formats import FORMATS
 from tumorforge.manifests.dataset.names import COMMITS, TOP_LEVEL, commit_key
 from tumorforge.manifests.dataset.reader import (COMMIT_MAX_BYTES, PLAN_MAX_BYTES, Dataset,
                                                  DatasetError)
@@ -184,18 +185,18 @@ def verify(ds: Dataset) -> list[tuple[str, str]]:
             problems.append((key, problem))
     for shard in shards:
         problems += _commit_problems(ds, shard)
-    unlisted_metadata_ok = not ds.index.metadata        # indexes from before it was listed
+    if not ds.index.metadata:        # an index from before it listed the formats' metadata
+        listed.update(key for fmt in ds.formats for key in FORMATS[fmt].metadata_keys)
     for key in ds.list_objects():
-        if key in listed or key in TOP_LEVEL or key.startswith(COMMITS + "/") \
-                or (unlisted_metadata_ok and key.endswith("zarr.json")):
+        if key in listed or key in TOP_LEVEL or key.startswith(COMMITS + "/"):
             continue
         problems.append((key, "extra: not listed in index.json"))
-    if "zarr" in ds.formats:
+    for fmt in ds.formats:
         try:
-            ds.check_zarr_metadata()
+            ds.reader(fmt).check()
         except DatasetError as exc:
-            problems.append((f"{names.ZARR_ROOT} metadata", str(exc)))
-            bad_files.update(k for s in shards for k in ds.shard_files(s, "zarr"))
+            problems.append((f"{FORMATS[fmt].root} metadata", str(exc)))
+            bad_files.update(k for s in shards for k in ds.shard_files(s, fmt))
     bad_files.update(k for k, _ in problems)
     for shard in shards:
         expected = {s.key: s for s in shard.samples}

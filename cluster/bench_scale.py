@@ -34,12 +34,12 @@ def _rss_mb() -> float:
 def _fake_entries(n: int):
     from tumorforge.manifests.schema import LabelMap, ScanEntry
     return [ScanEntry(scan_id=f"fake-{i:05d}", image=f"/fake/{i}.nii.gz",
-                      label=f"/fake/{i}-label.nii.gz", label_map=LabelMap(liver=(1,)),
+                      label=f"/fake/{i}-label.nii.gz", label_map=LabelMap(organ=(1,)),
                       role="healthy", source="bench",
                       sha256={"image": hashlib.sha256(b"i%d" % i).hexdigest(),
                               "label": hashlib.sha256(b"l%d" % i).hexdigest()},
                       shape=(512, 512, 100), spacing_mm=(0.8, 0.8, 2.5), orientation="LPS",
-                      liver_volume_ml=1500.0, tumor_volume_ml=0.0) for i in range(n)]
+                      organ_volume_ml=1500.0, tumor_volume_ml=0.0) for i in range(n)]
 
 
 def _dispatch_ms(shards: dict, pending: list[int], handouts: int = 2000) -> float:
@@ -61,19 +61,17 @@ def _fake_shard(plan, shard) -> dict[str, bytes]:
     """The shard's record and commit as a worker writes them, with made-up data objects and
     hashes: {object name: bytes}."""
     from tumorforge.manifests.dataset import names
+    from tumorforge.manifests.dataset.formats import FORMATS
     from tumorforge.manifests.dataset.records import (FORMAT_CHECKS, FileRecord, SampleHashes,
                                                       ShardCommit, ShardEntry, hex_digest)
     from tumorforge.manifests.records import pretty_json
     fmt = plan.spec.dataset_format
     check, sample_digest = FORMAT_CHECKS[fmt]
     digest = lambda text, by: hex_digest(text.encode(), by)
-    files = {}
-    for name in ("image", "label"):
-        key = f"{names.ZARR_ROOT}/{name}/c/{shard.index}/0/0/0"
-        files[key] = FileRecord(700_000 * shard.count, digest(key, check), check)
-    for name in ("key", "sample_index", "provenance"):
-        key = f"{names.ZARR_ROOT}/{name}/c/{shard.index}"
-        files[key] = FileRecord(2_000 * shard.count, digest(key, check), check)
+    # The objects each storage format writes, about 0.3 MB per sample each (sizes only go into
+    # the records).
+    files = {key: FileRecord(300_000 * shard.count, digest(key, check), check)
+             for name in plan.spec.formats for key in FORMATS[name].objects(shard.index)}
     samples = tuple(SampleHashes(plan.key(i), digest(f"i{i}", sample_digest),
                                  digest(f"l{i}", sample_digest), sample_digest)
                     for i in range(shard.start, shard.start + shard.count))

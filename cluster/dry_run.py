@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from tumorforge.manifests.dataset.formats import FORMATS
 from tumorforge.manifests.dataset.names import COMMITS, PLAN
 from tumorforge.manifests.dataset.store import Objects
 from tumorforge.manifests.records import RecordError, loads
@@ -146,8 +147,7 @@ def dry_run(spec: JobSpec, entries: list, calibrate: int = 4) -> DryRun:
     t0 = time.perf_counter()
     objects = shard_objects(plan, 0, made)
     t_encode = (time.perf_counter() - t0) / len(indices)
-    per_format = {fmt: sum(len(v) for k, v in objects.items()
-                           if (k.endswith(".tar") if fmt == "wds" else not k.endswith(".tar")))
+    per_format = {fmt: sum(len(v) for k, v in objects.items() if FORMATS[fmt].owns(k))
                   / len(indices) for fmt in spec.formats}
     result.calibration = {"samples": len(indices), "prepare_s_per_scan": t_prepare,
                           "synthesize_s_per_sample": t_synth, "encode_s_per_sample": t_encode,

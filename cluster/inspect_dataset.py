@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from tumorforge.manifests.dataset.formats import owner
 from tumorforge.manifests.dataset.reader import Dataset
 
 RADIUS_BINS_MM = (0, 2, 4, 6, 8, 10, 15, 20, 25, 30, 40, 60)
@@ -41,17 +42,19 @@ def _radius(tumor: dict) -> float:
     return float(tumor.get("radius_mm", 0.0))
 
 
-def summarize(ds: Dataset, max_samples: int = 20_000) -> dict:
-    """Every figure ``inspect`` prints, as a JSON-able dict."""
+def describe_dataset(ds: Dataset, max_samples: int = 20_000) -> dict:
+    """Every figure ``inspect`` prints, as a JSON-able dict: what the index says, bytes per
+    storage format, and the distributions read from the provenance of up to ``max_samples``
+    samples."""
     index = ds.index
     spec = index.spec
     gen = spec.get("generator", {})
     by_format: Counter = Counter()
     for shard in ds.shards:
         for key, record in shard.files.items():
-            by_format["wds" if key.endswith(".tar") else "zarr"] += record.bytes
+            by_format[owner(key) or "other"] += record.bytes
     for key, record in index.metadata.items():
-        by_format["zarr"] += record.bytes
+        by_format[owner(key) or "other"] += record.bytes
     read = _shards_to_read(ds, max_samples)
     scans: Counter = Counter()
     kinds: Counter = Counter()
@@ -206,9 +209,10 @@ def plot_montage(ds: Dataset, png: str, n: int = 8) -> str:
 
 def inspect(url: str, out: str | None = None, max_samples: int = 20_000, montage: int = 8
             ) -> dict:
-    """Summarize the dataset at ``url``; with ``out``, also write inspect.json and the PNGs."""
+    """Describe the dataset at ``url`` (:func:`describe_dataset`); with ``out``, also write
+    inspect.json and the PNGs."""
     ds = Dataset(url)
-    s = summarize(ds, max_samples)
+    s = describe_dataset(ds, max_samples)
     if out:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "inspect.json"), "w") as f:

@@ -1,9 +1,10 @@
 """The generation job driver: plan, check the output, dispatch shards to Ray actors, commit, index.
 
-Order of writes in the output: ``plan.json`` (identity; refuses a different dataset), zarr metadata,
-then per shard its data objects and ``_commits/shard-NNNNNN.json``, and ``index.json`` last, only when
-every shard is committed. A rerun skips committed shards (resume); a different spec or manifest gives
-a different ``dataset_id`` and is refused.
+Order of writes in the output: ``plan.json`` (identity; refuses a different dataset), the storage
+formats' metadata (zarr.json files), then per shard its data objects in every format of the job and
+``_commits/shard-NNNNNN.json``, and ``index.json`` last, only when every shard is committed. A
+rerun skips committed shards (resume); a different spec or manifest gives a different
+``dataset_id`` and is refused.
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from tumorforge.generator import GENERATOR_VERSION
+from tumorforge.generator.tumor_models import PLUGINS_ENV
 from tumorforge.manifests.schema import ManifestError, default_roots, read_manifest
 
-from tumorforge.manifests.dataset import codecs
+from tumorforge.manifests.dataset.formats import FORMATS
 from tumorforge.manifests.dataset.names import (COMMITS, INDEX, LOCK, PLAN, REPORT, commit_key,
-                                                record_key, sample_index, tar_name)
+                                                record_key, sample_index)
 from tumorforge.manifests.dataset.reader import COMMIT_MAX_BYTES
 from tumorforge.manifests.dataset.records import (FORMAT_CHECKS, FORMAT_NAMES, WRITABLE_FORMATS,
                                                   DatasetIndex, FileRecord, Provenance,
                                                   ShardCommit, ShardEntry, ShardTable)
+from tumorforge.manifests.dataset.storage_format import DatasetLayout
 from tumorforge.manifests.dataset.store import (LockHeld, Objects, ObjectTooLarge, OutputLock,
                                                 owner_is_dead, process_record)
 from tumorforge.manifests.errors import UserError
@@ -435,16 +438,18 @@ def keep_output_format(plan: Plan, out: Objects, log=print) -> Plan:
 def _commit_holds(plan: Plan, out: Objects, record: ShardCommit) -> bool:
     """A commit counts only if it is this plan's shard, every object it lists is there with its
     recorded size and checksum (sha256, or crc32c for a format 3 shard's data objects: a flipped
-    bit or a truncated object makes the shard be redone), its shard record is the one those
-    objects and the plan give, in the plan's dataset format, and the record's sample digests are
-    those the stored provenance recorded (the tar's JSON members, or the zarr provenance array)."""
+    bit or a truncated object makes the shard be redone), its data objects are the plan's storage
+    formats' own, its shard record is the one those objects and the plan give, in the plan's
+    dataset format, and the record's sample digests are those the provenance each storage format
+    stored recorded (the tar's JSON members, the zarr provenance array)."""
     if record.dataset_id != plan.dataset_id or not 0 <= record.shard < len(plan.shards):
         return False
     want = plan.shards[record.shard]
     if (record.start, record.count, tuple(record.scans)) != (want.start, want.count, want.scans):
         return False
     k, fmt = record.shard, plan.spec.dataset_format
-    kept = (tar_name(k), record_key(k), codecs.side_object("provenance", k))
+    formats = [FORMATS[name] for name in plan.spec.formats]
+    kept = {record_key(k), *(storage.provenance_object(k) for storage in formats)}
     stored = {}
     for key, f in record.files.items():
         try:
@@ -459,13 +464,9 @@ def _commit_holds(plan: Plan, out: Objects, record: ShardCommit) -> bool:
     # stored provenance, and its objects against the commit: an edited one is redone, not trusted.
     try:
         entry = ShardEntry.from_json(loads(stored[record_key(k)], "record"), "record", fmt)
-        if tar_name(k) in stored:
-            found = codecs.tar_provenance(stored[tar_name(k)])
-        else:
-            texts = codecs.decode_side_chunk(stored[kept[2]], plan.spec.samples_per_shard,
-                                             kept[2])[:record.count]
-            found = [(p["key"], p) for p in map(json.loads, texts)]
-        stored_digests = [(key, *Provenance.digests(p)) for key, p in found]
+        stored_digests = [[(p["key"], *Provenance.digests(p)) for p in storage.decode_provenance(
+            stored[storage.provenance_object(k)], plan.spec.samples_per_shard, record.count,
+            out.url(storage.provenance_object(k)))] for storage in formats]
     except Exception:                 # no record, unreadable record or provenance: redo the shard
         return False
     data_files = {key: f for key, f in record.files.items() if key != record_key(k)}
@@ -473,18 +474,26 @@ def _commit_holds(plan: Plan, out: Objects, record: ShardCommit) -> bool:
             entry.checks) != (record.dataset_id, k, record.start, record.count, record.scans,
                               data_files, FORMAT_CHECKS[fmt]):
         return False
-    return [(s.key, s.digest, s.image, s.label) for s in entry.samples] == stored_digests
+    if not set(data_files) <= {key for storage in formats for key in storage.objects(k)}:
+        return False
+    want = [(s.key, s.digest, s.image, s.label) for s in entry.samples]
+    return all(digests == want for digests in stored_digests)
 
 
 def _metadata_objects(plan: Plan) -> dict[str, bytes]:
-    """The dataset's objects outside its shards (the zarr.json files), a function of the plan."""
-    if "zarr" not in plan.spec.formats:
-        return {}
-    attrs = {"dataset_id": plan.dataset_id, "root_seed": plan.spec.root_seed,
-             "samples_per_shard": plan.spec.samples_per_shard, "index": INDEX}
-    return codecs.zarr_metadata(plan.spec.samples, plan.spec.samples_per_shard,
-                                plan.spec.generator.crop_size, attrs, plan.spec.compression,
-                                plan.spec.generator.target_spacing_mm)
+    """The dataset's objects outside its shards (the storage formats' own: zarr.json files), a
+    function of the plan."""
+    spec = plan.spec
+    layout = DatasetLayout(
+        samples=spec.samples, per_shard=spec.samples_per_shard,
+        crop=spec.generator.crop_size, compression=spec.compression,
+        spacing_mm=spec.generator.target_spacing_mm,
+        attrs={"dataset_id": plan.dataset_id, "root_seed": spec.root_seed,
+               "samples_per_shard": spec.samples_per_shard, "index": INDEX})
+    out: dict[str, bytes] = {}
+    for name in spec.formats:
+        out.update(FORMATS[name].metadata(layout))
+    return out
 
 
 def _read_commit(out: Objects, key: str) -> ShardCommit | None:
@@ -672,8 +681,11 @@ def _run_locked(spec: JobSpec, plan: Plan, out: Objects, ray, progress: bool, lo
 
     res = spec.resources
     options = dict(num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor, max_restarts=0)
-    if actor_env:
-        options["runtime_env"] = {"env_vars": dict(actor_env)}
+    # Registered tumor models travel to the actors by name: they import the same plugin modules.
+    env = {**({PLUGINS_ENV: os.environ[PLUGINS_ENV]} if os.environ.get(PLUGINS_ENV) else {}),
+           **(actor_env or {})}
+    if env:
+        options["runtime_env"] = {"env_vars": env}
     actor_cls = ray.remote(ShardWorker).options(**options)
     sched = Scheduler({s.index: s.scans for s in plan.shards}, list(pending),
                       shard_retries=res.shard_retries,

@@ -1,4 +1,5 @@
-"""The shard writer: one call writes one whole shard in every requested format, then its commit.
+"""The shard writer: one call writes one whole shard in every storage format its job names (each
+encoded by its entry of the format table), then its commit.
 
 ``ShardWorker`` is plain Python (tests drive it directly); ``cluster.job`` runs it as a Ray actor.
 An actor keeps prepared scans in an LRU cache bounded by memory, so consecutive shards that share
@@ -27,9 +28,11 @@ from tumorforge.generator.sample import sample_params, sample_seed
 from tumorforge.generator.batch import pack
 from tumorforge.generator.synthesize import Crop, start_batch
 from tumorforge.manifests.dataset import codecs, names
+from tumorforge.manifests.dataset.formats import FORMATS
 from tumorforge.manifests.dataset.records import (FORMAT_CHECKS, PROVENANCE_OF_FORMAT,
                                                   Provenance, SampleHashes, ShardCommit,
                                                   ShardEntry)
+from tumorforge.manifests.dataset.storage_format import ShardSamples
 from tumorforge.manifests.dataset.store import Objects
 from tumorforge.manifests.nifti import ScanError
 from tumorforge.manifests.records import pretty_json
@@ -52,8 +55,8 @@ class ScanLoadFailed(RuntimeError):
 
 
 def _scan_bytes(scan: PreparedScan) -> int:
-    return sum(a.nbytes for a in (scan.image, scan.liver, scan.vessel, scan.tumor,
-                                  scan.liver_voxels, scan.liver_depth_mm))
+    """Memory the scan's arrays hold (its volumes, masks and voxel lists)."""
+    return sum(a.nbytes for a in vars(scan).values() if isinstance(a, np.ndarray))
 
 
 class ScanCache:
@@ -220,9 +223,9 @@ def shard_objects(plan: Plan, k: int, made: Samples, clock: CpuClock | None = No
 
 def shard_parts(plan: Plan, k: int, made: Samples, clock: CpuClock | None = None
                 ) -> dict[str, list[bytes]]:
-    """The encoded objects of shard ``k`` (every format of the plan) from its samples, each as
-    the pieces that make it (the writer writes them without joining them first), whose arrays
-    are compressed once for both formats (here, unless :func:`make_samples` did)."""
+    """The encoded objects of shard ``k`` in every storage format of the plan, from its samples,
+    each as the pieces that make it (the writer writes them without joining them first), whose
+    arrays are compressed once for every format (here, unless :func:`make_samples` did)."""
     spec = plan.spec
     clock = clock or CpuClock()
     frames = made.frames
@@ -230,14 +233,13 @@ def shard_parts(plan: Plan, k: int, made: Samples, clock: CpuClock | None = None
         with clock("compress"):
             frames = [codecs.compress_sample(image, label, spec.compression)
                       for image, label in zip(made.images, made.labels)]
+    samples = ShardSamples(k, made.keys, made.indices, frames, made.provenance,
+                           spec.samples_per_shard)
     objects: dict[str, list[bytes]] = {}
-    if "zarr" in spec.formats:
-        with clock("zarr"):
-            objects.update(codecs.zarr_shard_parts(k, frames, made.keys, made.indices,
-                                                   made.provenance, spec.samples_per_shard))
-    if "wds" in spec.formats:
-        with clock("tar"):
-            objects[names.tar_name(k)] = codecs.tar_parts(made.keys, frames, made.provenance)
+    for name in spec.formats:
+        fmt = FORMATS[name]
+        with clock(fmt.stage):
+            objects.update(fmt.encode(samples))
     return objects
 
 

@@ -58,7 +58,7 @@ def test_dataset_is_complete_and_consistent(reference):
     assert len(set(ds.keys)) == 14 and all("." not in k for k in ds.keys)
     assert verify(ds) == []
     zarr_image, zarr_label, prov = ds.sample(9)
-    tar = ds.read_tar(2)
+    tar = ds.reader("wds").read(ds.shard(2))
     key, tar_image, tar_label, tar_prov = tar[1]
     assert key == prov.key == ds.keys[9] and prov.index == 9 and prov.shard == 2
     assert np.array_equal(zarr_image, tar_image) and np.array_equal(zarr_label, tar_label)
@@ -290,7 +290,7 @@ def test_dry_run_plans_calibrates_and_writes_nothing(reference, scans, tmp_path,
     assert "estimate:" in text and "GB written" in text and not out.exists()
 
 
-def test_inspect_summarizes_a_dataset_from_its_provenance(reference, tmp_path, capsys):
+def test_inspect_describes_a_dataset_from_its_provenance(reference, tmp_path, capsys):
     """Issue 14: inspect prints sizes, configuration, scans and how often, tumor counts and radii
     per size type from the provenance, and writes the histograms and a montage."""
     out = tmp_path / "inspect"

@@ -107,10 +107,11 @@ def test_every_reader_path_is_bounded_by_the_record(dataset, tmp_path, no_hang):
     from tumorforge.manifests.dataset.reader import Dataset, DatasetError
     ds_path = hostile_copy(dataset, tmp_path / "ds", "wds/shard-000001.tar", "sparse")
     ds = Dataset(str(ds_path))
-    for read in (lambda: ds.read_tar(1), lambda: list(ds.stream_tar(ds.shard(1)))):
+    tars = ds.reader("wds")
+    for read in (lambda: tars.read(ds.shard(1)), lambda: list(tars.stream(ds.shard(1)))):
         out, peak = peak_mib(read)
         assert isinstance(out, (DatasetError, ValueError)) and peak < 16, out
-    assert "wds/shard-000001.tar" in str(peak_mib(lambda: ds.read_tar(1))[0])
+    assert "wds/shard-000001.tar" in str(peak_mib(lambda: tars.read(ds.shard(1)))[0])
     assert ds.copies(5)["wds"].startswith("unreadable") and ds.copies(5)["zarr"] == "ok"
     assert ds.sample(0)[2].index == 0                  # other shards read
 

@@ -219,7 +219,7 @@ def test_written_shards_read_back_and_rewrite_byte_for_byte(tiny_scan, tmp_path)
     assert group["label"].metadata.codecs[0].codecs[1].cname.value == "lz4"
     n = 0
     for shard in ds.shards:
-        for (key, image, label, _), hashes in zip(ds.read_tar(shard.shard), shard.samples):
+        for (key, image, label, _), hashes in zip(ds.reader("wds").read(shard), shard.samples):
             i = ds.index_of(key)
             assert key == hashes.key and hashes.matches(image, label)
             assert np.array_equal(group["image"][i], image)

@@ -74,13 +74,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def register_bench(bsub: argparse._SubParsersAction) -> None:
-    from tumorforge.manifests.dataset.names import STORAGE_FORMATS
+    from tumorforge.manifests.dataset.formats import FORMATS
     from .models import MODELS
     lo = bsub.add_parser("loader", help="samples/s the training reader delivers",
                          description="Samples per second delivered by the DataLoader over a "
                                      "dataset (local or s3://) with N workers.")
     lo.add_argument("dataset")
-    lo.add_argument("--format", choices=STORAGE_FORMATS, default="zarr")
+    lo.add_argument("--format", choices=list(FORMATS), default="zarr")
     lo.add_argument("--workers", type=int, default=2)
     lo.add_argument("--batch-size", type=int, default=2)
     lo.add_argument("--batches", type=int, default=30)

@@ -26,7 +26,7 @@ class Source:
 
     url: str
     weight: float = 1.0
-    format: str = "zarr"
+    format: str = "zarr"              # a storage format (manifests/dataset/formats.py)
     dataset_id: str | None = None     # if given, the dataset must have this id
     samples: int | None = None        # recorded in checkpoints: the dataset's size when opened
                                       # (a dataset grows under its id)

@@ -1,13 +1,15 @@
 """Streaming training samples from generated datasets (local or ``s3://``), never unpickling.
 
-Two readers over the dataset contract of ``manifests/dataset/``:
-- **zarr**: random access with an exact-epoch order: epoch e is a permutation of all samples seeded by
-  (seed, e); rank r takes every world-th sample of it and DataLoader worker w every n-th of that, so
-  each sample is read once per epoch and a stream can be resumed at any sample without reading what
-  it skips.
-- **wds**: WebDataset tars; an infinite stream of resampled shards (``ResampledShards`` with a fixed
-  seed and ``deterministic=True``, seeded per rank and worker) or, with ``resample=False``, one pass
-  in which ranks and then workers split the shards; then a seeded shuffle buffer.
+Two streams over the dataset contract of ``manifests/dataset/``, by what a source's storage format
+(its entry of the format table) can do:
+- **by sample** (formats with random access: zarr): an exact-epoch order: epoch e is a permutation
+  of all samples seeded by (seed, e); rank r takes every world-th sample of it and DataLoader worker
+  w every n-th of that, so each sample is read once per epoch and a stream can be resumed at any
+  sample without reading what it skips.
+- **by shard** (the others: wds): an infinite stream of resampled shards (WebDataset's
+  ``ResampledShards`` with a fixed seed and ``deterministic=True``, seeded per rank and worker) or,
+  with ``resample=False``, one pass in which ranks and then workers split the shards; each shard
+  streamed by its format's reader; then a seeded shuffle buffer.
 
 Several sources mix by weight: per sample, a seeded draw picks the source. Every sample is checked
 against the index (shape, dtype, digests of image and label: sha256, or BLAKE3 in format 3); a
@@ -22,23 +24,23 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from tumorforge.manifests.dataset.names import STORAGE_FORMATS, parse_shard, tar_name
+from tumorforge.manifests.dataset.formats import FORMATS, random_access_formats
+from tumorforge.manifests.dataset.names import parse_shard, shard_name
 from tumorforge.manifests.dataset.reader import Dataset, DatasetError
 
 from .config import Source
 
+
 def open_source(src: Source) -> Dataset:
     """Open and check a source at start: it must exist, be complete and be the expected dataset."""
-    if src.format not in STORAGE_FORMATS:
-        raise DatasetError(f"{src.url}: format {src.format!r}, expected one of {STORAGE_FORMATS}")
+    if src.format not in FORMATS:
+        raise DatasetError(f"{src.url}: format {src.format!r}, expected one of {list(FORMATS)}")
     ds = Dataset(src.url)
     if src.dataset_id and ds.dataset_id != src.dataset_id:
         raise DatasetError(f"{src.url} holds dataset {ds.dataset_id}, the configuration expects "
                            f"{src.dataset_id}")
-    if src.format not in ds.formats:
-        raise DatasetError(f"{src.url} was written without {src.format} (it has {ds.formats})")
-    if src.format == "zarr":
-        ds.check_zarr_metadata()      # bad metadata stops here with its message, not per sample
+    # A format the dataset lacks, or bad metadata, stops here with its message, not per sample.
+    ds.reader(src.format).check()
     return ds
 
 
@@ -68,11 +70,19 @@ def _split() -> tuple[int, int]:
     return (info.id, info.num_workers) if info else (0, 1)
 
 
-class ZarrStream:
-    """Exact-epoch order over a zarr dataset for one (rank, worker) split."""
+class SampleStream:
+    """Exact-epoch order over a dataset for one (rank, worker) split, read in storage format
+    ``fmt``, which must have random access (by default the dataset's first that has)."""
 
-    def __init__(self, ds: Dataset, seed: int, rank: int, world: int):
+    def __init__(self, ds: Dataset, seed: int, rank: int, world: int, fmt: str | None = None):
         self.ds, self.seed, self.rank, self.world = ds, seed, rank, world
+        if fmt is None:
+            found = random_access_formats(ds.formats)
+            if not found:
+                raise DatasetError(f"{ds.url}: reading by sample needs a format with random "
+                                   f"access; this dataset has {ds.formats}")
+            fmt = found[0]
+        self.reader = ds.reader(fmt)
         self.check = _Checker(ds)
 
     def order(self, worker: int, workers: int, start: int = 0):
@@ -95,20 +105,22 @@ class ZarrStream:
 
     def load(self, i: int) -> dict:
         try:
-            return self.check.sample(*self.ds.zarr_sample(i))
+            return self.check.sample(*self.reader.sample(i))
         except Exception:            # undecodable chunk: corrupt, not fatal
             return self.check.sample(self.ds.keys[i], np.zeros(0), np.zeros(0))
 
 
-class WdsStream:
-    """WebDataset tars of a dataset for one rank; splits by DataLoader worker inside."""
+class ShardStream:
+    """The shards of a dataset read in storage format ``fmt``, for one rank; splits by
+    DataLoader worker inside."""
 
-    def __init__(self, ds: Dataset, seed: int, rank: int, world: int, resample: bool = True,
-                 shuffle_buffer: int = 32):
+    def __init__(self, ds: Dataset, seed: int, rank: int, world: int, fmt: str,
+                 resample: bool = True, shuffle_buffer: int = 32):
         self.ds, self.seed, self.rank, self.world = ds, seed, rank, world
         self.resample, self.shuffle_buffer = resample, shuffle_buffer
+        self.reader = ds.reader(fmt)
         self.check = _Checker(ds)
-        self.urls = [tar_name(k) for k in range(ds.index.shard_count)]
+        self.urls = [shard_name(k) for k in range(ds.index.shard_count)]
 
     def pipeline(self, start_epoch: int = 0):
         import webdataset as wds
@@ -133,7 +145,7 @@ class WdsStream:
             k = parse_shard(item["url"])
             seen = set()
             try:                     # streamed: one member in memory at a time
-                for key, image, label, _ in self.ds.stream_tar(self.ds.shard(k)):
+                for key, image, label, _ in self.reader.stream(self.ds.shard(k)):
                     seen.add(key)
                     yield self.check.sample(key, image, label)
             except Exception:        # unreadable from here on: the rest of the tar is corrupt
@@ -143,11 +155,15 @@ class WdsStream:
                         yield self.check.sample(key, np.zeros(0), np.zeros(0))
 
 
+# The names train.py and the trainer's tests still import.
+ZarrStream, WdsStream = SampleStream, ShardStream
+
+
 class MixedStream(IterableDataset):
     """Samples from several sources by weight, deterministic per (seed, rank, worker).
 
-    ``start`` skips, per worker, the samples it delivered before a checkpoint (exact for zarr
-    sources; a wds source restarts its seeded stream from the next epoch instead).
+    ``start`` skips, per worker, the samples it delivered before a checkpoint (exact for a source
+    read by sample; one read by shard restarts its seeded stream from the next epoch instead).
     """
 
     def __init__(self, sources: list[Source], seed: int, rank: int = 0, world: int = 1,
@@ -169,30 +185,30 @@ class MixedStream(IterableDataset):
         skip = max(0, -(-(self.start_batches - worker) // workers)) * self.batch_size
         pick = np.random.default_rng(np.random.SeedSequence(
             self.seed, spawn_key=(self.rank, worker, 1)))
-        streams = []
+        streams = []                  # (by sample?, stream, its iterator)
         for src, ds in zip(self.sources, self.datasets):
-            if src.format == "zarr":
-                z = ZarrStream(ds, self.seed, self.rank, self.world)
-                streams.append(("zarr", z, z.order(worker, workers)))
+            if FORMATS[src.format].random_access:
+                s = SampleStream(ds, self.seed, self.rank, self.world, src.format)
+                streams.append((True, s, s.order(worker, workers)))
             else:
-                w = WdsStream(ds, self.seed, self.rank, self.world, resample=self.resample,
-                              shuffle_buffer=self.shuffle_buffer)
-                streams.append(("wds", w, None))
+                s = ShardStream(ds, self.seed, self.rank, self.world, src.format,
+                                resample=self.resample, shuffle_buffer=self.shuffle_buffer)
+                streams.append((False, s, None))
         choices = (int(pick.choice(len(streams), p=self.p)) for _ in iter(int, 1))
         skipped = [0] * len(streams)
         for _ in range(skip):
             c = next(choices)
             skipped[c] += 1
-            if streams[c][0] == "zarr":
+            if streams[c][0]:
                 next(streams[c][2])
-        for c, (kind, w, _) in enumerate(streams):
-            if kind == "wds":
-                streams[c] = (kind, w, iter(w.pipeline(start_epoch=1 if skipped[c] else 0)))
+        for c, (by_sample, s, _) in enumerate(streams):
+            if not by_sample:
+                streams[c] = (by_sample, s, iter(s.pipeline(start_epoch=1 if skipped[c] else 0)))
         user = self._user_transforms(worker)
         for c in choices:
-            kind, reader, it = streams[c]
+            by_sample, stream, it = streams[c]
             try:
-                sample = reader.load(next(it)) if kind == "zarr" else next(it)
+                sample = stream.load(next(it)) if by_sample else next(it)
             except StopIteration:
                 return
             yield user(sample) if user and not sample["corrupt"] else sample

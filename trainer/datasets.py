@@ -11,11 +11,12 @@ provenance version 2 get the crop's spacing and its origin in the resampled scan
 against the index's digests before it is handed out; a corrupt one raises :class:`DatasetError`
 naming it (``skip_corrupt=True`` skips it in the iterable instead).
 
-- :class:`CropDataset`: map-style (``ds[i]``), zarr, local or ``s3://``; random access costs the
-  lean reader's two ranged GETs per sample, plus one read of the shard's provenance per shard
-  (kept for the last few shards).
-- :class:`CropStream`: iterable, zarr (in order) or WebDataset tars (streamed), shards split over
-  DataLoader workers; ``shuffle_buffer`` shuffles within a seeded buffer.
+- :class:`CropDataset`: map-style (``ds[i]``), local or ``s3://``, over the dataset's first storage
+  format with random access (zarr: the lean reader's two ranged GETs per sample), plus one read of
+  the shard's provenance per shard (kept for the last few shards).
+- :class:`CropStream`: iterable, in any storage format the dataset has (zarr in order, WebDataset
+  tars streamed), shards split over DataLoader workers; ``shuffle_buffer`` shuffles within a
+  seeded buffer.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import IterableDataset, get_worker_info
 
 from tumorforge.manifests.conventions import zyx_to_ras
-from tumorforge.manifests.dataset.names import STORAGE_FORMATS
+from tumorforge.manifests.dataset.formats import FORMATS, random_access_formats
 from tumorforge.manifests.dataset.reader import Dataset, DatasetError
 from tumorforge.manifests.dataset.records import Provenance
 
@@ -64,17 +65,21 @@ def as_item(dataset: Dataset, key: str, image: np.ndarray, label: np.ndarray, pr
 
 
 class CropDataset(TorchDataset):
-    """Map-style access to the zarr store of the dataset at ``url``."""
+    """Map-style access to the dataset at ``url``, read in its first storage format with random
+    access."""
 
     PROVENANCE_CACHE = 8          # shards whose provenance is kept
 
     def __init__(self, url: str):
         self.url = url
         self.dataset = Dataset(url)
-        if "zarr" not in self.dataset.formats:
-            raise DatasetError(f"{url}: map-style access needs the zarr store; this dataset has "
-                               f"{self.dataset.formats} (use CropStream for WebDataset tars)")
-        self.dataset.check_zarr_metadata()
+        found = random_access_formats(self.dataset.formats)
+        if not found:
+            raise DatasetError(f"{url}: map-style access needs a storage format with random "
+                               f"access ({random_access_formats(FORMATS)}); this dataset has "
+                               f"{self.dataset.formats} (use CropStream)")
+        self.reader = self.dataset.reader(found[0])
+        self.reader.check()
         self._provenance: OrderedDict = OrderedDict()
 
     def __len__(self) -> int:
@@ -93,7 +98,7 @@ class CropDataset(TorchDataset):
         if not -len(self) <= i < len(self):
             raise IndexError(f"sample {i} of {len(self)}")
         i = i % len(self)
-        key, image, label = self.dataset.zarr_sample(i)
+        key, image, label = self.reader.sample(i)
         return as_item(self.dataset, key, image, label, self._prov(i))
 
     def provenance(self, i: int) -> Provenance:
@@ -102,19 +107,19 @@ class CropDataset(TorchDataset):
 
 
 class CropStream(IterableDataset):
-    """One pass over the dataset at ``url`` in ``fmt`` (``zarr`` or ``wds``), shards split over
-    DataLoader workers (and over ``world`` ranks, this one being ``rank``); with
-    ``shuffle_buffer`` > 0, a seeded shuffle within a buffer of that many samples."""
+    """One pass over the dataset at ``url`` in storage format ``fmt`` (a name of the format
+    table), shards split over DataLoader workers (and over ``world`` ranks, this one being
+    ``rank``); with ``shuffle_buffer`` > 0, a seeded shuffle within a buffer of that many
+    samples."""
 
     def __init__(self, url: str, fmt: str = "wds", shuffle_buffer: int = 0, seed: int = 0,
                  rank: int = 0, world: int = 1, skip_corrupt: bool = False):
-        if fmt not in STORAGE_FORMATS:
-            raise ValueError(f"format {fmt!r}: expected zarr or wds")
+        if fmt not in FORMATS:
+            raise ValueError(f"format {fmt!r}: expected {' or '.join(FORMATS)}")
         self.url, self.fmt, self.shuffle_buffer, self.seed = url, fmt, shuffle_buffer, seed
         self.rank, self.world, self.skip_corrupt = rank, world, skip_corrupt
         self.dataset = Dataset(url)
-        if fmt not in self.dataset.formats:
-            raise DatasetError(f"{url} was written without {fmt} (it has {self.dataset.formats})")
+        self.reader = self.dataset.reader(fmt)
 
     def _shards(self) -> list[int]:
         info = get_worker_info()
@@ -125,15 +130,7 @@ class CropStream(IterableDataset):
     def _samples(self):
         ds = self.dataset
         for k in self._shards():
-            shard = ds.shard(k)
-            if self.fmt == "wds":
-                found = ((key, image, label, prov) for key, image, label, prov
-                         in ds.stream_tar(shard))
-            else:
-                provs = ds.shard_provenance(shard)
-                found = ((key, image, label, prov) for (key, image, label), prov
-                         in zip(ds.shard_samples(shard, "zarr"), provs))
-            for key, image, label, prov in found:
+            for key, image, label, prov in self.reader.stream(ds.shard(k)):
                 try:
                     yield as_item(ds, key, image, label, prov)
                 except DatasetError:

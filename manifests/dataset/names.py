@@ -8,8 +8,8 @@ them; nothing else spells them.
     _lock.json                      held by the run writing the dataset (owner, heartbeat)
     _commits/shard-000123.json      one commit record per finished shard
     shards/shard-000123.json        the shard's record: its objects and samples' digests (2-3)
-    dataset.zarr/...                the Zarr v3 store
-    wds/shard-000123.tar            one WebDataset tar per shard
+    dataset.zarr/...                the Zarr v3 store (formats.FORMATS["zarr"])
+    wds/shard-000123.tar            one WebDataset tar per shard (formats.FORMATS["wds"])
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ ZARR_ROOT = "dataset.zarr"
 WDS_DIR = "wds"
 RECORDS = "shards"
 TOP_LEVEL = (INDEX, PLAN, REPORT, LOCK)
-# How a dataset stores its samples: the Zarr store, WebDataset tars (a job writes one or both).
+# The storage formats a job writes unless its spec names others. Which formats exist, and what
+# each writes and reads, is the format table (formats.FORMATS).
 STORAGE_FORMATS = ("zarr", "wds")
 
 _SHARD = re.compile(r"(?:^|/)shard-(\d{6,})(?:\.tar|\.json)?$")

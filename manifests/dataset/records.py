@@ -17,8 +17,9 @@ import blake3
 import google_crc32c
 import numpy as np
 
+from ..organs import DEFAULT_ORGAN
 from ..records import RecordError, canonical_json, check_fields, pretty_json
-from .names import STORAGE_FORMATS
+from .formats import FORMATS
 
 # index.json's "format", by number. Format 3 (written since issue 26): each shard's record checks
 # its data objects by crc32c and its samples by BLAKE3 digests, and names both; index.json and the
@@ -445,6 +446,11 @@ class DatasetIndex:
         return tuple(float(s) for s in self.spec["generator"]["target_spacing_mm"])
 
     @property
+    def organ(self) -> str:
+        """The organ its tumors were painted into (absent from liver specs: the liver)."""
+        return str(self.spec["generator"].get("organ", DEFAULT_ORGAN))
+
+    @property
     def manifest(self) -> str:
         return self.spec["manifest"]
 
@@ -487,7 +493,7 @@ class DatasetIndex:
         _need(isinstance(data["spec"], dict) and isinstance(data["spec"].get("generator"), dict),
               where, "spec as the job spec object", type(data["spec"]).__name__)
         _need(isinstance(data["formats"], list) and data["formats"]
-              and set(data["formats"]) <= set(STORAGE_FORMATS), where, "formats zarr and/or wds",
+              and set(data["formats"]) <= set(FORMATS), where, f"formats among {list(FORMATS)}",
               data["formats"])
         _need(isinstance(data.get("metadata", {}), dict), where, "metadata as an object",
               data.get("metadata"))
