@@ -13,7 +13,7 @@ run on the same plan, and what the writer's host work costs per crop.
   scheduling, transfers; the driver's index and checks);
 - the writer's host work besides synthesis, in CPU ms per crop by stage (the commit records'
   ``host_cpu_s``: CPU time of every thread, so other load on the machine hardly moves it),
-  against the budget of issue 26 (3 ms with one storage format, 4 with zarr and wds).
+  against the writer's budget (3 ms with one storage format, 4 with zarr and wds).
 
 ``ray=False`` (``--no-ray``) skips the first two: one ``ShardWorker`` in this process writes the
 plan, which is enough for the host-work table and much cheaper. Without ``--manifest`` it writes
@@ -33,7 +33,7 @@ import time
 
 from tumorforge.manifests.dataset.formats import FORMATS
 
-# Issue 26: host work besides synthesis, CPU ms per crop, by the number of storage formats.
+# The writer's budget for host work besides synthesis, CPU ms per crop, by the number of formats.
 HOST_BUDGET_MS = {1: 3.0, 2: 4.0}
 # The writer's clock stages: the storage formats' encoders between compression and writing.
 HOST_STAGES = ("hash", "provenance", "compress", *(f.stage for f in FORMATS.values()), "write",

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from tumorforge.generator import GENERATOR_VERSION
 from tumorforge.generator.tumor_models import PLUGINS_ENV
+from tumorforge.manifests.organs import get_organ
 from tumorforge.manifests.schema import ManifestError, default_roots, read_manifest
 
 from tumorforge.manifests.dataset.formats import FORMATS
@@ -488,6 +489,7 @@ def _metadata_objects(plan: Plan) -> dict[str, bytes]:
         samples=spec.samples, per_shard=spec.samples_per_shard,
         crop=spec.generator.crop_size, compression=spec.compression,
         spacing_mm=spec.generator.target_spacing_mm,
+        classes=get_organ(spec.generator.organ).classes,
         attrs={"dataset_id": plan.dataset_id, "root_seed": spec.root_seed,
                "samples_per_shard": spec.samples_per_shard, "index": INDEX})
     out: dict[str, bytes] = {}

@@ -18,7 +18,8 @@ from tumorforge.generator.config import GeneratorConfig
 from tumorforge.generator.tumor_models import tumor_model
 from tumorforge.manifests.flags import merged
 from tumorforge.manifests.records import RecordError, from_fields
-from tumorforge.manifests.dataset.names import STORAGE_FORMATS
+from tumorforge.manifests.dataset.formats import FORMATS
+from tumorforge.manifests.dataset.names import DEFAULT_FORMATS
 from tumorforge.manifests.errors import UserError
 
 
@@ -45,7 +46,7 @@ class JobSpec:
     samples_per_shard: int = 64
     root_seed: int = 0
     backend: str = DEFAULT_BACKEND   # numpy | cupy | auto (resolved before planning)
-    formats: tuple[str, ...] = STORAGE_FORMATS
+    formats: tuple[str, ...] = DEFAULT_FORMATS   # entries of manifests.dataset.formats.FORMATS
     compression: str = "lz4"         # Blosc codec: lz4 (fast) | zstd (18 % smaller, 4x the CPU)
     scans_per_shard: int = 2         # distinct scans one shard draws from
     # Not part of the dataset id: the samples are the same in both (see identity()).
@@ -59,9 +60,9 @@ class JobSpec:
             raise SpecError(f"samples must be >= 1, got {self.samples}")
         if not 1 <= self.samples_per_shard <= 100_000:
             raise SpecError(f"samples_per_shard must be 1..100000, got {self.samples_per_shard}")
-        if not self.formats or set(self.formats) - set(STORAGE_FORMATS):
-            raise SpecError(f"formats {list(self.formats)}: expected one or both of "
-                            f"{STORAGE_FORMATS}")
+        if not self.formats or set(self.formats) - set(FORMATS):
+            raise SpecError(f"formats {list(self.formats)}: expected one or more of "
+                            f"{tuple(FORMATS)}")
         from tumorforge.manifests.dataset.codecs import COMPRESSIONS
         if self.compression not in COMPRESSIONS:
             raise SpecError(f"compression {self.compression!r}: expected one of "

@@ -112,8 +112,14 @@ class GeneratorConfig:
     sizes: dict = field(default_factory=lambda: dict(PAPER_SIZES))
 
     def __post_init__(self):
-        get_organ(self.organ, "generator configuration")
-        tumor_model(self.profile, "generator configuration")
+        # Plain ValueErrors: the record reader names the file and field they come from.
+        if self.organ not in ORGANS:
+            raise ValueError(f"organ {self.organ!r}: expected one of {tuple(ORGANS)}")
+        try:
+            tumor_model(self.profile)
+        except tumor_models.TumorModelError:
+            raise ValueError(f"profile {self.profile!r}: expected one of "
+                             f"{tuple(tumor_models.TUMOR_MODELS)}") from None
         weights = {**self.size_mix, **self.scenario_mix}
         unknown = set(weights) - set(SIZE_TYPES) - set(SCENARIOS)
         if unknown:

@@ -24,13 +24,13 @@ from cluster_fixtures import healthy_manifest, write_dataset
 DRIVER = textwrap.dedent('''
     import json, os, sys
     import torch
-    from tumorforge.manifests.dataset import reader
+    from tumorforge.manifests.dataset import zarr_format
     from tumorforge.trainer import train as T
     from tumorforge.trainer.config import load_config
 
     rank = int(os.environ["RANK"])
     source, out, listen_report = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-    real_sample, calls = reader.Dataset.zarr_sample, [0]
+    real_sample, calls = zarr_format.ZarrReader.sample, [0]
 
     def zarr_sample(self, i):
         key, image, label = real_sample(self, i)
@@ -40,9 +40,9 @@ DRIVER = textwrap.dedent('''
             image.flat[0] ^= 1
         return key, image, label
 
-    reader.Dataset.zarr_sample = zarr_sample
+    zarr_format.ZarrReader.sample = zarr_sample
     models, real_build = [], T.build_model
-    T.build_model = lambda name: models.append(real_build(name)) or models[-1]
+    T.build_model = lambda *a: models.append(real_build(*a)) or models[-1]
     if listen_report:       # every listening socket of this rank, and the launcher's store
         real_step = torch.optim.AdamW.step
         def step(self, *a, **k):

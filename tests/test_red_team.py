@@ -444,7 +444,7 @@ def test_a_shard_record_that_differs_from_the_index_is_refused(small_dataset, tm
     import shutil
     from tumorforge.cluster.audit import verify
     from tumorforge.manifests.dataset.reader import Dataset, DatasetError
-    from tumorforge.trainer.data import ZarrStream
+    from tumorforge.trainer.data import SampleStream
     ds_path = tmp_path / "ds"
     shutil.copytree(small_dataset, ds_path)
     one, two = ds_path / "shards" / "shard-000001.json", ds_path / "shards" / "shard-000002.json"
@@ -453,7 +453,7 @@ def test_a_shard_record_that_differs_from_the_index_is_refused(small_dataset, tm
     with pytest.raises(DatasetError, match="shard-000001.json.*index.json says"):
         ds.shard(1)
     assert ds.sample(0)[2].index == 0 and ds.sample(9)[2].index == 9
-    stream = ZarrStream(ds, seed=0, rank=0, world=1)
+    stream = SampleStream(ds, seed=0, rank=0, world=1)
     assert stream.load(5)["corrupt"] and not stream.load(9)["corrupt"]
     problems = dict(verify(ds))
     assert "shards/shard-000001.json" in problems and len(problems) == 1

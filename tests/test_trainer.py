@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from tumorforge.manifests.dataset.reader import Dataset, DatasetError
 from cluster_fixtures import healthy_manifest, write_dataset
 from tumorforge.trainer.config import load_config
-from tumorforge.trainer.data import MixedStream, Source, WdsStream, ZarrStream, collate
+from tumorforge.trainer.data import MixedStream, SampleStream, Source, collate
 from tumorforge.trainer.train import train
 
 
@@ -42,7 +42,7 @@ def test_zarr_epochs_are_exactly_once_across_ranks_and_workers(datasets):
     for world, workers in ((1, 1), (2, 1), (2, 2), (3, 2)):
         seen = Counter()
         for rank in range(world):
-            z = ZarrStream(ds, seed=5, rank=rank, world=world)
+            z = SampleStream(ds, seed=5, rank=rank, world=world)
             for w in range(workers):
                 order = z.order(w, workers)
                 part = len(np.random.default_rng(0).permutation(12)[rank::world][w::workers])

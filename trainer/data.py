@@ -155,10 +155,6 @@ class ShardStream:
                         yield self.check.sample(key, np.zeros(0), np.zeros(0))
 
 
-# The names train.py and the trainer's tests still import.
-ZarrStream, WdsStream = SampleStream, ShardStream
-
-
 class MixedStream(IterableDataset):
     """Samples from several sources by weight, deterministic per (seed, rank, worker).
 

@@ -30,7 +30,7 @@ from tumorforge.manifests.records import RecordError
 from . import checkpoint
 from .augment import augment, window
 from .config import TrainConfig
-from .data import MixedStream, Source, ZarrStream, collate, open_source
+from .data import MixedStream, SampleStream, Source, collate, open_source
 from .models import build_model
 from .preprocessing import Preprocessing
 from tumorforge.manifests.errors import UserError
@@ -196,7 +196,7 @@ def launch_local(nproc: int, argv: list[str], env: dict | None = None) -> int:
 def validate(model, val: Source, n: int, device, prep: Preprocessing) -> dict:
     """Mean organ and tumor Dice over the first ``n`` crops of the held-out dataset, keyed
     ``val_dice_<class name>`` (the organ counts its tumor voxels: label >= ORGAN)."""
-    stream = ZarrStream(open_source(val), seed=0, rank=0, world=1)
+    stream = SampleStream(open_source(val), seed=0, rank=0, world=1)
     model.eval()
     organ, tumor = prep.class_names[LIVER], prep.class_names[TUMOR]
     scores: dict[str, list[float]] = {organ: [], tumor: []}

@@ -81,10 +81,10 @@ def _volume_codecs(name: str, compression: str) -> dict:
 ZARR_ARRAYS = {"image": "int16", "label": "uint8", "key": None, "provenance": None}
 
 
-def volume_attributes(name: str, spacing_mm) -> dict:
+def volume_attributes(name: str, spacing_mm, classes) -> dict:
     """Attributes of the ``image`` / ``label`` arrays: what a reader needs to interpret a crop
-    without tumorforge (spacing per stored axis, units, axis meaning, label names)."""
-    from ..conventions import LABEL_NAMES
+    without tumorforge (spacing per stored axis, units, axis meaning, the label values' class
+    names: ``classes`` of the dataset's organ)."""
     r, a, s = (float(v) for v in spacing_mm)
     out = {"spacing_mm": [s, a, r], "spacing_units": "mm",
            "axes": "sample, then z/y/x = S/A/R: RAS+ voxel axes of the crop stored (Z, Y, X); "
@@ -92,21 +92,22 @@ def volume_attributes(name: str, spacing_mm) -> dict:
     if name == "image":
         out["units"] = "HU"
     else:
-        out["labels"] = {str(v): n for v, n in enumerate(LABEL_NAMES)}
+        out["labels"] = {str(v): n for v, n in enumerate(classes)}
     return out
 
 
 def _define(store, n: int, per_shard: int, crop: tuple[int, int, int], compression: str,
-            attrs: dict | None = None, spacing_mm=None):
+            attrs: dict | None = None, spacing_mm=None, classes=()):
     """Create the group and its arrays for ``n`` samples in ``store`` (``spacing_mm``: the crops'
-    spacing along R, A, S, recorded as array attributes when given)."""
+    spacing along R, A, S, recorded with the class names ``classes`` as array attributes when
+    given)."""
     group = zarr.create_group(store, overwrite=True, attributes=attrs or {})
     for name in ("image", "label"):
         group.create_array(name, shape=(n, *crop), chunks=(1, *crop),
                            shards=(per_shard, *crop), dtype=ZARR_ARRAYS[name], fill_value=0,
                            dimension_names=("sample", "z", "y", "x"),
                            **_volume_codecs(name, compression),
-                           attributes=volume_attributes(name, spacing_mm)
+                           attributes=volume_attributes(name, spacing_mm, classes)
                            if spacing_mm is not None else None)
     group.create_array("key", shape=(n,), chunks=(per_shard,), dtype=str,
                        compressors=[ZstdCodec(level=3)])
@@ -128,10 +129,10 @@ def _store_items(store: MemoryStore) -> dict[str, bytes]:
 
 
 def zarr_metadata(n: int, per_shard: int, crop, attrs: dict, compression: str,
-                  spacing_mm=None) -> dict[str, bytes]:
+                  spacing_mm=None, classes=()) -> dict[str, bytes]:
     """The ``zarr.json`` objects of the whole dataset (keys relative to the output root)."""
     store = MemoryStore()
-    _define(store, n, per_shard, tuple(crop), compression, attrs, spacing_mm)
+    _define(store, n, per_shard, tuple(crop), compression, attrs, spacing_mm, classes)
     return {f"{ZARR_ROOT}/{k}": v for k, v in _store_items(store).items() if k.endswith("zarr.json")}
 
 
@@ -367,9 +368,9 @@ def zarr_shard_objects_reference(shard: int, images, labels, keys, indices, prov
     return out
 
 
-# WebDataset array members. ``.bnpy`` (issue 16): an uncompressed .npy header (version 1.0),
-# then the array's data as one Blosc frame, the zarr chunk's own frame. Read too: ``.npy.blosc``
-# (issue 14's members: a whole .npy file inside Blosc zstd 3) and plain ``.npy`` (before).
+# WebDataset array members. ``.bnpy`` (written): an uncompressed .npy header (version 1.0), then
+# the array's data as one Blosc frame, the zarr chunk's own frame. Read too: ``.npy.blosc`` (older
+# tars: a whole .npy file inside Blosc zstd 3) and plain ``.npy`` (the oldest).
 BNPY = "bnpy"
 NPY_BLOSC = "npy.blosc"
 
@@ -397,8 +398,8 @@ NPY_HEADER_MAX = 10 + 65535
 
 
 def decode_npy_blosc(data: bytes, expect=None, where: str = ".npy.blosc member") -> np.ndarray:
-    """The array of a ``.npy.blosc`` member (tars written before issue 16: a whole .npy file
-    inside Blosc); never unpickles. With ``expect`` ((shape, dtype) of the dataset's samples),
+    """The array of a ``.npy.blosc`` member (older tars: a whole .npy file inside Blosc); never
+    unpickles. With ``expect`` ((shape, dtype) of the dataset's samples),
     the size the Blosc header declares must be that array's plus a .npy header, checked before
     anything is decompressed, and the .npy header must say that array."""
     from numcodecs import Blosc

@@ -27,7 +27,7 @@ RECORDS = "shards"
 TOP_LEVEL = (INDEX, PLAN, REPORT, LOCK)
 # The storage formats a job writes unless its spec names others. Which formats exist, and what
 # each writes and reads, is the format table (formats.FORMATS).
-STORAGE_FORMATS = ("zarr", "wds")
+DEFAULT_FORMATS = ("zarr", "wds")
 
 _SHARD = re.compile(r"(?:^|/)shard-(\d{6,})(?:\.tar|\.json)?$")
 

@@ -21,13 +21,13 @@ from ..organs import DEFAULT_ORGAN
 from ..records import RecordError, canonical_json, check_fields, pretty_json
 from .formats import FORMATS
 
-# index.json's "format", by number. Format 3 (written since issue 26): each shard's record checks
-# its data objects by crc32c and its samples by BLAKE3 digests, and names both; index.json and the
-# shard records keep sha256, so the chain index -> record -> objects and samples stays whole. It
-# costs a writer about 0.75 instead of 2.65 CPU ms per 96^3 crop. Format 2 (0.3 to issue 26):
-# index.json lists shards only, as columns (each shard's record: size and sha256; its scans); each
-# shard's record (``shards/shard-NNNNNN.json``) lists its objects and its samples' digests, sha256
-# throughout. Format 1 (0.2 and earlier): index.json lists every shard's objects and samples.
+# index.json's "format", by number. Format 3 (the default): each shard's record checks its data
+# objects by crc32c and its samples by BLAKE3 digests, and names both; index.json and the shard
+# records keep sha256, so the chain index -> record -> objects and samples stays whole. It costs a
+# writer about 0.75 instead of 2.65 CPU ms per 96^3 crop. Format 2: index.json lists shards only,
+# as columns (each shard's record: size and sha256; its scans); each shard's record
+# (``shards/shard-NNNNNN.json``) lists its objects and its samples' digests, sha256 throughout.
+# Format 1: index.json lists every shard's objects and samples. (Versions: CHANGELOG.md.)
 # All three are read; 3 and 2 are written (a dataset keeps the format it was started in).
 FORMAT_NAMES = {1: "tumorforge.dataset/1", 2: "tumorforge.dataset/2", 3: "tumorforge.dataset/3"}
 WRITTEN_FORMAT = 3                  # what a new output gets (the job spec's dataset_format)

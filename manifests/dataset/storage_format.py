@@ -52,6 +52,7 @@ class DatasetLayout:
     crop: tuple[int, int, int]           # (Z, Y, X) voxels of every sample
     compression: str                     # a name of codecs.COMPRESSIONS
     spacing_mm: tuple[float, float, float]   # the crops' spacing along R, A, S
+    classes: tuple[str, ...]             # label value c means classes[c] (the organ's record)
     attrs: dict                          # the dataset's own attributes (id, seed, ...)
 
 

@@ -40,7 +40,7 @@ class ZarrFormat(StorageFormat):
 
     def metadata(self, layout: DatasetLayout) -> dict[str, bytes]:
         return codecs.zarr_metadata(layout.samples, layout.per_shard, layout.crop, layout.attrs,
-                                    layout.compression, layout.spacing_mm)
+                                    layout.compression, layout.spacing_mm, layout.classes)
 
     def encode(self, samples: ShardSamples) -> dict[str, list[bytes]]:
         return codecs.zarr_shard_parts(samples.shard, list(samples.frames), samples.keys,
