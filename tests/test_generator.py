@@ -305,6 +305,7 @@ def test_released_crops_are_positive_negative_one_to_one(scan):
         assert np.all(lo >= 0) and np.all(lo + 32 <= scan.shape)       # inside the scan
 
 
+@pytest.mark.gpu
 def test_gpu_matches_cpu_within_tolerance(scan):
     cupy = pytest.importorskip("cupy")
     try:

@@ -235,6 +235,7 @@ def test_kernels_compile_for_hopper_without_contracted_arithmetic(tmp_path):
             assert " fma" not in body and "\tfma" not in body, name
 
 
+@pytest.mark.gpu
 def test_cuda_kernels_paint_what_their_cpu_build_paints(scan):
     pytest.importorskip("cupy")
     try:
@@ -281,6 +282,7 @@ def test_a_wrong_kernel_setting_stops_bench_generator_in_one_line():
                                    "on, off")
 
 
+@pytest.mark.gpu
 def test_cuda_backend_copies_through_pinned_memory_and_caps_its_pool():
     cupy = pytest.importorskip("cupy")
     try:
