@@ -167,7 +167,16 @@ def prepare_scan(scan_id: str, image: np.ndarray, label: np.ndarray, affine: np.
                            f"at {tuple(target)} mm; expected a liver")
     # Depth of every liver voxel below the organ's surface (mm): location draws centers deep enough
     # for the tumor to fit. Sorted deepest first, so "at least d mm deep" is a prefix.
-    depth = ndi.distance_transform_edt(np.pad(organ_r, 1), sampling=target)[1:-1, 1:-1, 1:-1]
+    # The transform runs on the organ's box plus one background voxel on each side: an organ
+    # voxel's nearest background voxel is never farther than that layer (clamping any background
+    # voxel outside to the layer shortens every axis's offset), so the depths are the same as over
+    # the whole region, for a fraction of the work.
+    idx = np.argwhere(organ_r)
+    lo_o, hi_o = idx.min(0), idx.max(0) + 1
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo_o, hi_o))
+    depth = np.zeros(organ_r.shape, np.float64)
+    depth[box] = ndi.distance_transform_edt(np.pad(organ_r[box], 1),
+                                            sampling=target)[1:-1, 1:-1, 1:-1]
     flat = np.flatnonzero(organ_r)
     d = depth.ravel()[flat].astype(np.float32)
     order = np.argsort(-d, kind="stable")

@@ -15,7 +15,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     try:
         assert main(["demo", "--out", str(out), "--scale", "0.15", "--train-steps", "2",
-                     "--eval-cases", "1", "--samples", "16", "--eval-overlap", "0"]) == 0
+                     "--eval-cases", "1", "--samples", "16", "--eval-overlap", "0",
+                     "--crop", "48", "--spacing", "2"]) == 0
     finally:
         ray.shutdown()
     text = capsys.readouterr().out
@@ -37,5 +38,5 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     index = json.loads((out / "dataset" / "index.json").read_text())
     summary = json.loads((out / "evaluation" / "summary.json").read_text())
     assert summary["inference"]["dataset_ids"] == [index["dataset_id"]]
-    assert summary["inference"]["roi_zyx"] == [96, 96, 96]
-    assert summary["inference"]["spacing_mm"] == [1.0, 1.0, 1.0]
+    assert summary["inference"]["roi_zyx"] == [48, 48, 48]
+    assert summary["inference"]["spacing_mm"] == [2.0, 2.0, 2.0]
