@@ -171,7 +171,7 @@ def plot_montage(ds: Dataset, png: str, n: int = 8) -> str:
     one's largest tumor, radiological view (patient's right on the left, anterior up), tumor red
     and liver green contours."""
     import scipy.ndimage as ndi
-    from tumorforge.manifests.conventions import DISPLAY_WINDOW_HU, LIVER, TUMOR
+    from tumorforge.manifests.conventions import DISPLAY_WINDOW_HU, ORGAN, TUMOR
     plt = _plt()
     chosen = []
     for i in np.linspace(0, len(ds) - 1, min(len(ds), 8 * n)).round().astype(int):
@@ -197,7 +197,7 @@ def plot_montage(ds: Dataset, png: str, n: int = 8) -> str:
             z = image.shape[0] // 2
         show = lambda a: a[z][::-1, ::-1]          # (Z, Y, X) = (S, A, R): anterior up, right left
         ax.imshow(show(image), cmap="gray", vmin=DISPLAY_WINDOW_HU[0], vmax=DISPLAY_WINDOW_HU[1])
-        for mask, color in ((show(label) >= LIVER, "lime"), (show(label) == TUMOR, "red")):
+        for mask, color in ((show(label) >= ORGAN, "lime"), (show(label) == TUMOR, "red")):
             if mask.any() and not mask.all():
                 ax.contour(mask, levels=[0.5], colors=color, linewidths=0.7)
         ax.set_title(f"#{i} {prov.params.get('kind')} ({prov.scan_id}) z {z}", fontsize=7)

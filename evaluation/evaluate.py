@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tumorforge.manifests.conventions import BACKGROUND, LIVER, TUMOR
+from tumorforge.manifests.conventions import BACKGROUND, ORGAN, TUMOR
 from tumorforge.manifests.nifti import write_nifti
 from tumorforge.manifests.records import json_safe
 
@@ -34,7 +34,7 @@ def csv_columns() -> list[Column]:
 def truth_labels(label: np.ndarray, label_map) -> np.ndarray:
     """A scan's label as 0 background, 1 liver, 2 tumor, from its manifest label map."""
     out = np.zeros(label.shape, np.uint8)
-    out[np.isin(label, label_map.organ_values())] = LIVER
+    out[np.isin(label, label_map.organ_values())] = ORGAN
     out[np.isin(label, label_map.tumor)] = TUMOR
     return out
 
@@ -93,7 +93,7 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
                     image.info.affine, qform_code=0, sform_code=2)
         m = case_metrics(pred, truth, image.info.spacing_mm, tolerance_mm, detection, min_dice)
         if prob is not None and np.shape(prob) == pred.shape:
-            m["froc"] = froc_points(np.asarray(prob, np.uint8), pred >= LIVER, truth,
+            m["froc"] = froc_points(np.asarray(prob, np.uint8), pred >= ORGAN, truth,
                                     image.info.spacing_mm, detection, min_dice,
                                     inference.get("min_tumor_radius_mm", 0.0),
                                     min_liver_contact=inference.get("min_liver_contact", 0.0))
@@ -123,10 +123,10 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
 def _checked(pred, shape, entry) -> np.ndarray:
     pred = np.asarray(pred)
     values = np.unique(pred)
-    if pred.shape != tuple(shape) or not np.isin(values, (BACKGROUND, LIVER, TUMOR)).all():
+    if pred.shape != tuple(shape) or not np.isin(values, (BACKGROUND, ORGAN, TUMOR)).all():
         raise ValueError(f"scan {entry.scan_id} ({entry.image}): the segmenter returned shape "
                          f"{pred.shape} with values {values[:5].tolist()}; expected labels "
-                         f"{BACKGROUND}, {LIVER}, {TUMOR} in the scan's shape {tuple(shape)}")
+                         f"{BACKGROUND}, {ORGAN}, {TUMOR} in the scan's shape {tuple(shape)}")
     return pred.astype(np.uint8)
 
 

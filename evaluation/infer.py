@@ -20,7 +20,7 @@ import scipy.ndimage as ndi
 import torch
 
 from tumorforge.generator.api import Regrid
-from tumorforge.manifests.conventions import (BACKGROUND, LIVER, TUMOR, from_ras, ras_to_zyx,
+from tumorforge.manifests.conventions import (BACKGROUND, ORGAN, TUMOR, from_ras, ras_to_zyx,
                                               to_ras, zyx_to_ras)
 from tumorforge.trainer.augment import window
 from tumorforge.trainer.preprocessing import Preprocessing
@@ -48,7 +48,7 @@ def postprocess(labels: np.ndarray, dilate_mm: float = DILATE_MM, spacing=(1.0, 
     components at least as large as a sphere of ``min_tumor_radius_mm`` (smaller ones become
     liver) whose outer border is at least ``min_liver_contact`` liver (others become
     background); everything else background."""
-    liver = labels >= LIVER
+    liver = labels >= ORGAN
     comps, n = ndi.label(liver, structure=CONNECTIVITY_26)
     if n == 0:
         return np.zeros_like(labels)
@@ -63,10 +63,10 @@ def postprocess(labels: np.ndarray, dilate_mm: float = DILATE_MM, spacing=(1.0, 
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     near = np.zeros(keep.shape, bool)
     near[box] = ndi.distance_transform_edt(~keep[box], sampling=spacing) <= dilate_mm
-    out = np.where(keep, LIVER, BACKGROUND).astype(np.uint8)
+    out = np.where(keep, ORGAN, BACKGROUND).astype(np.uint8)
     tumor = drop_specks((labels == TUMOR) & near, spacing, min_tumor_radius_mm)
     out[tumor] = TUMOR
-    kept = drop_outside_organ(tumor, out == LIVER, min_liver_contact)
+    kept = drop_outside_organ(tumor, out == ORGAN, min_liver_contact)
     out[tumor & ~kept] = BACKGROUND
     return out
 
@@ -121,21 +121,21 @@ def segment(model, image: np.ndarray, affine: np.ndarray, prep: Preprocessing,
         soft = soft[0] / (len(FLIP_AXES) if flips else 1)
         lab_iso[box] = zyx_to_ras(soft.argmax(0).numpy().astype(np.uint8))
         if report is not None:
-            organ = zyx_to_ras((soft[LIVER] + soft[TUMOR]).numpy())
+            organ = zyx_to_ras((soft[ORGAN] + soft[TUMOR]).numpy())
             prob_organ = np.zeros(iso.shape, np.float32)
             prob_organ[box] = organ
         if probability:
             prob_iso[box] = zyx_to_ras(torch.round(soft[TUMOR] * PROBABILITY_SCALE)
                                        .numpy().astype(np.uint8))
     if report is not None:
-        predicted = lab_iso >= LIVER
+        predicted = lab_iso >= ORGAN
         parts, n = ndi.label(predicted, structure=CONNECTIVITY_26)
         sizes = np.bincount(parts.ravel())[1:]
         report["liver_largest_fraction"] = float(sizes.max() / sizes.sum()) if n else 0.0
     lab_iso = postprocess(lab_iso, dilate_mm, prep.spacing_mm,
                           min_liver_contact=min_liver_contact)
     if report is not None:
-        kept = lab_iso >= LIVER
+        kept = lab_iso >= ORGAN
         report["liver_confidence"] = float(prob_organ[kept].mean()) \
             if kept.any() and len(body) else 0.0
     # Back to the RAS grid of the file (shared voxel 0; input voxel v is at v / factors), then to

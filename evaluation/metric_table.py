@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tumorforge.manifests.conventions import LIVER, TUMOR, dice
+from tumorforge.manifests.conventions import ORGAN, TUMOR, dice
 
 from .metrics import (DEFAULT_MIN_DICE, DETECTION_RULES, EMPTY_RULE, SIZE_BINS_MM, bootstrap_ci,
                       case_bootstrap_sensitivity, detection_rule_text, lesion_detection, nsd,
@@ -206,7 +206,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            lambda agg: [Figure("global tumor DSC", None, agg["global_tumor_dice"], None,
                                agg["tumor_cases"])]),
     mean_over_cases("liver_dice", "liver DSC", "liver DSC",
-                    lambda c: {"liver_dice": dice(c.pred >= LIVER, c.truth >= LIVER)}),
+                    lambda c: {"liver_dice": dice(c.pred >= ORGAN, c.truth >= ORGAN)}),
     mean_over_cases("tumor_volume_error_ml", "tumor volume error (mL)", None, _volumes,
                     tumor_cases, columns=record_columns("tumor_volume_true_ml",
                                                         "tumor_volume_pred_ml",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from tumorforge.manifests.conventions import LIVER, TUMOR
+from tumorforge.manifests.conventions import ORGAN, TUMOR
 
 from .backend import Backend
 
@@ -30,7 +30,7 @@ def darken(backend: Backend, r, img, lab, union, texture, s: float) -> None:
     liver, blurred once, darkens the liver by ``texture x blur x delta``; the label is the binary
     union itself (tumor inside the liver, unblurred)."""
     xp, ndi = backend.xp, backend.ndi
-    liver = lab >= LIVER
+    liver = lab >= ORGAN
     union = union & liver
     blur = ndi.gaussian_filter(union.astype(xp.float32), float(r.mask_blur_mm) / s, mode="constant")
     img -= texture * blur * liver * xp.float32(r.delta_hu)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.ndimage as ndi
 
-from tumorforge.manifests.conventions import BACKGROUND, LIVER, TUMOR, to_ras
+from tumorforge.manifests.conventions import BACKGROUND, ORGAN, TUMOR, to_ras
 
 from .config import GeneratorConfig
 from tumorforge.manifests.errors import UserError
@@ -64,9 +64,9 @@ class PreparedScan:
                 "shape": list(self.shape), "origin_vox": list(self.origin_vox)}
 
     def label(self) -> np.ndarray:
-        """uint8 BACKGROUND/LIVER/TUMOR of these arrays. The scan's own tumor voxels (``real``
+        """uint8 BACKGROUND/ORGAN/TUMOR of these arrays. The scan's own tumor voxels (``real``
         profile) lie inside its liver mask."""
-        return np.where(self.tumor, TUMOR, np.where(self.organ, LIVER, BACKGROUND)).astype(np.uint8)
+        return np.where(self.tumor, TUMOR, np.where(self.organ, ORGAN, BACKGROUND)).astype(np.uint8)
 
     def on(self, backend):
         """(image, :meth:`label`) on the backend's device; copied once and cached."""

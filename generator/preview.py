@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tumorforge.manifests.conventions import DISPLAY_WINDOW_HU, LIVER, TUMOR, zyx_to_ras
+from tumorforge.manifests.conventions import DISPLAY_WINDOW_HU, ORGAN, TUMOR, zyx_to_ras
 from tumorforge.manifests.nifti import write_nifti
 
 from .params import SampleParams
@@ -102,8 +102,8 @@ def save_montage(image_zyx: np.ndarray, label_zyx: np.ndarray, png: str, title: 
                                                          start=len(plain)):
             ax = axes[row][col]
             ax.imshow(img, **show)
-            if (lab >= LIVER).any():
-                ax.contour(lab >= LIVER, levels=[0.5], colors="lime", linewidths=0.7)
+            if (lab >= ORGAN).any():
+                ax.contour(lab >= ORGAN, levels=[0.5], colors="lime", linewidths=0.7)
             if (lab == TUMOR).any():
                 ax.contour(lab == TUMOR, levels=[0.5], colors="red", linewidths=0.9)
             _decorate(ax, letters, img.shape, spacing_mm[_HORIZONTAL[plane]])

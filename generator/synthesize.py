@@ -33,7 +33,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from tumorforge.manifests.conventions import LIVER, ras_to_zyx
+from tumorforge.manifests.conventions import ORGAN, ras_to_zyx
 
 from .backend import Backend, kernel_setting
 from .batch import Packed, pack
@@ -110,7 +110,7 @@ def _apply_paper_tumor(backend, t, center, work_lo, work_hi, image, label, s, ti
     inner = tuple(slice(int(a), int(b)) for a, b in zip(r_lo - s_lo, r_hi - s_lo))
     m = tumor_mask(backend, t, s, s_lo - box_lo, s_hi - box_lo)[inner]
     region = tuple(slice(int(a), int(b)) for a, b in zip(r_lo, r_hi))
-    m = m * (label[region] >= LIVER).astype(xp.float32)
+    m = m * (label[region] >= ORGAN).astype(xp.float32)
     timer.mark("shape")
     texture = texture_step(backend, t, tuple(2 * hb + 1), s, r_lo - box_lo, r_hi - box_lo)
     timer.mark("texture")

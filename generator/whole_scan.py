@@ -38,8 +38,9 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from tumorforge.manifests import storage
-from tumorforge.manifests.conventions import BACKGROUND, LIVER, TUMOR, from_ras, to_ras, zyx_to_ras
+from tumorforge.manifests.conventions import BACKGROUND, ORGAN, TUMOR, from_ras, to_ras, zyx_to_ras
 from tumorforge.manifests.nifti import GZIP_OS_UNIX, nifti_bytes
+from tumorforge.manifests.organs import DEFAULT_ORGAN, get_organ
 from tumorforge.manifests.records import RecordError, check_fields, loads, pretty_json
 
 from . import GENERATOR_VERSION
@@ -56,7 +57,6 @@ OUTPUT_FORMATS = ("nifti", "nnunet")   # synthesize --format: NIfTI folders | nn
 RUN_RECORD = "synthesize.json"
 RUN_FORMAT = "tumorforge-synthesize"
 RUN_VERSION = 1
-NNUNET_LABELS = {"background": BACKGROUND, "liver": LIVER, "tumor": TUMOR}
 
 
 class SynthesizeError(UserError, ValueError):
@@ -167,7 +167,7 @@ def case_name(scan_id: str, index: int) -> str:
 def organ_label(label: np.ndarray, label_map) -> np.ndarray:
     """A scan's label in the crops' convention: liver and vessel values -> 1, tumor values -> 2
     (``label_map``: a manifest ``LabelMap``)."""
-    out = np.where(np.isin(label, np.asarray(label_map.organ_values())), LIVER, BACKGROUND)
+    out = np.where(np.isin(label, np.asarray(label_map.organ_values())), ORGAN, BACKGROUND)
     if label_map.tumor:
         out = np.where(np.isin(label, np.asarray(label_map.tumor)), TUMOR, out)
     return out.astype(np.uint8)
@@ -324,10 +324,14 @@ def nnunet_folder(out: str, dataset_id: int, name: str) -> str:
 
 
 def nnunet_dataset_json(run: SynthesizeRun, name: str) -> dict:
-    """nnU-Net v2's dataset.json of a run: one CT channel, background / liver / tumor."""
-    return {"channel_names": {"0": "CT"}, "labels": dict(NNUNET_LABELS),
+    """nnU-Net v2's dataset.json of a run: one CT channel, the organ record's classes (background
+    / the organ / tumor) as its labels."""
+    organ = get_organ(run.generator_config.get("organ", DEFAULT_ORGAN))
+    return {"channel_names": {"0": "CT"},
+            "labels": {n: v for v, n in enumerate(organ.classes)},
             "numTraining": len(run.cases), "file_ending": ".nii.gz", "name": name,
-            "description": f"synthetic liver tumors by tumorforge generator {run.generator_version}, "
+            "description": f"synthetic {organ.name} tumors by tumorforge generator "
+                           f"{run.generator_version}, "
                            f"profile {run.generator_config.get('profile')}, grid {run.grid}, "
                            f"root seed {run.root_seed}; see synthesize.json and params/"}
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 
-# Label values of generated crops, of model outputs and of ``truth_labels``.
-BACKGROUND, LIVER, TUMOR = 0, 1, 2
-LABEL_NAMES = ("background", "liver", "tumor")
+# Label values of generated crops, of model outputs and of ``truth_labels``: background, the organ
+# tumors are painted into (its name is the organ record's ``classes[ORGAN]``), tumor.
+BACKGROUND, ORGAN, TUMOR = 0, 1, 2
 
-# HU -> [0, 1] window of the paper's training recipe, and the window pictures are shown in.
-TRAINING_WINDOW_HU = (-21.0, 189.0)
+# The HU window pictures are shown in (an abdominal soft-tissue window; the window models are
+# trained in is the organ record's ``training_window_hu``).
 DISPLAY_WINDOW_HU = (-160.0, 240.0)
 
 

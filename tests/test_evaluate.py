@@ -16,7 +16,7 @@ from conftest import tiny_scan
 from tumorforge.cluster.front_door import main
 from tumorforge.evaluation.evaluate import evaluate
 from tumorforge.evaluation.infer import postprocess, segment
-from tumorforge.manifests.conventions import LIVER, TUMOR
+from tumorforge.manifests.conventions import ORGAN, TUMOR
 from tumorforge.manifests.organs import ORGANS
 from tumorforge.trainer.preprocessing import Preprocessing
 from conftest import user_error
@@ -42,7 +42,7 @@ class Threshold(torch.nn.Module):
         self.values.append((float(x.min()), float(x.max())))
         out = torch.zeros(x.shape[0], 3, *x.shape[2:])
         out[:, 0] = 0.5
-        out[:, LIVER] = (x[:, 0] > 0.5).float()
+        out[:, ORGAN] = (x[:, 0] > 0.5).float()
         out[:, TUMOR] = 2.0 * (x[:, 0] > 0.95).float()
         return out
 
@@ -66,7 +66,7 @@ def test_segment_maps_back_to_the_file_grid_in_any_orientation():
     for affine in (np.diag([-0.8, -0.8, 2.5, 1.0]), np.diag([0.8, 0.8, -2.5, 1.0])):
         out = segment(Threshold(), image, affine, PREP, overlap=0.5)
         assert out.shape == image.shape and out.dtype == np.uint8
-        assert (out[12:48, 12:38, 5:15] >= LIVER).mean() > 0.95
+        assert (out[12:48, 12:38, 5:15] >= ORGAN).mean() > 0.95
         assert (out[21:25, 21:25, 9] == TUMOR).all()
         assert (out[2:5, 2:5, 1:3] == 0).all()    # post-processing kept the largest liver only
 
@@ -90,13 +90,13 @@ def test_segment_runs_the_model_as_its_preprocessing_says():
 
 def test_postprocess_drops_tumor_far_from_the_liver_and_specks():
     lab = np.zeros((40, 40, 40), np.uint8)
-    lab[5:20, 5:20, 5:20] = LIVER
+    lab[5:20, 5:20, 5:20] = ORGAN
     lab[8:12, 8:12, 8:12] = TUMOR            # 64 mm^3: kept
     lab[15:17, 15:17, 15:17] = TUMOR         # 8 mm^3, under a 2 mm sphere (34 mm^3): a speck
     lab[35:38, 35:38, 35:38] = TUMOR         # a separate blob: not the liver, too far
     out = postprocess(lab, dilate_mm=5.0)
     assert (out[8:12, 8:12, 8:12] == TUMOR).all() and not out[35:38, 35:38, 35:38].any()
-    assert (out[15:17, 15:17, 15:17] == LIVER).all()
+    assert (out[15:17, 15:17, 15:17] == ORGAN).all()
     assert (postprocess(lab, dilate_mm=5.0, min_tumor_radius_mm=0)[15:17, 15:17, 15:17]
             == TUMOR).all()
 
@@ -106,7 +106,7 @@ def test_postprocess_drops_tumor_mostly_bordered_by_other_tissue():
     outside it (an extrahepatic false positive: its border is mostly not liver) goes to background,
     unless the rule is off."""
     lab = np.zeros((40, 40, 40), np.uint8)
-    lab[5:25, 5:25, 5:25] = LIVER
+    lab[5:25, 5:25, 5:25] = ORGAN
     lab[10:14, 10:14, 10:14] = TUMOR         # enclosed by liver
     lab[22:32, 10:16, 10:16] = TUMOR         # 3 of its 10 slabs in the liver
     out = postprocess(lab, dilate_mm=10.0)
@@ -135,7 +135,7 @@ def test_evaluate_scores_a_known_answer(lits_manifest, tmp_path):
     written = {n: tiny_scan(tumor=n != 2, seed=n) for n in range(3)}
     answer = {}
     for n, (image, label) in written.items():
-        answer[image.tobytes()] = np.where(label == TUMOR, LIVER, label) if n == 1 else label
+        answer[image.tobytes()] = np.where(label == TUMOR, ORGAN, label) if n == 1 else label
 
     def oracle(image, affine):
         assert np.allclose(affine, np.diag([0.8, 0.8, 2.5, 1.0]))

@@ -16,7 +16,7 @@ from tumorforge.evaluation.fidelity.inputs import chosen, drawn_inside, record_t
 from tumorforge.evaluation.fidelity.lesions import Lesion, organ_depth, real_group
 from tumorforge.evaluation.fidelity.post_effects import capsule_rim, post_effects
 from tumorforge.evaluation.fidelity.prepared import Prepared, ScanCache
-from tumorforge.manifests.conventions import LIVER, TUMOR
+from tumorforge.manifests.conventions import ORGAN, TUMOR
 from conftest import user_error
 
 SPACING = (1.0, 1.0, 2.0)          # anisotropic on purpose: every length must be physical
@@ -37,7 +37,7 @@ def planted(seed: int = 0):
     sphere = sum(g ** 2 for g in mm) <= RADIUS_MM ** 2
     base = np.where(liver, 100.0 + rng.normal(0, 5, shape), -100.0)
     image = np.where(sphere, 40.0 + rng.normal(0, 10, shape), base)
-    label = np.where(sphere, TUMOR, np.where(liver, LIVER, 0)).astype(np.uint8)
+    label = np.where(sphere, TUMOR, np.where(liver, ORGAN, 0)).astype(np.uint8)
     return image, base, label
 
 
@@ -51,8 +51,8 @@ def test_planted_sphere_measures_come_out_right():
     assert tuple(les["center"]) == pytest.approx(CENTER, abs=1)
     assert les["texture_ratio"] == pytest.approx(10 / 5, abs=0.25)       # sd 10 in sd-5 liver
     # The reference is where a random liver voxel lies: median depth of the box's voxels.
-    depth = organ_depth(label >= LIVER, SPACING)
-    assert les["reference_depth_mm"] == pytest.approx(np.median(depth[label >= LIVER]))
+    depth = organ_depth(label >= ORGAN, SPACING)
+    assert les["reference_depth_mm"] == pytest.approx(np.median(depth[label >= ORGAN]))
     assert les["reference_depth_mm"] < les["depth_mm"]
 
 
@@ -62,7 +62,7 @@ def test_ring_is_liver_only_and_real_lesions_have_no_hu_drop():
     image, _, label = planted()
     outside = np.zeros(label.shape, bool)
     outside[:19] = True                       # the liver now ends 1 voxel from the sphere (i 20..40)
-    label[outside & (label == LIVER)] = 0
+    label[outside & (label == ORGAN)] = 0
     image[outside & (label == 0)] = -1000.0   # far darker than the liver
     (les,) = fd.measure_scan(image, label, SPACING)
     assert les["contrast_hu"] == pytest.approx(-60, abs=2.0)

@@ -12,7 +12,7 @@ from conftest import tiny_scan
 from tumorforge.cluster import experiment as X
 from tumorforge.evaluation import metric_table as T
 from tumorforge.evaluation.evaluate import csv_columns, evaluate
-from tumorforge.manifests.conventions import LIVER, TUMOR
+from tumorforge.manifests.conventions import ORGAN, TUMOR
 
 
 def _precision(case: T.Case) -> dict:
@@ -30,7 +30,7 @@ def _evaluated(tiny_lits, tmp_path):
     answer = {}
     for n in range(3):
         image, label = tiny_scan(tumor=n != 2, seed=n)
-        answer[image.tobytes()] = np.where(label == TUMOR, LIVER, label) if n == 1 else label
+        answer[image.tobytes()] = np.where(label == TUMOR, ORGAN, label) if n == 1 else label
 
     def oracle(image, affine):
         return answer[np.asarray(image, np.int16).tobytes()]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from tumorforge.manifests.conventions import LIVER, TUMOR
+from tumorforge.manifests.conventions import ORGAN, TUMOR
 from conftest import user_error
 
 FAST = ["--crop-size", "48,48,48", "--size-mix", "small"]
@@ -61,12 +61,12 @@ def test_prepared_grid_is_the_resampled_scan_with_tumors_and_reruns_byte_identic
         # The whole 90 x 80 x 40 scan at 1 x 1 x 2 mm, on RAS axes at 1 mm: 90 x 80 x 79.
         assert image.shape == label.shape == (90, 80, 79) and image.dtype == np.int16
         assert np.allclose(affine[:3, :3], np.eye(3)) and np.allclose(affine, label_affine)
-        assert set(np.unique(label)) == {0, LIVER, TUMOR}
+        assert set(np.unique(label)) == {0, ORGAN, TUMOR}
         params = json.loads((out / "params" / f"{case.case}.json").read_text())
         assert params == case.to_json() and len(case.params["tumors"]) >= 1
         assert case.sha256["image"] == hashlib.sha256((out / case.image).read_bytes()).hexdigest()
         tumor = label == TUMOR
-        assert ndi.binary_dilation(label >= LIVER, iterations=2)[tumor].all()   # in the liver
+        assert ndi.binary_dilation(label >= ORGAN, iterations=2)[tumor].all()   # in the liver
     a, b = (load(out / c.label)[0] == TUMOR for c in run.cases)
     assert (a != b).any()                                   # another index, other tumors
     again = root / "again"
@@ -99,7 +99,7 @@ def test_native_grid_changes_only_voxels_near_the_tumors(scans):
         far = ndi.distance_transform_edt(~tumor, sampling=(1.0, 1.0, 2.0)) > 5.0
         assert changed.any() and not (changed & far).any()
         assert (original[tumor].astype(float) - image[tumor]).mean() > 20   # darker, as drawn
-        assert np.array_equal(label >= LIVER, (original_label > 0) | tumor)
+        assert np.array_equal(label >= ORGAN, (original_label > 0) | tumor)
         # The same tumors on two grids: volume within 15 %.
         native_ml = tumor.sum() * 2.0 / 1000
         prepared_ml = (load(prepared_out / twin.label)[0] == TUMOR).sum() / 1000
@@ -155,7 +155,7 @@ def test_stats_measures_whole_scans_and_flags_a_changed_case(scans, tmp_path, ca
     run = read_run(str(copy))
     label_file = copy / run.cases[1].label
     label, affine = load(label_file)
-    nib.save(nib.Nifti1Image(np.where(label == TUMOR, LIVER, label).astype(np.uint8), affine),
+    nib.save(nib.Nifti1Image(np.where(label == TUMOR, ORGAN, label).astype(np.uint8), affine),
              str(label_file))
     assert main(["stats", str(copy), "--out", str(tmp_path / "report")]) == 0
     result = json.loads((tmp_path / "report" / "stats.json").read_text())

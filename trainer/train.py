@@ -24,7 +24,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from tumorforge.manifests.conventions import LIVER, TUMOR, dice
+from tumorforge.manifests.conventions import ORGAN, TUMOR, dice
 from tumorforge.manifests.records import RecordError
 
 from . import checkpoint
@@ -198,7 +198,7 @@ def validate(model, val: Source, n: int, device, prep: Preprocessing) -> dict:
     ``val_dice_<class name>`` (the organ counts its tumor voxels: label >= ORGAN)."""
     stream = SampleStream(open_source(val), seed=0, rank=0, world=1)
     model.eval()
-    organ, tumor = prep.class_names[LIVER], prep.class_names[TUMOR]
+    organ, tumor = prep.class_names[ORGAN], prep.class_names[TUMOR]
     scores: dict[str, list[float]] = {organ: [], tumor: []}
     for i in range(min(n, len(stream.ds))):
         s = stream.load(i)
@@ -207,8 +207,8 @@ def validate(model, val: Source, n: int, device, prep: Preprocessing) -> dict:
         image = window(torch.from_numpy(s["image"])[None, None].to(device), prep.window_hu)
         pred = model(image).argmax(1)[0].cpu()
         truth = torch.from_numpy(s["label"]).long()
-        for name, cls in ((organ, LIVER), (tumor, TUMOR)):
-            d = dice(pred >= cls, truth >= cls) if cls == LIVER else dice(pred == cls, truth == cls)
+        for name, cls in ((organ, ORGAN), (tumor, TUMOR)):
+            d = dice(pred >= cls, truth >= cls) if cls == ORGAN else dice(pred == cls, truth == cls)
             if d is not None:
                 scores[name].append(d)
     model.train()

@@ -22,7 +22,7 @@ from tumorforge.generator.api import (PAPER_PROFILES, GeneratorConfig, SamplePar
                                       SynthesizeError, drawn_shape_counts, output_grid, read_run,
                                       read_scan, spacing_of, synthesize)
 from tumorforge.manifests import storage
-from tumorforge.manifests.conventions import LIVER, to_ras, zyx_to_ras
+from tumorforge.manifests.conventions import ORGAN, to_ras, zyx_to_ras
 from tumorforge.manifests.dataset.reader import Dataset
 from tumorforge.manifests.errors import UserError, one_line
 from tumorforge.manifests.readers import read_volume
@@ -252,7 +252,7 @@ def measure_whole(measured: Measured, prepared: Prepared, params, image, label, 
     spacing = spacing_of(affine)
     labels, comps = component_measures(image, label, spacing, base=base,
                                        parenchyma_sd_hu=float(params.parenchyma_sd_hu))
-    organ = label >= LIVER
+    organ = label >= ORGAN
     depth = organ_depth(organ, spacing)
     reference = float(np.median(depth[organ])) if organ.any() else None
     # Record centers are voxels of the prepared grid: through world mm onto this array's grid.

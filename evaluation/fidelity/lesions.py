@@ -37,7 +37,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from tumorforge.generator.api import PAPER_SIZES
-from tumorforge.manifests.conventions import LIVER, TUMOR
+from tumorforge.manifests.conventions import ORGAN, TUMOR
 
 from ..metrics import lesions
 
@@ -95,7 +95,7 @@ def component_measures(image: np.ndarray, label: np.ndarray, spacing, *, base=No
 
     Arrays share one grid; ``spacing`` (mm) is in their axis order. ``base`` is the tumor-free
     image (HU drop), ``parenchyma_sd_hu`` the parenchyma sd the texture is compared with (else
-    computed over label == LIVER without ``vessel``). Returns the component labels and, per
+    computed over label == ORGAN without ``vessel``). Returns the component labels and, per
     component: id, voxels, volume_mm3, radius_mm, center (the component voxel nearest its
     centroid), touches_edge, contrast_hu, hu_drop_hu, texture_sd_hu, parenchyma_sd_hu,
     texture_ratio. Depth is the caller's (it needs the whole organ).
@@ -104,7 +104,7 @@ def component_measures(image: np.ndarray, label: np.ndarray, spacing, *, base=No
     image = np.asarray(image, np.float64)
     labels, found = lesions(label == TUMOR, spacing)
     if parenchyma_sd_hu is None:
-        paren = label == LIVER
+        paren = label == ORGAN
         if vessel is not None:
             paren &= ~np.asarray(vessel, bool)
         parenchyma_sd_hu = float(image[paren].std()) if paren.any() else None
@@ -119,7 +119,7 @@ def component_measures(image: np.ndarray, label: np.ndarray, spacing, *, base=No
         win = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
         comp = labels[win] == les["id"]
         img = image[win]
-        ring = (ndi.distance_transform_edt(~comp) <= RING_VOXELS) & ~comp & (label[win] == LIVER)
+        ring = (ndi.distance_transform_edt(~comp) <= RING_VOXELS) & ~comp & (label[win] == ORGAN)
         mean = float(img[comp].mean())
         interior = ndi.binary_erosion(comp)
         sd = float(img[interior if interior.any() else comp].std())
@@ -154,8 +154,8 @@ def measure_scan(image: np.ndarray, label: np.ndarray, spacing, *, base=None,
     """Every lesion of a whole scan (``component_measures``) with its depth: ``depth_mm`` at the
     lesion voxel nearest its centroid and ``reference_depth_mm``, the median depth of all organ
     voxels. ``depth`` is the organ depth map (mm) if the caller has one (else computed from
-    label >= LIVER, the organ: liver or tumor)."""
-    organ = label >= LIVER
+    label >= ORGAN, the organ: liver or tumor)."""
+    organ = label >= ORGAN
     depth = organ_depth(organ, spacing) if depth is None else depth
     reference = float(np.median(depth[organ])) if organ.any() else None
     _, comps = component_measures(image, label, spacing, base=base,

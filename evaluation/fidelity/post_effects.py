@@ -17,7 +17,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from tumorforge.generator.api import synthesize
-from tumorforge.manifests.conventions import LIVER, TUMOR, zyx_to_ras
+from tumorforge.manifests.conventions import ORGAN, TUMOR, zyx_to_ras
 
 
 @dataclass
@@ -39,11 +39,11 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 
 def mass_effect_shift(with_label: np.ndarray, without_label: np.ndarray, spacing, center,
                       gamma_max_mm: float, intensity: float) -> dict:
-    """Displacement (mm) of the organ surface (label >= LIVER) between two renderings of one
+    """Displacement (mm) of the organ surface (label >= ORGAN) between two renderings of one
     tumor, over the surface voxels of either within ``gamma_max_mm`` of ``center`` (the only part
     eq. 5 can move)."""
     spacing = tuple(float(s) for s in spacing)
-    a, b = _surface(with_label >= LIVER), _surface(without_label >= LIVER)
+    a, b = _surface(with_label >= ORGAN), _surface(without_label >= ORGAN)
     grids = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(a.shape, center, spacing)],
                         indexing="ij", sparse=True)
     sphere = sum(g ** 2 for g in grids) <= gamma_max_mm ** 2

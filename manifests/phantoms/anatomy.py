@@ -34,7 +34,7 @@ ORGAN_CODES = {
     "left_adrenal": 13,
 }
 # The phantom's organ code of the liver (BTCV's), not a label value of the crops
-# (conventions.LIVER): layouts other than BTCV write it as their own liver value.
+# (conventions.ORGAN): layouts other than BTCV write it as their own liver value.
 LIVER_CODE = ORGAN_CODES["liver"]
 
 
