@@ -46,7 +46,7 @@ class JobSpec:
     samples_per_shard: int = 64
     root_seed: int = 0
     backend: str = DEFAULT_BACKEND   # numpy | cupy | auto (resolved before planning)
-    formats: tuple[str, ...] = DEFAULT_FORMATS   # entries of manifests.dataset.formats.FORMATS
+    formats: tuple[str, ...] = DEFAULT_FORMATS   # storage formats to write (the format table)
     compression: str = "lz4"         # Blosc codec: lz4 (fast) | zstd (18 % smaller, 4x the CPU)
     scans_per_shard: int = 2         # distinct scans one shard draws from
     # Not part of the dataset id: the samples are the same in both (see identity()).
