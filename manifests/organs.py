@@ -83,7 +83,8 @@ _LIVER = Organ(
     inside_share=0.9,
 )
 
-ORGANS: Mapping[str, Organ] = MappingProxyType({o.name: o for o in (_LIVER,)})
+# The table. An entry is added here (or, for a user's own organ, set into it before use).
+ORGANS: dict[str, Organ] = {o.name: o for o in (_LIVER,)}
 
 
 def get_organ(name: str, where: str = "organ") -> Organ:
