@@ -369,6 +369,7 @@ def comparison_table(arms: dict) -> tuple[list[str], list[list[str]]]:
 
 def _report(out: str, result: dict) -> None:
     """``report.md`` and a self-contained ``report.html``: one row per arm, the pair tests."""
+    from tumorforge.evaluation.metrics import INTERVALS
     from tumorforge.evaluation.report import FROC_HEADER, froc_rows, html_page, plot_froc
     head, rows = comparison_table(result["arms"])
     pairs = [(f"{os.path.basename(p['a']).removesuffix('-cases.json')} vs "
@@ -382,9 +383,8 @@ def _report(out: str, result: dict) -> None:
                           *("| " + " | ".join(r) + " |" for r in rs)])
     rule = next(iter(result["arms"].values()))["aggregate"]["detection_rule"]
     md = [f"# Experiment {result['experiment']}", "",
-          f"Folds {list(result['lineage']['folds'])}; cases pooled over folds; every figure with "
-          f"its 95 % bootstrap interval over cases (lesions resampled with their case). Detection "
-          f"rule: {rule}.", "",
+          f"Folds {list(result['lineage']['folds'])}; cases pooled over folds. {INTERVALS}. "
+          f"Detection rule: {rule}.", "",
           table(head, rows), "", "## Paired tests (same scans, matched by sha256)", "",
           table(("pair", "cases", "Wilcoxon p (tumor DSC)", "lesions found only by A / B",
                  "McNemar p"), pairs) if pairs else "One arm: no pair to test.", "",

@@ -20,9 +20,9 @@ import numpy as np
 
 from tumorforge.manifests.conventions import ORGAN, TUMOR, dice
 
-from .metrics import (DEFAULT_MIN_DICE, DETECTION_RULES, EMPTY_RULE, SIZE_BINS_MM, bootstrap_ci,
-                      case_bootstrap_sensitivity, detection_rule_text, lesion_detection, nsd,
-                      summarize_froc)
+from .metrics import (DEFAULT_MIN_DICE, DETECTION_RULES, EMPTY_RULE, MIN_INTERVAL_N, SIZE_BINS_MM,
+                      bootstrap_ci, detection_rule_text, lesion_detection, nsd, sensitivity_ci,
+                      summarize_froc, wilson)
 
 
 class Case:
@@ -158,7 +158,7 @@ def _detection(records: list[dict], seed: int) -> dict:
     for name in (*BIN_NAMES, "all"):
         pool = [(i, les) for i, les in found if name == "all" or les["size_bin"] == name]
         hits = sum(les["detected"] for _, les in pool)
-        ci = case_bootstrap_sensitivity(pool, len(records), seed) if pool else None
+        ci = sensitivity_ci(pool, len(records), seed)
         out[name] = {"lesions": len(pool), "detected": hits,
                      "sensitivity": hits / len(pool) if pool else None,
                      "ci95": list(ci) if ci else None, "false_positive_lesions": fp_total}
@@ -180,9 +180,10 @@ def _false_positives(records: list[dict], seed: int) -> dict:
 
 
 def _specificity(records: list[dict], seed: int) -> dict:
-    """Scan-level specificity: healthy scans with no predicted tumor voxel."""
+    """Scan-level specificity: healthy scans with no predicted tumor voxel (Wilson interval: the
+    scans are independent; n/a below two scans)."""
     fp_free = [not c["any_predicted_tumor"] for c in healthy_cases(records)]
-    ci = bootstrap_ci([float(v) for v in fp_free], seed=seed)
+    ci = wilson(int(sum(fp_free)), len(fp_free)) if len(fp_free) >= MIN_INTERVAL_N else None
     return {"specificity": {"healthy_scans": len(fp_free), "true_negatives": int(sum(fp_free)),
                             "value": (sum(fp_free) / len(fp_free)) if fp_free else None,
                             "ci95": list(ci) if ci else None}}

@@ -267,21 +267,53 @@ def summarize_froc(cases: list[dict]) -> list[dict] | None:
     return out
 
 
+MIN_INTERVAL_N = 2       # below this many cases no interval is given (n/a): one case says nothing
+INTERVALS = ("95 % intervals: for means a bootstrap over cases, for specificity Wilson's, for "
+             "lesion sensitivity the hull of Wilson's and a bootstrap over cases (lesions resampled "
+             "with their case); none below n = 2")
+
+
 def bootstrap_ci(values, statistic=np.mean, n_boot: int = 2000, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float] | None:
     """Percentile bootstrap interval of ``statistic`` over cases (resampled with replacement;
-    scipy.stats.bootstrap, seeded). One case, or cases all alike, give the value itself."""
+    scipy.stats.bootstrap, seeded); None (n/a) below ``MIN_INTERVAL_N`` cases. Cases all alike
+    give the value itself (every resample is that value)."""
     from scipy.stats import bootstrap
     vals = np.asarray([v for v in values if v is not None], float)
-    if len(vals) == 0:
+    if len(vals) < MIN_INTERVAL_N:
         return None
-    if len(vals) == 1 or np.all(vals == vals[0]):
+    if np.all(vals == vals[0]):
         value = float(statistic(vals))
         return value, value
     result = bootstrap((vals,), statistic, n_resamples=n_boot, confidence_level=level,
                        method="percentile", random_state=np.random.default_rng(seed))
     ci = result.confidence_interval
     return float(ci.low), float(ci.high)
+
+
+def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float] | None:
+    """Wilson score interval of the proportion k/n (scipy.stats); None when n == 0. Unlike a
+    percentile bootstrap it does not collapse on 0/n or n/n (0 of 10 gives [0, 0.28])."""
+    if n == 0:
+        return None
+    from scipy.stats import binomtest
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def sensitivity_ci(pool, n_cases: int, seed: int, n_boot: int = 2000
+                   ) -> tuple[float, float] | None:
+    """Interval of lesion sensitivity: the hull of the Wilson interval over lesions (binomial
+    uncertainty, which a bootstrap misses at 0 % and 100 %) and the percentile interval resampling
+    cases (lesions of one case stay together: the clustering Wilson ignores). None below
+    ``MIN_INTERVAL_N`` lesions. ``pool``: (case index, lesion record with ``detected``) pairs."""
+    if len(pool) < MIN_INTERVAL_N:
+        return None
+    lo, hi = wilson(int(sum(les["detected"] for _, les in pool)), len(pool))
+    boot = case_bootstrap_sensitivity(pool, n_cases, seed, n_boot)
+    if boot is not None:
+        lo, hi = min(lo, boot[0]), max(hi, boot[1])
+    return lo, hi
 
 
 def case_bootstrap_sensitivity(pool, n_cases: int, seed: int, n_boot: int = 2000

@@ -14,7 +14,7 @@ import numpy as np
 from tumorforge.manifests.conventions import DISPLAY_WINDOW_HU, TUMOR, to_ras
 
 from .metric_table import METRICS, with_interval
-from .metrics import SIZE_BINS_MM
+from .metrics import INTERVALS, SIZE_BINS_MM
 
 
 def _plt():
@@ -42,7 +42,7 @@ def plot_detection(agg: dict, png: str) -> str:
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("tumor radius (mm, equivalent sphere)")
     ax.set_ylabel("detection rate (sensitivity)")
-    ax.set_title("Lesion detection by size (95% bootstrap CI)", fontsize=9)
+    ax.set_title("Lesion detection by size (95% CI)", fontsize=9)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
@@ -170,7 +170,7 @@ def write_report(out: str, summary: dict, examples: list) -> dict:
     md = [f"# Evaluation of {summary['model']}{step}", "",
           f"Checkpoint `{summary['checkpoint']}`, scans `{summary['manifest']}`.", "",
           "Inference: " + ", ".join(f"{k} {v}" for k, v in summary["inference"].items()) + ".", "",
-          "## Metrics (95% bootstrap intervals over cases)", "",
+          "## Metrics", "", f"{INTERVALS}.", "",
           _table(metrics, ["metric", "value", "n"]), "",
           "## Detection by tumor size", "",
           f"Detection rule: {rule}. Lesions are 26-connected components; size is the "

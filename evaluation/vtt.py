@@ -41,6 +41,8 @@ from tumorforge.manifests.errors import UserError
 from tumorforge.manifests.nifti import GZIP_OS_UNIX, nifti_bytes
 from tumorforge.manifests.schema import default_roots, read_manifest
 
+from .metrics import wilson
+
 ANSWERS = ("real", "synthetic", "unsure")
 TRUTHS = ("real", "synthetic")
 SHEET_COLUMNS = ("case_id", "answer", "confidence", "comment")
@@ -317,15 +319,6 @@ def comparable_pools(real_pool: list, healthy_pool: list, n_real: int, n_synthet
 
 # ---------------------------------------------------------------------------------------------
 # Scoring
-
-
-def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float] | None:
-    """Wilson score interval of the proportion k/n (scipy.stats); None when n == 0."""
-    if n == 0:
-        return None
-    from scipy.stats import binomtest
-    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
-    return float(ci.low), float(ci.high)
 
 
 def _rate(k: int, n: int) -> dict:

@@ -162,8 +162,9 @@ def test_evaluate_scores_a_known_answer(lits_manifest, tmp_path):
     assert agg["global_tumor_dice"] == pytest.approx(
         2 * tumor_voxels[0] / (2 * tumor_voxels[0] + tumor_voxels[1]))
     assert (agg["detection"]["all"]["detected"], agg["detection"]["all"]["lesions"]) == (1, 2)
+    # One healthy scan: no interval (n/a), not a collapsed [1.0, 1.0].
     assert agg["specificity"] == {"healthy_scans": 1, "true_negatives": 1, "value": 1.0,
-                                  "ci95": [1.0, 1.0]}
+                                  "ci95": None}
     assert agg["false_positive_lesions_per_scan_ci95"] == [0.0, 0.0]
     assert agg["false_positive_lesions_per_scan"] == 0.0
     # Predictions: the segmenter's labels on each scan's own grid.

@@ -46,20 +46,21 @@ def test_a_metric_added_to_the_table_reaches_every_output(monkeypatch, tiny_lits
     # Per case and pooled over the tumor cases (scan 1 predicts no tumor: undefined, left out).
     precision = {c["scan_id"]: c["tumor_precision"] for c in summary["cases"]}
     assert precision == {"lits-0": 1.0, "lits-1": None, "lits-2": None}
-    assert summary["aggregate"]["tumor_precision"] == {"mean": 1.0, "n": 1, "ci95": [1.0, 1.0]}
+    # One case: no interval (n/a), not a collapsed [1.0, 1.0].
+    assert summary["aggregate"]["tumor_precision"] == {"mean": 1.0, "n": 1, "ci95": None}
     assert json.loads((out / "summary.json").read_text())["aggregate"]["tumor_precision"]["n"] == 1
     with open(out / "cases.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0][-2:] == ["tumor_precision", "seconds"]
     assert [r[-2] for r in rows[1:]] == ["1.0", "", ""]
     report = (out / "report.md").read_text()
-    assert "| tumor precision (toy) | 1.000 [1.000, 1.000] | 1 |" in report
+    assert "| tumor precision (toy) | 1.000 | 1 |" in report
     # The experiment's comparison of arms, on arms pooled from this summary.
     arms = {"real": {"aggregate": summary["aggregate"]},
             "synthetic": {"aggregate": T.summarize(summary["cases"][1:], seed=0)}}
     head, table = X.comparison_table(arms)
     assert head[-1] == "precision"
-    assert [row[-1] for row in table] == ["1.000 [1.000, 1.000]", "n/a"]
+    assert [row[-1] for row in table] == ["1.000", "n/a"]
     (tmp_path / "experiment").mkdir()
     X._report(str(tmp_path / "experiment"), {"experiment": "toy", "arms": arms, "pairs": [],
                               "lineage": {"folds": {"0": {}}}})
@@ -84,4 +85,4 @@ def test_the_table_keeps_the_outputs_columns_in_their_order(tiny_lits, tmp_path)
                     "> 10 mm", "FP lesions / scan", "specificity (healthy scans)"]
     assert table == [["real", "0.500 [0.000, 1.000]", "0.500 [0.000, 1.000]",
                       "1.000 [1.000, 1.000]", "50 % [0 %, 100 %] (1/2)", "n/a (0/0)", "n/a (0/0)",
-                      "0.0 [0.0, 0.0]", "100 % [100 %, 100 %] (n 1)"]]
+                      "0.0 [0.0, 0.0]", "100 % (n 1)"]]

@@ -230,3 +230,22 @@ def test_froc_points_trade_false_positives_for_sensitivity():
     assert [p["sensitivity"] for p in pooled] == [1.0, 1.0, 0.0]
     assert pooled[0]["false_positive_lesions_per_scan"] == 1.0
     assert summarize_froc([{"froc": points}, {}]) is None
+
+
+def test_intervals_do_not_collapse_on_zero_counts_or_one_case():
+    """0 of 10 lesions found is not "0 % [0 %, 0 %]": Wilson's interval reaches 28 %; one case
+    gives no interval at all; the sensitivity interval is at least as wide as Wilson's and as the
+    case bootstrap's."""
+    from tumorforge.evaluation.metrics import (bootstrap_ci, case_bootstrap_sensitivity,
+                                               sensitivity_ci, wilson)
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    missed = [(i, {"detected": False}) for i in range(10)]
+    assert case_bootstrap_sensitivity(missed, 10, seed=0) == (0.0, 0.0)     # what it said before
+    assert sensitivity_ci(missed, 10, seed=0) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    clustered = [(0, {"detected": True})] * 6 + [(1, {"detected": False})] * 6
+    lo, hi = sensitivity_ci(clustered, 2, seed=0)
+    w, b = wilson(6, 12), case_bootstrap_sensitivity(clustered, 2, seed=0)
+    assert lo == min(w[0], b[0]) and hi == max(w[1], b[1]) and (lo, hi) == (0.0, 1.0)
+    assert bootstrap_ci([0.7]) is None and sensitivity_ci(missed[:1], 1, seed=0) is None
+    assert bootstrap_ci([0.5, 0.5]) == (0.5, 0.5)          # two alike cases: every resample alike
