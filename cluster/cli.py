@@ -30,7 +30,9 @@ def _spec_overrides(args) -> dict:
 def _cmd_generate(args) -> int:
     from .job import run_job
     from .spec import load_spec
+    from tumorforge.generator.options import print_warnings
     spec = load_spec(args.job, _spec_overrides(args))
+    print_warnings(spec.generator)
     if args.dry_run:
         return _dry_run(spec)
     redo = frozenset()

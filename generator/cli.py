@@ -13,11 +13,12 @@ from tumorforge.manifests.errors import UserError
 def _cmd_preview(args) -> int:
     from .backend import get_backend
     from tumorforge.manifests.schema import default_roots, read_manifest
-    from .options import config_from_args
+    from .options import config_from_args, print_warnings
     from .preview import write_preview
     from .scans import load_prepared
 
     config = config_from_args(args)
+    print_warnings(config)
     entries = read_manifest(args.manifest, default_roots(args.manifest, args.allow_root))
     backend = get_backend(args.backend)
     pool = {e.scan_id: e for e in entries if args.scan or e.role == "healthy"}
@@ -36,13 +37,14 @@ def _cmd_synthesize(args) -> int:
     import shlex
     from .backend import get_backend
     from tumorforge.manifests.schema import default_roots, read_manifest
-    from .options import config_from_args
+    from .options import config_from_args, print_warnings
     from .whole_scan import run_synthesize
 
     # A whole scan without a tumor is no use here: negatives only when asked for.
     config = config_from_args(args, negative_fraction=0.0)
     if config.profile == "real":
         raise UserError("profile 'real' paints no tumor; choose paper-train, paper or released")
+    print_warnings(config)
     entries = read_manifest(args.manifest, default_roots(args.manifest, args.allow_root))
     backend = get_backend(args.backend)
     by_id = {e.scan_id: e for e in entries}

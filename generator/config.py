@@ -158,6 +158,18 @@ class GeneratorConfig:
         return cls(organ=name, paper=paper, released=released,
                    sizes=overrides.pop("sizes", dict(organ.sizes)), **overrides)
 
+    def warnings(self) -> list[str]:
+        """What this configuration does that its user may not expect, one line each: a Gaussian
+        texture grid (eta) finer than the voxel paints per-voxel noise, a checkerboard much
+        finer-grained than any parenchyma (``stats`` reports it as the grain ratio)."""
+        spacing = float(self.target_spacing_mm[0])
+        lo, hi = self.paper.eta
+        if tumor_model(self.profile).texture == "gaussian-grid" and lo < spacing:
+            return [f"profile {self.profile}: the texture grid (eta {lo}-{hi} mm) is finer than "
+                    f"the {spacing:g} mm voxel, so the tumor texture is per-voxel noise, finer "
+                    "than the parenchyma's grain"]
+        return []
+
     def to_json(self) -> dict:
         """The configuration as JSON. ``organ`` is written only when it is not the liver, so the
         records (and dataset ids) of liver jobs are what they were before organs were data."""

@@ -4,6 +4,7 @@ synthesizes (preview, bench generator, generate, robustness, vtt)."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from tumorforge.manifests.errors import UserError, one_line
 from tumorforge.manifests.flags import add_config_flags, config_overrides, merged
@@ -73,6 +74,12 @@ def generator_overrides(args) -> dict:
         flags["size_mix"] = {k: v for k, v in mix.items() if k in SIZE_TYPES}
         flags["scenario_mix"] = {k: v for k, v in mix.items() if k in SCENARIOS}
     return merged(out, flags, sections=("paper", "released"))
+
+
+def print_warnings(config: GeneratorConfig) -> None:
+    """``config.warnings()`` on stderr, one ``warning:`` line each."""
+    for line in config.warnings():
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def config_from_args(args, **defaults) -> GeneratorConfig:

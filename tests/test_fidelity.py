@@ -312,3 +312,32 @@ def test_versus_real_ks_tells_same_from_shifted_distributions():
     mix = rows[("shifted", "mix")]
     assert mix["real_type"] == "all" and mix["tests"]["radius_mm"]["n_real"] == 32
     assert fd.compare_to_real([same], fd.size_bins()) == []            # no real input, no test
+
+
+def test_grain_ratio_tells_per_voxel_noise_from_the_parenchymas_grain():
+    """The correlation length tells fine from coarse texture at the same sd: white noise has
+    almost none, noise smoothed with sigma 2 voxels about 2.8 voxels (sqrt 2 sigma, its Gaussian
+    autocorrelation); a lesion of per-voxel noise in smoothed parenchyma has grain ratio < 0.5,
+    one of the parenchyma's own texture about 1."""
+    import scipy.ndimage as ndi
+    from tumorforge.evaluation.fidelity.lesions import component_measures, grain_mm
+    rng = np.random.default_rng(0)
+    shape, spacing = (64, 64, 64), (1.0, 1.0, 1.0)
+    white = rng.normal(0, 10, shape)
+    smooth = ndi.gaussian_filter(rng.normal(0, 10, shape), 2.0)
+    smooth *= 10 / smooth.std()
+    everywhere = np.ones(shape, bool)
+    assert grain_mm(white, everywhere, spacing) < 0.5
+    assert 2.3 < grain_mm(smooth, everywhere, spacing) < 3.3
+    assert grain_mm(smooth, everywhere, (2.0, 2.0, 2.0)) == pytest.approx(
+        2 * grain_mm(smooth, everywhere, spacing))
+    assert grain_mm(white, np.zeros(shape, bool), spacing) is None
+    label = np.full(shape, ORGAN, np.uint8)
+    ball = np.sum((np.indices(shape) - 32) ** 2, axis=0) <= 12 ** 2
+    label[ball] = TUMOR
+    fine = np.where(ball, 60 + white, 100 + smooth)
+    grainy = ndi.gaussian_filter(rng.normal(0, 10, shape), 2.0)
+    coarse = np.where(ball, 60 + grainy * 10 / grainy.std(), 100 + smooth)
+    (_, [f]), (_, [c]) = (component_measures(img, label, spacing) for img in (fine, coarse))
+    assert f["grain_ratio"] < 0.5 and 0.8 <= c["grain_ratio"] <= 1.25
+    assert f["texture_ratio"] == pytest.approx(1.0, abs=0.15)     # same sd: sd alone cannot tell

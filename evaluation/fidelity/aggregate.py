@@ -17,7 +17,8 @@ from .inputs import Measured
 INSIDE_TARGET = 0.9                   # a tumor "keeps its volume" with this share inside the liver
 SIZE_ORDER = ("tiny", "small", "medium", "large", "mix", "satellite")
 LESION_MEASURES = ("radius_mm", "contrast_hu", "hu_drop_hu", "depth_mm", "reference_depth_mm",
-                   "depth_ratio", "texture_sd_hu", "parenchyma_sd_hu", "texture_ratio")
+                   "depth_ratio", "texture_sd_hu", "parenchyma_sd_hu", "texture_ratio", "grain_mm",
+                   "parenchyma_grain_mm", "grain_ratio")
 TUMOR_MEASURES = ("inside_fraction", "vessel_voxels", "shell_r")
 KS_MEASURES = ("radius_mm", "contrast_hu", "depth_ratio", "texture_ratio")
 

@@ -18,7 +18,10 @@ Every lesion is measured the same way, on the arrays it was stored as, whether s
   depth over it;
 - texture: sd of HU inside the lesion (eroded by one voxel where that leaves voxels) over the sd
   of parenchyma (liver without tumor and vessels; the record's ``parenchyma_sd_hu`` for
-  synthetic lesions, the prepared scan's liver for real ones).
+  synthetic lesions, the prepared scan's liver for real ones);
+- grain: the correlation length of HU inside the lesion (eroded likewise) over that of the
+  parenchyma of the same image (:func:`grain_mm`): how coarse the texture is, which its sd does
+  not say (a tumor of per-voxel noise in spatially correlated parenchyma has ratio < 1).
 
 Synthetic lesions are grouped by their tumor record's ``kind`` (tiny / small / medium / large /
 satellite), except in ``mix`` samples, which form one group ``mix``; real lesions are binned by
@@ -42,6 +45,7 @@ from tumorforge.manifests.conventions import ORGAN, TUMOR
 from ..metrics import lesions
 
 RING_VOXELS = 3                       # width of the liver ring contrast is measured against
+GRAIN_MIN_PAIRS = 64                  # neighbour pairs a correlation length needs
 
 @dataclass
 class Lesion:
@@ -67,6 +71,9 @@ class Lesion:
     texture_ratio: float | None
     cut_by_crop: bool = False
     records: int = 0              # tumor records it holds (0 for real lesions; > 1: merged)
+    grain_mm: float | None = None             # correlation length of HU in the lesion
+    parenchyma_grain_mm: float | None = None  # the same over the image's parenchyma
+    grain_ratio: float | None = None
 
 
 @dataclass
@@ -89,6 +96,32 @@ class TumorRecord:
 
 
 
+def grain_mm(image: np.ndarray, mask: np.ndarray, spacing) -> float | None:
+    """Correlation length (mm) of ``image`` inside ``mask``. Along each axis a, rho_a is the
+    correlation of neighbouring voxels that are both in the mask (about the mask's mean and
+    variance); the length of a Gaussian autocorrelation that has rho_a at one voxel is
+    s_a / sqrt(-2 ln rho_a). The mean over the axes with at least ``GRAIN_MIN_PAIRS`` pairs; 0 for
+    uncorrelated noise (rho_a <= 0); None when no axis has enough pairs or the mask is flat."""
+    image = np.asarray(image, np.float64)
+    mask = np.asarray(mask, bool)
+    vals = image[mask]
+    if vals.size < 2 or vals.var() == 0:
+        return None
+    mean, var = vals.mean(), vals.var()
+    lengths = []
+    for axis, s in enumerate(spacing):
+        n = image.shape[axis]
+        a = [slice(None)] * image.ndim
+        b = [slice(None)] * image.ndim
+        a[axis], b[axis] = slice(0, n - 1), slice(1, n)
+        both = mask[tuple(a)] & mask[tuple(b)]
+        if both.sum() < GRAIN_MIN_PAIRS:
+            continue
+        rho = float(((image[tuple(a)][both] - mean) * (image[tuple(b)][both] - mean)).mean() / var)
+        lengths.append(0.0 if rho <= 0 else float(s) / math.sqrt(-2.0 * math.log(min(rho, 0.999999))))
+    return float(np.mean(lengths)) if lengths else None
+
+
 def component_measures(image: np.ndarray, label: np.ndarray, spacing, *, base=None,
                        parenchyma_sd_hu: float | None = None, vessel=None) -> tuple[np.ndarray, list[dict]]:
     """Every lesion of ``label`` (component of label == TUMOR) measured on ``image`` (HU).
@@ -98,16 +131,18 @@ def component_measures(image: np.ndarray, label: np.ndarray, spacing, *, base=No
     computed over label == ORGAN without ``vessel``). Returns the component labels and, per
     component: id, voxels, volume_mm3, radius_mm, center (the component voxel nearest its
     centroid), touches_edge, contrast_hu, hu_drop_hu, texture_sd_hu, parenchyma_sd_hu,
-    texture_ratio. Depth is the caller's (it needs the whole organ).
+    texture_ratio, grain_mm, parenchyma_grain_mm, grain_ratio. Depth is the caller's (it needs the
+    whole organ).
     """
     spacing = tuple(float(s) for s in spacing)
     image = np.asarray(image, np.float64)
     labels, found = lesions(label == TUMOR, spacing)
+    paren = label == ORGAN
+    if vessel is not None:
+        paren &= ~np.asarray(vessel, bool)
     if parenchyma_sd_hu is None:
-        paren = label == ORGAN
-        if vessel is not None:
-            paren &= ~np.asarray(vessel, bool)
         parenchyma_sd_hu = float(image[paren].std()) if paren.any() else None
+    parenchyma_grain = grain_mm(image, paren, spacing) if paren.any() else None
     boxes = ndi.find_objects(labels)
     shape = np.asarray(label.shape)
     out = []
@@ -122,7 +157,9 @@ def component_measures(image: np.ndarray, label: np.ndarray, spacing, *, base=No
         ring = (ndi.distance_transform_edt(~comp) <= RING_VOXELS) & ~comp & (label[win] == ORGAN)
         mean = float(img[comp].mean())
         interior = ndi.binary_erosion(comp)
-        sd = float(img[interior if interior.any() else comp].std())
+        inner = interior if interior.any() else comp
+        sd = float(img[inner].std())
+        grain = grain_mm(img, inner, spacing)
         idx = np.argwhere(comp)
         near = idx[np.argmin(((idx - idx.mean(0)) ** 2).sum(1))] + np.array([w.start for w in win])
         row = {**les, "center": tuple(int(v) for v in near), "touches_edge": touches,
@@ -130,7 +167,10 @@ def component_measures(image: np.ndarray, label: np.ndarray, spacing, *, base=No
                "hu_drop_hu": (float((np.asarray(base, np.float64)[win][comp] - img[comp]).mean())
                               if base is not None else None),
                "texture_sd_hu": sd, "parenchyma_sd_hu": parenchyma_sd_hu,
-               "texture_ratio": sd / parenchyma_sd_hu if parenchyma_sd_hu else None}
+               "texture_ratio": sd / parenchyma_sd_hu if parenchyma_sd_hu else None,
+               "grain_mm": grain, "parenchyma_grain_mm": parenchyma_grain,
+               "grain_ratio": (grain / parenchyma_grain if grain is not None and parenchyma_grain
+                               else None)}
         out.append(row)
     return labels, out
 
@@ -192,7 +232,9 @@ def lesion_of(source, origin, group, scan_id, sample, comp, *, depth=None, refer
         hu_drop_hu=comp["hu_drop_hu"], depth_mm=depth, reference_depth_mm=reference,
         depth_ratio=depth / reference if depth is not None and reference else None,
         texture_sd_hu=comp["texture_sd_hu"], parenchyma_sd_hu=comp["parenchyma_sd_hu"],
-        texture_ratio=comp["texture_ratio"], cut_by_crop=cut, records=records)
+        texture_ratio=comp["texture_ratio"], cut_by_crop=cut, records=records,
+        grain_mm=comp["grain_mm"], parenchyma_grain_mm=comp["parenchyma_grain_mm"],
+        grain_ratio=comp["grain_ratio"])
 
 
 def group_of(sample_kind: str, tumor_kind: str) -> str:

@@ -45,6 +45,14 @@ DEFINITIONS = {
     "parenchyma_sd_hu": "sd of parenchyma HU (liver without tumor and vessels): the record's "
                         "parenchyma_sd_hu for synthetic lesions",
     "texture_ratio": "texture_sd_hu / parenchyma_sd_hu",
+    "grain_mm": "correlation length of HU in the lesion eroded by one voxel: the mean over axes "
+                "of s / sqrt(-2 ln rho), rho the correlation of neighbouring voxels along the axis "
+                "(0 for uncorrelated noise; n/a under 64 neighbour pairs)",
+    "parenchyma_grain_mm": "the same over the image's parenchyma (liver without tumor and "
+                           "vessels)",
+    "grain_ratio": "grain_mm / parenchyma_grain_mm: tumor grain as coarse as the parenchyma's "
+                   "is 1 (target 0.8-1.25); below, the tumor is finer-grained than the organ "
+                   "around it",
     "inside_fraction": "share of the tumor's drawn shape inside the liver at its center (tumor "
                        "records; from the drawn shape on the prepared scan where a record lacks it)",
     "vessel_voxels": "vessel voxels inside the drawn shape (tumor records, idem)",
@@ -89,7 +97,7 @@ def _share(v) -> str:
 def format_table(rows: list[dict], post_rows: list[dict], versus_real: list[dict] = ()) -> str:
     """The report as text: one line per (input, origin, size type); medians [quartiles]."""
     head = ("source", "origin", "type", "lesions", "radius mm", "contrast HU", "HU drop",
-            "depth mm", "depth/ref", "tex sd ratio", "tumors", "inside", ">=90% in", "vessel hit",
+            "depth mm", "depth/ref", "tex sd ratio", "grain ratio", "tumors", "inside", ">=90% in", "vessel hit",
             "fallback")
     lines = []
     for r in rows:
@@ -103,7 +111,7 @@ def format_table(rows: list[dict], post_rows: list[dict], versus_real: list[dict
                       f"{r['lesions']}" + (f" ({r['cut_by_crop']} cut)" if r["cut_by_crop"] else ""),
                       _cell(m["radius_mm"]), _cell(m["contrast_hu"]), _cell(m["hu_drop_hu"]),
                       _cell(m["depth_mm"]), _cell(m["depth_ratio"], 2), _cell(m["texture_ratio"], 2),
-                      str(r["tumors"]) if r["tumors"] else "-",
+                      _cell(m["grain_ratio"], 2), str(r["tumors"]) if r["tumors"] else "-",
                       "n/a" if inside["n"] == 0 else f"{inside['median']:.2f}",
                       _share(r["inside_90_share"]), _share(r["vessel_hit_share"]), fallback))
     text = [_columns(head, lines)]
