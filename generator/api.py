@@ -17,7 +17,7 @@ from tumorforge.generator.config import (PAPER_PROFILES, PAPER_SIZES, SYNTHETIC_
 from tumorforge.generator.location import drawn_shape_counts, region_counts
 from tumorforge.generator.options import add_generator_options, generator_overrides, parse_mix
 from tumorforge.generator.params import PaperTumor, SampleParams
-from tumorforge.generator.prepare import PreparedScan, PrepareError, Regrid
+from tumorforge.generator.prepare import PreparedScan, PrepareError, Regrid, organ_depth
 from tumorforge.generator.sample import sample_params, sample_seed
 from tumorforge.generator.scans import load_prepared, read_scan
 from tumorforge.generator.synthesize import synthesize
@@ -34,7 +34,7 @@ __all__ = [
     # the records a sample is described by
     "SampleParams", "PaperTumor",
     # prepared scans
-    "PreparedScan", "Regrid", "load_prepared", "read_scan",
+    "PreparedScan", "Regrid", "organ_depth", "load_prepared", "read_scan",
     # what the location rules count
     "region_counts", "drawn_shape_counts",
     # a ``tumorforge synthesize`` run read back

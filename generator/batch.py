@@ -29,7 +29,7 @@ from .tumor_models import tumor_model
 CROP_DTYPE = np.dtype([
     ("scan", np.int64), ("origin", np.int64, 3), ("crop_size", np.int64, 3),
     ("first_tumor", np.int64), ("tumors", np.int64),
-    ("released", np.bool_), ("mask_blur_mm", np.float64), ("texture_sigma_mm", np.float64),
+    ("mask_blur_mm", np.float64), ("texture_sigma_mm", np.float64),
     ("texture_prob", np.float64, 2), ("texture_blur_mm", np.float64),
     ("texture_mean", np.float64), ("texture_seed", np.uint64), ("delta_hu", np.float64),
 ])
@@ -98,7 +98,6 @@ def pack(params: Sequence[SampleParams], scan_ids: Sequence[str]) -> Packed:
         crops.first_tumor[b], crops.tumors[b] = first, len(p.tumors)
         models.append(tumor_model(p.profile, f"params of scan {p.scan_id}"))
         if models[-1].family == "released":
-            crops.released[b] = True
             if p.released is not None:
                 for name in _RELEASED_SAMPLE:
                     crops[name][b] = getattr(p.released, name)

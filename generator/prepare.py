@@ -75,6 +75,26 @@ class PreparedScan:
         return self._device[backend.name]
 
 
+def organ_depth(organ: np.ndarray, spacing) -> np.ndarray:
+    """Depth (mm) of every organ voxel: Euclidean distance to the nearest voxel outside the organ
+    (the array's outside counts as outside), float32, 0 outside. The transform runs on the organ's
+    box plus one background layer: an organ voxel's nearest background voxel is never farther than
+    that layer (clamping a background voxel outside onto it shortens every axis's offset), so the
+    depths are those over the whole array, for a fraction of the work."""
+    organ = np.asarray(organ, bool)
+    out = np.zeros(organ.shape, np.float32)
+    if not organ.any():
+        return out
+    box = []
+    for axis in range(organ.ndim):
+        hit = np.flatnonzero(organ.any(axis=tuple(a for a in range(organ.ndim) if a != axis)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    box = tuple(box)
+    d = ndi.distance_transform_edt(np.pad(organ[box], 1), sampling=tuple(float(s) for s in spacing))
+    out[box] = d[(slice(1, -1),) * organ.ndim]
+    return out
+
+
 @dataclass(frozen=True)
 class Regrid:
     """A RAS volume's grid at a target spacing: output voxel o of the window starting at ``lo``
@@ -167,18 +187,8 @@ def prepare_scan(scan_id: str, image: np.ndarray, label: np.ndarray, affine: np.
                            f"at {tuple(target)} mm; expected a liver")
     # Depth of every liver voxel below the organ's surface (mm): location draws centers deep enough
     # for the tumor to fit. Sorted deepest first, so "at least d mm deep" is a prefix.
-    # The transform runs on the organ's box plus one background voxel on each side: an organ
-    # voxel's nearest background voxel is never farther than that layer (clamping any background
-    # voxel outside to the layer shortens every axis's offset), so the depths are the same as over
-    # the whole region, for a fraction of the work.
-    idx = np.argwhere(organ_r)
-    lo_o, hi_o = idx.min(0), idx.max(0) + 1
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo_o, hi_o))
-    depth = np.zeros(organ_r.shape, np.float64)
-    depth[box] = ndi.distance_transform_edt(np.pad(organ_r[box], 1),
-                                            sampling=target)[1:-1, 1:-1, 1:-1]
     flat = np.flatnonzero(organ_r)
-    d = depth.ravel()[flat].astype(np.float32)
+    d = organ_depth(organ_r, target).ravel()[flat]
     order = np.argsort(-d, kind="stable")
     return PreparedScan(
         scan_id=scan_id, image=np.clip(np.rint(img), -32768, 32767).astype(np.int16),

@@ -271,8 +271,9 @@ def start_batch(scans: Sequence[PreparedScan], packed: Packed, backend: Backend,
         s = float(scan.spacing_mm[0])
         crop_lo = np.asarray(r.origin) - np.asarray(scan.origin_vox)
         crop_hi = crop_lo + size
-        make = _released_crop if r.released else _paper_crop
-        args = (r,) if r.released else (packed.models[b],)
+        released = packed.models[b].family == "released"
+        make = _released_crop if released else _paper_crop
+        args = (r,) if released else (packed.models[b],)
         image, label, sl = make(backend, scan, *args, packed.tumors_of(b), s, crop_lo, crop_hi,
                                 timer)
         images[b] = ras_to_zyx(xp.clip(xp.rint(image[sl]), HU_MIN, HU_MAX).astype(xp.int16))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import tiny_scan
-from tumorforge.cluster.front_door import main
+
 from tumorforge.evaluation.evaluate import evaluate
 from tumorforge.evaluation.infer import postprocess, segment
 from tumorforge.manifests.conventions import ORGAN, TUMOR

@@ -254,7 +254,6 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
                              "the same sources, batch size, workers and world size")
         log(f"resumed from step {step} ({batches} batches consumed)")
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    hu = preprocessing.window_hu
     # Lineage: the checkpoint's config names each source's dataset id and size, as found when it
     # was opened (a dataset can grow under its id).
     saved_config = cfg.to_json()
@@ -309,12 +308,14 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
                 # All corrupt on this rank: a forward of its zero placeholder and a zero loss
                 # that still reaches every parameter, so this rank adds nothing but joins.
                 with sync:
-                    image = window(batch["image"][:1].to(device, non_blocking=True), hu)
+                    image = window(batch["image"][:1].to(device, non_blocking=True),
+                                   preprocessing.window_hu)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                         logits = net(image)
                     (logits.float().sum() * 0.0).backward()
                 continue
-            image = window(batch["image"][keep].to(device, non_blocking=True), hu)
+            image = window(batch["image"][keep].to(device, non_blocking=True),
+                           preprocessing.window_hu)
             label = batch["label"][keep].to(device, non_blocking=True).long()
             image, label = augment(image, label, cfg.seed, step * cfg.accumulate + micro)
             with sync:

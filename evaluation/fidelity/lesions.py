@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.ndimage as ndi
 
-from tumorforge.generator.api import PAPER_SIZES
+from tumorforge.generator.api import PAPER_SIZES, organ_depth
 from tumorforge.manifests.conventions import ORGAN, TUMOR
 
 from ..metrics import lesions
@@ -173,20 +173,6 @@ def component_measures(image: np.ndarray, label: np.ndarray, spacing, *, base=No
                                else None)}
         out.append(row)
     return labels, out
-
-
-def organ_depth(organ: np.ndarray, spacing) -> np.ndarray:
-    """Depth (mm) of every organ voxel: Euclidean distance to the nearest voxel outside the organ
-    (the array's outside counts as outside), float32, 0 outside. Computed in the organ's box."""
-    organ = np.asarray(organ, bool)
-    out = np.zeros(organ.shape, np.float32)
-    if not organ.any():
-        return out
-    idx = np.argwhere(organ)
-    box = tuple(slice(int(a), int(b) + 1) for a, b in zip(idx.min(0), idx.max(0)))
-    d = ndi.distance_transform_edt(np.pad(organ[box], 1), sampling=tuple(float(s) for s in spacing))
-    out[box] = d[1:-1, 1:-1, 1:-1]
-    return out
 
 
 def measure_scan(image: np.ndarray, label: np.ndarray, spacing, *, base=None,
