@@ -74,7 +74,8 @@ DIMENSIONS = ("shape", "size", "texture", "intensity", "location")
 # (None: open side; location's range is the scan's own liver depth range).
 PARAMETER = {"shape": "sigma_e_mm", "size": "radius_mm", "texture": "eta", "intensity": "mu_t",
              "location": "depth"}
-UNIT = {"shape": "mm", "size": "mm", "texture": "upscaling factor (noise grid spacing, mm)",
+UNIT = {"shape": "mm", "size": "mm",
+        "texture": "upscaling factor (noise grid spacing, mm; the mean over axes for per-axis grids)",
         "intensity": "HU", "location": "mm"}
 CLIP = {"shape": (0.0, None), "size": (1.5, None), "texture": (1.0, None),
         "intensity": (-100.0, 300.0)}
@@ -178,7 +179,8 @@ def single_lesion_config(config: GeneratorConfig) -> GeneratorConfig:
 
 
 def _dimension_values(t: PaperTumor, depth: LiverDepth) -> dict[str, float]:
-    return {"shape": t.sigma_e_mm, "size": t.radius_mm, "texture": t.eta, "intensity": t.mu_t,
+    return {"shape": t.sigma_e_mm, "size": t.radius_mm, "texture": float(np.mean(t.eta)),
+            "intensity": t.mu_t,
             "location": depth.at(t.center)}
 
 
@@ -245,8 +247,18 @@ def shift(base: SampleParams, dimension: str, target: float, depth: LiverDepth,
                                 inside_fraction=round(float(inside), 4),
                                 vessel_voxels=int(vessels))
     else:
-        t = dataclasses.replace(t, **{PARAMETER[dimension]: value})
+        t = dataclasses.replace(t, **{PARAMETER[dimension]: _scaled_like(
+            getattr(t, PARAMETER[dimension]), value)})
     return _centered(base, t), value
+
+
+def _scaled_like(old, value: float):
+    """``value`` in the shape of the field it replaces: a per-axis grid (``paper-grain``'s eta) is
+    scaled so that its mean is ``value`` and its anisotropy stays."""
+    if isinstance(old, tuple):
+        mean = float(np.mean(old))
+        return tuple(round(float(v) * value / mean, 4) for v in old) if mean > 0 else (value,) * 3
+    return value
 
 
 def _tie_rng(seed: int, index: int, k: int) -> np.random.Generator:

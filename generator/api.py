@@ -14,6 +14,7 @@ from tumorforge.generator import GENERATOR_VERSION
 from tumorforge.generator.backend import BACKENDS, DEFAULT_BACKEND, BackendError, get_backend
 from tumorforge.generator.config import (PAPER_PROFILES, PAPER_SIZES, SYNTHETIC_PROFILES,
                                          GeneratorConfig)
+from tumorforge.generator.grain import grain_mm, interior
 from tumorforge.generator.location import drawn_shape_counts, region_counts
 from tumorforge.generator.options import add_generator_options, generator_overrides, parse_mix
 from tumorforge.generator.params import PaperTumor, SampleParams
@@ -35,6 +36,8 @@ __all__ = [
     "SampleParams", "PaperTumor",
     # prepared scans
     "PreparedScan", "Regrid", "organ_depth", "load_prepared", "read_scan",
+    # how grainy a region is (the scan-matched texture's measure)
+    "grain_mm", "interior",
     # what the location rules count
     "region_counts", "drawn_shape_counts",
     # a ``tumorforge synthesize`` run read back

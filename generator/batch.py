@@ -6,7 +6,8 @@
   full resampled scan) and ``crop_size``, its rows in the tumor table (``first_tumor``, ``tumors``), and
   the ``released`` profile's per-sample draws (one blur, one texture, one delta);
 - ``tumors``, one row per tumor: its crop, ``paper`` flag (``PaperTumor`` or ``ReleasedTumor``),
-  center, half-axes, deformation sd and seed, mask blur, texture mean / sd / grid / blur / seed,
+  center, half-axes, deformation sd and seed, mask blur, texture mean / sd / grid (per axis: a
+  record's one eta fills all three) / blur / seed,
   mass effect and capsule flags with their parameters.
 
 Rows are NumPy records (``numpy.recarray``), so a row reads like its record (``row.sigma_e_mm``).
@@ -38,7 +39,7 @@ TUMOR_DTYPE = np.dtype([
     ("crop", np.int64), ("paper", np.bool_), ("center", np.int64, 3),
     ("half_axes_mm", np.float64, 3), ("sigma_e_mm", np.float64), ("deform_seed", np.uint64),
     ("sigma_c_mm", np.float64), ("mu_t", np.float64), ("sigma_p", np.float64),
-    ("eta", np.float64), ("sigma_b_mm", np.float64), ("texture_seed", np.uint64),
+    ("eta", np.float64, 3), ("sigma_b_mm", np.float64), ("texture_seed", np.uint64),
     ("mass_effect", np.bool_), ("gamma_max_mm", np.float64), ("intensity", np.float64),
     ("capsule", np.bool_), ("capsule_band", np.float64, 2), ("sigma_d_mm", np.float64),
     ("capsule_hu", np.float64),

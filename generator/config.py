@@ -55,6 +55,9 @@ class PaperParams:
     mu_t_low_hu: float = _LIVER.tumor_prior.low_hu
     mu_t_below_parenchyma_hu: float = _LIVER.tumor_prior.below_parenchyma_hu
     eta: tuple[float, float] = (1.1, 1.5)     # texture upscaling factor: noise grid spacing eta mm
+    # Scan-matched texture (texture "scan-grain-grid"): the tumor's correlation length along each
+    # axis is the parenchyma's times a factor ~ U(grain_scale), eta chosen per axis to make it.
+    grain_scale: tuple[float, float] = (0.8, 1.25)
     sigma_b_mm: float = 0.6                   # texture blur
     sigma_c_mm: tuple[float, float] = (0.6, 1.2)   # shape (mask) blur
     axis_scale: tuple[float, float] = (0.75, 1.25)   # half-axes ~ U(0.75 r, 1.25 r)
@@ -171,11 +174,19 @@ class GeneratorConfig:
         return []
 
     def to_json(self) -> dict:
-        """The configuration as JSON. ``organ`` is written only when it is not the liver, so the
-        records (and dataset ids) of liver jobs are what they were before organs were data."""
+        """The configuration as JSON. Fields added after dataset ids were first published
+        (:data:`ADDED_FIELDS`: ``organ``, ``paper.grain_scale``) are written only when they differ
+        from their defaults, so the records (and dataset ids) of jobs that do not use them are
+        what they were before those fields existed; a reader takes the default when one is
+        absent."""
         out = _jsonable(dataclasses.asdict(self))
-        if out["organ"] == DEFAULT_ORGAN:
-            del out["organ"]
+        for path in ADDED_FIELDS:
+            *parents, name = path
+            where, default = out, _DEFAULT_JSON
+            for key in parents:
+                where, default = where[key], default[key]
+            if where[name] == default[name]:
+                del where[name]
         return out
 
     @classmethod
@@ -197,6 +208,12 @@ class GeneratorConfig:
         return from_fields(cls, data, where)
 
 
+# Fields added to the configuration since 0.7.0, as paths into its JSON: left out of ``to_json``
+# at their defaults (see GeneratorConfig.to_json).
+ADDED_FIELDS = (("organ",), ("paper", "grain_scale"))
+_DEFAULT_JSON: dict = {}     # the default configuration's JSON (set below)
+
+
 def _count_table(table: dict, where: str) -> dict:
     """A size type -> (lo, hi) count table with each pair checked."""
     return {str(k): typed_value(v, tuple[int, int], f"{where}: {k}") for k, v in table.items()}
@@ -208,3 +225,6 @@ def _jsonable(x):
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]
     return x
+
+
+_DEFAULT_JSON = _jsonable(dataclasses.asdict(GeneratorConfig()))

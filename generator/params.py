@@ -29,7 +29,8 @@ class PaperTumor:
     sigma_c_mm: float                          # mask blur
     mu_t: float                                # texture mean HU ~ U(30, mu_p - 10)
     sigma_p: float                             # texture sd HU = parenchyma sd
-    eta: float                                 # texture upscaling: noise grid spacing eta mm
+    eta: float | tuple[float, float, float]    # texture noise grid spacing (mm): one, or per
+                                               # axis (scan-matched grain)
     sigma_b_mm: float                          # texture blur
     texture_seed: int                          # Philox key of the Gaussian texture
     location_tries: int                        # candidate centers drawn
@@ -44,6 +45,16 @@ class PaperTumor:
     capsule_band: tuple[float, float]          # (lb, ub) of eq. 6
     sigma_d_mm: float                          # eq. 7 blur
     capsule_hu: float                          # d of eq. 8
+
+    def __post_init__(self):
+        eta = self.eta
+        if isinstance(eta, (list, tuple)):
+            if len(eta) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                        for v in eta):
+                raise RecordError(f"eta: expected a number or three numbers, found {eta!r}")
+            object.__setattr__(self, "eta", tuple(float(v) for v in eta))
+        elif not isinstance(eta, (int, float)) or isinstance(eta, bool):
+            raise RecordError(f"eta: expected a number or three numbers, found {eta!r}")
 
 
 @dataclass(frozen=True)

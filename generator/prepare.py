@@ -14,6 +14,7 @@ import scipy.ndimage as ndi
 from tumorforge.manifests.conventions import BACKGROUND, ORGAN, TUMOR, to_ras
 
 from .config import GeneratorConfig
+from .grain import axis_grain_mm, interior
 from tumorforge.manifests.errors import UserError
 
 PAD_HU = -1024          # what lies outside the scan (air)
@@ -52,6 +53,16 @@ class PreparedScan:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.image.shape)
+
+    @property
+    def parenchyma_grain_mm(self) -> tuple[float | None, float | None, float | None]:
+        """Correlation length (mm) of the parenchyma's HU (organ without vessels and tumors) along
+        i, j, k on its interior (``grain.axis_grain_mm``, ``grain.interior``): what a scan-matched texture is shaped to. Measured on
+        first use from the arrays above (so cached scans need no new field) and kept."""
+        if "grain" not in self._cache:
+            paren = interior(self.organ & ~self.vessel & ~self.tumor)
+            self._cache["grain"] = axis_grain_mm(self.image, paren, self.spacing_mm)
+        return self._cache["grain"]
 
     def stats(self) -> dict:
         # "liver_mean_hu": the key provenance and reports have always read (a liver scan's value).

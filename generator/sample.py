@@ -17,7 +17,8 @@ from .config import SIZE_TYPES, GeneratorConfig, SizePreset
 from .location import organ_voxel, paper_locations, released_location
 from .params import PaperTumor, ReleasedSample, ReleasedTumor, SampleParams
 from .prepare import PreparedScan
-from .tumor_models import tumor_model
+from .grain import grid_for_scan
+from .tumor_models import SCAN_GRAIN, tumor_model
 
 PRESETS = ("tiny", "small", "medium", "large")
 
@@ -199,9 +200,15 @@ def _paper_tumors(rng, scan, config, counts: list[tuple[str, int]], near
     sigma_c = _rounded(rng.uniform(*p.sigma_c_mm, n))
     mu_hi = max(p.mu_t_low_hu, scan.parenchyma_mean_hu - p.mu_t_below_parenchyma_hu)
     mu_t = _rounded(rng.uniform(p.mu_t_low_hu, mu_hi, n))
-    eta = _rounded(rng.uniform(*p.eta, n))
+    model = tumor_model(config.profile)     # its texture, location rule and post-processing
+    if model.texture == SCAN_GRAIN:         # per axis, from the scan's parenchyma grain
+        factor = rng.uniform(*p.grain_scale, n)
+        fallback = (p.eta[0] + p.eta[1]) / 2
+        eta = [grid_for_scan(scan.parenchyma_grain_mm, f, scan.spacing_mm[0], p.sigma_b_mm,
+                             fallback) for f in factor.tolist()]
+    else:
+        eta = _rounded(rng.uniform(*p.eta, n))
     seeds = rng.integers(0, 2 ** 63, (n, 2)).tolist()
-    model = tumor_model(config.profile)     # its location rule and post-processing effects
     spots = paper_locations(rng, scan, config, r, half_axes, avoid_vessels=model.avoids_vessels,
                             near=near, sigma_e_mm=np.asarray(sigma_e))
     big = r >= config.post_min_radius_mm

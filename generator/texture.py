@@ -4,7 +4,8 @@ A texture is computed on a box of the prepared scan (array axes ``(i, j, k)`` = 
 of edge ``s`` mm); its Philox noise grid is anchored at the box corner, so the same record gives the
 same texture on every run, and the same integer noise on every backend.
 
-- ``paper``: Gaussian noise on a grid ``eta`` mm apart, upscaled by cubic interpolation and blurred
+- ``paper``: Gaussian noise on a grid ``eta`` mm apart (per axis for the scan-matched texture,
+  whose spacings ``grain.grid_for_grain`` picks from the scan's parenchyma), upscaled by cubic interpolation and blurred
   with sigma_b, on the tumor box (``shape.tumor_halves``). Upscaling and blur remove most of the
   noise's variance (left alone, the texture's sd is 0.36-0.49 of sigma_p), while Section 3.1 wants
   the parenchyma's sd sigma_p and graininess close to it; so each voxel is scaled to unit variance
@@ -43,6 +44,20 @@ def axis_operator(n: int, c: int, sigma_vox: float) -> tuple[np.ndarray, np.ndar
     if got is not None:
         _OPERATORS.move_to_end(key)
         return got
+    op = build_operator(n, c, sigma_vox)
+    nz = op != 0
+    first = np.argmax(nz, axis=1)
+    last = c - np.argmax(nz[:, ::-1], axis=1)
+    op.flags.writeable = False
+    got = (op, first, last)
+    _OPERATORS[key] = got
+    while len(_OPERATORS) > OPERATOR_CACHE:
+        _OPERATORS.popitem(last=False)
+    return got
+
+
+def build_operator(n: int, c: int, sigma_vox: float) -> np.ndarray:
+    """:func:`axis_operator`'s matrix, built afresh (not kept)."""
     coeff = ndi.spline_filter1d(np.eye(c), order=3, axis=0, mode="mirror")      # (c, c)
     x = np.arange(n, dtype=np.float64) * ((c - 1) / (n - 1) if n > 1 else 0.0)
     base = np.floor(x)
@@ -61,15 +76,7 @@ def axis_operator(n: int, c: int, sigma_vox: float) -> tuple[np.ndarray, np.ndar
     # of ~2 x 17 noise points and a part of the box needs only the noise under its rows.
     op[np.abs(op) < BAND * np.abs(op).max(axis=1, keepdims=True)] = 0.0
     op /= np.maximum(np.sqrt((op ** 2).sum(axis=1, keepdims=True)), 1e-12)
-    nz = op != 0
-    first = np.argmax(nz, axis=1)
-    last = c - np.argmax(nz[:, ::-1], axis=1)
-    op.flags.writeable = False
-    got = (op, first, last)
-    _OPERATORS[key] = got
-    while len(_OPERATORS) > OPERATOR_CACHE:
-        _OPERATORS.popitem(last=False)
-    return got
+    return op
 
 
 BAND = 1e-9
@@ -79,17 +86,19 @@ _OPERATORS: OrderedDict = OrderedDict()
 
 def paper_texture(backend: Backend, t, box_shape, s: float, lo=None, hi=None):
     """Gaussian texture of tumor row ``t`` on its box of ``box_shape`` voxels, or on the part
-    ``[lo, hi)`` of it (float32 HU): noise on a grid ``eta`` mm apart anchored at the box corner,
+    ``[lo, hi)`` of it (float32 HU): noise on a grid ``eta`` mm apart (one spacing, or one per
+    axis: the scan-matched texture's) anchored at the box corner,
     cubic interpolation and blur sigma_b (one :func:`axis_operator` per axis, the part's rows of
     it, applied as three matrix products in float64), then ``mu_t + sigma_p x`` that unit-variance
     field. The standardization is analytic (every voxel has variance sigma_p^2 over noise draws),
     so it needs no statistics of the data and the box's shape alone fixes the work."""
     xp = backend.xp
-    step = max(float(t.eta) / s, 1.0)                # noise grid spacing in voxels
+    eta = np.broadcast_to(np.asarray(t.eta, np.float64), (3,))
+    steps = [max(float(e) / s, 1.0) for e in eta]    # noise grid spacing in voxels, per axis
     box = tuple(int(n) for n in box_shape)
     lo = (0, 0, 0) if lo is None else tuple(int(v) for v in lo)
     hi = box if hi is None else tuple(int(v) for v in hi)
-    coarse = tuple(max(2, int(math.ceil(n / step))) for n in box)
+    coarse = tuple(max(2, int(math.ceil(n / step))) for n, step in zip(box, steps))
     sigma = float(t.sigma_b_mm) / s
     ops, z_lo, z_hi = [], [], []
     for n, c, a, b in zip(box, coarse, lo, hi):

@@ -23,7 +23,8 @@ started in), audit and the MONAI transform.
 
 The built-in compositions are the paper's (``../shared/seeds/003``): ``paper-train`` (the training
 recipe: random organ location, deformed ellipsoid, Gaussian texture on an eta-mm grid, no
-post-processing), ``paper`` (Section 3.1 in full: vessel-avoiding location, mass effect and
+post-processing), ``paper-grain`` (``paper-train`` with the texture's grain matched to each
+scan's parenchyma, Section 3.1's "graininess" measured rather than fixed), ``paper`` (Section 3.1 in full: vessel-avoiding location, mass effect and
 capsule for large tumors) and ``released`` (the authors' released training code); ``real`` is no
 synthesis at all.
 """
@@ -81,10 +82,17 @@ class TumorModel:
 
 TextureStep = Callable[..., object]
 
-TEXTURES: MutableMapping[str, TextureStep] = {"gaussian-grid": paper_texture}
+# "scan-grain-grid" is the Gaussian grid with one spacing per axis, each drawn from the scan's
+# parenchyma grain (``grain.grid_for_scan``) instead of the paper's fixed eta range.
+SCAN_GRAIN = "scan-grain-grid"
+TEXTURES: MutableMapping[str, TextureStep] = {"gaussian-grid": paper_texture,
+                                              SCAN_GRAIN: paper_texture}
+FUSED_TEXTURES = ("gaussian-grid", SCAN_GRAIN)      # what the compiled kernels compute
 
 TUMOR_MODELS: MutableMapping[str, TumorModel] = {m.name: m for m in (
     TumorModel("paper-train", "paper", "organ-random", "deformed-ellipsoid", "gaussian-grid", (),
+               "tumor-centred", fused=True, builtin=True),
+    TumorModel("paper-grain", "paper", "organ-random", "deformed-ellipsoid", SCAN_GRAIN, (),
                "tumor-centred", fused=True, builtin=True),
     TumorModel("paper", "paper", "vessel-avoiding", "deformed-ellipsoid", "gaussian-grid",
                EFFECTS, "tumor-centred", fused=True, builtin=True),
@@ -146,8 +154,9 @@ def register(model: TumorModel, texture: TextureStep | None = None) -> TumorMode
         not set(model.effects) <= set(EFFECTS))
     problems += [f"texture {model.texture!r} has no step in TEXTURES"] * (
         model.family == "paper" and model.texture not in TEXTURES)
-    problems += ["the kernels fuse only paper-family models with the texture 'gaussian-grid'"] * (
-        model.fused and (model.texture != "gaussian-grid" or model.family != "paper"))
+    problems += [f"the kernels fuse only paper-family models with a texture of {FUSED_TEXTURES}"
+                 ] * (model.fused and (model.texture not in FUSED_TEXTURES
+                                       or model.family != "paper"))
     if problems:
         raise TumorModelError(f"tumor model {model.name!r}: " + "; ".join(problems))
     TUMOR_MODELS[model.name] = model

@@ -16,6 +16,25 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
+def _private_temp_per_worker() -> None:
+    """Under pytest-xdist (``make test`` runs two workers) each worker gets its own temporary
+    folder, so the Ray clusters that tests start side by side keep their sessions apart: Ray's
+    default folder (``$TMPDIR/ray``, with its ``session_latest`` link) and the embedded cluster's
+    (``$TMPDIR/tumorforge-<uid>``) would otherwise be shared, and one worker's cluster would read
+    the other's session. Short paths: Ray's Unix socket paths must stay under 107 bytes."""
+    import tempfile
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    base = os.path.join("/tmp", f"tf-{os.getuid()}-{worker}")
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    os.environ["TMPDIR"] = base
+    tempfile.tempdir = None                  # gettempdir() reads TMPDIR again
+
+
+_private_temp_per_worker()
+
+
 def user_error(capsys, argv: list[str]) -> str:
     """Run ``tumorforge ARGV`` in this process expecting a user error: the front door returns
     exit code 2 and its last line of stderr is the message (earlier lines are progress), with no

@@ -48,6 +48,7 @@ def _packed(scan, profile, n, crop=48, start=0, **kw):
 @pytest.mark.parametrize("profile,mix", [
     ("paper-train", {"small": 0.4, "medium": 0.3, "mix": 0.3}),
     ("paper", {"small": 0.3, "large": 0.4, "mix": 0.3}),        # mass effect and capsule
+    ("paper-grain", {"small": 0.5, "medium": 0.5}),             # one noise grid per axis
 ])
 def test_kernels_paint_what_the_array_path_paints(scan, profile, mix):
     params, packed = _packed(scan, profile, 4, size_mix=mix)

@@ -20,8 +20,9 @@ Every lesion is measured the same way, on the arrays it was stored as, whether s
   of parenchyma (liver without tumor and vessels; the record's ``parenchyma_sd_hu`` for
   synthetic lesions, the prepared scan's liver for real ones);
 - grain: the correlation length of HU inside the lesion (eroded likewise) over that of the
-  parenchyma of the same image (:func:`grain_mm`): how coarse the texture is, which its sd does
-  not say (a tumor of per-voxel noise in spatially correlated parenchyma has ratio < 1).
+  parenchyma's interior in the same image (``generator.grain``, the definition the scan-matched
+  texture is shaped with): how coarse the texture is, which its sd does not say (a tumor of
+  per-voxel noise in spatially correlated parenchyma has ratio < 1).
 
 Synthetic lesions are grouped by their tumor record's ``kind`` (tiny / small / medium / large /
 satellite), except in ``mix`` samples, which form one group ``mix``; real lesions are binned by
@@ -39,13 +40,12 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.ndimage as ndi
 
-from tumorforge.generator.api import PAPER_SIZES, organ_depth
+from tumorforge.generator.api import PAPER_SIZES, grain_mm, interior, organ_depth
 from tumorforge.manifests.conventions import ORGAN, TUMOR
 
 from ..metrics import lesions
 
 RING_VOXELS = 3                       # width of the liver ring contrast is measured against
-GRAIN_MIN_PAIRS = 64                  # neighbour pairs a correlation length needs
 
 @dataclass
 class Lesion:
@@ -96,32 +96,6 @@ class TumorRecord:
 
 
 
-def grain_mm(image: np.ndarray, mask: np.ndarray, spacing) -> float | None:
-    """Correlation length (mm) of ``image`` inside ``mask``. Along each axis a, rho_a is the
-    correlation of neighbouring voxels that are both in the mask (about the mask's mean and
-    variance); the length of a Gaussian autocorrelation that has rho_a at one voxel is
-    s_a / sqrt(-2 ln rho_a). The mean over the axes with at least ``GRAIN_MIN_PAIRS`` pairs; 0 for
-    uncorrelated noise (rho_a <= 0); None when no axis has enough pairs or the mask is flat."""
-    image = np.asarray(image, np.float64)
-    mask = np.asarray(mask, bool)
-    vals = image[mask]
-    if vals.size < 2 or vals.var() == 0:
-        return None
-    mean, var = vals.mean(), vals.var()
-    lengths = []
-    for axis, s in enumerate(spacing):
-        n = image.shape[axis]
-        a = [slice(None)] * image.ndim
-        b = [slice(None)] * image.ndim
-        a[axis], b[axis] = slice(0, n - 1), slice(1, n)
-        both = mask[tuple(a)] & mask[tuple(b)]
-        if both.sum() < GRAIN_MIN_PAIRS:
-            continue
-        rho = float(((image[tuple(a)][both] - mean) * (image[tuple(b)][both] - mean)).mean() / var)
-        lengths.append(0.0 if rho <= 0 else float(s) / math.sqrt(-2.0 * math.log(min(rho, 0.999999))))
-    return float(np.mean(lengths)) if lengths else None
-
-
 def component_measures(image: np.ndarray, label: np.ndarray, spacing, *, base=None,
                        parenchyma_sd_hu: float | None = None, vessel=None) -> tuple[np.ndarray, list[dict]]:
     """Every lesion of ``label`` (component of label == TUMOR) measured on ``image`` (HU).
@@ -142,7 +116,7 @@ def component_measures(image: np.ndarray, label: np.ndarray, spacing, *, base=No
         paren &= ~np.asarray(vessel, bool)
     if parenchyma_sd_hu is None:
         parenchyma_sd_hu = float(image[paren].std()) if paren.any() else None
-    parenchyma_grain = grain_mm(image, paren, spacing) if paren.any() else None
+    parenchyma_grain = grain_mm(image, interior(paren), spacing) if paren.any() else None
     boxes = ndi.find_objects(labels)
     shape = np.asarray(label.shape)
     out = []
@@ -156,8 +130,7 @@ def component_measures(image: np.ndarray, label: np.ndarray, spacing, *, base=No
         img = image[win]
         ring = (ndi.distance_transform_edt(~comp) <= RING_VOXELS) & ~comp & (label[win] == ORGAN)
         mean = float(img[comp].mean())
-        interior = ndi.binary_erosion(comp)
-        inner = interior if interior.any() else comp
+        inner = interior(comp, 1)
         sd = float(img[inner].std())
         grain = grain_mm(img, inner, spacing)
         idx = np.argwhere(comp)

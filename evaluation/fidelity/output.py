@@ -46,10 +46,11 @@ DEFINITIONS = {
                         "parenchyma_sd_hu for synthetic lesions",
     "texture_ratio": "texture_sd_hu / parenchyma_sd_hu",
     "grain_mm": "correlation length of HU in the lesion eroded by one voxel: the mean over axes "
-                "of s / sqrt(-2 ln rho), rho the correlation of neighbouring voxels along the axis "
-                "(0 for uncorrelated noise; n/a under 64 neighbour pairs)",
+                "of s / sqrt(-2 ln rho), rho the correlation of neighbouring voxels along the axis, "
+                "each about the mean of its 20 mm block (0 for uncorrelated noise; n/a under 64 "
+                "neighbour pairs)",
     "parenchyma_grain_mm": "the same over the image's parenchyma (liver without tumor and "
-                           "vessels)",
+                           "vessels, two voxels off their edges)",
     "grain_ratio": "grain_mm / parenchyma_grain_mm: tumor grain as coarse as the parenchyma's "
                    "is 1 (target 0.8-1.25); below, the tumor is finer-grained than the organ "
                    "around it",

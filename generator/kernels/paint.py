@@ -270,9 +270,10 @@ def plan(scans, packed, crops) -> PaintPlan:
     cap_weights = [gaussian_weights(float(a), int(b)) if f else np.zeros(0)
                    for a, b, f in zip(sigma_d, cap_radius, cap)]
     # texture: the operators' rows for R (OPERATORS) and the noise block they read
-    step = np.maximum(np.asarray(rows.eta, float) / s, 1.0)
+    eta = np.asarray(rows.eta, float)                            # per axis (T, 3), or (T,)
+    step = np.maximum((eta if eta.ndim == 2 else eta[:, None]) / s[:, None], 1.0)
     box = 2 * hb + 1
-    coarse = np.maximum(2, np.ceil(box / step[:, None]).astype(np.int64))
+    coarse = np.maximum(2, np.ceil(box / step).astype(np.int64))
     sigma_b = np.asarray(rows.sigma_b_mm, float) / s
     a_lo, a_hi = r_lo - box_lo, r_hi - box_lo
     if OPERATORS.values * 8 > OPERATORS.CAP_BYTES:
