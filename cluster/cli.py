@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import sys
+import time
 
 from tumorforge.manifests.errors import UserError, one_line
 
@@ -96,6 +97,9 @@ def submit_entrypoint(job_file: str, python: str | None = None) -> str:
     return f"{command} generate {shlex.quote(job_file)} --address auto --no-progress"
 
 
+AGENT_WAIT_S = 60.0      # how long submit waits for the job agent of a cluster just started
+
+
 def _cmd_submit(args) -> int:
     from ray.job_submission import JobSubmissionClient
     from .job import OperatorError, check_reachable
@@ -109,12 +113,20 @@ def _cmd_submit(args) -> int:
     if args.pip:
         runtime_env["pip"] = args.pip
     check_reachable(args.address)
-    try:
-        client = JobSubmissionClient(args.address)
-        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
-    except Exception as exc:       # the Jobs API's refusals (auth, version, bad address)
-        raise OperatorError(f"the Ray Jobs API at {args.address} refused the job "
-                            f"({type(exc).__name__}: {one_line(exc)})") from None
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            client = JobSubmissionClient(args.address)
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+            break
+        except Exception as exc:       # the Jobs API's refusals (auth, version, bad address)
+            # A head started moments ago serves the API before its job agent is up; Ray answers
+            # "No available agent to submit job, please try again later": so we do, for a while.
+            if "No available agent" in str(exc) and time.monotonic() < deadline:
+                time.sleep(2.0)
+                continue
+            raise OperatorError(f"the Ray Jobs API at {args.address} refused the job "
+                                f"({type(exc).__name__}: {one_line(exc)})") from None
     print(f"submitted {job_id} to {args.address}: {entrypoint}")
     if not args.wait:
         print(f"follow it with: ray job logs --address {args.address} --follow {job_id}")
