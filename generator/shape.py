@@ -12,7 +12,10 @@ identical on every backend.
 - ``paper``: a 3x3x3 grid of displacements ~ N(0, sigma_e) per axis, interpolated tri-quadratically
   over the box; the binary shape is blurred with sigma_c into the tumor's soft mask.
 - ``released``: the authors' three 2-D passes over axis pairs (0,1), (1,2), (0,2), each on a 3x3
-  grid; the binary shapes of a sample are united and blurred once (``synthesize``).
+  grid, read from the ellipsoid as a mask on the integer grid (voxels strictly inside, q < 1) at
+  each deformed voxel's nearest grid point (0.6.0; up to 0.5.0 q <= 1 at the deformed position,
+  about 1.07x the authors' volume for half-axes 3-5); the binary shapes of a sample are united
+  and blurred once (``synthesize``).
 
 The boxes a tumor is painted in are defined here once, from its row alone, for both paths that
 paint ``paper`` crops: ``tumor_reach`` (everything a tumor touches) and ``work_boxes`` (which
@@ -270,6 +273,11 @@ def _released_shape(backend, t, box_shape, center, s: float):
             rows = [_quadratic(u, *(xp.float32(x) for x in g[:, j])) for j in range(3)]
             moved.append(_quadratic(v, *rows))
         pos[a], pos[b] = pos[a] + moved[0], pos[b] + moved[1]
-    q = sum(((pos[a] - xp.float32(center[a])) / xp.float32(float(t.half_axes_mm[a]) / s)) ** 2
-            for a in range(3))
-    return (q <= 1.0).astype(xp.float32)
+    # The authors' ellipsoid is a mask on the integer grid before it is deformed, holding the
+    # voxels strictly inside (q < 1); a deformed voxel reads it at its nearest grid point. The test
+    # is exact for integer half-axes: sum_a d_a^2 prod_{b != a} h_b^2 < prod_b h_b^2 in float64.
+    h2 = [(float(t.half_axes_mm[a]) / s) ** 2 for a in range(3)]
+    d2 = [(xp.floor(pos[a] + xp.float32(0.5)).astype(xp.float64) - float(center[a])) ** 2
+          for a in range(3)]
+    inside = d2[0] * (h2[1] * h2[2]) + d2[1] * (h2[0] * h2[2]) + d2[2] * (h2[0] * h2[1])
+    return (inside < h2[0] * h2[1] * h2[2]).astype(xp.float32)

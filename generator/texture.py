@@ -14,8 +14,9 @@ same texture on every run, and the same integer noise on every backend.
   sd over the mask's support, a box found on the data. Eq. 4 blends it in.
 - ``released``: the authors' salt noise, one field per sample (the crop and its blur margin): a
   density drawn from blurred uniform noise and rescaled over the field into ``texture_prob``,
-  Bernoulli-sampled, blurred with ``texture_blur``, scaled to mean ``texture_mean`` over the field
-  and clipped to [0, 1]. Unitless: it scales the delta-HU darkening.
+  Bernoulli-sampled, blurred with ``texture_blur``, scaled to mean ``texture_mean`` over its
+  voxels above 0.12 (the authors' rule; the whole field up to 0.5.0) and clipped to [0, 1].
+  Unitless: it scales the delta-HU darkening.
 """
 
 from __future__ import annotations
@@ -129,5 +130,18 @@ def released_texture(backend: Backend, r, field_shape, s: float):
     density = p_lo + (density - lo) / xp.maximum(hi - lo, xp.float32(1e-6)) * (p_hi - p_lo)
     salt = (noise.uniform(xp, field_shape, r.texture_seed, stream=1) < density).astype(xp.float32)
     tex = ndi.gaussian_filter(salt, float(r.texture_blur_mm) / s, mode="mirror")
-    tex = tex * (xp.float32(r.texture_mean) / xp.maximum(tex.mean(), xp.float32(1e-6)))
-    return xp.clip(tex, 0.0, 1.0)
+    return xp.clip(scale_to_mean(xp, tex, float(r.texture_mean)), 0.0, 1.0)
+
+
+def scale_to_mean(xp, tex, target: float):
+    """``tex`` scaled so that its voxels above ``TEXTURE_FLOOR`` (before scaling; not the whole
+    field) have mean ``target``, as the authors' code does (0.6.0; the whole field's mean up to
+    0.5.0); the whole field's mean where no voxel is above it."""
+    above = tex > xp.float32(TEXTURE_FLOOR)
+    count = above.sum()
+    mean = xp.where(count > 0, (tex * above).sum() / xp.maximum(count, 1).astype(xp.float32),
+                    tex.mean())
+    return tex * (xp.float32(target) / xp.maximum(mean, xp.float32(1e-6)))
+
+
+TEXTURE_FLOOR = 0.12

@@ -314,6 +314,32 @@ def test_versus_real_ks_tells_same_from_shifted_distributions():
     assert fd.compare_to_real([same], fd.size_bins()) == []            # no real input, no test
 
 
+def test_versus_real_with_volumes_as_the_unit():
+    """Ten synthetic volumes of six tumors each, every volume's tumors sharing one radius (as a
+    released sample's share one draw): tumor by tumor, 60 values against 60 real ones make a
+    confident p; volume by volume there are 10 against 10, and the same shift is weaker evidence.
+    The table prints both."""
+    def lesion(origin, sample, radius):
+        return Lesion(source=origin, origin=origin, group="small", scan_id="s", sample=sample,
+                      center=(0, 0, 0), voxels=1, volume_mm3=1.0, radius_mm=radius,
+                      contrast_hu=-40.0, hu_drop_hu=None, depth_mm=10.0, reference_depth_mm=10.0,
+                      depth_ratio=1.0, texture_sd_hu=10.0, parenchyma_sd_hu=10.0,
+                      texture_ratio=1.0)
+    rng = np.random.default_rng(0)
+    synthetic, real = fd.Measured("syn", "dataset", "syn"), fd.Measured("real", "real", "real")
+    synthetic.lesions = [lesion("synthetic", str(v), r) for v, r in
+                         enumerate(rng.normal(7.6, 1.0, 10)) for _ in range(6)]
+    real.lesions = [lesion("real", str(v), r) for v in range(10)
+                    for r in rng.normal(7.0, 1.0, 6)]
+    [row] = [r for r in fd.compare_to_real([synthetic, real], fd.size_bins())
+             if r["source"] == "syn"]
+    tumors, volumes = row["tests"]["radius_mm"], row["volume_tests"]["radius_mm"]
+    assert (tumors["n"], tumors["n_real"], volumes["n"], volumes["n_real"]) == (60, 60, 10, 10)
+    assert volumes["p"] > tumors["p"]
+    text = fd.format_table([], [], [row])
+    assert "volumes as the unit" in text
+
+
 def test_grain_ratio_tells_per_voxel_noise_from_the_parenchymas_grain():
     """The correlation length tells fine from coarse texture at the same sd: white noise has
     almost none, noise smoothed with sigma 2 voxels about 2.8 voxels (sqrt 2 sigma, its Gaussian

@@ -523,3 +523,32 @@ def test_packed_rows_hold_every_number_of_the_records(scan):
     assert tuple(packed.crops.origin[0]) == p.crop_origin
 
 
+
+
+def test_released_ellipsoid_holds_the_integer_points_strictly_inside():
+    """The authors' ellipsoid is a mask of the integer grid with q < 1, read at each deformed voxel's
+    nearest grid point: undeformed, half-axes 3, 3, 3 hold the 93 integer points with
+    x^2 + y^2 + z^2 < 9 (not the 123 of q <= 1: (3, 0, 0) and (2, 2, 1) and their kind lie on the
+    surface)."""
+    from tumorforge.generator.batch import tumor_rows
+    from tumorforge.generator.params import ReleasedTumor
+    from tumorforge.generator.shape import tumor_shape
+    t = ReleasedTumor(kind="tiny", center=(0, 0, 0), radius_mm=4.0, half_axes_mm=(3.0, 3.0, 3.0),
+                      sigma_e_mm=0.0, deform_seed=1)
+    mask = tumor_shape(get_backend("numpy"), tumor_rows([t])[0], 1.0)
+    x = np.arange(-3, 4)
+    inside = (x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2) < 9
+    assert int(mask.sum()) == int(inside.sum()) == 93
+    c = np.array(mask.shape) // 2
+    assert mask[tuple(c)] == 1 and mask[c[0] + 3, c[1], c[2]] == 0
+
+
+def test_released_texture_has_the_drawn_mean_over_its_voxels_above_012():
+    """Half the field at 0.05 (below the floor), half at 0.2: scaled to mean 0.5 over the voxels
+    above 0.12, the upper half becomes 0.5 and the lower 0.125 (over the whole field, as up to
+    0.5.0, they would be 0.8 and 0.2)."""
+    from tumorforge.generator.texture import scale_to_mean
+    tex = np.concatenate([np.full(50, 0.05, np.float32), np.full(50, 0.2, np.float32)])
+    out = scale_to_mean(np, tex, 0.5)
+    assert out[50:] == pytest.approx(0.5) and out[:50] == pytest.approx(0.125)
+    assert scale_to_mean(np, np.full(10, 0.1, np.float32), 0.5) == pytest.approx(0.5)

@@ -65,8 +65,18 @@ GOLDEN["0.5.0"] = {
     "released/small": "3e9df0771567c9a89d01fafa403cb60184f5ab04990169be5b6d33a97f634b59",
     "released/large": "3ad58d15bf091e775896d6f9eef4a012c94f2273e15653dfa0c7d2f34e331a8e",
 }
+# 0.6.0 (issue 28): the released twin reads its ellipsoid as a mask of the integer grid (q < 1) at
+# each deformed voxel's nearest grid point, and scales its texture to the drawn mean over the
+# voxels above 0.12; paper-grain (the scan-matched texture) is new. The paper profiles' bytes did
+# not change (same hashes); released/small is a background-centred crop without a tumor.
+GOLDEN["0.6.0"] = {
+    **GOLDEN["0.5.0"],
+    "released/large": "027cfeeec62bcc40a8fbe01e438c3af4ea13eddd3979f78067ccb20d8eecc2c5",
+    "released/tiny": "32f193bd31edef422d376b543c7e0a1e0d1249bc325483e66d06a1b3232a6b6b",
+    "paper-grain/medium": "08490486d553d79bf7a5c2126a62be32b036a0538b99e532a816b73581878252",
+}
 CASES = ("paper-train/tiny", "paper-train/mix", "paper/tiny", "paper/medium", "paper/large",
-         "paper/mix", "released/small", "released/large")
+         "paper/mix", "released/small", "released/large", "released/tiny", "paper-grain/medium")
 
 
 def _config(profile: str, size: str) -> GeneratorConfig:

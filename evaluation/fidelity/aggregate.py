@@ -86,8 +86,9 @@ def summarize_groups(inputs: list[Measured]) -> list[dict]:
 def compare_to_real(inputs: list[Measured], bins) -> list[dict]:
     """Two-sample Kolmogorov-Smirnov tests of each synthetic size type against the real lesions of
     the same type (every real input pooled; ``mix`` and ``satellite`` against all real lesions),
-    per measure of ``KS_MEASURES``: n on each side, the statistic D and its p-value."""
-    from scipy.stats import ks_2samp
+    per measure of ``KS_MEASURES``: n on each side, the statistic D and its p-value, with tumors
+    as the unit (``tests``) and with volumes as the unit (``volume_tests``: each volume's mean,
+    :func:`_volume_means`)."""
     real = [les for m in inputs for les in m.lesions if les.origin == "real"]
     if not real:
         return []
@@ -97,19 +98,38 @@ def compare_to_real(inputs: list[Measured], bins) -> list[dict]:
         for group in sorted({les.group for les in synthetic}, key=group_order):
             versus = "all" if group not in {name for name, _, _ in bins} else group
             ref = [les for les in real if versus == "all" or les.group == versus]
-            row = {"source": m.name, "type": group, "real_type": versus, "tests": {}}
+            mine = [les for les in synthetic if les.group == group]
+            row = {"source": m.name, "type": group, "real_type": versus, "tests": {},
+                   "volume_tests": {}}
             for k in KS_MEASURES:
-                a = [getattr(les, k) for les in synthetic if les.group == group]
-                b = [getattr(les, k) for les in ref]
-                a, b = [x for x in a if x is not None], [x for x in b if x is not None]
-                if len(a) >= 2 and len(b) >= 2:
-                    test = ks_2samp(a, b)
-                    row["tests"][k] = {"n": len(a), "n_real": len(b),
-                                       "d": float(test.statistic), "p": float(test.pvalue)}
-                else:
-                    row["tests"][k] = {"n": len(a), "n_real": len(b), "d": None, "p": None}
+                row["tests"][k] = _ks([getattr(les, k) for les in mine],
+                                      [getattr(les, k) for les in ref])
+                row["volume_tests"][k] = _ks(_volume_means(mine, k), _volume_means(ref, k))
             rows.append(row)
     return rows
+
+
+def _volume_means(lesions, measure: str) -> list[float]:
+    """The mean of ``measure`` over the lesions of each volume (a dataset sample, a synthesized
+    or real case: one ``(source, scan_id, sample)``). Tumors of one volume share its draws (one
+    texture, blur and darkening per released sample; one scan's parenchyma), so they are not
+    independent; one value per volume is."""
+    per: dict = {}
+    for les in lesions:
+        value = getattr(les, measure)
+        if value is not None:
+            per.setdefault((les.source, les.scan_id, les.sample), []).append(value)
+    return [float(np.mean(v)) for _, v in sorted(per.items())]
+
+
+def _ks(a, b) -> dict:
+    """Two-sample KS of ``a`` against ``b`` (None values left out); d and p None below 2 each."""
+    from scipy.stats import ks_2samp
+    a, b = [x for x in a if x is not None], [x for x in b if x is not None]
+    if len(a) < 2 or len(b) < 2:
+        return {"n": len(a), "n_real": len(b), "d": None, "p": None}
+    test = ks_2samp(a, b)
+    return {"n": len(a), "n_real": len(b), "d": float(test.statistic), "p": float(test.pvalue)}
 
 
 def summarize_post(inputs: list[Measured]) -> list[dict]:

@@ -81,7 +81,10 @@ DEFINITIONS = {
     "versus_real": "two-sample Kolmogorov-Smirnov test (scipy ks_2samp, two-sided) of each "
                    "synthetic size type against the real lesions of the same type, every --real "
                    "input pooled (mix and satellite against all real lesions): n, n_real, D, p; "
-                   "measures radius_mm, contrast_hu, depth_ratio, texture_ratio",
+                   "measures radius_mm, contrast_hu, depth_ratio, texture_ratio; once with "
+                   "tumors as the unit (tests) and once with volumes as the unit (volume_tests: "
+                   "the mean of each dataset sample or case, since tumors of one volume share "
+                   "its draws)",
 }
 
 
@@ -139,6 +142,12 @@ def format_table(rows: list[dict], post_rows: list[dict], versus_real: list[dict
                         ("source", "type", "vs real", *KS_MEASURES),
                         [(v["source"], v["type"], v["real_type"],
                           *(ks(v["tests"][k]) for k in KS_MEASURES)) for v in versus_real]))
+        text.append("the same with volumes as the unit (each sample's or case's mean; tumors of "
+                    "one volume share its draws):\n" + _columns(
+                        ("source", "type", "vs real", *KS_MEASURES),
+                        [(v["source"], v["type"], v["real_type"],
+                          *(ks(v["volume_tests"][k]) for k in KS_MEASURES))
+                         for v in versus_real]))
     return "\n\n".join(text)
 
 
