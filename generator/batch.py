@@ -8,7 +8,7 @@
 - ``tumors``, one row per tumor: its crop, ``paper`` flag (``PaperTumor`` or ``ReleasedTumor``),
   center, half-axes, deformation sd and seed, mask blur, texture mean / sd / grid (per axis: a
   record's one eta fills all three) / blur / seed,
-  mass effect and capsule flags with their parameters.
+  mass effect and capsule flags with their parameters, and the ``diverse`` model's look.
 
 Rows are NumPy records (``numpy.recarray``), so a row reads like its record (``row.sigma_e_mm``).
 Every float is the record's float64 and every seed its integer, so a packed batch synthesizes to
@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .looks import LOOK_NAMES
 from .params import PaperTumor, ReleasedTumor, SampleParams
 from .tumor_models import tumor_model
 
@@ -43,10 +44,16 @@ TUMOR_DTYPE = np.dtype([
     ("mass_effect", np.bool_), ("gamma_max_mm", np.float64), ("intensity", np.float64),
     ("capsule", np.bool_), ("capsule_band", np.float64, 2), ("sigma_d_mm", np.float64),
     ("capsule_hu", np.float64),
+    # the diverse model's look (``looks``): 0 = none, else 1 + its index in looks.LOOK_NAMES
+    ("look", np.int64), ("core_fraction", np.float64), ("core_hu", np.float64),
+    ("rim_hu", np.float64), ("rim_width_mm", np.float64), ("nodules", np.int64),
+    ("nodule_hu_sd", np.float64),
 ])
+_LOOK_FIELDS = ["core_fraction", "core_hu", "rim_hu", "rim_width_mm", "nodules", "nodule_hu_sd"]
 
 # Fields a PaperTumor / ReleasedTumor record and a tumor row share by name.
-_PAPER_FIELDS = [n for n in TUMOR_DTYPE.names if n not in ("crop", "paper")]
+_PAPER_FIELDS = [n for n in TUMOR_DTYPE.names
+                 if n not in ("crop", "paper", "look", *_LOOK_FIELDS)]
 _RELEASED_FIELDS = ["center", "half_axes_mm", "sigma_e_mm", "deform_seed"]
 _RELEASED_SAMPLE = ["mask_blur_mm", "texture_sigma_mm", "texture_prob", "texture_blur_mm",
                     "texture_mean", "texture_seed", "delta_hu"]
@@ -81,6 +88,11 @@ def tumor_rows(tumors: Sequence, crop: int = 0) -> np.recarray:
         rows.crop[i], rows.paper[i] = crop, paper
         for name in (_PAPER_FIELDS if paper else _RELEASED_FIELDS):
             rows[name][i] = getattr(t, name)
+        look = getattr(t, "look", None)
+        if look is not None:
+            rows.look[i] = LOOK_NAMES.index(look.name) + 1
+            for name in _LOOK_FIELDS:
+                rows[name][i] = getattr(look, name)
     return rows
 
 

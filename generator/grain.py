@@ -36,18 +36,13 @@ BLOCK_MM = 20.0             # local-mean blocks (about the size of a small-to-me
 EDGE_VOXELS = 2             # layers of a parenchyma mask left out (:func:`interior`)
 
 
-def axis_grain_mm(image, mask, spacing) -> tuple[float | None, ...]:
-    """Correlation length (mm) of ``image`` inside ``mask`` along each axis (see the module
-    docstring); None for an axis without enough pairs, all None for a flat or empty mask."""
-    image = np.asarray(image)
-    mask = np.asarray(mask, bool)
-    spacing = tuple(float(s) for s in spacing)
-    none = (None,) * image.ndim
+def _about_block_means(image, mask, spacing):
+    """(``image`` about the mean of each voxel's block inside ``mask``, zero elsewhere, float64;
+    the pooled variance about those means), or None for fewer than 2 voxels."""
     idx = np.nonzero(mask)
     if idx[0].size < 2:
-        return none
+        return None
     vals = image[idx].astype(np.float64)
-    # Each voxel about the mean of its block: block ids of the masked voxels, means by bincount.
     sizes = [max(1, int(round(BLOCK_MM / s))) for s in spacing]
     blocks = [i // n for i, n in zip(idx, sizes)]
     dims = [int(b.max()) + 1 for b in blocks]
@@ -56,9 +51,28 @@ def axis_grain_mm(image, mask, spacing) -> tuple[float | None, ...]:
     means = np.bincount(block, weights=vals) / np.maximum(counts, 1)
     centred = np.zeros(image.shape, np.float64)
     centred[idx] = vals - means[block]
-    var = float((centred[idx] ** 2).mean())
-    if var <= 0:
+    return centred, float((centred[idx] ** 2).mean())
+
+
+def local_sd_hu(image, mask, spacing) -> float | None:
+    """The sd of ``image`` inside ``mask`` about its 20 mm block means: the fine-scale spread a
+    texture is seen against (the organ's slow shading left out); None for fewer than 2 voxels."""
+    got = _about_block_means(np.asarray(image), np.asarray(mask, bool),
+                             tuple(float(s) for s in spacing))
+    return None if got is None else math.sqrt(got[1])
+
+
+def axis_grain_mm(image, mask, spacing) -> tuple[float | None, ...]:
+    """Correlation length (mm) of ``image`` inside ``mask`` along each axis (see the module
+    docstring); None for an axis without enough pairs, all None for a flat or empty mask."""
+    image = np.asarray(image)
+    mask = np.asarray(mask, bool)
+    spacing = tuple(float(s) for s in spacing)
+    none = (None,) * image.ndim
+    got = _about_block_means(image, mask, spacing)
+    if got is None or got[1] <= 0:
         return none
+    centred, var = got
     out = []
     for axis, s in enumerate(spacing):
         n = image.shape[axis]

@@ -17,6 +17,22 @@ from .tumor_models import TumorModelError, tumor_model
 
 
 @dataclass(frozen=True)
+class Look:
+    """How a ``diverse`` tumor looks beyond the Gaussian texture (``looks.LOOKS`` names the
+    families and the ranges each field is drawn from). Radii are fractions of the tumor's own
+    normalized ellipsoid radius q (0 at the center, 1 on the drawn ellipsoid)."""
+
+    name: str                 # a key of looks.LOOKS
+    core_fraction: float      # necrotic / cystic core out to this q (0: none)
+    core_hu: float            # the core's mean HU
+    rim_hu: float             # HU added on a band at q ~ 0.85 (+ enhancing rim, - halo; 0: none)
+    rim_width_mm: float       # the band's sd
+    nodules: int              # mosaic: cells of their own mean inside the tumor (0: none)
+    nodule_hu_sd: float       # sd of the cells' mean offsets
+    lobe: bool = False        # an extra lobe of a lobulated tumor (the record before it is its body)
+
+
+@dataclass(frozen=True)
 class PaperTumor:
     """One tumor of the ``paper`` and ``paper-train`` profiles (Section 3.1, Table 1)."""
 
@@ -45,6 +61,7 @@ class PaperTumor:
     capsule_band: tuple[float, float]          # (lb, ub) of eq. 6
     sigma_d_mm: float                          # eq. 7 blur
     capsule_hu: float                          # d of eq. 8
+    look: Look | None = None                   # the diverse model's look (None: the paper's)
 
     def __post_init__(self):
         eta = self.eta
@@ -130,7 +147,15 @@ class SampleParams:
 
 
 def _shallow(record) -> dict:
-    return {f.name: _lists(getattr(record, f.name)) for f in dataclasses.fields(record)}
+    """A record's fields as JSON values. ``PaperTumor.look`` is left out when None, so the records
+    of the paper's models are what they were before looks existed."""
+    return {f.name: _lists(_shallow(v) if dataclasses.is_dataclass(v) else v)
+            for f in dataclasses.fields(record)
+            if not (f.name in _OMITTED_WHEN_NONE and getattr(record, f.name) is None)
+            for v in (getattr(record, f.name),)}
+
+
+_OMITTED_WHEN_NONE = ("look",)
 
 
 def _lists(x):

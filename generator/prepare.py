@@ -14,7 +14,7 @@ import scipy.ndimage as ndi
 from tumorforge.manifests.conventions import BACKGROUND, ORGAN, TUMOR, to_ras
 
 from .config import GeneratorConfig
-from .grain import axis_grain_mm, interior
+from .grain import axis_grain_mm, interior, local_sd_hu
 from tumorforge.manifests.errors import UserError
 
 PAD_HU = -1024          # what lies outside the scan (air)
@@ -60,9 +60,23 @@ class PreparedScan:
         i, j, k on its interior (``grain.axis_grain_mm``, ``grain.interior``): what a scan-matched texture is shaped to. Measured on
         first use from the arrays above (so cached scans need no new field) and kept."""
         if "grain" not in self._cache:
-            paren = interior(self.organ & ~self.vessel & ~self.tumor)
-            self._cache["grain"] = axis_grain_mm(self.image, paren, self.spacing_mm)
+            self._cache["grain"] = axis_grain_mm(self.image, self._interior(), self.spacing_mm)
         return self._cache["grain"]
+
+    @property
+    def parenchyma_local_sd_hu(self) -> float:
+        """The parenchyma interior's sd about its 20 mm block means (``grain.local_sd_hu``): its
+        fine-scale spread, without the organ's slow shading that ``parenchyma_sd_hu`` holds.
+        Measured on first use and kept."""
+        if "local_sd" not in self._cache:
+            sd = local_sd_hu(self.image, self._interior(), self.spacing_mm)
+            self._cache["local_sd"] = self.parenchyma_sd_hu if sd is None else sd
+        return self._cache["local_sd"]
+
+    def _interior(self) -> np.ndarray:
+        if "interior" not in self._cache:
+            self._cache["interior"] = interior(self.organ & ~self.vessel & ~self.tumor)
+        return self._cache["interior"]
 
     def stats(self) -> dict:
         # "liver_mean_hu": the key provenance and reports have always read (a liver scan's value).

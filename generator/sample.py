@@ -9,16 +9,21 @@ each tumor's record.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from .config import SIZE_TYPES, GeneratorConfig, SizePreset
 from .location import organ_voxel, paper_locations, released_location
-from .params import PaperTumor, ReleasedSample, ReleasedTumor, SampleParams
+from .params import Look, PaperTumor, ReleasedSample, ReleasedTumor, SampleParams
 from .prepare import PreparedScan
 from .grain import grid_for_scan
-from .tumor_models import SCAN_GRAIN, tumor_model
+from .looks import (CONTRAST_BELOW_HU, CONTRAST_FLOOR_HU, GRAIN_FACTOR, LOOK_NAMES, LOOKS,
+                    lobe_center, lobes)
+from .tumor_models import LOOKS_TEXTURE, SCAN_GRAIN, tumor_model
 
 PRESETS = ("tiny", "small", "medium", "large")
 
@@ -201,11 +206,21 @@ def _paper_tumors(rng, scan, config, counts: list[tuple[str, int]], near
     mu_hi = max(p.mu_t_low_hu, scan.parenchyma_mean_hu - p.mu_t_below_parenchyma_hu)
     mu_t = _rounded(rng.uniform(p.mu_t_low_hu, mu_hi, n))
     model = tumor_model(config.profile)     # its texture, location rule and post-processing
-    if model.texture == SCAN_GRAIN:         # per axis, from the scan's parenchyma grain
-        factor = rng.uniform(*p.grain_scale, n)
+    looks, factors = None, None
+    if model.texture == LOOKS_TEXTURE:      # a look per tumor; its draws replace the paper's
+        family = LOOK_NAMES[int(rng.integers(len(LOOK_NAMES)))]   # one per group of tumors
+        looks = [draw_look(rng, family, float(r[i]), scan.parenchyma_mean_hu,
+                           scan.parenchyma_local_sd_hu) for i in range(n)]
+        factors = [lk.grain_factor for lk in looks]
+        sigma_e = [round(v * lk.sigma_e_scale, 4) for v, lk in zip(sigma_e, looks)]
+        sigma_c = [lk.sigma_c_mm for lk in looks]
+        mu_t = [lk.mu_t for lk in looks]
+    elif model.texture == SCAN_GRAIN:
+        factors = rng.uniform(*p.grain_scale, n).tolist()
+    if factors is not None:                 # per axis, from the scan's parenchyma grain
         fallback = (p.eta[0] + p.eta[1]) / 2
         eta = [grid_for_scan(scan.parenchyma_grain_mm, f, scan.spacing_mm[0], p.sigma_b_mm,
-                             fallback) for f in factor.tolist()]
+                             fallback) for f in factors]
     else:
         eta = _rounded(rng.uniform(*p.eta, n))
     seeds = rng.integers(0, 2 ** 63, (n, 2)).tolist()
@@ -227,14 +242,75 @@ def _paper_tumors(rng, scan, config, counts: list[tuple[str, int]], near
             kind="satellite" if near is not None else names[i], center=tuple(centers[i]),
             radius_mm=float(r[i]), half_axes_mm=tuple(half_axes[i].tolist()),
             sigma_e_mm=sigma_e[i], deform_seed=seeds[i][0], sigma_c_mm=sigma_c[i], mu_t=mu_t[i],
-            sigma_p=sigma_p, eta=eta[i], sigma_b_mm=p.sigma_b_mm, texture_seed=seeds[i][1],
+            sigma_p=looks[i].sigma_p if looks else sigma_p, eta=eta[i], sigma_b_mm=p.sigma_b_mm,
+            texture_seed=seeds[i][1],
             location_tries=int(spots.tries[i]), location_fallback=bool(spots.fallback[i]),
             location_reason=spots.reason[i], inside_fraction=inside[i],
             vessel_voxels=int(spots.vessel_voxels[i]), mass_effect=bool(mass[i]),
             gamma_max_mm=round(p.gamma_max_factor * float(r[i]), 4),
             intensity=p.mass_effect_intensity, capsule=bool(caps[i]),
-            capsule_band=tuple(p.capsule_band), sigma_d_mm=p.sigma_d_mm, capsule_hu=p.capsule_hu))
+            capsule_band=tuple(p.capsule_band), sigma_d_mm=p.sigma_d_mm, capsule_hu=p.capsule_hu,
+            look=looks[i].look if looks else None))
+        if looks and near is None:
+            out.extend(_lobes(rng, out[-1], scan.spacing_mm[0]))
     return out
+
+
+def _lobes(rng, body: PaperTumor, s: float) -> list[PaperTumor]:
+    """The extra lobes of a lobulated ``diverse`` tumor (``looks.lobes``): ellipsoids of its look,
+    half-axes scaled with the lobe's radius, centred off its center, each with its own shape seed
+    and after it in the record (``Look.lobe``)."""
+    out = []
+    for radius, offset in lobes(rng, body.radius_mm):
+        scale = radius / body.radius_mm
+        out.append(dataclasses.replace(
+            body, center=lobe_center(body.center, offset, s), radius_mm=radius,
+            half_axes_mm=tuple(round(a * scale, 4) for a in body.half_axes_mm),
+            deform_seed=int(rng.integers(0, 2 ** 63)), location_tries=0,
+            look=dataclasses.replace(body.look, lobe=True)))
+    return out
+
+
+@dataclass(frozen=True)
+class LookDraw:
+    """One tumor's draws besides its look: what replaces the paper's own for that tumor."""
+
+    look: Look
+    mu_t: float
+    sigma_p: float           # texture sd (HU)
+    sigma_c_mm: float
+    sigma_e_scale: float
+    grain_factor: float
+
+
+def draw_look(rng: np.random.Generator, name: str, radius_mm: float, parenchyma_mean_hu: float,
+              parenchyma_sd_hu: float) -> LookDraw:
+    """One tumor's look of family ``name`` (``looks.LOOKS``) and the draws it changes, from
+    ``rng``. The tumors of one sample (one size group, or a large lesion and its satellites each)
+    share a family, as the lesions of one liver mostly look alike; each draws its own values."""
+    family = LOOKS[name]
+    if radius_mm < family.min_radius_mm:
+        name, family = "homogeneous", LOOKS["homogeneous"]
+    u = lambda lo_hi: round(float(rng.uniform(*lo_hi)), 4)
+    if family.mean_hu is not None:
+        mu_t = u(family.mean_hu)
+    else:
+        lo = max(parenchyma_mean_hu - CONTRAST_BELOW_HU[0], CONTRAST_FLOOR_HU)
+        hi = max(parenchyma_mean_hu - CONTRAST_BELOW_HU[1], lo)
+        mu_t = u((lo, hi))
+    rim = 0.0
+    if family.rim_hu:
+        rim = u(family.rim_hu[int(rng.integers(len(family.rim_hu)))])
+    look = Look(name=name, core_fraction=u(family.core_fraction), core_hu=u(family.core_hu),
+                rim_hu=rim, rim_width_mm=u(family.rim_width_mm),
+                nodules=int(rng.integers(family.nodules[0], family.nodules[1] + 1)),
+                nodule_hu_sd=u(family.nodule_hu_sd))
+    return LookDraw(look=look, mu_t=mu_t,
+                    sigma_p=round(u(family.heterogeneity) * float(parenchyma_sd_hu), 4),
+                    sigma_c_mm=u(family.margin_mm), sigma_e_scale=family.deform_scale,
+                    grain_factor=u(GRAIN_FACTOR))
+
+
 
 
 def _released_tumor(rng, scan, config, kind, preset: SizePreset) -> ReleasedTumor:

@@ -24,7 +24,9 @@ started in), audit and the MONAI transform.
 The built-in compositions are the paper's (``../shared/seeds/003``): ``paper-train`` (the training
 recipe: random organ location, deformed ellipsoid, Gaussian texture on an eta-mm grid, no
 post-processing), ``paper-grain`` (``paper-train`` with the texture's grain matched to each
-scan's parenchyma, Section 3.1's "graininess" measured rather than fixed), ``paper`` (Section 3.1 in full: vessel-avoiding location, mass effect and
+scan's parenchyma, Section 3.1's "graininess" measured rather than fixed), ``diverse``
+(``paper-grain``'s steps with each tumor's look drawn from several families of liver lesions and
+lobulated shapes as unions of ellipsoids: ``looks``), ``paper`` (Section 3.1 in full: vessel-avoiding location, mass effect and
 capsule for large tumors) and ``released`` (the authors' released training code); ``real`` is no
 synthesis at all.
 """
@@ -39,6 +41,7 @@ from typing import Callable, MutableMapping
 
 from tumorforge.manifests.errors import UserError
 
+from .looks import looks_texture
 from .texture import paper_texture
 
 FAMILIES = ("paper", "released", "none")
@@ -88,12 +91,17 @@ SCAN_GRAIN = "scan-grain-grid"
 TEXTURES: MutableMapping[str, TextureStep] = {"gaussian-grid": paper_texture,
                                               SCAN_GRAIN: paper_texture}
 FUSED_TEXTURES = ("gaussian-grid", SCAN_GRAIN)      # what the compiled kernels compute
+# "looks": the scan-matched grid with a look drawn per tumor from several families (``looks``).
+LOOKS_TEXTURE = "looks"
+TEXTURES[LOOKS_TEXTURE] = looks_texture
 
 TUMOR_MODELS: MutableMapping[str, TumorModel] = {m.name: m for m in (
     TumorModel("paper-train", "paper", "organ-random", "deformed-ellipsoid", "gaussian-grid", (),
                "tumor-centred", fused=True, builtin=True),
     TumorModel("paper-grain", "paper", "organ-random", "deformed-ellipsoid", SCAN_GRAIN, (),
                "tumor-centred", fused=True, builtin=True),
+    TumorModel("diverse", "paper", "organ-random", "lobulated-ellipsoids", LOOKS_TEXTURE, (),
+               "tumor-centred", fused=False, builtin=True),
     TumorModel("paper", "paper", "vessel-avoiding", "deformed-ellipsoid", "gaussian-grid",
                EFFECTS, "tumor-centred", fused=True, builtin=True),
     TumorModel("released", "released", "slice", "released-ellipsoid", "salt-noise-blur", (),
