@@ -28,6 +28,7 @@ from tumorforge.manifests.organs import DEFAULT_ORGAN, ORGANS, SizePreset, get_o
 from tumorforge.manifests.records import from_fields, typed_fields, typed_value
 
 from . import tumor_models
+from .looks import GRAIN_FACTOR, LOBULATED, LOOK_NAMES
 from .tumor_models import tumor_model
 
 # The built-in profiles (tumor_models.TUMOR_MODELS, as shipped): command-line choices and docs.
@@ -92,6 +93,35 @@ class ReleasedParams:
 
 
 @dataclass(frozen=True)
+class LooksParams:
+    """The ``diverse`` model's knobs (``looks``), one per factor an ablation changes. Defaults are
+    the model as designed; each alternative turns one factor back to the paper's."""
+
+    families: dict = field(default_factory=lambda: {name: 1.0 for name in LOOK_NAMES})
+    contrast: str = "wide"          # wide: mu_p - 90 to mu_p - 5 HU; paper: U(30, mu_p - 10)
+    texture_grid: str = "scan"      # scan: the scan's grain x grain_factor; paper: eta ~ U(paper.eta)
+    grain_factor: tuple[float, float] = GRAIN_FACTOR
+    margins: str = "family"         # family: each family's mask blur; paper: paper.sigma_c_mm
+    lobulated: float = LOBULATED    # share of tumors >= 6 mm with extra lobes
+
+    def __post_init__(self):
+        unknown = set(self.families) - set(LOOK_NAMES)
+        if unknown or not self.families:
+            raise ValueError(f"looks.families names {sorted(unknown) or 'nothing'}; expected "
+                             f"some of {LOOK_NAMES}")
+        if any(w < 0 for w in self.families.values()) or sum(self.families.values()) <= 0:
+            raise ValueError(f"looks.families weights must be >= 0 with a positive sum: "
+                             f"{self.families}")
+        for name, value, choices in (("contrast", self.contrast, ("wide", "paper")),
+                                     ("texture_grid", self.texture_grid, ("scan", "paper")),
+                                     ("margins", self.margins, ("family", "paper"))):
+            if value not in choices:
+                raise ValueError(f"looks.{name} {value!r}: expected one of {choices}")
+        if not 0 <= self.lobulated <= 1:
+            raise ValueError(f"looks.lobulated {self.lobulated} is not in [0, 1]")
+
+
+@dataclass(frozen=True)
 class GeneratorConfig:
     """What a generation job asks of the generator. Serializable to JSON (``to_json``)."""
 
@@ -112,6 +142,7 @@ class GeneratorConfig:
     satellite_shell: tuple[float, float] = (1.2, 2.5)  # their distance, in large-lesion radii
     paper: PaperParams = field(default_factory=PaperParams)
     released: ReleasedParams = field(default_factory=ReleasedParams)
+    looks: LooksParams = field(default_factory=LooksParams)
     sizes: dict = field(default_factory=lambda: dict(PAPER_SIZES))
 
     def __post_init__(self):
@@ -175,7 +206,7 @@ class GeneratorConfig:
 
     def to_json(self) -> dict:
         """The configuration as JSON. Fields added after dataset ids were first published
-        (:data:`ADDED_FIELDS`: ``organ``, ``paper.grain_scale``) are written only when they differ
+        (:data:`ADDED_FIELDS`: ``organ``, ``paper.grain_scale``, ``looks``) are written only when they differ
         from their defaults, so the records (and dataset ids) of jobs that do not use them are
         what they were before those fields existed; a reader takes the default when one is
         absent."""
@@ -210,7 +241,7 @@ class GeneratorConfig:
 
 # Fields added to the configuration since 0.7.0, as paths into its JSON: left out of ``to_json``
 # at their defaults (see GeneratorConfig.to_json).
-ADDED_FIELDS = (("organ",), ("paper", "grain_scale"))
+ADDED_FIELDS = (("organ",), ("paper", "grain_scale"), ("looks",))
 _DEFAULT_JSON: dict = {}     # the default configuration's JSON (set below)
 
 

@@ -20,7 +20,10 @@ The families come from how liver lesions look on portal-venous CT, not from the 
 - ``infiltrative``: ill-defined margin (mask blur 1.5-3 mm, deformation 1.5x), moderately
   heterogeneous (cholangiocarcinoma, infiltrative HCC).
 
-Across families the tumor's mean is drawn from a wider contrast range than the paper's
+``GeneratorConfig.looks`` (``LooksParams``) weighs the families and turns each factor back to the
+paper's one at a time for ablations: ``contrast`` (wide or the paper's prior), ``texture_grid`` (the
+scan's grain or the paper's fixed eta), ``margins`` (each family's or the paper's sigma_c) and
+``lobulated``. By default, across families the tumor's mean is drawn from a wider contrast range than the paper's
 (``CONTRAST_BELOW_HU``: from 90 HU below the parenchyma, never under -10 HU, to 5 HU below it),
 its texture's sd the parenchyma's fine-scale sd (about 20 mm block means:
 ``PreparedScan.parenchyma_local_sd_hu``, not sigma_p, which holds the organ's slow shading too)
@@ -85,10 +88,11 @@ RIM_AT = 0.85                      # the rim band's center, in q
 CORE_EDGE = 0.08                   # width (in q) of the core's soft edge
 
 
-def lobes(rng: np.random.Generator, radius_mm: float) -> list[tuple[float, np.ndarray]]:
+def lobes(rng: np.random.Generator, radius_mm: float, share: float = LOBULATED
+          ) -> list[tuple[float, np.ndarray]]:
     """Extra lobes of a tumor of ``radius_mm``: (radius mm, offset of its center in mm) each;
-    none for most tumors (:data:`LOBULATED`)."""
-    if radius_mm < LOBE_MIN_RADIUS_MM or rng.random() >= LOBULATED:
+    none for tumors under ``LOBE_MIN_RADIUS_MM`` and for most others (``share`` are lobulated)."""
+    if radius_mm < LOBE_MIN_RADIUS_MM or rng.random() >= share:
         return []
     out = []
     for _ in range(int(rng.integers(1, 3))):

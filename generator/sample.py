@@ -21,8 +21,7 @@ from .location import organ_voxel, paper_locations, released_location
 from .params import Look, PaperTumor, ReleasedSample, ReleasedTumor, SampleParams
 from .prepare import PreparedScan
 from .grain import grid_for_scan
-from .looks import (CONTRAST_BELOW_HU, CONTRAST_FLOOR_HU, GRAIN_FACTOR, LOOK_NAMES, LOOKS,
-                    lobe_center, lobes)
+from .looks import CONTRAST_BELOW_HU, CONTRAST_FLOOR_HU, LOOKS, lobe_center, lobes
 from .tumor_models import LOOKS_TEXTURE, SCAN_GRAIN, tumor_model
 
 PRESETS = ("tiny", "small", "medium", "large")
@@ -208,10 +207,13 @@ def _paper_tumors(rng, scan, config, counts: list[tuple[str, int]], near
     model = tumor_model(config.profile)     # its texture, location rule and post-processing
     looks, factors = None, None
     if model.texture == LOOKS_TEXTURE:      # a look per tumor; its draws replace the paper's
-        family = LOOK_NAMES[int(rng.integers(len(LOOK_NAMES)))]   # one per group of tumors
-        looks = [draw_look(rng, family, float(r[i]), scan.parenchyma_mean_hu,
-                           scan.parenchyma_local_sd_hu) for i in range(n)]
-        factors = [lk.grain_factor for lk in looks]
+        families = list(config.looks.families)                   # one family per group
+        weights = np.array([config.looks.families[k] for k in families], float)
+        family = families[int(rng.choice(len(families), p=weights / weights.sum()))]
+        looks = [draw_look(rng, family, float(r[i]), scan, config,
+                           {"mu_t": mu_t[i], "sigma_c_mm": sigma_c[i]}) for i in range(n)]
+        if config.looks.texture_grid == "scan":
+            factors = [lk.grain_factor for lk in looks]
         sigma_e = [round(v * lk.sigma_e_scale, 4) for v, lk in zip(sigma_e, looks)]
         sigma_c = [lk.sigma_c_mm for lk in looks]
         mu_t = [lk.mu_t for lk in looks]
@@ -252,16 +254,16 @@ def _paper_tumors(rng, scan, config, counts: list[tuple[str, int]], near
             capsule_band=tuple(p.capsule_band), sigma_d_mm=p.sigma_d_mm, capsule_hu=p.capsule_hu,
             look=looks[i].look if looks else None))
         if looks and near is None:
-            out.extend(_lobes(rng, out[-1], scan.spacing_mm[0]))
+            out.extend(_lobes(rng, out[-1], scan.spacing_mm[0], config.looks.lobulated))
     return out
 
 
-def _lobes(rng, body: PaperTumor, s: float) -> list[PaperTumor]:
+def _lobes(rng, body: PaperTumor, s: float, share: float) -> list[PaperTumor]:
     """The extra lobes of a lobulated ``diverse`` tumor (``looks.lobes``): ellipsoids of its look,
     half-axes scaled with the lobe's radius, centred off its center, each with its own shape seed
     and after it in the record (``Look.lobe``)."""
     out = []
-    for radius, offset in lobes(rng, body.radius_mm):
+    for radius, offset in lobes(rng, body.radius_mm, share):
         scale = radius / body.radius_mm
         out.append(dataclasses.replace(
             body, center=lobe_center(body.center, offset, s), radius_mm=radius,
@@ -280,24 +282,29 @@ class LookDraw:
     sigma_p: float           # texture sd (HU)
     sigma_c_mm: float
     sigma_e_scale: float
-    grain_factor: float
+    grain_factor: float | None     # None: the paper's fixed grid (looks.texture_grid "paper")
 
 
-def draw_look(rng: np.random.Generator, name: str, radius_mm: float, parenchyma_mean_hu: float,
-              parenchyma_sd_hu: float) -> LookDraw:
+def draw_look(rng: np.random.Generator, name: str, radius_mm: float, scan: PreparedScan,
+              config: GeneratorConfig, base: dict) -> LookDraw:
     """One tumor's look of family ``name`` (``looks.LOOKS``) and the draws it changes, from
-    ``rng``. The tumors of one sample (one size group, or a large lesion and its satellites each)
+    ``rng``: its mean, texture sd, margin, deformation and grain, each as ``config.looks`` says
+    (a factor set to ``paper`` keeps the paper's draw of it, given in ``base``: mu_t, sigma_c_mm,
+    eta). The tumors of one sample (one size group, or a large lesion and its satellites each)
     share a family, as the lesions of one liver mostly look alike; each draws its own values."""
+    settings = config.looks
     family = LOOKS[name]
     if radius_mm < family.min_radius_mm:
         name, family = "homogeneous", LOOKS["homogeneous"]
     u = lambda lo_hi: round(float(rng.uniform(*lo_hi)), 4)
-    if family.mean_hu is not None:
+    mu_p = scan.parenchyma_mean_hu
+    if settings.contrast == "paper":
+        mu_t = base["mu_t"]
+    elif family.mean_hu is not None:
         mu_t = u(family.mean_hu)
     else:
-        lo = max(parenchyma_mean_hu - CONTRAST_BELOW_HU[0], CONTRAST_FLOOR_HU)
-        hi = max(parenchyma_mean_hu - CONTRAST_BELOW_HU[1], lo)
-        mu_t = u((lo, hi))
+        lo = max(mu_p - CONTRAST_BELOW_HU[0], CONTRAST_FLOOR_HU)
+        mu_t = u((lo, max(mu_p - CONTRAST_BELOW_HU[1], lo)))
     rim = 0.0
     if family.rim_hu:
         rim = u(family.rim_hu[int(rng.integers(len(family.rim_hu)))])
@@ -305,12 +312,13 @@ def draw_look(rng: np.random.Generator, name: str, radius_mm: float, parenchyma_
                 rim_hu=rim, rim_width_mm=u(family.rim_width_mm),
                 nodules=int(rng.integers(family.nodules[0], family.nodules[1] + 1)),
                 nodule_hu_sd=u(family.nodule_hu_sd))
-    return LookDraw(look=look, mu_t=mu_t,
-                    sigma_p=round(u(family.heterogeneity) * float(parenchyma_sd_hu), 4),
-                    sigma_c_mm=u(family.margin_mm), sigma_e_scale=family.deform_scale,
-                    grain_factor=u(GRAIN_FACTOR))
-
-
+    sd = round(u(family.heterogeneity) * float(scan.parenchyma_local_sd_hu), 4)
+    margin = u(family.margin_mm)
+    factor = u(settings.grain_factor)
+    return LookDraw(look=look, mu_t=mu_t, sigma_p=sd,
+                    sigma_c_mm=base["sigma_c_mm"] if settings.margins == "paper" else margin,
+                    sigma_e_scale=family.deform_scale,
+                    grain_factor=None if settings.texture_grid == "paper" else factor)
 
 
 def _released_tumor(rng, scan, config, kind, preset: SizePreset) -> ReleasedTumor:

@@ -113,3 +113,27 @@ def test_each_look_paints_what_its_family_says():
     part = looks_texture(NUMPY, _row("rim", rim_hu=40.0, rim_width_mm=2.0), q.shape, 1.0,
                          lo=(5, 0, 10), hi=(30, 41, 20))
     assert np.array_equal(part, rim[5:30, :, 10:20])         # a part of the box is that part
+
+
+def test_each_ablation_turns_one_factor_back_to_the_papers(scan):
+    """``looks`` knobs, one factor each (the evidence experiment's ablation arms)."""
+    from tumorforge.generator.config import LooksParams
+
+    def tumors(**knobs):
+        config = GeneratorConfig(profile="diverse", negative_fraction=0.0, crop_size=(48, 48, 48),
+                                 looks=LooksParams(**knobs))
+        return [t for i in range(25) for t in sample_params(
+            np.random.default_rng(sample_seed(4, i)), scan, config).tumors]
+
+    mu_p = scan.parenchyma_mean_hu
+    assert all(30 <= t.mu_t <= mu_p - 10 for t in tumors(contrast="paper"))
+    assert all(isinstance(t.eta, float) and 1.1 <= t.eta <= 1.5
+               for t in tumors(texture_grid="paper"))
+    assert all(0.6 <= t.sigma_c_mm <= 1.2 for t in tumors(margins="paper"))
+    assert {t.look.name for t in tumors(families={"rim": 1.0})} <= {"rim"}
+    assert not any(t.look.lobe for t in tumors(lobulated=0.0))
+    with pytest.raises(ValueError, match="looks.contrast"):
+        LooksParams(contrast="narrow")
+    with pytest.raises(ValueError, match="looks.families"):
+        LooksParams(families={"polka-dot": 1.0})
+    assert "looks" not in GeneratorConfig().to_json()          # dataset ids of 0.7 jobs stay
