@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-out
 
-.PHONY: install demo test test-fast clean fidelity gpu-kit
+.PHONY: install demo test test-fast clean fidelity gpu-kit evidence
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,3 +66,17 @@ gpu-kit: $(STAMP)
 	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
 	  -r .gpu-kit/requirements.txt -d .gpu-kit/wheels
 	ls .gpu-kit/wheels
+
+# Evidence for the default tumor model (issue 28): phantom LiTS (62 cases, 2 folds: 31 test scans)
+# and a healthy pool of CHAOS + BTCV phantoms, then cluster/examples/experiment-evidence.yaml
+# (real, released, paper-grain, diverse and four ablations of diverse). About an hour on 2 cores.
+EVIDENCE_DATA := evidence-out/data
+evidence: $(STAMP)
+	$(BIN)/tumorforge phantoms --out $(EVIDENCE_DATA) --layout lits --cases 62 --seed 11 --scale 0.35
+	$(BIN)/tumorforge phantoms --out $(EVIDENCE_DATA) --layout chaos,btcv --cases 4 --seed 12 --scale 0.35
+	$(BIN)/tumorforge manifest build --layout lits $(EVIDENCE_DATA)/lits -o $(EVIDENCE_DATA)/lits-all.jsonl
+	$(BIN)/tumorforge manifest split $(EVIDENCE_DATA)/lits-all.jsonl --folds 2 --seed 11 -o $(EVIDENCE_DATA)/lits.jsonl
+	$(BIN)/tumorforge manifest build --layout chaos $(EVIDENCE_DATA)/chaos -o $(EVIDENCE_DATA)/chaos.jsonl
+	$(BIN)/tumorforge manifest build --layout btcv $(EVIDENCE_DATA)/btcv -o $(EVIDENCE_DATA)/btcv.jsonl
+	$(BIN)/tumorforge manifest merge $(EVIDENCE_DATA)/chaos.jsonl $(EVIDENCE_DATA)/btcv.jsonl $(EVIDENCE_DATA)/lits.jsonl --role healthy -o $(EVIDENCE_DATA)/healthy.jsonl
+	$(BIN)/tumorforge experiment cluster/examples/experiment-evidence.yaml
