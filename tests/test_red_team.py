@@ -278,7 +278,10 @@ def works():
 assert ray.get(works.remote()) == 1
 print("TOKEN", len(os.environ["RAY_AUTH_TOKEN"]), os.environ["RAY_AUTH_MODE"])
 env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-env.update(RAY_gcs_rpc_server_connect_timeout_s="3", RAY_gcs_rpc_server_reconnect_timeout_s="3")
+# A refused process gives up after two tries of about a second each (Ray's default is 20): the
+# token is wrong on every try, and a process holding it connects at the first.
+env.update(RAY_gcs_rpc_server_connect_timeout_s="3", RAY_gcs_rpc_server_reconnect_timeout_s="3",
+           RAY_NUM_REDIS_GET_RETRIES="2")
 # The cluster listens on 127.0.0.1 only; an attacker on this host who knows Ray keeps its address
 # as given (without this, Ray rewrites 127.0.0.1 to the host address, where nothing listens).
 env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
