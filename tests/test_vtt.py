@@ -18,7 +18,6 @@ import pytest
 
 from tumorforge.evaluation import cli, vtt
 from tumorforge.manifests.build import build_manifest
-from tumorforge.manifests.phantoms import write_layout
 
 N_REAL, N_SYNTHETIC, SEED = 2, 2, 3
 
@@ -40,12 +39,35 @@ def _make_argv(data, out, seed=SEED):
             "--seed", str(seed), "--margin", "16"]
 
 
+def _small_scan(seed: int, tumor: bool):
+    """cluster_fixtures' ellipsoid liver (76 x 66 x 68 mm: every case is resampled to 1 mm, and
+    a phantom's full-size liver costs ten times the voxels), with a round 16 mm lesion (-40 HU,
+    label 2) if ``tumor``."""
+    from cluster_fixtures import liver_scan
+    image, label, affine = liver_scan(seed)
+    if tumor:
+        ax = [(np.arange(n) - n / 2) * s for n, s in zip(image.shape, (1.0, 1.0, 2.0))]
+        x, y, z = np.meshgrid(*ax, indexing="ij")
+        lesion = ((x - 14) ** 2 + (y + 10) ** 2 + z ** 2 < 8 ** 2) & (label == 1)
+        label[lesion] = 2
+        image[lesion] -= 40
+    return image, label, affine
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """LiTS-style phantoms (cases 0-2 with tumors, case 3 tumor-free) and two healthy BTCV ones."""
+    """LiTS-layout scans (cases 0-2 with tumors, case 3 tumor-free) and two healthy BTCV-layout
+    ones (liver code 6), small synthetic volumes."""
+    from conftest import write_nifti
     root = tmp_path_factory.mktemp("vtt-data")
-    write_layout("lits", root / "lits", 4, seed=1, scale=0.15)
-    write_layout("btcv", root / "btcv", 2, seed=2, scale=0.15)
+    for n in range(4):
+        image, label, affine = _small_scan(n, tumor=n != 3)
+        write_nifti(root / "lits" / f"volume-{n}.nii", image, affine)
+        write_nifti(root / "lits" / f"segmentation-{n}.nii", label, affine)
+    for n in (1, 2):
+        image, label, affine = _small_scan(10 + n, tumor=False)
+        write_nifti(root / "btcv" / "img" / f"img{n:04d}.nii.gz", image, affine)
+        write_nifti(root / "btcv" / "label" / f"label{n:04d}.nii.gz", label * 6, affine)
     build_manifest("lits", str(root / "lits"), str(root / "lits.jsonl"))
     build_manifest("btcv", str(root / "btcv"), str(root / "btcv.jsonl"))
     return root
