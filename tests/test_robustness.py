@@ -1,4 +1,4 @@
-"""Robustness benchmark (evaluation/robustness.py) on tiny BTCV phantoms, without a trained model
+"""Robustness benchmark (evaluation/robustness.py) on small synthetic healthy scans, without a trained model
 except for the CLI tests, which run an untrained U-Net checkpoint (with the preprocessing record
 every trainer checkpoint carries) end to end."""
 
@@ -24,15 +24,14 @@ CONFIG = GeneratorConfig(crop_size=(CROP,) * 3)
 
 @pytest.fixture(scope="module")
 def healthy(tmp_path_factory):
-    """Two healthy BTCV phantom scans, their manifest, prepared scans, a prior and depth maps."""
+    """Two small healthy scans (cluster_fixtures' ellipsoid livers: the benchmark works at 1 mm,
+    where a phantom's full-size liver costs ten times the voxels), their manifest, prepared scans,
+    a prior and depth maps."""
+    from cluster_fixtures import healthy_manifest
     from tumorforge.generator.scans import load_prepared
-    from tumorforge.manifests.build import build_manifest
-    from tumorforge.manifests.phantoms import write_layout
     from tumorforge.manifests.schema import default_roots, read_manifest
     root = tmp_path_factory.mktemp("robustness")
-    write_layout("btcv", root / "btcv", 2, seed=2, scale=0.15)
-    manifest = str(root / "healthy.jsonl")
-    build_manifest("btcv", str(root / "btcv"), manifest)
+    manifest = str(healthy_manifest(root, 2))
     entries = read_manifest(manifest, default_roots(manifest))
     scans = [load_prepared(e, CONFIG) for e in sorted(entries, key=lambda e: e.scan_id)]
     depths = {s.scan_id: rb.LiverDepth(s) for s in scans}
