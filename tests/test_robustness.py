@@ -186,8 +186,9 @@ def _cli(argv):
 
 
 def _checkpoint(folder, crop=32, spacing=1.0, preprocessing=True) -> str:
-    """An untrained U-Net saved by the trainer's checkpoint writer, with the preprocessing record of
-    crops of ``crop`` voxels at ``spacing`` mm (or, ``preprocessing=False``, without one)."""
+    """An untrained U-Net (``unet-small``, the CPU one) saved by the trainer's checkpoint writer,
+    with the preprocessing record of crops of ``crop`` voxels at ``spacing`` mm (or,
+    ``preprocessing=False``, without one)."""
     import torch
     from tumorforge.manifests.organs import ORGANS
     liver = ORGANS["liver"]
@@ -195,7 +196,8 @@ def _checkpoint(folder, crop=32, spacing=1.0, preprocessing=True) -> str:
     from tumorforge.trainer.models import build_model
     from tumorforge.trainer.preprocessing import Preprocessing
     torch.manual_seed(0)
-    state = {"model": build_model("unet", 3).state_dict(), "config": json.dumps({"model": "unet"})}
+    state = {"model": build_model("unet-small", 3).state_dict(),
+             "config": json.dumps({"model": "unet-small"})}
     if preprocessing:
         prep = Preprocessing(spacing_mm=(spacing,) * 3, crop_size=(crop,) * 3,
                              window_hu=liver.training_window_hu, class_names=liver.classes,
@@ -212,7 +214,7 @@ def test_cli_end_to_end_with_an_untrained_checkpoint(healthy, tmp_path):
                  str(out), "--cases-per-level", "1", "--dimensions", "size,intensity",
                  "--prior-samples", "30", "--device", "cpu"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["model"] == "unet" and summary["step"] == 0
+    assert summary["model"] == "unet-small" and summary["step"] == 0
     # Crop size, spacing and window come from the checkpoint's preprocessing record.
     assert summary["generator_config"]["crop_size"] == [32, 32, 32]
     assert summary["inference"] == {"spacing_mm": [1.0, 1.0, 1.0], "window_hu": [-21.0, 189.0],
