@@ -1,9 +1,7 @@
-"""``TumorSynthesisd``: the generator as a MONAI dictionary transform, on a phantom BTCV scan
+"""``TumorSynthesisd``: the generator as a MONAI dictionary transform, on a small BTCV-style scan
 (simulated CT) loaded the way a MONAI training pipeline loads it."""
 
 from __future__ import annotations
-
-import glob
 
 import numpy as np
 import pytest
@@ -19,12 +17,16 @@ SMALL = {"crop_size": [32, 32, 32], "target_spacing_mm": [2.0, 2.0, 2.0]}
 
 
 @pytest.fixture(scope="module")
-def loaded(phantom_root):
-    """A BTCV phantom (liver = 6) as LoadImaged, EnsureChannelFirstd, Orientationd(RAS) and
-    Spacingd(2 mm) give it."""
-    root, _ = phantom_root
-    image = sorted(glob.glob(str(root / "btcv" / "**" / "img*.nii.gz"), recursive=True))[0]
-    label = image.replace("/img/img", "/label/label")
+def loaded(tmp_path_factory):
+    """A BTCV-style scan (liver = 6; cluster_fixtures' ellipsoid liver in a 160 x 150 x 160 mm
+    field, smaller than a phantom's, with fat more than 40 mm from the liver) as LoadImaged,
+    EnsureChannelFirstd, Orientationd(RAS) and Spacingd(2 mm) give it."""
+    from cluster_fixtures import liver_scan
+    from conftest import write_nifti
+    root = tmp_path_factory.mktemp("btcv")
+    data, liver, affine = liver_scan(0, shape=(160, 150, 80))
+    image = write_nifti(root / "img" / "img0001.nii.gz", data, affine)
+    label = write_nifti(root / "label" / "label0001.nii.gz", liver * 6, affine)
     load = Compose([LoadImaged(("image", "label")), EnsureChannelFirstd(("image", "label")),
                     Orientationd(("image", "label"), axcodes="RAS"),
                     Spacingd(("image", "label"), pixdim=(2.0, 2.0, 2.0),
