@@ -51,11 +51,14 @@ def test_params_are_deterministic_and_round_trip_json(scan):
     assert a == b and a != c
     text = json.dumps(a.to_json())
     assert SampleParams.from_json(json.loads(text)) == a
-    # Built field by field (no asdict deep copy): the same JSON as the deep copy gives.
+    # Built field by field (no asdict deep copy): the same JSON as the deep copy gives, less a
+    # tumor's look when it has none (records of the paper's models are what they were).
     import dataclasses
     deep = dataclasses.asdict(a)
-    deep["tumors"] = [dataclasses.asdict(t) for t in a.tumors]
+    deep["tumors"] = [{k: v for k, v in dataclasses.asdict(t).items()
+                       if not (k == "look" and v is None)} for t in a.tumors]
     assert json.loads(text) == json.loads(json.dumps(deep))
+    assert all("look" not in t for t in json.loads(text)["tumors"])
 
 
 @pytest.mark.parametrize("size", ["tiny", "small", "medium", "large"])
@@ -507,14 +510,17 @@ def test_a_batch_gives_the_bytes_of_its_crops_one_by_one(scan, profile):
 
 
 def test_packed_rows_hold_every_number_of_the_records(scan):
-    from tumorforge.generator.batch import TUMOR_DTYPE, pack
+    from tumorforge.generator.batch import _LOOK_FIELDS, TUMOR_DTYPE, pack
     config = GeneratorConfig(profile="paper", size_mix={"mix": 1.0}, negative_fraction=0.0)
     p = _params(scan, config, 3)
     packed = pack([p], ["toy"])
     assert len(packed.tumors) == len(p.tumors) and packed.crops.tumors[0] == len(p.tumors)
     for t, row in zip(p.tumors, packed.tumors):
         for name in TUMOR_DTYPE.names:
-            if name in ("crop", "paper"):
+            if name in ("crop", "paper", *_LOOK_FIELDS):
+                continue
+            if name == "look":                          # no look: column 0 (the paper's texture)
+                assert t.look is None and row.look == 0
                 continue
             value = np.asarray(row[name], float)        # a record's one eta fills three columns
             assert np.array_equal(np.broadcast_to(np.asarray(getattr(t, name), float), value.shape),

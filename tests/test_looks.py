@@ -84,6 +84,10 @@ def test_records_replay_to_the_same_bytes_and_paper_records_are_unchanged(scan, 
     assert all("look" not in t for t in paper.to_json()["tumors"])      # no new key
     packed = pack([p], [scan.scan_id])
     assert not paint.eligible(packed).any()             # painted by the array code, not fused
+    for t, row in zip(p.tumors, packed.tumors):         # the look's numbers reach the rows
+        assert LOOK_NAMES[int(row.look) - 1] == t.look.name
+        assert (row.core_fraction, row.rim_hu, row.nodules) == (t.look.core_fraction,
+                                                                t.look.rim_hu, t.look.nodules)
 
 
 def _row(look: str, **kw):
