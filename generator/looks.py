@@ -21,16 +21,16 @@ The families come from how liver lesions look on portal-venous CT, not from the 
   heterogeneous (cholangiocarcinoma, infiltrative HCC).
 
 ``GeneratorConfig.looks`` (``LooksParams``) weighs the families and turns each factor back to the
-paper's one at a time for ablations: ``contrast`` (wide or the paper's prior), ``texture_grid`` (the
-scan's grain or the paper's fixed eta), ``margins`` (each family's or the paper's sigma_c) and
-``lobulated``. By default, across families the tumor's mean is drawn from a wider contrast range than the paper's
-(``CONTRAST_BELOW_HU``: from 90 HU below the parenchyma, never under -10 HU, to 5 HU below it),
-its texture's sd the parenchyma's fine-scale sd (about 20 mm block means:
-``PreparedScan.parenchyma_local_sd_hu``, not sigma_p, which holds the organ's slow shading too)
-times the family's ``heterogeneity``, its texture's grain the scan's times ``GRAIN_FACTOR`` (0.8-2: ``grain.grid_for_scan``, never
-per-voxel noise). A tumor of
-radius >= ``LOBE_MIN_RADIUS_MM`` is lobulated with probability ``LOBULATED``: one or two extra
-lobes (ellipsoids of 0.5-0.8 r, centred 0.6-0.9 r from its center) share its look and texture.
+paper's one at a time for ablations: ``contrast`` (wide or the paper's prior), ``texture_grid``
+(the scan's grain or the paper's fixed eta), ``margins`` (each family's or the paper's sigma_c)
+and ``lobulated``. By default, across families the tumor's mean is drawn from a wider contrast
+range than the paper's (``CONTRAST_BELOW_HU``: from 90 HU below the parenchyma, never under
+-10 HU, to 5 HU below it); its texture's sd is the parenchyma's fine-scale sd (about 20 mm block
+means: ``PreparedScan.parenchyma_local_sd_hu``, not sigma_p, which holds the organ's slow shading
+too) times the family's ``heterogeneity``; its grain is the scan's times ``GRAIN_FACTOR`` (0.8-2:
+``grain.grid_for_scan``, never per-voxel noise). A tumor of radius >= ``LOBE_MIN_RADIUS_MM`` is
+lobulated with probability ``LOBULATED``: one or two extra lobes (ellipsoids of 0.5-0.8 r, centred
+0.6-0.9 r from its center) share its look and texture.
 
 Each draw (``sample.draw_look``) is a :class:`~.params.Look` in the tumor's record, so audit
 regenerates it. :func:`looks_texture` paints it: the Gaussian-grid texture, then
@@ -150,12 +150,9 @@ def _cells(xp, t, d, axes, q):
     offsets = offsets * float(t.nodule_hu_sd)
     dist = xp.stack([sum((d[ax] - xp.float32(c[ax])) ** 2 for ax in range(3)) for c in centers])
     dist = xp.broadcast_to(dist, (n,) + q.shape)
-    order = xp.argsort(dist, axis=0)
-    nearest = order[0]
-    second = xp.take_along_axis(dist, order[1:2], axis=0)[0] if n > 1 else None
-    first = xp.take_along_axis(dist, order[0:1], axis=0)[0]
-    out = xp.asarray(offsets.astype(np.float32))[nearest]
-    if second is not None:
+    out = xp.asarray(offsets.astype(np.float32))[xp.argmin(dist, axis=0)]
+    if n > 1:
+        first, second = xp.sort(dist, axis=0)[:2]
         gap = xp.sqrt(second) - xp.sqrt(first)            # voxels from the boundary, about
         septum = xp.exp(-0.5 * gap ** 2).astype(xp.float32)
         out = out - xp.float32(0.5 * float(t.nodule_hu_sd)) * septum

@@ -313,6 +313,7 @@ def draw_look(rng: np.random.Generator, name: str, radius_mm: float, scan: Prepa
                 nodules=int(rng.integers(family.nodules[0], family.nodules[1] + 1)),
                 nodule_hu_sd=u(family.nodule_hu_sd))
     sd = round(u(family.heterogeneity) * float(scan.parenchyma_local_sd_hu), 4)
+    # Drawn whatever the settings say, so an ablation changes one factor and not the draws after it.
     margin = u(family.margin_mm)
     factor = u(settings.grain_factor)
     return LookDraw(look=look, mu_t=mu_t, sigma_p=sd,
