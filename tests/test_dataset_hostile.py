@@ -3,7 +3,9 @@ of a dataset replaced by a symlink to ``/dev/zero``, a named pipe or a sparse fi
 its record says, and a legacy ``.npy.blosc`` member whose Blosc header declares 1e9 bytes. Before,
 ``verify`` and ``bench loader`` grew to the 3 GB cap and ended in a MemoryError traceback, a FIFO
 in place of index.json hung them, and the crafted member cost the loader 1,316 MB. Each must now
-be refused in one line, in bounded memory (peak traced by tracemalloc), without hanging.
+be refused in one line, in bounded memory, without hanging. Memory: the commands' peak resident
+memory above where they started (tracemalloc cost a second a command); the API calls' peak traced
+allocation.
 """
 
 from __future__ import annotations
@@ -18,12 +20,17 @@ import numpy as np
 import pytest
 
 from conftest import user_error
-from test_red_team import no_hang, peak_mib      # noqa: F401  (no_hang: a fixture)
+from test_red_team import no_hang, peak_mib, peak_rss_mib  # noqa: F401 (no_hang: a fixture)
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """14 samples of 32^3 in 4 shards, zarr and wds, format 3, written inline without Ray."""
+    """14 samples of 32^3 in 4 shards, zarr and wds, format 3, written inline without Ray. The
+    commands' heavy imports are loaded here, so the first test's peak memory does not hold them."""
+    import torch.utils.data  # noqa: F401
+    import tumorforge.cluster.front_door  # noqa: F401
+    import tumorforge.trainer.bench  # noqa: F401
+    import tumorforge.trainer.data  # noqa: F401
     from cluster_fixtures import healthy_manifest, write_dataset
     root = tmp_path_factory.mktemp("hostile-objects")
     write_dataset(healthy_manifest(root, 2), root / "ds", formats=("zarr", "wds"))
@@ -64,12 +71,12 @@ def test_verify_refuses_what_is_not_the_object_its_index_lists(dataset, tmp_path
     from tumorforge.cluster.front_door import main
     ds = hostile_copy(dataset, tmp_path / "ds", path, how)
     if path == "index.json":
-        message, peak = peak_mib(lambda: user_error(capsys, ["verify", str(ds)]))
+        message, peak = peak_rss_mib(lambda: user_error(capsys, ["verify", str(ds)]))
         assert "index.json" in message
         assert {"zero": "device", "fifo": "named pipe", "sparse": "1073741824 bytes"}[how] \
             in message
     else:
-        code, peak = peak_mib(lambda: main(["verify", str(ds)]))
+        code, peak = peak_rss_mib(lambda: main(["verify", str(ds)]))
         out = capsys.readouterr()
         assert code == 1 and "Traceback" not in out.out + out.err
         assert any(line.lstrip().startswith(path) for line in out.out.splitlines()), out.out
@@ -92,10 +99,10 @@ def test_loader_refuses_or_skips_hostile_objects(dataset, tmp_path, capsys, no_h
     argv = ["bench", "loader", str(ds), "--format", fmt, "--workers", "0", "--batch-size", "2",
             "--batches", "8", "--json", str(tmp_path / "report.json")]
     if path in ("index.json", "dataset.zarr/image/zarr.json"):
-        message, peak = peak_mib(lambda: user_error(capsys, argv))
+        message, peak = peak_rss_mib(lambda: user_error(capsys, argv))
         assert path in message
     else:
-        code, peak = peak_mib(lambda: main(argv))
+        code, peak = peak_rss_mib(lambda: main(argv))
         report = json.loads((tmp_path / "report.json").read_text())
         assert code == 0 and 0 < report["corrupt"] < report["samples"]
     assert peak < 96
