@@ -1,7 +1,8 @@
 """DDP with two CPU processes (Gloo) where one rank meets corrupt samples and the other does not
 (issue 26): every rank joins every reduction, so training finishes (a timeout turns a regression
 into a failure, not a hang) and both ranks end with the same weights; and a single-node run
-started by ``launch_local`` listens on loopback only."""
+started by ``launch_local`` listens on loopback only. One ``launch_local`` run serves both
+(``torchrun`` itself is tested in test_trainer.py)."""
 
 from __future__ import annotations
 
@@ -86,33 +87,17 @@ def _ranks_agree(out):
     return a
 
 
-@pytest.mark.slow
-def test_a_rank_with_only_corrupt_micro_batches_does_not_hang_the_others(dataset, tmp_path):
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
-    out = tmp_path / "run"
-    out.mkdir()
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    try:
-        proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(driver),
-                               str(dataset), str(out), "0"],
-                              capture_output=True, text=True, timeout=240)
-    except subprocess.TimeoutExpired:
-        pytest.fail("DDP training hung: a rank skipped a reduction the others waited in")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    _ranks_agree(out)
-
-
-@pytest.mark.slow
-def test_single_node_launch_listens_on_loopback_only(dataset, tmp_path, monkeypatch):
-    """``launch_local`` hosts the rendezvous store on 127.0.0.1 and pins Gloo to the loopback
-    interface; every listening socket of the launcher and of each rank (seen from inside the
-    rank during training) is on 127.0.0.1. The same corrupt-on-one-rank run finishes."""
+@pytest.fixture(scope="module")
+def corrupt_run(dataset, tmp_path_factory):
+    """One two-rank run of DRIVER started by ``launch_local`` (both tests below read it; a launch
+    costs 20 s): its output folder and the launcher's listening sockets before and after."""
+    import signal
     from tumorforge.cluster.job import listening_sockets
     from tumorforge.trainer import train as T
-    driver = tmp_path / "driver.py"
+    tmp = tmp_path_factory.mktemp("corrupt-run")
+    driver = tmp / "driver.py"
     driver.write_text(DRIVER)
-    out = tmp_path / "run"
+    out = tmp / "run"
     out.mkdir()
     # launch_local runs `python -m tumorforge.cluster ARGV`; here the driver stands in for it.
     real_popen = subprocess.Popen
@@ -120,20 +105,49 @@ def test_single_node_launch_listens_on_loopback_only(dataset, tmp_path, monkeypa
     def popen(cmd, **kw):
         assert cmd[1:3] == ["-m", "tumorforge.cluster"]
         return real_popen([cmd[0], str(driver), str(dataset), str(out), "1"], **kw)
-    monkeypatch.setattr(T.subprocess, "Popen", popen)
     env = {k: v for k, v in os.environ.items()
            if k not in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "MASTER_ADDR")}
 
     def listening():
         return {(ip, port) for _, _, ip, port in listening_sockets(os.getpid())}
+
+    def hung(*_):           # launch_local's cleanup then stops the ranks
+        pytest.fail("DDP training hung: a rank skipped a reduction the others waited in")
     before = listening()
-    assert T.launch_local(2, ["train"], env=env) == 0
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(240)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(T.subprocess, "Popen", popen)
+            code = T.launch_local(2, ["train"], env=env)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    return code, out, before, listening()
+
+
+@pytest.mark.slow
+def test_a_rank_with_only_corrupt_micro_batches_does_not_hang_the_others(corrupt_run):
+    """Rank 1 skips its corrupt samples (two of them, one a whole micro-batch inside no_sync and
+    one the synchronising one) yet joins every reduction: the run ends in time, at step 3 on
+    both ranks, with the same weights."""
+    code, out, _, _ = corrupt_run
+    assert code == 0
     _ranks_agree(out)
+
+
+@pytest.mark.slow
+def test_single_node_launch_listens_on_loopback_only(corrupt_run):
+    """``launch_local`` hosts the rendezvous store on 127.0.0.1 and pins Gloo to the loopback
+    interface; every listening socket of the launcher and of each rank (seen from inside the
+    rank during training) is on 127.0.0.1."""
+    code, out, before, after = corrupt_run
+    assert code == 0
     for r in (0, 1):
         found = json.loads((out / f"listen-{r}.json").read_text())
         # the rank's own Gloo listener(s) and the launcher's store, all on loopback
         assert len(found) >= 2 and all(a.startswith("127.0.0.1:") for a in found), found
-    assert listening() <= before                              # the store went with the launch
+    assert after <= before                                    # the store went with the launch
 
 
 @pytest.mark.slow
