@@ -26,7 +26,7 @@ def run(out: str, scale: float, seed: int, train_steps: int | None = None,
     set the crops of the previews and the job, and so what the model is trained and evaluated at
     (the paper's 96 voxels at 1 mm by default)."""
     from tumorforge.generator.backend import get_backend
-    from tumorforge.generator.config import GeneratorConfig
+    from tumorforge.generator.config import DEFAULT_PROFILE, GeneratorConfig
     from tumorforge.manifests.build import build_manifest, validate_manifest
     from tumorforge.manifests.phantoms import LABEL_VALUES, save_preview, write_layout
     from tumorforge.manifests.schema import read_manifest, write_jsonl
@@ -71,7 +71,7 @@ def run(out: str, scale: float, seed: int, train_steps: int | None = None,
     print(f"      {healthy_path}: {len(pool)} healthy scans (CHAOS + BTCV + tumor-free LiTS)")
 
     synthetic = os.path.join(out, "synthetic")
-    print(f"[4/8] synthetic tumors (paper-train profile) -> {synthetic}")
+    print(f"[4/8] synthetic tumors ({DEFAULT_PROFILE} profile) -> {synthetic}")
     backend = get_backend("auto")
     print(f"      backend: {backend.name} ({backend.why})")
     for i, size in enumerate(PREVIEW_SIZES):
@@ -96,7 +96,8 @@ def _generate(out: str, manifest: str, seed: int, samples: int, config) -> int:
     from .spec import JobSpec, Resources
 
     dataset = os.path.join(out, "dataset")
-    print(f"[5/8] generation job: {samples} samples, paper-train profile, 2 Ray actors -> {dataset}")
+    print(f"[5/8] generation job: {samples} samples, {config.profile} profile, 2 Ray actors -> "
+          f"{dataset}")
     spec = JobSpec(manifest=manifest, output=dataset, samples=samples, samples_per_shard=16,
                    root_seed=seed, generator=config, resources=Resources(actors=2))
     result = run_job(spec, log=lambda msg: print(f"      {msg}"))

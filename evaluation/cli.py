@@ -153,7 +153,8 @@ def _register_robustness(sub) -> None:
                     "training distribution for k = -S..S while everything else stays as drawn; "
                     "score the checkpoint's tumor Dice and detection per level; write cases.csv, "
                     "cases.jsonl (every case's generator record), summary.json, heatmap.png and "
-                    "report.md. The generator options describe the training distribution; crop "
+                    "report.md. The generator options describe the training distribution (profile "
+                    "paper-train unless --profile names another paper-family profile); crop "
                     "size and spacing default to the checkpoint's preprocessing record.")
     p.add_argument("--checkpoint", required=True,
                    help="trainer checkpoint (step-*.pt) or run folder (its newest checkpoint)")

@@ -37,7 +37,7 @@ from tumorforge.manifests.schema import LabelMap
 
 from . import GENERATOR_VERSION
 from .backend import get_backend
-from .config import GeneratorConfig
+from .config import DEFAULT_PROFILE, GeneratorConfig
 from .params import SampleParams
 from .prepare import PrepareError, Regrid, prepare_scan
 from .synthesize import HU_MAX, HU_MIN
@@ -49,9 +49,9 @@ META_KEY = "tumor_synthesis"
 class TumorSynthesisd(Randomizable, MapTransform):
     """Paint seeded synthetic liver tumors into a MONAI sample.
 
-    ``keys``: the image key and the label key, in that order. ``profile``, ``size_mix`` and any other
-    :class:`GeneratorConfig` field (``config``) as in generation jobs (``size_mix``: weights of
-    tiny, small, medium, large, mix). ``prob``: chance a sample gets tumors (the authors' transform
+    ``keys``: the image key and the label key, in that order. ``profile`` (default ``released``,
+    the default of every command), ``size_mix`` and any other :class:`GeneratorConfig` field
+    (``config``) as in generation jobs (``size_mix``: weights of tiny, small, medium, large, mix). ``prob``: chance a sample gets tumors (the authors' transform
     used 0.9 during training); otherwise it passes unchanged and its record says so.
     ``liver_values`` / ``tumor_values`` / ``vessel_values``: label values of the liver, of tumors the
     scan already has (kept), and of labelled vessels. ``backend``: ``"numpy"``, ``"cupy"`` or
@@ -59,7 +59,7 @@ class TumorSynthesisd(Randomizable, MapTransform):
     with the reason in its record, unless ``allow_missing_liver=False`` (then ValueError).
     """
 
-    def __init__(self, keys: KeysCollection = ("image", "label"), profile: str = "paper",
+    def __init__(self, keys: KeysCollection = ("image", "label"), profile: str = DEFAULT_PROFILE,
                  size_mix: dict | None = None, prob: float = 1.0, liver_values=(1,),
                  tumor_values=(2,), vessel_values=(), backend: str = "auto",
                  config: GeneratorConfig | dict | None = None,

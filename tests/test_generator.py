@@ -78,11 +78,14 @@ def test_paper_draws_follow_table_1_and_table_6(scan, size):
             assert scan.organ[tuple(np.asarray(t.center) - scan.origin_vox)]
 
 
-def test_paper_train_is_the_default_and_leaves_out_the_turing_test_steps(scan):
+def test_released_is_the_default_and_paper_train_leaves_out_the_turing_test_steps(scan):
+    # Issue 28: the default of every command is the profile the evidence chose (released).
+    assert GeneratorConfig().profile == "released"
+    drawn = [_params(scan, GeneratorConfig(size_mix={"large": 1.0}), i) for i in range(4)]
+    assert any(p.released is not None for p in drawn)
     # Figure 3: vessel segmentation, collision detection, mass effect and capsule are only used for
-    # the Visual Turing Test. The default profile trains without them.
-    assert GeneratorConfig().profile == "paper-train"
-    config = GeneratorConfig(size_mix={"large": 1.0}, negative_fraction=0.0)
+    # the Visual Turing Test. The paper's training recipe leaves them out.
+    config = GeneratorConfig(profile="paper-train", size_mix={"large": 1.0}, negative_fraction=0.0)
     vessels_hit = 0
     for i in range(4):
         for t in _params(scan, config, i).tumors:
@@ -174,7 +177,8 @@ def test_paper_texture_has_the_parenchyma_sd_and_the_drawn_mean(scan):
     # Section 3.1: graininess close to the parenchyma. Upscaling and blur alone left 0.36-0.49 of it.
     import dataclasses
     import scipy.ndimage as ndi
-    config = GeneratorConfig(size_mix={"medium": 1.0}, negative_fraction=0.0)
+    config = GeneratorConfig(profile="paper-train", size_mix={"medium": 1.0},
+                             negative_fraction=0.0)
     p = _params(scan, config, 0)
     for eta in (1.1, 1.5):
         t = dataclasses.replace(p.tumors[0], eta=eta)
@@ -379,7 +383,7 @@ def test_preview_command_writes_png_nifti_and_params(tmp_path, tiny_lits):
     out = tmp_path / "preview"
     assert main(["preview", "--manifest", str(root / "m.jsonl"), "--index", "3", "--out", str(out),
                  "--size-mix", "medium", "--negative-fraction", "0", "--backend", "numpy",
-                 "--generator-config", str(cfg)]) == 0
+                 "--profile", "paper-train", "--generator-config", str(cfg)]) == 0
     stem = out / "lits-0-seed0-3"
     assert (out / "lits-0-seed0-3.png").stat().st_size > 10_000
     from PIL import Image

@@ -19,7 +19,7 @@ from tumorforge.generator.backend import get_backend
 from tumorforge.manifests.errors import UserError
 
 CROP = 48
-CONFIG = GeneratorConfig(crop_size=(CROP,) * 3)
+CONFIG = GeneratorConfig(profile="paper-train", crop_size=(CROP,) * 3)
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,25 @@ def test_paints_tumors_inside_the_liver_and_records_how(loaded):
     assert record["params"]["tumors"] and record["config"]["profile"] == "paper"
 
 
+def test_default_profile_is_the_commands_default_released(loaded):
+    """Without ``profile`` the transform paints what every command paints by default (issue 28:
+    ``released``, chosen by the evidence experiment): one darkening texture over the union of the
+    sample's tumors, labelled inside the liver."""
+    from tumorforge.generator.config import DEFAULT_PROFILE
+    t = TumorSynthesisd(("image", "label"), liver_values=(6,), tumor_values=(), config=SMALL,
+                        size_mix={"medium": 1.0})
+    t.set_random_state(5)
+    out = t(_copy(loaded))
+    record = synthesis_record(out["image"])
+    assert DEFAULT_PROFILE == "released" and record["config"]["profile"] == "released"
+    assert record["applied"] and record["params"]["released"] is not None
+    tumor = out["label"][0].numpy() == 2
+    liver = loaded["label"][0].numpy() == 6
+    assert tumor.sum() > 20 and not (tumor & ~liver).any()
+    darker = out["image"][0].numpy() < loaded["image"][0].numpy()
+    assert darker[tumor].mean() > 0.5          # released tumors darken the liver
+
+
 @pytest.mark.slow
 def test_seeded_like_any_monai_randomizable_and_replayable(loaded):
     t, a = _paint(loaded, seed=11)

@@ -54,7 +54,7 @@ def test_prepared_grid_is_the_resampled_scan_with_tumors_and_reruns_byte_identic
     root, manifest, out = scans
     run = read_run(str(out))
     assert [c.case for c in run.cases] == ["toy-case0_s00000", "toy-case0_s00001"]
-    assert run.grid == "prepared" and run.generator_config["profile"] == "paper-train"
+    assert run.grid == "prepared" and run.generator_config["profile"] == "released"   # the default
     for case in run.cases:
         image, affine = load(out / case.image)
         label, label_affine = load(out / case.label)
