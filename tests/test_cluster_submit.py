@@ -29,6 +29,12 @@ def test_submit_runs_the_job_on_the_cluster(tmp_path, capsys):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ctx = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
                    dashboard_port=_free_port(), log_to_driver=False)
+    # The job's driver joins with `--address auto`, which reads the cluster's address file as
+    # `ray start` leaves it; without one Ray takes any gcs_server running on this host, and under
+    # pytest-xdist that can be the other worker's cluster (the driver then waits for it forever).
+    node = ray._private.worker._global_node
+    ray._private.utils.write_ray_address(node.gcs_address, node._ray_params.temp_dir)
+    address_file = ray._private.utils.get_ray_address_file(node._ray_params.temp_dir)
     try:
         address = f"http://{ctx.dashboard_url}"
         manifest = healthy_manifest(tmp_path / "scans", n_scans=2)
@@ -69,6 +75,7 @@ def test_submit_runs_the_job_on_the_cluster(tmp_path, capsys):
         assert "nowhere.jsonl" in captured.out and " failed: " in captured.err
     finally:
         ray.shutdown()
+        os.remove(address_file)         # a later ray.init would join the address it names
 
 
 def test_unreachable_cluster_missing_bucket_and_dataset_are_one_line_exit_2(tmp_path, capsys,
