@@ -3,7 +3,7 @@
 # The version of the generator's OUTPUT (not of the package): it enters every dataset id, scan
 # cache key and golden hash, and changes only when the same seed would paint different bytes.
 # The package's version is tumorforge's own (pyproject.toml; `tumorforge --version` shows both).
-GENERATOR_VERSION = "0.6.0"
+GENERATOR_VERSION = "0.7.0"
 
 _TRANSFORM = ("TumorSynthesisd", "synthesis_record")
 

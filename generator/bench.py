@@ -65,6 +65,24 @@ def _bench_scan(args, config):
 _DRAW: dict = {}
 
 
+def _build_texture_bank(backend, scan, config) -> int:
+    """The ``released`` texture bank volumes the benchmark's crops read, built before timing (a
+    worker builds each once, on first use); returns how many."""
+    import math
+    from .texture import bank_edge, bank_volume
+    from .tumor_models import tumor_model
+    if tumor_model(config.profile).family != "released":
+        return 0
+    rel, s = config.released, float(scan.spacing_mm[0])
+    margins = {int(math.ceil(3.0 * b / s)) + 1 for b in rel.mask_blur_mm}
+    edges = {bank_edge([c + 2 * m for c in config.crop_size]) for m in margins}
+    for edge in edges:
+        for sigma in rel.texture_sigmas_mm:
+            for blur in rel.texture_blur_mm:
+                bank_volume(backend, edge, s, float(sigma), float(blur), rel.texture_prob)
+    return len(edges) * len(rel.texture_sigmas_mm) * len(rel.texture_blur_mm)
+
+
 def _draw_pool(processes: int, scan, config, seed: int):
     """Processes that draw parameters beside synthesis, as a job's other cores do: forked after
     the scan is prepared, so they share it (they touch NumPy only, never the GPU)."""
@@ -116,6 +134,9 @@ def bench_generator(args) -> int:
             raise UserError("--kernels cpu runs with --backend numpy")
         from .kernels.paint import cpu_module
         kernels = cpu_module()
+    t0 = time.perf_counter()
+    banked = _build_texture_bank(backend, scan, config)
+    bank_s = time.perf_counter() - t0
     for i in range(args.warmup):
         synthesize(scan, sample_params(rng_of(i), scan, config), backend, kernels=kernels)
     timer = StepTimer(backend)
@@ -148,6 +169,7 @@ def bench_generator(args) -> int:
               "profile": config.profile, "size_mix": {**config.size_mix, **config.scenario_mix},
               "crop_size": list(config.crop_size), "scan": described,
               "prepare_seconds": round(prepare_s, 3), "samples": args.samples,
+              "texture_bank_seconds": round(bank_s, 3), "texture_bank_volumes": banked,
               "batch": batch, "kinds": kinds, "seconds": round(wall, 3),
               "draw_processes": drawers,
               "sample_params_core_ms_per_crop": (None if drawers else
@@ -165,6 +187,8 @@ def bench_generator(args) -> int:
     print(f"generator benchmark: {backend.name}, profile {config.profile}, {args.samples} crops of "
           f"{'x'.join(map(str, config.crop_size))} from {described}")
     print(f"  prepare (once per scan): {prepare_s:.2f} s")
+    if banked:
+        print(f"  texture bank (once per process): {banked} volumes in {bank_s:.2f} s")
     print(f"  {report['crops_per_second']:.2f} crops/s ({wall:.2f} s, {batch} crop(s) per "
           f"synthesis call)  kinds {kinds}")
     print(f"  synthesis alone: {report['synthesis_crops_per_second']:.2f} crops/s (kernels: "

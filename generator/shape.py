@@ -155,7 +155,8 @@ def tumor_shape(backend: Backend, row, s: float, lo=None, hi=None):
     function of its position there, so a part of the box holds exactly the whole box's values."""
     grid_half = tuple(int(h) for h in shape_halves(row, s))
     if not row.paper:
-        return _released_shape(backend, row, tuple(2 * h + 1 for h in grid_half), grid_half, s)
+        return _released_shape(backend, row, tuple(2 * h + 1 for h in grid_half), grid_half, s,
+                               lo, hi)
     half = tuple(int(h) for h in tumor_halves(row, s))
     lo = (0, 0, 0) if lo is None else tuple(int(v) for v in lo)
     hi = tuple(2 * h + 1 for h in half) if hi is None else tuple(int(v) for v in hi)
@@ -254,15 +255,20 @@ def _quadratic(u, g0, g1, g2):
     return g1 + u * ((g2 - g0) * 0.5 + u * ((g0 + g2) * 0.5 - g1))
 
 
-def _released_shape(backend, t, box_shape, center, s: float):
+def _released_shape(backend, t, box_shape, center, s: float, lo=None, hi=None):
     """Ellipsoid deformed by three 2-D passes over axis pairs (0,1), (1,2), (0,2), each with a 3x3
-    grid of control displacements spanning the box; composed as backward maps."""
+    grid of control displacements spanning the box; composed as backward maps. On the part
+    ``[lo, hi)`` of the box if given (every voxel is a pointwise function of its position)."""
     xp = backend.xp
     pairs = ((0, 1), (1, 2), (0, 2))
     grids = _control_points(int(t.deform_seed), (3, 2, 3, 3), float(t.sigma_e_mm) / s)
     half = [max(s - 1, 1) / 2.0 for s in box_shape]
-    pos = [xp.broadcast_to(xp.arange(s, dtype=xp.float32).reshape(
-        [-1 if b == a else 1 for b in range(3)]), box_shape) for a, s in enumerate(box_shape)]
+    lo = (0, 0, 0) if lo is None else tuple(int(v) for v in lo)
+    hi = tuple(box_shape) if hi is None else tuple(int(v) for v in hi)
+    # Positions stay in their smallest broadcastable shapes: a pass computes its rows on the
+    # axes its inputs vary along (the same float32 operations per voxel, far fewer voxels).
+    pos = [xp.arange(a, b, dtype=xp.float32).reshape([-1 if k == axis else 1 for k in range(3)])
+           for axis, (a, b) in enumerate(zip(lo, hi))]
     for p in reversed(range(3)):
         a, b = pairs[p]
         u = xp.clip(pos[a] / xp.float32(half[a]) - 1.0, -1.0, 1.0)
@@ -273,6 +279,7 @@ def _released_shape(backend, t, box_shape, center, s: float):
             rows = [_quadratic(u, *(xp.float32(x) for x in g[:, j])) for j in range(3)]
             moved.append(_quadratic(v, *rows))
         pos[a], pos[b] = pos[a] + moved[0], pos[b] + moved[1]
+    shape = tuple(b - a for a, b in zip(lo, hi))
     # The authors' ellipsoid is a mask on the integer grid before it is deformed, holding the
     # voxels strictly inside (q < 1); a deformed voxel reads it at its nearest grid point. The test
     # is exact for integer half-axes: sum_a d_a^2 prod_{b != a} h_b^2 < prod_b h_b^2 in float64.
@@ -280,4 +287,4 @@ def _released_shape(backend, t, box_shape, center, s: float):
     d2 = [(xp.floor(pos[a] + xp.float32(0.5)).astype(xp.float64) - float(center[a])) ** 2
           for a in range(3)]
     inside = d2[0] * (h2[1] * h2[2]) + d2[1] * (h2[0] * h2[2]) + d2[2] * (h2[0] * h2[1])
-    return (inside < h2[0] * h2[1] * h2[2]).astype(xp.float32)
+    return xp.broadcast_to(inside < h2[0] * h2[1] * h2[2], shape).astype(xp.float32)

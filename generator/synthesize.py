@@ -129,20 +129,6 @@ def _apply_paper_tumor(backend, t, center, work_lo, work_hi, image, label, s, ti
             timer.mark("capsule")
 
 
-def _paste_union(union, shape, lo) -> None:
-    """OR a tumor's binary ``shape`` whose corner sits at canvas voxel ``lo`` into ``union``,
-    clipped to the canvas."""
-    lo = np.asarray(lo)
-    hi = lo + np.asarray(shape.shape)
-    a = np.maximum(lo, 0)
-    b = np.minimum(hi, union.shape)
-    if np.any(b <= a):
-        return
-    src = tuple(slice(int(x - o), int(y - o)) for x, y, o in zip(a, b, lo))
-    dst = tuple(slice(int(x), int(y)) for x, y in zip(a, b))
-    union[dst] |= shape[src] > 0
-
-
 def _overlapping(lo, hi, canvas_lo, canvas_hi) -> np.ndarray:
     """Which boxes [lo, hi) (rows) meet the canvas [canvas_lo, canvas_hi)."""
     return np.all((lo < canvas_hi) & (canvas_lo < hi), axis=-1)
@@ -165,12 +151,26 @@ def _released_crop(backend, scan, r, rows, s, crop_lo, crop_hi, timer):
         hit = _overlapping(blo, blo + 2 * h + 1, lo, hi)
         if hit.any():
             union = xp.zeros(image.shape, bool)
+            canvas = np.asarray(image.shape)
+            u_lo, u_hi = canvas.copy(), np.zeros(3, np.int64)
             for n in np.flatnonzero(hit):
-                _paste_union(union, tumor_shape(backend, rows[n], s), blo[n] - lo)
+                # only the part of the tumor's box on the canvas (a pointwise function of position)
+                corner = blo[n] - lo
+                a = np.maximum(-corner, 0)
+                b = np.minimum(canvas - corner, 2 * h[n] + 1)
+                part = tumor_shape(backend, rows[n], s, a, b)
+                dst = tuple(slice(int(x), int(y)) for x, y in zip(corner + a, corner + b))
+                union[dst] |= part > 0
+                u_lo, u_hi = np.minimum(u_lo, corner + a), np.maximum(u_hi, corner + b)
             timer.mark("shape")
             texture = released_texture(backend, r, image.shape, s)
             timer.mark("texture")
-            darken(backend, r, image, label, union, texture, s)
+            # The blurred union is 0 beyond the blur's reach of the shapes' boxes (a box known from
+            # the records): darkening that part of the canvas gives the whole canvas's bytes.
+            reach = int(4.0 * float(r.mask_blur_mm) / s + 0.5)
+            sub = tuple(slice(int(x), int(y)) for x, y in zip(np.maximum(u_lo - reach, 0),
+                                                               np.minimum(u_hi + reach, canvas)))
+            darken(backend, r, image[sub], label[sub], union[sub], texture[sub], s)
             timer.mark("place")
     a, b = crop_lo - lo, crop_hi - lo
     return image, label, tuple(slice(int(x), int(y)) for x, y in zip(a, b))

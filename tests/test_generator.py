@@ -562,3 +562,33 @@ def test_released_texture_has_the_drawn_mean_over_its_voxels_above_012():
     out = scale_to_mean(np, tex, 0.5)
     assert out[50:] == pytest.approx(0.5) and out[:50] == pytest.approx(0.125)
     assert scale_to_mean(np, np.full(10, 0.1, np.float32), 0.5) == pytest.approx(0.5)
+
+
+def test_released_textures_are_seeded_windows_of_a_bank_of_ten_volumes():
+    """0.7.0: as the authors' code does, a sample's texture is a window of one of ten bank volumes
+    (one per noise blur x salt blur), at an offset its texture seed draws, read through the
+    volume's mirror extension; scaled to the drawn mean over the voxels above 0.12."""
+    import types
+    from tumorforge.generator import texture as T
+    be = get_backend("numpy")
+    assert T.bank_edge((38, 40, 38)) == 64 and T.bank_edge((104, 110, 104)) == 128
+    assert T.bank_edge((300, 300, 200)) == 128                    # larger fields: mirrored
+    # mirror extension: d c b | a b c d | c b a, the filters' boundary rule
+    assert T.mirror_rows(4, (14,), (1,))[0].tolist() == [1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1, 2]
+    row = types.SimpleNamespace(texture_sigma_mm=6.0, texture_blur_mm=4.0, texture_prob=(0.05, 0.26),
+                                texture_mean=0.52, texture_seed=7)
+    a = T.released_texture(be, row, (40, 40, 40), 1.0)
+    assert a.dtype == np.float32 and a.shape == (40, 40, 40) and 0 <= a.min() and a.max() <= 1
+    assert np.array_equal(a, T.released_texture(be, row, (40, 40, 40), 1.0))   # same seed
+    other = T.released_texture(be, types.SimpleNamespace(**{**vars(row), "texture_seed": 8}),
+                               (40, 40, 40), 1.0)
+    assert not np.array_equal(a, other)                            # another window
+    volume = T.bank_volume(be, 64, 1.0, 6.0, 4.0, (0.05, 0.26))
+    rows = T.mirror_rows(64, (40, 40, 40), T.bank_offsets(7, 64))
+    window = volume[np.ix_(*rows)]
+    assert np.array_equal(a, np.clip(T.scale_to_mean(np, window, 0.52), 0, 1))
+    # one volume per recipe pair, built once and kept
+    assert T.bank_volume(be, 64, 1.0, 6.0, 4.0, (0.05, 0.26)) is volume
+    assert not np.array_equal(volume, T.bank_volume(be, 64, 1.0, 9.0, 4.0, (0.05, 0.26)))
+    # salt density follows the recipe: a blurred Bernoulli field with mean within the prob range
+    assert 0.05 <= float(volume.mean()) <= 0.26

@@ -75,6 +75,14 @@ GOLDEN["0.6.0"] = {
     "released/tiny": "32f193bd31edef422d376b543c7e0a1e0d1249bc325483e66d06a1b3232a6b6b",
     "paper-grain/medium": "08490486d553d79bf7a5c2126a62be32b036a0538b99e532a816b73581878252",
 }
+# 0.7.0 (issue 28): released textures are windows of a bank of ten volumes (one per noise-blur and
+# salt-blur pair), as the authors' code keeps them, at an offset drawn from the sample's texture
+# seed, instead of a fresh field per sample. The paper profiles' bytes did not change.
+GOLDEN["0.7.0"] = {
+    **GOLDEN["0.6.0"],
+    "released/large": "45cf65defac62f56c469e7d832b5d51a039f46f337179a74f03402e0a2c6288c",
+    "released/tiny": "c21555378d4ba9e97baa56c80a5b9115248d95132e996dbe55438490f0e30cc7",
+}
 CASES = ("paper-train/tiny", "paper-train/mix", "paper/tiny", "paper/medium", "paper/large",
          "paper/mix", "released/small", "released/large", "released/tiny", "paper-grain/medium")
 

@@ -153,9 +153,10 @@ def test_a_texture_grid_finer_than_the_voxel_is_warned_about(capsys):
     """At 2 mm the paper's eta (1.1-1.5 mm) is below the voxel: the texture turns into per-voxel
     noise, and the commands say so on stderr; at 1 mm, or with the released texture, nothing."""
     from tumorforge.generator.options import print_warnings
-    coarse = GeneratorConfig(target_spacing_mm=(2.0, 2.0, 2.0))
+    coarse = GeneratorConfig(profile="paper-train", target_spacing_mm=(2.0, 2.0, 2.0))
     assert len(coarse.warnings()) == 1 and "finer than the 2 mm voxel" in coarse.warnings()[0]
     assert GeneratorConfig().warnings() == []
     assert dataclasses.replace(coarse, profile="released").warnings() == []
+    assert GeneratorConfig(target_spacing_mm=(2.0, 2.0, 2.0)).warnings() == []   # the default
     print_warnings(coarse)
     assert capsys.readouterr().err.startswith("warning: profile paper-train: the texture grid")
