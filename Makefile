@@ -22,10 +22,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tumorforge demo --out $(DEMO)
 
-# Two pytest-xdist workers, each taking whole files (module fixtures are built once), the
-# heaviest files first (tests/conftest.py's HEAVY_FIRST).
+# Two pytest-xdist workers, each taking whole files (module fixtures are built once).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The development loop: every test not marked slow (no Ray cluster, training run, subprocess
 # launch or demo); about 3 minutes on 2 cores. `make test` runs them all.
