@@ -35,22 +35,6 @@ def _private_temp_per_worker() -> None:
 _private_temp_per_worker()
 
 
-# The files that took 25 s or more (2 cores, December 2026), heaviest first. Under pytest-xdist
-# (`make test`: -n 2 --dist loadfile --no-loadscope-reorder) each file goes whole to the next
-# free worker in collection order; starting the long ones first keeps a worker from running a
-# 50 s file alone at the end while the other idles. A file not named here only runs later.
-HEAVY_FIRST = ("test_cluster_job.py", "test_trainer.py", "test_experiment.py",
-               "test_cluster_submit.py", "test_locks.py", "test_red_team.py", "test_loopback.py",
-               "test_demo.py", "test_generator.py", "test_ddp_corrupt.py",
-               "test_install_layout.py", "test_kernels.py", "test_tumor_models.py",
-               "test_cluster_nodes.py")
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))    # stable: files stay whole
-
-
 def user_error(capsys, argv: list[str]) -> str:
     """Run ``tumorforge ARGV`` in this process expecting a user error: the front door returns
     exit code 2 and its last line of stderr is the message (earlier lines are progress), with no
