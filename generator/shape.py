@@ -25,6 +25,7 @@ kernels' plan (``kernels.paint``), so the two cannot disagree on a box.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 
 import numpy as np
@@ -164,6 +165,15 @@ def tumor_shape(backend: Backend, row, s: float, lo=None, hi=None):
     return _paper_shape(backend, row, grid_half, sub, s)
 
 
+@functools.lru_cache(maxsize=8192)
+def gaussian_weights(sigma: float, radius: int) -> np.ndarray:
+    """scipy.ndimage.gaussian_filter1d's weights (order 0), float64, for ``sigma`` voxels: what the
+    kernels' blurs multiply by, in SciPy's order."""
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (sigma * sigma) * x ** 2)
+    return phi / phi.sum()
+
+
 def blur_radius(rows, s):
     """Voxels the mask blur reaches (``gaussian_filter``'s radius at truncate 4): an int for one
     row, ``(n,)`` int64 for a table (``s`` scalar or one per row)."""
@@ -255,13 +265,19 @@ def _quadratic(u, g0, g1, g2):
     return g1 + u * ((g2 - g0) * 0.5 + u * ((g0 + g2) * 0.5 - g1))
 
 
+def released_control_grid(t, s: float) -> np.ndarray:
+    """A ``released`` tumor's control displacements (voxels), ``(pass, component, i, j)`` =
+    ``(3, 2, 3, 3)`` float64: the three 2-D passes' 3 x 3 grids of two displacement components."""
+    return _control_points(int(t.deform_seed), (3, 2, 3, 3), float(t.sigma_e_mm) / s)
+
+
 def _released_shape(backend, t, box_shape, center, s: float, lo=None, hi=None):
     """Ellipsoid deformed by three 2-D passes over axis pairs (0,1), (1,2), (0,2), each with a 3x3
     grid of control displacements spanning the box; composed as backward maps. On the part
     ``[lo, hi)`` of the box if given (every voxel is a pointwise function of its position)."""
     xp = backend.xp
     pairs = ((0, 1), (1, 2), (0, 2))
-    grids = _control_points(int(t.deform_seed), (3, 2, 3, 3), float(t.sigma_e_mm) / s)
+    grids = released_control_grid(t, s)
     half = [max(s - 1, 1) / 2.0 for s in box_shape]
     lo = (0, 0, 0) if lo is None else tuple(int(v) for v in lo)
     hi = tuple(box_shape) if hi is None else tuple(int(v) for v in hi)

@@ -237,8 +237,9 @@ def start_batch(scans: Sequence[PreparedScan], packed: Packed, backend: Backend,
     size. Written into one device buffer per array and copied to the host once.
 
     ``kernels`` (:func:`kernels_for`): with a kernel module, the crops it can paint
-    (``kernels.paint.eligible``: paper crops without mass effect or capsule) are painted by its
-    fused kernels in one pass for the batch, the others by the array code below.
+    (``kernels.paint.eligible``: the crops of fused ``paper``-family models; ``kernels.released``:
+    those of fused ``released``-family models) are painted by its fused kernels in one pass for the
+    batch, the others by the array code below.
 
     ``timer``, if given, gets ``start()`` and then ``mark(step)`` after each step (canvas, shape,
     texture, place, mass_effect, capsule, plan, kernels, output).
@@ -263,8 +264,13 @@ def start_batch(scans: Sequence[PreparedScan], packed: Packed, backend: Backend,
     fused = np.zeros(len(crops), bool)
     if module is not None:
         from .kernels import paint
+        from .kernels import released as released_kernels
         fused = paint.eligible(packed)
         paint.paint(module, backend, scans, packed, np.flatnonzero(fused), images, labels, timer)
+        rel = np.array([m.fused and m.family == "released" for m in packed.models], bool)
+        released_kernels.paint(module, backend, scans, packed, np.flatnonzero(rel), images,
+                               labels, timer)
+        fused |= rel
     for b in np.flatnonzero(~fused):
         r = crops[b]
         scan = scans[int(r.scan)]

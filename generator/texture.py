@@ -208,8 +208,10 @@ def scale_to_mean(xp, tex, target: float):
     0.5.0); the whole field's mean where no voxel is above it."""
     above = tex > xp.float32(TEXTURE_FLOOR)
     count = above.sum()
-    mean = xp.where(count > 0, (tex * above).sum() / xp.maximum(count, 1).astype(xp.float32),
-                    tex.mean())
+    # float64 sums: every value above the floor is a multiple of 2^-27 below 1, so their sum is
+    # exact in any order (the kernels add them atomically and get the same mean)
+    mean = xp.where(count > 0, (tex * above).sum(dtype=xp.float64) / xp.maximum(count, 1),
+                    tex.sum(dtype=xp.float64) / tex.size).astype(xp.float32)
     return tex * (xp.float32(target) / xp.maximum(mean, xp.float32(1e-6)))
 
 

@@ -91,6 +91,9 @@ SCAN_GRAIN = "scan-grain-grid"
 TEXTURES: MutableMapping[str, TextureStep] = {"gaussian-grid": paper_texture,
                                               SCAN_GRAIN: paper_texture}
 FUSED_TEXTURES = ("gaussian-grid", SCAN_GRAIN)      # what the compiled kernels compute
+# "salt-noise-blur": the released recipe's texture bank (``texture.released_texture``), which the
+# kernels of ``kernels/released.cu`` also compute.
+RELEASED_TEXTURE = "salt-noise-blur"
 # "looks": the scan-matched grid with a look drawn per tumor from several families (``looks``).
 LOOKS_TEXTURE = "looks"
 TEXTURES[LOOKS_TEXTURE] = looks_texture
@@ -104,8 +107,8 @@ TUMOR_MODELS: MutableMapping[str, TumorModel] = {m.name: m for m in (
                "tumor-centred", fused=False, builtin=True),
     TumorModel("paper", "paper", "vessel-avoiding", "deformed-ellipsoid", "gaussian-grid",
                EFFECTS, "tumor-centred", fused=True, builtin=True),
-    TumorModel("released", "released", "slice", "released-ellipsoid", "salt-noise-blur", (),
-               "pos-neg", fused=False, builtin=True),
+    TumorModel("released", "released", "slice", "released-ellipsoid", RELEASED_TEXTURE, (),
+               "pos-neg", fused=True, builtin=True),
     TumorModel("real", "none", "annotated", "", "", (), "tumor-centred", fused=False,
                builtin=True),
 )}
@@ -163,8 +166,10 @@ def register(model: TumorModel, texture: TextureStep | None = None) -> TumorMode
     problems += [f"texture {model.texture!r} has no step in TEXTURES"] * (
         model.family == "paper" and model.texture not in TEXTURES)
     problems += [f"the kernels fuse only paper-family models with a texture of {FUSED_TEXTURES}"
-                 ] * (model.fused and (model.texture not in FUSED_TEXTURES
-                                       or model.family != "paper"))
+                 f" and released-family models with {RELEASED_TEXTURE!r}"
+                 ] * (model.fused and not (
+                     (model.family == "paper" and model.texture in FUSED_TEXTURES)
+                     or (model.family == "released" and model.texture == RELEASED_TEXTURE)))
     if problems:
         raise TumorModelError(f"tumor model {model.name!r}: " + "; ".join(problems))
     TUMOR_MODELS[model.name] = model

@@ -239,3 +239,19 @@ def _own_file(path: Path) -> bool:
                           f"{stat.S_IMODE(st.st_mode):04o}; expected this user's (uid {_owner()}) "
                           "file, writable by no one else (remove it to rebuild)")
     return True
+
+
+BLOCK = 256               # threads per block of every launch on a GPU
+
+
+def block_size(module) -> int:
+    """Threads per block: ``BLOCK`` on a GPU, one on the CPU build."""
+    return BLOCK if module.device == "cuda" else 1
+
+
+def grid_size(module, n: int) -> int:
+    """Blocks along x: enough for ``n`` items per row on a GPU (capped: the loops stride), one on
+    the CPU build (its threads run one after another anyway)."""
+    if module.device != "cuda":
+        return 1
+    return int(min(max(1, -(-n // BLOCK)), 4096))

@@ -121,6 +121,18 @@ extern "C" __global__ void paint_shape(const int* ti, const float* tf, float* ws
 // tumors listed in sel. Weights (float64, scipy's) from `wt`.
 __device__ __forceinline__ int tumor_of(const int* sel) { return sel ? sel[blockIdx.y] : blockIdx.y; }
 
+// one voxel v (at position p of a line of n, neighbours stride apart) of the blur along that line
+__device__ __forceinline__ float blur_at(const float* in, i64 v, int p, int n, i64 stride,
+                                         int radius, const double* w) {
+    double acc = DMUL((double)in[v], w[0]);
+    for (int j = -radius; j < 0; ++j) {
+        const double a = (p + j >= 0) ? (double)in[v + j * stride] : 0.0;
+        const double b = (p - j < n) ? (double)in[v - j * stride] : 0.0;
+        acc = DADD(acc, DMUL(DADD(a, b), w[j]));
+    }
+    return (float)acc;
+}
+
 extern "C" __global__ void paint_blur(const int* ti, const int* sel, const double* wt,
                                       const float* src, float* dst, int axis, int which) {
     const int* r = row_i(ti, tumor_of(sel));
@@ -132,16 +144,8 @@ extern "C" __global__ void paint_blur(const int* ti, const int* sel, const doubl
     const double* w = wt + r[which ? TI_CAP_W_OFF : TI_W_OFF] + radius;   // w[-radius .. radius]
     const float* in = src + r[which ? TI_WK_OFF : TI_WS];
     float* out = dst + r[which ? TI_WK_OFF : TI_WS];
-    FOR_ITEMS(v, (i64)n[0] * n[1] * n[2]) {
-        const int p = (int)((v / stride) % n[axis]);
-        double acc = DMUL((double)in[v], w[0]);
-        for (int j = -radius; j < 0; ++j) {
-            const double a = (p + j >= 0) ? (double)in[v + j * stride] : 0.0;
-            const double b = (p - j < n[axis]) ? (double)in[v - j * stride] : 0.0;
-            acc = DADD(acc, DMUL(DADD(a, b), w[j]));
-        }
-        out[v] = (float)acc;
-    }
+    FOR_ITEMS(v, (i64)n[0] * n[1] * n[2])
+        out[v] = blur_at(in, v, (int)((v / stride) % n[axis]), n[axis], stride, radius, w);
 }
 
 // ---- texture noise (noise.py, normal): the block [z_lo, z_lo + z_dim) of the tumor's coarse

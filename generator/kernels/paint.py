@@ -29,10 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import kernel_setting
-from ..shape import blur_radius, control_grid, shape_halves, tumor_halves, work_boxes
+from ..shape import blur_radius, gaussian_weights, control_grid, shape_halves, tumor_halves, work_boxes
 from ..texture import axis_operator
+from . import released
+from .module import block_size, grid_size
 
 SOURCE_FILE = Path(__file__).with_name("paint.cu")
+RELEASED_FILE = Path(__file__).with_name("released.cu")
 
 
 def _triples(*names: str) -> tuple[str, ...]:
@@ -55,7 +58,6 @@ TD = ("mu_t", "sigma_p")
 CI = ("scan", "out", "lo0", "lo1", "lo2", "t0", "t1") + _triples("cv_lo", "cv_dim") + ("cv_off",
                                                                                       "canvas")
 NULL = np.uint64(0)          # a null pointer argument (sel: every tumor)
-BLOCK = 256
 
 
 def noise_precision() -> str:
@@ -67,13 +69,14 @@ def noise_precision() -> str:
 
 
 def source() -> str:
-    """``paint.cu`` with the table columns defined in front of it."""
+    """``paint.cu`` and ``released.cu`` with the table columns defined in front of them."""
     lines = [f"#define TI_{n.upper()} {i}" for i, n in enumerate(TI)]
     lines += [f"#define TI_COLUMNS {len(TI)}"]
     lines += [f"#define TF_{n.upper()} {i}" for n, i in TF.items()]
     lines += [f"#define TD_{n.upper()} {i}" for i, n in enumerate(TD)] + [f"#define TD_COLUMNS {len(TD)}"]
     lines += [f"#define CI_{n.upper()} {i}" for i, n in enumerate(CI)] + [f"#define CI_COLUMNS {len(CI)}"]
-    return "\n".join(lines) + "\n" + SOURCE_FILE.read_text()
+    return ("\n".join(lines) + "\n" + released.defines() + SOURCE_FILE.read_text() + "\n"
+            + RELEASED_FILE.read_text())
 
 
 @functools.lru_cache(maxsize=1)
@@ -89,10 +92,10 @@ def cpu_module():
 
 
 def eligible(packed) -> np.ndarray:
-    """Per crop of ``packed``: whether the kernels paint it: the crops of tumor models that
-    declare themselves fused (``TumorModel.fused``: ``paper`` and ``paper-train``); the others
-    take the array code."""
-    return np.array([m.fused for m in packed.models], bool).reshape(-1)
+    """Per crop of ``packed``: whether the kernels of this module paint it: the ``paper``-family
+    crops of tumor models that declare themselves fused (``TumorModel.fused``); ``released``
+    crops of fused models go to ``released.paint``, the others take the array code."""
+    return np.array([m.fused and m.family == "paper" for m in packed.models], bool).reshape(-1)
 
 
 class OperatorTable:
@@ -188,12 +191,6 @@ def _filter_radius(sigma_vox) -> np.ndarray:
     return (4.0 * np.asarray(sigma_vox, float) + 0.5).astype(np.int64)
 
 
-@functools.lru_cache(maxsize=8192)
-def gaussian_weights(sigma: float, radius: int) -> np.ndarray:
-    """scipy.ndimage.gaussian_filter1d's weights (order 0), float64, for ``sigma`` voxels."""
-    x = np.arange(-radius, radius + 1)
-    phi = np.exp(-0.5 / (sigma * sigma) * x ** 2)
-    return phi / phi.sum()
 
 
 def _offsets(lengths) -> np.ndarray:
@@ -352,7 +349,7 @@ def paint(module, backend, scans, packed, crops, images, labels, timer=None) -> 
         shapes[3 * k:3 * k + 3] = image.shape
     dev = lambda a: xp.ascontiguousarray(xp.asarray(a))
     ti, tf, d_ci, d_ptrs, d_shapes = dev(p.ti), dev(p.tf), dev(ci), dev(ptrs), dev(shapes)
-    T, block = p.tumors, _block(module)
+    T, block = p.tumors, block_size(module)
     if T:
         ws_a = xp.empty(p.sizes["ws"], xp.float32)
         ws_b = xp.empty(p.sizes["ws"], xp.float32)
@@ -362,7 +359,7 @@ def paint(module, backend, scans, packed, crops, images, labels, timer=None) -> 
         tex = xp.empty(p.sizes["tex"], xp.float32)
         td, wt = dev(p.td), dev(p.weights)
         ops, bands = OPERATORS.on(module)
-        gx = _grid(module, max(_most(p.ti, "s_lo", "s_hi"), _most(p.ti, "r_lo", "r_hi"),
+        gx = grid_size(module, max(_most(p.ti, "s_lo", "s_hi"), _most(p.ti, "r_lo", "r_hi"),
                                int(np.prod(p.ti[:, _cols("z_dim")], 1).max())))
         module.launch("paint_shape", (gx, T), block, (ti, tf, ws_a))
         for axis, (src, dst) in enumerate([(ws_a, ws_b), (ws_b, ws_a), (ws_a, ws_b)]):
@@ -379,7 +376,7 @@ def paint(module, backend, scans, packed, crops, images, labels, timer=None) -> 
     sx, sy, sz = (int(v) for v in packed.crops.crop_size[crops[0]])
     on_canvas = p.ci[:, CI.index("canvas")] > 0
     if (~on_canvas).any():                          # one fused pass per crop
-        module.launch("paint_blend", (_grid(module, sx * sy * sz), int((~on_canvas).sum())), block,
+        module.launch("paint_blend", (grid_size(module, sx * sy * sz), int((~on_canvas).sum())), block,
                       (dev(ci[~on_canvas]), ti, d_ptrs, d_shapes, mask, tex, images, labels,
                        np.int32(sx), np.int32(sy), np.int32(sz)))
     if on_canvas.any():                             # tumor by tumor on canvases
@@ -393,14 +390,14 @@ def _paint_canvases(module, p, ci, on_canvas, ti, tf, d_ci, d_ptrs, d_shapes, ma
                     labels, size) -> None:
     """Crops reached by a tumor with mass effect or capsule: canvas, then each crop's k-th tumor
     for k = 0, 1, ... (place; mass effect; capsule), then the crop out of the canvas."""
-    xp, block = module.xp, _block(module)
+    xp, block = module.xp, block_size(module)
     dev = lambda a: xp.ascontiguousarray(xp.asarray(a))
     rows = ci[on_canvas]
     d_rows = dev(rows)
     cimg = xp.empty(p.sizes["canvas"], xp.float32)
     clab = xp.empty(p.sizes["canvas"], xp.uint8)
     dims = rows[:, [CI.index(f"cv_dim{a}") for a in range(3)]].astype(np.int64)
-    module.launch("paint_canvas", (_grid(module, int(np.prod(dims, 1).max())), len(rows)), block,
+    module.launch("paint_canvas", (grid_size(module, int(np.prod(dims, 1).max())), len(rows)), block,
                   (d_rows, d_ptrs, d_shapes, cimg, clab))
     mask_w = xp.zeros(max(p.sizes["wk"], 1), xp.float32)
     edge = xp.empty(max(p.sizes["wk"], 1), xp.float32)
@@ -415,28 +412,28 @@ def _paint_canvases(module, p, ci, on_canvas, ti, tf, d_ci, d_ptrs, d_shapes, ma
     cap = (col("cap_radius") > 0) & (col("post") > 0)
     for k in range(int((t1 - t0).max(initial=0))):
         sel = (t0 + k)[t1 - t0 > k]
-        gx = _grid(module, _most(p.ti[sel], "r_lo", "r_hi"))
+        gx = grid_size(module, _most(p.ti[sel], "r_lo", "r_hi"))
         module.launch("paint_place", (gx, len(sel)), block,
                       (d_ci, ti, dev(sel.astype(np.int32)), mask, tex, cimg, clab, mask_w))
         m = sel[mass[sel]].astype(np.int32)
         if len(m):
             n = int((2 * col("cube")[m] + 1).max()) ** 3
             d_m = dev(m)
-            module.launch("paint_warp_copy", (_grid(module, n), len(m)), block,
+            module.launch("paint_warp_copy", (grid_size(module, n), len(m)), block,
                           (d_ci, ti, d_m, cimg, clab, mask_w, q_img, q_lab, q_mask))
-            module.launch("paint_warp", (_grid(module, n), len(m)), block,
+            module.launch("paint_warp", (grid_size(module, n), len(m)), block,
                           (d_ci, ti, d_m, tf, cimg, clab, mask_w, q_img, q_lab, q_mask))
         c = sel[cap[sel]].astype(np.int32)
         if len(c):
             d_c = dev(c)
-            gx = _grid(module, _most(p.ti[c], "w_lo", "w_hi"))
+            gx = grid_size(module, _most(p.ti[c], "w_lo", "w_hi"))
             module.launch("paint_band", (gx, len(c)), block, (ti, d_c, tf, mask_w, edge))
             for axis, (src, dst) in enumerate([(edge, blurred), (blurred, edge), (edge, blurred)]):
                 module.launch("paint_blur", (gx, len(c)), block,
                               (ti, d_c, wt, src, dst, np.int32(axis), np.int32(1)))
             module.launch("paint_capsule", (gx, len(c)), block, (d_ci, ti, d_c, tf, blurred, cimg))
     sx, sy, sz = size
-    module.launch("paint_output", (_grid(module, sx * sy * sz), len(rows)), block,
+    module.launch("paint_output", (grid_size(module, sx * sy * sz), len(rows)), block,
                   (d_rows, cimg, clab, images, labels, np.int32(sx), np.int32(sy), np.int32(sz)))
 
 
@@ -451,13 +448,3 @@ def _cols(name: str) -> list[int]:
     return [TI.index(f"{name}{a}") for a in range(3)]
 
 
-def _block(module) -> int:
-    return BLOCK if module.device == "cuda" else 1
-
-
-def _grid(module, n: int) -> int:
-    """Blocks along x: enough for ``n`` items per row on a GPU (capped: the loops stride), one on
-    the CPU build (its threads run one after another anyway)."""
-    if module.device != "cuda":
-        return 1
-    return int(min(max(1, -(-n // BLOCK)), 4096))

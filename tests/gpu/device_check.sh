@@ -61,7 +61,7 @@ R="$WORK/results"; rm -rf "$R"; mkdir -p "$R"      # $OUT brings back 8 files: o
 log "1. bench generator --backend $GPU, cold kernel cache, 8 crops per call"
 step 120 "${B[@]}" --backend $GPU --samples $NC --warmup 0 --batch 8 --json "$R/gen_cold.json"
 log "2. the GPU tests: parity with the CPU, the CUDA kernels against their CPU build"
-step 120 "$PY" -m pytest -q -rA -p no:cacheprovider tests/test_generator.py tests/test_kernels.py -m gpu 2>&1 | tail -8
+step 120 "$PY" -m pytest -q -rA -p no:cacheprovider tests/test_generator.py tests/test_kernels.py tests/test_released_kernels.py -m gpu 2>&1 | tail -8
 log "3. bench generator --backend $GPU, warm: kernels at batch 1 / 8 / 32, the array code at 8"
 for b in 1 8 32; do step 60 "${B[@]}" --backend $GPU --samples $N --warmup 8 --batch $b --json "$R/gen_b$b.json"; done
 step 60 "${B[@]}" --backend $GPU --kernels off --samples $N --warmup 8 --batch 8 --json "$R/gen_b8_array.json"
