@@ -640,7 +640,7 @@ def test_output_lock_is_exclusive_beats_and_breaks_when_stale(tmp_path, s3_serve
 
 
 @pytest.mark.parametrize("path, edit, words", [
-    ("index.json", lambda ix: ix["spec"]["generator"].update(profile="released"),
+    ("index.json", lambda ix: ix["spec"]["generator"].update(profile="paper-train"),
      "spec differs from the plan"),
     ("index.json", lambda ix: ix["versions"].update(numpy="0.0"), None),
     ("plan.json", lambda p: p["identity"].update(root_seed=4), "not the hash of its contents"),
