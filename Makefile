@@ -68,12 +68,14 @@ gpu-kit: $(STAMP)
 	  -r .gpu-kit/requirements.txt -d .gpu-kit/wheels
 	ls .gpu-kit/wheels
 
-# Evidence for the default tumor model (issue 28): phantom LiTS (62 cases, 2 folds: 31 test scans)
-# and a healthy pool of CHAOS + BTCV phantoms, then cluster/examples/experiment-evidence.yaml
-# (real, released, paper-grain, diverse and four ablations of diverse). About an hour on 2 cores.
+# Evidence for the default tumor model (issue 28): phantom LiTS (80 cases, 2 folds: 40 test scans,
+# about 67 lesions at 2 mm: the first run's 62 cases gave 52, short of the issue's 60) and a
+# healthy pool of CHAOS + BTCV phantoms, then cluster/examples/experiment-evidence.yaml (real,
+# released, paper-grain, diverse and four ablations of diverse). Its first run (62 cases) took
+# over 100 minutes beside the test suite; the issue's target is 60 minutes on 2 cores.
 EVIDENCE_DATA := evidence-out/data
 evidence: $(STAMP)
-	$(BIN)/tumorforge phantoms --out $(EVIDENCE_DATA) --layout lits --cases 62 --seed 11 --scale 0.35
+	$(BIN)/tumorforge phantoms --out $(EVIDENCE_DATA) --layout lits --cases 80 --seed 11 --scale 0.35
 	$(BIN)/tumorforge phantoms --out $(EVIDENCE_DATA) --layout chaos,btcv --cases 4 --seed 12 --scale 0.35
 	$(BIN)/tumorforge manifest build --layout lits $(EVIDENCE_DATA)/lits -o $(EVIDENCE_DATA)/lits-all.jsonl
 	$(BIN)/tumorforge manifest split $(EVIDENCE_DATA)/lits-all.jsonl --folds 2 --seed 11 -o $(EVIDENCE_DATA)/lits.jsonl
