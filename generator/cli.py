@@ -17,7 +17,9 @@ def _cmd_preview(args) -> int:
     from .preview import write_preview
     from .scans import load_prepared
 
-    config = config_from_args(args)
+    # A preview shows a tumor: crops centred on one, whatever the profile's policy (the default
+    # profile's pos-neg policy centres half its crops on background), unless the flags say so.
+    config = config_from_args(args, crop_policy="tumor-centred")
     print_warnings(config)
     entries = read_manifest(args.manifest, default_roots(args.manifest, args.allow_root))
     backend = get_backend(args.backend)
@@ -78,7 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("preview", help="generate one sample and write a PNG montage and NIfTI",
                        description="Synthesize sample INDEX of root SEED into a healthy scan of the "
                                    "manifest; write a PNG (axial, coronal, sagittal through each "
-                                   "tumor, with contours), the crop as NIfTI, and its parameters.")
+                                   "tumor, with contours), the crop as NIfTI, and its parameters. "
+                                   "The crop is centred on a tumor (--crop-policy pos-neg gives "
+                                   "the released profile's own crops).")
     p.add_argument("--manifest", required=True)
     p.add_argument("--scan", help="scan_id (default: the first healthy scan)")
     p.add_argument("--seed", type=int, default=0, help="root seed (default 0)")

@@ -401,6 +401,28 @@ def test_preview_command_writes_png_nifti_and_params(tmp_path, tiny_lits):
                        atol=1e-3)
 
 
+def test_preview_of_the_default_profile_is_centred_on_a_tumor(tmp_path):
+    """The default profile (released) centres half its crops on background; a preview shows a
+    tumor, so its crops are tumor-centred unless --crop-policy says otherwise."""
+    import nibabel as nib
+    from tumorforge.cluster.front_door import main
+    from conftest import write_nifti
+    image, label, affine = liver_volume(shape=(120, 110, 50))
+    root = tmp_path / "scans"
+    write_nifti(root / "volume-0.nii", image, affine)
+    write_nifti(root / "segmentation-0.nii", label, affine)
+    main(["manifest", "build", "--layout", "lits", str(root), "-o", str(root / "m.jsonl")])
+    for index in range(3):
+        out = tmp_path / "preview"
+        assert main(["preview", "--manifest", str(root / "m.jsonl"), "--index", str(index),
+                     "--out", str(out), "--size-mix", "medium", "--backend", "numpy"]) == 0
+        params = json.loads((out / f"lits-0-seed0-{index}.params.json").read_text())
+        assert params["config"]["profile"] == "released"
+        assert params["config"]["crop_policy"] == "tumor-centred"
+        lab = np.asarray(nib.load(out / f"lits-0-seed0-{index}.label.nii.gz").dataobj)
+        assert (lab == 2).sum() > 100                               # a tumor in the crop
+
+
 def test_preview_panels_are_radiological_and_lettered():
     """Previews: the patient's right on the image's left, anterior and superior up, and the
     letters on each panel's edges say so."""
