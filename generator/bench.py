@@ -68,13 +68,13 @@ _DRAW: dict = {}
 def _build_texture_bank(backend, scan, config) -> int:
     """The ``released`` texture bank volumes the benchmark's crops read, built before timing (a
     worker builds each once, on first use); returns how many."""
-    import math
+    from .shape import released_margin
     from .texture import bank_edge, bank_volume
     from .tumor_models import tumor_model
     if tumor_model(config.profile).family != "released":
         return 0
     rel, s = config.released, float(scan.spacing_mm[0])
-    margins = {int(math.ceil(3.0 * b / s)) + 1 for b in rel.mask_blur_mm}
+    margins = {released_margin(b, s) for b in rel.mask_blur_mm}
     edges = {bank_edge([c + 2 * m for c in config.crop_size]) for m in margins}
     for edge in edges:
         for sigma in rel.texture_sigmas_mm:

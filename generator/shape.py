@@ -26,6 +26,7 @@ kernels' plan (``kernels.paint``), so the two cannot disagree on a box.
 from __future__ import annotations
 
 import functools
+import math
 from collections import OrderedDict
 
 import numpy as np
@@ -269,6 +270,28 @@ def released_control_grid(t, s: float) -> np.ndarray:
     """A ``released`` tumor's control displacements (voxels), ``(pass, component, i, j)`` =
     ``(3, 2, 3, 3)`` float64: the three 2-D passes' 3 x 3 grids of two displacement components."""
     return _control_points(int(t.deform_seed), (3, 2, 3, 3), float(t.sigma_e_mm) / s)
+
+
+def released_margin(mask_blur_mm: float, s: float) -> int:
+    """Voxels a ``released`` crop's canvas adds on each side: 3 mask-blur sigmas and one."""
+    return int(math.ceil(3.0 * float(mask_blur_mm) / s)) + 1
+
+
+def released_parts(rows, s: float, origin_vox, canvas_lo, dims):
+    """The ``released`` tumors ``rows`` on a canvas (corner ``canvas_lo`` in voxels of the
+    prepared scan whose origin is ``origin_vox``, ``dims`` voxels): per tumor that reaches it, its
+    index, its shape box's corner on the canvas and the part ``[a, b)`` of the box on the canvas
+    (box voxels). What the array path and the kernels' plan both paint."""
+    h = shape_halves(rows, s)
+    corners = np.asarray(rows.center).reshape(-1, 3) - np.asarray(origin_vox) - h \
+        - np.asarray(canvas_lo)
+    out = []
+    for k, corner in enumerate(corners):
+        a = np.maximum(-corner, 0)
+        b = np.minimum(np.asarray(dims) - corner, 2 * h[k] + 1)
+        if np.all(b > a):
+            out.append((k, corner, a, b))
+    return out
 
 
 def _released_shape(backend, t, box_shape, center, s: float, lo=None, hi=None):

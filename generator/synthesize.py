@@ -27,7 +27,6 @@ image int16 HU clipped to [-1024, 3071], label uint8 (0 background, 1 liver, 2 t
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -40,8 +39,8 @@ from .batch import Packed, pack
 from .effects import capsule, darken, mass_effect, place
 from .params import SampleParams
 from .prepare import PAD_HU, PreparedScan
-from .shape import (blur_radius, shape_halves, tumor_halves, tumor_mask, tumor_shape,
-                    work_boxes)
+from .shape import (blur_radius, released_margin, released_parts, tumor_halves, tumor_mask,
+                    tumor_shape, work_boxes)
 from .texture import released_texture
 from .tumor_models import TEXTURES
 
@@ -129,35 +128,24 @@ def _apply_paper_tumor(backend, t, center, work_lo, work_hi, image, label, s, ti
             timer.mark("capsule")
 
 
-def _overlapping(lo, hi, canvas_lo, canvas_hi) -> np.ndarray:
-    """Which boxes [lo, hi) (rows) meet the canvas [canvas_lo, canvas_hi)."""
-    return np.all((lo < canvas_hi) & (canvas_lo < hi), axis=-1)
-
-
 def _released_crop(backend, scan, r, rows, s, crop_lo, crop_hi, timer):
     """The released recipe on the crop plus its blur margin (``r``: the crop's row, ``rows``: its
     tumors); returns (image, label, crop slices)."""
     xp = backend.xp
-    margin = int(math.ceil(3.0 * float(r.mask_blur_mm) / s)) + 1 if len(rows) else 0
+    margin = released_margin(r.mask_blur_mm, s) if len(rows) else 0
     lo, hi = crop_lo - margin, crop_hi + margin
-    full_origin = np.asarray(scan.origin_vox)
     image_dev, label_dev = scan.on(backend)
     image = _extract(backend, image_dev, lo, hi, PAD_HU).astype(xp.float32)
     label = _extract(backend, label_dev, lo, hi, 0)
     timer.mark("canvas")
     if len(rows):
-        h = shape_halves(rows, s)
-        blo = np.asarray(rows.center) - full_origin - h
-        hit = _overlapping(blo, blo + 2 * h + 1, lo, hi)
-        if hit.any():
+        canvas = np.asarray(image.shape)
+        parts = released_parts(rows, s, scan.origin_vox, lo, canvas)
+        if parts:
             union = xp.zeros(image.shape, bool)
-            canvas = np.asarray(image.shape)
             u_lo, u_hi = canvas.copy(), np.zeros(3, np.int64)
-            for n in np.flatnonzero(hit):
+            for n, corner, a, b in parts:
                 # only the part of the tumor's box on the canvas (a pointwise function of position)
-                corner = blo[n] - lo
-                a = np.maximum(-corner, 0)
-                b = np.minimum(canvas - corner, 2 * h[n] + 1)
                 part = tumor_shape(backend, rows[n], s, a, b)
                 dst = tuple(slice(int(x), int(y)) for x, y in zip(corner + a, corner + b))
                 union[dst] |= part > 0
@@ -267,7 +255,7 @@ def start_batch(scans: Sequence[PreparedScan], packed: Packed, backend: Backend,
         from .kernels import released as released_kernels
         fused = paint.eligible(packed)
         paint.paint(module, backend, scans, packed, np.flatnonzero(fused), images, labels, timer)
-        rel = np.array([m.fused and m.family == "released" for m in packed.models], bool)
+        rel = released_kernels.eligible(packed)
         released_kernels.paint(module, backend, scans, packed, np.flatnonzero(rel), images,
                                labels, timer)
         fused |= rel

@@ -18,12 +18,12 @@ all voxels the kernels sum in row-major order and NumPy pairwise (a rounding apa
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..shape import gaussian_weights, released_control_grid, shape_halves
+from ..shape import (gaussian_weights, released_control_grid, released_margin, released_parts,
+                     shape_halves)
 from ..texture import bank_edge, bank_offsets, bank_volume
 from .module import block_size, grid_size
 
@@ -63,6 +63,11 @@ class ReleasedPlan:
     canvas: int           # canvas voxels of the batch
 
 
+def eligible(packed) -> np.ndarray:
+    """Per crop of ``packed``: whether these kernels paint it (a fused ``released``-family model)."""
+    return np.array([m.fused and m.family == "released" for m in packed.models], bool).reshape(-1)
+
+
 def plan(backend, scans, packed, crops) -> ReleasedPlan:
     """The tables of the ``released`` crops ``crops`` (indices into ``packed``)."""
     crops = np.asarray(crops, np.int64)
@@ -83,25 +88,17 @@ def plan(backend, scans, packed, crops) -> ReleasedPlan:
         rc[n, col["t0"]] = rc[n, col["t1"]] = len(rt)
         if not len(rows):
             continue
-        margin = int(math.ceil(3.0 * float(r.mask_blur_mm) / s)) + 1
+        margin = released_margin(r.mask_blur_mm, s)
         dims = size + 2 * margin
-        lo = crop_lo - margin
-        h = shape_halves(rows, s)
-        blo = np.asarray(rows.center) - np.asarray(scan.origin_vox) - h
-        for k in range(len(rows)):
-            corner = blo[k] - lo
-            a = np.maximum(-corner, 0)
-            e = np.minimum(dims - corner, 2 * h[k] + 1)
-            if np.any(e <= a):
-                continue                                  # misses the canvas
-            t = rows[k]
-            box = 2 * h[k] + 1
+        halves = shape_halves(rows, s)
+        for k, corner, a, e in released_parts(rows, s, scan.origin_vox, crop_lo - margin, dims):
+            t, h = rows[k], halves[k]
             h2 = [(float(t.half_axes_mm[x]) / s) ** 2 for x in range(3)]
-            grid = released_control_grid(t, s)
             rt.append([n, *corner, *a, *e])
-            rtf.append([max(int(v) - 1, 1) / 2.0 for v in box] + list(grid.ravel()))
+            rtf.append([max(2 * int(v), 1) / 2.0 for v in h]
+                       + list(released_control_grid(t, s).ravel()))
             rtd.append([h2[1] * h2[2], h2[0] * h2[2], h2[0] * h2[1], h2[0] * h2[1] * h2[2],
-                        *(float(v) for v in h[k])])
+                        *(float(v) for v in h)])
         rc[n, col["t1"]] = len(rt)
         if rc[n, col["t1"]] == rc[n, col["t0"]]:
             continue                                      # no tumor reaches the canvas
