@@ -316,7 +316,6 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     from tumorforge.generator.backend import BACKENDS
     from tumorforge.generator.options import add_generator_options
-    from tumorforge.manifests.dataset.formats import FORMATS
     from tumorforge.manifests.flags import add_allow_root, add_config_flags
     from .spec import JobSpec, Resources
 
@@ -330,7 +329,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      flags={"output": ["--out", "--output", "-o"],
                             "root_seed": ["--seed", "--root-seed"]},
                      options={"backend": {"choices": BACKENDS},
-                              "formats": {"metavar": ",".join(FORMATS)}})
+                              "formats": {"metavar": "FORMAT,..."}})
     add_allow_root(g)
     add_config_flags(g.add_argument_group("resources (how to run; never change the dataset)"),
                      Resources, prefix="resources.")
