@@ -190,9 +190,10 @@ def _write_csv(path: str, cases: list[dict]) -> None:
 
 
 def compare(a_path: str, b_path: str) -> dict:
-    """Paired comparison on shared cases: Wilcoxon signed-rank on per-case tumor DSC, exact
-    McNemar on lesions (the same ground-truth lesion detected by one model and missed by the other)."""
-    from scipy.stats import binomtest, wilcoxon
+    """Paired comparison on shared cases: Wilcoxon signed-rank on per-case tumor DSC and on
+    per-case false-positive lesions, exact McNemar on lesions (the same ground-truth lesion
+    detected by one model and missed by the other)."""
+    from scipy.stats import binomtest
     a, b = (json.load(open(p)) for p in (a_path, b_path))
     hashed = all("scan_sha256" in c for c in [*a["cases"], *b["cases"]])
     if hashed:
@@ -214,13 +215,9 @@ def compare(a_path: str, b_path: str) -> dict:
         raise ValueError(f"{a_path} and {b_path} share no scan")
     pairs = [(ca[s]["tumor_dice"], cb[s]["tumor_dice"]) for s in shared
              if ca[s]["tumor_dice"] is not None and cb[s]["tumor_dice"] is not None]
-    diffs = [x - y for x, y in pairs]
-    if len(pairs) >= 1 and any(d != 0 for d in diffs):
-        w = wilcoxon([x for x, _ in pairs], [y for _, y in pairs], zero_method="wilcox")
-        wil = {"n": len(pairs), "statistic": float(w.statistic), "p_value": float(w.pvalue)}
-    else:
-        wil = {"n": len(pairs), "statistic": None, "p_value": None,
-               "note": "no case with a non-zero difference"}
+    wil = _paired_wilcoxon(pairs)
+    fp_pairs = [(ca[s]["false_positive_lesions"], cb[s]["false_positive_lesions"]) for s in shared
+                if "false_positive_lesions" in ca[s] and "false_positive_lesions" in cb[s]]
     only_a = only_b = both = neither = 0
     for s in shared:
         la = {l["id"]: l["detected"] for l in ca[s]["lesions"]}
@@ -242,4 +239,17 @@ def compare(a_path: str, b_path: str) -> dict:
                    "b_checkpoint_sha256": b.get("checkpoint_sha256"),
                    "tumor_dice_mean": {"a": mean([x for x, _ in pairs]),
                                        "b": mean([y for _, y in pairs])},
-                   "wilcoxon_tumor_dice": wil, "mcnemar_lesions": mc})
+                   "wilcoxon_tumor_dice": wil, "mcnemar_lesions": mc,
+                   "false_positive_lesions_per_scan": {"a": mean([x for x, _ in fp_pairs]),
+                                                       "b": mean([y for _, y in fp_pairs])},
+                   "wilcoxon_false_positives": _paired_wilcoxon(fp_pairs)})
+
+
+def _paired_wilcoxon(pairs: list[tuple[float, float]]) -> dict:
+    """Wilcoxon signed-rank test of paired per-case values (zero differences dropped)."""
+    from scipy.stats import wilcoxon
+    if any(x != y for x, y in pairs):
+        w = wilcoxon([x for x, _ in pairs], [y for _, y in pairs], zero_method="wilcox")
+        return {"n": len(pairs), "statistic": float(w.statistic), "p_value": float(w.pvalue)}
+    return {"n": len(pairs), "statistic": None, "p_value": None,
+            "note": "no case with a non-zero difference"}
