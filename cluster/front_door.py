@@ -9,6 +9,8 @@ Each stage's ``cli.py`` imports its heavy modules only when a subcommand runs, s
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import sys
 from importlib import metadata
 
@@ -26,6 +28,34 @@ def version_text() -> str:
     return f"tumorforge {package} (generator output version {GENERATOR_VERSION})"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``tumorforge generate: unrecognized arguments: --x
+    (see tumorforge generate --help)`` instead of the usage block first (subcommand parsers are of
+    this class too: argparse makes them with their parent's)."""
+
+    def error(self, message: str):
+        found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if found:                                      # a typo: name the nearest choice
+            choices = re.findall(r"'([^']*)'", found.group(2))
+            near = difflib.get_close_matches(found.group(1), choices, n=1)
+            if near:
+                message = f"{message}; did you mean {near[0]!r}?"
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def parse_command(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, with unknown arguments reported by the subcommand they were
+    given to (``tumorforge generate: unrecognized arguments: --x``), not by the top parser."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        target = parser
+        for word in command_words(parser, argv).split():
+            sub = next(a for a in target._actions if isinstance(a, argparse._SubParsersAction))
+            target = sub.choices[word]
+        target.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tumorforge.evaluation import cli as evaluation_cli
     from tumorforge.generator import cli as generator_cli
@@ -34,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import cli as cluster_cli
     from . import demo, experiment
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tumorforge",
         description="Synthetic liver tumors at cluster scale: phantoms and scan manifests, tumor "
                     "synthesis, sharded generation, training and evaluation.")
@@ -75,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     other exception is a bug and keeps its traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_command(parser, argv)
     args.argv = argv                 # what a command that re-launches itself passes on
     try:
         return int(args.func(args) or 0)

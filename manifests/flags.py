@@ -41,9 +41,15 @@ def _comments(cls) -> dict[str, str]:
 
 
 def _show(value) -> str:
+    """A default as help text shows it: no Python reprs, "" for an empty string."""
     import dataclasses
     if dataclasses.is_dataclass(value):
         return type(value).__name__
+    if value == "":
+        return '""'
+    if isinstance(value, dict) and value and all(dataclasses.is_dataclass(v)
+                                                 for v in value.values()):
+        return "presets " + ", ".join(map(str, value))     # records: their names, not reprs
     if isinstance(value, tuple) and value and len(set(value)) == 1 and len(value) == 3:
         return str(value[0])
     if isinstance(value, (tuple, list)):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from tumorforge.cluster.front_door import build_parser
 from tumorforge.cluster.spec import JobSpec, Resources, load_spec
 from tumorforge.generator.config import GeneratorConfig, PaperParams, ReleasedParams
@@ -80,3 +82,29 @@ def test_help_shows_defaults(capsys):
         build_parser().parse_args(["train", "--help"])
     text = capsys.readouterr().out
     assert "--warmup-steps N" in text and "(default: 50)" in text
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["generate", "--bogus"],
+     "tumorforge generate: unrecognized arguments: --bogus (see tumorforge generate --help)"),
+    (["generat"], "did you mean 'generate'? (see tumorforge --help)"),
+    (["manifest", "spilt"], "did you mean 'split'? (see tumorforge manifest --help)"),
+    (["train", "--steps", "x"],
+     "tumorforge train: argument --steps: invalid int value: 'x' (see tumorforge train --help)"),
+])
+def test_a_usage_error_is_one_line_that_says_where_help_is(argv, expected, capsys):
+    from tumorforge.cluster.front_door import main
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+
+
+def test_help_shows_defaults_without_python_reprs():
+    """Empty defaults read "", preset tables their names; no dataclass repr reaches --help."""
+    import re
+    text = build_parser()._subparsers._group_actions[0].choices["generate"].format_help()
+    assert "(default: )" not in text and "SizePreset(" not in text
+    assert not re.search(r"[A-Z][a-z]+[A-Z][a-zA-Z]*\(", text), text
+    assert 'presets tiny, small, medium, large' in re.sub(r"\s+", " ", text)
