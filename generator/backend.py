@@ -150,6 +150,17 @@ def _cupy() -> Backend:
     return Backend("cupy", cupy, cupyx.scipy.ndimage)
 
 
+def no_gpu_reason(exc: BaseException) -> str:
+    """Why ``auto`` fell back to NumPy, in a few words (the full error is what ``--backend cupy``
+    says): CuPy missing, no CUDA device, or the first line of what failed."""
+    cause = exc.__cause__ or exc
+    if isinstance(cause, ModuleNotFoundError):
+        return "CuPy is not installed"
+    text = str(exc) if cause is exc else f"{type(cause).__name__}: {cause}"
+    first = text.splitlines()[0] if text else type(cause).__name__
+    return first if len(first) <= 80 else first[:77] + "..."
+
+
 def get_backend(name: str = "auto") -> Backend:
     """``auto`` picks CuPy when a GPU works, else NumPy, and logs which it picked and why."""
     if name not in BACKENDS:
@@ -164,6 +175,7 @@ def get_backend(name: str = "auto") -> Backend:
         backend = Backend(backend.name, backend.xp, backend.ndi, why)
     except BackendError as exc:
         numpy_backend = _numpy()
-        backend = Backend(numpy_backend.name, np, numpy_backend.ndi, f"auto: no usable GPU ({exc})")
+        backend = Backend(numpy_backend.name, np, numpy_backend.ndi,
+                          f"auto: no usable GPU, {no_gpu_reason(exc)}")
     log.info("backend %s (%s)", backend.name, backend.why)
     return backend
