@@ -39,7 +39,8 @@ class Parser(argparse.ArgumentParser):
             choices = re.findall(r"'([^']*)'", found.group(2))
             near = difflib.get_close_matches(found.group(1), choices, n=1)
             if near:
-                message = f"{message}; did you mean {near[0]!r}?"
+                message = f"{message[:found.start()]}invalid choice: {found.group(1)!r}; " \
+                          f"did you mean {near[0]!r}?"
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
@@ -56,6 +57,33 @@ def parse_command(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.
     return args
 
 
+# The commands as ``tumorforge --help`` lists them: by stage, in the order a user meets them.
+STAGES = (
+    ("start here", ("demo", "experiment")),
+    ("data", ("phantoms", "manifest")),
+    ("tumors", ("preview", "synthesize", "generate", "submit")),
+    ("datasets", ("verify", "inspect", "audit")),
+    ("models", ("train", "evaluate", "compare", "robustness", "vtt", "stats")),
+    ("speed", ("bench",)),
+)
+
+
+def _group_commands(parser: argparse.ArgumentParser, sub: argparse._SubParsersAction) -> None:
+    """Move the command list of ``--help`` into an epilog grouped by :data:`STAGES`."""
+    helps = {a.dest: a.help or "" for a in sub._choices_actions}
+    listed = [name for _, names in STAGES for name in names]
+    if sorted(listed) != sorted(helps):
+        raise AssertionError(f"STAGES lists {sorted(listed)}, the parser has {sorted(helps)}")
+    width = max(map(len, listed)) + 2
+    lines = []
+    for stage, names in STAGES:
+        lines.append(f"{stage}:")
+        lines += [f"  {name:<{width}}{helps[name]}" for name in names]
+    sub._choices_actions.clear()
+    sub.help = "one of the commands below; tumorforge COMMAND --help for its options"
+    parser.epilog = "\n".join(lines) + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tumorforge.evaluation import cli as evaluation_cli
     from tumorforge.generator import cli as generator_cli
@@ -65,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import demo, experiment
 
     parser = Parser(
-        prog="tumorforge",
-        description="Synthetic liver tumors at cluster scale: phantoms and scan manifests, tumor "
+        prog="tumorforge", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Synthetic liver tumors at cluster scale: phantoms and scan manifests, tumor\n"
                     "synthesis, sharded generation, training and evaluation.")
     parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -84,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     generator_cli.register_bench(bsub)
     trainer_cli.register_bench(bsub)
     cluster_cli.register_bench(bsub)
+    _group_commands(parser, sub)
     return parser
 
 

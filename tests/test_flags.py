@@ -108,3 +108,16 @@ def test_help_shows_defaults_without_python_reprs():
     assert "(default: )" not in text and "SizePreset(" not in text
     assert not re.search(r"[A-Z][a-z]+[A-Z][a-zA-Z]*\(", text), text
     assert 'presets tiny, small, medium, large' in re.sub(r"\s+", " ", text)
+
+
+def test_top_help_lists_every_command_once_grouped_by_stage():
+    from tumorforge.cluster.front_door import STAGES
+    parser = build_parser()
+    text = parser.format_help()
+    commands = sorted(parser._subparsers._group_actions[0].choices)
+    listed = [name for _, names in STAGES for name in names]
+    assert sorted(listed) == commands
+    lines = text.splitlines()
+    for stage, names in STAGES:
+        at = lines.index(f"{stage}:")
+        assert [ln.split()[0] for ln in lines[at + 1:at + 1 + len(names)]] == list(names)
