@@ -33,6 +33,10 @@ def _cmd_generate(args) -> int:
     from .spec import load_spec
     from tumorforge.generator.options import print_warnings
     spec = load_spec(args.job, _spec_overrides(args))
+    if args.print_config:
+        from tumorforge.manifests.flags import config_yaml
+        print(config_yaml(spec.to_json()), end="")
+        return 0
     print_warnings(spec.generator)
     if args.dry_run:
         return _dry_run(spec)
@@ -316,7 +320,7 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     from tumorforge.generator.backend import BACKENDS
     from tumorforge.generator.options import add_generator_options
-    from tumorforge.manifests.flags import add_allow_root, add_config_flags
+    from tumorforge.manifests.flags import add_allow_root, add_config_flags, add_print_config
     from .spec import JobSpec, Resources
 
     g = sub.add_parser("generate", help="run a generation job (Ray) writing Zarr/WebDataset shards",
@@ -331,6 +335,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      options={"backend": {"choices": BACKENDS},
                               "formats": {"metavar": "FORMAT,..."}})
     add_allow_root(g)
+    add_print_config(g, "job spec")
     add_config_flags(g.add_argument_group("resources (how to run; never change the dataset)"),
                      Resources, prefix="resources.")
     g.add_argument("--address", help="Ray cluster address (default: start an embedded one); "

@@ -202,3 +202,17 @@ def merged(base: dict, overrides: dict, sections=()) -> dict:
         else:
             out[key] = value
     return out
+
+
+def add_print_config(parser, what: str) -> None:
+    """``--print-config``: print the effective ``what`` (file and flags merged) as YAML and exit."""
+    parser.add_argument("--print-config", action="store_true",
+                        help=f"print the {what} that would run (the file with the flags on top) "
+                             f"as YAML a run takes back, and exit")
+
+
+def config_yaml(record: dict) -> str:
+    """A config record (``to_json()``) as YAML, in field order, lists for tuples."""
+    import json
+    import yaml
+    return yaml.safe_dump(json.loads(json.dumps(record)), sort_keys=False)

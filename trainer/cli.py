@@ -14,6 +14,10 @@ def _cmd_train(args) -> int:
     from .config import load_config
     from .train import launch_local, train
     cfg = load_config(args.config, config_overrides(args, "train."))
+    if args.print_config:
+        from tumorforge.manifests.flags import config_yaml
+        print(config_yaml(cfg.to_json()), end="")
+        return 0
     if args.nproc_per_node > 1 and "RANK" not in os.environ:
         return launch_local(args.nproc_per_node, without_flag(args.argv, "--nproc-per-node"))
     summary = train(cfg, resume=args.resume)
@@ -47,7 +51,7 @@ def _source_flag(text: str) -> dict:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from tumorforge.manifests.flags import add_config_flags
+    from tumorforge.manifests.flags import add_config_flags, add_print_config
     from .config import TrainConfig
     from .models import MODELS
     t = sub.add_parser("train", help="train a segmentation model from generated datasets",
@@ -65,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                 "help": "held-out dataset for a periodic validation Dice"},
         "model": {"choices": MODELS}, "device": {"choices": DEVICES}})
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    add_print_config(t, "training config")
     t.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
                    help="DDP ranks on this machine (CPU gloo or one GPU each), with the "
                         "rendezvous store and the ranks' sockets on 127.0.0.1 only; use this "
