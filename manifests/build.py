@@ -8,6 +8,8 @@ a problem row (validate) naming the file and the reason.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -151,9 +153,25 @@ def build_images(root: str, out: str, image_pattern: str | None, source: str = "
     entries = [r for r in results if isinstance(r, ImageEntry)]
     rejections += [Rejection(sid, uri, "", r.problem) for (sid, uri), r in zip(todo, results)
                    if isinstance(r, ScanError)]
-    write_jsonl(out, entries)
+    written = [relative_to_manifest(e, out) for e in entries]
+    write_jsonl(out, written)
     write_jsonl(rejected_path(out), sorted(rejections, key=lambda r: (r.scan_id, r.image)))
-    return BuildResult(out, rejected_path(out), entries, rejections)
+    outside = storage.normalize(root) if any(w is e for w, e in zip(written, entries)) else None
+    return BuildResult(out, rejected_path(out), entries, rejections, outside)
+
+
+def relative_to_manifest(entry, manifest: str):
+    """``entry`` (a :class:`ScanEntry` or an :class:`ImageEntry`) with its files relative to the
+    manifest's folder when they all lie below it; the entry itself otherwise."""
+    base = storage.parent(manifest)
+    folder = storage.AllowedRoots.of([base])
+    files = {k: getattr(entry, k) for k in ("image", "label") if hasattr(entry, k)}
+    try:
+        for what, uri in files.items():
+            folder.check(uri, what)
+    except storage.PathEscapeError:
+        return entry
+    return dataclasses.replace(entry, **{k: storage.relative_to(base, v) for k, v in files.items()})
 
 
 def _inspect_all(candidates, workers: int):
@@ -175,6 +193,7 @@ class BuildResult:
     rejected: str
     entries: list[ScanEntry]
     rejections: list[Rejection]
+    outside: str | None = None       # the root of scans outside the manifest's folder, if any
 
 
 def default_workers() -> int:
@@ -186,8 +205,11 @@ def build_manifest(layout: str, root: str, out: str, *, workers: int | None = No
     """Find, check and record every scan of ``layout`` below ``root``.
 
     Good scans go to ``out`` (JSON Lines, sorted by scan_id); the others go to
-    ``<out>.rejected.jsonl`` with the reason. Paths are written as absolute URIs. Every path must
-    lie inside ``root`` or ``allowed_roots`` (a symlink out of the dataset is rejected).
+    ``<out>.rejected.jsonl`` with the reason. A scan below the manifest's folder is written
+    relative to it (the manifest then works from any working directory and moves with its data);
+    others as absolute URIs, which later commands read only with their root allowed
+    (:attr:`BuildResult.outside` says which root). Every path must lie inside ``root`` or
+    ``allowed_roots`` (a symlink out of the dataset is rejected).
     """
     discovery: Discovery = discover(layout, root, **generic)
     roots = storage.AllowedRoots.of([root, *allowed_roots])
@@ -207,9 +229,11 @@ def build_manifest(layout: str, root: str, out: str, *, workers: int | None = No
             entries.append(result)
         else:
             rejections.append(Rejection(c.scan_id, c.image, c.label, str(result)))
-    write_jsonl(out, entries)
+    written = [relative_to_manifest(e, out) for e in entries]
+    write_jsonl(out, written)
     write_jsonl(rejected_path(out), sorted(rejections, key=lambda r: (r.scan_id, r.image)))
-    return BuildResult(out, rejected_path(out), entries, rejections)
+    outside = storage.normalize(root) if any(w is e for w, e in zip(written, entries)) else None
+    return BuildResult(out, rejected_path(out), entries, rejections, outside)
 
 
 def validate_manifest(uri: str, *, allowed_roots=(), workers: int | None = None):

@@ -19,6 +19,10 @@ def format_table(headers: list[str], rows: list[tuple], max_width: int = 100) ->
     return "\n".join(out)
 
 
+# ``--layout generic`` without ``--label-map``: a mask of the liver alone, as most tools write it.
+GENERIC_LABEL_MAP = "liver=1"
+
+
 def _cmd_build(args) -> int:
     from .build import build_manifest
     from .schema import LabelMap
@@ -30,9 +34,13 @@ def _cmd_build(args) -> int:
         args.source = args.source if args.source != "generic" else "dicom"
         return _build_images(args)
     if args.layout == "generic":
-        if not (args.image_pattern and args.label_pattern and args.label_map):
-            raise UserError("--layout generic needs --image-pattern, and --label-pattern with "
-                            "--label-map (or no label pattern for an image-only list)")
+        if not (args.image_pattern and args.label_pattern):
+            raise UserError("--layout generic needs --image-pattern, and --label-pattern "
+                            "(or no label pattern for an image-only list)")
+        if not args.label_map:
+            args.label_map = GENERIC_LABEL_MAP
+            print(f"label map: {GENERIC_LABEL_MAP} (the default: masks of the liver alone; "
+                  f"--label-map 'liver=1,tumor=2' for masks with tumors)")
         generic = dict(image_pattern=args.image_pattern, label_pattern=args.label_pattern,
                        label_map=LabelMap.parse(args.label_map), source=args.source)
     try:
@@ -48,6 +56,11 @@ def _cmd_build(args) -> int:
 def _report_build(result, what: str) -> int:
     """What a build wrote and rejected; exit 1 when nothing was kept."""
     print(f"{result.manifest}: {what}")
+    if result.outside and result.entries:
+        print(f"note: the scans lie outside the manifest's folder, so it names them by absolute "
+              f"path and later commands read them only with --allow-root {result.outside} (or "
+              f"TUMORFORGE_ALLOWED_ROOTS); a manifest written inside {result.outside} names them "
+              f"relative to itself and needs neither")
     if result.rejections:
         print(f"{result.rejected}: {len(result.rejections)} rejected")
         print(format_table(["scan", "file", "problem"],
@@ -158,7 +171,8 @@ def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     b.add_argument("--image-pattern", help="generic layout: image path below ROOT with one {id}")
     b.add_argument("--label-pattern", help="generic layout: label path below ROOT with one {id} "
                                            "(none: an image-only list for label-liver)")
-    b.add_argument("--label-map", help="generic layout: label values, e.g. 'liver=1,tumor=2'")
+    b.add_argument("--label-map", help="generic layout: label values, e.g. 'liver=1,tumor=2' "
+                                        "(default: liver=1)")
     b.add_argument("--source", default="generic", help="generic layout: dataset name for scan IDs")
     add_allow_root(b)
     b.add_argument("--workers", **workers)

@@ -224,13 +224,52 @@ def find_images(root: str, files: list[str], image_pattern: str, source: str = "
     return sorted(found)
 
 
+# What each layout's finder looks for, as an empty build says it.
+LOOKS_FOR = {
+    "lits": "volume-N.nii[.gz] beside segmentation-N.nii[.gz]",
+    "msd": "dataset.json listing imagesTr/labelsTr pairs",
+    "btcv": "img/imgNNNN.nii.gz beside label/labelNNNN.nii.gz",
+    "chaos": "<case>/DICOM_anon/*.dcm with <case>/Ground/*.png, or <case>/image.nii.gz with a "
+             "liver mask",
+    "dicom": "folders of .dcm files",
+}
+FINDERS = {"lits": find_lits, "msd": find_msd, "btcv": find_btcv, "chaos": find_chaos}
+
+
 def discover(layout: str, root: str, **generic) -> Discovery:
-    """All candidate pairs of ``layout`` below ``root``."""
+    """All candidate pairs of ``layout`` below ``root``. Nothing found is an error that says what
+    the layout looks for and names a layout that finds scans there, if one does."""
     root = storage.normalize(root)
     files = storage.list_files(root)
     if layout == "generic":
-        return find_generic(root, files, **generic)
-    finders = {"lits": find_lits, "msd": find_msd, "btcv": find_btcv, "chaos": find_chaos}
-    if layout not in finders:
+        found = find_generic(root, files, **generic)
+        wanted = f"{generic.get('image_pattern')} beside {generic.get('label_pattern')}"
+    elif layout in FINDERS:
+        try:
+            found = FINDERS[layout](root, files)
+        except FileNotFoundError as exc:            # msd without its dataset.json
+            raise FileNotFoundError(f"{exc}; {suggest_layout(root, files, layout)}") from None
+        wanted = LOOKS_FOR[layout]
+    else:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
-    return finders[layout](root, files)
+    if not found.candidates and not found.problems:
+        raise ValueError(f"{root}: no scans of the {layout} layout ({len(files)} file(s) there; "
+                         f"it looks for {wanted}); {suggest_layout(root, files, layout)}")
+    return found
+
+
+def suggest_layout(root: str, files: list[str], tried: str) -> str:
+    """The layouts that find image/label pairs in ``files``, as advice for a failed build."""
+    hits = []
+    for name, finder in FINDERS.items():
+        if name != tried:
+            try:
+                n = len(finder(root, files).candidates)
+            except (ValueError, OSError):
+                n = 0
+            if n:
+                hits.append(f"--layout {name} finds {n} scan(s) there")
+    if hits:
+        return "; ".join(hits)
+    return ("no other layout finds image/label pairs there either: for your own folder use "
+            "--layout generic with --image-pattern and --label-pattern (one {id} each)")
