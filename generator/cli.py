@@ -42,6 +42,8 @@ def _cmd_synthesize(args) -> int:
     from .options import config_from_args, print_warnings
     from .whole_scan import run_synthesize
 
+    if args.grid is None:             # nnU-Net plans its own spacing: give it the scans' grid
+        args.grid = "native" if args.format == "nnunet" else "prepared"
     # A whole scan without a tumor is no use here: negatives only when asked for.
     config = config_from_args(args, negative_fraction=0.0)
     if config.profile == "real":
@@ -106,9 +108,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="scan to use (repeatable; default: every healthy scan of the manifest)")
     w.add_argument("--count", type=int, default=1, help="cases per scan (default 1)")
     w.add_argument("--seed", type=int, default=0, help="root seed (default 0)")
-    w.add_argument("--grid", choices=GRIDS, default="prepared",
+    w.add_argument("--grid", choices=GRIDS, default=None,
                    help="prepared: the whole scan on the generator's RAS grid at --spacing; "
-                        "native: the scan's own grid and voxel order (default prepared)")
+                        "native: the scan's own grid and voxel order (default: native for "
+                        "--format nnunet, which resamples itself; prepared for nifti)")
     w.add_argument("--format", choices=OUTPUT_FORMATS, default="nifti",
                    help="nifti: images/, labels/, params/ under --out; nnunet: an nnU-Net v2 raw "
                         "dataset --out/Dataset<NNN>_<Name>/ (default nifti)")

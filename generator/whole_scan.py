@@ -335,6 +335,27 @@ def nnunet_dataset_json(run: SynthesizeRun, name: str) -> dict:
                            f"root seed {run.root_seed}; see synthesize.json and params/"}
 
 
+# nnU-Net v2 reads its folds from this file in the preprocessed dataset folder (copy it there
+# after nnUNetv2_plan_and_preprocess); without it nnU-Net splits the cases at random, and cases
+# painted into one healthy scan would sit in a model's training and validation folds at once.
+NNUNET_SPLITS = "splits_final.json"
+NNUNET_FOLDS = 5
+
+
+def nnunet_splits(cases, root_seed: int, folds: int = NNUNET_FOLDS) -> list[dict]:
+    """nnU-Net's ``splits_final.json``: ``folds`` (at most one per scan) train/val lists of case
+    names, every case of one source scan in the same fold; the scans are dealt to the folds in an
+    order fixed by ``root_seed`` and the scan ids."""
+    by_scan: dict[str, list[str]] = {}
+    for c in cases:
+        by_scan.setdefault(c.scan_id, []).append(c.case)
+    order = sorted(by_scan, key=lambda s: hashlib.sha256(f"{root_seed}:{s}".encode()).hexdigest())
+    k = max(1, min(folds, len(order)))
+    val = [[case for s in order[f::k] for case in sorted(by_scan[s])] for f in range(k)]
+    every = sorted(c.case for c in cases)
+    return [{"train": [c for c in every if c not in set(v)], "val": v} for v in val]
+
+
 def run_synthesize(entries, config: GeneratorConfig, *, out: str, manifest: str, allow_roots,
                    count: int, root_seed: int, grid: str, output_format: str, backend: Backend,
                    command: str = "", dataset_id: int = 501, dataset_name: str = "TumorforgeLiver",
@@ -396,5 +417,7 @@ def run_synthesize(entries, config: GeneratorConfig, *, out: str, manifest: str,
     if output_format == "nnunet":
         storage.write_atomic(storage.join(folder, "dataset.json"),
                              json.dumps(nnunet_dataset_json(run, dataset_name), indent=1).encode())
+        storage.write_atomic(storage.join(folder, NNUNET_SPLITS),
+                             json.dumps(nnunet_splits(run.cases, root_seed), indent=1).encode())
     storage.write_atomic(storage.join(folder, RUN_RECORD), pretty_json(run.to_json()))
     return folder, run

@@ -109,14 +109,24 @@ def test_native_grid_changes_only_voxels_near_the_tumors(scans):
 def test_nnunet_raw_dataset_layout(scans, tmp_path):
     root, manifest, _ = scans
     assert synthesize(["--manifest", str(manifest), "--format", "nnunet", "--dataset-id", "7",
-                       "--dataset-name", "Toy", "--out", str(tmp_path)]) == 0
+                       "--dataset-name", "Toy", "--count", "2", "--out", str(tmp_path)]) == 0
     ds = tmp_path / "Dataset007_Toy"
+    from tumorforge.generator.whole_scan import read_run
+    run = read_run(str(ds))
+    assert run.grid == "native"          # nnU-Net resamples itself: the scans' own grid
+    # The folds keep every case of one healthy scan together (two scans: two folds).
+    splits = json.loads((ds / "splits_final.json").read_text())
+    scan_of = {c.case: c.scan_id for c in run.cases}
+    assert len(splits) == 2
+    for fold in splits:
+        assert sorted(fold["train"] + fold["val"]) == sorted(scan_of)
+        assert not {scan_of[c] for c in fold["train"]} & {scan_of[c] for c in fold["val"]}
     meta = json.loads((ds / "dataset.json").read_text())
     assert meta["labels"] == {"background": 0, "liver": 1, "tumor": 2}
     assert meta["channel_names"] == {"0": "CT"} and meta["file_ending"] == ".nii.gz"
     labels = sorted(p.name for p in (ds / "labelsTr").iterdir())
     images = sorted(p.name for p in (ds / "imagesTr").iterdir())
-    assert meta["numTraining"] == len(labels) == 2             # one case per healthy scan
+    assert meta["numTraining"] == len(labels) == 4             # two cases per healthy scan
     assert images == [n.replace(".nii.gz", "_0000.nii.gz") for n in labels]
     for name in labels:
         label, _ = load(ds / "labelsTr" / name)
@@ -168,3 +178,16 @@ def test_stats_measures_whole_scans_and_flags_a_changed_case(scans, tmp_path, ca
     assert m["hu_drop_hu"]["median"] > 10 and m["contrast_hu"]["median"] < 0
     assert m["depth_mm"]["median"] > 0 and m["inside_fraction"]["median"] >= 0.9
     assert 0.5 < m["texture_ratio"]["median"] < 1.5
+
+
+def test_nnunet_splits_put_each_scan_in_one_validation_fold():
+    from types import SimpleNamespace
+    from tumorforge.generator.whole_scan import nnunet_splits
+    cases = [SimpleNamespace(case=f"s{s}_{n}", scan_id=f"s{s}") for s in range(7) for n in range(3)]
+    splits = nnunet_splits(cases, root_seed=0)
+    assert len(splits) == 5
+    vals = [c for f in splits for c in f["val"]]
+    assert sorted(vals) == sorted(c.case for c in cases)          # each case validated once
+    for f in splits:
+        assert {c.split("_")[0] for c in f["val"]}.isdisjoint(c.split("_")[0] for c in f["train"])
+    assert nnunet_splits(cases, 0) == splits and nnunet_splits(cases, 1) != splits
