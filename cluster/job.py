@@ -29,8 +29,8 @@ from tumorforge.manifests.organs import get_organ
 from tumorforge.manifests.schema import ManifestError, default_roots, read_manifest
 
 from tumorforge.manifests.dataset.formats import FORMATS
-from tumorforge.manifests.dataset.names import (COMMITS, INDEX, LOCK, PLAN, REPORT, commit_key,
-                                                record_key, sample_index)
+from tumorforge.manifests.dataset.names import (CARD, COMMITS, INDEX, LOCK, PLAN, REPORT,
+                                                commit_key, record_key, sample_index)
 from tumorforge.manifests.dataset.reader import COMMIT_MAX_BYTES
 from tumorforge.manifests.dataset.records import (FORMAT_CHECKS, FORMAT_NAMES, WRITABLE_FORMATS,
                                                   DatasetIndex, FileRecord, Provenance,
@@ -769,7 +769,9 @@ def _run_locked(spec: JobSpec, plan: Plan, out: Objects, ray, progress: bool, lo
     result.seconds = time.perf_counter() - t0
     versions = _versions()
     if result.ok:
-        _write_index(plan, out, versions)
+        from .dataset_card import dataset_card
+        index = _write_index(plan, out, versions)
+        out.put(CARD, dataset_card(plan, index).encode())
     report = {"dataset_id": plan.dataset_id, "output": spec.output, "ok": result.ok,
               "shards": len(plan.shards), "committed_before": len(committed),
               "written": result.written, "samples_written": result.samples,

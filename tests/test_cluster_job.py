@@ -68,6 +68,12 @@ def test_dataset_is_complete_and_consistent(reference):
     assert kinds <= {"tiny", "small", "negative"} and len(kinds) >= 2
     report = json.loads((reference / "job_report.json").read_text())
     assert report["ok"] and report["samples_written"] == 14
+    # The card for people, beside the index (verify above does not count it as an extra object).
+    card = (reference / "DATASET.md").read_text()
+    assert card.startswith(f"# Dataset {ds.dataset_id}")
+    assert "14 samples in 4 shards of up to 4, formats: zarr, wds" in card
+    assert "made from 3 scans (3 healthy)" in card
+    assert "| toy | 3 | not known to tumorforge: check the source |" in card
 
 
 def test_plan_is_a_pure_function(scans, tmp_path):
@@ -416,3 +422,18 @@ def test_actors_get_a_skeleton_plan_and_each_shard_its_own_scans(reference, scan
     record = ShardWorker(skeleton).write_shard(shard, entries)
     want = json.loads((reference / "_commits" / "shard-000002.json").read_text())["files"]
     assert {k: f.to_json() for k, f in record.files.items()} == want
+
+
+def test_dataset_card_names_each_source_with_its_licence():
+    from types import SimpleNamespace as NS
+    from tumorforge.cluster.dataset_card import LICENCES, dataset_card
+    from tumorforge.generator.config import GeneratorConfig
+    scans = {f"{src}-{i}": NS(source=src, role="healthy") for src in ("lits", "btcv", "mine")
+             for i in range(2)}
+    plan = NS(spec=NS(generator=GeneratorConfig(), root_seed=5), scans=scans)
+    index = NS(dataset_id="abc", samples=10, shard_count=2, samples_per_shard=5,
+               formats=("zarr",))
+    card = dataset_card(plan, index)
+    assert f"| lits | 2 | {LICENCES['lits']} |" in card and "CC BY-NC-SA 4.0" in card
+    assert "| mine | 2 | not known to tumorforge: check the source |" in card
+    assert "profile `released`" in card and "root seed 5" in card

@@ -5,6 +5,7 @@ them; nothing else spells them.
     index.json                      the dataset's table of contents, written last
     plan.json                       the job's plan (its hash is the dataset_id)
     job_report.json                 how the last run went (not part of the dataset's identity)
+    DATASET.md                      the dataset's card for people: what, how many, how, from what
     _lock.json                      held by the run writing the dataset (owner, heartbeat)
     _commits/shard-000123.json      one commit record per finished shard
     shards/shard-000123.json        the shard's record: its objects and samples' digests (2-3)
@@ -19,12 +20,13 @@ import re
 INDEX = "index.json"
 PLAN = "plan.json"
 REPORT = "job_report.json"
+CARD = "DATASET.md"
 LOCK = "_lock.json"
 COMMITS = "_commits"
 ZARR_ROOT = "dataset.zarr"
 WDS_DIR = "wds"
 RECORDS = "shards"
-TOP_LEVEL = (INDEX, PLAN, REPORT, LOCK)
+TOP_LEVEL = (INDEX, PLAN, REPORT, CARD, LOCK)
 # The storage formats a job writes unless its spec names others. Which formats exist, and what
 # each writes and reads, is the format table (formats.FORMATS).
 DEFAULT_FORMATS = ("zarr", "wds")
