@@ -45,8 +45,13 @@ def _register_evaluate(sub) -> None:
                                    "size; overlap 0.75, Gaussian), post-processing, predictions "
                                    "saved as NIfTI on each scan's grid, metrics in physical "
                                    "spacing, and a report.")
-    e.add_argument("--checkpoint", required=True, help="step-*.pt, or a training output folder "
-                                                       "(its newest checkpoint)")
+    source = e.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="step-*.pt, or a training output folder (its "
+                                             "newest checkpoint)")
+    source.add_argument("--predictions", metavar="DIR",
+                        help="score label maps instead of a model: DIR/<scan id>.nii.gz (or the "
+                             "image's file name, nnU-Net's output naming) per scan, on the scan's "
+                             "grid, labels 0 background / 1 liver / 2 tumor")
     e.add_argument("--manifest", required=True, help="annotated scans (tumor and healthy)")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--fold", type=int, help="only scans of this fold (default: all)")
@@ -85,7 +90,12 @@ def _evaluate(args) -> int:
     if args.roi is not None and (args.roi < 16 or args.roi % 16):
         raise UserError(f"--roi {args.roi}: expected a multiple of 16 voxels")
     try:
+        segmenter = None
+        if args.predictions:
+            from .evaluate import predictions_segmenter
+            segmenter = predictions_segmenter(args.predictions)
         summary = evaluate(args.checkpoint, args.manifest, args.out, allow_roots=args.allow_root,
+                           segmenter=segmenter,
                            fold=args.fold, limit=args.limit, overlap=args.overlap,
                            sw_batch=args.sw_batch, roi=args.roi, tolerance_mm=args.tolerance,
                            device=args.device, detection=args.detection,

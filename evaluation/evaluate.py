@@ -83,7 +83,8 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
         t0 = time.perf_counter()
         image = read_volume(e.image)
         label = read_volume(e.label, like=image)
-        answer = segmenter(image.data, image.info.affine)
+        answer = segmenter.for_entry(e, image) if hasattr(segmenter, "for_entry") else \
+            segmenter(image.data, image.info.affine)
         prob = None
         if isinstance(answer, tuple):
             answer, prob = answer
@@ -118,6 +119,40 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
     from .report import write_report
     write_report(out, summary, examples)
     return summary
+
+
+class predictions_segmenter:
+    """The segmenter of ``evaluate --predictions DIR``: each scan's answer is a label map read
+    from ``DIR`` (``<scan id>.nii.gz``, else the image's own file name, as nnU-Net names its
+    predictions), on the scan's grid (its affine within the readers' tolerance). A missing file or
+    another grid is an error naming the scan and the file."""
+
+    def __init__(self, folder: str):
+        if not os.path.isdir(folder):
+            raise ValueError(f"--predictions {folder}: not a folder")
+        self.folder = folder
+        self.__name__ = f"predictions in {folder}"
+
+    def path(self, entry) -> str:
+        names = [f"{entry.scan_id}.nii.gz", os.path.basename(entry.image)]
+        names.append(names[1].replace("_0000.nii.gz", ".nii.gz"))
+        for name in names:
+            path = os.path.join(self.folder, name)
+            if os.path.isfile(path):
+                return path
+        raise ValueError(f"scan {entry.scan_id}: no prediction in {self.folder} (looked for "
+                         f"{', '.join(dict.fromkeys(names))})")
+
+    def for_entry(self, entry, image) -> np.ndarray:
+        from tumorforge.manifests.build import check_pair
+        from tumorforge.manifests.readers import read_volume
+        path = self.path(entry)
+        pred = read_volume(path, like=image)
+        check_pair(entry.image, path, image, pred)       # same grid, integer labels
+        return np.asarray(pred.data)
+
+    def __call__(self, image, affine):
+        raise TypeError("predictions are read per scan (for_entry)")
 
 
 def _checked(pred, shape, entry) -> np.ndarray:

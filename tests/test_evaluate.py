@@ -235,3 +235,37 @@ def test_evaluate_command_refuses_bad_input_with_one_line(lits_manifest, tmp_pat
     assert text.startswith("evaluate: ") and message in text
     if case == "old":
         assert checkpoint in text
+
+
+def test_evaluate_scores_a_folder_of_predictions(lits_manifest, tmp_path, capsys):
+    """``evaluate --predictions DIR``: label maps on the scans' grids (here the truth, with scan
+    1's lesion called liver, as nnU-Net would write its output) scored with the model's rules and
+    report; a missing file or another grid is one line naming the scan."""
+    from tumorforge.cluster.front_door import main
+    from tumorforge.manifests.schema import read_manifest
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for e in read_manifest(str(lits_manifest)):
+        img = nib.load(e.label)
+        label = np.asarray(img.dataobj).astype(np.uint8)
+        if e.scan_id.endswith("1"):
+            label = np.where(label == TUMOR, ORGAN, label).astype(np.uint8)
+        nib.save(nib.Nifti1Image(label, img.affine), str(preds / f"{e.scan_id}.nii.gz"))
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--predictions", str(preds), "--manifest", str(lits_manifest),
+                 "--out", str(out), "--no-progress"]) == 0
+    summary = _strict(out / "summary.json")
+    det = summary["aggregate"]["detection"]["all"]
+    assert (det["detected"], det["lesions"]) == (1, 2)
+    assert summary["aggregate"]["tumor_dice"]["mean"] == pytest.approx(0.5)
+    assert summary["model"] == f"predictions in {preds}"
+    assert (out / "report.html").exists()
+    first = sorted(preds.iterdir())[0]
+    first.unlink()
+    message = user_error(capsys, ["evaluate", "--predictions", str(preds), "--manifest",
+                                  str(lits_manifest), "--out", str(tmp_path / "e2")])
+    assert "no prediction in" in message and first.name in message
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), str(first))
+    message = user_error(capsys, ["evaluate", "--predictions", str(preds), "--manifest",
+                                  str(lits_manifest), "--out", str(tmp_path / "e3")])
+    assert first.name in message and "does not match image shape" in message
