@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation_cli.register_manifest(manifest_sub)
     bench = sub.add_parser("bench", help="benchmarks (figures for the README's performance section)")
     bsub = bench.add_subparsers(dest="bench_cmd", required=True,
-                                metavar="{generator,loader,train,encode,scale,generate}")
+                                metavar="{generator,transform,loader,train,encode,scale,generate}")
     generator_cli.register_bench(bsub)
     trainer_cli.register_bench(bsub)
     cluster_cli.register_bench(bsub)

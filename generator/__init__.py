@@ -5,7 +5,7 @@
 # The package's version is tumorforge's own (pyproject.toml; `tumorforge --version` shows both).
 GENERATOR_VERSION = "0.7.0"
 
-_TRANSFORM = ("TumorSynthesisd", "synthesis_record")
+_TRANSFORM = ("TumorSynthesisd", "PrepareTumorSynthesisd", "synthesis_record")
 
 
 def __getattr__(name: str):

@@ -131,6 +131,11 @@ def _bench_generator(args) -> int:
     return bench_generator(args)
 
 
+def _bench_transform(args) -> int:
+    from .bench_transform import bench_transform
+    return bench_transform(args)
+
+
 def register_bench(bsub: argparse._SubParsersAction) -> None:
     from tumorforge.manifests.flags import add_allow_root
     from .backend import BACKENDS, DEFAULT_BACKEND
@@ -162,3 +167,17 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
     g.add_argument("--json", help="also write the report as JSON here")
     add_generator_options(g)
     g.set_defaults(func=_bench_generator)
+
+    t = bsub.add_parser("transform", help="the MONAI transform on a whole scan: preparing on "
+                                          "every call against CacheDataset's cached preparation",
+                        description="Milliseconds per sample of TumorSynthesisd alone against "
+                                    "PrepareTumorSynthesisd (cached by CacheDataset) + "
+                                    "TumorSynthesisd, in one run on one built-in phantom scan.")
+    t.add_argument("--backend", choices=BACKENDS, default="numpy")
+    t.add_argument("--samples", type=int, default=10)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--phantom-scale", type=float, default=0.5)
+    t.add_argument("--phantom-seed", type=int, default=0)
+    t.add_argument("--json", help="also write the report as JSON here")
+    add_generator_options(t)
+    t.set_defaults(func=_bench_transform)

@@ -15,6 +15,12 @@ every drawn parameter go into the image's metadata (``meta["tumor_synthesis"]``,
 it collates; read it with :func:`synthesis_record`), and :meth:`TumorSynthesisd.replay`
 repaints a sample from that record: same arrays, bit for bit, on the same backend.
 
+Caching: preparing the scan (resampling, liver statistics, vessels) is deterministic and is most
+of a call's time on a whole scan. :class:`PrepareTumorSynthesisd` does it alone, so that MONAI's
+``CacheDataset`` (which caches every transform before the first random one) keeps it; put it right
+before ``TumorSynthesisd`` with the same settings, and the random step then only draws and paints.
+Without it ``TumorSynthesisd`` prepares the scan itself, as before.
+
 Backend: NumPy, or CuPy when the image tensor is on a GPU (``backend="auto"``); preparation and
 parameter drawing run on the CPU either way. This module imports MONAI and torch: import it from
 ``tumorforge.generator.transform`` (``tumorforge.generator`` itself stays importable without them).
@@ -44,6 +50,83 @@ from .synthesize import HU_MAX, HU_MIN
 from .whole_scan import OutputGrid, organ_label, paste_region, synthesize_region, whole_params
 
 META_KEY = "tumor_synthesis"
+PREPARED_KEY = "tumor_synthesis_prepared"     # PrepareTumorSynthesisd's output, popped by the next
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """What both transforms are given: the generator configuration and the label values."""
+    config: GeneratorConfig
+    label_map: LabelMap
+    allow_missing_liver: bool
+
+    @classmethod
+    def of(cls, profile, size_mix, config, liver_values, tumor_values, vessel_values,
+           allow_missing_liver) -> "_Settings":
+        base = config if isinstance(config, GeneratorConfig) else \
+            GeneratorConfig.from_json({**(config or {})}) if config else GeneratorConfig()
+        changes = {"profile": profile, "negative_fraction": 0.0}
+        if size_mix is not None:
+            changes["size_mix"] = dict(size_mix)
+        return cls(dataclasses.replace(base, **changes),
+                   LabelMap(organ=tuple(int(v) for v in liver_values),
+                            tumor=tuple(int(v) for v in tumor_values),
+                            vessel=tuple(int(v) for v in vessel_values)),
+                   bool(allow_missing_liver))
+
+    def key(self) -> str:
+        """What a prepared scan depends on: the configuration and the label values."""
+        return canonical_json({"config": self.config.to_json(),
+                               "label_map": dataclasses.asdict(self.label_map)})
+
+    def prepare(self, image, label, keys=("image", "label")):
+        """(the prepared scan or None, the reason it could not be prepared or None)."""
+        img, affine = _volume(image, keys[0]), _affine(image)
+        lab = np.rint(_volume(label, keys[1])).astype(np.int32)
+        if img.shape != lab.shape:
+            raise ValueError(f"{keys[0]} shape {img.shape} and {keys[1]} shape {lab.shape} "
+                             "differ")
+        try:
+            return prepare_scan("sample", img, lab, affine,
+                                organ_values=self.label_map.organ_values(),
+                                vessel_values=self.label_map.vessel, config=self.config,
+                                tumor_values=self.label_map.tumor), None
+        except PrepareError as exc:
+            if not self.allow_missing_liver:
+                raise ValueError(str(exc)) from None
+            return None, str(exc)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedSample:
+    """A scan prepared for synthesis, carried from :class:`PrepareTumorSynthesisd` to
+    :class:`TumorSynthesisd` under ``PREPARED_KEY`` (never collated: the second pops it)."""
+    key: str
+    scan: object            # a PreparedScan, or None with ``reason``
+    reason: str | None = None
+
+
+class PrepareTumorSynthesisd(MapTransform):
+    """The deterministic half of :class:`TumorSynthesisd`: the scan prepared for synthesis (RAS,
+    resampled, liver statistics, vessels), put in the sample under ``PREPARED_KEY``. Not random,
+    so ``CacheDataset`` caches its output; give it the same arguments as the ``TumorSynthesisd``
+    that follows it (a mismatch is a ValueError there)."""
+
+    def __init__(self, keys: KeysCollection = ("image", "label"), profile: str = DEFAULT_PROFILE,
+                 size_mix: dict | None = None, liver_values=(1,), tumor_values=(2,),
+                 vessel_values=(), config: GeneratorConfig | dict | None = None,
+                 allow_missing_liver: bool = True) -> None:
+        MapTransform.__init__(self, keys)
+        if len(self.keys) != 2:
+            raise ValueError(f"keys {self.keys}: expected (image key, label key)")
+        self.settings = _Settings.of(profile, size_mix, config, liver_values, tumor_values,
+                                     vessel_values, allow_missing_liver)
+
+    def __call__(self, data):
+        d = dict(data)
+        scan, reason = self.settings.prepare(d[self.keys[0]], d[self.keys[1]], self.keys)
+        d[PREPARED_KEY] = PreparedSample(self.settings.key(), scan, reason)
+        return d
 
 
 class TumorSynthesisd(Randomizable, MapTransform):
@@ -69,18 +152,11 @@ class TumorSynthesisd(Randomizable, MapTransform):
             raise ValueError(f"keys {self.keys}: expected (image key, label key)")
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"prob {prob}: expected a probability in [0, 1]")
-        base = config if isinstance(config, GeneratorConfig) else \
-            GeneratorConfig.from_json({**(config or {})}) if config else GeneratorConfig()
-        changes = {"profile": profile, "negative_fraction": 0.0}
-        if size_mix is not None:
-            changes["size_mix"] = dict(size_mix)
-        self.config = dataclasses.replace(base, **changes)
+        self.settings = _Settings.of(profile, size_mix, config, liver_values, tumor_values,
+                                     vessel_values, allow_missing_liver)
+        self.config, self.label_map = self.settings.config, self.settings.label_map
         self.prob = float(prob)
-        self.label_map = LabelMap(organ=tuple(int(v) for v in liver_values),
-                                  tumor=tuple(int(v) for v in tumor_values),
-                                  vessel=tuple(int(v) for v in vessel_values))
         self.backend = backend
-        self.allow_missing_liver = allow_missing_liver
         self._apply, self._seed = True, 0
 
     def randomize(self, data=None) -> None:
@@ -91,6 +167,7 @@ class TumorSynthesisd(Randomizable, MapTransform):
         self.randomize()
         d = dict(data)
         if not self._apply:
+            d.pop(PREPARED_KEY, None)
             return self._record(d, {"applied": False, "seed": self._seed})
         return self._paint(d, self._seed, None)
 
@@ -101,6 +178,7 @@ class TumorSynthesisd(Randomizable, MapTransform):
         d = dict(data)
         record = record or synthesis_record(d[self.keys[0]])
         if not record or not record.get("applied"):
+            d.pop(PREPARED_KEY, None)
             return self._record(d, dict(record or {"applied": False}))
         return self._paint(d, int(record["seed"]), SampleParams.from_json(record["params"]))
 
@@ -123,15 +201,16 @@ class TumorSynthesisd(Randomizable, MapTransform):
         if img.shape != lab.shape:
             raise ValueError(f"{image_key} shape {img.shape} and {label_key} shape {lab.shape} "
                              "differ")
-        try:
-            scan = prepare_scan("sample", img, lab, affine,
-                                organ_values=self.label_map.organ_values(),
-                                vessel_values=self.label_map.vessel, config=self.config,
-                                tumor_values=self.label_map.tumor)
-        except PrepareError as exc:
-            if not self.allow_missing_liver:
-                raise ValueError(str(exc)) from None
-            return self._record(d, {"applied": False, "seed": seed, "reason": str(exc)})
+        prepared = d.pop(PREPARED_KEY, None)
+        if prepared is None:
+            scan, reason = self.settings.prepare(image, label, self.keys)
+        elif prepared.key != self.settings.key():
+            raise ValueError("the sample was prepared (PrepareTumorSynthesisd) with other "
+                             "settings than this TumorSynthesisd's; give both the same arguments")
+        else:
+            scan, reason = prepared.scan, prepared.reason
+        if scan is None:
+            return self._record(d, {"applied": False, "seed": seed, "reason": reason})
         params = whole_params(np.random.default_rng(np.random.SeedSequence(seed)), scan,
                               self.config)
         if expected is not None and params.to_json() != expected.to_json():

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -145,3 +147,57 @@ def test_the_readme_example_trains_a_plain_monai_unet(phantom_root, tmp_path, ca
                      "--allow-root", str(root)])
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("step ")]
     assert len(lines) == 2 and any(int(l.rsplit(" ", 1)[1]) > 0 for l in lines)
+
+
+def test_prepared_once_in_a_cache_dataset_then_painted_each_epoch(loaded):
+    """``PrepareTumorSynthesisd`` + ``TumorSynthesisd``: CacheDataset keeps the prepared scan (the
+    preparation runs once per sample, not once per epoch), each epoch paints new tumors, a sample
+    gets the bytes the one-step transform gives for the same seed, and the prepared scan never
+    reaches the batch. Mismatched settings are refused."""
+    from monai.data import CacheDataset, DataLoader
+    from tumorforge.generator import transform as T
+    calls = []
+    real_prepare = T._Settings.prepare
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return real_prepare(self, *a, **k)
+
+    kw = dict(liver_values=(6,), tumor_values=(), config=SMALL, size_mix={"small": 1.0})
+    T._Settings.prepare = counted
+    try:
+        pipeline = Compose([T.PrepareTumorSynthesisd(("image", "label"), **kw),
+                            TumorSynthesisd(("image", "label"), **kw)])
+        pipeline.set_random_state(3)
+        ds = CacheDataset([_copy(loaded)], transform=pipeline, progress=False)
+        assert len(calls) == 1                       # prepared when the cache was filled
+        epochs = [next(iter(DataLoader(ds, batch_size=1))) for _ in range(2)]
+        assert len(calls) == 1                       # and never again
+    finally:
+        T._Settings.prepare = real_prepare
+    assert all(T.PREPARED_KEY not in b for b in epochs)
+    seeds = [json.loads(b["image"].meta["tumor_synthesis"][0])["seed"] for b in epochs]
+    assert seeds[0] != seeds[1] and all((b["label"] == 2).any() for b in epochs)
+    # The same seed, one step: the same bytes.
+    one = TumorSynthesisd(("image", "label"), **kw)
+    record = json.loads(epochs[0]["image"].meta["tumor_synthesis"][0])
+    again = one.replay(_copy(loaded), record)
+    assert torch.equal(again["image"], epochs[0]["image"][0])
+    assert torch.equal(again["label"], epochs[0]["label"][0])
+    other = T.PrepareTumorSynthesisd(("image", "label"), **{**kw, "liver_values": (6, 7)})
+    with pytest.raises(ValueError, match="prepared .* with other settings"):
+        one(other(_copy(loaded)))
+
+
+@pytest.mark.slow
+def test_bench_transform_reports_both_ways(tmp_path, capsys):
+    """``tumorforge bench transform`` runs both pipelines on one phantom scan and reports ms per
+    sample for each (the figures themselves are the README's, not asserted here)."""
+    from tumorforge.cluster.front_door import main
+    out = tmp_path / "bench.json"
+    assert main(["bench", "transform", "--samples", "1", "--phantom-scale", "0.15",
+                 "--spacing", "3,3,3", "--crop-size", "32,32,32", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["one_step_ms_per_sample"] > 0 and report["cached_ms_per_sample"] > 0
+    assert report["cached_preparation_ms_once"] > 0 and report["profile"] == "released"
+    assert "CacheDataset" in capsys.readouterr().out
