@@ -518,8 +518,8 @@ def _report(out: str, result: dict) -> None:
     if targets:
         md += ["## Synthetic arms against the real arm", "",
                f"Targets: tumor DSC >= {TARGETS[0]:g} x the real arm's, sensitivity for lesions "
-               f"> 10 mm >= {TARGETS[1] * 100:.0f} %, FP lesions per scan <= {TARGETS[2]:g} x the real "
-               f"arm's.", "",
+               f"> 10 mm >= {TARGETS[1] * 100:.0f} %, FP lesions per scan <= {TARGETS[2]:g} x "
+               f"the real arm's.", "",
                table(("arm", "tumor DSC / real", "lesions > 10 mm found",
                       "FP lesions per scan / real"), targets), ""]
     ablations = ablation_rows(result)
