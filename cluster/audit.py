@@ -3,6 +3,9 @@ sample against the index) and the cross-backend agreement an audit on another ba
 
 from __future__ import annotations
 
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from tumorforge.manifests.conventions import TUMOR, dice
@@ -163,42 +166,56 @@ def _plan_problems(ds: Dataset) -> list[tuple[str, str]]:
     return problems
 
 
-def verify(ds: Dataset) -> list[tuple[str, str]]:
-    """Problems as (object or sample, what is wrong); empty when everything matches the index."""
+def verify(ds: Dataset, shards: set[int] | None = None, jobs: int = 1,
+           progress: bool = False) -> list[tuple[str, str]]:
+    """Problems as (object or sample, what is wrong); empty when everything matches the index.
+
+    ``shards``: check only these shards (their records, objects, commits and samples) besides the
+    plan and the formats' metadata; objects the index does not list are looked for only when
+    every shard is checked. ``jobs``: shards whose samples are decoded and hashed at once
+    (threads). ``progress``: a bar over the shards on stderr."""
     problems = _plan_problems(ds)
+    count = ds.index.shard_count
+    wanted = range(count) if shards is None else sorted(k for k in shards if 0 <= k < count)
+    if shards is not None and len(wanted) != len(shards):
+        problems.append(("--shards", f"{sorted(set(shards) - set(wanted))} not in the dataset's "
+                                     f"{count} shard(s)"))
     listed, bad_files = set(), set()
-    shards = []
-    for k in range(ds.index.shard_count):
+    checked = []
+    for k in wanted:
         try:
-            shards.append(ds.shard(k))          # formats 2-3: the record, checked against the index
+            checked.append(ds.shard(k))          # formats 2-3: the record, checked against the index
         except DatasetError as exc:
             problems.append((names.record_key(k), str(exc)))
             listed.update(_committed_files(ds, k))
         if ds.index.table is not None:
             listed.add(names.record_key(k))
-    listed_files = [*((k, f) for s in shards for k, f in s.files.items()),
+    listed_files = [*((k, f) for s in checked for k, f in s.files.items()),
                     *ds.index.metadata.items()]
     for key, want in listed_files:
         listed.add(key)
         problem = ds.object_problem(key, want)
         if problem:
             problems.append((key, problem))
-    for shard in shards:
+    for shard in checked:
         problems += _commit_problems(ds, shard)
     if not ds.index.metadata:        # an index from before it listed the formats' metadata
         listed.update(key for fmt in ds.formats for key in FORMATS[fmt].metadata_keys)
-    for key in ds.list_objects():
-        if key in listed or key in TOP_LEVEL or key.startswith(COMMITS + "/"):
-            continue
-        problems.append((key, "extra: not listed in index.json"))
+    if shards is None:
+        for key in ds.list_objects():
+            if key in listed or key in TOP_LEVEL or key.startswith(COMMITS + "/"):
+                continue
+            problems.append((key, "extra: not listed in index.json"))
     for fmt in ds.formats:
         try:
             ds.reader(fmt).check()
         except DatasetError as exc:
             problems.append((f"{FORMATS[fmt].root} metadata", str(exc)))
-            bad_files.update(k for s in shards for k in ds.shard_files(s, fmt))
+            bad_files.update(k for s in checked for k in ds.shard_files(s, fmt))
     bad_files.update(k for k, _ in problems)
-    for shard in shards:
+
+    def samples(shard) -> list[tuple[str, str]]:
+        found_problems = []
         expected = {s.key: s for s in shard.samples}
         for fmt in ds.formats:
             if any(k in bad_files for k in ds.shard_files(shard, fmt)):
@@ -206,16 +223,26 @@ def verify(ds: Dataset) -> list[tuple[str, str]]:
             try:
                 found = ds.shard_samples(shard, fmt)
             except Exception as exc:      # a decoding error is a finding, not a crash
-                problems.append((f"shard {shard.shard} ({fmt})", f"unreadable: {exc}"))
+                found_problems.append((f"shard {shard.shard} ({fmt})", f"unreadable: {exc}"))
                 continue
             for key, image, label in found:
                 want = expected.get(key)
                 if want is None:
-                    problems.append((f"{key} ({fmt})", "sample not listed in the index"))
+                    found_problems.append((f"{key} ({fmt})", "sample not listed in the index"))
                 elif not want.matches(image, label):
-                    problems.append((f"{key} ({fmt})", f"sample's {want.digest} digest differs "
-                                                       "from the index"))
+                    found_problems.append((f"{key} ({fmt})", f"sample's {want.digest} digest "
+                                                             "differs from the index"))
             if len(found) != len(expected):
-                problems.append((f"shard {shard.shard} ({fmt})",
-                                 f"{len(found)} samples, index lists {len(expected)}"))
+                found_problems.append((f"shard {shard.shard} ({fmt})",
+                                       f"{len(found)} samples, index lists {len(expected)}"))
+        return found_problems
+
+    from tqdm import tqdm
+    bar = tqdm(total=len(checked), unit="shard", desc="verify", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
+        for found_problems in pool.map(samples, checked):      # in shard order
+            problems += found_problems
+            bar.update(1)
+    bar.close()
     return problems

@@ -201,20 +201,50 @@ def _cmd_audit(args) -> int:
 
 
 
+def parse_shards(text: str) -> set[int]:
+    """``0-9,15,20-21`` as a set of shard numbers."""
+    out: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, sep, hi = part.partition("-")
+        try:
+            first, last = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise UserError(f"--shards {text!r}: expected numbers and ranges like 0-9,15") \
+                from None
+        if first < 0 or last < first:
+            raise UserError(f"--shards {text!r}: {part!r} is not a range of shard numbers")
+        out.update(range(first, last + 1))
+    if not out:
+        raise UserError(f"--shards {text!r}: names no shard")
+    return out
+
+
 def _cmd_verify(args) -> int:
     from tumorforge.manifests.dataset.reader import Dataset
     from .audit import verify
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: expected at least 1")
     ds = Dataset(args.dataset)
-    problems = verify(ds)
+    chosen = parse_shards(args.shards) if args.shards else None
+    problems = verify(ds, shards=chosen, jobs=args.jobs, progress=not args.no_progress)
+    shards = ds.shards if chosen is None else [s for s in ds.shards if s.shard in chosen]
+    n_files = sum(len(s.files) for s in shards) + \
+        (len(shards) if ds.index.table is not None else 0)     # format 2: the shard records
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"dataset": args.dataset, "dataset_id": ds.dataset_id, "ok": not problems,
+                       "shards_checked": [s.shard for s in shards], "objects_checked": n_files,
+                       "samples_checked": sum(s.count for s in shards),
+                       "problems": [{"object": o, "problem": p} for o, p in problems]}, f, indent=1)
     if problems:
         from tumorforge.manifests.cli import format_table
         print(format_table(["object", "problem"], problems))
-        print(f"{args.dataset}: {len(problems)} problem(s) in {len(ds.shards)} shard(s)")
+        print(f"{args.dataset}: {len(problems)} problem(s) in {len(shards)} shard(s)")
         return 1
-    n_files = sum(len(s.files) for s in ds.shards) + \
-        (len(ds.shards) if ds.index.table is not None else 0)     # format 2: the shard records
-    print(f"{args.dataset}: dataset {ds.dataset_id} OK: {len(ds.shards)} shard(s), {n_files} "
-          f"object(s) and {len(ds)} sample(s) in {'+'.join(ds.formats)} match the index")
+    what = "" if chosen is None else f" of {len(ds.shards)}"
+    print(f"{args.dataset}: dataset {ds.dataset_id} OK: {len(shards)}{what} shard(s), {n_files} "
+          f"object(s) and {sum(s.count for s in shards)} sample(s) in {'+'.join(ds.formats)} "
+          f"match the index")
     return 0
 
 
@@ -387,6 +417,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Recompute each object's size and sha256 and each sample's "
                                    "image/label hashes; report missing, extra or corrupt shards.")
     v.add_argument("dataset")
+    v.add_argument("--shards", metavar="LIST",
+                   help="only these shards, e.g. 0-9,15 (default: every shard; objects the "
+                        "index does not list are looked for only then)")
+    v.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="shards decoded and hashed at once (threads; default 1)")
+    v.add_argument("--json", metavar="FILE", help="also write the result as JSON here")
+    v.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     v.set_defaults(func=_cmd_verify)
 
     i = sub.add_parser("inspect", help="what a generated dataset holds: sizes, configuration, "

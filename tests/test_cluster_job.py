@@ -177,6 +177,19 @@ def test_verify_finds_corrupt_missing_and_extra_objects(reference, tmp_path, cap
     assert "wds/shard-000000.tar" in text and "corrupt" in text
     assert "dataset.zarr/image/c/1/0/0/0" in text and "missing" in text
     assert "wds/shard-000099.tar" in text and "extra" in text
+    # --shards checks those alone (the damage is in shards 0 and 1); --jobs finds what one does.
+    assert main(["verify", str(out), "--shards", "2-3", "--no-progress"]) == 0
+    assert "OK: 2 of 4 shard(s)" in capsys.readouterr().out
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    assert main(["verify", str(out), "--json", str(one), "--no-progress"]) == 1
+    assert main(["verify", str(out), "--json", str(two), "--jobs", "3", "--no-progress"]) == 1
+    found = json.loads(one.read_text())
+    assert not found["ok"] and found["shards_checked"] == [0, 1, 2, 3]
+    assert json.loads(two.read_text())["problems"] == found["problems"]
+    assert main(["verify", str(out), "--shards", "0", "--json", str(one), "--no-progress"]) == 1
+    only = {p["object"] for p in json.loads(one.read_text())["problems"]}
+    assert "wds/shard-000000.tar" in only and "wds/shard-000099.tar" not in only
+    assert "--shards '9-x'" in user_error(capsys, ["verify", str(out), "--shards", "9-x"])
 
 
 def test_audit_regenerates_bit_exact(reference, capsys):
