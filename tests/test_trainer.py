@@ -309,6 +309,10 @@ def test_training_run_explains_itself_and_takes_user_transforms(datasets, tmp_pa
     assert "training unet (" in text and "M parameters) on cpu" in text
     assert "12 samples of 32x32x32" in text and "schedule: 4 steps of 2 x 1 x 1 samples" in text
     assert "warning: warmup_steps 2 is 50% of the 4 steps" in text
+    import re
+    steps = [m for m in messages if m.startswith("step ")]
+    assert steps and all(re.search(r" eta (\d+h\d\dm|\d+m\d\ds|\d+s|\?)$", m) for m in steps)
+    assert steps[-1].endswith(" eta 0s")
     resolved = json.loads((out / "config.json").read_text())
     assert resolved["transforms"] == "my_transforms:make" and resolved["resolved"]["device"] == "cpu"
     assert resolved["sources"][0]["dataset_id"]
@@ -324,3 +328,11 @@ def test_training_run_explains_itself_and_takes_user_transforms(datasets, tmp_pa
     for bad, words in (("my_transforms:nope", "cannot import"), ("nomodule", "package.module")):
         with pytest.raises(ConfigError, match=words):
             _cfg(datasets, out, transforms=bad)
+
+
+def test_eta_text_reads_as_hours_minutes_seconds():
+    from tumorforge.trainer.train import eta_text
+    assert eta_text(10.0, 10, 50) == "50s"
+    assert eta_text(10.0, 10, 185) == "3m05s"
+    assert eta_text(3.0, 1, 1241) == "1h02m"
+    assert eta_text(5.0, 0, 10) == "?" and eta_text(5.0, 5, 0) == "0s"

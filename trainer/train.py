@@ -215,6 +215,20 @@ def validate(model, val: Source, n: int, device, prep: Preprocessing) -> dict:
     return {f"val_dice_{k}": (round(float(np.mean(v)), 5) if v else None) for k, v in scores.items()}
 
 
+
+def eta_text(elapsed_s: float, done: int, left: int) -> str:
+    """The time the ``left`` steps take at this run's pace so far (``done`` steps in
+    ``elapsed_s``), as ``1h02m``, ``3m05s`` or ``42s``."""
+    if left <= 0:
+        return "0s"
+    if done <= 0:
+        return "?"
+    seconds = int(round(elapsed_s / done * left))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else \
+        f"{secs}s"
+
 def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | None = None) -> dict:
     """Train to ``cfg.steps`` (or stop after ``stop_after`` steps, as if interrupted)."""
     from monai.losses import DiceCELoss
@@ -279,7 +293,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
     it = iter(loader)
     shown = None                 # the last micro-batch (image, label, logits), for TensorBoard
     t_run = time.perf_counter()
-    samples_run = 0
+    samples_run, first_step = 0, step
     while step < cfg.steps and (stop_after is None or step < stop_after):
         t0 = time.perf_counter()
         wait, seen, loss_sum = 0.0, 0, 0.0
@@ -347,8 +361,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, stop_after: int | N
             for k, v in record.items():
                 if k != "step" and v is not None:
                     tb.add_scalar(k, v, step)
+            eta = eta_text(time.perf_counter() - t_run, step - first_step, cfg.steps - step)
             log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                         for k, v in record.items()))
+                         for k, v in record.items()) + f" eta {eta}")
         if rank == 0 and (step == 1 or step % cfg.checkpoint_every == 0 or step == cfg.steps):
             if shown is not None:
                 _tensorboard_images(tb, *shown, step)
