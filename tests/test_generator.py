@@ -437,7 +437,7 @@ def test_preview_panels_are_radiological_and_lettered():
     coronal, letters = views["coronal"]
     assert letters == "RLSI" and coronal[3, 0] == 1 and coronal[0, 3] == 3
     sagittal, letters = views["sagittal"]
-    assert letters == "PASI" and sagittal[3, 7] == 2 and sagittal[0, 4] == 3
+    assert letters == "APSI" and sagittal[3, 0] == 2 and sagittal[0, 3] == 3   # anterior left
 
 
 def test_real_profile_crops_follow_the_draw_and_the_crop_policy():
@@ -629,3 +629,28 @@ def test_auto_backend_says_in_a_few_words_why_it_runs_on_the_cpu():
         assert get_backend("auto").why == "auto: no usable GPU, CuPy is not installed"
         with pytest.raises(BackendError, match="needs a working CUDA GPU"):
             get_backend("cupy")
+
+
+def test_preview_rows_say_size_in_ml_and_mm_and_mark_their_tumor(tmp_path):
+    """A montage read back: the row's tumor is drawn red and the crop's other tumor orange (two
+    tumors, two rows); captions give mL and the equivalent radius, and say when the crop's edge
+    cuts the tumor."""
+    from PIL import Image
+    from tumorforge.generator.preview import save_montage, tumor_caption
+    assert tumor_caption(1, 4.18879, False) == "tumor 1: 4.19 mL, r 10.0 mm"
+    assert tumor_caption(2, 0.5, True).endswith("(cut by the crop's edge)")
+    image = np.full((40, 40, 40), 100.0)
+    label = np.ones((40, 40, 40), np.uint8)
+    z, y, x = np.ogrid[:40, :40, :40]
+    big = (z - 20) ** 2 + (y - 20) ** 2 + (x - 12) ** 2 < 36
+    small = (z - 20) ** 2 + (y - 20) ** 2 + (x - 30) ** 2 < 9
+    label[big | small] = 2
+    image[big | small] = 40.0
+    png = save_montage(image, label, str(tmp_path / "m.png"), spacing_mm=(2.0, 2.0, 2.0))
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    red = (rgb[..., 0] > 200) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)
+    orange = (rgb[..., 0] > 200) & (rgb[..., 1] > 120) & (rgb[..., 1] < 200) & (rgb[..., 2] < 60)
+    h = rgb.shape[0]
+    top, bottom = slice(0, h // 2), slice(h // 2, h)
+    assert red[top].sum() > 50 and red[bottom].sum() > 20        # each row marks its tumor
+    assert orange[top].sum() > 10 and orange[bottom].sum() > 10  # and shows the other one
