@@ -94,7 +94,19 @@ def describe_dataset(ds: Dataset, max_samples: int = 20_000) -> dict:
                           "histogram": np.histogram(v, bins=RADIUS_BINS_MM)[0].tolist()}
                       for k, v in sorted(radii.items())},
         "radius_bins_mm": list(RADIUS_BINS_MM),
+        "warnings": _config_warnings(gen),
     }
+
+
+def _config_warnings(gen: dict) -> list[str]:
+    """What the generator configuration's own warnings say about this dataset (a texture grid
+    finer than the voxel), or why the configuration could not be read back."""
+    from tumorforge.generator.config import GeneratorConfig
+    from tumorforge.manifests.errors import UserError
+    try:
+        return GeneratorConfig.from_json(gen, "index.json generator").warnings()
+    except (UserError, ValueError) as exc:
+        return [f"the generator configuration could not be read back: {exc}"]
 
 
 def lines(s: dict) -> list[str]:
@@ -125,6 +137,7 @@ def lines(s: dict) -> list[str]:
                    f"{r['max']:.1f}]  {_bar(r['histogram'])}")
     if s["samples_with_notes"]:
         out.append(f"  {s['samples_with_notes']} sample(s) carry generator notes (see audit)")
+    out += [f"  warning: {w}" for w in s.get("warnings", [])]
     return out
 
 

@@ -330,6 +330,12 @@ def test_inspect_describes_a_dataset_from_its_provenance(reference, tmp_path, ca
     assert part and "(evenly spaced; --max-samples reads more)" in capsys.readouterr().out
     message = user_error(capsys, ["inspect", str(tmp_path / "nothing")])
     assert message.startswith("inspect: ") and "index.json" in message
+    # A texture grid finer than the voxel is said, as preview says it (this dataset has none).
+    from tumorforge.cluster.inspect_dataset import _config_warnings, lines
+    assert summary["warnings"] == []
+    coarse = _config_warnings({"profile": "paper-train", "target_spacing_mm": [2.0, 2.0, 2.0]})
+    assert len(coarse) == 1 and "finer than the 2 mm voxel" in coarse[0]
+    assert f"  warning: {coarse[0]}" in lines({**summary, "warnings": coarse})
 
 
 def test_a_dataset_grows_and_keeps_its_samples(reference, scans, tmp_path):
