@@ -87,3 +87,18 @@ def test_a_wrong_layout_names_what_it_looked_for_and_the_layout_that_fits(tmp_pa
                                   "--image-pattern", "ct/{id}.nii", "--label-pattern",
                                   "seg/{id}.nii", "-o", str(tmp_path / "m.jsonl")])
     assert "ct/{id}.nii beside seg/{id}.nii" in message and "--layout btcv" in message
+
+
+def test_build_and_validate_show_a_bar_on_a_terminal(own_folder, tmp_path, monkeypatch, capsys):
+    """Scans are counted on a bar on stderr when it is a terminal (tqdm's own rule), and nothing
+    is drawn into a log file."""
+    import sys
+    from tumorforge.manifests.build import _progress
+    assert list(_progress(iter([1, 2]), 2, "x", progress=False)) == [1, 2]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert main(["manifest", "build", "--layout", "generic", str(own_folder),
+                 "--image-pattern", "ct/{id}.nii.gz", "--label-pattern", "masks/{id}_liver.nii.gz",
+                 "-o", str(own_folder / "m.jsonl")]) == 0
+    assert main(["manifest", "validate", str(own_folder / "m.jsonl")]) == 0
+    err = capsys.readouterr().err
+    assert "build: 100%" in err and "validate: 100%" in err and "2/2" in err
