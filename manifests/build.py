@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -125,7 +126,8 @@ def inspect_image(scan_id: str, uri: str, source: str) -> ImageEntry:
 
 
 def build_images(root: str, out: str, image_pattern: str | None, source: str = "generic", *,
-                 workers: int | None = None, allowed_roots=()) -> BuildResult:
+                 workers: int | None = None, allowed_roots=(),
+                 progress: bool = False) -> BuildResult:
     """An image list (no labels) of every file below ``root`` matching ``image_pattern`` (None:
     every DICOM series folder): the input of ``manifest label-liver``. Unreadable images go to
     ``<out>.rejected.jsonl``."""
@@ -149,7 +151,7 @@ def build_images(root: str, out: str, image_pattern: str | None, source: str = "
         except Exception as exc:
             return ScanError(item[1], f"could not be inspected ({type(exc).__name__})")
     with ThreadPoolExecutor(max_workers=max(1, workers or default_workers())) as pool:
-        results = list(pool.map(one, todo))
+        results = list(_progress(pool.map(one, todo), len(todo), "build", progress))
     entries = [r for r in results if isinstance(r, ImageEntry)]
     rejections += [Rejection(sid, uri, "", r.problem) for (sid, uri), r in zip(todo, results)
                    if isinstance(r, ScanError)]
@@ -174,7 +176,16 @@ def relative_to_manifest(entry, manifest: str):
     return dataclasses.replace(entry, **{k: storage.relative_to(base, v) for k, v in files.items()})
 
 
-def _inspect_all(candidates, workers: int):
+def _progress(items, total: int, desc: str, progress: bool):
+    """``items`` with a bar on stderr when ``progress`` and stderr is a terminal."""
+    if not progress:
+        return items
+    from tqdm import tqdm
+    return tqdm(items, total=total, desc=desc, unit="scan", disable=None, file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _inspect_all(candidates, workers: int, progress: bool = False, desc: str = "build"):
     def one(c):
         try:
             return inspect_pair(c)
@@ -184,7 +195,7 @@ def _inspect_all(candidates, workers: int):
             return ScanError(c.image, f"could not be inspected ({type(exc).__name__}: "
                                       f"{one_line(exc)})")
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(one, candidates))
+        return list(_progress(pool.map(one, candidates), len(candidates), desc, progress))
 
 
 @dataclass
@@ -201,7 +212,7 @@ def default_workers() -> int:
 
 
 def build_manifest(layout: str, root: str, out: str, *, workers: int | None = None,
-                   allowed_roots=(), **generic) -> BuildResult:
+                   allowed_roots=(), progress: bool = False, **generic) -> BuildResult:
     """Find, check and record every scan of ``layout`` below ``root``.
 
     Good scans go to ``out`` (JSON Lines, sorted by scan_id); the others go to
@@ -224,7 +235,8 @@ def build_manifest(layout: str, root: str, out: str, *, workers: int | None = No
             continue
         candidates.append(c)
     entries = []
-    for c, result in zip(candidates, _inspect_all(candidates, workers or default_workers())):
+    for c, result in zip(candidates, _inspect_all(candidates, workers or default_workers(),
+                                                  progress, "build")):
         if isinstance(result, ScanEntry):
             entries.append(result)
         else:
@@ -236,7 +248,8 @@ def build_manifest(layout: str, root: str, out: str, *, workers: int | None = No
     return BuildResult(out, rejected_path(out), entries, rejections, outside)
 
 
-def validate_manifest(uri: str, *, allowed_roots=(), workers: int | None = None):
+def validate_manifest(uri: str, *, allowed_roots=(), workers: int | None = None,
+                      progress: bool = False):
     """Re-check every entry against its files. Returns (entries checked, problem rows).
 
     A problem row is (scan_id, file, problem). Checks: the contract itself, duplicate IDs, paths
@@ -249,7 +262,8 @@ def validate_manifest(uri: str, *, allowed_roots=(), workers: int | None = None)
         problems.append(("?", uri, "the manifest holds no scans; expected at least one"))
     candidates = [Candidate(e.scan_id, e.image, e.label, e.label_map, e.source, organ=e.organ)
                   for e in parsed.entries]
-    for entry, result in zip(parsed.entries, _inspect_all(candidates, workers or default_workers())):
+    checked = _inspect_all(candidates, workers or default_workers(), progress, "validate")
+    for entry, result in zip(parsed.entries, checked):
         if isinstance(result, ScanError):
             problems.append((entry.scan_id, result.uri, result.problem))
             continue

@@ -45,7 +45,7 @@ def _cmd_build(args) -> int:
                        label_map=LabelMap.parse(args.label_map), source=args.source)
     try:
         result = build_manifest(args.layout, args.root, args.output, workers=args.workers,
-                                allowed_roots=args.allow_root, **generic)
+                                allowed_roots=args.allow_root, progress=True, **generic)
     except (FileNotFoundError, ValueError) as exc:     # a missing root, an unknown layout
         raise UserError(str(exc)) from None
     healthy = sum(e.role == "healthy" for e in result.entries)
@@ -73,7 +73,7 @@ def _build_images(args) -> int:
     from .build import build_images
     try:
         result = build_images(args.root, args.output, args.image_pattern, args.source,
-                              workers=args.workers, allowed_roots=args.allow_root)
+                              workers=args.workers, allowed_roots=args.allow_root, progress=True)
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
     return _report_build(result, f"{len(result.entries)} image(s) without labels (an image "
@@ -84,7 +84,7 @@ def _build_images(args) -> int:
 def _cmd_validate(args) -> int:
     from .build import validate_manifest
     entries, problems = validate_manifest(args.manifest, allowed_roots=args.allow_root,
-                                          workers=args.workers)
+                                          workers=args.workers, progress=True)
     if problems:
         print(format_table(["scan", "file", "problem"], problems))
         print(f"{args.manifest}: {len(problems)} problem(s) in {len(entries)} scan(s)")
