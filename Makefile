@@ -69,10 +69,10 @@ gpu-kit: $(STAMP)
 	ls .gpu-kit/wheels
 
 # Evidence for the default tumor model (issue 28): phantom LiTS (80 cases, 2 folds: 40 test scans,
-# about 67 lesions at 2 mm: the first run's 62 cases gave 52, short of the issue's 60) and a
-# healthy pool of CHAOS + BTCV phantoms, then cluster/examples/experiment-evidence.yaml (real,
-# released, paper-grain, diverse and four ablations of diverse). Its first run (62 cases) took
-# over 100 minutes beside the test suite; the issue's target is 60 minutes on 2 cores.
+# 64 lesions at 2 mm) and a healthy pool of CHAOS + BTCV phantoms, then
+# cluster/examples/experiment-evidence.yaml (real, released, paper-grain, diverse and four
+# ablations of diverse): about 90 minutes on 2 cores (the issue's target is 60; the spec's
+# comment says why it is not cut to fit). The command resumes where it stopped.
 EVIDENCE_DATA := evidence-out/data
 evidence: $(STAMP)
 	$(BIN)/tumorforge phantoms --out $(EVIDENCE_DATA) --layout lits --cases 80 --seed 11 --scale 0.35

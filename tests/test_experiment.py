@@ -213,3 +213,17 @@ def test_report_says_what_each_ablation_moved_and_which_arms_meet_the_targets(tm
     report = (tmp_path / "report.md").read_text()
     assert "## Ablations: one factor changed, what it moved" in report
     assert "## Synthetic arms against the real arm" in report
+
+
+@pytest.mark.parametrize("name", ["experiment-cpu-small.yaml", "experiment-evidence.yaml",
+                                  "experiment-paper.yaml"])
+def test_shipped_experiment_specs_load(name):
+    """The example specs pass the spec checks (arms, ablations, generator and training fields)."""
+    from pathlib import Path
+    from tumorforge.cluster.experiment import load_spec
+    spec = load_spec(str(Path(__file__).resolve().parents[1] / "cluster" / "examples" / name))
+    assert spec.arms and all(a.name for a in spec.arms)
+    if name == "experiment-evidence.yaml":
+        assert [a.name for a in spec.arms if a.ablates == "diverse"] == [
+            "diverse-paper-grid", "diverse-paper-contrast", "diverse-paper-margins",
+            "diverse-pos-neg"]
