@@ -227,24 +227,29 @@ def _cmd_verify(args) -> int:
     ds = Dataset(args.dataset)
     chosen = parse_shards(args.shards) if args.shards else None
     problems = verify(ds, shards=chosen, jobs=args.jobs, progress=not args.no_progress)
-    shards = ds.shards if chosen is None else [s for s in ds.shards if s.shard in chosen]
-    n_files = sum(len(s.files) for s in shards) + \
-        (len(shards) if ds.index.table is not None else 0)     # format 2: the shard records
+    # Counted from the index alone: a shard record verify found broken is not opened again here.
+    count = ds.index.shard_count
+    checked = [k for k in range(count) if chosen is None or k in chosen]
+    samples = sum(ds.index.layout(k)[1] for k in checked)
+    n_files = None
+    if not problems:
+        records = [s for s in ds.shards if s.shard in set(checked)]
+        n_files = sum(len(s.files) for s in records) + \
+            (len(records) if ds.index.table is not None else 0)     # format 2: the shard records
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"dataset": args.dataset, "dataset_id": ds.dataset_id, "ok": not problems,
-                       "shards_checked": [s.shard for s in shards], "objects_checked": n_files,
-                       "samples_checked": sum(s.count for s in shards),
+                       "shards_checked": checked, "objects_checked": n_files,
+                       "samples_checked": samples,
                        "problems": [{"object": o, "problem": p} for o, p in problems]}, f, indent=1)
     if problems:
         from tumorforge.manifests.cli import format_table
         print(format_table(["object", "problem"], problems))
-        print(f"{args.dataset}: {len(problems)} problem(s) in {len(shards)} shard(s)")
+        print(f"{args.dataset}: {len(problems)} problem(s) in {len(checked)} shard(s)")
         return 1
-    what = "" if chosen is None else f" of {len(ds.shards)}"
-    print(f"{args.dataset}: dataset {ds.dataset_id} OK: {len(shards)}{what} shard(s), {n_files} "
-          f"object(s) and {sum(s.count for s in shards)} sample(s) in {'+'.join(ds.formats)} "
-          f"match the index")
+    what = "" if chosen is None else f" of {count}"
+    print(f"{args.dataset}: dataset {ds.dataset_id} OK: {len(checked)}{what} shard(s), {n_files} "
+          f"object(s) and {samples} sample(s) in {'+'.join(ds.formats)} match the index")
     return 0
 
 

@@ -509,7 +509,7 @@ def _read_commit(out: Objects, key: str) -> ShardCommit | None:
 
 def _write_index(plan: Plan, out: Objects, versions: dict) -> DatasetIndex:
     """index.json (the plan's dataset format, 2 or 3) from the commits: each shard's record
-    (size, sha256) and scans.
+    (size, sha256) and scans; then the dataset's card (``DATASET.md``) beside it.
 
     Each commit is read through its typed record and only its shard record's size and sha256 are
     taken, for this dataset and shard; the commits were checked in full when the run resumed or
@@ -543,6 +543,8 @@ def _write_index(plan: Plan, out: Objects, versions: dict) -> DatasetIndex:
                          shards=(), table=ShardTable.build(files, [s.scans for s in plan.shards]),
                          metadata={k: FileRecord.of(v) for k, v in _metadata_objects(plan).items()})
     out.put(INDEX, index.to_bytes())
+    from .dataset_card import dataset_card
+    out.put(CARD, dataset_card(plan, index).encode())     # for people; not part of the dataset
     return index
 
 
@@ -769,9 +771,7 @@ def _run_locked(spec: JobSpec, plan: Plan, out: Objects, ray, progress: bool, lo
     result.seconds = time.perf_counter() - t0
     versions = _versions()
     if result.ok:
-        from .dataset_card import dataset_card
-        index = _write_index(plan, out, versions)
-        out.put(CARD, dataset_card(plan, index).encode())
+        _write_index(plan, out, versions)
     report = {"dataset_id": plan.dataset_id, "output": spec.output, "ok": result.ok,
               "shards": len(plan.shards), "committed_before": len(committed),
               "written": result.written, "samples_written": result.samples,
