@@ -140,6 +140,19 @@ def _f(v, pct=False):
     return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
 
 
+def headline(agg: dict) -> str:
+    """The report's first sentence: what a reader asks first, with its intervals."""
+    dice, det = agg["tumor_dice"], agg["detection"]
+    ci = f" [{_f(dice['ci95'][0])}, {_f(dice['ci95'][1])}]" if dice.get("ci95") else ""
+    big = det.get(">10", {})
+    fp = agg.get("false_positive_lesions_per_scan")
+    return (f"**Tumor DSC {_f(dice['mean'])}{ci}** over {agg['tumor_cases']} scan(s) with tumors; "
+            f"**{det['all']['detected']} of {det['all']['lesions']} lesions found** "
+            f"({big.get('detected', 0)} of {big.get('lesions', 0)} over 10 mm); "
+            f"**{'n/a' if fp is None else f'{fp:.1f}'} false-positive lesions per scan**; "
+            f"liver DSC {_f(agg['liver_dice']['mean'])}.")
+
+
 def write_report(out: str, summary: dict, examples: list) -> dict:
     """``report.md`` and ``report.html`` with the figures, from a summary and example cases."""
     agg = summary["aggregate"]
@@ -155,8 +168,7 @@ def write_report(out: str, summary: dict, examples: list) -> dict:
                 with_interval(f.value, f.ci95, functools.partial(_f, pct=m.percent)), f.n]
                for m in METRICS.values() if m.report_row for f in m.figures(agg)]
     det = [[n, f"{d['detected']}/{d['lesions']}", _f(d["sensitivity"], True),
-            f"[{_f(d['ci95'][0], True)}, {_f(d['ci95'][1], True)}]" if d["ci95"] else "n/a",
-            d.get("false_positive_lesions", "n/a")]
+            f"[{_f(d['ci95'][0], True)}, {_f(d['ci95'][1], True)}]" if d["ci95"] else "n/a"]
            for n, d in agg["detection"].items()]
     per_lesion = [[c["scan_id"], les["id"], _f(les["radius_mm"]), les["size_bin"],
                    " ".join(str(v) for v in les.get("center_vox", [])),
@@ -167,16 +179,16 @@ def write_report(out: str, summary: dict, examples: list) -> dict:
               f"{sum(l['detected'] for l in c['lesions'])}/{len(c['lesions'])}",
               c["false_positive_lesions"]] for c in summary["cases"]]
     step = "" if summary["step"] is None else f" (step {summary['step']})"
-    md = [f"# Evaluation of {summary['model']}{step}", "",
+    md = [f"# Evaluation of {summary['model']}{step}", "", headline(agg), "",
           f"Checkpoint `{summary['checkpoint']}`, scans `{summary['manifest']}`.", "",
           "Inference: " + ", ".join(f"{k} {v}" for k, v in summary["inference"].items()) + ".", "",
           "## Metrics", "", f"{INTERVALS}.", "",
           _table(metrics, ["metric", "value", "n"]), "",
           "## Detection by tumor size", "",
           f"Detection rule: {rule}. Lesions are 26-connected components; size is the "
-          "equivalent-sphere radius. False-positive lesions are counted over all scans.", "",
-          _table(det, ["radius (mm)", "detected", "sensitivity", "95% CI",
-                       "false-positive lesions"]), "",
+          "equivalent-sphere radius. False-positive lesions over all scans: "
+          f"{agg['detection']['all'].get('false_positive_lesions', 'n/a')}.", "",
+          _table(det, ["radius (mm)", "detected", "sensitivity", "95% CI"]), "",
           "![detection by size](detection_by_size.png)", "",
           *(["## FROC over the tumor probability threshold", "",
               "The operating point above is the argmax answer. Here the predicted tumor is every "

@@ -182,6 +182,11 @@ def test_evaluate_scores_a_known_answer(lits_manifest, tmp_path):
         assert (out / name).stat().st_size > 0
     report = (out / "report.md").read_text()
     assert "# Evaluation of oracle\n" in report and "empty" in report
+    # The headline comes first: DSC with its interval, lesions found, false positives per scan.
+    first = report.split("\n\n")[1]
+    assert first.startswith("**Tumor DSC ") and "**1 of 2 lesions found**" in first
+    assert "false-positive lesions per scan**" in first
+    assert "False-positive lesions over all scans: " in report        # said once, not per row
     assert "Detection rule: dice >= 0.2" in report and "## Per lesion" in report
     assert summary["detection_rule"].startswith("dice >= 0.2")
     # The HTML report stands alone: moved elsewhere, its figures are still there.
