@@ -369,3 +369,13 @@ def test_grain_ratio_tells_per_voxel_noise_from_the_parenchymas_grain():
     (_, [f]), (_, [c]) = (component_measures(img, label, spacing) for img in (fine, coarse))
     assert f["grain_ratio"] < 0.5 and 0.8 <= c["grain_ratio"] <= 1.25
     assert f["texture_ratio"] == pytest.approx(1.0, abs=0.15)     # same sd: sd alone cannot tell
+
+
+def test_stats_counts_what_it_reads_on_a_terminal_bar(monkeypatch, capsys):
+    import sys
+    from tumorforge.evaluation.fidelity.inputs import progress
+    assert list(progress([3, 1], "stats x", "scan")) == [3, 1]      # not a terminal: no bar
+    assert "stats x" not in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert list(progress([3, 1], "stats x", "scan")) == [3, 1]
+    assert "stats x: 100%" in capsys.readouterr().err

@@ -53,6 +53,13 @@ class Measured:
     satellites_placed: int = 0
 
 
+
+def progress(items, desc: str, unit: str):
+    """``items`` counted on a bar on stderr when it is a terminal (``stats`` reads for minutes)."""
+    import sys
+    from tqdm import tqdm
+    return tqdm(items, desc=desc, unit=unit, disable=None, file=sys.stderr, dynamic_ncols=True)
+
 def chosen(total: int, n: int | None) -> list[int]:
     """Which of ``total`` items to read when at most ``n`` are asked for: evenly spaced, always
     the same (all of them when ``n`` is None or not smaller than ``total``)."""
@@ -155,7 +162,7 @@ def measure_dataset(url: str, name: str, samples: int | None, manifest: str | No
     # Provenance first, then the samples scan by scan, so each scan is prepared once.
     order = sorted(picks, key=lambda i: (ds.sample(i)[2].scan_id, i))
     entries = None
-    for i in order:
+    for i in progress(order, f"stats {name}", "sample"):
         image, label, prov = ds.sample(i)
         want = ds.hashes(prov.key)
         if want is None or not want.matches(image, label):
@@ -188,7 +195,7 @@ def measure_real(manifest: str, name: str, samples: int | None, allow_roots, con
     picks = chosen(len(entries), samples)
     measured = Measured(name, "real", manifest, {"scans": len(entries), "scans_read": len(picks),
                                                  "spacing_mm": list(config.target_spacing_mm)})
-    for i in picks:
+    for i in progress(picks, f"stats {name}", "scan"):
         e = entries[i]
         prepared = cache.get(e, config)
         scan = prepared.scan
@@ -218,7 +225,8 @@ def measure_synthesize(path: str, name: str, samples: int | None, allow_roots, b
         "corrupt_samples": []})
     entries = _entries(run.manifest, [*run.allow_roots, *allow_roots])
     grids: dict = {}
-    for i in sorted(picks, key=lambda n: (run.cases[n].scan_id, n)):
+    for i in progress(sorted(picks, key=lambda n: (run.cases[n].scan_id, n)), f"stats {name}",
+                      "case"):
         case = run.cases[i]
         entry = entries.get(case.scan_id)
         if entry is None:
