@@ -3,7 +3,6 @@ sample against the index) and the cross-backend agreement an audit on another ba
 
 from __future__ import annotations
 
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -237,12 +236,9 @@ def verify(ds: Dataset, shards: set[int] | None = None, jobs: int = 1,
                                        f"{len(found)} samples, index lists {len(expected)}"))
         return found_problems
 
-    from tqdm import tqdm
-    bar = tqdm(total=len(checked), unit="shard", desc="verify", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
+    from tumorforge.manifests.progress import progress as bar
     with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
-        for found_problems in pool.map(samples, checked):      # in shard order
+        for found_problems in bar(pool.map(samples, checked), "verify", "shard", len(checked),
+                                  progress):           # in shard order
             problems += found_problems
-            bar.update(1)
-    bar.close()
     return problems

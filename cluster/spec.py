@@ -18,6 +18,7 @@ from tumorforge.generator.config import GeneratorConfig
 from tumorforge.generator.tumor_models import tumor_model
 from tumorforge.manifests.flags import merged
 from tumorforge.manifests.records import RecordError, from_fields
+from tumorforge.manifests.dataset.formats import FORMATS
 from tumorforge.manifests.dataset.names import DEFAULT_FORMATS
 from tumorforge.manifests.errors import UserError
 
@@ -59,7 +60,6 @@ class JobSpec:
             raise SpecError(f"samples must be >= 1, got {self.samples}")
         if not 1 <= self.samples_per_shard <= 100_000:
             raise SpecError(f"samples_per_shard must be 1..100000, got {self.samples_per_shard}")
-        from tumorforge.manifests.dataset.formats import FORMATS      # here: parsers import this
         if not self.formats or set(self.formats) - set(FORMATS):
             raise SpecError(f"formats {list(self.formats)}: expected one or more of "
                             f"{tuple(FORMATS)}")

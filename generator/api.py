@@ -6,40 +6,42 @@ output) can be rearranged without touching their readers: drawing and rendering 
 backends, the configuration and its command-line options, the records a sample is described by,
 prepared scans and how to load them, reading a ``tumorforge synthesize`` run, what the location
 rules count, the output version and the errors a user can cause.
-
-Each name loads its home module on first use, so a command's parser that needs only the options
-(``add_generator_options``) does not import scan preparation, NIfTI and the renderers.
 """
 
-from importlib import import_module
+from __future__ import annotations
 
-_HOME = {
-    "tumorforge.generator": ("GENERATOR_VERSION",),
-    "tumorforge.generator.backend": ("BACKENDS", "DEFAULT_BACKEND", "BackendError",
-                                     "get_backend"),
-    "tumorforge.generator.config": ("PAPER_PROFILES", "PAPER_SIZES", "SYNTHETIC_PROFILES",
-                                    "GeneratorConfig"),
-    "tumorforge.generator.grain": ("grain_mm", "interior"),
-    "tumorforge.generator.location": ("drawn_shape_counts", "region_counts"),
-    "tumorforge.generator.options": ("add_generator_options", "generator_overrides", "parse_mix"),
-    "tumorforge.generator.params": ("PaperTumor", "SampleParams"),
-    "tumorforge.generator.prepare": ("PreparedScan", "PrepareError", "Regrid", "organ_depth"),
-    "tumorforge.generator.sample": ("sample_params", "sample_seed"),
-    "tumorforge.generator.scans": ("load_prepared", "read_scan"),
-    "tumorforge.generator.synthesize": ("synthesize",),
-    "tumorforge.generator.whole_scan": ("SynthesizeError", "output_grid", "read_run",
-                                        "spacing_of"),
-}
-_MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
+from tumorforge.generator import GENERATOR_VERSION
+from tumorforge.generator.backend import BACKENDS, DEFAULT_BACKEND, BackendError, get_backend
+from tumorforge.generator.config import (PAPER_PROFILES, PAPER_SIZES, SYNTHETIC_PROFILES,
+                                         GeneratorConfig)
+from tumorforge.generator.grain import grain_mm, interior
+from tumorforge.generator.location import drawn_shape_counts, region_counts
+from tumorforge.generator.options import add_generator_options, generator_overrides, parse_mix
+from tumorforge.generator.params import PaperTumor, SampleParams
+from tumorforge.generator.prepare import PreparedScan, PrepareError, Regrid, organ_depth
+from tumorforge.generator.sample import sample_params, sample_seed
+from tumorforge.generator.scans import load_prepared, read_scan
+from tumorforge.generator.synthesize import synthesize
+from tumorforge.generator.whole_scan import SynthesizeError, output_grid, read_run, spacing_of
 
-
-def __getattr__(name: str):
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value                   # later lookups are plain attribute reads
-    return value
-
-
-__all__ = sorted(_MODULE_OF)
+__all__ = [
+    # drawing and rendering a sample
+    "sample_params", "sample_seed", "synthesize",
+    # where it runs
+    "BACKENDS", "DEFAULT_BACKEND", "get_backend",
+    # configuration and its command-line options
+    "GeneratorConfig", "PAPER_PROFILES", "SYNTHETIC_PROFILES", "PAPER_SIZES",
+    "add_generator_options", "generator_overrides", "parse_mix",
+    # the records a sample is described by
+    "SampleParams", "PaperTumor",
+    # prepared scans
+    "PreparedScan", "Regrid", "organ_depth", "load_prepared", "read_scan",
+    # how grainy a region is (the scan-matched texture's measure)
+    "grain_mm", "interior",
+    # what the location rules count
+    "region_counts", "drawn_shape_counts",
+    # a ``tumorforge synthesize`` run read back
+    "read_run", "output_grid", "spacing_of",
+    # the version of the generator's output, and the errors a user can cause
+    "GENERATOR_VERSION", "BackendError", "PrepareError", "SynthesizeError",
+]

@@ -31,6 +31,7 @@ import math
 from collections import OrderedDict
 
 import numpy as np
+import scipy.ndimage as ndi
 
 from . import noise
 from .backend import Backend
@@ -64,7 +65,6 @@ def axis_operator(n: int, c: int, sigma_vox: float) -> tuple[np.ndarray, np.ndar
 
 def build_operator(n: int, c: int, sigma_vox: float) -> np.ndarray:
     """:func:`axis_operator`'s matrix, built afresh (not kept)."""
-    import scipy.ndimage as ndi
     coeff = ndi.spline_filter1d(np.eye(c), order=3, axis=0, mode="mirror")      # (c, c)
     x = np.arange(n, dtype=np.float64) * ((c - 1) / (n - 1) if n > 1 else 0.0)
     base = np.floor(x)

@@ -39,6 +39,7 @@ import scipy.ndimage as ndi
 
 from tumorforge.manifests import storage
 from tumorforge.manifests.conventions import BACKGROUND, ORGAN, TUMOR, from_ras, to_ras, zyx_to_ras
+from tumorforge.manifests.nifti import GZIP_OS_UNIX, nifti_bytes
 from tumorforge.manifests.organs import DEFAULT_ORGAN, get_organ
 from tumorforge.manifests.records import RecordError, check_fields, loads, pretty_json
 
@@ -363,8 +364,7 @@ def run_synthesize(entries, config: GeneratorConfig, *, out: str, manifest: str,
     """Write ``count`` cases per scan of ``entries`` (sorted by scan id; case n of scan position p
     is sample index p * count + n) and the run record. A scan that cannot be read or prepared is
     listed in ``rejected`` with its reason and the run goes on. Returns (folder, run record)."""
-    # Imported here, not at the top: the synthesize parser imports GRIDS and OUTPUT_FORMATS.
-    from tumorforge.manifests.nifti import GZIP_OS_UNIX, ScanError, nifti_bytes
+    from tumorforge.manifests.nifti import ScanError
     from .prepare import PrepareError
     from .scans import prepare_volumes, read_scan
     if count < 1:

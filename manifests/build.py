@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import storage
+from .progress import progress as bar
 from .errors import one_line
 from .layouts import Candidate, Discovery, discover
 from .readers import ScanError, Volume, read_volume
@@ -151,7 +151,7 @@ def build_images(root: str, out: str, image_pattern: str | None, source: str = "
         except Exception as exc:
             return ScanError(item[1], f"could not be inspected ({type(exc).__name__})")
     with ThreadPoolExecutor(max_workers=max(1, workers or default_workers())) as pool:
-        results = list(_progress(pool.map(one, todo), len(todo), "build", progress))
+        results = list(bar(pool.map(one, todo), "build", "scan", len(todo), progress))
     entries = [r for r in results if isinstance(r, ImageEntry)]
     rejections += [Rejection(sid, uri, "", r.problem) for (sid, uri), r in zip(todo, results)
                    if isinstance(r, ScanError)]
@@ -176,15 +176,6 @@ def relative_to_manifest(entry, manifest: str):
     return dataclasses.replace(entry, **{k: storage.relative_to(base, v) for k, v in files.items()})
 
 
-def _progress(items, total: int, desc: str, progress: bool):
-    """``items`` with a bar on stderr when ``progress`` and stderr is a terminal."""
-    if not progress:
-        return items
-    from tqdm import tqdm
-    return tqdm(items, total=total, desc=desc, unit="scan", disable=None, file=sys.stderr,
-                dynamic_ncols=True)
-
-
 def _inspect_all(candidates, workers: int, progress: bool = False, desc: str = "build"):
     def one(c):
         try:
@@ -195,7 +186,7 @@ def _inspect_all(candidates, workers: int, progress: bool = False, desc: str = "
             return ScanError(c.image, f"could not be inspected ({type(exc).__name__}: "
                                       f"{one_line(exc)})")
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(_progress(pool.map(one, candidates), len(candidates), desc, progress))
+        return list(bar(pool.map(one, candidates), desc, "scan", len(candidates), progress))
 
 
 @dataclass

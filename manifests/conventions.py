@@ -9,6 +9,7 @@ first axis is axial slices, as CT viewers and MONAI's channel-first arrays expec
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 
 # Label values of generated crops, of model outputs and of ``truth_labels``: background, the organ
@@ -32,17 +33,17 @@ def zyx_to_ras(array):
 
 def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Reorder and flip voxel axes so they run R, A, S; the affine is updated to match."""
-    from nibabel import orientations as ornt       # here: parsers import these constants
-    transform = ornt.ornt_transform(ornt.io_orientation(affine), ornt.axcodes2ornt("RAS"))
-    out = ornt.apply_orientation(data, transform)
-    return np.ascontiguousarray(out), affine @ ornt.inv_ornt_aff(transform, data.shape)
+    transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
+                                                nib.orientations.axcodes2ornt("RAS"))
+    out = nib.orientations.apply_orientation(data, transform)
+    return np.ascontiguousarray(out), affine @ nib.orientations.inv_ornt_aff(transform, data.shape)
 
 
 def from_ras(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """A RAS-ordered array back into the voxel order of a file whose affine is ``affine``."""
-    from nibabel import orientations as ornt
-    transform = ornt.ornt_transform(ornt.axcodes2ornt("RAS"), ornt.io_orientation(affine))
-    return np.ascontiguousarray(ornt.apply_orientation(data, transform))
+    transform = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
+                                                nib.orientations.io_orientation(affine))
+    return np.ascontiguousarray(nib.orientations.apply_orientation(data, transform))
 
 
 def dice(a, b) -> float | None:

@@ -93,8 +93,8 @@ def test_build_and_validate_show_a_bar_on_a_terminal(own_folder, tmp_path, monke
     """Scans are counted on a bar on stderr when it is a terminal (tqdm's own rule), and nothing
     is drawn into a log file."""
     import sys
-    from tumorforge.manifests.build import _progress
-    assert list(_progress(iter([1, 2]), 2, "x", progress=False)) == [1, 2]
+    from tumorforge.manifests.progress import progress
+    assert list(progress(iter([1, 2]), "x", "scan", 2, enabled=False)) == [1, 2]
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert main(["manifest", "build", "--layout", "generic", str(own_folder),
                  "--image-pattern", "ct/{id}.nii.gz", "--label-pattern", "masks/{id}_liver.nii.gz",

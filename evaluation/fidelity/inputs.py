@@ -26,6 +26,7 @@ from tumorforge.manifests.conventions import ORGAN, to_ras, zyx_to_ras
 from tumorforge.manifests.dataset.reader import Dataset
 from tumorforge.manifests.errors import UserError, one_line
 from tumorforge.manifests.readers import read_volume
+from tumorforge.manifests.progress import progress
 from tumorforge.manifests.schema import default_roots, read_manifest
 
 from .lesions import (TumorRecord, component_measures, group_of, lesion_of, match_records,
@@ -53,12 +54,6 @@ class Measured:
     satellites_placed: int = 0
 
 
-
-def progress(items, desc: str, unit: str):
-    """``items`` counted on a bar on stderr when it is a terminal (``stats`` reads for minutes)."""
-    import sys
-    from tqdm import tqdm
-    return tqdm(items, desc=desc, unit=unit, disable=None, file=sys.stderr, dynamic_ncols=True)
 
 def chosen(total: int, n: int | None) -> list[int]:
     """Which of ``total`` items to read when at most ``n`` are asked for: evenly spaced, always
