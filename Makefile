@@ -1,12 +1,13 @@
 # Two commands: `make demo` and `make test`. Each creates .venv if it is missing and installs the
-# project into it. torch is pinned to the CPU wheel (2.13.0) so pip never pulls a multi-GB CUDA build.
+# project into it, with the test and docs extras. torch is pinned to the CPU wheel (2.13.0) so pip
+# never pulls a multi-GB CUDA build.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-out
 
-.PHONY: install demo test test-fast clean fidelity gpu-kit evidence
+.PHONY: install demo test test-fast docs clean fidelity gpu-kit evidence
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +15,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install "torch==2.13.0"
-	$(BIN)/pip install -e ".[test]" "torch==2.13.0"
+	$(BIN)/pip install -e ".[test,docs]" "torch==2.13.0"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,6 +24,7 @@ demo: $(STAMP)
 	$(BIN)/tumorforge demo --out $(DEMO)
 
 # Two pytest-xdist workers, each taking whole files (module fixtures are built once).
+# tests/test_docs.py builds the docs site strictly among them.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
@@ -31,8 +33,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The docs site: pages in docs/, mkdocs.yml, built into site/ by Zensical; any warning is an error.
+docs: $(STAMP)
+	@test -x $(BIN)/zensical || $(BIN)/pip install -e ".[docs]"
+	$(BIN)/zensical build --strict
+
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache
+	rm -rf $(VENV) $(DEMO) .pytest_cache site .cache
 
 # The generator fidelity figures of the README (issue 11): whole-scan synthesis into four healthy
 # phantom livers (BTCV layout, scale 0.5), 16 cases per scan and profile (default size mix), and

@@ -1,5 +1,5 @@
 """Imports point downstream only. Every import of every module (including those inside
-functions) is parsed and checked against the stage graph of the README's design section, and the
+functions) is parsed and checked against the stage graph of docs/explanation/design.md, and the
 modules together must form a DAG (a cycle hidden by a function-level import is still a cycle)."""
 
 from __future__ import annotations
