@@ -41,9 +41,9 @@ docs: $(STAMP)
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache site .cache
 
-# The generator fidelity figures of the README (issue 11): whole-scan synthesis into four healthy
-# phantom livers (BTCV layout, scale 0.5), 16 cases per scan and profile (default size mix), and
-# tumorforge stats beside the lesions of 12 phantom LiTS cases. About 45 minutes on 2 cores.
+# The generator fidelity figures of docs/results/fidelity.md (issue 11): whole-scan synthesis into
+# four healthy phantom livers (BTCV layout, scale 0.5), 16 cases per scan and profile (default size
+# mix), and tumorforge stats beside the lesions of 12 phantom LiTS cases. About 45 minutes on 2 cores.
 FID ?= fidelity-out
 fidelity: $(STAMP)
 	$(BIN)/tumorforge phantoms --layout btcv --out $(FID)/phantoms --cases 4 --scale 0.5 --seed 1

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     trainer_cli.register(sub)
     evaluation_cli.register(sub)
     evaluation_cli.register_manifest(manifest_sub)
-    bench = sub.add_parser("bench", help="benchmarks (figures for the README's performance section)")
+    bench = sub.add_parser("bench", help="benchmarks (the figures of docs/results/performance.md)")
     bsub = bench.add_subparsers(dest="bench_cmd", required=True,
                                 metavar="{generator,transform,loader,train,encode,scale,generate}")
     generator_cli.register_bench(bsub)

@@ -159,9 +159,12 @@ def plot_histograms(s: dict, png: str) -> str:
     """Tumors per sample by kind, and tumor radius by size type."""
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
-    for kind, hist in s["tumors_per_sample"].items():
-        xs = [int(n) for n in hist]
-        a.plot(xs, list(hist.values()), marker="o", ms=3, label=kind)
+    kinds = list(s["tumors_per_sample"].items())
+    width = 0.8 / max(1, len(kinds))
+    for j, (kind, hist) in enumerate(kinds):        # counts: bars side by side, one per kind
+        xs = np.array([int(n) for n in hist], float) + (j - (len(kinds) - 1) / 2) * width
+        a.bar(xs, list(hist.values()), width=width, label=kind)
+    a.xaxis.get_major_locator().set_params(integer=True)
     a.set_xlabel("tumors per sample")
     a.set_ylabel("samples")
     a.legend(fontsize=7)
@@ -182,8 +185,11 @@ def plot_histograms(s: dict, png: str) -> str:
 def plot_montage(ds: Dataset, png: str, n: int = 8) -> str:
     """``n`` samples with tumors (evenly spaced over the dataset): the axial slice through each
     one's largest tumor, radiological view (patient's right on the left, anterior up), tumor red
-    and liver green contours."""
+    and liver green contours; orientation letters and a 10 mm scale bar on every panel, and a
+    legend of the contours."""
     import scipy.ndimage as ndi
+    from matplotlib.lines import Line2D
+    from tumorforge.generator.preview import decorate_panel
     from tumorforge.manifests.conventions import DISPLAY_WINDOW_HU, ORGAN, TUMOR
     plt = _plt()
     chosen = []
@@ -213,8 +219,14 @@ def plot_montage(ds: Dataset, png: str, n: int = 8) -> str:
         for mask, color in ((show(label) >= ORGAN, "lime"), (show(label) == TUMOR, "red")):
             if mask.any() and not mask.all():
                 ax.contour(mask, levels=[0.5], colors=color, linewidths=0.7)
+        # The generator's grid is isotropic: its spacing is every axis's mm per pixel.
+        mm = float((prov.generator_config.get("target_spacing_mm") or [1.0])[0])
+        decorate_panel(ax, "RLAP", image.shape[1:], mm)
         ax.set_title(f"#{i} {prov.params.get('kind')} ({prov.scan_id}) z {z}", fontsize=7)
-    fig.tight_layout()
+    fig.legend(handles=[Line2D([], [], color="lime", lw=1.5, label="liver contour"),
+                        Line2D([], [], color="red", lw=1.5, label="tumor contour")],
+               loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return png

@@ -44,6 +44,7 @@ from tumorforge.manifests.records import RecordError, loads, pretty_json
 from .plan import Plan, make_plan
 from .scheduler import Scheduler
 from .spec import JobSpec
+from .tally import TALLY_POLL_S, BarCount, SampleTally
 from .worker import ScanLoadFailed, ShardWorker
 
 ACTOR_START_TIMEOUT_S = 300
@@ -704,18 +705,36 @@ def _run_locked(spec: JobSpec, plan: Plan, out: Objects, ray, progress: bool, lo
         handles[actor_id] = actor_cls.remote(plan.skeleton(), prepared_dir)
         starting[handles[actor_id].pid.remote()] = actor_id
 
+    bar = _progress(sum(plan.shards[k].count for k in pending), progress)
+    # The bar moves per sample: writers tell a tally actor (no CPU) how far their shard is.
+    tally = (ray.remote(SampleTally).options(num_cpus=0).remote()
+             if not bar.disable else None)
+    shown = BarCount(bar)
+
     def feed_idle():
         for actor_id, shard in sched.assignments():
-            running[handles[actor_id].write_shard.remote(*plan.task(shard))] = actor_id
+            running[handles[actor_id].write_shard.remote(*plan.task(shard), tally)] = actor_id
 
     for _ in range(min(res.actors, max(1, len(pending)))):
         start_actor()
-    bar = _progress(sum(plan.shards[k].count for k in pending), progress)
     run_log = []
+    next_poll = time.monotonic() + TALLY_POLL_S
     while running or (sched.pending_count and (sched.live or starting)):
         # With nothing running, wait for an actor to start, but not forever (no capacity left).
         timeout = None if running else ACTOR_START_TIMEOUT_S
+        if tally is not None and running:             # wake up for the next read of the tally
+            timeout = max(0.0, next_poll - time.monotonic())
         done, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=timeout)
+        if tally is not None and running and time.monotonic() >= next_poll:
+            next_poll = time.monotonic() + TALLY_POLL_S
+            try:                          # samples of the shards in flight
+                counts = ray.get(tally.snapshot.remote())
+            except RayActorError:         # the bar goes back to moving per shard; data is safe
+                counts, tally = {}, None
+            shown.partial(sum(counts.get(sched.busy[a], 0) for a in running.values()
+                              if a in sched.busy))
+        if not done and running:
+            continue
         if not done:
             sched.give_up(f"no writer actor could start within {ACTOR_START_TIMEOUT_S} s "
                           f"(cluster lacks {res.cpus_per_actor} CPU / {res.gpus_per_actor} GPU free)")
@@ -761,11 +780,11 @@ def _run_locked(spec: JobSpec, plan: Plan, out: Objects, ray, progress: bool, lo
         result.samples += record.count
         result.bytes += sum(f.bytes for f in record.files.values())
         run_log.append({"shard": shard, "seconds": record.seconds, "worker": record.worker})
-        bar.update(record.count)
+        shown.committed(record.count)
         feed_idle()
     result.failed.update(sched.failed)
     bar.close()
-    for handle in handles.values():
+    for handle in [*handles.values(), *([tally] if tally is not None else [])]:
         ray.kill(handle, no_restart=True)
     out.remove_stale_temporaries()        # of actors killed mid-write whose shard went elsewhere
     result.seconds = time.perf_counter() - t0

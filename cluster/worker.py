@@ -38,6 +38,7 @@ from tumorforge.manifests.nifti import ScanError
 from tumorforge.manifests.records import pretty_json
 
 from .plan import Plan, ShardPlan
+from .tally import reporter
 from tumorforge.generator.scans import load_prepared_shared
 
 FAULT_ENV = "TUMORFORGE_FAULT"   # tests only: "die_before_commit:<shard>:<marker file>"
@@ -161,12 +162,13 @@ def _collected(drawn, pending):
 
 def make_samples(plan: Plan, scans: dict[str, PreparedScan], indices: range, backend,
                  shard: ShardPlan | None = None, entries: dict | None = None,
-                 compress: bool = False) -> Samples:
+                 compress: bool = False, on_sample=None) -> Samples:
     """Synthesize the samples ``indices`` of ``plan`` from their prepared ``scans`` (by scan id)
     (:func:`synthesized`); each crop's hashes, provenance and, with ``compress``, its compressed
     arrays (then the arrays themselves are not kept) are made on a thread pool while the next
     crop is synthesized. ``shard`` and ``entries`` (the shard's manifest entries by scan id):
-    given when ``plan`` is a skeleton without shards and scans, as an actor holds it."""
+    given when ``plan`` is a skeleton without shards and scans, as an actor holds it.
+    ``on_sample(n)``: called with the number of crops synthesized so far, after each one."""
     spec, config = plan.spec, plan.spec.generator
     entries = plan.scans if entries is None else entries
     versions, config_json = backend.versions(), config.to_json()
@@ -198,8 +200,11 @@ def make_samples(plan: Plan, scans: dict[str, PreparedScan], indices: range, bac
     out = Samples([], [], [], indices, [], [], [], {})
     clock = CpuClock()
     with ThreadPoolExecutor(FINISH_THREADS) as pool:
-        done = [pool.submit(finish, *made)
-                for made in synthesized(plan, scans, indices, backend, shard)]
+        done = []
+        for made in synthesized(plan, scans, indices, backend, shard):
+            done.append(pool.submit(finish, *made))
+            if on_sample is not None:
+                on_sample(len(done))
         for future in done:
             key, hashes, text, frames, crop, seconds = future.result()
             out.keys.append(key)
@@ -297,9 +302,12 @@ class ShardWorker:
                     time.sleep(min(2.0, 0.2 * attempt))
         raise ScanLoadFailed(scan_id, entry.image, reason, retries + 1)
 
-    def write_shard(self, task: int | ShardPlan, entries: dict | None = None) -> ShardCommit:
+    def write_shard(self, task: int | ShardPlan, entries: dict | None = None,
+                    tally=None) -> ShardCommit:
         """Synthesize a shard (``task``: its layout, with ``entries`` its scans' manifest entries;
-        or its number in a full plan), write its objects, then its commit record; return it."""
+        or its number in a full plan), write its objects, then its commit record; return it.
+        ``tally``: a :class:`~.tally.SampleTally` (or a Ray handle of one) told how many of the
+        shard's samples are synthesized (:func:`~.tally.reporter`)."""
         t0 = time.perf_counter()
         shard = self.plan.shards[task] if isinstance(task, int) else task
         k = shard.index
@@ -307,7 +315,8 @@ class ShardWorker:
         scans = self._scans(shard.scans)
         t_load = time.perf_counter() - t0
         made = make_samples(self.plan, scans, range(shard.start, shard.start + shard.count),
-                            self.backend, shard, self.entries, compress=True)
+                            self.backend, shard, self.entries, compress=True,
+                            on_sample=reporter(tally, k, shard.count))
         t_synth = time.perf_counter() - t0 - t_load
         clock = CpuClock()
         clock.add(made.cpu_s)

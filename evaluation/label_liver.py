@@ -41,7 +41,7 @@ from tumorforge.manifests.errors import UserError
 
 MIN_LIVER_ML = 600.0          # adult livers: about 1,000-2,500 mL; below or above is a bad mask
 MAX_LIVER_ML = 4000.0
-MIN_LARGEST_FRACTION = 0.7    # of the model's liver voxels in its largest component (README)
+MIN_LARGEST_FRACTION = 0.7    # of the model's liver voxels in its largest component (docs/how-to/evaluate.md)
 MIN_CONFIDENCE = 0.8          # mean liver probability over the kept mask
 MASK_FOLDER = "liver-masks"
 

@@ -135,7 +135,7 @@ def drop_specks(mask: np.ndarray, spacing, min_radius_mm: float) -> np.ndarray:
 # Predicted tumor components whose outer border is less than this fraction liver are dropped by
 # post-processing: liver lesions are mostly enclosed by liver, while a model's extrahepatic false
 # positives (stomach, bowel, kidney next to the liver) are mostly bordered by other tissue.
-# Chosen on scans no cpu-small model is tested on (README, "Post-processing"); 0 turns it off.
+# Chosen on scans no cpu-small model is tested on (docs/how-to/evaluate.md, "What `evaluate` does"); 0 turns it off.
 MIN_LIVER_CONTACT = 0.6
 
 

@@ -13,7 +13,7 @@ Profiles:
   darkening delta per sample, binary label, positive:negative crops 1:1). Chosen by evidence (issue
   28): it is the twin of the code that trained the paper's published models, and its models found
   more lesions with fewer false positives than ``paper-train``'s on both phantom families and than
-  every other synthetic arm of the evidence experiment (README, "The default profile").
+  every other synthetic arm of the evidence experiment (docs/explanation/tumor-models.md, "The default profile").
 - ``real``: no synthesis: crops of scans with annotated (real) tumors.
 Sizes come from Table 6, the LI-RADS-style scenarios from Section 3.2.
 

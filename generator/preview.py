@@ -45,7 +45,7 @@ def _views(image, label, c):
 _HORIZONTAL = {"axial": 0, "coronal": 0, "sagittal": 1}
 
 
-def _decorate(ax, letters: str, shape, mm_per_px: float, bar_mm: float = 10.0) -> None:
+def decorate_panel(ax, letters: str, shape, mm_per_px: float, bar_mm: float = 10.0) -> None:
     """Orientation letters at the panel's edges and a scale bar of ``bar_mm`` in its lower left."""
     h, w = shape
     style = dict(color="yellow", fontsize=7, fontweight="bold", ha="center", va="center")
@@ -100,7 +100,7 @@ def save_montage(image_zyx: np.ndarray, label_zyx: np.ndarray, png: str, title: 
             _, img, _, letters = _views(volume, label_zyx, c)[0]
             ax = axes[row][col]
             ax.imshow(img, **show)
-            _decorate(ax, letters, img.shape, spacing_mm[0])
+            decorate_panel(ax, letters, img.shape, spacing_mm[0])
             ax.set_title(f"{caption}\naxial, {what}" if col == 0 else f"axial, {what}",
                          fontsize=8)
             ax.axis("off")
@@ -118,7 +118,7 @@ def save_montage(image_zyx: np.ndarray, label_zyx: np.ndarray, png: str, title: 
                 ax.contour(mine, levels=[0.5], colors="red", linewidths=1.0)
                 rows, cols_ = np.nonzero(mine)
                 ax.plot([cols_.mean()], [rows.min() - 2.5], marker="v", color="red", ms=6)
-            _decorate(ax, letters, img.shape, spacing_mm[_HORIZONTAL[plane]])
+            decorate_panel(ax, letters, img.shape, spacing_mm[_HORIZONTAL[plane]])
             ax.set_title(f"{plane}, contours", fontsize=8)
             ax.axis("off")
     fig.suptitle(title, fontsize=9)

@@ -1,5 +1,5 @@
 """What every ``tumorforge bench ...`` report carries: the machine and the date, printed and
-optionally written as JSON (the README's performance table quotes these reports)."""
+optionally written as JSON (docs/results/performance.md quotes these reports)."""
 
 from __future__ import annotations
 

@@ -110,13 +110,15 @@ def test_rerun_resumes_and_finishes_byte_identical(reference, scans, tmp_path):
     assert again.ok and again.written == 0 and again.committed_before == 4
 
 
-def test_actor_dying_mid_shard_is_retried_without_loss(reference, scans, tmp_path):
+def test_actor_dying_mid_shard_is_retried_without_loss(reference, scans, tmp_path, capsys):
     out = tmp_path / "ds"
     marker = tmp_path / "died-once"
-    result = run_job(small_spec(scans, out), progress=False, log=lambda *a: None,
+    result = run_job(small_spec(scans, out), progress=True, log=lambda *a: None,
                      actor_env={"TUMORFORGE_FAULT": f"die_before_commit:2:{marker}"})
     assert marker.exists()                              # the actor really died on shard 2
     assert result.ok and result.actor_restarts == 1
+    # The per-sample bar (a tally actor) survives the retry and ends at the job's sample count.
+    assert "14/14" in capsys.readouterr().err
     assert _shard_hashes(out) == _shard_hashes(reference)
     assert verify(Dataset(str(out))) == []
 
@@ -326,6 +328,19 @@ def test_inspect_describes_a_dataset_from_its_provenance(reference, tmp_path, ca
     assert 3.0 <= summary["radius_mm"].get("tiny", {"median": 4.0})["median"] <= 5.0
     assert summary["bytes"]["zarr"] > 0 and summary["bytes"]["wds"] > 0
     assert (out / "montage.png").stat().st_size > 1000 and (out / "histograms.png").exists()
+    # The montage read back: a legend of the two contour colours under the panels, the yellow
+    # orientation letters and the white 10 mm scale bar on them.
+    from PIL import Image
+    rgb = np.asarray(Image.open(out / "montage.png").convert("RGB")).astype(int)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    legend = slice(int(rgb.shape[0] * 0.93), None)
+    assert ((g > 200) & (r < 80) & (b < 80))[legend].sum() > 10       # lime: liver contour
+    assert ((r > 200) & (g < 60) & (b < 60))[legend].sum() > 10       # red: tumor contour
+    assert ((r > 200) & (g > 200) & (b < 60)).sum() > 20              # yellow letters
+    white = (r > 240) & (g > 240) & (b > 240)
+    # the bar: a white line over the image (not the white page), so not white 5 px above or below
+    bar = white[5:-5] & ~white[:-10] & ~white[10:]
+    assert bar.sum(axis=1).max() > 8
     part = main(["inspect", str(reference), "--max-samples", "4", "--montage", "0"]) == 0
     assert part and "(evenly spaced; --max-samples reads more)" in capsys.readouterr().out
     message = user_error(capsys, ["inspect", str(tmp_path / "nothing")])

@@ -26,6 +26,10 @@ def test_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
         ray.shutdown()
     text = capsys.readouterr().out
     assert "validation problems: 0" in text and "demo finished" in text
+    # The last line says what the model did on the held-out scans, in figures.
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("demo finished") and "2-step CPU model on 1 held-out scan(s)" in last
+    assert all(w in last for w in ("liver DSC", "tumor DSC", "lesions found", "false-positive"))
     for layout in ("lits", "msd", "btcv", "chaos"):
         assert (out / "data" / f"{layout}.jsonl").stat().st_size > 0
         assert any((out / "previews").glob(f"{layout}-*.png"))
@@ -35,13 +39,19 @@ def test_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
     pngs = sorted((out / "synthetic").glob("*.png"))
     labels = sorted((out / "synthetic").glob("*.label.nii.gz"))
     assert len(pngs) == 4 and len(labels) == 4
-    assert "verify: 0 problem(s)" in text and "bit-exact" in text
-    assert (out / "dataset" / "index.json").exists()
+    # Two datasets (tumor-centred crops; organ/background crops), both verified, one audited.
+    assert "dataset: 0 problem(s)" in text and "dataset-pos-neg: 0 problem(s)" in text
+    assert "bit-exact" in text
+    plans = [json.loads((out / name / "plan.json").read_text())
+             for name in ("dataset", "dataset-pos-neg")]
+    policies = [p["identity"]["generator"]["crop_policy"] for p in plans]
+    assert policies == ["tumor-centred", "pos-neg"]
     assert "trained to step 2" in text and (out / "train" / "checkpoints").is_dir()
     assert (out / "evaluation" / "report.html").exists()
-    # The trained model carries its preprocessing into evaluation: the dataset it saw, its crops.
-    index = json.loads((out / "dataset" / "index.json").read_text())
+    # The trained model carries its preprocessing into evaluation: the datasets it saw, its crops.
+    ids = [json.loads((out / name / "index.json").read_text())["dataset_id"]
+           for name in ("dataset", "dataset-pos-neg")]
     summary = json.loads((out / "evaluation" / "summary.json").read_text())
-    assert summary["inference"]["dataset_ids"] == [index["dataset_id"]]
+    assert summary["inference"]["dataset_ids"] == ids
     assert summary["inference"]["roi_zyx"] == [32, 32, 32]
     assert summary["inference"]["spacing_mm"] == [3.0, 3.0, 3.0]

@@ -134,7 +134,7 @@ def test_in_a_compose_and_a_dataloader(loaded):
 
 
 def test_the_readme_example_trains_a_plain_monai_unet(phantom_root, tmp_path, capsys):
-    """cluster/examples/monai_transform_training.py (the README's example) runs: a MONAI UNet
+    """cluster/examples/monai_transform_training.py (docs/how-to/monai-transform.md's example) runs: a MONAI UNet
     trained on healthy phantom scans whose tumors TumorSynthesisd paints on the fly."""
     import runpy
     from tumorforge.manifests.build import build_manifest
@@ -192,7 +192,7 @@ def test_prepared_once_in_a_cache_dataset_then_painted_each_epoch(loaded):
 @pytest.mark.slow
 def test_bench_transform_reports_both_ways(tmp_path, capsys):
     """``tumorforge bench transform`` runs both pipelines on one phantom scan and reports ms per
-    sample for each (the figures themselves are the README's, not asserted here)."""
+    sample for each (the figures themselves are in docs/how-to/monai-transform.md, not asserted here)."""
     from tumorforge.cluster.front_door import main
     out = tmp_path / "bench.json"
     assert main(["bench", "transform", "--samples", "1", "--phantom-scale", "0.15",

@@ -58,7 +58,7 @@ class BloscSettings:
 
 # The job spec's ``compression``: Blosc settings of the ``image`` and ``label`` arrays. ``lz4``
 # (the spec's default) is the one near the writer's CPU budget: 1.27 CPU ms per 96^3 crop for
-# 0.99 MB, where ``zstd`` (the only codec before) takes 4.98 ms for 0.81 MB (README, Performance).
+# 0.99 MB, where ``zstd`` (the only codec before) takes 4.98 ms for 0.81 MB (docs/results/performance.md).
 # Byte shuffle suits int16 HU with lz4 (bitshuffle: 0.94 MB but 1.73 ms); labels take bitshuffle
 # (0.02 MB instead of 0.08 MB for 0.1 ms). Blosc frames name their codec, so a dataset reads
 # whatever it was written with.
@@ -386,8 +386,8 @@ def _npy_header(name: str, shape: tuple[int, ...]) -> bytes:
 def decode_bnpy(data: bytes, expect=None, where: str = ".bnpy member") -> np.ndarray:
     """The array of a ``.bnpy`` member: its .npy header gives dtype and shape, its Blosc frame the
     data; object dtypes and Fortran order are refused (nothing is ever unpickled), and with
-    ``expect`` ((shape, dtype)) any other array. Plain ``webdataset`` users register it:
-    ``WebDataset(url).decode(wds.handle_extension("bnpy", decode_bnpy))``."""
+    ``expect`` ((shape, dtype)) any other array. Plain ``webdataset`` users without tumorforge
+    use ``trainer/wds_decoder.py`` (standard library, numpy and numcodecs only)."""
     f = io.BytesIO(data)
     shape, dtype = _read_npy_header(f, where, expect)
     return _decode_frame(memoryview(data)[f.tell():], dtype, shape, where)
