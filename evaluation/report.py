@@ -108,21 +108,56 @@ def plot_case_dice(cases: list[dict], png: str) -> str:
     return png
 
 
+# The zoomed panel of an example: at least this many mm across, and this many times the tumor's
+# largest extent in the slice.
+EXAMPLE_ZOOM_MIN_MM, EXAMPLE_ZOOM_FACTOR = 40.0, 3.0
+
+
 def plot_example(scan_id, image, affine, truth, pred, png: str) -> str:
-    """Axial slice through the largest ground-truth tumor: truth green, prediction red. Arrays
-    are in the file's voxel order, ``affine`` the file's."""
+    """Axial slice through the largest ground-truth tumor, radiological view (patient's right on
+    the left, anterior up): the whole slice with the zoomed region boxed, then the zoom around the
+    tumor (at least ``EXAMPLE_ZOOM_MIN_MM`` across) with truth green and prediction red;
+    orientation letters, a 10 mm scale bar and a legend. Arrays are in the file's voxel order,
+    ``affine`` the file's."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+    from tumorforge.generator.api import decorate_panel
     plt = _plt()
-    img, t, p = (to_ras(a, affine)[0] for a in (image, truth, pred))
+    (img, ras_affine), (t, _), (p, _) = (to_ras(a, affine) for a in (image, truth, pred))
+    spacing = np.sqrt((np.asarray(ras_affine)[:3, :3] ** 2).sum(0))   # mm along R, A, S
     k = int(np.argmax((t == TUMOR).sum(axis=(0, 1))))
-    show = lambda a: np.rot90(a[:, :, k])[:, ::-1]       # radiological: patient right on the left
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(show(img), cmap="gray", vmin=DISPLAY_WINDOW_HU[0], vmax=DISPLAY_WINDOW_HU[1])
-    for mask, color in ((show(t) == TUMOR, "lime"), (show(p) == TUMOR, "red")):
-        if mask.any():
-            ax.contour(mask, levels=[0.5], colors=color, linewidths=0.8)
-    ax.set_title(f"{scan_id}, slice {k}: truth green, prediction red", fontsize=8)
-    ax.axis("off")
-    fig.tight_layout()
+    show = lambda a: np.rot90(a[:, :, k])[:, ::-1]       # rows: anterior up; columns: right left
+    sl_img, sl_t, sl_p = show(img), show(t) == TUMOR, show(p) == TUMOR
+    rows, cols = np.nonzero(sl_t)
+    mm_row, mm_col = spacing[1], spacing[0]
+    extent_mm = max((np.ptp(rows) + 1) * mm_row, (np.ptp(cols) + 1) * mm_col)
+    half_mm = max(EXAMPLE_ZOOM_MIN_MM, EXAMPLE_ZOOM_FACTOR * extent_mm) / 2
+    r0, c0 = (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2
+    hr, hc = int(np.ceil(half_mm / mm_row)), int(np.ceil(half_mm / mm_col))
+    top, left = max(0, int(r0) - hr), max(0, int(c0) - hc)
+    box = (slice(top, min(sl_img.shape[0], int(r0) + hr + 1)),
+           slice(left, min(sl_img.shape[1], int(c0) + hc + 1)))
+    fig, (whole, zoom) = plt.subplots(1, 2, figsize=(7, 3.8))
+    window = dict(cmap="gray", vmin=DISPLAY_WINDOW_HU[0], vmax=DISPLAY_WINDOW_HU[1],
+                  interpolation="nearest")
+    whole.imshow(sl_img, **window)
+    whole.add_patch(Rectangle((box[1].start - 0.5, box[0].start - 0.5),
+                              box[1].stop - box[1].start, box[0].stop - box[0].start,
+                              fill=False, edgecolor="yellow", lw=1))
+    decorate_panel(whole, "RLAP", sl_img.shape, mm_col)
+    whole.set_title(f"{scan_id}, axial slice {k}", fontsize=8)
+    zoom.imshow(sl_img[box], **window)
+    for mask, color in ((sl_t[box], "lime"), (sl_p[box], "red")):
+        if mask.any() and not mask.all():
+            zoom.contour(mask, levels=[0.5], colors=color, linewidths=1.0)
+    decorate_panel(zoom, "RLAP", sl_img[box].shape, mm_col)
+    zoom.set_title(f"zoomed, {2 * half_mm:.0f} mm across", fontsize=8)
+    for ax in (whole, zoom):
+        ax.axis("off")
+    fig.legend(handles=[Line2D([], [], color="lime", lw=1.5, label="truth (tumor)"),
+                        Line2D([], [], color="red", lw=1.5, label="prediction (tumor)")],
+               loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png

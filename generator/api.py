@@ -4,7 +4,7 @@ Evaluation (and any later stage that paints or measures tumors) imports generato
 only, so the generator's rooms (location, shape, texture, effects, scan preparation, whole-scan
 output) can be rearranged without touching their readers: drawing and rendering a sample, the
 backends, the configuration and its command-line options, the records a sample is described by,
-prepared scans and how to load them, reading a ``tumorforge synthesize`` run, what the location
+prepared scans and how to load them, how a picture's panels are labelled, reading a ``tumorforge synthesize`` run, what the location
 rules count, the output version and the errors a user can cause.
 """
 
@@ -19,6 +19,7 @@ from tumorforge.generator.location import drawn_shape_counts, region_counts
 from tumorforge.generator.options import add_generator_options, generator_overrides, parse_mix
 from tumorforge.generator.params import PaperTumor, SampleParams
 from tumorforge.generator.prepare import PreparedScan, PrepareError, Regrid, organ_depth
+from tumorforge.generator.preview import decorate_panel
 from tumorforge.generator.sample import sample_params, sample_seed
 from tumorforge.generator.scans import load_prepared, read_scan
 from tumorforge.generator.synthesize import synthesize
@@ -40,6 +41,8 @@ __all__ = [
     "grain_mm", "interior",
     # what the location rules count
     "region_counts", "drawn_shape_counts",
+    # pictures: a panel's orientation letters and scale bar
+    "decorate_panel",
     # a ``tumorforge synthesize`` run read back
     "read_run", "output_grid", "spacing_of",
     # the version of the generator's output, and the errors a user can cause
