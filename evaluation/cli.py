@@ -13,8 +13,8 @@ import json
 import os
 import sys
 
-from tumorforge.generator.api import (BACKENDS, DEFAULT_BACKEND, add_generator_options,
-                                      generator_overrides, parse_mix)
+from tumorforge.generator.api import (BACKENDS, DEFAULT_BACKEND, DEFAULT_PROFILE,
+                                      add_generator_options, generator_overrides, parse_mix)
 from tumorforge.manifests.errors import UserError, one_line
 from tumorforge.manifests.flags import add_allow_root
 from tumorforge.trainer.config import DEVICES
@@ -243,9 +243,10 @@ def _register_vtt(sub) -> None:
     m.add_argument("--n-real", type=int, required=True, help="cases with real tumors")
     m.add_argument("--n-synthetic", type=int, required=True, help="cases with synthetic tumors")
     m.add_argument("--seed", type=int, default=0, help="root seed (default 0)")
-    m.add_argument("--profile", choices=("paper", "paper-train", "released"), default="paper",
-                   help="synthesis recipe (default paper: Section 3.1 in full, what the paper's "
-                        "Visual Turing Test showed; paper-train is the training recipe)")
+    m.add_argument("--profile", choices=("paper", "paper-train", "released"),
+                   default=DEFAULT_PROFILE,
+                   help=f"synthesis recipe (default {DEFAULT_PROFILE}, every command's; paper: "
+                        "Section 3.1 in full, what the paper's Visual Turing Test showed)")
     m.add_argument("--size-mix", type=_size_mix, default="mix", metavar="MIX",
                    help="size type, scenario or weights: 'mix' (default), 'large', 'satellite', "
                         "'medium=1,satellite=1'")

@@ -33,7 +33,8 @@ import os
 
 import numpy as np
 
-from tumorforge.generator.api import (GENERATOR_VERSION, SYNTHETIC_PROFILES, GeneratorConfig,
+from tumorforge.generator.api import (DEFAULT_PROFILE, GENERATOR_VERSION, SYNTHETIC_PROFILES,
+                                      GeneratorConfig,
                                       get_backend, load_prepared, parse_mix, sample_params,
                                       sample_seed, synthesize)
 from tumorforge.manifests.conventions import DISPLAY_WINDOW_HU, TUMOR, zyx_to_ras
@@ -137,8 +138,8 @@ def _overview_png(rows, png: str) -> None:
 
 
 def make_packet(real_manifest: str, healthy_manifest: str, out_dir: str, n_real: int,
-                n_synthetic: int, seed: int, profile: str = "paper", size_mix: str = "mix",
-                allow_roots=(), margin_mm: int = DEFAULT_MARGIN_MM, reuse_healthy: bool = False,
+                n_synthetic: int, seed: int, profile: str = DEFAULT_PROFILE,
+                size_mix: str = "mix", allow_roots=(), margin_mm: int = DEFAULT_MARGIN_MM, reuse_healthy: bool = False,
                 log=print) -> dict:
     """Write a blinded Visual Turing Test packet to ``out_dir`` (see the module docstring).
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from tumorforge.generator import GENERATOR_VERSION
 from tumorforge.generator.backend import BACKENDS, DEFAULT_BACKEND, BackendError, get_backend
-from tumorforge.generator.config import (PAPER_PROFILES, PAPER_SIZES, SYNTHETIC_PROFILES,
-                                         GeneratorConfig)
+from tumorforge.generator.config import (DEFAULT_PROFILE, PAPER_PROFILES, PAPER_SIZES,
+                                         SYNTHETIC_PROFILES, GeneratorConfig)
 from tumorforge.generator.grain import grain_mm, interior
 from tumorforge.generator.location import drawn_shape_counts, region_counts
 from tumorforge.generator.options import add_generator_options, generator_overrides, parse_mix
@@ -31,7 +31,7 @@ __all__ = [
     # where it runs
     "BACKENDS", "DEFAULT_BACKEND", "get_backend",
     # configuration and its command-line options
-    "GeneratorConfig", "PAPER_PROFILES", "SYNTHETIC_PROFILES", "PAPER_SIZES",
+    "GeneratorConfig", "DEFAULT_PROFILE", "PAPER_PROFILES", "SYNTHETIC_PROFILES", "PAPER_SIZES",
     "add_generator_options", "generator_overrides", "parse_mix",
     # the records a sample is described by
     "SampleParams", "PaperTumor",

@@ -102,7 +102,8 @@ def test_packet_mixes_real_and_synthetic_under_random_ids(packet):
         assert not any(word in case_id for word in (rec["source_scan"], "lits", "btcv", "real", "syn"))
         assert rec["source_scan"].startswith("lits-" if rec["truth"] == "real" else "btcv-")
         assert rec["source_scan"] != "lits-3"          # the tumor-free LiTS case is not "real"
-        assert rec["params"]["profile"] == ("real" if rec["truth"] == "real" else "paper")
+        # the synthetic cases are the default profile's, as every command's
+        assert rec["params"]["profile"] == ("real" if rec["truth"] == "real" else "released")
     # Each scan appears once: the same anatomy twice would tell a reader both are synthetic.
     assert len({rec["source_scan"] for rec in key.values()}) == len(key)
 
