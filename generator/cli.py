@@ -59,19 +59,23 @@ def _cmd_synthesize(args) -> int:
         [e for e in entries if e.role == "healthy"]
     if not chosen:
         raise UserError(f"{args.manifest} has no healthy scan (name scans with --scan)")
+    real = read_manifest(args.real, default_roots(args.real, args.allow_root)) if args.real else []
     # The generator configuration is recorded whole in synthesize.json; the command names the rest.
     command = ["tumorforge", "synthesize", "--manifest", args.manifest, "--count", str(args.count),
                "--seed", str(args.seed), "--grid", args.grid, "--format", args.format,
                "--profile", config.profile, "--out", args.out]
     command += [a for s in args.scan for a in ("--scan", s)]
+    command += ["--real", args.real] if args.real else []
     command = shlex.join(command)
     folder, run = run_synthesize(
         chosen, config, out=args.out, manifest=args.manifest, allow_roots=args.allow_root,
         count=args.count, root_seed=args.seed, grid=args.grid, output_format=args.format,
         backend=backend, command=command, dataset_id=args.dataset_id,
-        dataset_name=args.dataset_name, log=lambda m: print(m, file=sys.stderr))
-    print(f"wrote {len(run.cases)} case(s) to {folder} (grid {run.grid}, format {run.output_format}, "
-          f"profile {config.profile}, backend {backend.name}); {len(run.rejected)} scan(s) skipped")
+        dataset_name=args.dataset_name, real_entries=real, real_manifest=args.real or "",
+        log=lambda m: print(m, file=sys.stderr))
+    print(f"wrote {len(run.cases)} synthetic and {len(run.real_cases)} real case(s) to {folder} "
+          f"(grid {run.grid}, format {run.output_format}, profile {config.profile}, backend "
+          f"{backend.name}); {len(run.rejected)} scan(s) skipped")
     return 0
 
 
@@ -107,6 +111,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--scan", action="append", default=[], metavar="SCAN_ID",
                    help="scan to use (repeatable; default: every healthy scan of the manifest)")
     w.add_argument("--count", type=int, default=1, help="cases per scan (default 1)")
+    w.add_argument("--real", metavar="MANIFEST",
+                   help="also write every scan of this annotated manifest (both roles) as a real "
+                        "case <scan>_real: its own image and label on the same grid, no tumor "
+                        "painted; nnU-Net's folds keep a scan's real and synthetic cases together")
     w.add_argument("--seed", type=int, default=0, help="root seed (default 0)")
     w.add_argument("--grid", choices=GRIDS, default=None,
                    help="prepared: the whole scan on the generator's RAS grid at --spacing; "

@@ -37,7 +37,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 
-from tumorforge.manifests.conventions import from_ras, to_ras
+from tumorforge.manifests.conventions import from_ras
 from tumorforge.manifests.records import canonical_json
 from tumorforge.manifests.schema import LabelMap
 
@@ -45,9 +45,8 @@ from . import GENERATOR_VERSION
 from .backend import get_backend
 from .config import DEFAULT_PROFILE, GeneratorConfig
 from .params import SampleParams
-from .prepare import PrepareError, Regrid, prepare_scan
-from .synthesize import HU_MAX, HU_MIN
-from .whole_scan import OutputGrid, organ_label, paste_region, synthesize_region, whole_params
+from .prepare import PrepareError, prepare_scan
+from .whole_scan import organ_label, paste_region, scan_on_grid, synthesize_region, whole_params
 
 META_KEY = "tumor_synthesis"
 PREPARED_KEY = "tumor_synthesis_prepared"     # PrepareTumorSynthesisd's output, popped by the next
@@ -217,11 +216,8 @@ class TumorSynthesisd(Randomizable, MapTransform):
             raise ValueError("the record's parameters are not what its seed draws on this sample "
                              "(another sample, configuration or generator version)")
         region_image, region_label = synthesize_region(scan, params, backend)
-        img_ras, ras_affine = to_ras(img, affine)
-        lab_ras, _ = to_ras(organ_label(lab, self.label_map), affine)
-        out = OutputGrid("native", np.clip(np.rint(img_ras), HU_MIN, HU_MAX).astype(np.int16),
-                         lab_ras, affine,
-                         Regrid.of(ras_affine, img_ras.shape, scan.spacing_mm).factors)
+        out = scan_on_grid("native", img, organ_label(lab, self.label_map), affine,
+                           scan.spacing_mm)
         whole = paste_region(out, scan, region_image, region_label)
         # Untouched voxels keep their exact values (the int16 rounding is only where HU changed).
         changed = whole.image != from_ras(out.image, affine)

@@ -183,7 +183,8 @@ def test_stats_measures_whole_scans_and_flags_a_changed_case(scans, tmp_path, ca
 def test_nnunet_splits_put_each_scan_in_one_validation_fold():
     from types import SimpleNamespace
     from tumorforge.generator.whole_scan import nnunet_splits
-    cases = [SimpleNamespace(case=f"s{s}_{n}", scan_id=f"s{s}") for s in range(7) for n in range(3)]
+    cases = [SimpleNamespace(case=f"s{s}_{n}", scan_id=f"s{s}", scan_sha256={"image": f"h{s}"})
+             for s in range(7) for n in range(3)]
     splits = nnunet_splits(cases, root_seed=0)
     assert len(splits) == 5
     vals = [c for f in splits for c in f["val"]]
