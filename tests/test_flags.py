@@ -73,7 +73,7 @@ def test_train_flags_cover_fields_the_old_parser_forgot(tmp_path):
     assert (cfg.warmup_steps, cfg.weight_decay, cfg.keep, cfg.bf16, cfg.resample) == \
         (7, 0.1, 1, False, False)
     assert [(s.url, s.weight) for s in cfg.sources] == [("a", 2.0), ("b", 1.0)]
-    assert cfg.val.url == "c" and cfg.out == str(tmp_path) and cfg.steps == 30   # file kept
+    assert cfg.val.url == "c" and cfg.out == str(tmp_path) and cfg.steps == 900   # file kept
 
 
 def test_help_shows_defaults(capsys):
