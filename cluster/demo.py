@@ -210,7 +210,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-cases", type=int, default=DEMO_CASES["lits"],
                    help="LiTS phantoms with tumors to evaluate (default: all of them)")
     p.add_argument("--samples", type=int, default=DEMO_SAMPLES,
-                   help=f"samples of the generation job (default {DEMO_SAMPLES})")
+                   help=f"samples of each of the two generation jobs (default {DEMO_SAMPLES})")
     p.add_argument("--eval-overlap", type=float, default=0.25,
                    help="sliding-window overlap of the evaluation (default 0.25; the paper's 0.75 "
                         "takes minutes per scan on a CPU)")
