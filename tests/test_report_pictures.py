@@ -36,3 +36,29 @@ def test_example_zooms_on_a_small_lesion_and_says_which_colour_is_which(tmp_path
     assert yellow[panels, left].sum() > 50                   # the box (and letters) on the slice
     legend = slice(int(h * 0.9), h)
     assert lime[legend].sum() > 10 and red[legend].sum() > 10
+
+
+def test_inspect_draws_tumor_counts_as_bars_not_lines(tmp_path, monkeypatch):
+    """Tumors per sample are counts: the inspect histogram draws them as bars side by side, one
+    colour per kind, not as lines joining the counts (read back from the figure before it is
+    closed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    from tumorforge.cluster.inspect_dataset import RADIUS_BINS_MM, plot_histograms
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    bins = len(RADIUS_BINS_MM) - 1
+    summary = {"dataset_id": "d" * 24, "provenance_read": {"samples": 10},
+               "tumors_per_sample": {"small": {"1": 3, "2": 4}, "mix": {"2": 1, "4": 2}},
+               "radius_bins_mm": list(RADIUS_BINS_MM),
+               "radius_mm": {"small": {"n": 11, "histogram": [1] * bins}}}
+    plot_histograms(summary, str(tmp_path / "h.png"))
+    counts_axes = figures[0].axes[0]
+    bars = [p for p in counts_axes.patches if isinstance(p, Rectangle)]
+    assert sorted(round(b.get_height()) for b in bars) == [1, 2, 3, 4]
+    assert not [line for line in counts_axes.lines if len(line.get_xdata()) > 1]
+    assert len({b.get_facecolor() for b in bars}) == 2            # one colour per kind
+    lefts = sorted(b.get_x() for b in bars)
+    assert all(b - a > 0.1 for a, b in zip(lefts, lefts[1:]))     # side by side, not stacked
