@@ -78,8 +78,8 @@ gpu-kit: $(STAMP)
 # Evidence for the default tumor model (issue 28): phantom LiTS (80 cases, 2 folds: 40 test scans,
 # 64 lesions at 2 mm) and a healthy pool of CHAOS + BTCV phantoms, then
 # cluster/examples/experiment-evidence.yaml (real, released, paper-grain, diverse and four
-# ablations of diverse): about 90 minutes on 2 cores (the issue's target is 60; the spec's
-# comment says why it is not cut to fit). The command resumes where it stopped.
+# ablations of diverse): 45 minutes on the 2-core VM of 2026-12-08 (about 90 on the slower VM of
+# 2026-12-07). The command resumes where it stopped.
 EVIDENCE_DATA := evidence-out/data
 evidence: $(STAMP)
 	$(BIN)/tumorforge phantoms --out $(EVIDENCE_DATA) --layout lits --cases 80 --seed 11 --scale 0.35
