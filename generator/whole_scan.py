@@ -70,8 +70,18 @@ class SynthesizeError(UserError, ValueError):
     """A synthesize request or output that cannot be used; the message names it."""
 
 
+class _WrittenCase:
+    """What every case record does: its JSON, spacing as a list (the field order is each record's
+    own, so written records keep their bytes)."""
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["spacing_mm"] = list(self.spacing_mm)
+        return out
+
+
 @dataclass(frozen=True)
-class CaseRecord:
+class CaseRecord(_WrittenCase):
     """How one whole-scan case was made: enough to regenerate it (same scan, config and backend)."""
 
     case: str
@@ -86,11 +96,6 @@ class CaseRecord:
     spacing_mm: tuple[float, float, float]   # of the written volumes, along their voxel axes
     params: dict                      # SampleParams JSON (centers: voxels of the prepared grid)
 
-    def to_json(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["spacing_mm"] = list(self.spacing_mm)
-        return out
-
     @classmethod
     def from_json(cls, obj, where: str) -> "CaseRecord":
         data = _written_case_fields(cls, obj, where)
@@ -103,7 +108,7 @@ class CaseRecord:
 
 
 @dataclass(frozen=True)
-class RealCaseRecord:
+class RealCaseRecord(_WrittenCase):
     """One real annotated scan written as a case (``--real``): its own image and label, on the
     run's grid, nothing painted."""
 
@@ -115,11 +120,6 @@ class RealCaseRecord:
     sha256: dict                      # {"image": ..., "label": ...} of the files written
     spacing_mm: tuple[float, float, float]   # of the written volumes, along their voxel axes
     role: str                         # the manifest's role: tumor / healthy
-
-    def to_json(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["spacing_mm"] = list(self.spacing_mm)
-        return out
 
     @classmethod
     def from_json(cls, obj, where: str) -> "RealCaseRecord":

@@ -35,6 +35,21 @@ def _private_temp_per_worker() -> None:
 _private_temp_per_worker()
 
 
+def peak_mib(call) -> tuple[object, float]:
+    """(what ``call()`` returned, or the exception it raised; its peak traced allocation in MiB):
+    for tests that a reader refuses or reads without allocating what a file merely declares."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        try:
+            out = call()
+        except Exception as exc:
+            out = exc
+        return out, tracemalloc.get_traced_memory()[1] / 2 ** 20
+    finally:
+        tracemalloc.stop()
+
+
 def user_error(capsys, argv: list[str]) -> str:
     """Run ``tumorforge ARGV`` in this process expecting a user error: the front door returns
     exit code 2 and its last line of stderr is the message (earlier lines are progress), with no

@@ -11,7 +11,6 @@ import gzip
 import json
 import os
 import stat
-import tracemalloc
 import warnings
 
 import nibabel as nib
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 from tumorforge.generator.kernels import module as kmodule
+from conftest import peak_mib
 
 TINY = 'extern "C" __global__ void add_one(float* x) { x[threadIdx.x] += 1.0f; }\n'
 
@@ -169,18 +169,6 @@ def _nifti(path, data, affine=None, gz=True, **fields) -> str:
     return str(path)
 
 
-def _peak_mib(fn):
-    tracemalloc.start()
-    try:
-        try:
-            out = fn()
-        except Exception as exc:
-            out = exc
-        return out, tracemalloc.get_traced_memory()[1] / 2 ** 20
-    finally:
-        tracemalloc.stop()
-
-
 def test_small_gz_declaring_a_huge_float64_volume_is_refused_before_allocating(tmp_path):
     """Red team 6: the cap is on voxel bytes, not voxels. 1024 x 1024 x 160 float64 voxels
     (1.25 GiB; 0.16 Gi voxels, well under the voxel cap) behind a gzip of a few hundred bytes."""
@@ -193,7 +181,7 @@ def test_small_gz_declaring_a_huge_float64_volume_is_refused_before_allocating(t
     path = tmp_path / "bomb.nii.gz"
     path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + bytes(1 << 20), 9))
     assert path.stat().st_size < 5_000
-    err, peak = _peak_mib(lambda: read_volume(str(path)))
+    err, peak = peak_mib(lambda: read_volume(str(path)))
     assert isinstance(err, ScanError), err
     assert "refusing to allocate" in _one_line(err) and str(MAX_VOXEL_BYTES) in str(err)
     assert peak < 8, peak                       # the naive reader would hold 2 x 1.25 GiB
@@ -215,7 +203,7 @@ def test_voxels_are_read_into_one_buffer_and_legit_files_still_read(tmp_path):
     big = np.concatenate([image] * 4, axis=2)                                              # 30 MiB
     path = _nifti(tmp_path / "big.nii.gz", big)
     mib = big.nbytes / 2 ** 20
-    vol, peak = _peak_mib(lambda: read_volume(path))
+    vol, peak = peak_mib(lambda: read_volume(path))
     assert np.array_equal(vol.data, big) and vol.data.dtype == np.float32
     file_mib = os.path.getsize(path) / 2 ** 20
     assert peak < mib + file_mib + 10, (peak, mib, file_mib)     # one buffer, not two or three

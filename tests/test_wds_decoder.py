@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tarfile
 import time
-import tracemalloc
 import venv
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pytest
 from tumorforge.manifests.dataset import codecs
 from tumorforge.trainer import wds_decoder
 from tumorforge.trainer.wds_decoder import decode_member, decode_sample
+from conftest import peak_mib
 
 CROP = (32, 32, 32)
 
@@ -302,19 +302,6 @@ def test_a_pickle_bearing_npy_member_is_never_unpickled(tmp_path):
     assert not planted.exists()                     # ... and never ran
 
 
-def _peak_mib(call) -> tuple[object, float]:
-    """(result or exception, peak traced allocation in MiB) of ``call()``."""
-    tracemalloc.start()
-    try:
-        try:
-            out = call()
-        except ValueError as exc:
-            out = exc
-        return out, tracemalloc.get_traced_memory()[1] / 2 ** 20
-    finally:
-        tracemalloc.stop()
-
-
 def test_declared_sizes_are_checked_before_anything_is_allocated():
     """A header declaring 1000^3 int16 (2 GB) with a frame to match, a legacy `.npy.blosc`
     member declaring 1e9 bytes (which cost tumorforge's loader 1,316 MB) and a header of 600^3
@@ -337,7 +324,7 @@ def test_declared_sizes_are_checked_before_anything_is_allocated():
              ({"image.bnpy": _npy_header((600,) * 3, "<i2") + FRAME}, {"shape": CROP},
               "shape (600, 600, 600); expected (32, 32, 32)")]
     for members, kw, detail in cases:
-        out, peak = _peak_mib(lambda: decode_sample(_sample(**members), **kw))
+        out, peak = peak_mib(lambda: decode_sample(_sample(**members), **kw))
         assert isinstance(out, ValueError) and detail in str(out), out
         assert "\n" not in str(out) and peak < 1, (str(out), peak)
     assert wds_decoder.MAX_ARRAY_BYTES == 2 ** 28
