@@ -30,7 +30,7 @@ def job(tmp_path_factory):
     from cluster_fixtures import healthy_manifest, tiny_job_spec
     root = tmp_path_factory.mktemp("loopback")
     spec = tiny_job_spec(root, healthy_manifest(root, 2), samples=8, samples_per_shard=4,
-                         root_seed=3, resources={"actors": 2})
+                         root_seed=3, resources={"actors": 1})
     return root, spec
 
 
