@@ -335,12 +335,17 @@ def _register_stats(sub) -> None:
                     "tumor records the share inside the liver, vessel overlap and location "
                     "fallbacks; for the paper profile's mass effect and capsule, paired "
                     "synthesis with the step on and off. Prints one row per input and size type; "
-                    "--out writes stats.json and histograms.")
+                    "--out writes stats.json, lesions.csv (one row per lesion) and histograms.")
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="generated dataset (folder or s3:// URL) or tumorforge synthesize output")
     p.add_argument("--real", action="append", default=[], metavar="MANIFEST",
                    help="manifest of annotated scans whose role-tumor scans give real lesions "
                         "(repeatable)")
+    p.add_argument("--reference", action="append", default=[], metavar="[NAME=]TABLE",
+                   help="lesion table (CSV: group, sample, radius_mm, hu_drop_hu, ...; the "
+                        "lesions.csv that --out writes has that form) of a reference generator: "
+                        "each synthetic size type is tested against the table's lesions of that "
+                        "type (repeatable)")
     p.add_argument("--samples", type=int, metavar="N",
                    help="read at most N samples (cases, real scans) of each input, evenly spaced "
                         "(default: all)")
@@ -365,16 +370,20 @@ def _stats(args) -> int:
                         ("--out", args.out)):
         if value is not None:
             command += [flag, str(value)]
-    for flag, values in (("--real", args.real), ("--allow-root", args.allow_root)):
+    for flag, values in (("--real", args.real), ("--reference", args.reference),
+                         ("--allow-root", args.allow_root)):
         for value in values:
             command += [flag, value]
     result = run(args.inputs, args.real, samples=args.samples, manifest=args.manifest,
                  allow_roots=args.allow_root, backend=args.backend,
                  post_effects_max=args.post_effects, out_dir=args.out,
-                 command=shlex.join(command), log=lambda msg: print(msg, file=sys.stderr))
-    print(format_table(result["groups"], result["post_effects"], result["versus_real"]))
+                 command=shlex.join(command), reference=args.reference,
+                 log=lambda msg: print(msg, file=sys.stderr))
+    print(format_table(result["groups"], result["post_effects"], result["versus_real"],
+                       result["versus_reference"]))
     if args.out:
-        print(f"wrote {os.path.join(args.out, 'stats.json')} and "
+        print(f"wrote {os.path.join(args.out, 'stats.json')}, "
+              f"{os.path.join(args.out, 'lesions.csv')} and "
               f"{', '.join(result['figures']) or 'no figures'}")
     return 0
 

@@ -273,6 +273,64 @@ def test_stats_reports_every_size_type_and_writes_json_and_pngs(dataset, tmp_pat
     assert {les["origin"] for les in result["lesions"]} == {"synthetic", "real"}
 
 
+def test_lesion_table_round_trips_and_tests_a_reference_generator(dataset, tmp_path, capsys):
+    """--out writes lesions.csv; read back as a reference generator's table, each synthetic size
+    type is tested against the reference's lesions of that type: the dataset against its own
+    lesions gives D = 0, against a copy darkened by 40 HU it differs on HU drop (D = 1) and not
+    on radius."""
+    import csv
+    ds, _ = dataset
+    out = tmp_path / "first"
+    code, _ = stats([ds, "--post-effects", "0", "--out", str(out)], capsys)
+    assert code == 0
+    table = out / "lesions.csv"
+    rows = list(csv.DictReader(table.read_text().splitlines()))
+    result = json.loads((out / "stats.json").read_text())
+    assert len(rows) == len(result["lesions"]) > 4
+    assert {r["group"] for r in rows} == {"tiny", "small"} and all(r["sample"] for r in rows)
+    darker = tmp_path / "darker.csv"
+    with open(darker, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([{**r, "hu_drop_hu": float(r["hu_drop_hu"]) + 40} for r in rows])
+    code, captured = stats([ds, "--post-effects", "0", "--reference", f"self={table}",
+                            "--reference", str(darker), "--out", str(tmp_path / "second")],
+                           capsys)
+    assert code == 0
+    assert "synthetic vs a reference generator's lesions" in captured.out
+    second = json.loads((tmp_path / "second" / "stats.json").read_text())
+    assert "--reference self=" in second["command"]
+    tests = {(r["reference"], r["type"]): r for r in second["versus_reference"]}
+    assert set(tests) == {(n, t) for n in ("self", "darker") for t in ("tiny", "small")}
+    for t in ("tiny", "small"):
+        same, dark = tests[("self", t)], tests[("darker", t)]
+        assert same["tests"]["hu_drop_hu"]["d"] == 0.0                 # exact round trip
+        assert same["tests"]["hu_drop_hu"]["n_reference"] == same["tests"]["hu_drop_hu"]["n"] > 1
+        assert dark["tests"]["hu_drop_hu"]["d"] == 1.0 and dark["tests"]["hu_drop_hu"]["p"] < 0.01
+    # radius: crops cut most small tumors (no radius); the tiny ones are whole
+    assert tests[("self", "tiny")]["tests"]["radius_mm"]["d"] == 0.0
+    assert tests[("darker", "tiny")]["tests"]["radius_mm"]["d"] == 0.0
+    origins = {g["origin"] for g in second["groups"] if g["source"] in ("self", "darker")}
+    assert origins == {"reference"}                      # the table's rows sit in the report
+    mine = fd.Measured("ds", "dataset", ds)
+    assert fd.compare_to_reference([mine]) == []                       # no table, no test
+
+
+@pytest.mark.parametrize("content, says", [
+    ("group,sample,radius_mm\ntiny,0,3\n", "hu_drop_hu missing"),
+    ("group,sample,radius_mm,hu_drop_hu\ntiny,0,3,dark\n", "line 2: hu_drop_hu is 'dark'"),
+    ("group,sample,radius_mm,hu_drop_hu\n,0,3,40\n", "line 2: group and sample"),
+    ("group,sample,radius_mm,hu_drop_hu\n", "no lesion"),
+    (None, "no such lesion table"),
+])
+def test_a_bad_lesion_table_is_one_line_naming_it(content, says, tmp_path, capsys):
+    table = tmp_path / "ref.csv"
+    if content is not None:
+        table.write_text(content)
+    message = user_error(capsys, ["stats", str(tmp_path), "--reference", f"a={table}"])
+    assert str(table) in message and says in message
+
+
 @pytest.mark.parametrize("argv, names", [
     (["/no/such/dataset"], "/no/such/dataset"),
     (["--real", "/no/such/lits.jsonl"], "/no/such/lits.jsonl"),

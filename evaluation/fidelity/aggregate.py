@@ -21,6 +21,8 @@ LESION_MEASURES = ("radius_mm", "contrast_hu", "hu_drop_hu", "depth_mm", "refere
                    "parenchyma_grain_mm", "grain_ratio")
 TUMOR_MEASURES = ("inside_fraction", "vessel_voxels", "shell_r")
 KS_MEASURES = ("radius_mm", "contrast_hu", "depth_ratio", "texture_ratio")
+# Against another generator's tumors (a lesion table): what a generator draws, size and darkening.
+REFERENCE_MEASURES = ("radius_mm", "hu_drop_hu")
 
 
 def distribution(values) -> dict:
@@ -109,6 +111,34 @@ def compare_to_real(inputs: list[Measured], bins) -> list[dict]:
     return rows
 
 
+def compare_to_reference(inputs: list[Measured]) -> list[dict]:
+    """Two-sample KS tests of each synthetic size type against every reference generator's
+    lesions of the same type (lesion tables, ``kind == "reference"``), per measure of
+    ``REFERENCE_MEASURES``, with tumors and with volumes as the unit (as :func:`compare_to_real`).
+    Types the reference does not have are left out."""
+    references = [m for m in inputs if m.kind == "reference"]
+    rows = []
+    for m in inputs:
+        if m.kind == "reference":
+            continue
+        synthetic = [les for les in m.lesions if les.origin == "synthetic"]
+        for ref in references:
+            for group in sorted({les.group for les in synthetic}, key=group_order):
+                theirs = [les for les in ref.lesions if les.group == group]
+                if not theirs:
+                    continue
+                mine = [les for les in synthetic if les.group == group]
+                rows.append({
+                    "source": m.name, "reference": ref.name, "type": group,
+                    "tests": {k: _ks([getattr(les, k) for les in mine],
+                                     [getattr(les, k) for les in theirs], "n_reference")
+                              for k in REFERENCE_MEASURES},
+                    "volume_tests": {k: _ks(_volume_means(mine, k), _volume_means(theirs, k),
+                                            "n_reference")
+                                     for k in REFERENCE_MEASURES}})
+    return rows
+
+
 def _volume_means(lesions, measure: str) -> list[float]:
     """The mean of ``measure`` over the lesions of each volume (a dataset sample, a synthesized
     or real case: one ``(source, scan_id, sample)``). Tumors of one volume share its draws (one
@@ -122,14 +152,15 @@ def _volume_means(lesions, measure: str) -> list[float]:
     return [float(np.mean(v)) for _, v in sorted(per.items())]
 
 
-def _ks(a, b) -> dict:
-    """Two-sample KS of ``a`` against ``b`` (None values left out); d and p None below 2 each."""
+def _ks(a, b, other: str = "n_real") -> dict:
+    """Two-sample KS of ``a`` against ``b`` (None values left out); d and p None below 2 each.
+    ``other`` names the count of ``b``."""
     from scipy.stats import ks_2samp
     a, b = [x for x in a if x is not None], [x for x in b if x is not None]
     if len(a) < 2 or len(b) < 2:
-        return {"n": len(a), "n_real": len(b), "d": None, "p": None}
+        return {"n": len(a), other: len(b), "d": None, "p": None}
     test = ks_2samp(a, b)
-    return {"n": len(a), "n_real": len(b), "d": float(test.statistic), "p": float(test.pvalue)}
+    return {"n": len(a), other: len(b), "d": float(test.statistic), "p": float(test.pvalue)}
 
 
 def summarize_post(inputs: list[Measured]) -> list[dict]:

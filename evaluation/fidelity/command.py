@@ -20,6 +20,7 @@ from tumorforge.manifests.records import RecordError
 from tumorforge.manifests.schema import ManifestError
 
 from .inputs import FidelityError, Measured, measure_dataset, measure_real, measure_synthesize
+from .lesion_table import read_reference
 from .lesions import size_bins
 from .output import report
 from .prepared import ScanCache
@@ -46,10 +47,11 @@ def _kind(path: str) -> str:
 
 def run(inputs, real=(), *, samples: int | None = None, manifest: str | None = None,
         allow_roots=(), backend: str = "numpy", post_effects_max: int = DEFAULT_POST_EFFECTS,
-        out_dir: str | None = None, command: str = "", log=print) -> dict:
+        out_dir: str | None = None, command: str = "", reference=(), log=print) -> dict:
     """Measure every input and write the report (see the package text). ``inputs``: datasets or
-    synthesize output folders; ``real``: manifests of annotated scans. Raises
-    :class:`FidelityError` naming the input at fault."""
+    synthesize output folders; ``real``: manifests of annotated scans; ``reference``: lesion
+    tables of reference generators (``NAME=PATH`` or ``PATH``). Raises :class:`FidelityError`
+    naming the input at fault."""
     known = (FidelityError, DatasetError, ManifestError, ScanError, PrepareError, RecordError,
              BackendError, OSError, ValueError)
     if not inputs and not real:
@@ -63,6 +65,7 @@ def run(inputs, real=(), *, samples: int | None = None, manifest: str | None = N
     except BackendError as exc:
         raise FidelityError(f"--backend {backend}: {exc}") from None
     started = time.perf_counter()
+    references = [read_reference(spec) for spec in reference]    # a bad table fails first
     cache = ScanCache()
     bins = size_bins()
     names = _names([*inputs, *real])
@@ -89,6 +92,7 @@ def run(inputs, real=(), *, samples: int | None = None, manifest: str | None = N
             measured.append(measure_real(path, name, samples, allow_roots, config, cache, bins))
         except known as exc:
             raise FidelityError(f"--real {path}: {one_line(exc)}") from None
+    measured += references
     try:
         return report(measured, command, time.perf_counter() - started, cache, bins, out_dir)
     except OSError as exc:

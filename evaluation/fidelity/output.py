@@ -19,8 +19,10 @@ from tumorforge.generator.api import GENERATOR_VERSION
 from tumorforge.manifests.bench_report import machine
 from tumorforge.manifests.records import json_safe
 
-from .aggregate import KS_MEASURES, compare_to_real, group_order, summarize_groups, summarize_post
+from .aggregate import (KS_MEASURES, REFERENCE_MEASURES, compare_to_real, compare_to_reference,
+                        group_order, summarize_groups, summarize_post)
 from .inputs import Measured
+from .lesion_table import TABLE_NAME, write_table
 from .lesions import RING_VOXELS
 from .prepared import ScanCache
 
@@ -85,6 +87,13 @@ DEFINITIONS = {
                    "tumors as the unit (tests) and once with volumes as the unit (volume_tests: "
                    "the mean of each dataset sample or case, since tumors of one volume share "
                    "its draws)",
+    "versus_reference": "the same test of each synthetic size type against the lesions of the "
+                        "same type in a reference generator's lesion table (--reference; e.g. "
+                        "another generator's tumors in the same healthy scans): n, n_reference, "
+                        "D, p for radius_mm and hu_drop_hu, with tumors and with volumes (the "
+                        "table's sample column) as the unit",
+    "lesions.csv": "every lesion of this report, one row each (source, origin, group, scan_id, "
+                   "sample and the measures): the lesion table --reference reads back",
 }
 
 
@@ -98,7 +107,8 @@ def _share(v) -> str:
     return "n/a" if v is None else f"{100 * v:.0f}%"
 
 
-def format_table(rows: list[dict], post_rows: list[dict], versus_real: list[dict] = ()) -> str:
+def format_table(rows: list[dict], post_rows: list[dict], versus_real: list[dict] = (),
+                 versus_reference: list[dict] = ()) -> str:
     """The report as text: one line per (input, origin, size type); medians [quartiles]."""
     head = ("source", "origin", "type", "lesions", "radius mm", "contrast HU", "HU drop",
             "depth mm", "depth/ref", "tex sd ratio", "grain ratio", "tumors", "inside", ">=90% in", "vessel hit",
@@ -148,6 +158,17 @@ def format_table(rows: list[dict], post_rows: list[dict], versus_real: list[dict
                         [(v["source"], v["type"], v["real_type"],
                           *(ks(v["volume_tests"][k]) for k in KS_MEASURES))
                          for v in versus_real]))
+    if versus_reference:
+        def ks_ref(t):
+            return "n/a" if t["p"] is None else f"D {t['d']:.2f} p {t['p']:.2g}"
+        head = ("source", "type", "reference", *(f"{k} ({unit})" for k in REFERENCE_MEASURES
+                                                 for unit in ("tumors", "volumes")))
+        text.append("synthetic vs a reference generator's lesions of the same type (two-sample "
+                    "KS; p < 0.05: the distributions differ):\n" + _columns(head, [
+                        (v["source"], v["type"], v["reference"],
+                         *(ks_ref(v[tests][k]) for k in REFERENCE_MEASURES
+                           for tests in ("tests", "volume_tests")))
+                        for v in versus_reference]))
     return "\n\n".join(text)
 
 
@@ -189,7 +210,7 @@ def plot_histograms(inputs: list[Measured], out_dir: str) -> list[str]:
                     if vs:
                         ax.hist(vs, bins=edges, histtype="step", linewidth=1.5, density=True,
                                 label=f"{key[0]} ({key[1]}, n={len(vs)})", color=f"C{n % 10}",
-                                linestyle="--" if key[1] == "real" else "-")
+                                linestyle={"real": "--", "reference": ":"}.get(key[1], "-"))
                 ax.legend(fontsize=7)
             ax.set_title(g)
             ax.set_xlabel(title, fontsize=8)
@@ -229,6 +250,7 @@ def report(inputs: list[Measured], command: str, seconds: float, cache: ScanCach
                     "post_effects_measured": len(m.post)} for m in inputs],
         "groups": summarize_groups(inputs), "post_effects": summarize_post(inputs),
         "versus_real": compare_to_real(inputs, bins),
+        "versus_reference": compare_to_reference(inputs),
         "lesions": [dataclasses.asdict(les) for m in inputs for les in m.lesions],
         "tumors": [dataclasses.asdict(t) for m in inputs for t in m.tumors],
         "post_effect_tumors": [dataclasses.asdict(p) for m in inputs for p in m.post],
@@ -237,6 +259,7 @@ def report(inputs: list[Measured], command: str, seconds: float, cache: ScanCach
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         result["figures"] = plot_histograms(inputs, out_dir)
+        write_table(os.path.join(out_dir, TABLE_NAME), [les for m in inputs for les in m.lesions])
         result = json_safe(result)
         with open(os.path.join(out_dir, "stats.json"), "w") as f:
             json.dump(result, f, indent=1, allow_nan=False)
