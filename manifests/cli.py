@@ -210,11 +210,14 @@ def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
 
     p = sub.add_parser("phantoms", help="write realistic abdominal CT phantoms in real dataset layouts",
                        description="Synthetic abdominal CT (phantoms, not patient data) written in "
-                                   "the LiTS, MSD Task03_Liver, BTCV and CHAOS layouts, for demos "
-                                   "and tests. Deterministic by seed.")
+                                   "the LiTS, MSD Task03_Liver, BTCV and CHAOS layouts (liver "
+                                   "lesions), MSD Task07_Pancreas (msd-pancreas: pancreatic masses) "
+                                   "and KiTS (kits: renal masses and cysts), for demos and tests. "
+                                   "Deterministic by seed.")
     p.add_argument("--out", required=True, help="output folder; each layout goes to OUT/<layout>/")
     p.add_argument("--layout", default="lits,msd,btcv,chaos",
-                   help="comma-separated layouts (default: all four)")
+                   help="comma-separated layouts of lits, msd, btcv, chaos, msd-pancreas, kits "
+                        "(default: the four liver layouts)")
     p.add_argument("--cases", type=int, default=4, help="cases per layout (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=1.0,

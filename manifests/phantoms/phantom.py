@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from .anatomy import LIVER_CODE, ORGAN_CODES, Scene, Tissues, make_scene
 from .lesions import Lesion, LesionHalo, StarLesion, equivalent_radius_mm, sample_lesions
+from .organ_lesions import CYST_CODE, Drawn, OrganLesion, kidney_lesions, pancreas_lesions
 from .liver import LIVER_ANCHOR, fit_liver, grow_tree, scaled_about_anchor
 from .raster import Grid, Layer, rasterize
 from .shapes import Shape, Union, Warp, tube
@@ -102,13 +103,16 @@ def _scanner(rng, image: np.ndarray, grid: Grid) -> np.ndarray:
     return np.clip(image, *HU_RANGE).astype(np.int16)
 
 
-def make_phantom(rng: np.random.Generator, scale: float = 1.0, tumors: bool = False) -> Phantom:
+def make_phantom(rng: np.random.Generator, scale: float = 1.0, tumors: bool = False,
+                 lesion_organ: str = "liver") -> Phantom:
     """Draw and rasterize one abdominal CT case.
 
     rng: the only source of randomness (same state -> identical phantom).
     scale: in-plane matrix round(512 * scale) with spacing full / scale mm;
     slice spacing max(thickness, 1.3 * in-plane) mm; z coverage (mm) is unchanged.
-    tumors: add 1-6 liver lesions.
+    tumors: add lesions to ``lesion_organ``: 1-6 liver lesions (:mod:`lesions`), or pancreatic
+    masses, or renal masses with simple cysts (:mod:`organ_lesions`; cysts come with kidney
+    lesions also when ``tumors`` is false, as in healthy kidneys).
     """
     t = Tissues.draw(rng)
     scene = make_scene(rng, t)
@@ -143,7 +147,7 @@ def make_phantom(rng: np.random.Generator, scale: float = 1.0, tumors: bool = Fa
         Layer(world(Union(hepatic_tree)), t.hepatic, LIVER_CODE, clip=liver),
     ]
     lesion_shapes = []
-    if tumors:
+    if tumors and lesion_organ == "liver":
         for spec in sample_lesions(rng, liver.shape.sdf, liver.shape.lo, liver.shape.hi):
             shape = StarLesion(spec, t.liver)
             if spec.halo is not None:
@@ -153,10 +157,28 @@ def make_phantom(rng: np.random.Generator, scale: float = 1.0, tumors: bool = Fa
             layers.append(Layer(shape, shape.value, LIVER_CODE, clip=liver, tumor=True))
             lesion_shapes.append(shape)
     layers += [Layer(world(l.shape), l.value, l.code) for l in scene.after_liver]
+    drawn, kidneys = [], {}
+    if lesion_organ not in ("liver", "pancreas", "kidney"):
+        raise ValueError(f"lesion_organ {lesion_organ!r}: expected liver, pancreas or kidney")
+    if lesion_organ == "pancreas" and tumors:
+        pancreas = next(l for l in layers if l.code == ORGAN_CODES["pancreas"])
+        extra, drawn = pancreas_lesions(rng, pancreas, t.pancreas, t.bile)
+        layers += extra
+    elif lesion_organ == "kidney":
+        kidneys = {side: next(l for l in layers if l.code == ORGAN_CODES[f"{side}_kidney"])
+                   for side in ("left", "right")}
+        extra, drawn = kidney_lesions(rng, kidneys, t.kidney_cortex, t.bile)
+        if not tumors:                     # healthy kidneys keep their cysts, not masses
+            keep = [d.kind == "cyst" for d in drawn]
+            extra = [layer for layer, k in zip(extra, keep) if k]
+            drawn = [d for d, k in zip(drawn, keep) if k]
+        layers += extra
 
     clean, organs, tumor = rasterize(layers, grid)
     voxel_mm3 = float(np.prod(grid.spacing))
     lesions = [lesion for shape in lesion_shapes if (lesion := _measure(shape, grid, clean, tumor, voxel_mm3, t.liver))]
+    lesions += [lesion for d in drawn
+                if (lesion := _measure_organ(d, grid, clean, organs, tumor, voxel_mm3, kidneys))]
     image = _scanner(rng, clean, grid)
     return Phantom(
         image=image,
@@ -187,3 +209,28 @@ def _measure(shape: StarLesion, grid: Grid, clean: np.ndarray, tumor: np.ndarray
         radius_mm=equivalent_radius_mm(n, voxel_mm3),
         contrast_hu=float(clean[sl][mask].mean() - parenchyma_hu),
     )
+
+
+def _measure_organ(d: Drawn, grid: Grid, clean: np.ndarray, organs: np.ndarray, tumor: np.ndarray,
+                   voxel_mm3: float, kidneys: dict) -> OrganLesion | None:
+    """Truth of one pancreatic or renal lesion (tumor voxels, or the cyst's voxels), with the
+    share of a renal lesion's voxels outside its kidney's outer shape."""
+    shape = d.shape
+    ranges = [grid.index_range(a, shape.lo[a], shape.hi[a]) for a in range(3)]
+    if any(r[0] >= r[1] for r in ranges):
+        return None
+    sl = tuple(slice(*r) for r in ranges)
+    x, y, z = (grid.axis(0, *ranges[0])[:, None, None], grid.axis(1, *ranges[1])[None, :, None],
+               grid.axis(2, *ranges[2])[None, None, :])
+    inside = shape.sdf(x, y, z) <= 0.0
+    mask = inside & (tumor[sl] if d.kind == "tumor" else organs[sl] == CYST_CODE)
+    n = int(np.count_nonzero(mask))
+    if n == 0:
+        return None
+    outside = 0.0
+    if d.side is not None:
+        kidney = np.broadcast_to(kidneys[d.side].shape.sdf(x, y, z) > 0.0, mask.shape)
+        outside = float(np.count_nonzero(mask & kidney)) / n
+    return OrganLesion(center_mm=shape.spec.center_mm, radius_mm=equivalent_radius_mm(n, voxel_mm3),
+                       contrast_hu=float(clean[sl][mask].mean() - shape.parenchyma_hu),
+                       organ=d.organ, kind=d.kind, exophytic_share=round(outside, 4))
