@@ -389,13 +389,17 @@ def _stats(args) -> int:
 
 
 def register_manifest(msub: argparse._SubParsersAction) -> None:
-    """``manifest label-liver``: added to the manifest commands by the front door (it runs a
-    model, which the manifests stage cannot import)."""
+    """``manifest label-organ`` (alias ``label-liver``, its first name): added to the manifest
+    commands by the front door (it runs a model, which the manifests stage cannot import). It
+    labels the liver only; other organs need their own volume bounds and mask names."""
     from .label_liver import (MAX_LIVER_ML, MIN_CONFIDENCE, MIN_LARGEST_FRACTION, MIN_LIVER_ML)
     ll = msub.add_parser(
-        "label-liver", help="liver masks for scans without labels, then a manifest of them",
-        description="For each scan of IMAGES (an image list from `manifest build --layout generic` "
-                    "without --label-pattern, or a manifest, its labels ignored) find the liver "
+        "label-organ", aliases=["label-liver"],
+        help="liver masks for scans without labels, then a manifest of them",
+        description="Label the organ (today the liver; `label-liver` is the same command) of "
+                    "scans without labels. For each scan of IMAGES (an image list from "
+                    "`manifest build --layout generic` without --label-pattern, or a manifest, "
+                    "its labels ignored) find the liver "
                     "with a tumorforge-trained model (--checkpoint; whole-scan inference as "
                     "evaluate runs it, largest component) or take it from a folder of masks "
                     "(--masks: DIR/<case>/liver.nii.gz as TotalSegmentator writes, or "

@@ -69,7 +69,7 @@ def _report_build(result, what: str) -> int:
 
 
 def _build_images(args) -> int:
-    """``build --layout generic`` without labels: an image list for ``manifest label-liver``."""
+    """``build --layout generic`` without labels: an image list for ``manifest label-organ``."""
     from .build import build_images
     try:
         result = build_images(args.root, args.output, args.image_pattern, args.source,
@@ -77,7 +77,7 @@ def _build_images(args) -> int:
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
     return _report_build(result, f"{len(result.entries)} image(s) without labels (an image "
-                                 f"list: `tumorforge manifest label-liver {result.manifest} ...` "
+                                 f"list: `tumorforge manifest label-organ {result.manifest} ...` "
                                  f"makes it a manifest)")
 
 
@@ -149,7 +149,7 @@ def _cmd_phantoms(args) -> int:
 
 def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """Add ``manifest ...`` and ``phantoms``; returns the ``manifest`` subcommands group, where
-    later stages add theirs (``manifest label-liver`` runs a model: the evaluation stage's)."""
+    later stages add theirs (``manifest label-organ`` runs a model: the evaluation stage's)."""
     from .flags import add_allow_root
     from .layouts import LAYOUTS
 
@@ -158,19 +158,22 @@ def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     m = sub.add_parser("manifest", help="build, validate and split scan manifests",
                        description="Scan manifests: JSON Lines, one scan per line.")
     msub = m.add_subparsers(dest="manifest_cmd", required=True,
-                            metavar="{build,validate,split,merge,label-liver}")
+                            metavar="{build,validate,split,merge,label-organ}")
 
     b = msub.add_parser("build", help="find image/label pairs of a dataset layout and record them",
                         description="Find every image/label pair of LAYOUT below ROOT (a folder or "
                                     "s3:// prefix), check and hash it, and write the manifest. "
                                     "Rejected scans go to <output>.rejected.jsonl with the reason.")
-    b.add_argument("--layout", required=True, choices=LAYOUTS)
+    b.add_argument("--layout", required=True, choices=LAYOUTS,
+                   help="lits, msd (Task03_Liver), btcv, chaos: liver scans; msd-pancreas "
+                        "(Task07_Pancreas): pancreas; kits (KiTS19/KiTS23, cysts counted as "
+                        "kidney): kidney; generic: your own patterns; dicom: image-only series")
     b.add_argument("root", help="dataset root: local folder or s3://bucket/prefix")
     b.add_argument("--out", "-o", "--output", dest="output", required=True,
                    help="manifest to write (.jsonl)")
     b.add_argument("--image-pattern", help="generic layout: image path below ROOT with one {id}")
     b.add_argument("--label-pattern", help="generic layout: label path below ROOT with one {id} "
-                                           "(none: an image-only list for label-liver)")
+                                           "(none: an image-only list for label-organ)")
     b.add_argument("--label-map", help="generic layout: label values, e.g. 'liver=1,tumor=2' "
                                         "(default: liver=1)")
     b.add_argument("--source", default="generic", help="generic layout: dataset name for scan IDs")

@@ -9,6 +9,17 @@ Layouts, as the datasets ship them:
   batches sit in separate folders); labels 0 background, 1 liver, 2 tumor.
 - ``msd``: Medical Segmentation Decathlon Task03_Liver: ``dataset.json`` lists ``imagesTr``/``labelsTr``
   pairs; label roles come from its ``labels`` names (liver, cancer/tumor/lesion, vessel).
+- ``msd-pancreas``: MSD Task07_Pancreas, read the same way with the pancreas as the organ
+  (0 background, 1 pancreas, 2 cancer). Each of the two reads only the ``dataset.json`` files that
+  name its organ, so both work on a folder holding every MSD task.
+- ``kits``: KiTS19 and KiTS23, ``case_NNNNN/imaging.nii.gz`` + ``case_NNNNN/segmentation.nii.gz``;
+  1 kidney (both kidneys, one organ), 2 tumor, and in KiTS23 3 cyst. A cyst is not a tumor: it is
+  counted as kidney (``label_map.organ`` [1, 3]), as KiTS23's own "kidney and masses" region
+  counts it, so a scan whose only lesions are cysts is a healthy scan and its cysts are never
+  tumor or background. The release is told by its files: ``kits23.json`` or ``instances/`` case
+  folders mean KiTS23 (source ``kits23``), ``kits.json`` alone KiTS19 (source ``kits19``, values
+  0-2 only); with neither (a copy of the case folders only) the source is ``kits`` and 3 is
+  accepted as cyst.
 - ``btcv``: ``img/imgNNNN.nii.gz`` + ``label/labelNNNN.nii.gz``; 13 organs, liver = 6.
 - ``chaos``: CHAOS CT as it ships, one folder per case with ``DICOM_anon/*.dcm`` (the series)
   and ``Ground/*.png`` (liver masks, 0/255), or converted to NIfTI: ``<id>/image.nii.gz`` + a
@@ -24,12 +35,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import partial
 
 from . import storage
 from .organs import DEFAULT_ORGAN
 from .schema import LabelMap
 
-LAYOUTS = ("lits", "msd", "btcv", "chaos", "generic", "dicom")
+LAYOUTS = ("lits", "msd", "btcv", "chaos", "msd-pancreas", "kits", "generic", "dicom")
 NIFTI = r"\.nii(?:\.gz)?"
 
 
@@ -66,8 +78,8 @@ def _dedupe(candidates: list[Candidate], problems: list) -> list[Candidate]:
     return sorted(kept.values(), key=lambda c: _natural_key(c.scan_id))
 
 
-def _find_pairs(named, image_re, label_re, source, label_map, allowed, missing, key=str
-                ) -> Discovery:
+def _find_pairs(named, image_re, label_re, source, label_map, allowed, missing, key=str,
+                organ: str = DEFAULT_ORGAN) -> Discovery:
     """Pair images and labels whose patterns capture the same case key.
 
     ``named`` holds (text to match, uri) pairs; a file matching the label pattern is a label even if
@@ -87,7 +99,8 @@ def _find_pairs(named, image_re, label_re, source, label_map, allowed, missing, 
             if k not in labels:
                 problems.append((f"{source}-{k}", uri, missing.format(id=k)))
                 continue
-            out.append(Candidate(f"{source}-{k}", uri, labels[k][0], label_map, source, allowed))
+            out.append(Candidate(f"{source}-{k}", uri, labels[k][0], label_map, source, allowed,
+                                 organ))
     for k, uris in labels.items():
         if k not in images:
             problems.append((f"{source}-{k}", uris[0], "label without a matching image"))
@@ -101,38 +114,49 @@ def find_lits(root: str, files: list[str]) -> Discovery:
                        f"no segmentation-{{id}}.nii(.gz) found below {root}", key=int)
 
 
-def _msd_label_map(labels: dict, where: str) -> tuple[LabelMap, tuple[int, ...]]:
+def _msd_label_map(labels: dict, organ: str) -> tuple[LabelMap, tuple[int, ...]] | None:
+    """The label map of an MSD ``labels`` table for ``organ``; None when no class names it (the
+    ``dataset.json`` of another task)."""
     roles = {"organ": [], "tumor": [], "vessel": []}
     for value, name in labels.items():
         lowered = str(name).lower()
-        if "liver" in lowered:
+        if organ in lowered:
             roles["organ"].append(int(value))
         elif any(w in lowered for w in ("cancer", "tumor", "tumour", "lesion")):
             roles["tumor"].append(int(value))
         elif "vessel" in lowered:
             roles["vessel"].append(int(value))
     if not roles["organ"]:
-        raise ValueError(f"{where}: its 'labels' {labels} name no liver class")
+        return None
     return LabelMap(**{k: tuple(v) for k, v in roles.items()}), tuple(int(v) for v in labels)
 
 
-def find_msd(root: str, files: list[str]) -> Discovery:
+# The MSD task of each organ, as messages name it.
+MSD_TASKS = {"liver": "Task03_Liver", "pancreas": "Task07_Pancreas"}
+
+
+def find_msd(root: str, files: list[str], organ: str = DEFAULT_ORGAN) -> Discovery:
+    """The training pairs of every ``dataset.json`` below ``root`` whose ``labels`` name
+    ``organ``; the others (other MSD tasks) are passed over."""
     problems: list = []
     descriptors = [f for f in files if f.rsplit("/", 1)[-1] == "dataset.json"]
     if not descriptors:
         raise FileNotFoundError(f"{root}: no dataset.json found; an MSD task folder (for example "
-                                "Task03_Liver) holds one beside imagesTr/ and labelsTr/")
+                                f"{MSD_TASKS[organ]}) holds one beside imagesTr/ and labelsTr/")
     out = []
     for desc in descriptors:
         folder = storage.parent(desc)
         try:
             with storage.open_binary(desc) as f:
                 meta = json.loads(f.read())
-            label_map, allowed = _msd_label_map(meta["labels"], desc)
+            found = _msd_label_map(meta["labels"], organ)
             training = meta["training"]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             problems.append(("?", desc, f"unreadable MSD dataset.json: {exc}"))
             continue
+        if found is None:
+            continue
+        label_map, allowed = found
         task = folder.rstrip("/").rsplit("/", 1)[-1]
         for item in training:
             try:
@@ -143,7 +167,7 @@ def find_msd(root: str, files: list[str]) -> Discovery:
                 continue
             stem = re.sub(NIFTI + "$", "", image.rsplit("/", 1)[-1])
             out.append(Candidate(f"msd-{task}-{stem}".replace("/", "_"), image, label, label_map,
-                                 "msd", allowed))
+                                 "msd", allowed, organ))
     return Discovery(_dedupe(out, problems), problems)
 
 
@@ -152,6 +176,26 @@ def find_btcv(root: str, files: list[str]) -> Discovery:
                        re.compile(rf"(?:^|/)label/label(\d+){NIFTI}$"), "btcv",
                        LabelMap(organ=(6,)), tuple(range(14)),
                        f"no label/label{{id}}.nii.gz found below {root}")
+
+
+def kits_release(files: list[str]) -> str:
+    """``kits23``, ``kits19`` or ``kits`` (not told): the KiTS release of these files."""
+    names = {f.rsplit("/", 1)[-1] for f in files}
+    if "kits23.json" in names or any(re.search(r"(?:^|/)case_\d+/instances/", f) for f in files):
+        return "kits23"
+    return "kits19" if "kits.json" in names else "kits"
+
+
+def find_kits(root: str, files: list[str]) -> Discovery:
+    """KiTS19/KiTS23 case folders; cysts (3) count as kidney, never as tumor (module docstring)."""
+    source = kits_release(files)
+    label_map, allowed = ((LabelMap(organ=(1,), tumor=(2,)), (0, 1, 2)) if source == "kits19"
+                          else (LabelMap(organ=(1, 3), tumor=(2,)), (0, 1, 2, 3)))
+    return _find_pairs([(f, f) for f in files],
+                       re.compile(rf"(?:^|/)(case_\d+)/imaging{NIFTI}$"),
+                       re.compile(rf"(?:^|/)(case_\d+)/segmentation{NIFTI}$"), source, label_map,
+                       allowed, "no segmentation.nii.gz beside it (KiTS test cases have none)",
+                       organ="kidney")
 
 
 CHAOS_MASK_NAMES = ("liver_mask", "liver", "mask", "segmentation")
@@ -227,13 +271,17 @@ def find_images(root: str, files: list[str], image_pattern: str, source: str = "
 # What each layout's finder looks for, as an empty build says it.
 LOOKS_FOR = {
     "lits": "volume-N.nii[.gz] beside segmentation-N.nii[.gz]",
-    "msd": "dataset.json listing imagesTr/labelsTr pairs",
+    "msd": "a Task03_Liver dataset.json (labels naming the liver) listing imagesTr/labelsTr pairs",
+    "msd-pancreas": "a Task07_Pancreas dataset.json (labels naming the pancreas) listing "
+                    "imagesTr/labelsTr pairs",
+    "kits": "case_NNNNN/imaging.nii.gz beside case_NNNNN/segmentation.nii.gz",
     "btcv": "img/imgNNNN.nii.gz beside label/labelNNNN.nii.gz",
     "chaos": "<case>/DICOM_anon/*.dcm with <case>/Ground/*.png, or <case>/image.nii.gz with a "
              "liver mask",
     "dicom": "folders of .dcm files",
 }
-FINDERS = {"lits": find_lits, "msd": find_msd, "btcv": find_btcv, "chaos": find_chaos}
+FINDERS = {"lits": find_lits, "msd": find_msd, "btcv": find_btcv, "chaos": find_chaos,
+           "msd-pancreas": partial(find_msd, organ="pancreas"), "kits": find_kits}
 
 
 def discover(layout: str, root: str, **generic) -> Discovery:
