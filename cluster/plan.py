@@ -24,6 +24,7 @@ import numpy as np
 
 from tumorforge.generator import GENERATOR_VERSION
 from tumorforge.generator.sample import draws_negative
+from tumorforge.generator.scans import organ_mismatch
 from tumorforge.manifests.dataset.names import sample_key, shard_name
 from tumorforge.manifests.records import canonical_json
 from tumorforge.manifests.schema import ScanEntry
@@ -106,6 +107,9 @@ def make_plan(spec: JobSpec, entries: list[ScanEntry]) -> Plan:
     # healthy scans for some of its negative crops when the manifest has them.
     real = spec.generator.profile == "real"
     role = "tumor" if real else "healthy"
+    wrong = next((w for e in entries if (w := organ_mismatch(e, spec.generator.organ))), None)
+    if wrong:
+        raise PlanError(f"{spec.manifest}: {wrong}")
     pool = {e.scan_id: e for e in entries if e.role == role}
     if not pool:
         raise PlanError(f"{spec.manifest}: no scan with role {role!r} among its {len(entries)} "

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import GENERATOR_VERSION
 from .config import GeneratorConfig
-from .prepare import PreparedScan, prepare_scan
+from .prepare import PrepareError, PreparedScan, prepare_scan
 from tumorforge.manifests.build import check_pair
 from tumorforge.manifests.readers import ScanError, Volume, read_volume
 from tumorforge.manifests.schema import ScanEntry
@@ -37,9 +37,24 @@ def read_scan(entry: ScanEntry) -> tuple[Volume, Volume]:
     return image, label
 
 
+def organ_mismatch(entry: ScanEntry, organ: str) -> str | None:
+    """Why ``entry`` cannot take tumors of ``organ`` (its manifest names another organ), or None.
+    A kidney scan prepared under a liver configuration would take the liver's sizes, priors and
+    class names without a word."""
+    if entry.organ == organ:
+        return None
+    return (f"scan {entry.scan_id} is a {entry.organ} scan, but the generator is configured for "
+            f"{organ} tumors (generator organ {organ!r}); use a {organ} manifest or set the "
+            f"generator's organ to {entry.organ}")
+
+
 def prepare_volumes(entry: ScanEntry, image: Volume, label: Volume,
                     config: GeneratorConfig) -> PreparedScan:
-    """``prepare_scan`` of volumes read with :func:`read_scan`, with the entry's label map."""
+    """``prepare_scan`` of volumes read with :func:`read_scan`, with the entry's label map; a
+    scan of another organ than the configuration's is a :class:`PrepareError`."""
+    wrong = organ_mismatch(entry, config.organ)
+    if wrong:
+        raise PrepareError(wrong)
     return prepare_scan(entry.scan_id, image.data, label.data, image.info.affine,
                         organ_values=entry.label_map.organ_values(),
                         vessel_values=entry.label_map.vessel, tumor_values=entry.label_map.tumor,

@@ -158,3 +158,20 @@ def test_the_organ_phantoms_build_with_their_truth(layout, tmp_path, capsys):
     if layout == "kits":
         assert any(not c["has_tumor"] and any(les["kind"] == "cyst" for les in c["lesions"])
                    for c in cases)
+
+
+def test_a_scan_of_another_organ_is_refused_not_painted_as_liver(tmp_path, capsys):
+    """A kidney manifest under the default (liver) configuration is one line naming the scan and
+    both organs, from generate (before any cluster starts) and from preview (as it prepares the
+    scan); until the generator has per-organ rules nothing paints liver tumors into a kidney."""
+    for n in range(2):
+        _kits_case(tmp_path / "kits", f"case_0000{n}", seed=n)
+    manifest = tmp_path / "kits.jsonl"
+    _build("kits", tmp_path / "kits", manifest)
+    said = user_error(capsys, ["generate", "--manifest", str(manifest), "--out",
+                               str(tmp_path / "ds"), "--samples", "2", "--no-progress"])
+    assert "is a kidney scan, but the generator is configured for liver tumors" in said
+    assert str(manifest) in said and not (tmp_path / "ds").exists()
+    said = user_error(capsys, ["preview", "--manifest", str(manifest), "--out",
+                               str(tmp_path / "pv"), "--crop-size", "16,16,16"])
+    assert "case_00000 is a kidney scan" in said and "configured for liver tumors" in said
