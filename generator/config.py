@@ -184,14 +184,22 @@ class GeneratorConfig:
     @classmethod
     def for_organ(cls, name: str, **overrides) -> "GeneratorConfig":
         """The configuration for tumors in organ ``name``: its size presets, tumor intensity prior,
-        vessel threshold, erosion and inside share from the organ's record, then ``overrides``."""
+        vessel threshold, erosion and inside share from the organ's record (and, for ``released``,
+        the presets' counts and the window's low end as the background threshold of negative
+        crops), then ``overrides``. The liver's record gives the defaults exactly.
+        ``released``'s darkening (U(65, 145) HU times a texture of mean ~0.5) is every organ's:
+        a drop of about 30-70 HU, what pancreatic and renal masses show against their parenchyma in
+        a portal venous phase."""
         organ = get_organ(name)
         paper = dataclasses.replace(
             overrides.pop("paper", PaperParams()), vessel_b_hu=organ.vessel_b_hu,
             mu_t_low_hu=organ.tumor_prior.low_hu, inside_share=organ.inside_share,
             mu_t_below_parenchyma_hu=organ.tumor_prior.below_parenchyma_hu)
-        released = dataclasses.replace(overrides.pop("released", ReleasedParams()),
-                                       erosion_mm=organ.erosion_mm)
+        base = overrides.pop("released", ReleasedParams())
+        counts = {**base.counts, **{k: organ.sizes[k].count for k in base.counts
+                                    if k in organ.sizes}}
+        released = dataclasses.replace(base, erosion_mm=organ.erosion_mm, counts=counts,
+                                       negative_threshold_hu=organ.training_window_hu[0])
         return cls(organ=name, paper=paper, released=released,
                    sizes=overrides.pop("sizes", dict(organ.sizes)), **overrides)
 
@@ -228,6 +236,13 @@ class GeneratorConfig:
         """Read through the strict-record checker: an unknown, missing or mistyped field (at any
         depth: ``paper``, ``released``, each size preset and count range) or a value the
         configuration refuses is a :class:`RecordError` naming ``where`` and the field."""
+        organ = obj.get("organ", DEFAULT_ORGAN) if isinstance(obj, dict) else DEFAULT_ORGAN
+        if organ != DEFAULT_ORGAN and organ in ORGANS:
+            # Fields the record does not name take the organ's defaults (for_organ), not the
+            # liver's: `--organ kidney` alone configures kidney tumors.
+            base = cls.for_organ(organ).to_json()
+            obj = {**base, **obj, **{k: {**base[k], **obj[k]} for k in ("paper", "released")
+                                     if isinstance(obj.get(k), dict)}}
         data = typed_fields(cls, obj, where)          # reads paper and released too
         if "released" in data:
             released = data["released"]

@@ -175,3 +175,26 @@ def test_a_scan_of_another_organ_is_refused_not_painted_as_liver(tmp_path, capsy
     said = user_error(capsys, ["preview", "--manifest", str(manifest), "--out",
                                str(tmp_path / "pv"), "--crop-size", "16,16,16"])
     assert "case_00000 is a kidney scan" in said and "configured for liver tumors" in said
+
+
+def test_organ_flag_configures_the_organs_tumors(tmp_path, capsys):
+    """``--organ kidney`` alone takes the kidney's record: its sizes and counts (under `released`
+    too), priors and the window's low end for negative crops; then a kidney scan previews."""
+    from tumorforge.generator.config import GeneratorConfig
+    kidney = GeneratorConfig.from_json({"organ": "kidney"})
+    assert kidney == GeneratorConfig.for_organ("kidney")
+    assert kidney.released.counts["medium"] == (1, 1) and kidney.released.counts["tiny"] == (1, 3)
+    assert kidney.released.negative_threshold_hu == -175.0
+    assert GeneratorConfig.from_json({"organ": "kidney", "released": {"delta_hu": [40, 90]}}
+                                     ).released.counts == kidney.released.counts   # merged
+    assert GeneratorConfig.from_json({}) == GeneratorConfig()                     # liver as was
+    for n in range(2):
+        _kits_case(tmp_path / "kits", f"case_0000{n}", seed=n)
+    manifest = tmp_path / "kits.jsonl"
+    _build("kits", tmp_path / "kits", manifest)
+    out = tmp_path / "pv"
+    assert main(["preview", "--manifest", str(manifest), "--organ", "kidney", "--out", str(out),
+                 "--crop-size", "16,16,16", "--size-mix", "tiny", "--backend", "numpy"]) == 0
+    [params] = out.glob("*.params.json")
+    config = json.loads(params.read_text())["config"]
+    assert config["organ"] == "kidney" and config["released"]["counts"]["tiny"] == [1, 3]
