@@ -70,9 +70,14 @@ def evaluate(checkpoint: str | None, manifest: str, out: str, *, segmenter: Segm
     entries = entries[:limit] if limit else entries
     if not entries:
         raise ValueError(f"{manifest}: no scans to evaluate (fold {fold})")
+    organs = sorted({e.organ for e in entries})
+    if len(organs) > 1:
+        raise ValueError(f"{manifest}: scans of {', '.join(organs)}; one evaluation scores one "
+                         "organ (split the manifest by organ)")
     if segmenter is None:
         segmenter, source, inference = _model_segmenter(checkpoint, device, roi, overlap, sw_batch,
-                                                        progress, flips, min_liver_contact)
+                                                        progress, flips, min_liver_contact,
+                                                        organ=organs[0])
     else:
         source = {"checkpoint": checkpoint, "step": None,
                   "model": getattr(segmenter, "__name__", type(segmenter).__name__)}
@@ -167,16 +172,18 @@ def _checked(pred, shape, entry) -> np.ndarray:
 
 def _model_segmenter(checkpoint: str, device: str, roi: int | None, overlap: float,
                      sw_batch: int, progress: bool = False, flips: bool = False,
-                     min_liver_contact: float | None = None) -> tuple[Segmenter, dict, dict]:
+                     min_liver_contact: float | None = None,
+                     organ: str = "liver") -> tuple[Segmenter, dict, dict]:
     """The checkpoint's model as a segmenter, what to record of the checkpoint, and the inference
-    settings it runs with (from its preprocessing record, ``roi`` overriding the window size)."""
+    settings it runs with (from its preprocessing record, ``roi`` overriding the window size). A
+    model whose classes are not ``organ``'s (a liver model on kidney scans) is refused."""
     import functools
     from .infer import DILATE_MM, MIN_TUMOR_RADIUS_MM, segment
     from .model import load_model
     contact = MIN_LIVER_CONTACT if min_liver_contact is None else float(min_liver_contact)
     if not 0.0 <= contact <= 1.0:
         raise ValueError(f"min_liver_contact {contact:g}: expected a fraction in [0, 1]")
-    trained = load_model(checkpoint, device)
+    trained = load_model(checkpoint, device, organ=organ)
     prep = trained.preprocessing
     window_zyx = (roi,) * 3 if roi else prep.roi
     segmenter = functools.partial(segment, trained.model, prep=prep, roi=window_zyx,

@@ -198,3 +198,27 @@ def test_organ_flag_configures_the_organs_tumors(tmp_path, capsys):
     [params] = out.glob("*.params.json")
     config = json.loads(params.read_text())["config"]
     assert config["organ"] == "kidney" and config["released"]["counts"]["tiny"] == [1, 3]
+
+
+def test_a_liver_model_is_refused_on_kidney_scans(tmp_path, capsys):
+    """evaluate reads the organ from the manifest and checks the checkpoint's classes against
+    it: a liver model on a KiTS manifest is one line naming both, before any scan is read."""
+    pytest.importorskip("torch")
+    from types import SimpleNamespace
+    from tumorforge.trainer import checkpoint as ckpt
+    from tumorforge.trainer.models import build_model
+    from tumorforge.trainer.preprocessing import Preprocessing
+    index = SimpleNamespace(spacing_mm=(2.0, 2.0, 2.0), crop_size=(32, 32, 32), organ="liver")
+    prep = Preprocessing.of_datasets([SimpleNamespace(url="a", index=index, dataset_id="id-a")])
+    model = build_model("unet-small", len(prep.class_names))
+    path = ckpt.save(str(tmp_path / "run"), 0, {
+        "model": model.state_dict(), "config": json.dumps({"model": "unet-small"}),
+        "preprocessing": json.dumps(prep.to_json())}, keep=1)
+    for n in range(2):
+        _kits_case(tmp_path / "kits", f"case_0000{n}", tumor=True, seed=n)
+    manifest = tmp_path / "kits.jsonl"
+    _build("kits", tmp_path / "kits", manifest)
+    said = user_error(capsys, ["evaluate", "--checkpoint", str(path), "--manifest", str(manifest),
+                               "--out", str(tmp_path / "ev"), "--device", "cpu"])
+    assert "the model's classes are ['background', 'liver', 'tumor']" in said
+    assert "evaluation of the kidney expects ['background', 'kidney', 'tumor']" in said
