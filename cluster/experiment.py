@@ -74,10 +74,13 @@ class ExperimentSpec:
     train: dict = field(default_factory=dict)       # TrainConfig fields (model, steps, ...)
     evaluate: dict = field(default_factory=dict)    # EVALUATE_KEYS: overlap, detection, ...
     allow_roots: tuple[str, ...] = ()
+    organ: str = "liver"              # the organ of every arm's tumors (an ORGANS entry)
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
         out["arms"] = [dataclasses.asdict(a) for a in self.arms]
+        if out["organ"] == "liver":   # added later: left out at its default, so the specs (and
+            del out["organ"]          # spec_sha256) of liver experiments are what they were
         return json.loads(json.dumps(out))
 
     @property
@@ -115,6 +118,16 @@ def load_spec(path: str, out: str | None = None) -> ExperimentSpec:
 
 
 def _check(spec: ExperimentSpec, where: str) -> None:
+    from tumorforge.manifests.organs import OrganError, get_organ
+    try:
+        get_organ(spec.organ, f"{where}: organ")
+    except OrganError as exc:
+        raise ExperimentError(str(exc)) from None
+    for section, gen in [("generator", spec.generator)] + [(f"arm {a.name!r}: generator", a.generator)
+                                                           for a in spec.arms]:
+        if gen.get("organ", spec.organ) != spec.organ:
+            raise ExperimentError(f"{where}: {section} names organ {gen['organ']!r} but the "
+                                  f"experiment's organ is {spec.organ!r}; name it once (organ:)")
     names = [a.name for a in spec.arms]
     if not names or len(set(names)) != len(names):
         raise ExperimentError(f"{where}: arms need distinct names, found {names}")
@@ -212,7 +225,8 @@ def _generate(spec: ExperimentSpec, arm: Arm, manifest: str, output: str, log) -
     from tumorforge.manifests.dataset.reader import Dataset, DatasetError
     from .job import run_job
     from .spec import JobSpec, Resources
-    config = GeneratorConfig.from_json({**spec.generator, **arm.generator, "profile": arm.profile})
+    config = GeneratorConfig.from_json({"organ": spec.organ, **spec.generator, **arm.generator,
+                                        "profile": arm.profile})
     job = JobSpec(manifest=manifest, output=output, samples=arm.samples or spec.samples,
                   samples_per_shard=spec.samples_per_shard, root_seed=spec.root_seed,
                   formats=("zarr",), allow_roots=spec.roots, generator=config,

@@ -222,3 +222,28 @@ def test_a_liver_model_is_refused_on_kidney_scans(tmp_path, capsys):
                                "--out", str(tmp_path / "ev"), "--device", "cpu"])
     assert "the model's classes are ['background', 'liver', 'tumor']" in said
     assert "evaluation of the kidney expects ['background', 'kidney', 'tumor']" in said
+
+
+def test_an_experiment_names_its_organ_once(tmp_path, capsys):
+    """``organ:`` in an experiment spec reaches every arm's generator configuration; a liver
+    spec's record (and spec_sha256) is what it was; an arm's generator naming another organ, or
+    an organ not in the table, is one line."""
+    import yaml
+    from tumorforge.cluster.experiment import load_spec
+    base = {"name": "x", "annotated": "a.jsonl", "healthy": "h.jsonl", "folds": [0],
+            "arms": [{"name": "syn", "profile": "released"}]}
+    liver = tmp_path / "liver.yaml"
+    liver.write_text(yaml.safe_dump(base))
+    assert "organ" not in load_spec(str(liver)).to_json()
+    kidney = tmp_path / "kidney.yaml"
+    kidney.write_text(yaml.safe_dump({**base, "organ": "kidney"}))
+    spec = load_spec(str(kidney))
+    assert spec.organ == "kidney" and spec.to_json()["organ"] == "kidney"
+    assert spec.sha256 != load_spec(str(liver)).sha256
+    for bad, says in (({**base, "organ": "kidney", "generator": {"organ": "liver"}},
+                       "generator names organ 'liver' but the experiment's organ is 'kidney'"),
+                      ({**base, "organ": "spleen"}, "unknown organ 'spleen'")):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(bad))
+        message = user_error(capsys, ["experiment", str(path)])
+        assert message.startswith("experiment: ") and says in message
