@@ -56,10 +56,17 @@ def _bench_scan(args, config):
         entry = next((e for e in healthy if e.scan_id == args.scan), healthy[0])
         return load_prepared(entry, config), entry.scan_id
     from tumorforge.manifests.phantoms import make_phantom
-    ph = make_phantom(np.random.default_rng(args.phantom_seed), scale=args.phantom_scale)
+    from tumorforge.manifests.phantoms.layouts import PHANTOM_ORGAN_CODES
+    if config.organ not in PHANTOM_ORGAN_CODES:
+        raise UserError(f"--organ {config.organ}: the built-in phantom has no {config.organ}; "
+                        f"name a --manifest of {config.organ} scans")
+    # A healthy organ of the phantom (the kidney's simple cysts stay: they are not tumors).
+    ph = make_phantom(np.random.default_rng(args.phantom_seed), scale=args.phantom_scale,
+                      lesion_organ=config.organ)
     scan_id = f"phantom-{args.phantom_seed}"
-    return prepare_scan(scan_id, ph.image, ph.organs, ph.affine, organ_values=(6,),
-                        config=config), scan_id + f" (built-in phantom, scale {args.phantom_scale})"
+    return prepare_scan(scan_id, ph.image, ph.organs, ph.affine,
+                        organ_values=PHANTOM_ORGAN_CODES[config.organ], config=config), \
+        scan_id + f" (built-in phantom, scale {args.phantom_scale}, {config.organ})"
 
 
 _DRAW: dict = {}

@@ -247,3 +247,14 @@ def test_an_experiment_names_its_organ_once(tmp_path, capsys):
         path.write_text(yaml.safe_dump(bad))
         message = user_error(capsys, ["experiment", str(path)])
         assert message.startswith("experiment: ") and says in message
+
+
+@pytest.mark.parametrize("organ", ["pancreas", "kidney"])
+def test_bench_generator_runs_on_the_phantoms_organ(organ, tmp_path, capsys):
+    """``bench generator --organ`` benchmarks tumors in that organ of the built-in phantom."""
+    report = tmp_path / "bench.json"
+    assert main(["bench", "generator", "--organ", organ, "--phantom-scale", "0.15",
+                 "--crop-size", "32,32,32", "--backend", "numpy", "--samples", "2",
+                 "--json", str(report)]) == 0
+    assert f"built-in phantom, scale 0.15, {organ})" in capsys.readouterr().out
+    assert report.exists()

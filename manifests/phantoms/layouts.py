@@ -48,6 +48,9 @@ LAYOUTS = ("lits", "msd", "btcv", "chaos", "msd-pancreas", "kits")
 # The organ each layout's lesions grow in.
 LESION_ORGAN = {"msd-pancreas": "pancreas", "kits": "kidney"}
 KIDNEY_CODES = (ORGAN_CODES["right_kidney"], ORGAN_CODES["left_kidney"])
+# Phantom.organs codes that make each organ of the organ table (cysts are kidney, as in KiTS).
+PHANTOM_ORGAN_CODES = {"liver": (LIVER_CODE,), "pancreas": (ORGAN_CODES["pancreas"],),
+                       "kidney": (*KIDNEY_CODES, CYST_CODE)}
 GENERATOR = "tumorforge phantoms v1"
 # (liver label values, tumor label values) in each layout's label files, for previews and checks.
 # (The new organs' entries name the organ's values in place of the liver's.)
@@ -162,7 +165,7 @@ def _write_case(layout: str, out: Path, index: int, seed: int, scale: float, tes
     )
     if layout in LESION_ORGAN:
         organ = LESION_ORGAN[layout]
-        codes = (ORGAN_CODES["pancreas"],) if organ == "pancreas" else (*KIDNEY_CODES, CYST_CODE)
+        codes = PHANTOM_ORGAN_CODES[organ]
         record["organ"] = organ
         record["organ_volume_ml"] = round(float(np.count_nonzero(np.isin(phantom.organs, codes)))
                                           * float(np.prod(phantom.spacing_mm)) / 1000.0, 3)
