@@ -77,6 +77,24 @@ def _unit(rng: np.random.Generator) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+def draw_lobes(rng: np.random.Generator, total: tuple[float, float]):
+    """2-4 rotated zonal harmonics (``LesionSpec.lobes``) whose |amplitudes| sum to U(total)."""
+    n_lobes = int(rng.integers(2, 5))
+    amplitude = rng.uniform(*total)
+    weights = rng.dirichlet(np.ones(n_lobes)) * amplitude
+    return tuple((*map(float, _unit(rng)), int(rng.integers(2, 5)),
+                  float(w * rng.choice([-1.0, 1.0]))) for w in weights)
+
+
+def draw_texture(rng: np.random.Generator, amplitude_hu: tuple[float, float],
+                 wavelength_mm: tuple[float, float]):
+    """3-5 weak sinusoids (``LesionSpec.texture``) in random directions: they interfere into
+    blotches instead of stripes."""
+    return tuple((*map(float, _unit(rng) * (2.0 * np.pi / rng.uniform(*wavelength_mm))),
+                  float(rng.uniform(0.0, 2.0 * np.pi)), float(rng.uniform(*amplitude_hu)))
+                 for _ in range(int(rng.integers(3, 6))))
+
+
 def sample_lesions(
     rng: np.random.Generator,
     liver_sdf: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
@@ -104,13 +122,7 @@ def sample_lesions(
         ok = np.flatnonzero(depth >= wanted)
         center = candidates[ok[0]] if ok.size else candidates[int(np.argmax(depth))]
 
-        n_lobes = int(rng.integers(2, 5))
-        total = rng.uniform(0.05, 0.25)
-        weights = rng.dirichlet(np.ones(n_lobes)) * total
-        lobes = tuple(
-            (*map(float, _unit(rng)), int(rng.integers(2, 5)), float(w * rng.choice([-1.0, 1.0])))
-            for w in weights
-        )
+        lobes = draw_lobes(rng, (0.05, 0.25))
         hyper = rng.random() < 0.15
         contrast = rng.uniform(15.0, 40.0) if hyper else rng.uniform(-75.0, -20.0)
         core = None
@@ -122,16 +134,7 @@ def sample_lesions(
         halo = None
         if rng.random() < 0.3:
             halo = (float(rng.uniform(0.15, 0.35)), float(rng.uniform(-14.0, -5.0)))
-        # Several weak waves in different directions interfere into blotches instead of stripes.
-        n_waves = int(rng.integers(3, 6))
-        texture = tuple(
-            (
-                *map(float, _unit(rng) * (2.0 * np.pi / rng.uniform(5.0, 15.0))),
-                float(rng.uniform(0.0, 2.0 * np.pi)),
-                float(rng.uniform(1.5, 4.5)),
-            )
-            for _ in range(n_waves)
-        )
+        texture = draw_texture(rng, (1.5, 4.5), (5.0, 15.0))
         specs.append(
             LesionSpec(
                 center_mm=tuple(float(c) for c in center),

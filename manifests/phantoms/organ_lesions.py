@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .lesions import Lesion, LesionSpec, StarLesion, _unit
+from .lesions import Lesion, LesionSpec, StarLesion, draw_lobes, draw_texture
 from .raster import Layer
 from .shapes import Union, tube
 
@@ -62,19 +62,6 @@ def _inside_points(rng, organ_layer: Layer, n: int = 2048) -> np.ndarray:
     return pts[np.asarray(d) < 0]
 
 
-def _texture(rng, amp_lo: float, amp_hi: float, wavelength: tuple[float, float]):
-    return tuple((*map(float, _unit(rng) * (2.0 * np.pi / rng.uniform(*wavelength))),
-                  float(rng.uniform(0.0, 2.0 * np.pi)), float(rng.uniform(amp_lo, amp_hi)))
-                 for _ in range(int(rng.integers(3, 6))))
-
-
-def _lobes(rng, total: tuple[float, float]):
-    n = int(rng.integers(2, 5))
-    weights = rng.dirichlet(np.ones(n)) * rng.uniform(*total)
-    return tuple((*map(float, _unit(rng)), int(rng.integers(2, 5)), float(w * rng.choice([-1.0, 1.0])))
-                 for w in weights)
-
-
 def pancreas_lesions(rng, pancreas: Layer, parenchyma_hu: float, fluid_hu: float):
     """(layers to paint after the scene, drawn lesions) of 1-2 pancreatic masses and, in two of
     three cases, a dilated duct from the first mass toward the tail (the patient's left, -x)."""
@@ -86,8 +73,8 @@ def pancreas_lesions(rng, pancreas: Layer, parenchyma_hu: float, fluid_hu: float
         radius = float(np.exp(rng.uniform(np.log(5.0), np.log(25.0))))
         center = inside[int(rng.integers(len(inside)))]
         spec = LesionSpec(center_mm=tuple(float(c) for c in center), radius_mm=radius,
-                          lobes=_lobes(rng, (0.1, 0.3)), contrast_hu=float(rng.uniform(-55.0, -15.0)),
-                          core=None, rim=None, halo=None, texture=_texture(rng, 2.0, 6.0, (6.0, 14.0)))
+                          lobes=draw_lobes(rng, (0.1, 0.3)), contrast_hu=float(rng.uniform(-55.0, -15.0)),
+                          core=None, rim=None, halo=None, texture=draw_texture(rng, (2.0, 6.0), (6.0, 14.0)))
         shape = StarLesion(spec, parenchyma_hu)
         if n == 0 and rng.random() < 2.0 / 3.0:
             tail = inside[int(np.argmin(inside[:, 0]))]
@@ -116,8 +103,8 @@ def kidney_lesions(rng, kidneys: dict, cortex_hu: float, water_hu: float):
         center = pts[int(np.argmin(np.abs(depth - want)))]
         core = (float(rng.uniform(0.3, 0.55)), float(rng.uniform(-45.0, -20.0))) if radius > 15 else None
         spec = LesionSpec(center_mm=tuple(float(c) for c in center), radius_mm=radius,
-                          lobes=_lobes(rng, (0.03, 0.15)), contrast_hu=float(rng.uniform(-35.0, 25.0)),
-                          core=core, rim=None, halo=None, texture=_texture(rng, 4.0, 10.0, (5.0, 12.0)))
+                          lobes=draw_lobes(rng, (0.03, 0.15)), contrast_hu=float(rng.uniform(-35.0, 25.0)),
+                          core=core, rim=None, halo=None, texture=draw_texture(rng, (4.0, 10.0), (5.0, 12.0)))
         shape = StarLesion(spec, cortex_hu)
         layers.append(Layer(shape, shape.value, kidney.code, tumor=True, ramp_mm=None))
         drawn.append(Drawn(shape, "kidney", "tumor", side))
